@@ -1,0 +1,156 @@
+//! PKCS#10 certificate signing requests: checked before anything is built from them.
+//!
+//! Only the subject public key of a request is ever used; its names, extensions and attributes are
+//! read by nobody. The signature is verified to prove the requester holds the private key.
+
+use x509_parser::certification_request::X509CertificationRequest;
+use x509_parser::oid_registry::{
+    OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY, OID_NIST_EC_P384, OID_PKCS1_RSAENCRYPTION,
+    OID_SIG_ED25519,
+};
+use x509_parser::prelude::FromDer;
+use x509_parser::public_key::PublicKey;
+use x509_parser::x509::SubjectPublicKeyInfo;
+
+/// Largest CSR accepted (DER bytes).
+pub const MAX_CSR_DER: usize = 8 * 1024;
+
+/// A subject public key's type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum KeyType {
+    /// ECDSA / ECDH on P-256.
+    P256,
+    /// ECDSA / ECDH on P-384.
+    P384,
+    /// Ed25519.
+    Ed25519,
+    /// RSA with the given modulus size in bits.
+    Rsa(u32),
+}
+
+/// Why a request was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CsrError {
+    /// Larger than [`MAX_CSR_DER`].
+    #[error("CSR is larger than {MAX_CSR_DER} bytes")]
+    TooLarge,
+    /// Not a DER PKCS#10 request, or trailing bytes.
+    #[error("not a valid DER PKCS#10 certificate signing request")]
+    Malformed,
+    /// The self-signature does not verify (no proof of possession).
+    #[error("the CSR's signature does not verify with its own public key")]
+    BadSignature,
+    /// A key type stamp does not accept.
+    #[error("unsupported public key type in CSR")]
+    UnsupportedKey,
+    /// An EC key with explicit curve parameters or a malformed point.
+    #[error("malformed EC public key (explicit curve parameters or bad point)")]
+    BadEcKey,
+    /// An RSA key that is too small or has a bad public exponent.
+    #[error("weak RSA key (modulus under 2048 bits or bad exponent)")]
+    WeakRsaKey,
+}
+
+/// A request whose signature has been checked; only [`verify`] makes one.
+#[derive(Clone, Debug)]
+pub struct VerifiedCsr {
+    key_type: KeyType,
+    spki_der: Vec<u8>,
+    raw_public_key: Vec<u8>,
+}
+
+impl VerifiedCsr {
+    /// The subject key's type.
+    pub fn key_type(&self) -> KeyType {
+        self.key_type
+    }
+    /// DER SubjectPublicKeyInfo.
+    pub fn spki_der(&self) -> &[u8] {
+        &self.spki_der
+    }
+    /// The SPKI BIT STRING contents.
+    pub fn raw_public_key(&self) -> &[u8] {
+        &self.raw_public_key
+    }
+}
+
+/// Parses a CSR, bounds its size, checks its key and verifies its self-signature.
+pub fn verify(der: &[u8]) -> Result<VerifiedCsr, CsrError> {
+    if der.len() > MAX_CSR_DER {
+        return Err(CsrError::TooLarge);
+    }
+    let csr = match X509CertificationRequest::from_der(der) {
+        Ok((rest, csr)) if rest.is_empty() => csr,
+        _ => return Err(CsrError::Malformed),
+    };
+    let spki = &csr.certification_request_info.subject_pki;
+    let key_type = classify(spki)?;
+    csr.verify_signature().map_err(|_| CsrError::BadSignature)?;
+    Ok(VerifiedCsr {
+        key_type,
+        spki_der: spki.raw.to_vec(),
+        raw_public_key: spki.subject_public_key.data.to_vec(),
+    })
+}
+
+/// Classifies a DER SubjectPublicKeyInfo.
+pub fn classify_spki(spki_der: &[u8]) -> Result<KeyType, CsrError> {
+    match SubjectPublicKeyInfo::from_der(spki_der) {
+        Ok((rest, spki)) if rest.is_empty() => classify(&spki),
+        _ => Err(CsrError::Malformed),
+    }
+}
+
+fn classify(spki: &SubjectPublicKeyInfo<'_>) -> Result<KeyType, CsrError> {
+    let alg = &spki.algorithm.algorithm;
+    let key = spki.subject_public_key.data.as_ref();
+    if *alg == OID_KEY_TYPE_EC_PUBLIC_KEY {
+        let curve = spki
+            .algorithm
+            .parameters
+            .as_ref()
+            .and_then(|p| p.as_oid().ok())
+            .ok_or(CsrError::BadEcKey)?;
+        let (kt, len) = if curve == OID_EC_P256 {
+            (KeyType::P256, 65)
+        } else if curve == OID_NIST_EC_P384 {
+            (KeyType::P384, 97)
+        } else {
+            return Err(CsrError::UnsupportedKey);
+        };
+        if key.len() != len || key[0] != 0x04 {
+            return Err(CsrError::BadEcKey);
+        }
+        Ok(kt)
+    } else if *alg == OID_SIG_ED25519 {
+        if spki.algorithm.parameters.is_some() || key.len() != 32 {
+            return Err(CsrError::Malformed);
+        }
+        Ok(KeyType::Ed25519)
+    } else if *alg == OID_PKCS1_RSAENCRYPTION {
+        match spki.parsed() {
+            Ok(PublicKey::RSA(rsa)) => {
+                let modulus = strip_zeros(rsa.modulus);
+                let exponent = strip_zeros(rsa.exponent);
+                let bits = modulus.len() * 8 - modulus.first().map_or(8, |b| b.leading_zeros() as usize);
+                let e_ok = exponent.len() <= 4
+                    && exponent.last().is_some_and(|b| b & 1 == 1)
+                    && exponent.iter().fold(0u64, |a, b| (a << 8) | u64::from(*b)) >= 65537;
+                if bits < 2048 || bits > 8192 || !e_ok {
+                    return Err(CsrError::WeakRsaKey);
+                }
+                Ok(KeyType::Rsa(bits as u32))
+            }
+            _ => Err(CsrError::Malformed),
+        }
+    } else {
+        Err(CsrError::UnsupportedKey)
+    }
+}
+
+fn strip_zeros(b: &[u8]) -> &[u8] {
+    let n = b.iter().take_while(|x| **x == 0).count();
+    &b[n..]
+}

@@ -1,0 +1,19 @@
+//! stamp core: the parts of stamp that take bytes, time and randomness as inputs and return values.
+//!
+//! Nothing here reads files, opens sockets, looks at the clock or draws randomness. Private keys are
+//! reached only through the [`key::Signer`] and [`key::KeyAgreement`] traits, implemented by the key
+//! layer (`stamp-keys`): a software key store today, a PKCS#11 token later.
+
+pub mod cert;
+pub mod ceremony;
+pub mod csr;
+pub mod fingerprint;
+pub mod key;
+pub mod oid;
+pub mod profile;
+pub mod site_id;
+
+pub use site_id::SiteId;
+
+/// Upper bound on the size of any single certificate stamp accepts (DER bytes).
+pub const MAX_CERT_DER: usize = 16 * 1024;
