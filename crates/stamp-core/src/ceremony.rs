@@ -8,7 +8,7 @@ use time::OffsetDateTime;
 use crate::cert::{self, CertError};
 use crate::csr::{self, CsrError, KeyType, VerifiedCsr};
 use crate::fingerprint;
-use crate::key::{verify_signature, SignatureAlgorithm};
+use crate::key::{verify_signature, KeyAgreement, SignatureAlgorithm, Signer};
 use crate::profile::Profile;
 use crate::SiteId;
 
@@ -76,6 +76,9 @@ pub enum CeremonyError {
     /// A certificate was refused.
     #[error(transparent)]
     Cert(#[from] CertError),
+    /// Building a request failed (the key backend could not sign).
+    #[error("building the request failed: the key store could not sign")]
+    Build,
     /// Credentials for another site.
     #[error("credentials are for site {found}, this is site {expected}")]
     WrongSite {
@@ -216,6 +219,30 @@ pub fn signature_algorithm(kt: KeyType) -> Option<SignatureAlgorithm> {
 }
 
 impl SiteRequest {
+    /// Builds and signs a site's request from its three keys.
+    pub fn build(
+        site_id: &SiteId,
+        identity: &dyn Signer,
+        key_agreement: &dyn KeyAgreement,
+        issuing: &dyn Signer,
+    ) -> Result<Self, CeremonyError> {
+        let build_err = |_| CeremonyError::Build;
+        let id_csr = csr::create(identity, &format!("site {site_id} identity (signing)")).map_err(build_err)?;
+        let ca_csr = csr::create(issuing, &format!("site {site_id} issuing CA")).map_err(build_err)?;
+        let ka_spki = key_agreement.spki_der();
+        let message = binding_message(site_id, &identity.spki_der(), &ka_spki, &issuing.spki_der());
+        let sig = identity.sign(&message).map_err(|_| CeremonyError::Build)?;
+        Ok(SiteRequest {
+            format: REQUEST_FORMAT.to_owned(),
+            version: 1,
+            site_id: site_id.clone(),
+            identity_signing_csr: pem("CERTIFICATE REQUEST", &id_csr),
+            identity_key_agreement_public_key: pem("PUBLIC KEY", &ka_spki),
+            issuing_ca_csr: pem("CERTIFICATE REQUEST", &ca_csr),
+            binding_signature: base64::engine::general_purpose::STANDARD.encode(sig),
+        })
+    }
+
     /// Parses a request file (size-bounded, exact format and version, no unknown fields).
     pub fn parse(bytes: &[u8]) -> Result<Self, CeremonyError> {
         parse_json(bytes, REQUEST_FORMAT)

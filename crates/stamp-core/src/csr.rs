@@ -76,6 +76,16 @@ impl VerifiedCsr {
     }
 }
 
+/// Builds a PKCS#10 request for `signer`'s key with subject `CN=<common_name>` and no extensions.
+pub fn create(signer: &dyn crate::key::Signer, common_name: &str) -> Result<Vec<u8>, rcgen::Error> {
+    let mut params = rcgen::CertificateParams::default();
+    let mut dn = rcgen::DistinguishedName::new();
+    dn.push(rcgen::DnType::CommonName, common_name);
+    params.distinguished_name = dn;
+    let csr = params.serialize_request(&crate::key::RcgenSigner(signer))?;
+    Ok(csr.der().to_vec())
+}
+
 /// Parses a CSR, bounds its size, checks its key and verifies its self-signature.
 pub fn verify(der: &[u8]) -> Result<VerifiedCsr, CsrError> {
     if der.len() > MAX_CSR_DER {

@@ -1,1 +1,203 @@
+//! stamp's site role: a factory site's keys, its enrollment request and its credentials.
+//!
+//! State lives in a site directory: `stamp-site.db` (SQLite), `keys/` (the key store),
+//! `request.json` (a copy of the enrollment request) and, once installed, `certs/`.
 
+mod store;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use stamp_core::ceremony::{CeremonyError, SiteCredentials, SitePublicKeys, SiteRequest, VerifiedCredentials};
+use stamp_core::key::{KeyAgreementAlgorithm, SignatureAlgorithm};
+use stamp_core::profile::Profile;
+use stamp_core::{cert, fingerprint, SiteId};
+use stamp_keys::soft::SoftKeyStore;
+use stamp_keys::{KeyRef, KeyStore, KeyStoreError, Passphrase};
+use stamp_store::{StagingDir, StoreError};
+use time::OffsetDateTime;
+
+pub use store::SiteStore;
+
+/// Name of the site database inside the site directory.
+pub const DB_FILE: &str = "stamp-site.db";
+/// Name of the copy of the request kept in the site directory.
+pub const REQUEST_FILE: &str = "request.json";
+
+/// Site errors.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SiteError {
+    /// Key store failure.
+    #[error(transparent)]
+    Key(#[from] KeyStoreError),
+    /// Storage failure.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A request or credentials file was refused.
+    #[error(transparent)]
+    Ceremony(#[from] CeremonyError),
+    /// The directory is not a site directory.
+    #[error("{0} is not a stamp site directory (no {DB_FILE}); create one with `stamp site init`")]
+    NotSiteDir(PathBuf),
+    /// Credentials were installed before.
+    #[error("site {0} already has credentials installed")]
+    AlreadyInstalled(SiteId),
+    /// A file operation failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+/// The site's three keys, by profile.
+const SITE_KEYS: [Profile; 3] =
+    [Profile::SiteIdentitySigning, Profile::SiteIdentityKeyAgreement, Profile::SiteIssuingCa];
+
+/// What `site init` made.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct InitReport {
+    /// The site directory.
+    pub dir: PathBuf,
+    /// The site's ID.
+    pub site_id: SiteId,
+    /// The request file written.
+    pub request: PathBuf,
+    /// Short fingerprint of the request, to read out to HQ.
+    pub request_fingerprint: String,
+    /// The database.
+    pub database: PathBuf,
+}
+
+/// Creates a site directory: the identity signing, identity key-agreement and issuing CA keys,
+/// the database, and the enrollment request (written to `request_out` and kept in the directory).
+pub fn init(
+    dir: &Path,
+    site_id: &SiteId,
+    passphrase: Passphrase,
+    request_out: &Path,
+    now: OffsetDateTime,
+) -> Result<InitReport, SiteError> {
+    let staging = StagingDir::new(dir)?;
+    let base = staging.path();
+    let keys = SoftKeyStore::new(base, passphrase);
+    let (id_ref, id_key) =
+        keys.generate_signer(Profile::SiteIdentitySigning.name(), SignatureAlgorithm::EcdsaP256Sha256)?;
+    let (ka_ref, ka_key) =
+        keys.generate_key_agreement(Profile::SiteIdentityKeyAgreement.name(), KeyAgreementAlgorithm::EcdhP256)?;
+    let (ca_ref, ca_key) =
+        keys.generate_signer(Profile::SiteIssuingCa.name(), SignatureAlgorithm::EcdsaP256Sha256)?;
+    let request = SiteRequest::build(site_id, id_key.as_ref(), ka_key.as_ref(), ca_key.as_ref())?;
+    let verified = request.verify()?;
+    let json = request.to_json();
+    let mut store = SiteStore::create(&base.join(DB_FILE), site_id, &verified.fingerprint, now)?;
+    store.add_key(Profile::SiteIdentitySigning, &id_ref, id_key.algorithm().name())?;
+    store.add_key(Profile::SiteIdentityKeyAgreement, &ka_ref, ka_key.algorithm().name())?;
+    store.add_key(Profile::SiteIssuingCa, &ca_ref, ca_key.algorithm().name())?;
+    drop(store);
+    stamp_store::write_atomic(&base.join(REQUEST_FILE), &json, 0o644)?;
+    stamp_store::write_atomic(request_out, &json, 0o644)?;
+    if let Err(e) = staging.commit() {
+        let _ = fs::remove_file(request_out);
+        return Err(e.into());
+    }
+    Ok(InitReport {
+        dir: dir.to_owned(),
+        site_id: site_id.clone(),
+        request: request_out.to_owned(),
+        request_fingerprint: verified.short_fingerprint(),
+        database: dir.join(DB_FILE),
+    })
+}
+
+/// What `site install` stored.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct InstallReport {
+    /// The site.
+    pub site_id: SiteId,
+    /// SHA-256 of the OEM root the site now trusts.
+    pub root_fingerprint: String,
+    /// PEM files written, by profile name.
+    pub certs: std::collections::BTreeMap<String, PathBuf>,
+}
+
+/// An open site directory.
+pub struct Site {
+    dir: PathBuf,
+    store: SiteStore,
+    keys: SoftKeyStore,
+}
+
+impl Site {
+    /// Opens a site directory; the passphrase unlocks its key store.
+    pub fn open(dir: &Path, passphrase: Passphrase) -> Result<Self, SiteError> {
+        let db = dir.join(DB_FILE);
+        if !db.is_file() {
+            return Err(SiteError::NotSiteDir(dir.to_owned()));
+        }
+        Ok(Site { dir: dir.to_owned(), store: SiteStore::open(&db)?, keys: SoftKeyStore::new(dir, passphrase) })
+    }
+
+    /// The site database.
+    pub fn store(&self) -> &SiteStore {
+        &self.store
+    }
+
+    /// Verifies a credentials file for this site: format, site ID, chain to the root (pinned by
+    /// `pinned_root` if given), profiles, holders, and that the site certificates are for this
+    /// site's own keys. Nothing is stored.
+    pub fn verify_credentials(
+        &self,
+        bytes: &[u8],
+        pinned_root: Option<&[u8; 32]>,
+        now: OffsetDateTime,
+    ) -> Result<VerifiedCredentials, SiteError> {
+        let creds = SiteCredentials::parse(bytes)?;
+        let site_id = self.store.site_id()?;
+        if self.store.installed()? {
+            return Err(SiteError::AlreadyInstalled(site_id));
+        }
+        let mut raw = Vec::with_capacity(3);
+        for p in SITE_KEYS {
+            let key_ref = KeyRef::parse(&self.store.key_ref(p)?)?;
+            raw.push(match p {
+                Profile::SiteIdentityKeyAgreement => self.keys.open_key_agreement(&key_ref)?.public_key().to_vec(),
+                _ => self.keys.open_signer(&key_ref)?.public_key().to_vec(),
+            });
+        }
+        let keys = SitePublicKeys { identity_signing: &raw[0], identity_key_agreement: &raw[1], issuing_ca: &raw[2] };
+        Ok(creds.verify(&site_id, &keys, pinned_root, now)?)
+    }
+
+    /// Stores verified credentials: PEM files in `certs/` and the certificates in the database.
+    pub fn install(&mut self, creds: &VerifiedCredentials, now: OffsetDateTime) -> Result<InstallReport, SiteError> {
+        if self.store.installed()? {
+            return Err(SiteError::AlreadyInstalled(creds.site_id.clone()));
+        }
+        let entries: [(Profile, &[u8]); 6] = [
+            (Profile::OemRoot, &creds.oem_root),
+            (Profile::HqAuthoritySigning, &creds.hq_authority_signing),
+            (Profile::HqAuthorityKeyAgreement, &creds.hq_authority_key_agreement),
+            (Profile::SiteIdentitySigning, &creds.site_identity_signing),
+            (Profile::SiteIdentityKeyAgreement, &creds.site_identity_key_agreement),
+            (Profile::SiteIssuingCa, &creds.site_issuing_ca),
+        ];
+        self.store.install(&entries, now)?;
+        let certs_dir = self.dir.join("certs");
+        fs::create_dir_all(&certs_dir).map_err(|source| SiteError::Io { path: certs_dir.clone(), source })?;
+        let mut certs = std::collections::BTreeMap::new();
+        for (p, der) in entries {
+            let path = certs_dir.join(format!("{}.pem", p.name()));
+            stamp_store::write_atomic(&path, cert::to_pem(der).as_bytes(), 0o644)?;
+            certs.insert(p.name().to_owned(), path);
+        }
+        Ok(InstallReport {
+            site_id: creds.site_id.clone(),
+            root_fingerprint: fingerprint::cert_sha256(&creds.oem_root),
+            certs,
+        })
+    }
+}

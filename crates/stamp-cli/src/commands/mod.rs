@@ -1,0 +1,77 @@
+//! One module per subcommand.
+
+pub mod demo;
+pub mod hq_enroll_site;
+pub mod hq_init;
+pub mod hq_sites;
+pub mod site_init;
+pub mod site_install;
+
+use std::io::Read;
+use std::path::Path;
+
+use anyhow::{bail, Context};
+use clap::Subcommand;
+use stamp_keys::Passphrase;
+
+use crate::Globals;
+
+/// `stamp hq ...`
+#[derive(Subcommand, Debug)]
+pub enum HqCommand {
+    /// Create an HQ directory: OEM root CA, HQ authority keys and certificates, database.
+    Init(hq_init::Args),
+    /// Verify a site's request and issue its certificates; write the credentials file.
+    EnrollSite(hq_enroll_site::Args),
+    /// List enrolled sites.
+    Sites(hq_sites::Args),
+}
+
+/// `stamp site ...`
+#[derive(Subcommand, Debug)]
+pub enum SiteCommand {
+    /// Create a site directory: identity and issuing CA keys, database, and the enrollment request.
+    Init(site_init::Args),
+    /// Verify the credentials HQ returned and install them.
+    Install(site_install::Args),
+}
+
+/// Runs an HQ command.
+pub fn run_hq(cmd: HqCommand, g: &Globals) -> anyhow::Result<()> {
+    match cmd {
+        HqCommand::Init(a) => hq_init::run(a, g),
+        HqCommand::EnrollSite(a) => hq_enroll_site::run(a, g),
+        HqCommand::Sites(a) => hq_sites::run(a, g),
+    }
+}
+
+/// Runs a site command.
+pub fn run_site(cmd: SiteCommand, g: &Globals) -> anyhow::Result<()> {
+    match cmd {
+        SiteCommand::Init(a) => site_init::run(a, g),
+        SiteCommand::Install(a) => site_install::run(a, g),
+    }
+}
+
+/// The key store passphrase from `--passphrase-file`, `$STAMP_PASSPHRASE_FILE` or a prompt.
+pub fn passphrase(g: &Globals, creating: bool) -> anyhow::Result<Passphrase> {
+    Ok(Passphrase::obtain(g.passphrase_file.as_deref(), creating)?)
+}
+
+/// Reads a file of at most `max` bytes.
+pub fn read_bounded(path: &Path, max: usize) -> anyhow::Result<Vec<u8>> {
+    let f = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut buf = Vec::new();
+    f.take(max as u64 + 1)
+        .read_to_end(&mut buf)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    if buf.len() > max {
+        bail!("{} is larger than {max} bytes; it is not a file stamp expects here", path.display());
+    }
+    Ok(buf)
+}
+
+/// The current time.
+pub fn now() -> time::OffsetDateTime {
+    time::OffsetDateTime::now_utc()
+}

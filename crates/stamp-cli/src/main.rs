@@ -1,0 +1,67 @@
+//! `stamp`: secure manufacturing of IoT devices.
+//!
+//! A thin binary: it parses the command line, reads files, asks for confirmation, calls the role
+//! crates and prints results (text, or one JSON object with `--json`).
+
+mod commands;
+mod output;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Secure manufacturing of IoT devices: an OEM root at HQ, factory sites that provision devices
+/// under HQ's policy, and audit logs that prove what each site did.
+#[derive(Parser, Debug)]
+#[command(name = "stamp", version, propagate_version = true, max_term_width = 100)]
+pub struct Cli {
+    /// Print one JSON object on standard output instead of text (errors too).
+    #[arg(long, global = true)]
+    json: bool,
+
+    /// File holding the key store passphrase (mode 0600). Default: $STAMP_PASSPHRASE_FILE, else a
+    /// prompt on the terminal. Passphrases are never taken from the command line.
+    #[arg(long, global = true, value_name = "FILE")]
+    passphrase_file: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Headquarters: the OEM root of trust, the HQ authority, site enrollment.
+    #[command(subcommand)]
+    Hq(commands::HqCommand),
+    /// Factory site: keys, enrollment request, credentials.
+    #[command(subcommand)]
+    Site(commands::SiteCommand),
+    /// Run the whole flow on embedded defaults in a fresh directory and narrate it.
+    Demo(commands::demo::Args),
+}
+
+/// Global options every command may need.
+pub struct Globals {
+    /// `--json`.
+    pub json: bool,
+    /// `--passphrase-file`.
+    pub passphrase_file: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let globals = Globals { json: cli.json, passphrase_file: cli.passphrase_file };
+    let result = match cli.command {
+        Command::Hq(c) => commands::run_hq(c, &globals),
+        Command::Site(c) => commands::run_site(c, &globals),
+        Command::Demo(a) => commands::demo::run(a, &globals),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            output::error(globals.json, &e);
+            ExitCode::FAILURE
+        }
+    }
+}

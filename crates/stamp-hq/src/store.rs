@@ -1,0 +1,199 @@
+//! The HQ database: a narrow, typed interface over SQLite.
+
+use std::path::Path;
+
+use stamp_core::fingerprint;
+use stamp_core::profile::Profile;
+use stamp_core::SiteId;
+use stamp_keys::KeyRef;
+use stamp_store::rusqlite::{params, OptionalExtension};
+use stamp_store::{Database, Migration, StoreError};
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+use crate::HqError;
+
+const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    sql: "
+        CREATE TABLE hq (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            org TEXT NOT NULL,
+            created_at TEXT NOT NULL
+        );
+        -- HQ's own keys: where each lives and its certificate.
+        CREATE TABLE own_keys (
+            profile TEXT PRIMARY KEY,
+            key_ref TEXT NOT NULL,
+            algorithm TEXT NOT NULL,
+            cert_der BLOB NOT NULL
+        );
+        -- Every certificate HQ has issued.
+        CREATE TABLE certificates (
+            sha256 BLOB PRIMARY KEY,
+            profile TEXT NOT NULL,
+            site_id TEXT,
+            spki_sha256 BLOB NOT NULL,
+            issued_at TEXT NOT NULL,
+            der BLOB NOT NULL
+        );
+        CREATE INDEX certificates_spki ON certificates (spki_sha256);
+        CREATE TABLE sites (
+            site_id TEXT PRIMARY KEY,
+            request_sha256 BLOB NOT NULL,
+            enrolled_at TEXT NOT NULL
+        );
+    ",
+}];
+
+/// The HQ database.
+pub struct HqStore {
+    db: Database,
+}
+
+fn ts(t: OffsetDateTime) -> String {
+    t.format(&Rfc3339).unwrap_or_default()
+}
+
+fn spki_sha256(der: &[u8]) -> Vec<u8> {
+    x509_spki(der).map(|s| fingerprint::sha256(&s).to_vec()).unwrap_or_default()
+}
+
+fn x509_spki(der: &[u8]) -> Option<Vec<u8>> {
+    stamp_core::cert::parse(der).ok().map(|c| c.public_key().raw.to_vec())
+}
+
+impl HqStore {
+    /// Creates a new HQ database.
+    pub fn create(path: &Path, org: &str, now: OffsetDateTime) -> Result<Self, StoreError> {
+        let db = Database::create(path, MIGRATIONS)?;
+        db.conn()
+            .execute("INSERT INTO hq (id, org, created_at) VALUES (1, ?1, ?2)", params![org, ts(now)])
+            .map_err(|e| db.err(e))?;
+        Ok(HqStore { db })
+    }
+
+    /// Opens an HQ database.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Ok(HqStore { db: Database::open(path, MIGRATIONS)? })
+    }
+
+    /// The OEM's name.
+    pub fn org(&self) -> Result<String, StoreError> {
+        self.db
+            .conn()
+            .query_row("SELECT org FROM hq WHERE id = 1", [], |r| r.get(0))
+            .map_err(|e| self.db.err(e))
+    }
+
+    /// Records one of HQ's own keys and its certificate.
+    pub fn add_own_key(
+        &mut self,
+        profile: Profile,
+        key: &KeyRef,
+        algorithm: &str,
+        cert_der: &[u8],
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        self.db.write(|tx| {
+            tx.execute(
+                "INSERT INTO own_keys (profile, key_ref, algorithm, cert_der) VALUES (?1, ?2, ?3, ?4)",
+                params![profile.name(), key.to_string(), algorithm, cert_der],
+            )?;
+            insert_cert(tx, profile, None, cert_der, now)
+        })
+    }
+
+    /// One of HQ's own keys: its reference and certificate (DER).
+    pub fn own_key(&self, profile: Profile) -> Result<(String, Vec<u8>), HqError> {
+        Ok(self
+            .db
+            .conn()
+            .query_row(
+                "SELECT key_ref, cert_der FROM own_keys WHERE profile = ?1",
+                [profile.name()],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .map_err(|e| self.db.err(e))?)
+    }
+
+    /// Whether a site ID is enrolled.
+    pub fn site_enrolled(&self, site: &SiteId) -> Result<bool, StoreError> {
+        self.db
+            .conn()
+            .query_row("SELECT 1 FROM sites WHERE site_id = ?1", [site.as_str()], |_| Ok(()))
+            .optional()
+            .map(|o| o.is_some())
+            .map_err(|e| self.db.err(e))
+    }
+
+    /// Whether HQ has certified this public key (SHA-256 of its SPKI) before.
+    pub fn public_key_known(&self, spki_sha256: &[u8; 32]) -> Result<bool, StoreError> {
+        self.db
+            .conn()
+            .query_row(
+                "SELECT 1 FROM certificates WHERE spki_sha256 = ?1 LIMIT 1",
+                [spki_sha256.as_slice()],
+                |_| Ok(()),
+            )
+            .optional()
+            .map(|o| o.is_some())
+            .map_err(|e| self.db.err(e))
+    }
+
+    /// Records an enrolled site and its certificates, in one transaction.
+    pub fn record_site(
+        &mut self,
+        site: &SiteId,
+        request_sha256: &[u8; 32],
+        certs: &[(Profile, Vec<u8>)],
+        now: OffsetDateTime,
+    ) -> Result<(), HqError> {
+        Ok(self.db.write(|tx| {
+            tx.execute(
+                "INSERT INTO sites (site_id, request_sha256, enrolled_at) VALUES (?1, ?2, ?3)",
+                params![site.as_str(), request_sha256.as_slice(), ts(now)],
+            )?;
+            for (profile, der) in certs {
+                insert_cert(tx, *profile, Some(site), der, now)?;
+            }
+            Ok(())
+        })?)
+    }
+
+    /// Enrolled sites with their enrollment time, in ID order.
+    pub fn sites(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let mut stmt = self
+            .db
+            .conn()
+            .prepare("SELECT site_id, enrolled_at FROM sites ORDER BY site_id")
+            .map_err(|e| self.db.err(e))?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| self.db.err(e))?;
+        Ok(rows)
+    }
+}
+
+fn insert_cert(
+    tx: &stamp_store::rusqlite::Transaction<'_>,
+    profile: Profile,
+    site: Option<&SiteId>,
+    der: &[u8],
+    now: OffsetDateTime,
+) -> Result<(), stamp_store::rusqlite::Error> {
+    tx.execute(
+        "INSERT INTO certificates (sha256, profile, site_id, spki_sha256, issued_at, der)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![
+            fingerprint::sha256(der).as_slice(),
+            profile.name(),
+            site.map(SiteId::as_str),
+            spki_sha256(der),
+            ts(now),
+            der
+        ],
+    )?;
+    Ok(())
+}
