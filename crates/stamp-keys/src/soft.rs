@@ -1,7 +1,8 @@
 //! The software key store: encrypted PKCS#8 files in the state directory.
 //!
 //! Each key is a PEM `ENCRYPTED PRIVATE KEY` (RFC 5958 EncryptedPrivateKeyInfo) protected with
-//! PBES2 (RFC 8018): scrypt (N = 2^15, r = 8, p = 1, 16-byte salt) and AES-256-CBC. `openssl pkey`
+//! PBES2 (RFC 8018): scrypt (N = 2^14, r = 8, p = 1, 16-byte salt: the parameters of
+//! `openssl pkcs8 -scrypt`, inside OpenSSL's 32 MiB scrypt memory limit) and AES-256-CBC. `openssl pkey`
 //! reads these files with the same passphrase. Files are created with mode 0600 and refused when
 //! group or others can read them.
 
@@ -27,7 +28,7 @@ use crate::{KeyRef, KeyStore, KeyStoreError, Passphrase};
 /// Largest key file read.
 const MAX_KEY_FILE: u64 = 16 * 1024;
 /// scrypt cost written into new key files (log2 N).
-const SCRYPT_LOG_N: u8 = 15;
+const SCRYPT_LOG_N: u8 = 14;
 /// Largest scrypt cost accepted when reading (bounds the work a crafted file can demand).
 const MAX_SCRYPT_LOG_N: u32 = 20;
 
