@@ -51,7 +51,10 @@ pub struct Globals {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let globals = Globals { json: cli.json, passphrase_file: cli.passphrase_file };
+    let globals = Globals {
+        json: cli.json,
+        passphrase_file: cli.passphrase_file,
+    };
     let result = match cli.command {
         Command::Hq(c) => commands::run_hq(c, &globals),
         Command::Site(c) => commands::run_site(c, &globals),

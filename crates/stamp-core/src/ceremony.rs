@@ -109,11 +109,20 @@ struct Header {
     version: u64,
 }
 
-fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8], format: &'static str) -> Result<T, CeremonyError> {
+fn parse_json<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+    format: &'static str,
+) -> Result<T, CeremonyError> {
     if bytes.len() > MAX_FILE {
         return Err(CeremonyError::TooLarge);
     }
-    let header: Header = serde_json::from_slice(bytes).map_err(|_| CeremonyError::NotStampFile)?;
+    let mut stream = serde_json::Deserializer::from_slice(bytes).into_iter::<serde_json::Value>();
+    let value = match stream.next() {
+        Some(Ok(v @ serde_json::Value::Object(_))) => v,
+        _ => return Err(CeremonyError::NotStampFile),
+    };
+    let end = stream.byte_offset();
+    let header: Header = serde_json::from_value(value.clone()).map_err(|_| CeremonyError::NotStampFile)?;
     if header.format != format {
         return Err(CeremonyError::WrongKind {
             found: header.format.chars().take(64).collect(),
@@ -121,10 +130,21 @@ fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8], format: &'static str
         });
     }
     if header.version != 1 {
-        return Err(CeremonyError::UnsupportedVersion { format, version: header.version });
+        return Err(CeremonyError::UnsupportedVersion {
+            format,
+            version: header.version,
+        });
     }
-    serde_json::from_slice(bytes)
-        .map_err(|e| CeremonyError::Malformed { format, detail: e.to_string() })
+    if bytes[end..].iter().any(|b| !b.is_ascii_whitespace()) {
+        return Err(CeremonyError::Malformed {
+            format,
+            detail: "trailing bytes after the JSON object".to_owned(),
+        });
+    }
+    serde_json::from_value(value).map_err(|e| CeremonyError::Malformed {
+        format,
+        detail: e.to_string(),
+    })
 }
 
 /// A site's enrollment request as written to disk.
@@ -227,7 +247,8 @@ impl SiteRequest {
         issuing: &dyn Signer,
     ) -> Result<Self, CeremonyError> {
         let build_err = |_| CeremonyError::Build;
-        let id_csr = csr::create(identity, &format!("site {site_id} identity (signing)")).map_err(build_err)?;
+        let id_csr =
+            csr::create(identity, &format!("site {site_id} identity (signing)")).map_err(build_err)?;
         let ca_csr = csr::create(issuing, &format!("site {site_id} issuing CA")).map_err(build_err)?;
         let ka_spki = key_agreement.spki_der();
         let message = binding_message(site_id, &identity.spki_der(), &ka_spki, &issuing.spki_der());
@@ -257,19 +278,29 @@ impl SiteRequest {
 
     /// Verifies both CSRs, the key types and the binding signature.
     pub fn verify(&self) -> Result<VerifiedSiteRequest, CeremonyError> {
-        let id_der = unpem(&self.identity_signing_csr, "CERTIFICATE REQUEST", "identity_signing_csr")?;
-        let identity = csr::verify(&id_der)
-            .map_err(|source| CeremonyError::Csr { which: "identity signing", source })?;
+        let id_der = unpem(
+            &self.identity_signing_csr,
+            "CERTIFICATE REQUEST",
+            "identity_signing_csr",
+        )?;
+        let identity = csr::verify(&id_der).map_err(|source| CeremonyError::Csr {
+            which: "identity signing",
+            source,
+        })?;
         let ca_der = unpem(&self.issuing_ca_csr, "CERTIFICATE REQUEST", "issuing_ca_csr")?;
-        let issuing = csr::verify(&ca_der)
-            .map_err(|source| CeremonyError::Csr { which: "issuing CA", source })?;
+        let issuing = csr::verify(&ca_der).map_err(|source| CeremonyError::Csr {
+            which: "issuing CA",
+            source,
+        })?;
         let ka_spki = unpem(
             &self.identity_key_agreement_public_key,
             "PUBLIC KEY",
             "identity_key_agreement_public_key",
         )?;
-        let ka_type = csr::classify_spki(&ka_spki)
-            .map_err(|source| CeremonyError::Csr { which: "identity key agreement", source })?;
+        let ka_type = csr::classify_spki(&ka_spki).map_err(|source| CeremonyError::Csr {
+            which: "identity key agreement",
+            source,
+        })?;
         if !matches!(ka_type, KeyType::P256 | KeyType::P384) {
             return Err(CeremonyError::KeyTypeNotAllowed("identity key agreement"));
         }
@@ -321,6 +352,10 @@ pub struct SiteCredentials {
     /// Site issuing CA certificate (PEM).
     pub site_issuing_ca: String,
 }
+
+/// One certificate of a credentials file to check: its role, PEM text, profile, expected
+/// organizational unit, and (for the site's own certificates) the key it must certify.
+type CredentialEntry<'a> = (&'static str, &'a String, Profile, &'a str, Option<&'a [u8]>);
 
 /// The public keys a site holds, to match against its credentials.
 pub struct SitePublicKeys<'a> {
@@ -395,8 +430,14 @@ impl SiteCredentials {
         let root_cert = cert::parse(&root)?;
         cert::check_root(&root_cert, now)?;
         let site_unit = format!("site {site}");
-        let entries: [(&'static str, &String, Profile, &str, Option<&[u8]>); 5] = [
-            ("HQ authority signing", &self.hq_authority_signing, Profile::HqAuthoritySigning, "HQ", None),
+        let entries: [CredentialEntry<'_>; 5] = [
+            (
+                "HQ authority signing",
+                &self.hq_authority_signing,
+                Profile::HqAuthoritySigning,
+                "HQ",
+                None,
+            ),
             (
                 "HQ authority key agreement",
                 &self.hq_authority_key_agreement,
@@ -418,7 +459,13 @@ impl SiteCredentials {
                 &site_unit,
                 Some(keys.identity_key_agreement),
             ),
-            ("site issuing CA", &self.site_issuing_ca, Profile::SiteIssuingCa, &site_unit, Some(keys.issuing_ca)),
+            (
+                "site issuing CA",
+                &self.site_issuing_ca,
+                Profile::SiteIssuingCa,
+                &site_unit,
+                Some(keys.issuing_ca),
+            ),
         ];
         let mut ders = Vec::with_capacity(5);
         for (what, pem_text, profile, unit, own_key) in entries {

@@ -44,7 +44,7 @@ pub fn parse(der: &[u8]) -> Result<X509Certificate<'_>, CertError> {
         return Err(CertError::TooLarge);
     }
     match X509Certificate::from_der(der) {
-        Ok((rest, cert)) if rest.is_empty() => Ok(cert),
+        Ok(([], cert)) => Ok(cert),
         _ => Err(CertError::Malformed),
     }
 }
@@ -104,8 +104,7 @@ pub fn check_root(root: &X509Certificate<'_>, now: OffsetDateTime) -> Result<(),
 /// roles use (ECDSA P-256/P-384, Ed25519).
 pub fn raw_public_key(what: &'static str, cert: &X509Certificate<'_>) -> Result<Vec<u8>, CertError> {
     let spki = cert.public_key();
-    crate::csr::classify_spki(spki.raw)
-        .map_err(|_| CertError::UnsupportedKey(what))?;
+    crate::csr::classify_spki(spki.raw).map_err(|_| CertError::UnsupportedKey(what))?;
     Ok(spki.subject_public_key.data.to_vec())
 }
 

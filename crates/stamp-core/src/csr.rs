@@ -5,8 +5,7 @@
 
 use x509_parser::certification_request::X509CertificationRequest;
 use x509_parser::oid_registry::{
-    OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY, OID_NIST_EC_P384, OID_PKCS1_RSAENCRYPTION,
-    OID_SIG_ED25519,
+    OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY, OID_NIST_EC_P384, OID_PKCS1_RSAENCRYPTION, OID_SIG_ED25519,
 };
 use x509_parser::prelude::FromDer;
 use x509_parser::public_key::PublicKey;
@@ -92,7 +91,7 @@ pub fn verify(der: &[u8]) -> Result<VerifiedCsr, CsrError> {
         return Err(CsrError::TooLarge);
     }
     let csr = match X509CertificationRequest::from_der(der) {
-        Ok((rest, csr)) if rest.is_empty() => csr,
+        Ok(([], csr)) => csr,
         _ => return Err(CsrError::Malformed),
     };
     let spki = &csr.certification_request_info.subject_pki;
@@ -108,7 +107,7 @@ pub fn verify(der: &[u8]) -> Result<VerifiedCsr, CsrError> {
 /// Classifies a DER SubjectPublicKeyInfo.
 pub fn classify_spki(spki_der: &[u8]) -> Result<KeyType, CsrError> {
     match SubjectPublicKeyInfo::from_der(spki_der) {
-        Ok((rest, spki)) if rest.is_empty() => classify(&spki),
+        Ok(([], spki)) => classify(&spki),
         _ => Err(CsrError::Malformed),
     }
 }
@@ -148,7 +147,7 @@ fn classify(spki: &SubjectPublicKeyInfo<'_>) -> Result<KeyType, CsrError> {
                 let e_ok = exponent.len() <= 4
                     && exponent.last().is_some_and(|b| b & 1 == 1)
                     && exponent.iter().fold(0u64, |a, b| (a << 8) | u64::from(*b)) >= 65537;
-                if bits < 2048 || bits > 8192 || !e_ok {
+                if !(2048..=8192).contains(&bits) || !e_ok {
                     return Err(CsrError::WeakRsaKey);
                 }
                 Ok(KeyType::Rsa(bits as u32))

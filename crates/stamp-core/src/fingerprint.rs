@@ -18,7 +18,11 @@ pub fn cert_sha256(der: &[u8]) -> String {
 
 /// Upper-case hex pairs separated by colons.
 pub fn colon_hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(":")
+    bytes
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 /// A short fingerprint for reading out loud: the first 80 bits of a SHA-256, as five groups of four

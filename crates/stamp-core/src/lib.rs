@@ -4,8 +4,8 @@
 //! reached only through the [`key::Signer`] and [`key::KeyAgreement`] traits, implemented by the key
 //! layer (`stamp-keys`): a software key store today, a PKCS#11 token later.
 
-pub mod cert;
 pub mod ceremony;
+pub mod cert;
 pub mod csr;
 pub mod fingerprint;
 pub mod key;

@@ -6,8 +6,8 @@
 //! request asks for is copied into a certificate.
 
 use rcgen::{
-    BasicConstraints, CertificateParams, CustomExtension, DistinguishedName, DnType, IsCa,
-    KeyIdMethod, KeyUsagePurpose,
+    BasicConstraints, CertificateParams, CustomExtension, DistinguishedName, DnType, IsCa, KeyIdMethod,
+    KeyUsagePurpose,
 };
 use time::{Duration, OffsetDateTime};
 use x509_parser::certificate::X509Certificate;
@@ -129,7 +129,10 @@ impl Validity {
     /// `lifetime` starting at `now`, truncated to whole seconds (X.509 has no fractions).
     pub fn starting(now: OffsetDateTime, lifetime: Duration) -> Self {
         let now = now.replace_nanosecond(0).unwrap_or(now);
-        Validity { not_before: now, not_after: now + lifetime }
+        Validity {
+            not_before: now,
+            not_after: now + lifetime,
+        }
     }
 }
 
@@ -265,7 +268,12 @@ impl Profile {
     /// Checks that a parsed certificate has exactly this profile's key usage, basic constraints,
     /// extended key usage and key identifiers.
     pub fn check(self, cert: &X509Certificate<'_>) -> Result<(), ProfileError> {
-        let fail = |what| Err(ProfileError::Mismatch { profile: self.name(), what });
+        let fail = |what| {
+            Err(ProfileError::Mismatch {
+                profile: self.name(),
+                what,
+            })
+        };
         if cert.version() != x509_parser::x509::X509Version::V3 {
             return fail("not an X.509 v3 certificate");
         }
@@ -411,10 +419,12 @@ pub fn issue(
     serial: Serial,
     issuer: &Issuer<'_>,
 ) -> Result<Vec<u8>, ProfileError> {
-    let (_, issuer_cert) = x509_parser::parse_x509_certificate(issuer.cert_der)
-        .map_err(|_| ProfileError::BadIssuer)?;
+    let (_, issuer_cert) =
+        x509_parser::parse_x509_certificate(issuer.cert_der).map_err(|_| ProfileError::BadIssuer)?;
     if issuer_cert.public_key().subject_public_key.data.as_ref() != issuer.signer.public_key() {
-        return Err(ProfileError::IssuerKeyMismatch(issuer.signer.key_ref().to_owned()));
+        return Err(ProfileError::IssuerKeyMismatch(
+            issuer.signer.key_ref().to_owned(),
+        ));
     }
     let issuer_not_after = issuer_cert.validity().not_after.to_datetime();
     let validity = Validity {
@@ -422,10 +432,8 @@ pub fn issue(
         not_after: validity.not_after.min(issuer_not_after),
     };
     let params = profile.params(profile.subject(org, holder)?, validity, serial)?;
-    let rcgen_issuer = rcgen::Issuer::from_ca_cert_der(
-        &issuer.cert_der.to_vec().into(),
-        RcgenSigner(issuer.signer),
-    )?;
+    let rcgen_issuer =
+        rcgen::Issuer::from_ca_cert_der(&issuer.cert_der.to_vec().into(), RcgenSigner(issuer.signer))?;
     let cert = params.signed_by(subject_key, &rcgen_issuer)?;
     Ok(cert.der().to_vec())
 }

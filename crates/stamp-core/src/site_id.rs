@@ -22,7 +22,8 @@ impl SiteId {
     pub fn new(s: &str) -> Result<Self, InvalidSiteId> {
         let ok = !s.is_empty()
             && s.len() <= Self::MAX_LEN
-            && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
             && s.as_bytes()[0] != b'-';
         if ok {
             Ok(SiteId(s.to_owned()))

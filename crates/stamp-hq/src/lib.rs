@@ -53,7 +53,9 @@ pub enum HqError {
     #[error("the request uses the same public key for two roles, or a key HQ already certified")]
     KeyReused,
     /// The fingerprint typed by the operator differs from the request's.
-    #[error("request fingerprint {found} does not match the expected {expected}: do not enroll this request")]
+    #[error(
+        "request fingerprint {found} does not match the expected {expected}: do not enroll this request"
+    )]
     FingerprintMismatch {
         /// The request's.
         found: String,
@@ -110,7 +112,10 @@ pub(crate) fn random_serial(rng: &SystemRandom) -> Result<Serial, HqError> {
 
 fn write_pem(path: &Path, der: &[u8]) -> Result<(), HqError> {
     if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir).map_err(|source| HqError::Io { path: dir.to_owned(), source })?;
+        fs::create_dir_all(dir).map_err(|source| HqError::Io {
+            path: dir.to_owned(),
+            source,
+        })?;
     }
     stamp_store::write_atomic(path, cert::to_pem(der).as_bytes(), 0o644)?;
     Ok(())
@@ -123,7 +128,12 @@ fn cert_path(dir: &Path, profile: Profile) -> PathBuf {
 
 /// Creates an HQ directory: the OEM root, the HQ authority's signing and key-agreement keys and
 /// certificates, and the database. Nothing is left behind if any step fails.
-pub fn init(dir: &Path, opts: &InitOptions, passphrase: Passphrase, now: OffsetDateTime) -> Result<InitReport, HqError> {
+pub fn init(
+    dir: &Path,
+    opts: &InitOptions,
+    passphrase: Passphrase,
+    now: OffsetDateTime,
+) -> Result<InitReport, HqError> {
     let staging = StagingDir::new(dir)?;
     let base = staging.path();
     let keys = SoftKeyStore::new(base, passphrase);
@@ -131,11 +141,17 @@ pub fn init(dir: &Path, opts: &InitOptions, passphrase: Passphrase, now: OffsetD
 
     let (root_ref, root_key) = keys.generate_signer(Profile::OemRoot.name(), opts.root_algorithm)?;
     let root_validity = Validity::starting(now, Profile::OemRoot.default_lifetime());
-    let root_der = profile::self_signed_root(root_key.as_ref(), &opts.org, root_validity, random_serial(&rng)?)?;
-    let issuer = profile::Issuer { cert_der: &root_der, signer: root_key.as_ref() };
+    let root_der =
+        profile::self_signed_root(root_key.as_ref(), &opts.org, root_validity, random_serial(&rng)?)?;
+    let issuer = profile::Issuer {
+        cert_der: &root_der,
+        signer: root_key.as_ref(),
+    };
 
-    let (sign_ref, sign_key) =
-        keys.generate_signer(Profile::HqAuthoritySigning.name(), SignatureAlgorithm::EcdsaP256Sha256)?;
+    let (sign_ref, sign_key) = keys.generate_signer(
+        Profile::HqAuthoritySigning.name(),
+        SignatureAlgorithm::EcdsaP256Sha256,
+    )?;
     let sign_der = profile::issue(
         Profile::HqAuthoritySigning,
         &opts.org,
@@ -145,8 +161,10 @@ pub fn init(dir: &Path, opts: &InitOptions, passphrase: Passphrase, now: OffsetD
         random_serial(&rng)?,
         &issuer,
     )?;
-    let (ka_ref, ka_key) =
-        keys.generate_key_agreement(Profile::HqAuthorityKeyAgreement.name(), KeyAgreementAlgorithm::EcdhP256)?;
+    let (ka_ref, ka_key) = keys.generate_key_agreement(
+        Profile::HqAuthorityKeyAgreement.name(),
+        KeyAgreementAlgorithm::EcdhP256,
+    )?;
     let ka_der = profile::issue(
         Profile::HqAuthorityKeyAgreement,
         &opts.org,
@@ -158,9 +176,27 @@ pub fn init(dir: &Path, opts: &InitOptions, passphrase: Passphrase, now: OffsetD
     )?;
 
     let mut store = HqStore::create(&base.join(DB_FILE), &opts.org, now)?;
-    store.add_own_key(Profile::OemRoot, &root_ref, opts.root_algorithm.name(), &root_der, now)?;
-    store.add_own_key(Profile::HqAuthoritySigning, &sign_ref, sign_key.algorithm().name(), &sign_der, now)?;
-    store.add_own_key(Profile::HqAuthorityKeyAgreement, &ka_ref, ka_key.algorithm().name(), &ka_der, now)?;
+    store.add_own_key(
+        Profile::OemRoot,
+        &root_ref,
+        opts.root_algorithm.name(),
+        &root_der,
+        now,
+    )?;
+    store.add_own_key(
+        Profile::HqAuthoritySigning,
+        &sign_ref,
+        sign_key.algorithm().name(),
+        &sign_der,
+        now,
+    )?;
+    store.add_own_key(
+        Profile::HqAuthorityKeyAgreement,
+        &ka_ref,
+        ka_key.algorithm().name(),
+        &ka_der,
+        now,
+    )?;
     drop(store);
     for (p, der) in [
         (Profile::OemRoot, &root_der),
@@ -219,7 +255,11 @@ impl Hq {
         if !db.is_file() {
             return Err(HqError::NotHqDir(dir.to_owned()));
         }
-        Ok(Hq { dir: dir.to_owned(), store: HqStore::open(&db)?, keys: SoftKeyStore::new(dir, passphrase) })
+        Ok(Hq {
+            dir: dir.to_owned(),
+            store: HqStore::open(&db)?,
+            keys: SoftKeyStore::new(dir, passphrase),
+        })
     }
 
     /// The HQ database.
@@ -239,16 +279,28 @@ impl Hq {
     ) -> Result<EnrollReport, HqError> {
         let short = request.short_fingerprint();
         if let Some(expected) = expected_fingerprint {
-            let norm = |s: &str| s.chars().filter(|c| c.is_ascii_hexdigit()).collect::<String>().to_lowercase();
+            let norm = |s: &str| {
+                s.chars()
+                    .filter(|c| c.is_ascii_hexdigit())
+                    .collect::<String>()
+                    .to_lowercase()
+            };
             if norm(expected) != norm(&short) {
-                return Err(HqError::FingerprintMismatch { found: short, expected: expected.to_owned() });
+                return Err(HqError::FingerprintMismatch {
+                    found: short,
+                    expected: expected.to_owned(),
+                });
             }
         }
         let site = &request.site_id;
         if self.store.site_enrolled(site)? {
             return Err(HqError::AlreadyEnrolled(site.clone()));
         }
-        let spkis = [request.identity.spki_der(), &request.key_agreement_spki, request.issuing.spki_der()];
+        let spkis = [
+            request.identity.spki_der(),
+            &request.key_agreement_spki,
+            request.issuing.spki_der(),
+        ];
         if spkis[0] == spkis[1] || spkis[0] == spkis[2] || spkis[1] == spkis[2] {
             return Err(HqError::KeyReused);
         }
@@ -260,11 +312,16 @@ impl Hq {
         let org = self.store.org()?;
         let (root_ref, root_der) = self.store.own_key(Profile::OemRoot)?;
         let root_signer = self.keys.open_signer(&KeyRef::parse(&root_ref)?)?;
-        let issuer = profile::Issuer { cert_der: &root_der, signer: root_signer.as_ref() };
+        let issuer = profile::Issuer {
+            cert_der: &root_der,
+            signer: root_signer.as_ref(),
+        };
         let rng = SystemRandom::new();
         let holder = Holder::Site(site.clone());
         let rcgen_alg = |kt: KeyType| {
-            ceremony::signature_algorithm(kt).map(SignatureAlgorithm::rcgen).ok_or(HqError::KeyReused)
+            ceremony::signature_algorithm(kt)
+                .map(SignatureAlgorithm::rcgen)
+                .ok_or(HqError::KeyReused)
         };
         let ka_raw = request.key_agreement_raw()?;
         let ka_alg = match request.key_agreement_type {
@@ -273,9 +330,21 @@ impl Hq {
         };
         let mut issued = Vec::new();
         for (profile, alg, raw) in [
-            (Profile::SiteIdentitySigning, rcgen_alg(request.identity.key_type())?, request.identity.raw_public_key()),
-            (Profile::SiteIdentityKeyAgreement, ka_alg.rcgen_public_key(), ka_raw.as_slice()),
-            (Profile::SiteIssuingCa, rcgen_alg(request.issuing.key_type())?, request.issuing.raw_public_key()),
+            (
+                Profile::SiteIdentitySigning,
+                rcgen_alg(request.identity.key_type())?,
+                request.identity.raw_public_key(),
+            ),
+            (
+                Profile::SiteIdentityKeyAgreement,
+                ka_alg.rcgen_public_key(),
+                ka_raw.as_slice(),
+            ),
+            (
+                Profile::SiteIssuingCa,
+                rcgen_alg(request.issuing.key_type())?,
+                request.issuing.raw_public_key(),
+            ),
         ] {
             let der = profile::issue(
                 profile,

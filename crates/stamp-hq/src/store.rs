@@ -56,11 +56,15 @@ fn ts(t: OffsetDateTime) -> String {
 }
 
 fn spki_sha256(der: &[u8]) -> Vec<u8> {
-    x509_spki(der).map(|s| fingerprint::sha256(&s).to_vec()).unwrap_or_default()
+    x509_spki(der)
+        .map(|s| fingerprint::sha256(&s).to_vec())
+        .unwrap_or_default()
 }
 
 fn x509_spki(der: &[u8]) -> Option<Vec<u8>> {
-    stamp_core::cert::parse(der).ok().map(|c| c.public_key().raw.to_vec())
+    stamp_core::cert::parse(der)
+        .ok()
+        .map(|c| c.public_key().raw.to_vec())
 }
 
 impl HqStore {
@@ -68,14 +72,19 @@ impl HqStore {
     pub fn create(path: &Path, org: &str, now: OffsetDateTime) -> Result<Self, StoreError> {
         let db = Database::create(path, MIGRATIONS)?;
         db.conn()
-            .execute("INSERT INTO hq (id, org, created_at) VALUES (1, ?1, ?2)", params![org, ts(now)])
+            .execute(
+                "INSERT INTO hq (id, org, created_at) VALUES (1, ?1, ?2)",
+                params![org, ts(now)],
+            )
             .map_err(|e| db.err(e))?;
         Ok(HqStore { db })
     }
 
     /// Opens an HQ database.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        Ok(HqStore { db: Database::open(path, MIGRATIONS)? })
+        Ok(HqStore {
+            db: Database::open(path, MIGRATIONS)?,
+        })
     }
 
     /// The OEM's name.
@@ -121,7 +130,9 @@ impl HqStore {
     pub fn site_enrolled(&self, site: &SiteId) -> Result<bool, StoreError> {
         self.db
             .conn()
-            .query_row("SELECT 1 FROM sites WHERE site_id = ?1", [site.as_str()], |_| Ok(()))
+            .query_row("SELECT 1 FROM sites WHERE site_id = ?1", [site.as_str()], |_| {
+                Ok(())
+            })
             .optional()
             .map(|o| o.is_some())
             .map_err(|e| self.db.err(e))

@@ -44,7 +44,9 @@ pub enum PassphraseError {
     #[error("passphrase is too short (at least {MIN_LEN} characters)")]
     TooShort,
     /// No terminal to prompt on and no file given.
-    #[error("no passphrase: pass --passphrase-file FILE or set {PASSPHRASE_FILE_ENV} (no terminal to prompt on)")]
+    #[error(
+        "no passphrase: pass --passphrase-file FILE or set {PASSPHRASE_FILE_ENV} (no terminal to prompt on)"
+    )]
     NoSource,
     /// The two entries at the prompt differ.
     #[error("the passphrases typed do not match")]
@@ -69,11 +71,17 @@ impl Passphrase {
     /// others can read it.
     pub fn from_file(path: &Path) -> Result<Self, PassphraseError> {
         use std::os::unix::fs::PermissionsExt;
-        let read_err = |source| PassphraseError::Read { path: path.to_owned(), source };
+        let read_err = |source| PassphraseError::Read {
+            path: path.to_owned(),
+            source,
+        };
         let file = std::fs::File::open(path).map_err(read_err)?;
         let mode = file.metadata().map_err(read_err)?.permissions().mode();
         if mode & 0o077 != 0 {
-            return Err(PassphraseError::InsecurePermissions { path: path.to_owned(), mode: mode & 0o777 });
+            return Err(PassphraseError::InsecurePermissions {
+                path: path.to_owned(),
+                mode: mode & 0o777,
+            });
         }
         let mut buf = zeroize::Zeroizing::new(String::new());
         file.take(1024).read_to_string(&mut buf).map_err(read_err)?;
@@ -92,10 +100,12 @@ impl Passphrase {
         let p = if let Some(path) = file.map(Path::to_owned).or(env) {
             Passphrase::from_file(&path)?
         } else if std::io::stdin().is_terminal() {
-            let first = rpassword::prompt_password("Key store passphrase: ").map_err(PassphraseError::Prompt)?;
+            let first =
+                rpassword::prompt_password("Key store passphrase: ").map_err(PassphraseError::Prompt)?;
             let p = Passphrase::new(first);
             if creating {
-                let again = rpassword::prompt_password("Repeat passphrase: ").map_err(PassphraseError::Prompt)?;
+                let again =
+                    rpassword::prompt_password("Repeat passphrase: ").map_err(PassphraseError::Prompt)?;
                 let again = Passphrase::new(again);
                 if !constant_time_eq(p.expose(), again.expose()) {
                     return Err(PassphraseError::Mismatch);

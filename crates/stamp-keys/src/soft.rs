@@ -41,7 +41,10 @@ pub struct SoftKeyStore {
 impl SoftKeyStore {
     /// A store whose relative key paths are resolved against `base` (the state directory).
     pub fn new(base: &Path, passphrase: Passphrase) -> Self {
-        SoftKeyStore { base: base.to_owned(), passphrase }
+        SoftKeyStore {
+            base: base.to_owned(),
+            passphrase,
+        }
     }
 
     fn path_of(&self, key: &KeyRef) -> PathBuf {
@@ -56,18 +59,23 @@ impl SoftKeyStore {
     /// Encrypts PKCS#8 DER and writes it to a new 0600 file (never overwriting one).
     fn write_key(&self, key: &KeyRef, pkcs8_der: &[u8]) -> Result<(), KeyStoreError> {
         let path = self.path_of(key);
-        let io = |source| KeyStoreError::Io { path: path.clone(), source };
+        let io = |source| KeyStoreError::Io {
+            path: path.clone(),
+            source,
+        };
         let rng = SystemRandom::new();
         let mut salt = [0u8; 16];
         let mut iv = [0u8; 16];
-        rng.fill(&mut salt).map_err(|_| KeyStoreError::Generation(key.to_string()))?;
-        rng.fill(&mut iv).map_err(|_| KeyStoreError::Generation(key.to_string()))?;
+        rng.fill(&mut salt)
+            .map_err(|_| KeyStoreError::Generation(key.to_string()))?;
+        rng.fill(&mut iv)
+            .map_err(|_| KeyStoreError::Generation(key.to_string()))?;
         let scrypt = pkcs5::scrypt::Params::new(SCRYPT_LOG_N, 8, 1, 32)
             .map_err(|_| KeyStoreError::Generation(key.to_string()))?;
         let params = pbes2::Parameters::scrypt_aes256cbc(scrypt, &salt, &iv)
             .map_err(|_| KeyStoreError::Generation(key.to_string()))?;
-        let info = PrivateKeyInfo::from_der(pkcs8_der)
-            .map_err(|_| KeyStoreError::Generation(key.to_string()))?;
+        let info =
+            PrivateKeyInfo::from_der(pkcs8_der).map_err(|_| KeyStoreError::Generation(key.to_string()))?;
         let encrypted = info
             .encrypt_with_params(params, self.passphrase.expose())
             .map_err(|_| KeyStoreError::Generation(key.to_string()))?;
@@ -102,27 +110,39 @@ impl SoftKeyStore {
             if source.kind() == std::io::ErrorKind::NotFound {
                 KeyStoreError::NotFound(path.clone())
             } else {
-                KeyStoreError::Io { path: path.clone(), source }
+                KeyStoreError::Io {
+                    path: path.clone(),
+                    source,
+                }
             }
         };
         let meta = fs::metadata(&path).map_err(io)?;
         let mode = meta.permissions().mode();
         if mode & 0o077 != 0 {
-            return Err(KeyStoreError::InsecurePermissions { path, mode: mode & 0o777 });
+            return Err(KeyStoreError::InsecurePermissions {
+                path,
+                mode: mode & 0o777,
+            });
         }
-        let not_key = |why| KeyStoreError::NotAKeyFile { path: path.clone(), why };
+        let not_key = |why| KeyStoreError::NotAKeyFile {
+            path: path.clone(),
+            why,
+        };
         if !meta.is_file() || meta.len() > MAX_KEY_FILE {
             return Err(not_key("not a regular file of at most 16 KiB"));
         }
         let text = Zeroizing::new(fs::read_to_string(&path).map_err(io)?);
-        let (label, der) = pkcs8::der::pem::decode_vec(text.as_bytes())
-            .map_err(|_| not_key("not PEM"))?;
+        let (label, der) = pkcs8::der::pem::decode_vec(text.as_bytes()).map_err(|_| not_key("not PEM"))?;
         if label != "ENCRYPTED PRIVATE KEY" {
             return Err(not_key("not an ENCRYPTED PRIVATE KEY"));
         }
-        let info = EncryptedPrivateKeyInfo::from_der(&der).map_err(|_| not_key("malformed EncryptedPrivateKeyInfo"))?;
+        let info = EncryptedPrivateKeyInfo::from_der(&der)
+            .map_err(|_| not_key("malformed EncryptedPrivateKeyInfo"))?;
         match &info.encryption_algorithm {
-            pkcs5::EncryptionScheme::Pbes2(pbes2::Parameters { kdf: pbes2::Kdf::Scrypt(s), .. }) => {
+            pkcs5::EncryptionScheme::Pbes2(pbes2::Parameters {
+                kdf: pbes2::Kdf::Scrypt(s),
+                ..
+            }) => {
                 let log_n = 63 - s.cost_parameter.leading_zeros();
                 if log_n > MAX_SCRYPT_LOG_N || s.block_size > 32 || s.parallelization > 16 {
                     return Err(not_key("scrypt parameters beyond the accepted limits"));
@@ -161,7 +181,11 @@ impl std::fmt::Debug for SoftSigner {
 
 impl SoftSigner {
     fn from_pkcs8(key_ref: String, alg: SignatureAlgorithm, der: &[u8]) -> Result<Self, KeyStoreError> {
-        let wrong = |found| KeyStoreError::WrongAlgorithm { key: key_ref.clone(), found, expected: alg.name() };
+        let wrong = |found| KeyStoreError::WrongAlgorithm {
+            key: key_ref.clone(),
+            found,
+            expected: alg.name(),
+        };
         let key = match alg {
             SignatureAlgorithm::EcdsaP256Sha256 => SoftSigningKey::Ecdsa(
                 EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P256_SHA256_ASN1_SIGNING, der)
@@ -179,7 +203,13 @@ impl SoftSigner {
             SoftSigningKey::Ecdsa(k) => k.public_key().as_ref().to_vec(),
             SoftSigningKey::Ed25519(k) => k.public_key().as_ref().to_vec(),
         };
-        Ok(SoftSigner { key_ref, alg, key, public, rng: SystemRandom::new() })
+        Ok(SoftSigner {
+            key_ref,
+            alg,
+            key,
+            public,
+            rng: SystemRandom::new(),
+        })
     }
 }
 
@@ -191,7 +221,10 @@ impl Signer for SoftSigner {
         &self.public
     }
     fn sign(&self, message: &[u8]) -> Result<Vec<u8>, KeyError> {
-        let err = || KeyError::Sign { backend: "file", key: self.key_ref.clone() };
+        let err = || KeyError::Sign {
+            backend: "file",
+            key: self.key_ref.clone(),
+        };
         match &self.key {
             SoftSigningKey::Ecdsa(k) => Ok(k.sign(&self.rng, message).map_err(|_| err())?.as_ref().to_vec()),
             SoftSigningKey::Ed25519(k) => Ok(k.sign(message).as_ref().to_vec()),
@@ -224,13 +257,22 @@ fn lc_agreement_alg(alg: KeyAgreementAlgorithm) -> &'static agreement::Algorithm
 }
 
 impl SoftKeyAgreement {
-    fn from_private(key_ref: String, alg: KeyAgreementAlgorithm, key: agreement::PrivateKey) -> Result<Self, KeyStoreError> {
+    fn from_private(
+        key_ref: String,
+        alg: KeyAgreementAlgorithm,
+        key: agreement::PrivateKey,
+    ) -> Result<Self, KeyStoreError> {
         let public = key
             .compute_public_key()
             .map_err(|_| KeyStoreError::Generation(key_ref.clone()))?
             .as_ref()
             .to_vec();
-        Ok(SoftKeyAgreement { key_ref, alg, key, public })
+        Ok(SoftKeyAgreement {
+            key_ref,
+            alg,
+            key,
+            public,
+        })
     }
 }
 
@@ -263,9 +305,15 @@ fn check_signer(s: &dyn Signer) -> bool {
 /// Pairwise consistency check for a new key-agreement key: agree with an ephemeral key both ways.
 fn check_key_agreement(k: &dyn KeyAgreement) -> bool {
     let alg = lc_agreement_alg(k.algorithm());
-    let Ok(eph) = agreement::PrivateKey::generate(alg) else { return false };
-    let Ok(eph_pub) = eph.compute_public_key() else { return false };
-    let Ok(ours) = k.agree(eph_pub.as_ref()) else { return false };
+    let Ok(eph) = agreement::PrivateKey::generate(alg) else {
+        return false;
+    };
+    let Ok(eph_pub) = eph.compute_public_key() else {
+        return false;
+    };
+    let Ok(ours) = k.agree(eph_pub.as_ref()) else {
+        return false;
+    };
     let peer = agreement::UnparsedPublicKey::new(alg, k.public_key());
     agreement::agree(&eph, peer, (), |theirs| Ok(theirs == ours.as_slice())).unwrap_or(false)
 }
@@ -279,16 +327,20 @@ impl KeyStore for SoftKeyStore {
         let key_ref = Self::new_ref(name);
         let gen_err = || KeyStoreError::Generation(key_ref.to_string());
         let der = Zeroizing::new(match alg {
-            SignatureAlgorithm::EcdsaP256Sha256 => EcdsaKeyPair::generate(&signature::ECDSA_P256_SHA256_ASN1_SIGNING)
-                .and_then(|k| k.to_pkcs8v1())
-                .map_err(|_| gen_err())?
-                .as_ref()
-                .to_vec(),
-            SignatureAlgorithm::EcdsaP384Sha384 => EcdsaKeyPair::generate(&signature::ECDSA_P384_SHA384_ASN1_SIGNING)
-                .and_then(|k| k.to_pkcs8v1())
-                .map_err(|_| gen_err())?
-                .as_ref()
-                .to_vec(),
+            SignatureAlgorithm::EcdsaP256Sha256 => {
+                EcdsaKeyPair::generate(&signature::ECDSA_P256_SHA256_ASN1_SIGNING)
+                    .and_then(|k| k.to_pkcs8v1())
+                    .map_err(|_| gen_err())?
+                    .as_ref()
+                    .to_vec()
+            }
+            SignatureAlgorithm::EcdsaP384Sha384 => {
+                EcdsaKeyPair::generate(&signature::ECDSA_P384_SHA384_ASN1_SIGNING)
+                    .and_then(|k| k.to_pkcs8v1())
+                    .map_err(|_| gen_err())?
+                    .as_ref()
+                    .to_vec()
+            }
             SignatureAlgorithm::Ed25519 => Ed25519KeyPair::generate()
                 .and_then(|k| k.to_pkcs8v1())
                 .map_err(|_| gen_err())?
@@ -342,9 +394,18 @@ impl KeyStore for SoftKeyStore {
                 })
             }
         };
-        let private = agreement::PrivateKey::from_private_key_der(lc_agreement_alg(alg), &der)
-            .map_err(|_| KeyStoreError::NotAKeyFile { path: self.path_of(key), why: "malformed EC key" })?;
-        Ok(Box::new(SoftKeyAgreement::from_private(key.to_string(), alg, private)?))
+        let private =
+            agreement::PrivateKey::from_private_key_der(lc_agreement_alg(alg), &der).map_err(|_| {
+                KeyStoreError::NotAKeyFile {
+                    path: self.path_of(key),
+                    why: "malformed EC key",
+                }
+            })?;
+        Ok(Box::new(SoftKeyAgreement::from_private(
+            key.to_string(),
+            alg,
+            private,
+        )?))
     }
 }
 
@@ -396,7 +457,12 @@ mod tests {
             assert_eq!(reopened.algorithm(), alg);
             assert_eq!(reopened.public_key(), signer.public_key());
             let sig = reopened.sign(b"m").unwrap();
-            assert!(stamp_core::key::verify_signature(alg, signer.public_key(), b"m", &sig));
+            assert!(stamp_core::key::verify_signature(
+                alg,
+                signer.public_key(),
+                b"m",
+                &sig
+            ));
         }
     }
 
@@ -404,21 +470,30 @@ mod tests {
     fn key_agreement_round_trip_and_agree() {
         let dir = tempfile::tempdir().unwrap();
         let s = store(dir.path(), "correct horse");
-        let (r, a) = s.generate_key_agreement("ka", KeyAgreementAlgorithm::EcdhP256).unwrap();
+        let (r, a) = s
+            .generate_key_agreement("ka", KeyAgreementAlgorithm::EcdhP256)
+            .unwrap();
         let b = s.open_key_agreement(&r).unwrap();
         assert_eq!(a.public_key(), b.public_key());
-        let (_, other) = s.generate_key_agreement("other", KeyAgreementAlgorithm::EcdhP256).unwrap();
+        let (_, other) = s
+            .generate_key_agreement("other", KeyAgreementAlgorithm::EcdhP256)
+            .unwrap();
         let x = a.agree(other.public_key()).unwrap();
         let y = other.agree(b.public_key()).unwrap();
         assert_eq!(*x, *y);
-        assert!(a.agree(&[4u8; 65]).is_err(), "a point not on the curve must be refused");
+        assert!(
+            a.agree(&[4u8; 65]).is_err(),
+            "a point not on the curve must be refused"
+        );
     }
 
     #[test]
     fn files_are_0600_encrypted_and_never_overwritten() {
         let dir = tempfile::tempdir().unwrap();
         let s = store(dir.path(), "correct horse");
-        let (r, _) = s.generate_signer("k", SignatureAlgorithm::EcdsaP256Sha256).unwrap();
+        let (r, _) = s
+            .generate_signer("k", SignatureAlgorithm::EcdsaP256Sha256)
+            .unwrap();
         let path = s.path_of(&r);
         let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
@@ -438,19 +513,34 @@ mod tests {
             .generate_signer("k", SignatureAlgorithm::EcdsaP256Sha256)
             .unwrap();
         let wrong = store(dir.path(), "battery staple");
-        assert!(matches!(wrong.open_signer(&r), Err(KeyStoreError::WrongPassphrase(_))));
+        assert!(matches!(
+            wrong.open_signer(&r),
+            Err(KeyStoreError::WrongPassphrase(_))
+        ));
         let path = dir.path().join("keys/k.key");
         fs::set_permissions(&path, fs::Permissions::from_mode(0o640)).unwrap();
         let right = store(dir.path(), "correct horse");
-        assert!(matches!(right.open_signer(&r), Err(KeyStoreError::InsecurePermissions { .. })));
+        assert!(matches!(
+            right.open_signer(&r),
+            Err(KeyStoreError::InsecurePermissions { .. })
+        ));
     }
 
     #[test]
     fn key_ref_parses() {
-        assert_eq!(KeyRef::parse("file:keys/a.key").unwrap(), KeyRef::File("keys/a.key".into()));
-        assert_eq!(KeyRef::parse("file:keys/a.key").unwrap().to_string(), "file:keys/a.key");
+        assert_eq!(
+            KeyRef::parse("file:keys/a.key").unwrap(),
+            KeyRef::File("keys/a.key".into())
+        );
+        assert_eq!(
+            KeyRef::parse("file:keys/a.key").unwrap().to_string(),
+            "file:keys/a.key"
+        );
         assert!(KeyRef::parse("file:").is_err());
         assert!(KeyRef::parse("/etc/passwd").is_err());
-        assert!(matches!(KeyRef::parse("pkcs11:token=x"), Err(KeyStoreError::BackendUnavailable(_))));
+        assert!(matches!(
+            KeyRef::parse("pkcs11:token=x"),
+            Err(KeyStoreError::BackendUnavailable(_))
+        ));
     }
 }

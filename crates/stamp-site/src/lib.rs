@@ -8,7 +8,9 @@ mod store;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use stamp_core::ceremony::{CeremonyError, SiteCredentials, SitePublicKeys, SiteRequest, VerifiedCredentials};
+use stamp_core::ceremony::{
+    CeremonyError, SiteCredentials, SitePublicKeys, SiteRequest, VerifiedCredentials,
+};
 use stamp_core::key::{KeyAgreementAlgorithm, SignatureAlgorithm};
 use stamp_core::profile::Profile;
 use stamp_core::{cert, fingerprint, SiteId};
@@ -54,8 +56,11 @@ pub enum SiteError {
 }
 
 /// The site's three keys, by profile.
-const SITE_KEYS: [Profile; 3] =
-    [Profile::SiteIdentitySigning, Profile::SiteIdentityKeyAgreement, Profile::SiteIssuingCa];
+const SITE_KEYS: [Profile; 3] = [
+    Profile::SiteIdentitySigning,
+    Profile::SiteIdentityKeyAgreement,
+    Profile::SiteIssuingCa,
+];
 
 /// What `site init` made.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -84,10 +89,14 @@ pub fn init(
     let staging = StagingDir::new(dir)?;
     let base = staging.path();
     let keys = SoftKeyStore::new(base, passphrase);
-    let (id_ref, id_key) =
-        keys.generate_signer(Profile::SiteIdentitySigning.name(), SignatureAlgorithm::EcdsaP256Sha256)?;
-    let (ka_ref, ka_key) =
-        keys.generate_key_agreement(Profile::SiteIdentityKeyAgreement.name(), KeyAgreementAlgorithm::EcdhP256)?;
+    let (id_ref, id_key) = keys.generate_signer(
+        Profile::SiteIdentitySigning.name(),
+        SignatureAlgorithm::EcdsaP256Sha256,
+    )?;
+    let (ka_ref, ka_key) = keys.generate_key_agreement(
+        Profile::SiteIdentityKeyAgreement.name(),
+        KeyAgreementAlgorithm::EcdhP256,
+    )?;
     let (ca_ref, ca_key) =
         keys.generate_signer(Profile::SiteIssuingCa.name(), SignatureAlgorithm::EcdsaP256Sha256)?;
     let request = SiteRequest::build(site_id, id_key.as_ref(), ka_key.as_ref(), ca_key.as_ref())?;
@@ -95,7 +104,11 @@ pub fn init(
     let json = request.to_json();
     let mut store = SiteStore::create(&base.join(DB_FILE), site_id, &verified.fingerprint, now)?;
     store.add_key(Profile::SiteIdentitySigning, &id_ref, id_key.algorithm().name())?;
-    store.add_key(Profile::SiteIdentityKeyAgreement, &ka_ref, ka_key.algorithm().name())?;
+    store.add_key(
+        Profile::SiteIdentityKeyAgreement,
+        &ka_ref,
+        ka_key.algorithm().name(),
+    )?;
     store.add_key(Profile::SiteIssuingCa, &ca_ref, ca_key.algorithm().name())?;
     drop(store);
     stamp_store::write_atomic(&base.join(REQUEST_FILE), &json, 0o644)?;
@@ -138,7 +151,11 @@ impl Site {
         if !db.is_file() {
             return Err(SiteError::NotSiteDir(dir.to_owned()));
         }
-        Ok(Site { dir: dir.to_owned(), store: SiteStore::open(&db)?, keys: SoftKeyStore::new(dir, passphrase) })
+        Ok(Site {
+            dir: dir.to_owned(),
+            store: SiteStore::open(&db)?,
+            keys: SoftKeyStore::new(dir, passphrase),
+        })
     }
 
     /// The site database.
@@ -164,30 +181,49 @@ impl Site {
         for p in SITE_KEYS {
             let key_ref = KeyRef::parse(&self.store.key_ref(p)?)?;
             raw.push(match p {
-                Profile::SiteIdentityKeyAgreement => self.keys.open_key_agreement(&key_ref)?.public_key().to_vec(),
+                Profile::SiteIdentityKeyAgreement => {
+                    self.keys.open_key_agreement(&key_ref)?.public_key().to_vec()
+                }
                 _ => self.keys.open_signer(&key_ref)?.public_key().to_vec(),
             });
         }
-        let keys = SitePublicKeys { identity_signing: &raw[0], identity_key_agreement: &raw[1], issuing_ca: &raw[2] };
+        let keys = SitePublicKeys {
+            identity_signing: &raw[0],
+            identity_key_agreement: &raw[1],
+            issuing_ca: &raw[2],
+        };
         Ok(creds.verify(&site_id, &keys, pinned_root, now)?)
     }
 
     /// Stores verified credentials: PEM files in `certs/` and the certificates in the database.
-    pub fn install(&mut self, creds: &VerifiedCredentials, now: OffsetDateTime) -> Result<InstallReport, SiteError> {
+    pub fn install(
+        &mut self,
+        creds: &VerifiedCredentials,
+        now: OffsetDateTime,
+    ) -> Result<InstallReport, SiteError> {
         if self.store.installed()? {
             return Err(SiteError::AlreadyInstalled(creds.site_id.clone()));
         }
         let entries: [(Profile, &[u8]); 6] = [
             (Profile::OemRoot, &creds.oem_root),
             (Profile::HqAuthoritySigning, &creds.hq_authority_signing),
-            (Profile::HqAuthorityKeyAgreement, &creds.hq_authority_key_agreement),
+            (
+                Profile::HqAuthorityKeyAgreement,
+                &creds.hq_authority_key_agreement,
+            ),
             (Profile::SiteIdentitySigning, &creds.site_identity_signing),
-            (Profile::SiteIdentityKeyAgreement, &creds.site_identity_key_agreement),
+            (
+                Profile::SiteIdentityKeyAgreement,
+                &creds.site_identity_key_agreement,
+            ),
             (Profile::SiteIssuingCa, &creds.site_issuing_ca),
         ];
         self.store.install(&entries, now)?;
         let certs_dir = self.dir.join("certs");
-        fs::create_dir_all(&certs_dir).map_err(|source| SiteError::Io { path: certs_dir.clone(), source })?;
+        fs::create_dir_all(&certs_dir).map_err(|source| SiteError::Io {
+            path: certs_dir.clone(),
+            source,
+        })?;
         let mut certs = std::collections::BTreeMap::new();
         for (p, der) in entries {
             let path = certs_dir.join(format!("{}.pem", p.name()));

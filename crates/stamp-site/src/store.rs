@@ -44,7 +44,12 @@ pub struct SiteStore {
 
 impl SiteStore {
     /// Creates a new site database.
-    pub fn create(path: &Path, site: &SiteId, request_sha256: &[u8; 32], now: OffsetDateTime) -> Result<Self, StoreError> {
+    pub fn create(
+        path: &Path,
+        site: &SiteId,
+        request_sha256: &[u8; 32],
+        now: OffsetDateTime,
+    ) -> Result<Self, StoreError> {
         let db = Database::create(path, MIGRATIONS)?;
         db.conn()
             .execute(
@@ -57,7 +62,9 @@ impl SiteStore {
 
     /// Opens a site database.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        Ok(SiteStore { db: Database::open(path, MIGRATIONS)? })
+        Ok(SiteStore {
+            db: Database::open(path, MIGRATIONS)?,
+        })
     }
 
     /// The site's ID.
@@ -91,7 +98,11 @@ impl SiteStore {
     pub fn key_ref(&self, profile: Profile) -> Result<String, StoreError> {
         self.db
             .conn()
-            .query_row("SELECT key_ref FROM own_keys WHERE profile = ?1", [profile.name()], |r| r.get(0))
+            .query_row(
+                "SELECT key_ref FROM own_keys WHERE profile = ?1",
+                [profile.name()],
+                |r| r.get(0),
+            )
             .map_err(|e| self.db.err(e))
     }
 
@@ -99,7 +110,9 @@ impl SiteStore {
     pub fn installed(&self) -> Result<bool, StoreError> {
         self.db
             .conn()
-            .query_row("SELECT installed_at FROM site WHERE id = 1", [], |r| r.get::<_, Option<String>>(0))
+            .query_row("SELECT installed_at FROM site WHERE id = 1", [], |r| {
+                r.get::<_, Option<String>>(0)
+            })
             .map(|o| o.is_some())
             .map_err(|e| self.db.err(e))
     }
@@ -108,7 +121,10 @@ impl SiteStore {
     pub fn install(&mut self, certs: &[(Profile, &[u8])], now: OffsetDateTime) -> Result<(), StoreError> {
         self.db.write(|tx| {
             for (p, der) in certs {
-                tx.execute("INSERT INTO certificates (profile, der) VALUES (?1, ?2)", params![p.name(), der])?;
+                tx.execute(
+                    "INSERT INTO certificates (profile, der) VALUES (?1, ?2)",
+                    params![p.name(), der],
+                )?;
             }
             tx.execute("UPDATE site SET installed_at = ?1 WHERE id = 1", [ts(now)])?;
             Ok(())
@@ -119,7 +135,11 @@ impl SiteStore {
     pub fn certificate(&self, profile: Profile) -> Result<Option<Vec<u8>>, StoreError> {
         self.db
             .conn()
-            .query_row("SELECT der FROM certificates WHERE profile = ?1", [profile.name()], |r| r.get(0))
+            .query_row(
+                "SELECT der FROM certificates WHERE profile = ?1",
+                [profile.name()],
+                |r| r.get(0),
+            )
             .optional()
             .map_err(|e| self.db.err(e))
     }

@@ -83,21 +83,31 @@ impl Database {
     }
 
     fn open_inner(path: &Path, migrations: &[Migration], create: bool) -> Result<Self, StoreError> {
-        let sql = |source| StoreError::Sqlite { path: path.to_owned(), source };
+        let sql = |source| StoreError::Sqlite {
+            path: path.to_owned(),
+            source,
+        };
         let flags = if create {
             rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_CREATE
         } else {
             rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE
         };
         let mut conn = Connection::open_with_flags(path, flags).map_err(sql)?;
-        conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(sql)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(sql)?;
         conn.pragma_update(None, "journal_mode", "WAL").map_err(sql)?;
         conn.pragma_update(None, "synchronous", "FULL").map_err(sql)?;
         conn.pragma_update(None, "foreign_keys", "ON").map_err(sql)?;
-        let current: u32 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(sql)?;
+        let current: u32 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(sql)?;
         let known = migrations.iter().map(|m| m.version).max().unwrap_or(0);
         if current > known {
-            return Err(StoreError::TooNew { path: path.to_owned(), found: current, known });
+            return Err(StoreError::TooNew {
+                path: path.to_owned(),
+                found: current,
+                known,
+            });
         }
         for m in migrations.iter().filter(|m| m.version > current) {
             let tx = conn.transaction().map_err(sql)?;
@@ -105,7 +115,10 @@ impl Database {
             tx.pragma_update(None, "user_version", m.version).map_err(sql)?;
             tx.commit().map_err(sql)?;
         }
-        Ok(Database { conn, path: path.to_owned() })
+        Ok(Database {
+            conn,
+            path: path.to_owned(),
+        })
     }
 
     /// The connection, for the role's typed store.
@@ -124,7 +137,10 @@ impl Database {
         f: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<T>,
     ) -> Result<T, StoreError> {
         let path = self.path.clone();
-        let sql = |source| StoreError::Sqlite { path: path.clone(), source };
+        let sql = |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        };
         let tx = self.conn.transaction().map_err(sql)?;
         let value = f(&tx).map_err(sql)?;
         tx.commit().map_err(sql)?;
@@ -133,7 +149,10 @@ impl Database {
 
     /// Maps a SQLite error to a [`StoreError`] naming this database.
     pub fn err(&self, source: rusqlite::Error) -> StoreError {
-        StoreError::Sqlite { path: self.path.clone(), source }
+        StoreError::Sqlite {
+            path: self.path.clone(),
+            source,
+        }
     }
 
     /// The current schema version.
@@ -147,12 +166,26 @@ impl Database {
 /// Writes `data` to `path` atomically: a temporary file in the same directory, fsync, rename,
 /// fsync of the directory. `mode` is the new file's permission bits.
 pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), StoreError> {
-    let io = |source| StoreError::Io { path: path.to_owned(), source };
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let io = |source| StoreError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let result = (|| {
-        let mut f = OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp)?;
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp)?;
         f.write_all(data)?;
         f.sync_all()?;
         fs::rename(&tmp, path)?;
@@ -163,7 +196,6 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), StoreErro
     }
     result.map_err(io)
 }
-
 
 /// A state directory under construction: everything is created in a hidden sibling directory and
 /// moved into place by [`StagingDir::commit`], so a failed `init` leaves nothing behind.
@@ -176,7 +208,10 @@ pub struct StagingDir {
 impl StagingDir {
     /// Starts building `target`, which must not exist or be an empty directory.
     pub fn new(target: &Path) -> Result<Self, StoreError> {
-        let io = |source| StoreError::Io { path: target.to_owned(), source };
+        let io = |source| StoreError::Io {
+            path: target.to_owned(),
+            source,
+        };
         if target.exists() {
             let empty = target.is_dir() && fs::read_dir(target).map_err(io)?.next().is_none();
             if !empty {
@@ -186,9 +221,15 @@ impl StagingDir {
                 )));
             }
         }
-        let parent = target.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let parent = target
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
         fs::create_dir_all(parent).map_err(io)?;
-        let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = target
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let staging = parent.join(format!(".{name}.staging-{}", std::process::id()));
         if staging.exists() {
             fs::remove_dir_all(&staging).map_err(io)?;
@@ -196,7 +237,11 @@ impl StagingDir {
         let mut builder = fs::DirBuilder::new();
         std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
         builder.create(&staging).map_err(io)?;
-        Ok(StagingDir { staging, target: target.to_owned(), committed: false })
+        Ok(StagingDir {
+            staging,
+            target: target.to_owned(),
+            committed: false,
+        })
     }
 
     /// Where to build.
@@ -206,7 +251,10 @@ impl StagingDir {
 
     /// Moves the finished directory into place.
     pub fn commit(mut self) -> Result<(), StoreError> {
-        let io = |source| StoreError::Io { path: self.target.clone(), source };
+        let io = |source| StoreError::Io {
+            path: self.target.clone(),
+            source,
+        };
         if self.target.exists() {
             fs::remove_dir(&self.target).map_err(io)?;
         }
@@ -229,8 +277,14 @@ mod tests {
     use super::*;
 
     const M: &[Migration] = &[
-        Migration { version: 1, sql: "CREATE TABLE t (x INTEGER);" },
-        Migration { version: 2, sql: "ALTER TABLE t ADD COLUMN y TEXT;" },
+        Migration {
+            version: 1,
+            sql: "CREATE TABLE t (x INTEGER);",
+        },
+        Migration {
+            version: 2,
+            sql: "ALTER TABLE t ADD COLUMN y TEXT;",
+        },
     ];
 
     #[test]
@@ -243,11 +297,19 @@ mod tests {
         }
         let db = Database::open(&p, M).unwrap();
         assert_eq!(db.schema_version().unwrap(), 2);
-        db.conn().execute("INSERT INTO t (x, y) VALUES (1, 'a')", []).unwrap();
+        db.conn()
+            .execute("INSERT INTO t (x, y) VALUES (1, 'a')", [])
+            .unwrap();
         drop(db);
-        assert!(matches!(Database::open(&p, &M[..1]), Err(StoreError::TooNew { found: 2, .. })));
+        assert!(matches!(
+            Database::open(&p, &M[..1]),
+            Err(StoreError::TooNew { found: 2, .. })
+        ));
         assert!(Database::create(&p, M).is_err());
-        assert!(matches!(Database::open(&dir.path().join("none.db"), M), Err(StoreError::Missing(_))));
+        assert!(matches!(
+            Database::open(&dir.path().join("none.db"), M),
+            Err(StoreError::Missing(_))
+        ));
     }
 
     #[test]
@@ -259,12 +321,19 @@ mod tests {
             fs::write(s.path().join("f"), b"x").unwrap();
         }
         assert!(!target.exists());
-        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0, "staging removed on failure");
+        assert_eq!(
+            fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "staging removed on failure"
+        );
         let s = StagingDir::new(&target).unwrap();
         fs::write(s.path().join("f"), b"x").unwrap();
         s.commit().unwrap();
         assert_eq!(fs::read(target.join("f")).unwrap(), b"x");
-        assert!(StagingDir::new(&target).is_err(), "a non-empty directory is never reused");
+        assert!(
+            StagingDir::new(&target).is_err(),
+            "a non-empty directory is never reused"
+        );
     }
 
     #[test]

@@ -86,7 +86,9 @@ impl Narrator {
 /// Writes a random passphrase to a new 0600 file and returns it.
 fn make_passphrase(path: &Path) -> anyhow::Result<Passphrase> {
     let mut bytes = [0u8; 24];
-    SystemRandom::new().fill(&mut bytes).map_err(|_| anyhow::anyhow!("system random generator failed"))?;
+    SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| anyhow::anyhow!("system random generator failed"))?;
     let text = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
     let mut f = std::fs::OpenOptions::new()
         .write(true)
@@ -105,13 +107,19 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
         Some(d) => {
             std::fs::create_dir_all(&d).with_context(|| format!("cannot create {}", d.display()))?;
             if std::fs::read_dir(&d)?.next().is_some() {
-                anyhow::bail!("{} is not empty; give --dir a new or empty directory", d.display());
+                anyhow::bail!(
+                    "{} is not empty; give --dir a new or empty directory",
+                    d.display()
+                );
             }
             d
         }
         None => tempfile::Builder::new().prefix("stamp-demo-").tempdir()?.keep(),
     };
-    let mut n = Narrator { json: g.json, steps: Vec::new() };
+    let mut n = Narrator {
+        json: g.json,
+        steps: Vec::new(),
+    };
     n.say(format!("working in {}", dir.display()));
     let pass_file = dir.join("passphrase");
     make_passphrase(&pass_file)?;
@@ -126,14 +134,33 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
             org: a.org.clone(),
             root_algorithm: stamp_core::key::SignatureAlgorithm::EcdsaP384Sha384,
         };
-        Ok(stamp_hq::init(&hq_dir, &opts, Passphrase::from_file(&pass_file)?, now())?)
+        Ok(stamp_hq::init(
+            &hq_dir,
+            &opts,
+            Passphrase::from_file(&pass_file)?,
+            now(),
+        )?)
     })?;
-    n.say(format!("OEM root {} (SHA-256 {})", hq_init.root_cert.display(), hq_init.root_fingerprint));
+    n.say(format!(
+        "OEM root {} (SHA-256 {})",
+        hq_init.root_cert.display(),
+        hq_init.root_fingerprint
+    ));
 
     let site_init = n.step("Site: create site keys and the enrollment request", || {
-        Ok(stamp_site::init(&site_dir, &a.site_id, Passphrase::from_file(&pass_file)?, &request_path, now())?)
+        Ok(stamp_site::init(
+            &site_dir,
+            &a.site_id,
+            Passphrase::from_file(&pass_file)?,
+            &request_path,
+            now(),
+        )?)
     })?;
-    n.say(format!("request {} (fingerprint {})", site_init.request.display(), site_init.request_fingerprint));
+    n.say(format!(
+        "request {} (fingerprint {})",
+        site_init.request.display(),
+        site_init.request_fingerprint
+    ));
 
     let enrolled = n.step("HQ: verify the request and issue the site's certificates", || {
         let request = stamp_hq::read_request(&std::fs::read(&request_path)?)?;
@@ -143,12 +170,18 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
     n.say(format!("credentials {}", enrolled.credentials.display()));
 
     let pin = fingerprint::parse_sha256(&hq_init.root_fingerprint).context("root fingerprint")?;
-    let installed = n.step("Site: verify the credentials against the pinned root and install them", || {
-        let mut site = stamp_site::Site::open(&site_dir, Passphrase::from_file(&pass_file)?)?;
-        let creds = site.verify_credentials(&std::fs::read(&creds_path)?, Some(&pin), now())?;
-        Ok(site.install(&creds, now())?)
-    })?;
-    n.say(format!("site {} now trusts root {}", installed.site_id, installed.root_fingerprint));
+    let installed = n.step(
+        "Site: verify the credentials against the pinned root and install them",
+        || {
+            let mut site = stamp_site::Site::open(&site_dir, Passphrase::from_file(&pass_file)?)?;
+            let creds = site.verify_credentials(&std::fs::read(&creds_path)?, Some(&pin), now())?;
+            Ok(site.install(&creds, now())?)
+        },
+    )?;
+    n.say(format!(
+        "site {} now trusts root {}",
+        installed.site_id, installed.root_fingerprint
+    ));
 
     let report = Report {
         dir: dir.clone(),
@@ -166,7 +199,10 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
     };
     emit(g.json, &report, || {
         println!("Enrollment ceremony complete in {:.1} s.", report.seconds);
-        println!("Everything is in {}; check a certificate with:", report.dir.display());
+        println!(
+            "Everything is in {}; check a certificate with:",
+            report.dir.display()
+        );
         println!(
             "  openssl verify -x509_strict -CAfile {} {}",
             report.root_cert.display(),

@@ -50,8 +50,14 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
     let mut hq = stamp_hq::Hq::open(&a.dir, pass)?;
     let r = hq.enroll_site(&request, a.fingerprint.as_deref(), &a.out, super::now())?;
     emit(g.json, &r, || {
-        println!("Enrolled site {} (request fingerprint {})", r.site_id, r.request_fingerprint);
+        println!(
+            "Enrolled site {} (request fingerprint {})",
+            r.site_id, r.request_fingerprint
+        );
         println!("Credentials for the site: {}", r.credentials.display());
-        println!("Site issuing CA certificate: {}", r.site_issuing_ca_cert.display());
+        println!(
+            "Site issuing CA certificate: {}",
+            r.site_issuing_ca_cert.display()
+        );
     })
 }

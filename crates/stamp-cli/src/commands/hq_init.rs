@@ -48,8 +48,14 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
     emit(g.json, &r, || {
         println!("Created HQ directory {} for {}", r.dir.display(), r.org);
         println!("OEM root certificate:  {}", r.root_cert.display());
-        println!("HQ authority (signing): {}", r.hq_authority_signing_cert.display());
-        println!("HQ authority (key agreement): {}", r.hq_authority_key_agreement_cert.display());
+        println!(
+            "HQ authority (signing): {}",
+            r.hq_authority_signing_cert.display()
+        );
+        println!(
+            "HQ authority (key agreement): {}",
+            r.hq_authority_key_agreement_cert.display()
+        );
         println!("OEM root SHA-256 fingerprint (give this to every site):");
         println!("  {}", r.root_fingerprint);
     })

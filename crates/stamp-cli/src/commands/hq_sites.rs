@@ -28,8 +28,11 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
         return Err(stamp_hq::HqError::NotHqDir(a.dir).into());
     }
     let store = stamp_hq::HqStore::open(&db)?;
-    let sites: Vec<Site> =
-        store.sites()?.into_iter().map(|(site_id, enrolled_at)| Site { site_id, enrolled_at }).collect();
+    let sites: Vec<Site> = store
+        .sites()?
+        .into_iter()
+        .map(|(site_id, enrolled_at)| Site { site_id, enrolled_at })
+        .collect();
     emit(g.json, &serde_json::json!({ "sites": sites }), || {
         if sites.is_empty() {
             println!("No sites enrolled.");

@@ -66,7 +66,10 @@ pub fn read_bounded(path: &Path, max: usize) -> anyhow::Result<Vec<u8>> {
         .read_to_end(&mut buf)
         .with_context(|| format!("cannot read {}", path.display()))?;
     if buf.len() > max {
-        bail!("{} is larger than {max} bytes; it is not a file stamp expects here", path.display());
+        bail!(
+            "{} is larger than {max} bytes; it is not a file stamp expects here",
+            path.display()
+        );
     }
     Ok(buf)
 }

@@ -28,8 +28,15 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
     let pass = super::passphrase(g, true)?;
     let r = stamp_site::init(&a.dir, &a.site_id, pass, &a.out, super::now())?;
     emit(g.json, &r, || {
-        println!("Created site directory {} for site {}", r.dir.display(), r.site_id);
+        println!(
+            "Created site directory {} for site {}",
+            r.dir.display(),
+            r.site_id
+        );
         println!("Request for HQ: {}", r.request.display());
-        println!("Request fingerprint (read this out to HQ): {}", r.request_fingerprint);
+        println!(
+            "Request fingerprint (read this out to HQ): {}",
+            r.request_fingerprint
+        );
     })
 }

@@ -33,7 +33,9 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
     let pin = match &a.root_fingerprint {
         Some(text) => match fingerprint::parse_sha256(text) {
             Some(p) => Some(p),
-            None => bail!("--root-fingerprint must be a SHA-256 fingerprint (64 hex digits, colons optional)"),
+            None => {
+                bail!("--root-fingerprint must be a SHA-256 fingerprint (64 hex digits, colons optional)")
+            }
         },
         None => None,
     };

@@ -1,5 +1,11 @@
 //! Shared helpers for tests that run the real `stamp` binary.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    dead_code,
+    missing_docs,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic
+)]
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -12,7 +18,10 @@ use assert_cmd::Command;
 /// Runs stamp with the given passphrase file and arguments.
 pub fn stamp(pass: &Path, args: &[&str]) -> Output {
     let mut cmd = Command::cargo_bin("stamp").unwrap();
-    cmd.env_remove("STAMP_PASSPHRASE_FILE").arg("--passphrase-file").arg(pass).args(args);
+    cmd.env_remove("STAMP_PASSPHRASE_FILE")
+        .arg("--passphrase-file")
+        .arg(pass)
+        .args(args);
     cmd.write_stdin(Vec::new());
     cmd.output().unwrap()
 }
@@ -31,19 +40,32 @@ pub fn stamp_json(pass: &Path, args: &[&str]) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-/// Runs stamp, asserts failure with a non-zero exit and that the error (stderr) contains `needle`.
+/// Runs stamp, asserts failure with exit code 1 and that the error (stderr, or stdout with
+/// `--json`) contains `needle`.
 pub fn stamp_fails(pass: &Path, args: &[&str], needle: &str) {
     let out = stamp(pass, args);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "stamp {args:?} should have failed; stdout: {}", String::from_utf8_lossy(&out.stdout));
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !out.status.success(),
+        "stamp {args:?} should have failed; stdout: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     assert_eq!(out.status.code(), Some(1), "error exit code");
-    assert!(stderr.contains(needle), "stamp {args:?}: expected error containing {needle:?}, got:\n{stderr}");
+    assert!(
+        stderr.contains(needle),
+        "stamp {args:?}: expected error containing {needle:?}, got:\n{stderr}"
+    );
 }
 
 /// Writes a 0600 passphrase file.
 pub fn passphrase_file(dir: &Path, name: &str, text: &str) -> PathBuf {
     let p = dir.join(name);
-    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&p).unwrap();
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&p)
+        .unwrap();
     writeln!(f, "{text}").unwrap();
     p
 }
@@ -59,7 +81,10 @@ pub fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
             if p.is_dir() {
                 walk(base, &p, out);
             } else if !name.ends_with("-wal") && !name.ends_with("-shm") {
-                out.insert(p.strip_prefix(base).unwrap().to_owned(), std::fs::read(&p).unwrap());
+                out.insert(
+                    p.strip_prefix(base).unwrap().to_owned(),
+                    std::fs::read(&p).unwrap(),
+                );
             }
         }
     }
@@ -103,19 +128,59 @@ pub fn ceremony(install: bool) -> Ceremony {
     let request = tmp.path().join("request.json");
     let credentials = tmp.path().join("credentials.json");
     let hq_init = stamp_json(&pass, &["hq", "init", "--dir", s(&hq), "--org", "Acme Sensors"]);
-    let site_init =
-        stamp_json(&pass, &["site", "init", "--dir", s(&site), "--site-id", "plant-7", "-o", s(&request)]);
+    let site_init = stamp_json(
+        &pass,
+        &[
+            "site",
+            "init",
+            "--dir",
+            s(&site),
+            "--site-id",
+            "plant-7",
+            "-o",
+            s(&request),
+        ],
+    );
     let fp = site_init["request_fingerprint"].as_str().unwrap().to_owned();
     let enroll = stamp_json(
         &pass,
-        &["hq", "enroll-site", "--dir", s(&hq), s(&request), "-o", s(&credentials), "--fingerprint", &fp],
+        &[
+            "hq",
+            "enroll-site",
+            "--dir",
+            s(&hq),
+            s(&request),
+            "-o",
+            s(&credentials),
+            "--fingerprint",
+            &fp,
+        ],
     );
-    let mut c = Ceremony { tmp, pass, hq, site, request, credentials, hq_init, site_init, enroll, install: None };
+    let mut c = Ceremony {
+        tmp,
+        pass,
+        hq,
+        site,
+        request,
+        credentials,
+        hq_init,
+        site_init,
+        enroll,
+        install: None,
+    };
     if install {
         let root = c.root_fingerprint();
         c.install = Some(stamp_json(
             &c.pass,
-            &["site", "install", "--dir", s(&c.site), s(&c.credentials), "--root-fingerprint", &root],
+            &[
+                "site",
+                "install",
+                "--dir",
+                s(&c.site),
+                s(&c.credentials),
+                "--root-fingerprint",
+                &root,
+            ],
         ));
     }
     c
@@ -123,7 +188,10 @@ pub fn ceremony(install: bool) -> Ceremony {
 
 /// Runs openssl; panics with a clear message when it is missing.
 pub fn openssl(args: &[&str]) -> Output {
-    std::process::Command::new("openssl").args(args).output().unwrap_or_else(|e| {
-        panic!("openssl is required by this test ({e}); run the README's test command, which installs it")
-    })
+    std::process::Command::new("openssl")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("openssl is required by this test ({e}); run the README's test command, which installs it")
+        })
 }

@@ -1,0 +1,564 @@
+//! Every bad input to the ceremony: a specific error, exit code 1, and state left exactly as it was.
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use common::*;
+
+/// Enrolling `request` must fail with `needle` and change nothing at HQ, leaving no credentials.
+fn enroll_fails(c: &Ceremony, request: &Path, needle: &str) {
+    let before = snapshot(&c.hq);
+    let out = c.tmp.path().join("refused-credentials.json");
+    stamp_fails(
+        &c.pass,
+        &[
+            "hq",
+            "enroll-site",
+            "--dir",
+            s(&c.hq),
+            s(request),
+            "-o",
+            s(&out),
+            "--yes",
+        ],
+        needle,
+    );
+    assert_eq!(
+        snapshot(&c.hq),
+        before,
+        "HQ state changed after a refused enrollment"
+    );
+    assert!(!out.exists(), "a refused enrollment left a credentials file");
+}
+
+/// Installing `creds` at `site` must fail with `needle` and change nothing at the site.
+fn install_fails(c: &Ceremony, site: &Path, creds: &Path, extra: &[&str], needle: &str) {
+    let before = snapshot(site);
+    let mut args = vec!["site", "install", "--dir", s(site), s(creds)];
+    if extra.is_empty() {
+        args.extend([
+            "--root-fingerprint",
+            &*Box::leak(c.root_fingerprint().into_boxed_str()),
+        ]);
+    } else {
+        args.extend_from_slice(extra);
+    }
+    stamp_fails(&c.pass, &args, needle);
+    assert_eq!(
+        snapshot(site),
+        before,
+        "site state changed after refused credentials"
+    );
+}
+
+fn edit_json(path: &Path, out: &Path, f: impl FnOnce(&mut serde_json::Value)) {
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    f(&mut v);
+    std::fs::write(out, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
+}
+
+/// Flips one bit inside the base64 body of a PEM field, `from_end` bytes before the end of the DER.
+fn flip_in_pem(pem_text: &str, from_end: usize) -> String {
+    let block = ::pem::parse(pem_text).unwrap();
+    let mut der = block.contents().to_vec();
+    let i = der.len() - from_end;
+    der[i] ^= 0x01;
+    ::pem::encode(&::pem::Pem::new(block.tag(), der))
+}
+
+#[test]
+fn tampered_request_is_refused() {
+    let c = ceremony(false);
+    // A fresh site to make requests from (the first is enrolled already).
+    let site2 = c.tmp.path().join("site2");
+    let req2 = c.tmp.path().join("req2.json");
+    stamp_json(
+        &c.pass,
+        &[
+            "site",
+            "init",
+            "--dir",
+            s(&site2),
+            "--site-id",
+            "plant-8",
+            "-o",
+            s(&req2),
+        ],
+    );
+    let bad = c.tmp.path().join("bad.json");
+
+    // Re-addressed to another site ID: the binding signature breaks.
+    edit_json(&req2, &bad, |v| v["site_id"] = "plant-9".into());
+    enroll_fails(&c, &bad, "binding signature does not verify");
+    // Issuing CA CSR swapped for another site's: binding breaks.
+    let req1: serde_json::Value = serde_json::from_slice(&std::fs::read(&c.request).unwrap()).unwrap();
+    edit_json(&req2, &bad, |v| {
+        v["issuing_ca_csr"] = req1["issuing_ca_csr"].clone()
+    });
+    enroll_fails(&c, &bad, "binding signature does not verify");
+    // A CSR whose signature does not verify.
+    edit_json(&req2, &bad, |v| {
+        let csr = v["identity_signing_csr"].as_str().unwrap().to_owned();
+        v["identity_signing_csr"] = flip_in_pem(&csr, 3).into();
+    });
+    enroll_fails(&c, &bad, "signature does not verify");
+    // A key-agreement key replaced.
+    edit_json(&req2, &bad, |v| {
+        v["identity_key_agreement_public_key"] = req1["identity_key_agreement_public_key"].clone()
+    });
+    enroll_fails(&c, &bad, "binding signature does not verify");
+    // A binding signature that is not base64.
+    edit_json(&req2, &bad, |v| v["binding_signature"] = "***".into());
+    enroll_fails(&c, &bad, "binding signature does not verify");
+    // Not PEM at all.
+    edit_json(&req2, &bad, |v| v["issuing_ca_csr"] = "hello".into());
+    enroll_fails(&c, &bad, "issuing_ca_csr: not a valid PEM block");
+    // An extra field.
+    edit_json(&req2, &bad, |v| v["quota"] = 1_000_000.into());
+    enroll_fails(&c, &bad, "unknown field `quota`");
+    // An unknown version (no downgrade or guessing).
+    edit_json(&req2, &bad, |v| v["version"] = 2.into());
+    enroll_fails(&c, &bad, "unsupported stamp.site-request version 2");
+    // Truncated.
+    let bytes = std::fs::read(&req2).unwrap();
+    std::fs::write(&bad, &bytes[..bytes.len() / 2]).unwrap();
+    enroll_fails(&c, &bad, "not a stamp file");
+    // Trailing bytes.
+    let mut t = bytes.clone();
+    t.extend_from_slice(b"{}");
+    std::fs::write(&bad, &t).unwrap();
+    enroll_fails(&c, &bad, "trailing bytes after the JSON object");
+    // Oversized.
+    std::fs::write(&bad, vec![b' '; 300 * 1024]).unwrap();
+    enroll_fails(&c, &bad, "larger than");
+    // The untouched request still enrolls afterwards.
+    let creds2 = c.tmp.path().join("creds2.json");
+    stamp_json(
+        &c.pass,
+        &[
+            "hq",
+            "enroll-site",
+            "--dir",
+            s(&c.hq),
+            s(&req2),
+            "-o",
+            s(&creds2),
+            "--yes",
+        ],
+    );
+}
+
+#[test]
+fn a_site_id_is_enrolled_once() {
+    let c = ceremony(false);
+    enroll_fails(&c, &c.request, "site plant-7 is already enrolled");
+    // Same site ID, new keys: still refused.
+    let again = c.tmp.path().join("site-again");
+    let req = c.tmp.path().join("again.json");
+    stamp_json(
+        &c.pass,
+        &[
+            "site",
+            "init",
+            "--dir",
+            s(&again),
+            "--site-id",
+            "plant-7",
+            "-o",
+            s(&req),
+        ],
+    );
+    enroll_fails(&c, &req, "site plant-7 is already enrolled");
+}
+
+#[test]
+fn fingerprint_must_match_and_be_confirmed() {
+    let c = ceremony(false);
+    let site2 = c.tmp.path().join("site2");
+    let req2 = c.tmp.path().join("req2.json");
+    stamp_json(
+        &c.pass,
+        &[
+            "site",
+            "init",
+            "--dir",
+            s(&site2),
+            "--site-id",
+            "plant-8",
+            "-o",
+            s(&req2),
+        ],
+    );
+    let before = snapshot(&c.hq);
+    let out = c.tmp.path().join("c2.json");
+    stamp_fails(
+        &c.pass,
+        &[
+            "hq",
+            "enroll-site",
+            "--dir",
+            s(&c.hq),
+            s(&req2),
+            "-o",
+            s(&out),
+            "--fingerprint",
+            "0000-0000-0000-0000-0000",
+        ],
+        "does not match the expected",
+    );
+    // No terminal to confirm on and neither --fingerprint nor --yes.
+    stamp_fails(
+        &c.pass,
+        &["hq", "enroll-site", "--dir", s(&c.hq), s(&req2), "-o", s(&out)],
+        "--fingerprint",
+    );
+    assert_eq!(snapshot(&c.hq), before);
+    assert!(!out.exists());
+}
+
+#[test]
+fn wrong_passphrase_and_readable_key_files_are_refused() {
+    let c = ceremony(false);
+    let site2 = c.tmp.path().join("site2");
+    let req2 = c.tmp.path().join("req2.json");
+    stamp_json(
+        &c.pass,
+        &[
+            "site",
+            "init",
+            "--dir",
+            s(&site2),
+            "--site-id",
+            "plant-8",
+            "-o",
+            s(&req2),
+        ],
+    );
+    let wrong = passphrase_file(c.tmp.path(), "wrong", "not the passphrase");
+    let before = snapshot(&c.hq);
+    let out = c.tmp.path().join("c2.json");
+    stamp_fails(
+        &wrong,
+        &[
+            "hq",
+            "enroll-site",
+            "--dir",
+            s(&c.hq),
+            s(&req2),
+            "-o",
+            s(&out),
+            "--yes",
+        ],
+        "wrong passphrase",
+    );
+    assert_eq!(snapshot(&c.hq), before);
+    assert!(!out.exists());
+
+    let key = c.hq.join("keys/oem-root.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let before = snapshot(&c.hq);
+    stamp_fails(
+        &c.pass,
+        &[
+            "hq",
+            "enroll-site",
+            "--dir",
+            s(&c.hq),
+            s(&req2),
+            "-o",
+            s(&out),
+            "--yes",
+        ],
+        "readable by group or others",
+    );
+    assert_eq!(snapshot(&c.hq), before);
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+
+    // A passphrase file others can read is refused too.
+    let loose = passphrase_file(c.tmp.path(), "loose", "demo passphrase 1");
+    std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o644)).unwrap();
+    stamp_fails(
+        &loose,
+        &[
+            "hq",
+            "enroll-site",
+            "--dir",
+            s(&c.hq),
+            s(&req2),
+            "-o",
+            s(&out),
+            "--yes",
+        ],
+        "passphrase file",
+    );
+    // A new key store needs a passphrase of at least 8 characters.
+    let short = passphrase_file(c.tmp.path(), "short", "abc");
+    stamp_fails(
+        &short,
+        &["hq", "init", "--dir", s(&c.tmp.path().join("hq2")), "--org", "X"],
+        "too short",
+    );
+    assert!(!c.tmp.path().join("hq2").exists());
+}
+
+#[test]
+fn files_of_the_wrong_kind_are_refused() {
+    let c = ceremony(false);
+    let out = c.tmp.path().join("x.json");
+    enroll_fails(
+        &c,
+        &c.credentials,
+        "this is a stamp.site-credentials file, expected a stamp.site-request file",
+    );
+    enroll_fails(&c, &c.root_cert(), "not a stamp file");
+    let junk = c.tmp.path().join("junk.bin");
+    std::fs::write(&junk, [0u8, 159, 146, 150]).unwrap();
+    enroll_fails(&c, &junk, "not a stamp file");
+    install_fails(
+        &c,
+        &c.site,
+        &c.request,
+        &[],
+        "this is a stamp.site-request file, expected a stamp.site-credentials file",
+    );
+    // A missing file.
+    stamp_fails(
+        &c.pass,
+        &[
+            "hq",
+            "enroll-site",
+            "--dir",
+            s(&c.hq),
+            "/nonexistent",
+            "-o",
+            s(&out),
+            "--yes",
+        ],
+        "cannot open /nonexistent",
+    );
+    // Not an HQ / site directory.
+    stamp_fails(
+        &c.pass,
+        &[
+            "hq",
+            "enroll-site",
+            "--dir",
+            s(&c.site),
+            s(&c.request),
+            "-o",
+            s(&out),
+            "--yes",
+        ],
+        "is not a stamp HQ directory",
+    );
+    install_fails(&c, &c.hq, &c.credentials, &[], "is not a stamp site directory");
+    // Directories that exist are never overwritten.
+    let before = snapshot(&c.hq);
+    stamp_fails(
+        &c.pass,
+        &["hq", "init", "--dir", s(&c.hq), "--org", "Other"],
+        "not empty",
+    );
+    assert_eq!(snapshot(&c.hq), before);
+    stamp_fails(
+        &c.pass,
+        &[
+            "site",
+            "init",
+            "--dir",
+            s(&c.site),
+            "--site-id",
+            "plant-7",
+            "-o",
+            s(&out),
+        ],
+        "not empty",
+    );
+    // A bad site ID is a usage error (exit code 2), caught before anything is created.
+    let out3 = stamp(
+        &c.pass,
+        &[
+            "site",
+            "init",
+            "--dir",
+            s(&c.tmp.path().join("s3")),
+            "--site-id",
+            "Bad ID",
+            "-o",
+            s(&out),
+        ],
+    );
+    assert_eq!(out3.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out3.stderr).contains("invalid site ID"));
+    assert!(!c.tmp.path().join("s3").exists());
+}
+
+#[test]
+fn tampered_credentials_are_refused() {
+    let c = ceremony(false);
+    let bad = c.tmp.path().join("bad-creds.json");
+    // A flipped bit in the issuing CA certificate's signature.
+    edit_json(&c.credentials, &bad, |v| {
+        let pem_text = v["site_issuing_ca"].as_str().unwrap().to_owned();
+        v["site_issuing_ca"] = flip_in_pem(&pem_text, 5).into();
+    });
+    install_fails(&c, &c.site, &bad, &[], "signature does not verify");
+    // A flipped bit inside the signed part (the subject key).
+    edit_json(&c.credentials, &bad, |v| {
+        let pem_text = v["site_identity_signing"].as_str().unwrap().to_owned();
+        v["site_identity_signing"] = flip_in_pem(&pem_text, 120).into();
+    });
+    install_fails(&c, &c.site, &bad, &[], "certificate");
+    // Certificates moved between roles.
+    edit_json(&c.credentials, &bad, |v| {
+        v["hq_authority_signing"] = v["site_identity_signing"].clone()
+    });
+    install_fails(
+        &c,
+        &c.site,
+        &bad,
+        &[],
+        "does not match the hq-authority-signing profile",
+    );
+    // Another root: a second HQ signs nothing here, its root pinned wrongly.
+    let other_hq = c.tmp.path().join("hq-other");
+    let other = stamp_json(
+        &c.pass,
+        &["hq", "init", "--dir", s(&other_hq), "--org", "Acme Sensors"],
+    );
+    let other_root = std::fs::read_to_string(other["root_cert"].as_str().unwrap()).unwrap();
+    edit_json(&c.credentials, &bad, |v| {
+        v["oem_root"] = other_root.clone().into()
+    });
+    install_fails(&c, &c.site, &bad, &[], "does not match the pinned");
+    // Same organisation name, so the names chain; the signatures do not.
+    install_fails(&c, &c.site, &bad, &["--yes"], "signature does not verify");
+    // The right file with the wrong pin.
+    let other_fp = other["root_fingerprint"].as_str().unwrap().to_owned();
+    install_fails(
+        &c,
+        &c.site,
+        &c.credentials,
+        &["--root-fingerprint", &other_fp],
+        "does not match the pinned",
+    );
+    install_fails(
+        &c,
+        &c.site,
+        &c.credentials,
+        &["--root-fingerprint", "12:34"],
+        "64 hex digits",
+    );
+    // No pin, no terminal, no --yes: refused, nothing stored.
+    install_fails(&c, &c.site, &c.credentials, &["--json"], "--root-fingerprint");
+    // Truncated, trailing bytes, extra fields, wrong version.
+    let bytes = std::fs::read(&c.credentials).unwrap();
+    std::fs::write(&bad, &bytes[..bytes.len() - 40]).unwrap();
+    install_fails(&c, &c.site, &bad, &[], "not a stamp file");
+    let mut t = bytes.clone();
+    t.extend_from_slice(b"garbage");
+    std::fs::write(&bad, &t).unwrap();
+    install_fails(&c, &c.site, &bad, &[], "trailing bytes after the JSON object");
+    edit_json(&c.credentials, &bad, |v| v["version"] = 0.into());
+    install_fails(
+        &c,
+        &c.site,
+        &bad,
+        &[],
+        "unsupported stamp.site-credentials version 0",
+    );
+    // After all that, the genuine credentials install.
+    let fp = c.root_fingerprint();
+    stamp_json(
+        &c.pass,
+        &[
+            "site",
+            "install",
+            "--dir",
+            s(&c.site),
+            s(&c.credentials),
+            "--root-fingerprint",
+            &fp,
+        ],
+    );
+    // ...once.
+    install_fails(
+        &c,
+        &c.site,
+        &c.credentials,
+        &[],
+        "already has credentials installed",
+    );
+}
+
+#[test]
+fn credentials_for_other_keys_or_sites_are_refused() {
+    let c = ceremony(false);
+    // Same site ID, different keys (a re-initialised or impostor site).
+    let twin = c.tmp.path().join("twin");
+    stamp_json(
+        &c.pass,
+        &[
+            "site",
+            "init",
+            "--dir",
+            s(&twin),
+            "--site-id",
+            "plant-7",
+            "-o",
+            s(&c.tmp.path().join("t.json")),
+        ],
+    );
+    install_fails(&c, &twin, &c.credentials, &[], "is not for this site's key");
+    // Another site's credentials.
+    let other = c.tmp.path().join("other");
+    stamp_json(
+        &c.pass,
+        &[
+            "site",
+            "init",
+            "--dir",
+            s(&other),
+            "--site-id",
+            "plant-9",
+            "-o",
+            s(&c.tmp.path().join("o.json")),
+        ],
+    );
+    install_fails(
+        &c,
+        &other,
+        &c.credentials,
+        &[],
+        "credentials are for site plant-7, this is site plant-9",
+    );
+    // Relabelled to the other site: the certificates still name plant-7.
+    let bad = c.tmp.path().join("relabelled.json");
+    edit_json(&c.credentials, &bad, |v| v["site_id"] = "plant-9".into());
+    install_fails(&c, &other, &bad, &[], "names the wrong holder");
+}
+
+#[test]
+fn json_errors_are_machine_readable() {
+    let c = ceremony(false);
+    let out = stamp(
+        &c.pass,
+        &[
+            "--json",
+            "hq",
+            "enroll-site",
+            "--dir",
+            s(&c.hq),
+            s(&c.request),
+            "-o",
+            "/tmp/x",
+            "--yes",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["error"].as_str().unwrap().contains("already enrolled"));
+}
