@@ -43,6 +43,10 @@ pub fn parse(der: &[u8]) -> Result<X509Certificate<'_>, CertError> {
     if der.len() > MAX_CERT_DER {
         return Err(CertError::TooLarge);
     }
+    // x509-parser is lenient about some tags; the RustCrypto decoder enforces strict DER.
+    if <x509_cert::Certificate as x509_cert::der::Decode>::from_der(der).is_err() {
+        return Err(CertError::Malformed);
+    }
     match X509Certificate::from_der(der) {
         Ok(([], cert)) => Ok(cert),
         _ => Err(CertError::Malformed),

@@ -90,6 +90,10 @@ pub fn verify(der: &[u8]) -> Result<VerifiedCsr, CsrError> {
     if der.len() > MAX_CSR_DER {
         return Err(CsrError::TooLarge);
     }
+    // x509-parser is lenient about some tags; the RustCrypto decoder enforces strict DER.
+    if <x509_cert::request::CertReq as x509_cert::der::Decode>::from_der(der).is_err() {
+        return Err(CsrError::Malformed);
+    }
     let csr = match X509CertificationRequest::from_der(der) {
         Ok(([], csr)) => csr,
         _ => return Err(CsrError::Malformed),
@@ -162,4 +166,50 @@ fn classify(spki: &SubjectPublicKeyInfo<'_>) -> Result<KeyType, CsrError> {
 fn strip_zeros(b: &[u8]) -> &[u8] {
     let n = b.iter().take_while(|x| **x == 0).count();
     &b[n..]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::key::SignatureAlgorithm;
+    use crate::profile::tests::TestSigner;
+
+    #[test]
+    fn verifies_good_requests_of_every_signing_key_type() {
+        for (alg, kt) in [
+            (SignatureAlgorithm::EcdsaP256Sha256, KeyType::P256),
+            (SignatureAlgorithm::EcdsaP384Sha384, KeyType::P384),
+            (SignatureAlgorithm::Ed25519, KeyType::Ed25519),
+        ] {
+            let key = TestSigner::new(alg);
+            let der = create(&key, "device").unwrap();
+            let v = verify(&der).unwrap();
+            assert_eq!(v.key_type(), kt);
+            assert_eq!(v.raw_public_key(), crate::key::Signer::public_key(&key));
+        }
+    }
+
+    #[test]
+    fn refuses_bad_signature_trailing_bytes_truncation_and_size() {
+        let key = TestSigner::new(SignatureAlgorithm::EcdsaP256Sha256);
+        let der = create(&key, "device").unwrap();
+        let mut bad = der.clone();
+        let n = bad.len();
+        bad[n - 2] ^= 1;
+        assert_eq!(verify(&bad).unwrap_err(), CsrError::BadSignature);
+        let mut trailing = der.clone();
+        trailing.push(0);
+        assert_eq!(verify(&trailing).unwrap_err(), CsrError::Malformed);
+        assert_eq!(verify(&der[..der.len() - 1]).unwrap_err(), CsrError::Malformed);
+        assert_eq!(
+            verify(&vec![0x30; MAX_CSR_DER + 1]).unwrap_err(),
+            CsrError::TooLarge
+        );
+        // Every single-bit flip is refused, and none panics.
+        for i in 0..der.len() {
+            let mut m = der.clone();
+            m[i] ^= 0x40;
+            assert!(verify(&m).is_err(), "bit flip at {i} accepted");
+        }
+    }
 }

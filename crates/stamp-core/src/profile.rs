@@ -437,3 +437,219 @@ pub fn issue(
     let cert = params.signed_by(subject_key, &rcgen_issuer)?;
     Ok(cert.der().to_vec())
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use aws_lc_rs::rand::SystemRandom;
+    use aws_lc_rs::signature::{self, EcdsaKeyPair, Ed25519KeyPair, KeyPair};
+    use time::macros::datetime;
+
+    use super::*;
+    use crate::key::{KeyError, SignatureAlgorithm};
+
+    /// An in-memory signer for tests (core does not depend on the key store).
+    pub(crate) enum TestSigner {
+        Ecdsa(EcdsaKeyPair, SignatureAlgorithm),
+        Ed(Ed25519KeyPair),
+    }
+
+    impl TestSigner {
+        pub(crate) fn new(alg: SignatureAlgorithm) -> Self {
+            match alg {
+                SignatureAlgorithm::EcdsaP256Sha256 => TestSigner::Ecdsa(
+                    EcdsaKeyPair::generate(&signature::ECDSA_P256_SHA256_ASN1_SIGNING).unwrap(),
+                    alg,
+                ),
+                SignatureAlgorithm::EcdsaP384Sha384 => TestSigner::Ecdsa(
+                    EcdsaKeyPair::generate(&signature::ECDSA_P384_SHA384_ASN1_SIGNING).unwrap(),
+                    alg,
+                ),
+                SignatureAlgorithm::Ed25519 => TestSigner::Ed(Ed25519KeyPair::generate().unwrap()),
+            }
+        }
+    }
+
+    impl Signer for TestSigner {
+        fn algorithm(&self) -> SignatureAlgorithm {
+            match self {
+                TestSigner::Ecdsa(_, a) => *a,
+                TestSigner::Ed(_) => SignatureAlgorithm::Ed25519,
+            }
+        }
+        fn public_key(&self) -> &[u8] {
+            match self {
+                TestSigner::Ecdsa(k, _) => k.public_key().as_ref(),
+                TestSigner::Ed(k) => k.public_key().as_ref(),
+            }
+        }
+        fn sign(&self, message: &[u8]) -> Result<Vec<u8>, KeyError> {
+            Ok(match self {
+                TestSigner::Ecdsa(k, _) => k.sign(&SystemRandom::new(), message).unwrap().as_ref().to_vec(),
+                TestSigner::Ed(k) => k.sign(message).as_ref().to_vec(),
+            })
+        }
+        fn key_ref(&self) -> &str {
+            "test:key"
+        }
+    }
+
+    const NOW: OffsetDateTime = datetime!(2026-11-22 12:00:00 UTC);
+
+    fn serial(n: u8) -> Serial {
+        Serial::from_random([n; 16])
+    }
+
+    pub(crate) fn root(alg: SignatureAlgorithm) -> (TestSigner, Vec<u8>) {
+        let key = TestSigner::new(alg);
+        let der = self_signed_root(
+            &key,
+            "Acme",
+            Validity::starting(NOW, Duration::days(3650)),
+            serial(1),
+        )
+        .unwrap();
+        (key, der)
+    }
+
+    fn issue_for(profile: Profile, root_key: &TestSigner, root_der: &[u8], subject: &TestSigner) -> Vec<u8> {
+        let holder = match profile {
+            Profile::HqAuthoritySigning | Profile::HqAuthorityKeyAgreement => Holder::Hq,
+            Profile::Station => Holder::Station {
+                site: SiteId::new("s1").unwrap(),
+                name: "line-3.station".into(),
+            },
+            _ => Holder::Site(SiteId::new("s1").unwrap()),
+        };
+        issue(
+            profile,
+            "Acme",
+            &holder,
+            &crate::cert::subject_key(subject.algorithm().rcgen(), subject.public_key()),
+            Validity::starting(NOW, Duration::days(365 * 30)),
+            serial(7),
+            &Issuer {
+                cert_der: root_der,
+                signer: root_key,
+            },
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn every_profile_passes_its_own_check_and_no_other() {
+        for root_alg in [
+            SignatureAlgorithm::EcdsaP384Sha384,
+            SignatureAlgorithm::EcdsaP256Sha256,
+        ] {
+            let (root_key, root_der) = root(root_alg);
+            let subject = TestSigner::new(SignatureAlgorithm::EcdsaP256Sha256);
+            for profile in ALL_PROFILES {
+                let der = if profile == Profile::OemRoot {
+                    root_der.clone()
+                } else {
+                    issue_for(profile, &root_key, &root_der, &subject)
+                };
+                let cert = crate::cert::parse(&der).unwrap();
+                profile.check(&cert).unwrap();
+                for other in ALL_PROFILES.into_iter().filter(|o| *o != profile) {
+                    assert!(
+                        other.check(&cert).is_err(),
+                        "{} passed as {}",
+                        profile.name(),
+                        other.name()
+                    );
+                }
+                if profile != Profile::OemRoot && profile != Profile::Station {
+                    crate::cert::check_under_root("test", &der, profile, &root_der, NOW).unwrap();
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn validity_is_cut_to_the_issuer_and_must_not_be_empty() {
+        let (root_key, root_der) = root(SignatureAlgorithm::EcdsaP256Sha256);
+        let subject = TestSigner::new(SignatureAlgorithm::Ed25519);
+        let der = issue_for(Profile::SiteIssuingCa, &root_key, &root_der, &subject);
+        let cert = crate::cert::parse(&der).unwrap();
+        let root = crate::cert::parse(&root_der).unwrap();
+        assert_eq!(cert.validity().not_after, root.validity().not_after);
+        let empty = Validity {
+            not_before: NOW,
+            not_after: NOW,
+        };
+        assert!(matches!(
+            self_signed_root(&root_key, "Acme", empty, serial(1)),
+            Err(ProfileError::EmptyValidity)
+        ));
+    }
+
+    #[test]
+    fn the_issuer_certificate_must_belong_to_the_signer() {
+        let (_, root_der) = root(SignatureAlgorithm::EcdsaP256Sha256);
+        let stranger = TestSigner::new(SignatureAlgorithm::EcdsaP256Sha256);
+        let r = issue(
+            Profile::SiteIssuingCa,
+            "Acme",
+            &Holder::Site(SiteId::new("s1").unwrap()),
+            &crate::cert::subject_key(stranger.algorithm().rcgen(), stranger.public_key()),
+            Validity::starting(NOW, Duration::days(1)),
+            serial(3),
+            &Issuer {
+                cert_der: &root_der,
+                signer: &stranger,
+            },
+        );
+        assert!(matches!(r, Err(ProfileError::IssuerKeyMismatch(_))));
+    }
+
+    #[test]
+    fn a_certificate_from_another_root_or_expired_is_refused() {
+        let (root_key, root_der) = root(SignatureAlgorithm::EcdsaP256Sha256);
+        let (_, other_root) = root(SignatureAlgorithm::EcdsaP256Sha256);
+        let subject = TestSigner::new(SignatureAlgorithm::EcdsaP256Sha256);
+        let der = issue_for(Profile::HqAuthoritySigning, &root_key, &root_der, &subject);
+        let r = crate::cert::check_under_root("hq", &der, Profile::HqAuthoritySigning, &other_root, NOW);
+        assert!(matches!(r, Err(crate::cert::CertError::BadSignature(_))), "{r:?}");
+        let later = NOW + Duration::days(365 * 20);
+        let r = crate::cert::check_under_root("hq", &der, Profile::HqAuthoritySigning, &root_der, later);
+        assert!(matches!(r, Err(crate::cert::CertError::NotValidNow(_))), "{r:?}");
+    }
+
+    #[test]
+    fn every_bit_flip_in_a_certificate_is_refused() {
+        let (root_key, root_der) = root(SignatureAlgorithm::EcdsaP256Sha256);
+        let subject = TestSigner::new(SignatureAlgorithm::EcdsaP256Sha256);
+        let der = issue_for(Profile::SiteIdentitySigning, &root_key, &root_der, &subject);
+        for i in 0..der.len() {
+            for bit in [0x01, 0x40] {
+                let mut m = der.clone();
+                m[i] ^= bit;
+                let r =
+                    crate::cert::check_under_root("site", &m, Profile::SiteIdentitySigning, &root_der, NOW);
+                assert!(r.is_err(), "flip {bit:#x} at byte {i} accepted");
+            }
+        }
+    }
+
+    #[test]
+    fn serials_are_positive_and_never_start_with_zero() {
+        assert_eq!(Serial::from_random([0; 16]).as_bytes()[0], 1);
+        assert_eq!(Serial::from_random([0xff; 16]).as_bytes()[0], 0x7f);
+        assert_eq!(Serial::from_random([0x80; 16]).as_bytes()[0], 1);
+    }
+
+    #[test]
+    fn names_are_checked() {
+        assert!(Profile::OemRoot.subject("", &Holder::Hq).is_err());
+        assert!(Profile::OemRoot.subject("A\nB", &Holder::Hq).is_err());
+        let bad = Holder::Station {
+            site: SiteId::new("s").unwrap(),
+            name: "Line 3".into(),
+        };
+        assert!(matches!(
+            Profile::Station.subject("Acme", &bad),
+            Err(ProfileError::BadStationName(_))
+        ));
+    }
+}
