@@ -48,7 +48,13 @@ pub fn parse(der: &[u8]) -> Result<X509Certificate<'_>, CertError> {
         return Err(CertError::Malformed);
     }
     match X509Certificate::from_der(der) {
-        Ok(([], cert)) => Ok(cert),
+        // Signatures and keys are whole octets: a non-zero unused-bits count is malleability.
+        Ok(([], cert))
+            if cert.signature_value.unused_bits == 0
+                && cert.public_key().subject_public_key.unused_bits == 0 =>
+        {
+            Ok(cert)
+        }
         _ => Err(CertError::Malformed),
     }
 }
