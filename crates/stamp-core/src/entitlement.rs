@@ -1,0 +1,694 @@
+//! Entitlements: what HQ allows a site to produce.
+//!
+//! An entitlement package's plaintext is one [`Entitlement`], CBOR-encoded. It either grants a new
+//! production run ([`Grant`]) or amends an earlier one ([`Amend`]: top up the quota, move the window,
+//! suspend, resume or revoke). Each package for a site carries a sequence number one higher than any
+//! applied before. The format is specified in docs/formats/entitlement.md.
+//!
+//! This module holds the payload, its bounds and the pure rules for applying it; sealing is in
+//! [`crate::envelope`], storage at the roles.
+
+use std::collections::BTreeMap;
+
+use crate::SiteId;
+
+/// Payload version this build writes and reads.
+pub const VERSION: u32 = 1;
+/// Largest encoded payload accepted.
+pub const MAX_PAYLOAD: usize = 4 * 1024 * 1024;
+/// Most serial ranges in one entitlement.
+pub const MAX_RANGES: usize = 64;
+/// Most device-data entries.
+pub const MAX_DEVICE_DATA: usize = 64;
+/// Most stations an entitlement may name.
+pub const MAX_STATIONS: usize = 256;
+/// Longest short text field (IDs, names, keys).
+pub const MAX_SHORT_TEXT: usize = 64;
+/// Longest device-data value.
+pub const MAX_VALUE: usize = 1024;
+
+/// A production rate limit period.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RatePeriod {
+    /// 60 seconds.
+    Minute,
+    /// 3600 seconds.
+    Hour,
+    /// 86400 seconds.
+    Day,
+}
+
+impl RatePeriod {
+    /// Length in seconds.
+    pub fn seconds(self) -> i64 {
+        match self {
+            RatePeriod::Minute => 60,
+            RatePeriod::Hour => 3600,
+            RatePeriod::Day => 86_400,
+        }
+    }
+
+    /// Name as used on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            RatePeriod::Minute => "minute",
+            RatePeriod::Hour => "hour",
+            RatePeriod::Day => "day",
+        }
+    }
+}
+
+/// Device key types a profile may allow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeviceKeyType {
+    /// ECDSA P-256.
+    P256,
+    /// ECDSA P-384.
+    P384,
+    /// Ed25519.
+    Ed25519,
+    /// RSA 2048.
+    Rsa2048,
+    /// RSA 3072.
+    Rsa3072,
+    /// RSA 4096.
+    Rsa4096,
+}
+
+impl DeviceKeyType {
+    /// Every type, in order.
+    pub const ALL: [DeviceKeyType; 6] = [
+        DeviceKeyType::P256,
+        DeviceKeyType::P384,
+        DeviceKeyType::Ed25519,
+        DeviceKeyType::Rsa2048,
+        DeviceKeyType::Rsa3072,
+        DeviceKeyType::Rsa4096,
+    ];
+
+    /// Name as used on the command line and in the payload.
+    pub fn name(self) -> &'static str {
+        match self {
+            DeviceKeyType::P256 => "p256",
+            DeviceKeyType::P384 => "p384",
+            DeviceKeyType::Ed25519 => "ed25519",
+            DeviceKeyType::Rsa2048 => "rsa2048",
+            DeviceKeyType::Rsa3072 => "rsa3072",
+            DeviceKeyType::Rsa4096 => "rsa4096",
+        }
+    }
+}
+
+/// The product a grant is for.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Product {
+    /// The OEM's identifier (appears in device certificates).
+    pub oem_id: String,
+    /// The product's identifier (appears in device certificates).
+    pub product_id: String,
+    /// Human-readable product name.
+    pub name: String,
+}
+
+/// An inclusive range of device serial numbers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SerialRange {
+    /// First serial in the range.
+    pub first: u64,
+    /// Last serial in the range (inclusive).
+    pub last: u64,
+}
+
+impl SerialRange {
+    /// Number of serials in the range.
+    pub fn len(&self) -> u64 {
+        self.last.saturating_sub(self.first).saturating_add(1)
+    }
+
+    /// Whether the range is empty (never, for a well-formed range).
+    pub fn is_empty(&self) -> bool {
+        self.last < self.first
+    }
+
+    /// Whether two ranges share a serial.
+    pub fn overlaps(&self, other: &SerialRange) -> bool {
+        self.first <= other.last && other.first <= self.last
+    }
+}
+
+/// How device certificates under this grant are built.
+///
+/// Subject: `O=<organization>, OU=<oem_id>, CN=<product_id>, serialNumber=<device serial>`;
+/// extended key usage clientAuth only; never anything a CSR asks for.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceProfile {
+    /// Device certificate lifetime in days.
+    pub validity_days: u32,
+    /// Key types a device may present.
+    pub key_types: Vec<DeviceKeyType>,
+    /// `O=` of device certificates (the OEM's name).
+    pub organization: String,
+}
+
+/// A new production run.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Grant {
+    /// Unique ID of this entitlement (`<site-id>.<sequence>`).
+    pub entitlement_id: String,
+    /// The product.
+    pub product: Product,
+    /// Most devices the site may provision under this grant.
+    pub quota: u64,
+    /// Most devices per period; absent periods are unlimited.
+    pub rate_limits: BTreeMap<RatePeriod, u64>,
+    /// Start of the production window (Unix seconds).
+    pub not_before: i64,
+    /// End of the production window (Unix seconds).
+    pub not_after: i64,
+    /// Device serials HQ allocated (never overlapping anything HQ allocated before).
+    pub serial_ranges: Vec<SerialRange>,
+    /// The device certificate profile.
+    pub device_profile: DeviceProfile,
+    /// Stations allowed to use this grant; empty means every station of the site.
+    pub stations: Vec<String>,
+    /// Data the station writes to every device (e.g. the cloud endpoint).
+    pub device_data: BTreeMap<String, String>,
+}
+
+/// A grant's state as amendments leave it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Devices may be provisioned.
+    Active,
+    /// Temporarily stopped; a later amendment may resume it.
+    Suspended,
+    /// Permanently stopped.
+    Revoked,
+}
+
+impl Status {
+    /// Name as shown to people.
+    pub fn name(self) -> &'static str {
+        match self {
+            Status::Active => "active",
+            Status::Suspended => "suspended",
+            Status::Revoked => "revoked",
+        }
+    }
+}
+
+/// A change to an earlier grant.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Amend {
+    /// The grant amended.
+    pub entitlement_id: String,
+    /// Devices added to the quota (with `add_serial_ranges` covering exactly as many serials).
+    pub add_quota: u64,
+    /// Serials allocated for the added quota.
+    pub add_serial_ranges: Vec<SerialRange>,
+    /// New window start, if changed.
+    pub not_before: Option<i64>,
+    /// New window end, if changed.
+    pub not_after: Option<i64>,
+    /// New status, if changed.
+    pub status: Option<Status>,
+}
+
+/// What a package does.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// A new production run.
+    Grant(Grant),
+    /// A change to an earlier run.
+    Amend(Amend),
+}
+
+/// The plaintext of an entitlement package.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Entitlement {
+    /// Always [`VERSION`].
+    pub version: u32,
+    /// The site it is for.
+    pub site_id: SiteId,
+    /// Per-site sequence number, strictly increasing.
+    pub sequence: u64,
+    /// When HQ made it (Unix seconds).
+    pub issued_at: i64,
+    /// What it does.
+    pub action: Action,
+}
+
+/// Why a payload or an update was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum EntitlementError {
+    /// Larger than [`MAX_PAYLOAD`].
+    #[error("entitlement payload is larger than {MAX_PAYLOAD} bytes")]
+    TooLarge,
+    /// Not the CBOR layout of an entitlement.
+    #[error("malformed entitlement payload: {0}")]
+    Malformed(String),
+    /// A version this build does not read.
+    #[error("unsupported entitlement version {0} (this stamp reads version {VERSION})")]
+    UnsupportedVersion(u32),
+    /// A field breaks a rule.
+    #[error("invalid entitlement: {0}")]
+    Invalid(&'static str),
+    /// The package is for another site.
+    #[error("entitlement is for site {found}, this is site {expected}")]
+    WrongSite {
+        /// Its site.
+        found: String,
+        /// This site.
+        expected: String,
+    },
+    /// Sequence not above the last applied: a replay or a rollback.
+    #[error("entitlement sequence {found} is not above the last applied ({last}): replayed or out of order")]
+    StaleSequence {
+        /// Its sequence.
+        found: u64,
+        /// The last applied.
+        last: u64,
+    },
+    /// The production window is already over.
+    #[error("entitlement window ended at {0} (Unix time); it is expired")]
+    Expired(i64),
+    /// An amendment to a grant the site does not have.
+    #[error("amendment for unknown entitlement {0}")]
+    UnknownTarget(String),
+    /// A grant whose ID the site already has.
+    #[error("entitlement {0} already exists at this site")]
+    DuplicateId(String),
+    /// An amendment to a revoked grant.
+    #[error("entitlement {0} is revoked; it cannot be changed")]
+    Revoked(String),
+}
+
+fn short(s: &str) -> bool {
+    !s.is_empty() && s.len() <= MAX_SHORT_TEXT && !s.chars().any(char::is_control)
+}
+
+fn check_ranges(ranges: &[SerialRange], count: u64) -> Result<(), EntitlementError> {
+    if ranges.len() > MAX_RANGES {
+        return Err(EntitlementError::Invalid("too many serial ranges"));
+    }
+    let mut total: u64 = 0;
+    for (i, r) in ranges.iter().enumerate() {
+        if r.is_empty() {
+            return Err(EntitlementError::Invalid("empty serial range"));
+        }
+        if ranges[..i].iter().any(|o| o.overlaps(r)) {
+            return Err(EntitlementError::Invalid("overlapping serial ranges"));
+        }
+        total = total
+            .checked_add(r.len())
+            .ok_or(EntitlementError::Invalid("serial ranges overflow"))?;
+    }
+    if total != count {
+        return Err(EntitlementError::Invalid(
+            "serial ranges do not cover exactly the quota",
+        ));
+    }
+    Ok(())
+}
+
+impl Entitlement {
+    /// Encodes as CBOR.
+    pub fn to_cbor(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        // Writing into a Vec cannot fail for these types.
+        let _ = ciborium::into_writer(self, &mut out);
+        out
+    }
+
+    /// Decodes CBOR (bounded), then checks [`Entitlement::validate`].
+    pub fn from_cbor(bytes: &[u8]) -> Result<Self, EntitlementError> {
+        if bytes.len() > MAX_PAYLOAD {
+            return Err(EntitlementError::TooLarge);
+        }
+        // Read the version first, so a future version gets a clear error rather than a field error.
+        #[derive(serde::Deserialize)]
+        struct Head {
+            version: u32,
+        }
+        let head: Head = ciborium::de::from_reader_with_recursion_limit(bytes, 16)
+            .map_err(|e| EntitlementError::Malformed(e.to_string()))?;
+        if head.version != VERSION {
+            return Err(EntitlementError::UnsupportedVersion(head.version));
+        }
+        let mut reader = bytes;
+        let e: Entitlement = ciborium::de::from_reader_with_recursion_limit(&mut reader, 16)
+            .map_err(|e| EntitlementError::Malformed(e.to_string()))?;
+        if !reader.is_empty() {
+            return Err(EntitlementError::Malformed(
+                "trailing bytes after the payload".to_owned(),
+            ));
+        }
+        e.validate()?;
+        Ok(e)
+    }
+
+    /// Checks every field's bounds and internal consistency.
+    pub fn validate(&self) -> Result<(), EntitlementError> {
+        use EntitlementError::Invalid;
+        if self.version != VERSION {
+            return Err(EntitlementError::UnsupportedVersion(self.version));
+        }
+        if self.sequence == 0 {
+            return Err(Invalid("sequence numbers start at 1"));
+        }
+        match &self.action {
+            Action::Grant(g) => {
+                if !short(&g.entitlement_id) {
+                    return Err(Invalid("bad entitlement ID"));
+                }
+                if !short(&g.product.oem_id) || !short(&g.product.product_id) || !short(&g.product.name) {
+                    return Err(Invalid(
+                        "product OEM ID, product ID and name must be 1-64 characters",
+                    ));
+                }
+                if g.quota == 0 {
+                    return Err(Invalid("quota must be at least 1"));
+                }
+                if g.rate_limits.values().any(|n| *n == 0) {
+                    return Err(Invalid("a rate limit must allow at least 1 device"));
+                }
+                if g.not_after <= g.not_before {
+                    return Err(Invalid("window ends before it starts"));
+                }
+                check_ranges(&g.serial_ranges, g.quota)?;
+                let p = &g.device_profile;
+                if p.validity_days == 0 || p.validity_days > 365 * 50 {
+                    return Err(Invalid("device certificate validity must be 1 day to 50 years"));
+                }
+                if p.key_types.is_empty() || p.key_types.len() > DeviceKeyType::ALL.len() {
+                    return Err(Invalid("the device profile must allow at least one key type"));
+                }
+                if !short(&p.organization) {
+                    return Err(Invalid("device certificate organization must be 1-64 characters"));
+                }
+                if g.stations.len() > MAX_STATIONS || !g.stations.iter().all(|s| short(s)) {
+                    return Err(Invalid("bad station list"));
+                }
+                if g.device_data.len() > MAX_DEVICE_DATA
+                    || !g
+                        .device_data
+                        .iter()
+                        .all(|(k, v)| short(k) && v.len() <= MAX_VALUE)
+                {
+                    return Err(Invalid(
+                        "bad device data (at most 64 entries; keys 1-64, values up to 1024 bytes)",
+                    ));
+                }
+            }
+            Action::Amend(a) => {
+                if !short(&a.entitlement_id) {
+                    return Err(Invalid("bad entitlement ID"));
+                }
+                check_ranges(&a.add_serial_ranges, a.add_quota)?;
+                if let (Some(nb), Some(na)) = (a.not_before, a.not_after) {
+                    if na <= nb {
+                        return Err(Invalid("window ends before it starts"));
+                    }
+                }
+                if a.add_quota == 0 && a.not_before.is_none() && a.not_after.is_none() && a.status.is_none() {
+                    return Err(Invalid("an amendment must change something"));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A grant as held at a site: the grant with every amendment applied.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct GrantState {
+    /// The grant, with quota, window and ranges as amended.
+    pub grant: Grant,
+    /// Current status.
+    pub status: Status,
+    /// Sequence of the last package that touched it.
+    pub last_sequence: u64,
+}
+
+/// Checks a decrypted, well-formed entitlement against the site's state at `now` (Unix seconds):
+/// the site, the sequence, the window. `last_sequence` is the highest sequence applied (0 if none).
+pub fn check_applicable(
+    e: &Entitlement,
+    site: &SiteId,
+    last_sequence: u64,
+    now: i64,
+) -> Result<(), EntitlementError> {
+    if &e.site_id != site {
+        return Err(EntitlementError::WrongSite {
+            found: e.site_id.to_string(),
+            expected: site.to_string(),
+        });
+    }
+    if e.sequence <= last_sequence {
+        return Err(EntitlementError::StaleSequence {
+            found: e.sequence,
+            last: last_sequence,
+        });
+    }
+    if let Action::Grant(g) = &e.action {
+        if g.not_after <= now {
+            return Err(EntitlementError::Expired(g.not_after));
+        }
+    }
+    Ok(())
+}
+
+/// Applies an amendment to a grant's state, returning the new state.
+/// Shortening a window into the past is allowed: it stops production.
+pub fn amend(state: &GrantState, a: &Amend, sequence: u64) -> Result<GrantState, EntitlementError> {
+    if state.status == Status::Revoked {
+        return Err(EntitlementError::Revoked(a.entitlement_id.clone()));
+    }
+    let mut next = state.clone();
+    let g = &mut next.grant;
+    g.quota = g
+        .quota
+        .checked_add(a.add_quota)
+        .ok_or(EntitlementError::Invalid("quota overflow"))?;
+    for r in &a.add_serial_ranges {
+        if g.serial_ranges.iter().any(|o| o.overlaps(r)) {
+            return Err(EntitlementError::Invalid(
+                "added serial range overlaps the grant's",
+            ));
+        }
+        g.serial_ranges.push(*r);
+    }
+    if g.serial_ranges.len() > MAX_RANGES {
+        return Err(EntitlementError::Invalid("too many serial ranges"));
+    }
+    if let Some(nb) = a.not_before {
+        g.not_before = nb;
+    }
+    if let Some(na) = a.not_after {
+        g.not_after = na;
+    }
+    if g.not_after <= g.not_before {
+        return Err(EntitlementError::Invalid("amended window ends before it starts"));
+    }
+    if let Some(s) = a.status {
+        next.status = s;
+    }
+    next.last_sequence = sequence;
+    Ok(next)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) fn grant(site: &str, seq: u64) -> Entitlement {
+        Entitlement {
+            version: VERSION,
+            site_id: SiteId::new(site).unwrap(),
+            sequence: seq,
+            issued_at: 1_000,
+            action: Action::Grant(Grant {
+                entitlement_id: format!("{site}.{seq}"),
+                product: Product {
+                    oem_id: "acme".into(),
+                    product_id: "thermo-2".into(),
+                    name: "Thermostat".into(),
+                },
+                quota: 100,
+                rate_limits: BTreeMap::from([(RatePeriod::Minute, 10), (RatePeriod::Day, 1000)]),
+                not_before: 0,
+                not_after: 10_000,
+                serial_ranges: vec![SerialRange { first: 1, last: 100 }],
+                device_profile: DeviceProfile {
+                    validity_days: 3650,
+                    key_types: vec![DeviceKeyType::P256, DeviceKeyType::Ed25519],
+                    organization: "Acme".into(),
+                },
+                stations: vec![],
+                device_data: BTreeMap::from([("cloud_endpoint".into(), "mqtts://iot.example:8883".into())]),
+            }),
+        }
+    }
+
+    #[test]
+    fn cbor_round_trip_and_bounds() {
+        let e = grant("s1", 1);
+        let bytes = e.to_cbor();
+        assert_eq!(Entitlement::from_cbor(&bytes).unwrap(), e);
+        let mut trailing = bytes.clone();
+        trailing.push(0);
+        assert!(matches!(
+            Entitlement::from_cbor(&trailing),
+            Err(EntitlementError::Malformed(_))
+        ));
+        assert!(matches!(
+            Entitlement::from_cbor(&bytes[..bytes.len() - 3]),
+            Err(EntitlementError::Malformed(_))
+        ));
+        let mut v2 = e.clone();
+        v2.version = 2;
+        assert_eq!(
+            Entitlement::from_cbor(&v2.to_cbor()),
+            Err(EntitlementError::UnsupportedVersion(2))
+        );
+        assert_eq!(
+            Entitlement::from_cbor(&vec![0u8; MAX_PAYLOAD + 1]),
+            Err(EntitlementError::TooLarge)
+        );
+        // Deeply nested CBOR does not blow the stack.
+        assert!(Entitlement::from_cbor(&[0x81; 10_000]).is_err());
+    }
+
+    #[test]
+    fn invalid_fields_are_refused() {
+        let base = grant("s1", 1);
+        let cases: Vec<Box<dyn Fn(&mut Grant)>> = vec![
+            Box::new(|g| g.quota = 0),
+            Box::new(|g| g.quota = 101),
+            Box::new(|g| g.not_after = g.not_before),
+            Box::new(|g| {
+                g.serial_ranges = vec![
+                    SerialRange { first: 1, last: 50 },
+                    SerialRange { first: 50, last: 99 },
+                ]
+            }),
+            Box::new(|g| g.serial_ranges = vec![SerialRange { first: 5, last: 4 }]),
+            Box::new(|g| g.device_profile.key_types.clear()),
+            Box::new(|g| g.device_profile.validity_days = 0),
+            Box::new(|g| {
+                g.rate_limits
+                    .insert(RatePeriod::Hour, 0)
+                    .map(|_| ())
+                    .unwrap_or(())
+            }),
+            Box::new(|g| g.product.product_id = String::new()),
+            Box::new(|g| g.entitlement_id = "x".repeat(65)),
+            Box::new(|g| {
+                g.device_data.insert("k".into(), "v".repeat(MAX_VALUE + 1));
+            }),
+        ];
+        for (i, f) in cases.iter().enumerate() {
+            let mut e = base.clone();
+            if let Action::Grant(g) = &mut e.action {
+                f(g);
+            }
+            assert!(
+                matches!(e.validate(), Err(EntitlementError::Invalid(_))),
+                "case {i}"
+            );
+            assert!(Entitlement::from_cbor(&e.to_cbor()).is_err(), "case {i} decoded");
+        }
+    }
+
+    #[test]
+    fn applicability_site_sequence_window() {
+        let e = grant("s1", 5);
+        let s1 = SiteId::new("s1").unwrap();
+        assert!(check_applicable(&e, &s1, 4, 500).is_ok());
+        assert!(matches!(
+            check_applicable(&e, &s1, 5, 500),
+            Err(EntitlementError::StaleSequence { .. })
+        ));
+        assert!(matches!(
+            check_applicable(&e, &s1, 9, 500),
+            Err(EntitlementError::StaleSequence { .. })
+        ));
+        assert!(matches!(
+            check_applicable(&e, &SiteId::new("s2").unwrap(), 0, 500),
+            Err(EntitlementError::WrongSite { .. })
+        ));
+        assert_eq!(
+            check_applicable(&e, &s1, 0, 10_000),
+            Err(EntitlementError::Expired(10_000))
+        );
+    }
+
+    #[test]
+    fn amendments_top_up_move_suspend_and_revoke() {
+        let Action::Grant(g) = grant("s1", 1).action else {
+            unreachable!()
+        };
+        let st = GrantState {
+            grant: g,
+            status: Status::Active,
+            last_sequence: 1,
+        };
+        let top_up = Amend {
+            entitlement_id: "s1.1".into(),
+            add_quota: 50,
+            add_serial_ranges: vec![SerialRange {
+                first: 500,
+                last: 549,
+            }],
+            not_before: None,
+            not_after: Some(20_000),
+            status: None,
+        };
+        let st2 = amend(&st, &top_up, 2).unwrap();
+        assert_eq!(st2.grant.quota, 150);
+        assert_eq!(st2.grant.not_after, 20_000);
+        assert_eq!(st2.grant.serial_ranges.len(), 2);
+        let overlapping = Amend {
+            add_serial_ranges: vec![SerialRange {
+                first: 100,
+                last: 149,
+            }],
+            ..top_up.clone()
+        };
+        assert!(amend(&st2, &overlapping, 3).is_err());
+        let suspend = Amend {
+            entitlement_id: "s1.1".into(),
+            add_quota: 0,
+            add_serial_ranges: vec![],
+            not_before: None,
+            not_after: None,
+            status: Some(Status::Suspended),
+        };
+        let st3 = amend(&st2, &suspend, 3).unwrap();
+        assert_eq!(st3.status, Status::Suspended);
+        let revoke = Amend {
+            status: Some(Status::Revoked),
+            ..suspend.clone()
+        };
+        let st4 = amend(&st3, &revoke, 4).unwrap();
+        let resume = Amend {
+            status: Some(Status::Active),
+            ..suspend
+        };
+        assert_eq!(
+            amend(&st4, &resume, 5),
+            Err(EntitlementError::Revoked("s1.1".into()))
+        );
+    }
+}
