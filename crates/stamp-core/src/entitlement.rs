@@ -573,7 +573,8 @@ pub(crate) mod tests {
     #[test]
     fn invalid_fields_are_refused() {
         let base = grant("s1", 1);
-        let cases: Vec<Box<dyn Fn(&mut Grant)>> = vec![
+        type Mutation = Box<dyn Fn(&mut Grant)>;
+        let cases: Vec<Mutation> = vec![
             Box::new(|g| g.quota = 0),
             Box::new(|g| g.quota = 101),
             Box::new(|g| g.not_after = g.not_before),
