@@ -33,6 +33,9 @@ pub enum CertError {
     /// Wrong profile.
     #[error(transparent)]
     Profile(#[from] ProfileError),
+    /// Path validation (rustls-webpki) refused the chain.
+    #[error("the {0} certificate does not chain to the OEM root for its role: {1}")]
+    Chain(&'static str, String),
     /// The public key is of a type stamp does not handle here.
     #[error("the {0} certificate has an unsupported public key")]
     UnsupportedKey(&'static str),
@@ -102,6 +105,44 @@ pub fn check_under_root(
     let cert = parse(cert_der)?;
     profile.check(&cert)?;
     check_issued_by(what, &cert, &root, now)
+}
+
+/// Validates an end-entity certificate's chain to the OEM root with rustls-webpki (signatures,
+/// names, validity at `now`, basic constraints, the required extended key usage), then checks the
+/// end entity against its stamp profile.
+pub fn validate_end_entity(
+    what: &'static str,
+    leaf_der: &[u8],
+    intermediates: &[Vec<u8>],
+    root_der: &[u8],
+    profile: Profile,
+    eku: crate::oid::RoleEku,
+    now: OffsetDateTime,
+) -> Result<(), CertError> {
+    use rustls_pki_types::{CertificateDer, UnixTime};
+    let leaf = parse(leaf_der)?;
+    profile.check(&leaf)?;
+    let root_cert = CertificateDer::from(root_der);
+    let anchor = webpki::anchor_from_trusted_cert(&root_cert).map_err(|_| CertError::Malformed)?;
+    let leaf_cert = CertificateDer::from(leaf_der);
+    let ee = webpki::EndEntityCert::try_from(&leaf_cert).map_err(|_| CertError::Malformed)?;
+    let inter: Vec<CertificateDer<'_>> = intermediates
+        .iter()
+        .map(|c| CertificateDer::from(c.as_slice()))
+        .collect();
+    let secs = u64::try_from(now.unix_timestamp()).unwrap_or(0);
+    let time = UnixTime::since_unix_epoch(std::time::Duration::from_secs(secs));
+    ee.verify_for_usage(
+        webpki::ALL_VERIFICATION_ALGS,
+        &[anchor],
+        &inter,
+        time,
+        webpki::KeyUsage::required(eku.der_static()),
+        None,
+        None,
+    )
+    .map_err(|e| CertError::Chain(what, e.to_string()))?;
+    Ok(())
 }
 
 /// Checks the OEM root: its profile, its self-signature and its validity at `now`.

@@ -47,6 +47,36 @@ impl RoleEku {
     }
 }
 
+/// DER content octets of the role OIDs, as static data for validators that need it (webpki).
+const ROLE_PREFIX: [u8; 21] = [
+    0x69, 0x82, 0xe4, 0xba, 0xae, 0xe6, 0xb4, 0xa1, 0xf2, 0xa5, 0xbd, 0xb3, 0xe3, 0xc5, 0x8a, 0xdb, 0x89,
+    0xf2, 0xd8, 0x38, 0x01,
+];
+const fn role_oid(leaf: u8) -> [u8; 22] {
+    let mut out = [0u8; 22];
+    let mut i = 0;
+    while i < ROLE_PREFIX.len() {
+        out[i] = ROLE_PREFIX[i];
+        i += 1;
+    }
+    out[21] = leaf;
+    out
+}
+static HQ_AUTHORITY: [u8; 22] = role_oid(1);
+static SITE_IDENTITY: [u8; 22] = role_oid(2);
+static STATION: [u8; 22] = role_oid(3);
+
+impl RoleEku {
+    /// The OID's DER content octets as static data.
+    pub fn der_static(self) -> &'static [u8] {
+        match self {
+            RoleEku::HqAuthority => &HQ_AUTHORITY,
+            RoleEku::SiteIdentity => &SITE_IDENTITY,
+            RoleEku::Station => &STATION,
+        }
+    }
+}
+
 /// The DER content octets of id-kp-clientAuth (1.3.6.1.5.5.7.3.2).
 pub const CLIENT_AUTH: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x02];
 
@@ -103,6 +133,9 @@ mod tests {
             "6982e4baaee6b4a1f2a5bdb3e3c58adb89f2d8380101"
         );
         assert_eq!(RoleEku::Station.dotted(), format!("{STAMP_ARC}.1.3"));
+        for role in [RoleEku::HqAuthority, RoleEku::SiteIdentity, RoleEku::Station] {
+            assert_eq!(role.der_static(), role.der_value().as_slice());
+        }
     }
 
     #[test]

@@ -633,6 +633,34 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn webpki_validates_roles_by_extended_key_usage() {
+        use crate::cert::validate_end_entity;
+        use crate::oid::RoleEku;
+        let (root_key, root_der) = root(SignatureAlgorithm::EcdsaP384Sha384);
+        let (_, other_root) = root(SignatureAlgorithm::EcdsaP384Sha384);
+        let key = TestSigner::new(SignatureAlgorithm::EcdsaP256Sha256);
+        let hq = issue_for(Profile::HqAuthoritySigning, &root_key, &root_der, &key);
+        let site = issue_for(Profile::SiteIdentitySigning, &root_key, &root_der, &key);
+        let p = Profile::HqAuthoritySigning;
+        validate_end_entity("hq", &hq, &[], &root_der, p, RoleEku::HqAuthority, NOW).unwrap();
+        // A site identity is not an HQ authority, even with the right key usage.
+        assert!(validate_end_entity("x", &site, &[], &root_der, p, RoleEku::HqAuthority, NOW).is_err());
+        let r = validate_end_entity(
+            "x",
+            &site,
+            &[],
+            &root_der,
+            Profile::SiteIdentitySigning,
+            RoleEku::HqAuthority,
+            NOW,
+        );
+        assert!(matches!(r, Err(crate::cert::CertError::Chain(..))), "{r:?}");
+        assert!(validate_end_entity("x", &hq, &[], &other_root, p, RoleEku::HqAuthority, NOW).is_err());
+        let late = NOW + Duration::days(365 * 40);
+        assert!(validate_end_entity("x", &hq, &[], &root_der, p, RoleEku::HqAuthority, late).is_err());
+    }
+
+    #[test]
     fn serials_are_positive_and_never_start_with_zero() {
         assert_eq!(Serial::from_random([0; 16]).as_bytes()[0], 1);
         assert_eq!(Serial::from_random([0xff; 16]).as_bytes()[0], 0x7f);
