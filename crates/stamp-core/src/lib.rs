@@ -8,6 +8,7 @@ pub mod ceremony;
 pub mod cert;
 pub mod csr;
 pub mod entitlement;
+pub mod envelope;
 pub mod fingerprint;
 pub mod key;
 pub mod oid;

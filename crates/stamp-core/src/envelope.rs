@@ -1,0 +1,2104 @@
+//! Sealed envelopes: the signed and encrypted packages HQ and sites exchange.
+//!
+//! An envelope is a tagged `COSE_Sign1` (RFC 9052) whose payload is a tagged `COSE_Encrypt` with
+//! exactly one recipient: ECDH-ES + A256KW (RFC 9053, HKDF-SHA-256 and AES-256 key wrap) to the
+//! recipient's key-agreement key, and AES-256-GCM for the content. The signer's certificate chain
+//! travels in the `x5chain` header (RFC 9360). The byte-level layout is specified in
+//! `docs/formats/envelope.md`.
+//!
+//! Reading takes three steps, each with its own type:
+//!
+//! 1. [`parse`] checks the structure (size, tags, algorithms, header layout) and returns a
+//!    [`SignedEnvelope`]. Nothing in it is trusted yet: the caller reads the chain from it,
+//!    validates that chain itself and picks the signer's key.
+//! 2. [`SignedEnvelope::verify`] checks the signature with that key and returns a
+//!    [`VerifiedEnvelope`], a type nothing else can construct.
+//! 3. [`VerifiedEnvelope::open`] decrypts with the recipient's key-agreement key.
+//!
+//! The recipient ID (for example the site ID) is bound twice: it is the PartyV identity of the
+//! COSE KDF context the key-encryption key is derived from, and it is the `external_aad` of the
+//! content encryption. An envelope sealed for one recipient cannot be opened as if it were for
+//! another, even by a holder of the same key.
+//!
+//! Envelope bytes are not a unique identifier: ECDSA signatures are malleable and CBOR has several
+//! encodings of the same structure. Replay and rollback checks must rely on signed content.
+
+use aws_lc_rs::rand::SecureRandom;
+use aws_lc_rs::{aead, agreement, hkdf, key_wrap, signature};
+use ciborium::Value;
+use coset::iana::{self, EnumI64};
+use coset::{
+    AsCborValue, CborSerializable, ContentType, CoseEncrypt, CoseKey, CoseKeyBuilder,
+    CoseRecipient, CoseSign1, EncryptionContext, Header, HeaderBuilder, KeyType, Label,
+    ProtectedHeader, RegisteredLabelWithPrivate, TaggedCborSerializable,
+};
+use zeroize::Zeroizing;
+
+use crate::key::{KeyAgreement, KeyAgreementAlgorithm, KeyError, SignatureAlgorithm, Signer};
+use crate::MAX_CERT_DER;
+
+/// Most certificates accepted in the `x5chain` header.
+pub const MAX_CHAIN_LEN: usize = 4;
+/// Longest content type accepted (bytes).
+pub const MAX_CONTENT_TYPE_LEN: usize = 128;
+/// Longest recipient key ID (`kid`) accepted (bytes).
+pub const MAX_KEY_ID_LEN: usize = 64;
+/// Longest recipient ID accepted (bytes).
+pub const MAX_RECIPIENT_ID_LEN: usize = 256;
+
+/// CBOR tag of `COSE_Sign1`.
+const TAG_SIGN1: u64 = iana::CborTag::CoseSign1 as u64;
+/// CBOR tag of `COSE_Encrypt`.
+const TAG_ENCRYPT: u64 = iana::CborTag::CoseEncrypt as u64;
+/// Header label of `x5chain` (RFC 9360).
+const LABEL_X5CHAIN: i64 = iana::HeaderParameter::X5Chain as i64;
+/// Header label of the ephemeral sender key (RFC 9053 section 6.4.1).
+const LABEL_EPHEMERAL_KEY: i64 = iana::HeaderAlgorithmParameter::EphemeralKey as i64;
+/// AES-GCM nonce length.
+const IV_LEN: usize = 12;
+/// AES-GCM tag length.
+const GCM_TAG_LEN: usize = 16;
+/// Content-encryption key length (AES-256).
+const CEK_LEN: usize = 32;
+/// Length of the CEK wrapped with AES key wrap (RFC 3394): the key plus one 8-byte block.
+const WRAPPED_CEK_LEN: usize = CEK_LEN + 8;
+/// keyDataLength of the KDF context: the bits of the AES-256 key-encryption key.
+const KEK_BITS: u64 = 256;
+/// Attempts at drawing a valid ephemeral private key before giving up.
+const EPHEMERAL_KEY_ATTEMPTS: usize = 64;
+
+/// Why an envelope could not be sealed, parsed, verified or opened.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EnvelopeError {
+    /// The input is larger than the caller's limit.
+    #[error("envelope is {len} bytes, more than the {max} allowed")]
+    TooLarge {
+        /// Size of the input.
+        len: usize,
+        /// The caller's limit.
+        max: usize,
+    },
+    /// The input is not an envelope of the expected layout.
+    #[error("malformed envelope: {0}")]
+    Malformed(&'static str),
+    /// Bytes follow the envelope.
+    #[error("bytes follow the envelope")]
+    TrailingBytes,
+    /// An algorithm other than the ones stamp uses (no negotiation, no downgrade).
+    #[error("unsupported {0} algorithm")]
+    UnsupportedAlgorithm(&'static str),
+    /// The envelope is signed with a different algorithm than the key given to verify it.
+    #[error("the envelope is signed with {found}, the verifying key is {expected}")]
+    SignerAlgorithmMismatch {
+        /// The algorithm named in the envelope.
+        found: &'static str,
+        /// The algorithm of the key given.
+        expected: &'static str,
+    },
+    /// The key given to verify is not the key of the first certificate of the envelope's chain.
+    #[error("the verifying key is not the key of the envelope's leaf certificate")]
+    SignerNotChainLeaf,
+    /// The signature does not verify.
+    #[error("the envelope's signature does not verify")]
+    BadSignature,
+    /// The content-encryption key could not be unwrapped: the envelope was sealed for another key
+    /// or another recipient ID.
+    #[error("the envelope is not addressed to this recipient (other key or other recipient ID)")]
+    NotAddressedToUs,
+    /// The content failed authenticated decryption.
+    #[error("the envelope's content does not decrypt")]
+    DecryptFailed,
+    /// A sealing parameter is out of bounds.
+    #[error("cannot seal: {0}")]
+    InvalidInput(&'static str),
+    /// A key backend failed.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// A cryptographic primitive or the random generator failed.
+    #[error("cryptographic failure: {0}")]
+    Crypto(&'static str),
+}
+
+use EnvelopeError::{Crypto, InvalidInput, Malformed};
+
+/// Who an envelope is sealed for.
+#[derive(Clone, Copy, Debug)]
+pub struct Recipient<'a> {
+    /// The recipient key's algorithm (its curve).
+    pub alg: KeyAgreementAlgorithm,
+    /// The recipient's public key-agreement key (uncompressed EC point).
+    pub public_key: &'a [u8],
+    /// The key ID written in the recipient's `kid` header (1 to [`MAX_KEY_ID_LEN`] bytes).
+    pub key_id: &'a [u8],
+    /// The recipient's identity, bound into the key derivation and the content's AAD (1 to
+    /// [`MAX_RECIPIENT_ID_LEN`] bytes), e.g. the site ID.
+    pub recipient_id: &'a [u8],
+}
+
+// --- algorithm tables -------------------------------------------------------------------------
+
+fn cose_sig_alg(alg: SignatureAlgorithm) -> iana::Algorithm {
+    match alg {
+        SignatureAlgorithm::EcdsaP256Sha256 => iana::Algorithm::ES256,
+        SignatureAlgorithm::EcdsaP384Sha384 => iana::Algorithm::ES384,
+        SignatureAlgorithm::Ed25519 => iana::Algorithm::EdDSA,
+    }
+}
+
+fn sig_alg_of(alg: &coset::Algorithm) -> Option<SignatureAlgorithm> {
+    match alg {
+        RegisteredLabelWithPrivate::Assigned(iana::Algorithm::ES256) => {
+            Some(SignatureAlgorithm::EcdsaP256Sha256)
+        }
+        RegisteredLabelWithPrivate::Assigned(iana::Algorithm::ES384) => {
+            Some(SignatureAlgorithm::EcdsaP384Sha384)
+        }
+        RegisteredLabelWithPrivate::Assigned(iana::Algorithm::EdDSA) => {
+            Some(SignatureAlgorithm::Ed25519)
+        }
+        _ => None,
+    }
+}
+
+/// Length of a COSE signature (ECDSA: fixed-length r || s).
+fn sig_len(alg: SignatureAlgorithm) -> usize {
+    match alg {
+        SignatureAlgorithm::EcdsaP256Sha256 => 64,
+        SignatureAlgorithm::EcdsaP384Sha384 => 96,
+        SignatureAlgorithm::Ed25519 => 64,
+    }
+}
+
+fn sig_verification(alg: SignatureAlgorithm) -> &'static dyn signature::VerificationAlgorithm {
+    match alg {
+        SignatureAlgorithm::EcdsaP256Sha256 => &signature::ECDSA_P256_SHA256_FIXED,
+        SignatureAlgorithm::EcdsaP384Sha384 => &signature::ECDSA_P384_SHA384_FIXED,
+        SignatureAlgorithm::Ed25519 => &signature::ED25519,
+    }
+}
+
+fn lc_agreement(alg: KeyAgreementAlgorithm) -> &'static agreement::Algorithm {
+    match alg {
+        KeyAgreementAlgorithm::EcdhP256 => &agreement::ECDH_P256,
+        KeyAgreementAlgorithm::EcdhP384 => &agreement::ECDH_P384,
+    }
+}
+
+fn cose_curve(alg: KeyAgreementAlgorithm) -> iana::EllipticCurve {
+    match alg {
+        KeyAgreementAlgorithm::EcdhP256 => iana::EllipticCurve::P_256,
+        KeyAgreementAlgorithm::EcdhP384 => iana::EllipticCurve::P_384,
+    }
+}
+
+/// Size of a field element (and of a scalar) of the curve, in bytes.
+fn field_len(alg: KeyAgreementAlgorithm) -> usize {
+    match alg {
+        KeyAgreementAlgorithm::EcdhP256 => 32,
+        KeyAgreementAlgorithm::EcdhP384 => 48,
+    }
+}
+
+// --- sealing ----------------------------------------------------------------------------------
+
+/// Seals `plaintext` for `recipient` and signs it.
+///
+/// `content_type` is a media type (`type/subtype`, printable ASCII, at most
+/// [`MAX_CONTENT_TYPE_LEN`] bytes). `signer_chain_der` is the signer's certificate chain, leaf
+/// first (1 to [`MAX_CHAIN_LEN`] certificates); its leaf must carry the signer's key.
+/// `external_aad` is bound into the signature and must be given again to verify (usually empty).
+/// All randomness (the ephemeral key, the content key, the nonce) comes from `rng`.
+pub fn seal(
+    content_type: &str,
+    plaintext: &[u8],
+    signer: &dyn Signer,
+    signer_chain_der: &[Vec<u8>],
+    recipient: &Recipient<'_>,
+    external_aad: &[u8],
+    rng: &dyn SecureRandom,
+) -> Result<Vec<u8>, EnvelopeError> {
+    let content_aad = recipient.recipient_id;
+    seal_inner(
+        content_type,
+        plaintext,
+        signer,
+        signer_chain_der,
+        recipient,
+        content_aad,
+        external_aad,
+        rng,
+    )
+}
+
+/// [`seal`], with the content's `external_aad` as a parameter so tests can build envelopes whose
+/// two recipient bindings disagree.
+#[allow(clippy::too_many_arguments)]
+fn seal_inner(
+    content_type: &str,
+    plaintext: &[u8],
+    signer: &dyn Signer,
+    signer_chain_der: &[Vec<u8>],
+    recipient: &Recipient<'_>,
+    content_aad: &[u8],
+    external_aad: &[u8],
+    rng: &dyn SecureRandom,
+) -> Result<Vec<u8>, EnvelopeError> {
+    if !content_type_ok(content_type) {
+        return Err(InvalidInput(
+            "content type must be a short printable type/subtype",
+        ));
+    }
+    if signer_chain_der.is_empty() || signer_chain_der.len() > MAX_CHAIN_LEN {
+        return Err(InvalidInput(
+            "the signer chain must hold 1 to 4 certificates",
+        ));
+    }
+    if signer_chain_der
+        .iter()
+        .any(|c| c.is_empty() || c.len() > MAX_CERT_DER)
+    {
+        return Err(InvalidInput(
+            "a certificate of the signer chain is empty or too large",
+        ));
+    }
+    let leaf = crate::cert::parse(&signer_chain_der[0])
+        .map_err(|_| InvalidInput("the leaf of the signer chain is not a certificate"))?;
+    if leaf.public_key().subject_public_key.data.as_ref() != signer.public_key() {
+        return Err(InvalidInput(
+            "the leaf of the signer chain does not carry the signer's key",
+        ));
+    }
+    if recipient.key_id.is_empty() || recipient.key_id.len() > MAX_KEY_ID_LEN {
+        return Err(InvalidInput("the recipient key ID must be 1 to 64 bytes"));
+    }
+    if recipient.recipient_id.is_empty() || recipient.recipient_id.len() > MAX_RECIPIENT_ID_LEN {
+        return Err(InvalidInput("the recipient ID must be 1 to 256 bytes"));
+    }
+
+    let payload = encrypt_to(plaintext, recipient, content_aad, rng)?;
+
+    let alg = signer.algorithm();
+    let x5chain = if signer_chain_der.len() == 1 {
+        Value::Bytes(signer_chain_der[0].clone())
+    } else {
+        Value::Array(
+            signer_chain_der
+                .iter()
+                .map(|c| Value::Bytes(c.clone()))
+                .collect(),
+        )
+    };
+    let protected = HeaderBuilder::new()
+        .algorithm(cose_sig_alg(alg))
+        .content_type(content_type.to_owned())
+        .value(LABEL_X5CHAIN, x5chain)
+        .build();
+    let mut sign1 = CoseSign1 {
+        protected: protected_with_bytes(protected)?,
+        unprotected: Header::default(),
+        payload: Some(payload),
+        signature: Vec::new(),
+    };
+    let tbs = sign1.tbs_data(external_aad);
+    let der_or_raw = signer.sign(&tbs)?;
+    sign1.signature = match alg {
+        SignatureAlgorithm::EcdsaP256Sha256 => der_to_fixed(&der_or_raw, 32),
+        SignatureAlgorithm::EcdsaP384Sha384 => der_to_fixed(&der_or_raw, 48),
+        SignatureAlgorithm::Ed25519 => Some(der_or_raw).filter(|s| s.len() == 64),
+    }
+    .ok_or(Crypto("the signer returned a malformed signature"))?;
+    // A key backend that signs with another key than it reports (or a faulty signature) is
+    // caught here rather than at the recipient.
+    signature::UnparsedPublicKey::new(sig_verification(alg), signer.public_key())
+        .verify(&tbs, &sign1.signature)
+        .map_err(|_| Crypto("the signer's signature does not verify with its public key"))?;
+    sign1
+        .to_tagged_vec()
+        .map_err(|_| Crypto("CBOR encoding failed"))
+}
+
+/// Builds the tagged `COSE_Encrypt` of `plaintext` for `recipient`.
+fn encrypt_to(
+    plaintext: &[u8],
+    recipient: &Recipient<'_>,
+    content_aad: &[u8],
+    rng: &dyn SecureRandom,
+) -> Result<Vec<u8>, EnvelopeError> {
+    let ka = recipient.alg;
+    let n = field_len(ka);
+
+    // Ephemeral key pair and shared secret with the recipient's static key.
+    let ephemeral = ephemeral_key(ka, rng)?;
+    let ephemeral_public = ephemeral
+        .compute_public_key()
+        .map_err(|_| Crypto("ephemeral public key"))?;
+    let point = ephemeral_public.as_ref();
+    if point.len() != 1 + 2 * n || point[0] != 0x04 {
+        return Err(Crypto("ephemeral public key is not an uncompressed point"));
+    }
+    let shared = agreement::agree(
+        &ephemeral,
+        agreement::UnparsedPublicKey::new(lc_agreement(ka), recipient.public_key),
+        InvalidInput("the recipient public key is not a valid point of its curve"),
+        |secret| Ok(Zeroizing::new(secret.to_vec())),
+    )?;
+
+    // Recipient layer: ECDH-ES + A256KW.
+    let recipient_protected = protected_with_bytes(
+        HeaderBuilder::new()
+            .algorithm(iana::Algorithm::ECDH_ES_A256KW)
+            .build(),
+    )?;
+    let kek = derive_kek(&shared, recipient.recipient_id, &recipient_protected)?;
+    let mut cek = Zeroizing::new([0u8; CEK_LEN]);
+    rng.fill(cek.as_mut())
+        .map_err(|_| Crypto("random generator failed"))?;
+    let mut wrapped = [0u8; WRAPPED_CEK_LEN];
+    let kw = key_wrap::KeyEncryptionKey::new(&key_wrap::AES_256, kek.as_ref())
+        .map_err(|_| Crypto("key-encryption key"))?;
+    let wrapped_len = key_wrap::KeyWrap::wrap(kw, cek.as_ref(), &mut wrapped)
+        .map_err(|_| Crypto("AES key wrap failed"))?
+        .len();
+    if wrapped_len != WRAPPED_CEK_LEN {
+        return Err(Crypto("AES key wrap returned an unexpected length"));
+    }
+    let ephemeral_key = CoseKeyBuilder::new_ec2_pub_key(
+        cose_curve(ka),
+        point[1..1 + n].to_vec(),
+        point[1 + n..].to_vec(),
+    )
+    .build()
+    .to_cbor_value()
+    .map_err(|_| Crypto("CBOR encoding failed"))?;
+    let cose_recipient = CoseRecipient {
+        protected: recipient_protected,
+        unprotected: HeaderBuilder::new()
+            .key_id(recipient.key_id.to_vec())
+            .value(LABEL_EPHEMERAL_KEY, ephemeral_key)
+            .build(),
+        ciphertext: Some(wrapped.to_vec()),
+        recipients: Vec::new(),
+    };
+
+    // Content layer: AES-256-GCM, external_aad = recipient ID (`content_aad`).
+    let mut iv = [0u8; IV_LEN];
+    rng.fill(&mut iv)
+        .map_err(|_| Crypto("random generator failed"))?;
+    let protected = protected_with_bytes(
+        HeaderBuilder::new()
+            .algorithm(iana::Algorithm::A256GCM)
+            .build(),
+    )?;
+    let aad = coset::enc_structure_data(
+        EncryptionContext::CoseEncrypt,
+        protected.clone(),
+        content_aad,
+    );
+    let key = aead_key(cek.as_ref())?;
+    let mut ciphertext = plaintext.to_vec();
+    key.seal_in_place_append_tag(
+        aead::Nonce::assume_unique_for_key(iv),
+        aead::Aad::from(aad.as_slice()),
+        &mut ciphertext,
+    )
+    .map_err(|_| Crypto("AES-GCM encryption failed"))?;
+
+    CoseEncrypt {
+        protected,
+        unprotected: HeaderBuilder::new().iv(iv.to_vec()).build(),
+        ciphertext: Some(ciphertext),
+        recipients: vec![cose_recipient],
+    }
+    .to_tagged_vec()
+    .map_err(|_| Crypto("CBOR encoding failed"))
+}
+
+/// Draws an ephemeral private key from `rng`, retrying when the bytes are not a valid scalar.
+fn ephemeral_key(
+    alg: KeyAgreementAlgorithm,
+    rng: &dyn SecureRandom,
+) -> Result<agreement::PrivateKey, EnvelopeError> {
+    let mut scalar = Zeroizing::new(vec![0u8; field_len(alg)]);
+    for _ in 0..EPHEMERAL_KEY_ATTEMPTS {
+        rng.fill(&mut scalar)
+            .map_err(|_| Crypto("random generator failed"))?;
+        if let Ok(key) = agreement::PrivateKey::from_private_key(lc_agreement(alg), &scalar) {
+            return Ok(key);
+        }
+    }
+    Err(Crypto("could not draw a valid ephemeral key"))
+}
+
+/// A protected header whose serialized bytes are fixed now, so that every later use (the
+/// signature, the AAD, the KDF context and the output) sees the same bytes.
+fn protected_with_bytes(header: Header) -> Result<ProtectedHeader, EnvelopeError> {
+    let bytes = header
+        .clone()
+        .to_vec()
+        .map_err(|_| Crypto("CBOR encoding failed"))?;
+    Ok(ProtectedHeader {
+        original_data: Some(bytes),
+        header,
+    })
+}
+
+// --- key derivation ---------------------------------------------------------------------------
+
+/// The serialized COSE_KDF_Context (RFC 9053 section 5.2) for ECDH-ES + A256KW:
+/// `[-5, [nil, nil, nil], [recipient_id, nil, nil], [256, recipient_protected]]`.
+fn kdf_context(
+    recipient_id: &[u8],
+    recipient_protected: &ProtectedHeader,
+) -> Result<Vec<u8>, EnvelopeError> {
+    coset::CoseKdfContextBuilder::new()
+        .algorithm(iana::Algorithm::A256KW)
+        .party_u_info(coset::PartyInfoBuilder::new().build())
+        .party_v_info(
+            coset::PartyInfoBuilder::new()
+                .identity(recipient_id.to_vec())
+                .build(),
+        )
+        .supp_pub_info(coset::SuppPubInfo {
+            key_data_length: KEK_BITS,
+            protected: recipient_protected.clone(),
+            other: None,
+        })
+        .build()
+        .to_vec()
+        .map_err(|_| Crypto("CBOR encoding failed"))
+}
+
+struct OutLen(usize);
+
+impl hkdf::KeyType for OutLen {
+    fn len(&self) -> usize {
+        self.0
+    }
+}
+
+/// HKDF-SHA-256 (no salt) of the ECDH shared secret, with the KDF context as info.
+fn derive_kek(
+    shared_secret: &[u8],
+    recipient_id: &[u8],
+    recipient_protected: &ProtectedHeader,
+) -> Result<Zeroizing<[u8; 32]>, EnvelopeError> {
+    let info = kdf_context(recipient_id, recipient_protected)?;
+    let mut kek = Zeroizing::new([0u8; 32]);
+    hkdf::Salt::new(hkdf::HKDF_SHA256, &[])
+        .extract(shared_secret)
+        .expand(&[info.as_slice()], OutLen(kek.len()))
+        .and_then(|okm| okm.fill(kek.as_mut()))
+        .map_err(|_| Crypto("HKDF failed"))?;
+    Ok(kek)
+}
+
+fn aead_key(cek: &[u8]) -> Result<aead::LessSafeKey, EnvelopeError> {
+    aead::UnboundKey::new(&aead::AES_256_GCM, cek)
+        .map(aead::LessSafeKey::new)
+        .map_err(|_| Crypto("content-encryption key"))
+}
+
+// --- ECDSA signature encoding -----------------------------------------------------------------
+
+/// Converts a DER `Ecdsa-Sig-Value` to the fixed-length `r || s` of COSE (RFC 9053 section 2.1),
+/// each integer left-padded to `n` bytes. Refuses anything but minimal DER.
+fn der_to_fixed(der: &[u8], n: usize) -> Option<Vec<u8>> {
+    let (&tag, rest) = der.split_first()?;
+    if tag != 0x30 {
+        return None;
+    }
+    let (body, rest) = der_content(rest)?;
+    if !rest.is_empty() {
+        return None;
+    }
+    let (r, body) = der_uint(body, n)?;
+    let (s, body) = der_uint(body, n)?;
+    if !body.is_empty() {
+        return None;
+    }
+    let mut out = vec![0u8; 2 * n];
+    out[n - r.len()..n].copy_from_slice(r);
+    out[2 * n - s.len()..].copy_from_slice(s);
+    Some(out)
+}
+
+/// Reads a DER length and returns (content, rest).
+fn der_content(b: &[u8]) -> Option<(&[u8], &[u8])> {
+    let (&first, rest) = b.split_first()?;
+    let (len, rest) = match first {
+        0..=0x7f => (usize::from(first), rest),
+        0x81 => {
+            let (&len, rest) = rest.split_first()?;
+            if len < 0x80 {
+                return None; // not minimal
+            }
+            (usize::from(len), rest)
+        }
+        _ => return None, // no ECDSA signature of these curves needs more
+    };
+    if rest.len() < len {
+        return None;
+    }
+    Some(rest.split_at(len))
+}
+
+/// Reads a DER INTEGER that must be positive and fit in `n` bytes; returns its magnitude without
+/// leading zeros, and the rest.
+fn der_uint(b: &[u8], n: usize) -> Option<(&[u8], &[u8])> {
+    let (&tag, rest) = b.split_first()?;
+    if tag != 0x02 {
+        return None;
+    }
+    let (int, rest) = der_content(rest)?;
+    let (&first, tail) = int.split_first()?;
+    if first & 0x80 != 0 {
+        return None; // negative
+    }
+    let magnitude = if first == 0 {
+        match tail.first() {
+            Some(next) if next & 0x80 != 0 => tail,
+            _ => return None, // zero, or a non-minimal leading zero
+        }
+    } else {
+        int
+    };
+    if magnitude.len() > n {
+        return None;
+    }
+    Some((magnitude, rest))
+}
+
+// --- parsing ----------------------------------------------------------------------------------
+
+/// An envelope whose structure has been checked but whose signature has not: nothing in it is
+/// trusted yet.
+#[derive(Debug)]
+pub struct SignedEnvelope {
+    sign1: CoseSign1,
+    alg: SignatureAlgorithm,
+    content_type: String,
+    chain: Vec<Vec<u8>>,
+    encrypted: ParsedEncrypt,
+}
+
+/// An envelope whose signature verified with the key the caller gave.
+#[derive(Debug)]
+pub struct VerifiedEnvelope {
+    content_type: String,
+    chain: Vec<Vec<u8>>,
+    encrypted: ParsedEncrypt,
+}
+
+/// The checked parts of the inner `COSE_Encrypt`.
+#[derive(Debug)]
+struct ParsedEncrypt {
+    protected: ProtectedHeader,
+    iv: [u8; IV_LEN],
+    ciphertext: Vec<u8>,
+    recipient_protected: ProtectedHeader,
+    key_id: Vec<u8>,
+    ephemeral_alg: KeyAgreementAlgorithm,
+    ephemeral_point: Vec<u8>,
+    wrapped_cek: Vec<u8>,
+}
+
+/// Reads one tagged CBOR item that must span `bytes` exactly.
+fn read_tagged(bytes: &[u8], trailing: EnvelopeError) -> Result<(u64, Value), EnvelopeError> {
+    let mut rest = bytes;
+    let value: Value =
+        ciborium::de::from_reader(&mut rest).map_err(|_| Malformed("not well-formed CBOR"))?;
+    if !rest.is_empty() {
+        return Err(trailing);
+    }
+    match value {
+        Value::Tag(tag, inner) => Ok((tag, *inner)),
+        _ => Err(Malformed("not a tagged COSE message")),
+    }
+}
+
+/// Parses an envelope of at most `max_len` bytes and checks its structure.
+///
+/// Accepted: exactly the layout [`seal`] writes (see `docs/formats/envelope.md`): a tagged
+/// `COSE_Sign1` with ES256, ES384 or EdDSA, a text content type and `x5chain` in the protected
+/// header and an empty unprotected header, around a tagged `COSE_Encrypt` with A256GCM and one
+/// ECDH-ES + A256KW recipient on P-256 or P-384. Anything else is refused, including other
+/// algorithms, algorithms in unprotected headers, extra or critical header parameters, detached
+/// payloads and bytes after the envelope.
+pub fn parse(bytes: &[u8], max_len: usize) -> Result<SignedEnvelope, EnvelopeError> {
+    if bytes.len() > max_len {
+        return Err(EnvelopeError::TooLarge {
+            len: bytes.len(),
+            max: max_len,
+        });
+    }
+    let (tag, body) = read_tagged(bytes, EnvelopeError::TrailingBytes)?;
+    if tag != TAG_SIGN1 {
+        return Err(Malformed("not a COSE_Sign1 (tag 18)"));
+    }
+    let sign1 =
+        CoseSign1::from_cbor_value(body).map_err(|_| Malformed("not a valid COSE_Sign1 array"))?;
+    if !sign1.unprotected.is_empty() {
+        return Err(Malformed("the COSE_Sign1 unprotected header must be empty"));
+    }
+    let header = &sign1.protected.header;
+    let alg = match &header.alg {
+        Some(a) => sig_alg_of(a).ok_or(EnvelopeError::UnsupportedAlgorithm("signature"))?,
+        None => return Err(Malformed("no algorithm in the COSE_Sign1 protected header")),
+    };
+    let content_type = match &header.content_type {
+        Some(ContentType::Text(t)) if content_type_ok(t) => t.clone(),
+        _ => {
+            return Err(Malformed(
+                "the content type must be a short type/subtype text",
+            ))
+        }
+    };
+    if !header.crit.is_empty()
+        || !header.key_id.is_empty()
+        || !header.iv.is_empty()
+        || !header.partial_iv.is_empty()
+        || !header.counter_signatures.is_empty()
+    {
+        return Err(Malformed(
+            "unexpected parameter in the COSE_Sign1 protected header",
+        ));
+    }
+    let chain = match header.rest.as_slice() {
+        [(Label::Int(LABEL_X5CHAIN), value)] => parse_x5chain(value)?,
+        [] => return Err(Malformed("no x5chain in the COSE_Sign1 protected header")),
+        _ => {
+            return Err(Malformed(
+                "unexpected parameter in the COSE_Sign1 protected header",
+            ))
+        }
+    };
+    let payload = sign1
+        .payload
+        .as_deref()
+        .ok_or(Malformed("the COSE_Sign1 payload is detached"))?;
+    if sign1.signature.len() != sig_len(alg) {
+        return Err(Malformed(
+            "the signature has the wrong length for its algorithm",
+        ));
+    }
+    let encrypted = parse_encrypt(payload)?;
+    Ok(SignedEnvelope {
+        alg,
+        content_type,
+        chain,
+        encrypted,
+        sign1,
+    })
+}
+
+fn parse_x5chain(value: &Value) -> Result<Vec<Vec<u8>>, EnvelopeError> {
+    let cert = |v: &Value| match v {
+        Value::Bytes(b) if !b.is_empty() && b.len() <= MAX_CERT_DER => Ok(b.clone()),
+        _ => Err(Malformed(
+            "x5chain entries must be certificates of at most 16 KiB",
+        )),
+    };
+    match value {
+        Value::Bytes(_) => Ok(vec![cert(value)?]),
+        Value::Array(a) if !a.is_empty() && a.len() <= MAX_CHAIN_LEN => {
+            a.iter().map(cert).collect()
+        }
+        _ => Err(Malformed(
+            "x5chain must be one certificate or an array of 1 to 4",
+        )),
+    }
+}
+
+/// Checks that a header holds nothing but `alg`, and that `alg` is `want`.
+fn alg_only(
+    header: &Header,
+    want: iana::Algorithm,
+    what: &'static str,
+) -> Result<(), EnvelopeError> {
+    let only_alg = Header {
+        alg: header.alg.clone(),
+        ..Header::default()
+    };
+    match &header.alg {
+        None => Err(Malformed("no algorithm in a protected header")),
+        Some(RegisteredLabelWithPrivate::Assigned(a)) if *a == want => {
+            if *header == only_alg {
+                Ok(())
+            } else {
+                Err(Malformed(
+                    "unexpected parameter in a COSE_Encrypt protected header",
+                ))
+            }
+        }
+        Some(_) => Err(EnvelopeError::UnsupportedAlgorithm(what)),
+    }
+}
+
+fn parse_encrypt(payload: &[u8]) -> Result<ParsedEncrypt, EnvelopeError> {
+    let (tag, body) = read_tagged(
+        payload,
+        Malformed("bytes follow the COSE_Encrypt in the payload"),
+    )?;
+    if tag != TAG_ENCRYPT {
+        return Err(Malformed("the payload is not a COSE_Encrypt (tag 96)"));
+    }
+    let enc = CoseEncrypt::from_cbor_value(body)
+        .map_err(|_| Malformed("not a valid COSE_Encrypt array"))?;
+
+    alg_only(
+        &enc.protected.header,
+        iana::Algorithm::A256GCM,
+        "content encryption",
+    )?;
+    let iv: [u8; IV_LEN] = enc
+        .unprotected
+        .iv
+        .as_slice()
+        .try_into()
+        .map_err(|_| Malformed("the content IV must be 12 bytes"))?;
+    if enc.unprotected != HeaderBuilder::new().iv(iv.to_vec()).build() {
+        return Err(Malformed(
+            "the COSE_Encrypt unprotected header must hold only the IV",
+        ));
+    }
+    let ciphertext = enc
+        .ciphertext
+        .ok_or(Malformed("the COSE_Encrypt ciphertext is detached"))?;
+    if ciphertext.len() < GCM_TAG_LEN {
+        return Err(Malformed("the ciphertext is shorter than the GCM tag"));
+    }
+
+    let [recipient] = <[CoseRecipient; 1]>::try_from(enc.recipients)
+        .map_err(|_| Malformed("the COSE_Encrypt must have exactly one recipient"))?;
+    alg_only(
+        &recipient.protected.header,
+        iana::Algorithm::ECDH_ES_A256KW,
+        "key agreement",
+    )?;
+    if !recipient.recipients.is_empty() {
+        return Err(Malformed("nested recipients are not supported"));
+    }
+    let u = &recipient.unprotected;
+    if u.key_id.is_empty() || u.key_id.len() > MAX_KEY_ID_LEN {
+        return Err(Malformed("the recipient kid must be 1 to 64 bytes"));
+    }
+    let ephemeral = match u.rest.as_slice() {
+        [(Label::Int(LABEL_EPHEMERAL_KEY), v)] => v.clone(),
+        _ => {
+            return Err(Malformed(
+                "the recipient must carry exactly one ephemeral key",
+            ))
+        }
+    };
+    let only_kid_and_key = HeaderBuilder::new()
+        .key_id(u.key_id.clone())
+        .value(LABEL_EPHEMERAL_KEY, ephemeral.clone())
+        .build();
+    if *u != only_kid_and_key {
+        return Err(Malformed(
+            "unexpected parameter in the recipient unprotected header",
+        ));
+    }
+    let (ephemeral_alg, ephemeral_point) = parse_ephemeral_key(ephemeral)?;
+    let wrapped_cek = match recipient.ciphertext {
+        Some(c) if c.len() == WRAPPED_CEK_LEN => c,
+        _ => return Err(Malformed("the wrapped content key must be 40 bytes")),
+    };
+    Ok(ParsedEncrypt {
+        protected: enc.protected,
+        iv,
+        ciphertext,
+        recipient_protected: recipient.protected,
+        key_id: u.key_id.clone(),
+        ephemeral_alg,
+        ephemeral_point,
+        wrapped_cek,
+    })
+}
+
+/// Reads the ephemeral `COSE_Key`: exactly kty EC2, crv P-256 or P-384, x and y of the field size
+/// (no compressed points, no other parameters), on the curve. Returns the uncompressed point.
+fn parse_ephemeral_key(value: Value) -> Result<(KeyAgreementAlgorithm, Vec<u8>), EnvelopeError> {
+    let key = CoseKey::from_cbor_value(value)
+        .map_err(|_| Malformed("the ephemeral key is not a COSE_Key"))?;
+    if key.kty != KeyType::Assigned(iana::KeyType::EC2)
+        || !key.key_id.is_empty()
+        || key.alg.is_some()
+        || !key.key_ops.is_empty()
+        || !key.base_iv.is_empty()
+    {
+        return Err(Malformed("the ephemeral key must be a bare EC2 public key"));
+    }
+    let param = |label: iana::Ec2KeyParameter| {
+        key.params
+            .iter()
+            .find(|(l, _)| *l == Label::Int(label.to_i64()))
+            .map(|(_, v)| v)
+    };
+    if key.params.len() != 3 {
+        return Err(Malformed(
+            "the ephemeral key must have exactly crv, x and y",
+        ));
+    }
+    let alg = match param(iana::Ec2KeyParameter::Crv) {
+        Some(Value::Integer(i))
+            if i64::try_from(*i).ok() == Some(iana::EllipticCurve::P_256.to_i64()) =>
+        {
+            KeyAgreementAlgorithm::EcdhP256
+        }
+        Some(Value::Integer(i))
+            if i64::try_from(*i).ok() == Some(iana::EllipticCurve::P_384.to_i64()) =>
+        {
+            KeyAgreementAlgorithm::EcdhP384
+        }
+        _ => return Err(EnvelopeError::UnsupportedAlgorithm("ephemeral key curve")),
+    };
+    let n = field_len(alg);
+    let (x, y) = match (
+        param(iana::Ec2KeyParameter::X),
+        param(iana::Ec2KeyParameter::Y),
+    ) {
+        (Some(Value::Bytes(x)), Some(Value::Bytes(y))) if x.len() == n && y.len() == n => (x, y),
+        _ => {
+            return Err(Malformed(
+                "the ephemeral key coordinates must be byte strings of the field size",
+            ))
+        }
+    };
+    let mut point = Vec::with_capacity(1 + 2 * n);
+    point.push(0x04);
+    point.extend_from_slice(x);
+    point.extend_from_slice(y);
+    agreement::ParsedPublicKey::try_from(agreement::UnparsedPublicKey::new(
+        lc_agreement(alg),
+        &point,
+    ))
+    .map_err(|_| Malformed("the ephemeral key is not a point on its curve"))?;
+    Ok((alg, point))
+}
+
+/// A content type stamp writes and accepts: printable ASCII, no surrounding spaces, one `/`.
+fn content_type_ok(t: &str) -> bool {
+    !t.is_empty()
+        && t.len() <= MAX_CONTENT_TYPE_LEN
+        && t.bytes().all(|b| (0x20..0x7f).contains(&b))
+        && t.trim() == t
+        && t.matches('/').count() == 1
+}
+
+impl SignedEnvelope {
+    /// The signer's certificate chain (DER, leaf first), NOT validated: the caller validates it
+    /// and passes the leaf's key to [`SignedEnvelope::verify`].
+    pub fn chain(&self) -> &[Vec<u8>] {
+        &self.chain
+    }
+
+    /// The signature algorithm named in the envelope.
+    pub fn signature_algorithm(&self) -> SignatureAlgorithm {
+        self.alg
+    }
+
+    /// The content type (unverified until [`SignedEnvelope::verify`]).
+    pub fn content_type(&self) -> &str {
+        &self.content_type
+    }
+
+    /// The recipient key ID (unverified), to pick the key-agreement key.
+    pub fn key_id(&self) -> &[u8] {
+        &self.encrypted.key_id
+    }
+
+    /// Verifies the signature with the signer's key, which the caller took from a chain it
+    /// validated (the envelope's leaf certificate must carry that key). `external_aad` must be
+    /// what the sender gave [`seal`].
+    pub fn verify(
+        self,
+        signer_alg: SignatureAlgorithm,
+        signer_public_key: &[u8],
+        external_aad: &[u8],
+    ) -> Result<VerifiedEnvelope, EnvelopeError> {
+        if signer_alg != self.alg {
+            return Err(EnvelopeError::SignerAlgorithmMismatch {
+                found: self.alg.name(),
+                expected: signer_alg.name(),
+            });
+        }
+        let leaf_der = self.chain.first().ok_or(Malformed("empty x5chain"))?;
+        let leaf = crate::cert::parse(leaf_der)
+            .map_err(|_| Malformed("the x5chain leaf is not a DER certificate"))?;
+        if leaf.public_key().subject_public_key.data.as_ref() != signer_public_key {
+            return Err(EnvelopeError::SignerNotChainLeaf);
+        }
+        let tbs = self.sign1.tbs_data(external_aad);
+        signature::UnparsedPublicKey::new(sig_verification(self.alg), signer_public_key)
+            .verify(&tbs, &self.sign1.signature)
+            .map_err(|_| EnvelopeError::BadSignature)?;
+        Ok(VerifiedEnvelope {
+            content_type: self.content_type,
+            chain: self.chain,
+            encrypted: self.encrypted,
+        })
+    }
+}
+
+impl VerifiedEnvelope {
+    /// The signer's certificate chain (DER, leaf first).
+    pub fn chain(&self) -> &[Vec<u8>] {
+        &self.chain
+    }
+
+    /// The content type, as signed.
+    pub fn content_type(&self) -> &str {
+        &self.content_type
+    }
+
+    /// The recipient key ID, as signed.
+    pub fn key_id(&self) -> &[u8] {
+        &self.encrypted.key_id
+    }
+
+    /// Decrypts the content with the recipient's key-agreement key. `recipient_id` must be the
+    /// one the envelope was sealed for (e.g. this site's ID).
+    pub fn open(
+        self,
+        recipient: &dyn KeyAgreement,
+        recipient_id: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, EnvelopeError> {
+        let e = self.encrypted;
+        if recipient.algorithm() != e.ephemeral_alg {
+            return Err(EnvelopeError::NotAddressedToUs);
+        }
+        let shared = recipient
+            .agree(&e.ephemeral_point)
+            .map_err(|err| match err {
+                KeyError::BadPeerKey(_) => {
+                    Malformed("the ephemeral key is not a point on its curve")
+                }
+                other => EnvelopeError::Key(other),
+            })?;
+        let kek = derive_kek(&shared, recipient_id, &e.recipient_protected)?;
+        let kw = key_wrap::KeyEncryptionKey::new(&key_wrap::AES_256, kek.as_ref())
+            .map_err(|_| Crypto("key-encryption key"))?;
+        let mut cek = Zeroizing::new([0u8; CEK_LEN]);
+        let cek_len = key_wrap::KeyWrap::unwrap(kw, &e.wrapped_cek, cek.as_mut())
+            .map_err(|_| EnvelopeError::NotAddressedToUs)?
+            .len();
+        if cek_len != CEK_LEN {
+            return Err(EnvelopeError::NotAddressedToUs);
+        }
+        let aad =
+            coset::enc_structure_data(EncryptionContext::CoseEncrypt, e.protected, recipient_id);
+        let key = aead_key(cek.as_ref())?;
+        let mut buf = Zeroizing::new(e.ciphertext);
+        let plain_len = key
+            .open_in_place(
+                aead::Nonce::assume_unique_for_key(e.iv),
+                aead::Aad::from(aad.as_slice()),
+                &mut buf[..],
+            )
+            .map_err(|_| EnvelopeError::DecryptFailed)?
+            .len();
+        buf.truncate(plain_len);
+        Ok(buf)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use crate::profile::{self_signed_root, Serial, Validity};
+    use aws_lc_rs::rand::SystemRandom;
+    use aws_lc_rs::signature::{EcdsaKeyPair, Ed25519KeyPair, KeyPair};
+
+    const CT: &str = "application/vnd.stamp.entitlement+cbor";
+    const MAX: usize = 1 << 20;
+
+    enum TestKey {
+        Ecdsa(EcdsaKeyPair),
+        Ed25519(Ed25519KeyPair),
+    }
+
+    /// A signer on an in-memory aws-lc-rs key (DER ECDSA signatures, like the key layer's).
+    struct TestSigner {
+        alg: SignatureAlgorithm,
+        key: TestKey,
+        public: Vec<u8>,
+    }
+
+    impl TestSigner {
+        fn new(alg: SignatureAlgorithm) -> Self {
+            let key = match alg {
+                SignatureAlgorithm::EcdsaP256Sha256 => TestKey::Ecdsa(
+                    EcdsaKeyPair::generate(&signature::ECDSA_P256_SHA256_ASN1_SIGNING).unwrap(),
+                ),
+                SignatureAlgorithm::EcdsaP384Sha384 => TestKey::Ecdsa(
+                    EcdsaKeyPair::generate(&signature::ECDSA_P384_SHA384_ASN1_SIGNING).unwrap(),
+                ),
+                SignatureAlgorithm::Ed25519 => {
+                    TestKey::Ed25519(Ed25519KeyPair::generate().unwrap())
+                }
+            };
+            let public = match &key {
+                TestKey::Ecdsa(k) => k.public_key().as_ref().to_vec(),
+                TestKey::Ed25519(k) => k.public_key().as_ref().to_vec(),
+            };
+            TestSigner { alg, key, public }
+        }
+
+        /// A self-signed certificate for this key, as a one-certificate chain.
+        fn chain(&self) -> Vec<Vec<u8>> {
+            let validity = Validity::starting(
+                time::macros::datetime!(2026-01-01 0:00 UTC),
+                time::Duration::days(365),
+            );
+            vec![
+                self_signed_root(self, "Test OEM", validity, Serial::from_random([7; 16])).unwrap(),
+            ]
+        }
+    }
+
+    impl Signer for TestSigner {
+        fn algorithm(&self) -> SignatureAlgorithm {
+            self.alg
+        }
+        fn public_key(&self) -> &[u8] {
+            &self.public
+        }
+        fn sign(&self, message: &[u8]) -> Result<Vec<u8>, KeyError> {
+            match &self.key {
+                TestKey::Ecdsa(k) => Ok(k
+                    .sign(&SystemRandom::new(), message)
+                    .unwrap()
+                    .as_ref()
+                    .to_vec()),
+                TestKey::Ed25519(k) => Ok(k.sign(message).as_ref().to_vec()),
+            }
+        }
+        fn key_ref(&self) -> &str {
+            "test-signer"
+        }
+    }
+
+    /// A key-agreement key on an in-memory aws-lc-rs key.
+    struct TestKa {
+        alg: KeyAgreementAlgorithm,
+        key: agreement::PrivateKey,
+        public: Vec<u8>,
+    }
+
+    impl TestKa {
+        fn new(alg: KeyAgreementAlgorithm) -> Self {
+            let key = agreement::PrivateKey::generate(lc_agreement(alg)).unwrap();
+            let public = key.compute_public_key().unwrap().as_ref().to_vec();
+            TestKa { alg, key, public }
+        }
+
+        fn recipient<'a>(&'a self, recipient_id: &'a [u8]) -> Recipient<'a> {
+            Recipient {
+                alg: self.alg,
+                public_key: &self.public,
+                key_id: b"kid-1",
+                recipient_id,
+            }
+        }
+    }
+
+    impl KeyAgreement for TestKa {
+        fn algorithm(&self) -> KeyAgreementAlgorithm {
+            self.alg
+        }
+        fn public_key(&self) -> &[u8] {
+            &self.public
+        }
+        fn agree(&self, peer: &[u8]) -> Result<crate::key::SharedSecret, KeyError> {
+            let peer = agreement::UnparsedPublicKey::new(lc_agreement(self.alg), peer);
+            agreement::agree(
+                &self.key,
+                peer,
+                KeyError::BadPeerKey(self.alg.name()),
+                |s| Ok(Zeroizing::new(s.to_vec())),
+            )
+        }
+        fn key_ref(&self) -> &str {
+            "test-ka"
+        }
+    }
+
+    struct Fixture {
+        signer: TestSigner,
+        chain: Vec<Vec<u8>>,
+        ka: TestKa,
+        envelope: Vec<u8>,
+    }
+
+    const SITE: &[u8] = b"shenzhen-1";
+    const PLAIN: &[u8] = b"entitlement: 1000 devices";
+
+    fn fixture(sig: SignatureAlgorithm, ka: KeyAgreementAlgorithm) -> Fixture {
+        let signer = TestSigner::new(sig);
+        let chain = signer.chain();
+        let ka = TestKa::new(ka);
+        let envelope = seal(
+            CT,
+            PLAIN,
+            &signer,
+            &chain,
+            &ka.recipient(SITE),
+            b"",
+            &SystemRandom::new(),
+        )
+        .unwrap();
+        Fixture {
+            signer,
+            chain,
+            ka,
+            envelope,
+        }
+    }
+
+    /// Parses, verifies and opens with the fixture's own keys.
+    fn open_all(f: &Fixture, bytes: &[u8]) -> Result<Zeroizing<Vec<u8>>, EnvelopeError> {
+        parse(bytes, MAX)?
+            .verify(f.signer.alg, &f.signer.public, b"")?
+            .open(&f.ka, SITE)
+    }
+
+    const SIGS: [SignatureAlgorithm; 3] = [
+        SignatureAlgorithm::EcdsaP256Sha256,
+        SignatureAlgorithm::EcdsaP384Sha384,
+        SignatureAlgorithm::Ed25519,
+    ];
+    const KAS: [KeyAgreementAlgorithm; 2] = [
+        KeyAgreementAlgorithm::EcdhP256,
+        KeyAgreementAlgorithm::EcdhP384,
+    ];
+
+    #[test]
+    fn round_trips_every_algorithm_pair() {
+        for sig in SIGS {
+            for ka in KAS {
+                let f = fixture(sig, ka);
+                let parsed = parse(&f.envelope, MAX).unwrap();
+                assert_eq!(parsed.chain(), f.chain.as_slice());
+                assert_eq!(parsed.content_type(), CT);
+                assert_eq!(parsed.key_id(), b"kid-1");
+                assert_eq!(parsed.signature_algorithm(), sig);
+                let verified = parsed.verify(sig, &f.signer.public, b"").unwrap();
+                assert_eq!(verified.content_type(), CT);
+                assert_eq!(verified.key_id(), b"kid-1");
+                assert_eq!(verified.chain(), f.chain.as_slice());
+                assert_eq!(verified.open(&f.ka, SITE).unwrap().as_slice(), PLAIN);
+            }
+        }
+    }
+
+    #[test]
+    fn round_trips_chains_and_sizes() {
+        let signer = TestSigner::new(SignatureAlgorithm::EcdsaP256Sha256);
+        let other = TestSigner::new(SignatureAlgorithm::EcdsaP384Sha384);
+        let ka = TestKa::new(KeyAgreementAlgorithm::EcdhP256);
+        let rng = SystemRandom::new();
+        let mut chain = signer.chain();
+        for _ in 0..3 {
+            chain.push(other.chain().remove(0));
+        }
+        for plain in [&b""[..], &[0x5a; 1000][..], &vec![1u8; 200_000][..]] {
+            for n in 1..=MAX_CHAIN_LEN {
+                let env = seal(
+                    CT,
+                    plain,
+                    &signer,
+                    &chain[..n],
+                    &ka.recipient(SITE),
+                    b"x",
+                    &rng,
+                )
+                .unwrap();
+                let parsed = parse(&env, MAX).unwrap();
+                assert_eq!(parsed.chain(), &chain[..n]);
+                let out = parsed
+                    .verify(signer.alg, &signer.public, b"x")
+                    .unwrap()
+                    .open(&ka, SITE)
+                    .unwrap();
+                assert_eq!(out.as_slice(), plain);
+            }
+        }
+    }
+
+    #[test]
+    fn layout_is_the_documented_one() {
+        let f = fixture(
+            SignatureAlgorithm::EcdsaP256Sha256,
+            KeyAgreementAlgorithm::EcdhP256,
+        );
+        let v: Value = ciborium::de::from_reader(f.envelope.as_slice()).unwrap();
+        let Value::Tag(18, sign1) = v else {
+            panic!("not tag 18")
+        };
+        let Value::Array(sign1) = *sign1 else {
+            panic!("not an array")
+        };
+        assert_eq!(sign1.len(), 4);
+        let Value::Bytes(protected) = &sign1[0] else {
+            panic!()
+        };
+        let protected: Value = ciborium::de::from_reader(protected.as_slice()).unwrap();
+        let expected = Value::Map(vec![
+            (Value::from(1), Value::from(-7)),
+            (Value::from(3), Value::Text(CT.into())),
+            (Value::from(33), Value::Bytes(f.chain[0].clone())),
+        ]);
+        assert_eq!(protected, expected);
+        assert_eq!(sign1[1], Value::Map(vec![]));
+        assert!(matches!(&sign1[3], Value::Bytes(s) if s.len() == 64));
+        let Value::Bytes(payload) = &sign1[2] else {
+            panic!()
+        };
+        let v: Value = ciborium::de::from_reader(payload.as_slice()).unwrap();
+        let Value::Tag(96, enc) = v else {
+            panic!("not tag 96")
+        };
+        let Value::Array(enc) = *enc else { panic!() };
+        assert_eq!(enc.len(), 4);
+        assert_eq!(enc[0], Value::Bytes(vec![0xa1, 0x01, 0x03]));
+        let Value::Map(u) = &enc[1] else { panic!() };
+        assert!(
+            matches!(u.as_slice(), [(Value::Integer(l), Value::Bytes(iv))] if i128::from(*l) == 5 && iv.len() == 12)
+        );
+        assert!(matches!(&enc[2], Value::Bytes(c) if c.len() == PLAIN.len() + 16));
+        let Value::Array(rs) = &enc[3] else { panic!() };
+        let [Value::Array(r)] = rs.as_slice() else {
+            panic!()
+        };
+        assert_eq!(r.len(), 3);
+        assert_eq!(r[0], Value::Bytes(vec![0xa1, 0x01, 0x38, 0x1e]));
+        let Value::Map(ru) = &r[1] else { panic!() };
+        assert_eq!(ru.len(), 2);
+        assert_eq!(ru[0], (Value::from(4), Value::Bytes(b"kid-1".to_vec())));
+        assert_eq!(ru[1].0, Value::from(-1));
+        let Value::Map(k) = &ru[1].1 else { panic!() };
+        let labels: Vec<_> = k.iter().map(|(l, _)| l.clone()).collect();
+        assert_eq!(
+            labels,
+            [
+                Value::from(1),
+                Value::from(-1),
+                Value::from(-2),
+                Value::from(-3)
+            ]
+        );
+        assert_eq!(k[0].1, Value::from(2));
+        assert_eq!(k[1].1, Value::from(1));
+        assert!(matches!(&r[2], Value::Bytes(w) if w.len() == 40));
+    }
+
+    #[test]
+    fn kdf_context_is_rfc_9053() {
+        let protected = protected_with_bytes(
+            HeaderBuilder::new()
+                .algorithm(iana::Algorithm::ECDH_ES_A256KW)
+                .build(),
+        )
+        .unwrap();
+        let ctx = kdf_context(b"site-a", &protected).unwrap();
+        // [-5, [null, null, null], [h'736974652d61', null, null], [256, h'a101381e']]
+        assert_eq!(
+            hex::encode(ctx),
+            "8424 83f6f6f6 8346736974652d61f6f6 82190100 44a101381e".replace(' ', "")
+        );
+    }
+
+    #[test]
+    fn der_signatures_become_fixed_length() {
+        // r = 1, s = 0x80 (needs a sign byte).
+        assert_eq!(
+            der_to_fixed(&[0x30, 0x07, 0x02, 0x01, 0x01, 0x02, 0x02, 0x00, 0x80], 4),
+            Some(vec![0, 0, 0, 1, 0, 0, 0, 0x80])
+        );
+        // Full-width r and s with sign bytes.
+        let mut der = vec![0x30, 0x0c, 0x02, 0x05, 0x00, 0xff, 0xfe, 0xfd, 0xfc];
+        der.extend([0x02, 0x03, 0x01, 0x02, 0x03]);
+        assert_eq!(
+            der_to_fixed(&der, 4),
+            Some(vec![0xff, 0xfe, 0xfd, 0xfc, 0, 0x01, 0x02, 0x03])
+        );
+        for bad in [
+            &[][..],
+            &[0x30, 0x06, 0x02, 0x01, 0x01, 0x02, 0x01, 0x80][..], // negative s
+            &[0x30, 0x06, 0x02, 0x01, 0x00, 0x02, 0x01, 0x01][..], // zero r
+            &[0x30, 0x07, 0x02, 0x02, 0x00, 0x01, 0x02, 0x01, 0x01][..], // non-minimal r
+            &[0x30, 0x06, 0x02, 0x01, 0x01, 0x02, 0x01, 0x01, 0x00][..], // trailing byte
+            &[0x30, 0x07, 0x02, 0x01, 0x01, 0x02, 0x01, 0x01][..], // length too long
+            &[0x31, 0x06, 0x02, 0x01, 0x01, 0x02, 0x01, 0x01][..], // not a SEQUENCE
+            &[0x30, 0x81, 0x06, 0x02, 0x01, 0x01, 0x02, 0x01, 0x01][..], // non-minimal length
+        ] {
+            assert_eq!(der_to_fixed(bad, 4), None, "{bad:02x?}");
+        }
+        // Too wide for the field.
+        assert_eq!(
+            der_to_fixed(&[0x30, 0x08, 0x02, 0x03, 1, 2, 3, 0x02, 0x01, 0x01], 2),
+            None
+        );
+    }
+
+    #[test]
+    fn every_bit_flip_fails_without_panicking() {
+        for sig in [
+            SignatureAlgorithm::Ed25519,
+            SignatureAlgorithm::EcdsaP256Sha256,
+        ] {
+            let f = fixture(sig, KeyAgreementAlgorithm::EcdhP256);
+            assert_eq!(open_all(&f, &f.envelope).unwrap().as_slice(), PLAIN);
+            let mut bytes = f.envelope.clone();
+            for i in 0..bytes.len() {
+                for bit in 0..8 {
+                    bytes[i] ^= 1 << bit;
+                    assert!(
+                        open_all(&f, &bytes).is_err(),
+                        "flipping bit {bit} of byte {i} went unnoticed"
+                    );
+                    bytes[i] ^= 1 << bit;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn truncation_and_trailing_bytes_fail() {
+        let f = fixture(SignatureAlgorithm::Ed25519, KeyAgreementAlgorithm::EcdhP256);
+        for n in 0..f.envelope.len() {
+            assert!(
+                parse(&f.envelope[..n], MAX).is_err(),
+                "prefix of {n} bytes parsed"
+            );
+        }
+        let mut longer = f.envelope.clone();
+        longer.push(0);
+        assert!(matches!(
+            parse(&longer, MAX),
+            Err(EnvelopeError::TrailingBytes)
+        ));
+        longer.extend_from_slice(&f.envelope);
+        assert!(matches!(
+            parse(&longer, MAX),
+            Err(EnvelopeError::TrailingBytes)
+        ));
+        assert!(matches!(
+            parse(&f.envelope, f.envelope.len() - 1),
+            Err(EnvelopeError::TooLarge { .. })
+        ));
+        assert!(parse(&f.envelope, f.envelope.len()).is_ok());
+    }
+
+    #[test]
+    fn huge_declared_lengths_fail_cleanly() {
+        // Tag 18, array of 4, then a byte string claiming 2^63 bytes.
+        let bytes = [
+            0xd2, 0x84, 0x5b, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x00,
+        ];
+        assert!(matches!(
+            parse(&bytes, MAX),
+            Err(EnvelopeError::Malformed(_))
+        ));
+        // An array claiming 2^32 elements.
+        let bytes = [0xd2, 0x9a, 0xff, 0xff, 0xff, 0xff, 0x00];
+        assert!(matches!(
+            parse(&bytes, MAX),
+            Err(EnvelopeError::Malformed(_))
+        ));
+        // Deep nesting.
+        let mut deep = vec![0xd2];
+        deep.extend(std::iter::repeat_n(0x81, 10_000));
+        deep.push(0x00);
+        assert!(matches!(
+            parse(&deep, MAX),
+            Err(EnvelopeError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn wrong_recipient_key_fails() {
+        let f = fixture(
+            SignatureAlgorithm::EcdsaP256Sha256,
+            KeyAgreementAlgorithm::EcdhP256,
+        );
+        for other in [
+            TestKa::new(KeyAgreementAlgorithm::EcdhP256),
+            TestKa::new(KeyAgreementAlgorithm::EcdhP384),
+        ] {
+            let v = parse(&f.envelope, MAX)
+                .unwrap()
+                .verify(f.signer.alg, &f.signer.public, b"")
+                .unwrap();
+            assert!(matches!(
+                v.open(&other, SITE),
+                Err(EnvelopeError::NotAddressedToUs)
+            ));
+        }
+    }
+
+    #[test]
+    fn re_addressing_fails() {
+        let f = fixture(
+            SignatureAlgorithm::EcdsaP256Sha256,
+            KeyAgreementAlgorithm::EcdhP256,
+        );
+        for other_id in [&b"shenzhen-2"[..], b"", b"shenzhen-1\0"] {
+            let v = parse(&f.envelope, MAX)
+                .unwrap()
+                .verify(f.signer.alg, &f.signer.public, b"")
+                .unwrap();
+            assert!(matches!(
+                v.open(&f.ka, other_id),
+                Err(EnvelopeError::NotAddressedToUs)
+            ));
+        }
+    }
+
+    #[test]
+    fn content_aad_binds_the_recipient_id_too() {
+        // The key derivation names SITE but the content was encrypted with another external_aad:
+        // the content key unwraps, and the content must still refuse to decrypt.
+        let signer = TestSigner::new(SignatureAlgorithm::Ed25519);
+        let ka = TestKa::new(KeyAgreementAlgorithm::EcdhP256);
+        let rng = SystemRandom::new();
+        let env = seal_inner(
+            CT,
+            PLAIN,
+            &signer,
+            &signer.chain(),
+            &ka.recipient(SITE),
+            b"other",
+            b"",
+            &rng,
+        )
+        .unwrap();
+        let v = parse(&env, MAX)
+            .unwrap()
+            .verify(signer.alg, &signer.public, b"")
+            .unwrap();
+        assert!(matches!(
+            v.open(&ka, SITE),
+            Err(EnvelopeError::DecryptFailed)
+        ));
+    }
+
+    #[test]
+    fn external_aad_is_checked() {
+        let signer = TestSigner::new(SignatureAlgorithm::EcdsaP384Sha384);
+        let ka = TestKa::new(KeyAgreementAlgorithm::EcdhP384);
+        let rng = SystemRandom::new();
+        let env = seal(
+            CT,
+            PLAIN,
+            &signer,
+            &signer.chain(),
+            &ka.recipient(SITE),
+            b"ctx",
+            &rng,
+        )
+        .unwrap();
+        for wrong in [&b""[..], b"ctx2", b"CTX"] {
+            let r = parse(&env, MAX)
+                .unwrap()
+                .verify(signer.alg, &signer.public, wrong);
+            assert!(matches!(r, Err(EnvelopeError::BadSignature)));
+        }
+        let v = parse(&env, MAX)
+            .unwrap()
+            .verify(signer.alg, &signer.public, b"ctx")
+            .unwrap();
+        assert_eq!(v.open(&ka, SITE).unwrap().as_slice(), PLAIN);
+    }
+
+    #[test]
+    fn wrong_signer_key_fails() {
+        let f = fixture(
+            SignatureAlgorithm::EcdsaP256Sha256,
+            KeyAgreementAlgorithm::EcdhP256,
+        );
+        let other = TestSigner::new(SignatureAlgorithm::EcdsaP256Sha256);
+        let r = parse(&f.envelope, MAX)
+            .unwrap()
+            .verify(other.alg, &other.public, b"");
+        assert!(matches!(r, Err(EnvelopeError::SignerNotChainLeaf)));
+        let r = parse(&f.envelope, MAX).unwrap().verify(
+            SignatureAlgorithm::Ed25519,
+            &f.signer.public,
+            b"",
+        );
+        assert!(matches!(
+            r,
+            Err(EnvelopeError::SignerAlgorithmMismatch { .. })
+        ));
+        // A chain whose leaf is another key than the one that signed.
+        let mut sign1 = coset_sign1(&f.envelope);
+        let bad_chain = Value::Bytes(other.chain().remove(0));
+        sign1.protected = ProtectedHeader {
+            original_data: None,
+            header: HeaderBuilder::new()
+                .algorithm(iana::Algorithm::ES256)
+                .content_type(CT.into())
+                .value(LABEL_X5CHAIN, bad_chain)
+                .build(),
+        };
+        let bytes = sign1.to_tagged_vec().unwrap();
+        let r = parse(&bytes, MAX)
+            .unwrap()
+            .verify(other.alg, &other.public, b"");
+        assert!(matches!(r, Err(EnvelopeError::BadSignature)));
+    }
+
+    fn coset_sign1(bytes: &[u8]) -> CoseSign1 {
+        coset::CoseSign1::from_tagged_slice(bytes).unwrap()
+    }
+
+    /// Re-signs an envelope after changing its structure, so that only the structural checks (not
+    /// the signature) can refuse it.
+    fn mutate(
+        f: &Fixture,
+        sign1_edit: impl FnOnce(&mut CoseSign1),
+        encrypt_edit: impl FnOnce(&mut CoseEncrypt),
+    ) -> Vec<u8> {
+        let mut sign1 = coset_sign1(&f.envelope);
+        let mut enc = CoseEncrypt::from_tagged_slice(sign1.payload.as_deref().unwrap()).unwrap();
+        encrypt_edit(&mut enc);
+        enc.protected.original_data = None;
+        for r in &mut enc.recipients {
+            r.protected.original_data = None;
+        }
+        sign1.payload = Some(enc.to_tagged_vec().unwrap());
+        sign1_edit(&mut sign1);
+        sign1.protected.original_data = None;
+        let tbs = sign1.tbs_data(b"");
+        let sig = f.signer.sign(&tbs).unwrap();
+        sign1.signature = match f.signer.alg {
+            SignatureAlgorithm::EcdsaP256Sha256 => der_to_fixed(&sig, 32).unwrap(),
+            SignatureAlgorithm::EcdsaP384Sha384 => der_to_fixed(&sig, 48).unwrap(),
+            SignatureAlgorithm::Ed25519 => sig,
+        };
+        sign1.to_tagged_vec().unwrap()
+    }
+
+    fn set_alg(p: &mut ProtectedHeader, alg: iana::Algorithm) {
+        p.header.alg = Some(coset::Algorithm::Assigned(alg));
+        p.original_data = None;
+    }
+
+    #[test]
+    fn the_mutation_helper_alone_is_accepted() {
+        let f = fixture(
+            SignatureAlgorithm::EcdsaP256Sha256,
+            KeyAgreementAlgorithm::EcdhP256,
+        );
+        let same = mutate(&f, |_| {}, |_| {});
+        assert_eq!(open_all(&f, &same).unwrap().as_slice(), PLAIN);
+    }
+
+    #[test]
+    fn changed_algorithms_are_refused() {
+        let f = fixture(
+            SignatureAlgorithm::EcdsaP256Sha256,
+            KeyAgreementAlgorithm::EcdhP256,
+        );
+        let unsupported = |bytes: &[u8], what: &str| {
+            let r = parse(bytes, MAX);
+            assert!(
+                matches!(&r, Err(EnvelopeError::UnsupportedAlgorithm(w)) if *w == what),
+                "{what}: {r:?}"
+            );
+        };
+        // Signature algorithm: another ECDSA identifier, and one outside the registry.
+        unsupported(
+            &mutate(
+                &f,
+                |s| set_alg(&mut s.protected, iana::Algorithm::ESP256),
+                |_| {},
+            ),
+            "signature",
+        );
+        unsupported(
+            &mutate(
+                &f,
+                |s| set_alg(&mut s.protected, iana::Algorithm::PS256),
+                |_| {},
+            ),
+            "signature",
+        );
+        // EdDSA with an ECDSA signature of the same length parses, but does not verify as P-256.
+        let eddsa = mutate(
+            &f,
+            |s| set_alg(&mut s.protected, iana::Algorithm::EdDSA),
+            |_| {},
+        );
+        let r = parse(&eddsa, MAX)
+            .unwrap()
+            .verify(f.signer.alg, &f.signer.public, b"");
+        assert!(matches!(
+            r,
+            Err(EnvelopeError::SignerAlgorithmMismatch { .. })
+        ));
+        // ES384 with a 64-byte signature.
+        let es384 = mutate(
+            &f,
+            |s| set_alg(&mut s.protected, iana::Algorithm::ES384),
+            |_| {},
+        );
+        assert!(matches!(
+            parse(&es384, MAX),
+            Err(EnvelopeError::Malformed(_))
+        ));
+        // Content encryption.
+        unsupported(
+            &mutate(
+                &f,
+                |_| {},
+                |e| set_alg(&mut e.protected, iana::Algorithm::A128GCM),
+            ),
+            "content encryption",
+        );
+        // Key agreement.
+        unsupported(
+            &mutate(
+                &f,
+                |_| {},
+                |e| {
+                    set_alg(
+                        &mut e.recipients[0].protected,
+                        iana::Algorithm::ECDH_ES_A128KW,
+                    )
+                },
+            ),
+            "key agreement",
+        );
+        unsupported(
+            &mutate(
+                &f,
+                |_| {},
+                |e| {
+                    set_alg(
+                        &mut e.recipients[0].protected,
+                        iana::Algorithm::ECDH_ES_HKDF_256,
+                    )
+                },
+            ),
+            "key agreement",
+        );
+    }
+
+    #[test]
+    fn algorithms_outside_the_protected_header_are_refused() {
+        let f = fixture(
+            SignatureAlgorithm::EcdsaP256Sha256,
+            KeyAgreementAlgorithm::EcdhP256,
+        );
+        let malformed = |bytes: Vec<u8>| {
+            let r = parse(&bytes, MAX);
+            assert!(matches!(r, Err(EnvelopeError::Malformed(_))), "{r:?}");
+        };
+        // Unprotected alg on the COSE_Sign1 (also when repeated from the protected header).
+        malformed(mutate(
+            &f,
+            |s| s.unprotected.alg = Some(coset::Algorithm::Assigned(iana::Algorithm::ES256)),
+            |_| {},
+        ));
+        // Alg moved from protected to unprotected.
+        malformed(mutate(
+            &f,
+            |s| {
+                s.protected.header.alg = None;
+                s.protected.original_data = None;
+                s.unprotected.alg = Some(coset::Algorithm::Assigned(iana::Algorithm::ES256));
+            },
+            |_| {},
+        ));
+        malformed(mutate(
+            &f,
+            |_| {},
+            |e| e.unprotected.alg = Some(coset::Algorithm::Assigned(iana::Algorithm::A256GCM)),
+        ));
+        malformed(mutate(
+            &f,
+            |_| {},
+            |e| {
+                e.recipients[0].protected = ProtectedHeader::default();
+                e.recipients[0].unprotected.alg =
+                    Some(coset::Algorithm::Assigned(iana::Algorithm::ECDH_ES_A256KW));
+            },
+        ));
+    }
+
+    #[test]
+    fn other_structures_are_refused() {
+        let f = fixture(
+            SignatureAlgorithm::EcdsaP256Sha256,
+            KeyAgreementAlgorithm::EcdhP256,
+        );
+        let malformed = |bytes: &[u8]| {
+            let r = parse(bytes, MAX);
+            assert!(matches!(r, Err(EnvelopeError::Malformed(_))), "{r:?}");
+        };
+        let sign1 = coset_sign1(&f.envelope);
+        let payload = sign1.payload.clone().unwrap();
+        // Encrypt-only (no signature layer).
+        malformed(&payload);
+        // Untagged COSE_Sign1.
+        malformed(&sign1.clone().to_vec().unwrap());
+        // COSE_Sign1 under another tag (COSE_Encrypt0, COSE_Sign, self-described CBOR).
+        for tag in [16u64, 98, 55799] {
+            let mut bytes = Vec::new();
+            ciborium::ser::into_writer(
+                &Value::Tag(tag, Box::new(sign1.clone().to_cbor_value().unwrap())),
+                &mut bytes,
+            )
+            .unwrap();
+            malformed(&bytes);
+        }
+        // Signature missing, empty, detached payload.
+        let mut bytes = Vec::new();
+        let Value::Array(mut a) = sign1.clone().to_cbor_value().unwrap() else {
+            panic!()
+        };
+        a.pop();
+        ciborium::ser::into_writer(&Value::Tag(18, Box::new(Value::Array(a))), &mut bytes).unwrap();
+        malformed(&bytes);
+        let mut s = sign1.clone();
+        s.signature = Vec::new();
+        malformed(&s.to_tagged_vec().unwrap());
+        let mut s = sign1.clone();
+        s.payload = None;
+        malformed(&s.to_tagged_vec().unwrap());
+        // Payload untagged or under another tag: COSE_Encrypt0 (16).
+        let enc = CoseEncrypt::from_tagged_slice(&payload).unwrap();
+        for payload in [enc.clone().to_vec().unwrap(), {
+            let mut b = Vec::new();
+            ciborium::ser::into_writer(
+                &Value::Tag(16, Box::new(enc.clone().to_cbor_value().unwrap())),
+                &mut b,
+            )
+            .unwrap();
+            b
+        }] {
+            malformed(&mutate(&f, |s| s.payload = Some(payload), |_| {}));
+        }
+        // Extra bytes inside the payload, after the COSE_Encrypt.
+        let mut longer = payload.clone();
+        longer.push(0);
+        malformed(&mutate(&f, |s| s.payload = Some(longer), |_| {}));
+        // Structure changes inside, each re-signed.
+        malformed(&mutate(&f, |s| s.protected.header.rest.clear(), |_| {})); // no x5chain
+        malformed(&mutate(
+            &f,
+            |s| s.protected.header.content_type = None,
+            |_| {},
+        ));
+        malformed(&mutate(
+            &f,
+            |s| {
+                s.protected
+                    .header
+                    .crit
+                    .push(RegisteredLabelWithPrivate::Assigned(
+                        iana::HeaderParameter::Alg,
+                    ))
+            },
+            |_| {},
+        ));
+        malformed(&mutate(
+            &f,
+            |s| s.protected.header.rest.push((Label::Int(99), Value::Null)),
+            |_| {},
+        ));
+        malformed(&mutate(
+            &f,
+            |s| s.unprotected.key_id = b"k".to_vec(),
+            |_| {},
+        ));
+        malformed(&mutate(&f, |_| {}, |e| e.unprotected.iv = vec![0; 16]));
+        malformed(&mutate(&f, |_| {}, |e| e.ciphertext = None));
+        malformed(&mutate(&f, |_| {}, |e| e.ciphertext = Some(vec![0; 15])));
+        malformed(&mutate(
+            &f,
+            |_| {},
+            |e| e.recipients.push(e.recipients[0].clone()),
+        ));
+        malformed(&mutate(
+            &f,
+            |_| {},
+            |e| e.recipients[0].unprotected.key_id.clear(),
+        ));
+        malformed(&mutate(
+            &f,
+            |_| {},
+            |e| e.recipients[0].unprotected.key_id = vec![1; 65],
+        ));
+        malformed(&mutate(
+            &f,
+            |_| {},
+            |e| e.recipients[0].ciphertext = Some(vec![0; 48]),
+        ));
+        malformed(&mutate(
+            &f,
+            |_| {},
+            |e| e.recipients[0].unprotected.rest.clear(),
+        ));
+        malformed(&mutate(
+            &f,
+            |_| {},
+            |e| {
+                let r = e.recipients[0].clone();
+                e.recipients[0].recipients.push(r);
+            },
+        ));
+        malformed(&mutate(
+            &f,
+            |_| {},
+            |e| {
+                e.recipients[0]
+                    .unprotected
+                    .rest
+                    .push((Label::Int(-24), Value::Bytes(SITE.to_vec())))
+            },
+        ));
+    }
+
+    #[test]
+    fn bad_ephemeral_keys_are_refused() {
+        let f = fixture(SignatureAlgorithm::Ed25519, KeyAgreementAlgorithm::EcdhP256);
+        let with_key = |edit: &dyn Fn(&mut CoseKey)| {
+            mutate(
+                &f,
+                |_| {},
+                |e| {
+                    let (_, v) = &mut e.recipients[0].unprotected.rest[0];
+                    let mut key = CoseKey::from_cbor_value(v.clone()).unwrap();
+                    edit(&mut key);
+                    *v = key.to_cbor_value().unwrap();
+                },
+            )
+        };
+        let refused = |bytes: Vec<u8>| {
+            let r = parse(&bytes, MAX);
+            assert!(
+                matches!(
+                    r,
+                    Err(EnvelopeError::Malformed(_) | EnvelopeError::UnsupportedAlgorithm(_))
+                ),
+                "{r:?}"
+            );
+        };
+        // Off the curve.
+        refused(with_key(&|k| {
+            let x = k
+                .params
+                .iter_mut()
+                .find(|(l, _)| *l == Label::Int(-2))
+                .unwrap();
+            if let Value::Bytes(b) = &mut x.1 {
+                b[31] ^= 1;
+            }
+        }));
+        // Compressed y, wrong curve, extra parameter, key with an alg, OKP key type.
+        refused(with_key(&|k| {
+            let y = k
+                .params
+                .iter_mut()
+                .find(|(l, _)| *l == Label::Int(-3))
+                .unwrap();
+            y.1 = Value::Bool(true);
+        }));
+        refused(with_key(&|k| {
+            let crv = k
+                .params
+                .iter_mut()
+                .find(|(l, _)| *l == Label::Int(-1))
+                .unwrap();
+            crv.1 = Value::from(2);
+        }));
+        refused(with_key(&|k| {
+            k.params.push((Label::Int(-4), Value::Bytes(vec![1; 32])))
+        }));
+        refused(with_key(&|k| {
+            k.alg = Some(coset::Algorithm::Assigned(iana::Algorithm::ECDH_ES_A256KW))
+        }));
+        refused(with_key(&|k| k.kty = KeyType::Assigned(iana::KeyType::OKP)));
+    }
+
+    #[test]
+    fn sealing_refuses_bad_input() {
+        let signer = TestSigner::new(SignatureAlgorithm::EcdsaP256Sha256);
+        let chain = signer.chain();
+        let ka = TestKa::new(KeyAgreementAlgorithm::EcdhP256);
+        let rng = SystemRandom::new();
+        let r = ka.recipient(SITE);
+        let invalid = |res: Result<Vec<u8>, EnvelopeError>| {
+            assert!(
+                matches!(res, Err(EnvelopeError::InvalidInput(_))),
+                "{res:?}"
+            );
+        };
+        for ct in [
+            "",
+            "text",
+            "a/b/c",
+            " a/b",
+            "a/b\n",
+            "tÿpe/x",
+            &format!("a/{}", "b".repeat(200)),
+        ] {
+            invalid(seal(ct, PLAIN, &signer, &chain, &r, b"", &rng));
+        }
+        invalid(seal(CT, PLAIN, &signer, &[], &r, b"", &rng));
+        invalid(seal(
+            CT,
+            PLAIN,
+            &signer,
+            &vec![chain[0].clone(); 5],
+            &r,
+            b"",
+            &rng,
+        ));
+        invalid(seal(CT, PLAIN, &signer, &[vec![]], &r, b"", &rng));
+        invalid(seal(
+            CT,
+            PLAIN,
+            &signer,
+            &[vec![0x30; MAX_CERT_DER + 1]],
+            &r,
+            b"",
+            &rng,
+        ));
+        invalid(seal(
+            CT,
+            PLAIN,
+            &signer,
+            &TestSigner::new(signer.alg).chain(),
+            &r,
+            b"",
+            &rng,
+        ));
+        invalid(seal(
+            CT,
+            PLAIN,
+            &signer,
+            &chain,
+            &Recipient { key_id: b"", ..r },
+            b"",
+            &rng,
+        ));
+        invalid(seal(
+            CT,
+            PLAIN,
+            &signer,
+            &chain,
+            &Recipient {
+                key_id: &[1; 65],
+                ..r
+            },
+            b"",
+            &rng,
+        ));
+        invalid(seal(
+            CT,
+            PLAIN,
+            &signer,
+            &chain,
+            &Recipient {
+                recipient_id: b"",
+                ..r
+            },
+            b"",
+            &rng,
+        ));
+        invalid(seal(
+            CT,
+            PLAIN,
+            &signer,
+            &chain,
+            &Recipient {
+                recipient_id: &[1; 257],
+                ..r
+            },
+            b"",
+            &rng,
+        ));
+        let mut off_curve = ka.public.clone();
+        off_curve[40] ^= 1;
+        invalid(seal(
+            CT,
+            PLAIN,
+            &signer,
+            &chain,
+            &Recipient {
+                public_key: &off_curve,
+                ..r
+            },
+            b"",
+            &rng,
+        ));
+        let p384 = TestKa::new(KeyAgreementAlgorithm::EcdhP384);
+        invalid(seal(
+            CT,
+            PLAIN,
+            &signer,
+            &chain,
+            &Recipient {
+                public_key: &p384.public,
+                ..r
+            },
+            b"",
+            &rng,
+        ));
+    }
+
+    /// A signer whose backend signs with another key than it reports.
+    struct LyingSigner(TestSigner, TestSigner);
+
+    impl Signer for LyingSigner {
+        fn algorithm(&self) -> SignatureAlgorithm {
+            self.0.alg
+        }
+        fn public_key(&self) -> &[u8] {
+            &self.0.public
+        }
+        fn sign(&self, message: &[u8]) -> Result<Vec<u8>, KeyError> {
+            self.1.sign(message)
+        }
+        fn key_ref(&self) -> &str {
+            "lying"
+        }
+    }
+
+    #[test]
+    fn sealing_checks_the_signers_signature() {
+        let honest = TestSigner::new(SignatureAlgorithm::EcdsaP256Sha256);
+        let chain = honest.chain();
+        let lying = LyingSigner(honest, TestSigner::new(SignatureAlgorithm::EcdsaP256Sha256));
+        let ka = TestKa::new(KeyAgreementAlgorithm::EcdhP256);
+        let r = seal(
+            CT,
+            PLAIN,
+            &lying,
+            &chain,
+            &ka.recipient(SITE),
+            b"",
+            &SystemRandom::new(),
+        );
+        assert!(matches!(r, Err(EnvelopeError::Crypto(_))), "{r:?}");
+    }
+
+    #[test]
+    fn each_seal_is_fresh() {
+        let signer = TestSigner::new(SignatureAlgorithm::Ed25519);
+        let chain = signer.chain();
+        let ka = TestKa::new(KeyAgreementAlgorithm::EcdhP256);
+        let rng = SystemRandom::new();
+        let a = seal(CT, PLAIN, &signer, &chain, &ka.recipient(SITE), b"", &rng).unwrap();
+        let b = seal(CT, PLAIN, &signer, &chain, &ka.recipient(SITE), b"", &rng).unwrap();
+        assert_ne!(a, b);
+        assert_eq!(a.len(), b.len());
+    }
+}
