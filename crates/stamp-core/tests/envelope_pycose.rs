@@ -35,12 +35,18 @@ fn script() -> PathBuf {
 /// Fails (never skips) when python3 or pycose is missing.
 fn require_pycose() {
     let out = Command::new("python3")
-        .args(["-c", "import pycose, cbor2, cryptography"])
+        .args([
+            "-c",
+            "import pycose, cbor2, cryptography\n\
+             from importlib.metadata import version\n\
+             v = version('cbor2')\n\
+             assert v.startswith('5.'), f'cbor2 {v} is installed; pycose 1.1.0 needs cbor2 5.x'",
+        ])
         .output()
         .unwrap_or_else(|e| panic!("cannot run python3 ({e}): {HELP}"));
     assert!(
         out.status.success(),
-        "python3 cannot import pycose ({}): {HELP}",
+        "python3 cannot use pycose ({}): {HELP}",
         String::from_utf8_lossy(&out.stderr).trim()
     );
 }
