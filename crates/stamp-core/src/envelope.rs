@@ -1367,6 +1367,36 @@ mod tests {
     }
 
     #[test]
+    fn random_corruption_never_panics_or_opens() {
+        let f = fixture(SignatureAlgorithm::Ed25519, KeyAgreementAlgorithm::EcdhP384);
+        // xorshift64: deterministic, so a failure can be replayed.
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for round in 0..3000 {
+            let mut bytes = f.envelope.clone();
+            for _ in 0..1 + next() % 4 {
+                let at = (next() % bytes.len() as u64) as usize;
+                match next() % 4 {
+                    0 => bytes[at] = next() as u8,
+                    1 => bytes[at] ^= 0x80,
+                    2 => {
+                        bytes.remove(at);
+                    }
+                    _ => bytes.insert(at, next() as u8),
+                }
+            }
+            if bytes != f.envelope {
+                assert!(open_all(&f, &bytes).is_err(), "round {round} opened");
+            }
+        }
+    }
+
+    #[test]
     fn truncation_and_trailing_bytes_fail() {
         let f = fixture(SignatureAlgorithm::Ed25519, KeyAgreementAlgorithm::EcdhP256);
         for n in 0..f.envelope.len() {
