@@ -28,9 +28,9 @@ use aws_lc_rs::{aead, agreement, hkdf, key_wrap, signature};
 use ciborium::Value;
 use coset::iana::{self, EnumI64};
 use coset::{
-    AsCborValue, CborSerializable, ContentType, CoseEncrypt, CoseKey, CoseKeyBuilder,
-    CoseRecipient, CoseSign1, EncryptionContext, Header, HeaderBuilder, KeyType, Label,
-    ProtectedHeader, RegisteredLabelWithPrivate, TaggedCborSerializable,
+    AsCborValue, CborSerializable, ContentType, CoseEncrypt, CoseKey, CoseKeyBuilder, CoseRecipient,
+    CoseSign1, EncryptionContext, Header, HeaderBuilder, KeyType, Label, ProtectedHeader,
+    RegisteredLabelWithPrivate, TaggedCborSerializable,
 };
 use zeroize::Zeroizing;
 
@@ -154,9 +154,7 @@ fn sig_alg_of(alg: &coset::Algorithm) -> Option<SignatureAlgorithm> {
         RegisteredLabelWithPrivate::Assigned(iana::Algorithm::ES384) => {
             Some(SignatureAlgorithm::EcdsaP384Sha384)
         }
-        RegisteredLabelWithPrivate::Assigned(iana::Algorithm::EdDSA) => {
-            Some(SignatureAlgorithm::Ed25519)
-        }
+        RegisteredLabelWithPrivate::Assigned(iana::Algorithm::EdDSA) => Some(SignatureAlgorithm::Ed25519),
         _ => None,
     }
 }
@@ -250,9 +248,7 @@ fn seal_inner(
         ));
     }
     if signer_chain_der.is_empty() || signer_chain_der.len() > MAX_CHAIN_LEN {
-        return Err(InvalidInput(
-            "the signer chain must hold 1 to 4 certificates",
-        ));
+        return Err(InvalidInput("the signer chain must hold 1 to 4 certificates"));
     }
     if signer_chain_der
         .iter()
@@ -282,12 +278,7 @@ fn seal_inner(
     let x5chain = if signer_chain_der.len() == 1 {
         Value::Bytes(signer_chain_der[0].clone())
     } else {
-        Value::Array(
-            signer_chain_der
-                .iter()
-                .map(|c| Value::Bytes(c.clone()))
-                .collect(),
-        )
+        Value::Array(signer_chain_der.iter().map(|c| Value::Bytes(c.clone())).collect())
     };
     let protected = HeaderBuilder::new()
         .algorithm(cose_sig_alg(alg))
@@ -313,9 +304,7 @@ fn seal_inner(
     signature::UnparsedPublicKey::new(sig_verification(alg), signer.public_key())
         .verify(&tbs, &sign1.signature)
         .map_err(|_| Crypto("the signer's signature does not verify with its public key"))?;
-    sign1
-        .to_tagged_vec()
-        .map_err(|_| Crypto("CBOR encoding failed"))
+    sign1.to_tagged_vec().map_err(|_| Crypto("CBOR encoding failed"))
 }
 
 /// Builds the tagged `COSE_Encrypt` of `plaintext` for `recipient`.
@@ -363,14 +352,11 @@ fn encrypt_to(
     if wrapped_len != WRAPPED_CEK_LEN {
         return Err(Crypto("AES key wrap returned an unexpected length"));
     }
-    let ephemeral_key = CoseKeyBuilder::new_ec2_pub_key(
-        cose_curve(ka),
-        point[1..1 + n].to_vec(),
-        point[1 + n..].to_vec(),
-    )
-    .build()
-    .to_cbor_value()
-    .map_err(|_| Crypto("CBOR encoding failed"))?;
+    let ephemeral_key =
+        CoseKeyBuilder::new_ec2_pub_key(cose_curve(ka), point[1..1 + n].to_vec(), point[1 + n..].to_vec())
+            .build()
+            .to_cbor_value()
+            .map_err(|_| Crypto("CBOR encoding failed"))?;
     let cose_recipient = CoseRecipient {
         protected: recipient_protected,
         unprotected: HeaderBuilder::new()
@@ -383,18 +369,9 @@ fn encrypt_to(
 
     // Content layer: AES-256-GCM, external_aad = recipient ID (`content_aad`).
     let mut iv = [0u8; IV_LEN];
-    rng.fill(&mut iv)
-        .map_err(|_| Crypto("random generator failed"))?;
-    let protected = protected_with_bytes(
-        HeaderBuilder::new()
-            .algorithm(iana::Algorithm::A256GCM)
-            .build(),
-    )?;
-    let aad = coset::enc_structure_data(
-        EncryptionContext::CoseEncrypt,
-        protected.clone(),
-        content_aad,
-    );
+    rng.fill(&mut iv).map_err(|_| Crypto("random generator failed"))?;
+    let protected = protected_with_bytes(HeaderBuilder::new().algorithm(iana::Algorithm::A256GCM).build())?;
+    let aad = coset::enc_structure_data(EncryptionContext::CoseEncrypt, protected.clone(), content_aad);
     let key = aead_key(cek.as_ref())?;
     let mut ciphertext = plaintext.to_vec();
     key.seal_in_place_append_tag(
@@ -447,10 +424,7 @@ fn protected_with_bytes(header: Header) -> Result<ProtectedHeader, EnvelopeError
 
 /// The serialized COSE_KDF_Context (RFC 9053 section 5.2) for ECDH-ES + A256KW:
 /// `[-5, [nil, nil, nil], [recipient_id, nil, nil], [256, recipient_protected]]`.
-fn kdf_context(
-    recipient_id: &[u8],
-    recipient_protected: &ProtectedHeader,
-) -> Result<Vec<u8>, EnvelopeError> {
+fn kdf_context(recipient_id: &[u8], recipient_protected: &ProtectedHeader) -> Result<Vec<u8>, EnvelopeError> {
     coset::CoseKdfContextBuilder::new()
         .algorithm(iana::Algorithm::A256KW)
         .party_u_info(coset::PartyInfoBuilder::new().build())
@@ -606,8 +580,7 @@ struct ParsedEncrypt {
 /// Reads one tagged CBOR item that must span `bytes` exactly.
 fn read_tagged(bytes: &[u8], trailing: EnvelopeError) -> Result<(u64, Value), EnvelopeError> {
     let mut rest = bytes;
-    let value: Value =
-        ciborium::de::from_reader(&mut rest).map_err(|_| Malformed("not well-formed CBOR"))?;
+    let value: Value = ciborium::de::from_reader(&mut rest).map_err(|_| Malformed("not well-formed CBOR"))?;
     if !rest.is_empty() {
         return Err(trailing);
     }
@@ -636,8 +609,7 @@ pub fn parse(bytes: &[u8], max_len: usize) -> Result<SignedEnvelope, EnvelopeErr
     if tag != TAG_SIGN1 {
         return Err(Malformed("not a COSE_Sign1 (tag 18)"));
     }
-    let sign1 =
-        CoseSign1::from_cbor_value(body).map_err(|_| Malformed("not a valid COSE_Sign1 array"))?;
+    let sign1 = CoseSign1::from_cbor_value(body).map_err(|_| Malformed("not a valid COSE_Sign1 array"))?;
     if !sign1.unprotected.is_empty() {
         return Err(Malformed("the COSE_Sign1 unprotected header must be empty"));
     }
@@ -648,11 +620,7 @@ pub fn parse(bytes: &[u8], max_len: usize) -> Result<SignedEnvelope, EnvelopeErr
     };
     let content_type = match &header.content_type {
         Some(ContentType::Text(t)) if content_type_ok(t) => t.clone(),
-        _ => {
-            return Err(Malformed(
-                "the content type must be a short type/subtype text",
-            ))
-        }
+        _ => return Err(Malformed("the content type must be a short type/subtype text")),
     };
     if !header.crit.is_empty()
         || !header.key_id.is_empty()
@@ -678,9 +646,7 @@ pub fn parse(bytes: &[u8], max_len: usize) -> Result<SignedEnvelope, EnvelopeErr
         .as_deref()
         .ok_or(Malformed("the COSE_Sign1 payload is detached"))?;
     if sign1.signature.len() != sig_len(alg) {
-        return Err(Malformed(
-            "the signature has the wrong length for its algorithm",
-        ));
+        return Err(Malformed("the signature has the wrong length for its algorithm"));
     }
     let encrypted = parse_encrypt(payload)?;
     Ok(SignedEnvelope {
@@ -701,21 +667,13 @@ fn parse_x5chain(value: &Value) -> Result<Vec<Vec<u8>>, EnvelopeError> {
     };
     match value {
         Value::Bytes(_) => Ok(vec![cert(value)?]),
-        Value::Array(a) if !a.is_empty() && a.len() <= MAX_CHAIN_LEN => {
-            a.iter().map(cert).collect()
-        }
-        _ => Err(Malformed(
-            "x5chain must be one certificate or an array of 1 to 4",
-        )),
+        Value::Array(a) if !a.is_empty() && a.len() <= MAX_CHAIN_LEN => a.iter().map(cert).collect(),
+        _ => Err(Malformed("x5chain must be one certificate or an array of 1 to 4")),
     }
 }
 
 /// Checks that a header holds nothing but `alg`, and that `alg` is `want`.
-fn alg_only(
-    header: &Header,
-    want: iana::Algorithm,
-    what: &'static str,
-) -> Result<(), EnvelopeError> {
+fn alg_only(header: &Header, want: iana::Algorithm, what: &'static str) -> Result<(), EnvelopeError> {
     let only_alg = Header {
         alg: header.alg.clone(),
         ..Header::default()
@@ -736,15 +694,11 @@ fn alg_only(
 }
 
 fn parse_encrypt(payload: &[u8]) -> Result<ParsedEncrypt, EnvelopeError> {
-    let (tag, body) = read_tagged(
-        payload,
-        Malformed("bytes follow the COSE_Encrypt in the payload"),
-    )?;
+    let (tag, body) = read_tagged(payload, Malformed("bytes follow the COSE_Encrypt in the payload"))?;
     if tag != TAG_ENCRYPT {
         return Err(Malformed("the payload is not a COSE_Encrypt (tag 96)"));
     }
-    let enc = CoseEncrypt::from_cbor_value(body)
-        .map_err(|_| Malformed("not a valid COSE_Encrypt array"))?;
+    let enc = CoseEncrypt::from_cbor_value(body).map_err(|_| Malformed("not a valid COSE_Encrypt array"))?;
 
     alg_only(
         &enc.protected.header,
@@ -785,11 +739,7 @@ fn parse_encrypt(payload: &[u8]) -> Result<ParsedEncrypt, EnvelopeError> {
     }
     let ephemeral = match u.rest.as_slice() {
         [(Label::Int(LABEL_EPHEMERAL_KEY), v)] => v.clone(),
-        _ => {
-            return Err(Malformed(
-                "the recipient must carry exactly one ephemeral key",
-            ))
-        }
+        _ => return Err(Malformed("the recipient must carry exactly one ephemeral key")),
     };
     let only_kid_and_key = HeaderBuilder::new()
         .key_id(u.key_id.clone())
@@ -820,8 +770,8 @@ fn parse_encrypt(payload: &[u8]) -> Result<ParsedEncrypt, EnvelopeError> {
 /// Reads the ephemeral `COSE_Key`: exactly kty EC2, crv P-256 or P-384, x and y of the field size
 /// (no compressed points, no other parameters), on the curve. Returns the uncompressed point.
 fn parse_ephemeral_key(value: Value) -> Result<(KeyAgreementAlgorithm, Vec<u8>), EnvelopeError> {
-    let key = CoseKey::from_cbor_value(value)
-        .map_err(|_| Malformed("the ephemeral key is not a COSE_Key"))?;
+    let key =
+        CoseKey::from_cbor_value(value).map_err(|_| Malformed("the ephemeral key is not a COSE_Key"))?;
     if key.kty != KeyType::Assigned(iana::KeyType::EC2)
         || !key.key_id.is_empty()
         || key.alg.is_some()
@@ -837,28 +787,19 @@ fn parse_ephemeral_key(value: Value) -> Result<(KeyAgreementAlgorithm, Vec<u8>),
             .map(|(_, v)| v)
     };
     if key.params.len() != 3 {
-        return Err(Malformed(
-            "the ephemeral key must have exactly crv, x and y",
-        ));
+        return Err(Malformed("the ephemeral key must have exactly crv, x and y"));
     }
     let alg = match param(iana::Ec2KeyParameter::Crv) {
-        Some(Value::Integer(i))
-            if i64::try_from(*i).ok() == Some(iana::EllipticCurve::P_256.to_i64()) =>
-        {
+        Some(Value::Integer(i)) if i64::try_from(*i).ok() == Some(iana::EllipticCurve::P_256.to_i64()) => {
             KeyAgreementAlgorithm::EcdhP256
         }
-        Some(Value::Integer(i))
-            if i64::try_from(*i).ok() == Some(iana::EllipticCurve::P_384.to_i64()) =>
-        {
+        Some(Value::Integer(i)) if i64::try_from(*i).ok() == Some(iana::EllipticCurve::P_384.to_i64()) => {
             KeyAgreementAlgorithm::EcdhP384
         }
         _ => return Err(EnvelopeError::UnsupportedAlgorithm("ephemeral key curve")),
     };
     let n = field_len(alg);
-    let (x, y) = match (
-        param(iana::Ec2KeyParameter::X),
-        param(iana::Ec2KeyParameter::Y),
-    ) {
+    let (x, y) = match (param(iana::Ec2KeyParameter::X), param(iana::Ec2KeyParameter::Y)) {
         (Some(Value::Bytes(x)), Some(Value::Bytes(y))) if x.len() == n && y.len() == n => (x, y),
         _ => {
             return Err(Malformed(
@@ -870,11 +811,8 @@ fn parse_ephemeral_key(value: Value) -> Result<(KeyAgreementAlgorithm, Vec<u8>),
     point.push(0x04);
     point.extend_from_slice(x);
     point.extend_from_slice(y);
-    agreement::ParsedPublicKey::try_from(agreement::UnparsedPublicKey::new(
-        lc_agreement(alg),
-        &point,
-    ))
-    .map_err(|_| Malformed("the ephemeral key is not a point on its curve"))?;
+    agreement::ParsedPublicKey::try_from(agreement::UnparsedPublicKey::new(lc_agreement(alg), &point))
+        .map_err(|_| Malformed("the ephemeral key is not a point on its curve"))?;
     Ok((alg, point))
 }
 
@@ -969,14 +907,10 @@ impl VerifiedEnvelope {
         if recipient.algorithm() != e.ephemeral_alg {
             return Err(EnvelopeError::NotAddressedToUs);
         }
-        let shared = recipient
-            .agree(&e.ephemeral_point)
-            .map_err(|err| match err {
-                KeyError::BadPeerKey(_) => {
-                    Malformed("the ephemeral key is not a point on its curve")
-                }
-                other => EnvelopeError::Key(other),
-            })?;
+        let shared = recipient.agree(&e.ephemeral_point).map_err(|err| match err {
+            KeyError::BadPeerKey(_) => Malformed("the ephemeral key is not a point on its curve"),
+            other => EnvelopeError::Key(other),
+        })?;
         let kek = derive_kek(&shared, recipient_id, &e.recipient_protected)?;
         let kw = key_wrap::KeyEncryptionKey::new(&key_wrap::AES_256, kek.as_ref())
             .map_err(|_| Crypto("key-encryption key"))?;
@@ -987,8 +921,7 @@ impl VerifiedEnvelope {
         if cek_len != CEK_LEN {
             return Err(EnvelopeError::NotAddressedToUs);
         }
-        let aad =
-            coset::enc_structure_data(EncryptionContext::CoseEncrypt, e.protected, recipient_id);
+        let aad = coset::enc_structure_data(EncryptionContext::CoseEncrypt, e.protected, recipient_id);
         let key = aead_key(cek.as_ref())?;
         let mut buf = Zeroizing::new(e.ciphertext);
         let plain_len = key
@@ -1005,7 +938,6 @@ impl VerifiedEnvelope {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
     use crate::profile::{self_signed_root, Serial, Validity};
@@ -1036,9 +968,7 @@ mod tests {
                 SignatureAlgorithm::EcdsaP384Sha384 => TestKey::Ecdsa(
                     EcdsaKeyPair::generate(&signature::ECDSA_P384_SHA384_ASN1_SIGNING).unwrap(),
                 ),
-                SignatureAlgorithm::Ed25519 => {
-                    TestKey::Ed25519(Ed25519KeyPair::generate().unwrap())
-                }
+                SignatureAlgorithm::Ed25519 => TestKey::Ed25519(Ed25519KeyPair::generate().unwrap()),
             };
             let public = match &key {
                 TestKey::Ecdsa(k) => k.public_key().as_ref().to_vec(),
@@ -1053,9 +983,7 @@ mod tests {
                 time::macros::datetime!(2026-01-01 0:00 UTC),
                 time::Duration::days(365),
             );
-            vec![
-                self_signed_root(self, "Test OEM", validity, Serial::from_random([7; 16])).unwrap(),
-            ]
+            vec![self_signed_root(self, "Test OEM", validity, Serial::from_random([7; 16])).unwrap()]
         }
     }
 
@@ -1068,11 +996,7 @@ mod tests {
         }
         fn sign(&self, message: &[u8]) -> Result<Vec<u8>, KeyError> {
             match &self.key {
-                TestKey::Ecdsa(k) => Ok(k
-                    .sign(&SystemRandom::new(), message)
-                    .unwrap()
-                    .as_ref()
-                    .to_vec()),
+                TestKey::Ecdsa(k) => Ok(k.sign(&SystemRandom::new(), message).unwrap().as_ref().to_vec()),
                 TestKey::Ed25519(k) => Ok(k.sign(message).as_ref().to_vec()),
             }
         }
@@ -1114,12 +1038,9 @@ mod tests {
         }
         fn agree(&self, peer: &[u8]) -> Result<crate::key::SharedSecret, KeyError> {
             let peer = agreement::UnparsedPublicKey::new(lc_agreement(self.alg), peer);
-            agreement::agree(
-                &self.key,
-                peer,
-                KeyError::BadPeerKey(self.alg.name()),
-                |s| Ok(Zeroizing::new(s.to_vec())),
-            )
+            agreement::agree(&self.key, peer, KeyError::BadPeerKey(self.alg.name()), |s| {
+                Ok(Zeroizing::new(s.to_vec()))
+            })
         }
         fn key_ref(&self) -> &str {
             "test-ka"
@@ -1170,10 +1091,8 @@ mod tests {
         SignatureAlgorithm::EcdsaP384Sha384,
         SignatureAlgorithm::Ed25519,
     ];
-    const KAS: [KeyAgreementAlgorithm; 2] = [
-        KeyAgreementAlgorithm::EcdhP256,
-        KeyAgreementAlgorithm::EcdhP384,
-    ];
+    const KAS: [KeyAgreementAlgorithm; 2] =
+        [KeyAgreementAlgorithm::EcdhP256, KeyAgreementAlgorithm::EcdhP384];
 
     #[test]
     fn round_trips_every_algorithm_pair() {
@@ -1206,16 +1125,7 @@ mod tests {
         }
         for plain in [&b""[..], &[0x5a; 1000][..], &vec![1u8; 200_000][..]] {
             for n in 1..=MAX_CHAIN_LEN {
-                let env = seal(
-                    CT,
-                    plain,
-                    &signer,
-                    &chain[..n],
-                    &ka.recipient(SITE),
-                    b"x",
-                    &rng,
-                )
-                .unwrap();
+                let env = seal(CT, plain, &signer, &chain[..n], &ka.recipient(SITE), b"x", &rng).unwrap();
                 let parsed = parse(&env, MAX).unwrap();
                 assert_eq!(parsed.chain(), &chain[..n]);
                 let out = parsed
@@ -1283,12 +1193,7 @@ mod tests {
         let labels: Vec<_> = k.iter().map(|(l, _)| l.clone()).collect();
         assert_eq!(
             labels,
-            [
-                Value::from(1),
-                Value::from(-1),
-                Value::from(-2),
-                Value::from(-3)
-            ]
+            [Value::from(1), Value::from(-1), Value::from(-2), Value::from(-3)]
         );
         assert_eq!(k[0].1, Value::from(2));
         assert_eq!(k[1].1, Value::from(1));
@@ -1346,10 +1251,7 @@ mod tests {
 
     #[test]
     fn every_bit_flip_fails_without_panicking() {
-        for sig in [
-            SignatureAlgorithm::Ed25519,
-            SignatureAlgorithm::EcdsaP256Sha256,
-        ] {
+        for sig in [SignatureAlgorithm::Ed25519, SignatureAlgorithm::EcdsaP256Sha256] {
             let f = fixture(sig, KeyAgreementAlgorithm::EcdhP256);
             assert_eq!(open_all(&f, &f.envelope).unwrap().as_slice(), PLAIN);
             let mut bytes = f.envelope.clone();
@@ -1407,15 +1309,9 @@ mod tests {
         }
         let mut longer = f.envelope.clone();
         longer.push(0);
-        assert!(matches!(
-            parse(&longer, MAX),
-            Err(EnvelopeError::TrailingBytes)
-        ));
+        assert!(matches!(parse(&longer, MAX), Err(EnvelopeError::TrailingBytes)));
         longer.extend_from_slice(&f.envelope);
-        assert!(matches!(
-            parse(&longer, MAX),
-            Err(EnvelopeError::TrailingBytes)
-        ));
+        assert!(matches!(parse(&longer, MAX), Err(EnvelopeError::TrailingBytes)));
         assert!(matches!(
             parse(&f.envelope, f.envelope.len() - 1),
             Err(EnvelopeError::TooLarge { .. })
@@ -1429,24 +1325,15 @@ mod tests {
         let bytes = [
             0xd2, 0x84, 0x5b, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x00,
         ];
-        assert!(matches!(
-            parse(&bytes, MAX),
-            Err(EnvelopeError::Malformed(_))
-        ));
+        assert!(matches!(parse(&bytes, MAX), Err(EnvelopeError::Malformed(_))));
         // An array claiming 2^32 elements.
         let bytes = [0xd2, 0x9a, 0xff, 0xff, 0xff, 0xff, 0x00];
-        assert!(matches!(
-            parse(&bytes, MAX),
-            Err(EnvelopeError::Malformed(_))
-        ));
+        assert!(matches!(parse(&bytes, MAX), Err(EnvelopeError::Malformed(_))));
         // Deep nesting.
         let mut deep = vec![0xd2];
         deep.extend(std::iter::repeat_n(0x81, 10_000));
         deep.push(0x00);
-        assert!(matches!(
-            parse(&deep, MAX),
-            Err(EnvelopeError::Malformed(_))
-        ));
+        assert!(matches!(parse(&deep, MAX), Err(EnvelopeError::Malformed(_))));
     }
 
     #[test]
@@ -1510,10 +1397,7 @@ mod tests {
             .unwrap()
             .verify(signer.alg, &signer.public, b"")
             .unwrap();
-        assert!(matches!(
-            v.open(&ka, SITE),
-            Err(EnvelopeError::DecryptFailed)
-        ));
+        assert!(matches!(v.open(&ka, SITE), Err(EnvelopeError::DecryptFailed)));
     }
 
     #[test]
@@ -1555,15 +1439,10 @@ mod tests {
             .unwrap()
             .verify(other.alg, &other.public, b"");
         assert!(matches!(r, Err(EnvelopeError::SignerNotChainLeaf)));
-        let r = parse(&f.envelope, MAX).unwrap().verify(
-            SignatureAlgorithm::Ed25519,
-            &f.signer.public,
-            b"",
-        );
-        assert!(matches!(
-            r,
-            Err(EnvelopeError::SignerAlgorithmMismatch { .. })
-        ));
+        let r = parse(&f.envelope, MAX)
+            .unwrap()
+            .verify(SignatureAlgorithm::Ed25519, &f.signer.public, b"");
+        assert!(matches!(r, Err(EnvelopeError::SignerAlgorithmMismatch { .. })));
         // A chain whose leaf is another key than the one that signed.
         let mut sign1 = coset_sign1(&f.envelope);
         let bad_chain = Value::Bytes(other.chain().remove(0));
@@ -1576,9 +1455,7 @@ mod tests {
                 .build(),
         };
         let bytes = sign1.to_tagged_vec().unwrap();
-        let r = parse(&bytes, MAX)
-            .unwrap()
-            .verify(other.alg, &other.public, b"");
+        let r = parse(&bytes, MAX).unwrap().verify(other.alg, &other.public, b"");
         assert!(matches!(r, Err(EnvelopeError::BadSignature)));
     }
 
@@ -1643,44 +1520,22 @@ mod tests {
         };
         // Signature algorithm: another ECDSA identifier, and one outside the registry.
         unsupported(
-            &mutate(
-                &f,
-                |s| set_alg(&mut s.protected, iana::Algorithm::ESP256),
-                |_| {},
-            ),
+            &mutate(&f, |s| set_alg(&mut s.protected, iana::Algorithm::ESP256), |_| {}),
             "signature",
         );
         unsupported(
-            &mutate(
-                &f,
-                |s| set_alg(&mut s.protected, iana::Algorithm::PS256),
-                |_| {},
-            ),
+            &mutate(&f, |s| set_alg(&mut s.protected, iana::Algorithm::PS256), |_| {}),
             "signature",
         );
         // EdDSA with an ECDSA signature of the same length parses, but does not verify as P-256.
-        let eddsa = mutate(
-            &f,
-            |s| set_alg(&mut s.protected, iana::Algorithm::EdDSA),
-            |_| {},
-        );
+        let eddsa = mutate(&f, |s| set_alg(&mut s.protected, iana::Algorithm::EdDSA), |_| {});
         let r = parse(&eddsa, MAX)
             .unwrap()
             .verify(f.signer.alg, &f.signer.public, b"");
-        assert!(matches!(
-            r,
-            Err(EnvelopeError::SignerAlgorithmMismatch { .. })
-        ));
+        assert!(matches!(r, Err(EnvelopeError::SignerAlgorithmMismatch { .. })));
         // ES384 with a 64-byte signature.
-        let es384 = mutate(
-            &f,
-            |s| set_alg(&mut s.protected, iana::Algorithm::ES384),
-            |_| {},
-        );
-        assert!(matches!(
-            parse(&es384, MAX),
-            Err(EnvelopeError::Malformed(_))
-        ));
+        let es384 = mutate(&f, |s| set_alg(&mut s.protected, iana::Algorithm::ES384), |_| {});
+        assert!(matches!(parse(&es384, MAX), Err(EnvelopeError::Malformed(_))));
         // Content encryption.
         unsupported(
             &mutate(
@@ -1695,12 +1550,7 @@ mod tests {
             &mutate(
                 &f,
                 |_| {},
-                |e| {
-                    set_alg(
-                        &mut e.recipients[0].protected,
-                        iana::Algorithm::ECDH_ES_A128KW,
-                    )
-                },
+                |e| set_alg(&mut e.recipients[0].protected, iana::Algorithm::ECDH_ES_A128KW),
             ),
             "key agreement",
         );
@@ -1708,12 +1558,7 @@ mod tests {
             &mutate(
                 &f,
                 |_| {},
-                |e| {
-                    set_alg(
-                        &mut e.recipients[0].protected,
-                        iana::Algorithm::ECDH_ES_HKDF_256,
-                    )
-                },
+                |e| set_alg(&mut e.recipients[0].protected, iana::Algorithm::ECDH_ES_HKDF_256),
             ),
             "key agreement",
         );
@@ -1820,20 +1665,14 @@ mod tests {
         malformed(&mutate(&f, |s| s.payload = Some(longer), |_| {}));
         // Structure changes inside, each re-signed.
         malformed(&mutate(&f, |s| s.protected.header.rest.clear(), |_| {})); // no x5chain
-        malformed(&mutate(
-            &f,
-            |s| s.protected.header.content_type = None,
-            |_| {},
-        ));
+        malformed(&mutate(&f, |s| s.protected.header.content_type = None, |_| {}));
         malformed(&mutate(
             &f,
             |s| {
                 s.protected
                     .header
                     .crit
-                    .push(RegisteredLabelWithPrivate::Assigned(
-                        iana::HeaderParameter::Alg,
-                    ))
+                    .push(RegisteredLabelWithPrivate::Assigned(iana::HeaderParameter::Alg))
             },
             |_| {},
         ));
@@ -1842,11 +1681,7 @@ mod tests {
             |s| s.protected.header.rest.push((Label::Int(99), Value::Null)),
             |_| {},
         ));
-        malformed(&mutate(
-            &f,
-            |s| s.unprotected.key_id = b"k".to_vec(),
-            |_| {},
-        ));
+        malformed(&mutate(&f, |s| s.unprotected.key_id = b"k".to_vec(), |_| {}));
         malformed(&mutate(&f, |_| {}, |e| e.unprotected.iv = vec![0; 16]));
         malformed(&mutate(&f, |_| {}, |e| e.ciphertext = None));
         malformed(&mutate(&f, |_| {}, |e| e.ciphertext = Some(vec![0; 15])));
@@ -1870,11 +1705,7 @@ mod tests {
             |_| {},
             |e| e.recipients[0].ciphertext = Some(vec![0; 48]),
         ));
-        malformed(&mutate(
-            &f,
-            |_| {},
-            |e| e.recipients[0].unprotected.rest.clear(),
-        ));
+        malformed(&mutate(&f, |_| {}, |e| e.recipients[0].unprotected.rest.clear()));
         malformed(&mutate(
             &f,
             |_| {},
@@ -1922,30 +1753,18 @@ mod tests {
         };
         // Off the curve.
         refused(with_key(&|k| {
-            let x = k
-                .params
-                .iter_mut()
-                .find(|(l, _)| *l == Label::Int(-2))
-                .unwrap();
+            let x = k.params.iter_mut().find(|(l, _)| *l == Label::Int(-2)).unwrap();
             if let Value::Bytes(b) = &mut x.1 {
                 b[31] ^= 1;
             }
         }));
         // Compressed y, wrong curve, extra parameter, key with an alg, OKP key type.
         refused(with_key(&|k| {
-            let y = k
-                .params
-                .iter_mut()
-                .find(|(l, _)| *l == Label::Int(-3))
-                .unwrap();
+            let y = k.params.iter_mut().find(|(l, _)| *l == Label::Int(-3)).unwrap();
             y.1 = Value::Bool(true);
         }));
         refused(with_key(&|k| {
-            let crv = k
-                .params
-                .iter_mut()
-                .find(|(l, _)| *l == Label::Int(-1))
-                .unwrap();
+            let crv = k.params.iter_mut().find(|(l, _)| *l == Label::Int(-1)).unwrap();
             crv.1 = Value::from(2);
         }));
         refused(with_key(&|k| {
@@ -1965,10 +1784,7 @@ mod tests {
         let rng = SystemRandom::new();
         let r = ka.recipient(SITE);
         let invalid = |res: Result<Vec<u8>, EnvelopeError>| {
-            assert!(
-                matches!(res, Err(EnvelopeError::InvalidInput(_))),
-                "{res:?}"
-            );
+            assert!(matches!(res, Err(EnvelopeError::InvalidInput(_))), "{res:?}");
         };
         for ct in [
             "",

@@ -120,13 +120,7 @@ impl TestSigner {
             time::macros::datetime!(2026-01-01 0:00 UTC),
             time::Duration::days(365),
         );
-        self_signed_root(
-            self,
-            "Test OEM",
-            validity,
-            Serial::from_random([serial; 16]),
-        )
-        .unwrap()
+        self_signed_root(self, "Test OEM", validity, Serial::from_random([serial; 16])).unwrap()
     }
 
     fn cose_name(&self) -> &'static str {
@@ -147,11 +141,7 @@ impl Signer for TestSigner {
     }
     fn sign(&self, message: &[u8]) -> Result<Vec<u8>, KeyError> {
         match &self.key {
-            TestKey::Ecdsa(k) => Ok(k
-                .sign(&SystemRandom::new(), message)
-                .unwrap()
-                .as_ref()
-                .to_vec()),
+            TestKey::Ecdsa(k) => Ok(k.sign(&SystemRandom::new(), message).unwrap().as_ref().to_vec()),
             TestKey::Ed25519(k) => Ok(k.sign(message).as_ref().to_vec()),
         }
     }
@@ -211,10 +201,7 @@ const SIGS: [SignatureAlgorithm; 3] = [
     SignatureAlgorithm::EcdsaP384Sha384,
     SignatureAlgorithm::Ed25519,
 ];
-const KAS: [KeyAgreementAlgorithm; 2] = [
-    KeyAgreementAlgorithm::EcdhP256,
-    KeyAgreementAlgorithm::EcdhP384,
-];
+const KAS: [KeyAgreementAlgorithm; 2] = [KeyAgreementAlgorithm::EcdhP256, KeyAgreementAlgorithm::EcdhP384];
 
 /// A plaintext with every byte value, so text/binary mix-ups show.
 fn plaintext(n: usize) -> Vec<u8> {
@@ -283,10 +270,7 @@ fn pycose_opens_what_stamp_seals() {
             "pycose refused stamp's envelope ({case}): {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        assert_eq!(
-            out.stdout, plain,
-            "pycose decrypted something else ({case})"
-        );
+        assert_eq!(out.stdout, plain, "pycose decrypted something else ({case})");
 
         // pycose, too, refuses the envelope for another recipient ID or another external_aad.
         let out = open(b"shenzhen-2", aad);
@@ -377,9 +361,6 @@ fn stamp_opens_what_pycose_seals() {
             .verify(sig, &signer.public, aad)
             .unwrap()
             .open(&recipient, b"shenzhen-2");
-        assert!(
-            matches!(wrong_id, Err(EnvelopeError::NotAddressedToUs)),
-            "{case}"
-        );
+        assert!(matches!(wrong_id, Err(EnvelopeError::NotAddressedToUs)), "{case}");
     }
 }
