@@ -3,6 +3,7 @@
 //! State lives in an HQ directory: `stamp-hq.db` (SQLite), `keys/` (the key store) and `certs/`
 //! and `sites/<id>/` (PEM copies of every certificate, for people and other tools).
 
+pub mod entitle;
 mod store;
 
 use std::fs;
@@ -62,6 +63,27 @@ pub enum HqError {
         /// The operator's.
         expected: String,
     },
+    /// The site is not enrolled.
+    #[error("site {0} is not enrolled at this HQ; enroll it first with `stamp hq enroll-site`")]
+    UnknownSite(SiteId),
+    /// No such entitlement.
+    #[error("no entitlement {0} at this HQ (see `stamp hq entitlements`)")]
+    UnknownEntitlement(String),
+    /// The serial number space is used up.
+    #[error("cannot allocate that many device serials")]
+    SerialsExhausted,
+    /// An entitlement breaks a rule.
+    #[error(transparent)]
+    Entitlement(#[from] stamp_core::entitlement::EntitlementError),
+    /// Sealing failed.
+    #[error("sealing the package failed: {0}")]
+    Envelope(#[from] stamp_core::envelope::EnvelopeError),
+    /// A database query failed.
+    #[error("HQ database: {0}")]
+    Sql(#[from] stamp_store::rusqlite::Error),
+    /// Stored JSON could not be read or written.
+    #[error("HQ database holds malformed data: {0}")]
+    Json(#[from] serde_json::Error),
     /// The system random generator failed.
     #[error("the system random number generator failed")]
     Random,

@@ -13,9 +13,10 @@ use time::OffsetDateTime;
 
 use crate::HqError;
 
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    sql: "
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        sql: "
         CREATE TABLE hq (
             id INTEGER PRIMARY KEY CHECK (id = 1),
             org TEXT NOT NULL,
@@ -44,14 +45,48 @@ const MIGRATIONS: &[Migration] = &[Migration {
             enrolled_at TEXT NOT NULL
         );
     ",
-}];
+    },
+    Migration {
+        version: 2,
+        sql: "
+        -- HQ's view of every grant, amendments applied (GrantState as JSON).
+        CREATE TABLE entitlements (
+            entitlement_id TEXT PRIMARY KEY,
+            site_id TEXT NOT NULL REFERENCES sites (site_id),
+            state_json TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL
+        );
+        -- Every sealed package sent to a site, by per-site sequence.
+        CREATE TABLE packages (
+            site_id TEXT NOT NULL REFERENCES sites (site_id),
+            sequence INTEGER NOT NULL,
+            entitlement_id TEXT NOT NULL,
+            action TEXT NOT NULL CHECK (action IN ('grant', 'amend')),
+            payload_cbor BLOB NOT NULL,
+            sealed BLOB NOT NULL,
+            created_at TEXT NOT NULL,
+            PRIMARY KEY (site_id, sequence)
+        );
+        -- Device serial ranges, across all sites; never overlapping.
+        CREATE TABLE serial_allocations (
+            first INTEGER NOT NULL UNIQUE,
+            last INTEGER NOT NULL,
+            entitlement_id TEXT NOT NULL,
+            site_id TEXT NOT NULL,
+            sequence INTEGER NOT NULL,
+            CHECK (last >= first)
+        );
+    ",
+    },
+];
 
 /// The HQ database.
 pub struct HqStore {
     db: Database,
 }
 
-fn ts(t: OffsetDateTime) -> String {
+pub(crate) fn ts(t: OffsetDateTime) -> String {
     t.format(&Rfc3339).unwrap_or_default()
 }
 
@@ -85,6 +120,29 @@ impl HqStore {
         Ok(HqStore {
             db: Database::open(path, MIGRATIONS)?,
         })
+    }
+
+    /// The connection, for queries of the role's modules.
+    pub(crate) fn conn(&self) -> &stamp_store::rusqlite::Connection {
+        self.db.conn()
+    }
+
+    /// The database, for transactions of the role's modules.
+    pub(crate) fn db_mut(&mut self) -> &mut Database {
+        &mut self.db
+    }
+
+    /// A certificate HQ issued to a site, by profile.
+    pub fn site_certificate(&self, site: &SiteId, profile: Profile) -> Result<Vec<u8>, HqError> {
+        Ok(self
+            .db
+            .conn()
+            .query_row(
+                "SELECT der FROM certificates WHERE site_id = ?1 AND profile = ?2 ORDER BY rowid DESC LIMIT 1",
+                params![site.as_str(), profile.name()],
+                |r| r.get(0),
+            )
+            .map_err(|e| self.db.err(e))?)
     }
 
     /// The OEM's name.

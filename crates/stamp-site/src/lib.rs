@@ -3,6 +3,7 @@
 //! State lives in a site directory: `stamp-site.db` (SQLite), `keys/` (the key store),
 //! `request.json` (a copy of the enrollment request) and, once installed, `certs/`.
 
+pub mod entitlements;
 mod store;
 
 use std::fs;
@@ -45,6 +46,15 @@ pub enum SiteError {
     /// Credentials were installed before.
     #[error("site {0} already has credentials installed")]
     AlreadyInstalled(SiteId),
+    /// An entitlement package was refused.
+    #[error(transparent)]
+    Import(#[from] entitlements::ImportError),
+    /// A database query failed.
+    #[error("site database: {0}")]
+    Sql(#[from] stamp_store::rusqlite::Error),
+    /// Stored JSON could not be read or written.
+    #[error("site database holds malformed data: {0}")]
+    Json(#[from] serde_json::Error),
     /// A file operation failed.
     #[error("{path}: {source}")]
     Io {
@@ -53,6 +63,14 @@ pub enum SiteError {
         /// The cause.
         source: std::io::Error,
     },
+}
+
+pub(crate) fn sql(e: stamp_store::rusqlite::Error) -> SiteError {
+    SiteError::Sql(e)
+}
+
+pub(crate) fn json(e: serde_json::Error) -> SiteError {
+    SiteError::Json(e)
 }
 
 /// The site's three keys, by profile.

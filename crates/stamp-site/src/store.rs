@@ -10,9 +10,10 @@ use stamp_store::{Database, Migration, StoreError};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    sql: "
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        sql: "
         CREATE TABLE site (
             id INTEGER PRIMARY KEY CHECK (id = 1),
             site_id TEXT NOT NULL,
@@ -31,9 +32,32 @@ const MIGRATIONS: &[Migration] = &[Migration {
             der BLOB NOT NULL
         );
     ",
-}];
+    },
+    Migration {
+        version: 2,
+        sql: "
+        -- Every entitlement package applied, by sequence (the primary key refuses a replay).
+        CREATE TABLE packages (
+            sequence INTEGER PRIMARY KEY,
+            entitlement_id TEXT NOT NULL,
+            action TEXT NOT NULL CHECK (action IN ('grant', 'amend')),
+            sha256 BLOB NOT NULL,
+            sealed BLOB NOT NULL,
+            applied_at TEXT NOT NULL
+        );
+        -- Each grant with amendments applied (GrantState as JSON) and devices issued under it.
+        CREATE TABLE entitlements (
+            entitlement_id TEXT PRIMARY KEY,
+            state_json TEXT NOT NULL,
+            issued INTEGER NOT NULL DEFAULT 0,
+            applied_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL
+        );
+    ",
+    },
+];
 
-fn ts(t: OffsetDateTime) -> String {
+pub(crate) fn ts(t: OffsetDateTime) -> String {
     t.format(&Rfc3339).unwrap_or_default()
 }
 
@@ -65,6 +89,16 @@ impl SiteStore {
         Ok(SiteStore {
             db: Database::open(path, MIGRATIONS)?,
         })
+    }
+
+    /// The connection, for queries of the role's modules.
+    pub(crate) fn conn(&self) -> &stamp_store::rusqlite::Connection {
+        self.db.conn()
+    }
+
+    /// The database, for transactions of the role's modules.
+    pub(crate) fn db_mut(&mut self) -> &mut Database {
+        &mut self.db
     }
 
     /// The site's ID.

@@ -147,6 +147,26 @@ impl Database {
         Ok(value)
     }
 
+    /// Runs `f` in an immediate (write-locked) transaction and commits it if `f` succeeds; on any
+    /// error nothing `f` did is kept. For work that mixes queries with other fallible steps.
+    pub fn transaction<T, E: From<StoreError>>(
+        &mut self,
+        f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let path = self.path.clone();
+        let sql = |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(sql)?;
+        let value = f(&tx)?;
+        tx.commit().map_err(sql)?;
+        Ok(value)
+    }
+
     /// Maps a SQLite error to a [`StoreError`] naming this database.
     pub fn err(&self, source: rusqlite::Error) -> StoreError {
         StoreError::Sqlite {

@@ -1,11 +1,17 @@
 //! One module per subcommand.
 
+pub mod args;
 pub mod demo;
+pub mod hq_amend;
 pub mod hq_enroll_site;
+pub mod hq_entitle;
+pub mod hq_entitlements;
 pub mod hq_init;
 pub mod hq_sites;
+pub mod site_import;
 pub mod site_init;
 pub mod site_install;
+pub mod site_status;
 
 use std::io::Read;
 use std::path::Path;
@@ -25,6 +31,12 @@ pub enum HqCommand {
     EnrollSite(hq_enroll_site::Args),
     /// List enrolled sites.
     Sites(hq_sites::Args),
+    /// Grant a site a production run (quota, rates, window, serials), sealed to the site.
+    Entitle(Box<hq_entitle::Args>),
+    /// Top up, move, suspend, resume or revoke an entitlement (a new sealed package).
+    Amend(hq_amend::Args),
+    /// List entitlements.
+    Entitlements(hq_entitlements::Args),
 }
 
 /// `stamp site ...`
@@ -34,6 +46,10 @@ pub enum SiteCommand {
     Init(site_init::Args),
     /// Verify the credentials HQ returned and install them.
     Install(site_install::Args),
+    /// Verify a sealed entitlement package from HQ and apply it.
+    Import(site_import::Args),
+    /// Show entitlements with quota used and remaining, rates and windows.
+    Status(site_status::Args),
 }
 
 /// Runs an HQ command.
@@ -42,6 +58,9 @@ pub fn run_hq(cmd: HqCommand, g: &Globals) -> anyhow::Result<()> {
         HqCommand::Init(a) => hq_init::run(a, g),
         HqCommand::EnrollSite(a) => hq_enroll_site::run(a, g),
         HqCommand::Sites(a) => hq_sites::run(a, g),
+        HqCommand::Entitle(a) => hq_entitle::run(*a, g),
+        HqCommand::Amend(a) => hq_amend::run(a, g),
+        HqCommand::Entitlements(a) => hq_entitlements::run(a, g),
     }
 }
 
@@ -50,6 +69,8 @@ pub fn run_site(cmd: SiteCommand, g: &Globals) -> anyhow::Result<()> {
     match cmd {
         SiteCommand::Init(a) => site_init::run(a, g),
         SiteCommand::Install(a) => site_install::run(a, g),
+        SiteCommand::Import(a) => site_import::run(a, g),
+        SiteCommand::Status(a) => site_status::run(a, g),
     }
 }
 

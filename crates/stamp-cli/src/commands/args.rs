@@ -1,0 +1,95 @@
+//! Value parsers shared by several subcommands.
+
+use stamp_core::entitlement::{DeviceKeyType, RatePeriod};
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+/// Parses `N/minute`, `N/hour` or `N/day`.
+pub fn parse_rate(s: &str) -> Result<(RatePeriod, u64), String> {
+    let (n, period) = s.split_once('/').ok_or("expected N/minute, N/hour or N/day")?;
+    let n: u64 = n
+        .trim()
+        .parse()
+        .map_err(|_| format!("{n:?} is not a whole number"))?;
+    if n == 0 {
+        return Err("a rate limit must allow at least 1 device".into());
+    }
+    let period = match period.trim() {
+        "minute" | "min" | "m" => RatePeriod::Minute,
+        "hour" | "h" => RatePeriod::Hour,
+        "day" | "d" => RatePeriod::Day,
+        other => return Err(format!("unknown period {other:?}: use minute, hour or day")),
+    };
+    Ok((period, n))
+}
+
+/// Parses an RFC 3339 time (`2026-12-01T08:00:00Z`) or a date (`2026-12-01`, midnight UTC).
+pub fn parse_time(s: &str) -> Result<OffsetDateTime, String> {
+    if let Ok(t) = OffsetDateTime::parse(s, &Rfc3339) {
+        return Ok(t);
+    }
+    let fmt = time::macros::format_description!("[year]-[month]-[day]");
+    time::Date::parse(s, &fmt)
+        .map(|d| d.midnight().assume_utc())
+        .map_err(|_| {
+            format!("{s:?} is not a time: use RFC 3339 (2026-12-01T08:00:00Z) or a date (2026-12-01)")
+        })
+}
+
+/// Parses `KEY=VALUE`.
+pub fn parse_key_value(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s.split_once('=').ok_or("expected KEY=VALUE")?;
+    if k.is_empty() {
+        return Err("empty key".into());
+    }
+    Ok((k.to_owned(), v.to_owned()))
+}
+
+/// Device key types on the command line.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum KeyTypeArg {
+    /// ECDSA P-256.
+    P256,
+    /// ECDSA P-384.
+    P384,
+    /// Ed25519.
+    Ed25519,
+    /// RSA 2048.
+    Rsa2048,
+    /// RSA 3072.
+    Rsa3072,
+    /// RSA 4096.
+    Rsa4096,
+}
+
+impl From<KeyTypeArg> for DeviceKeyType {
+    fn from(k: KeyTypeArg) -> Self {
+        match k {
+            KeyTypeArg::P256 => DeviceKeyType::P256,
+            KeyTypeArg::P384 => DeviceKeyType::P384,
+            KeyTypeArg::Ed25519 => DeviceKeyType::Ed25519,
+            KeyTypeArg::Rsa2048 => DeviceKeyType::Rsa2048,
+            KeyTypeArg::Rsa3072 => DeviceKeyType::Rsa3072,
+            KeyTypeArg::Rsa4096 => DeviceKeyType::Rsa4096,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_times_and_pairs() {
+        assert_eq!(parse_rate("60/minute").unwrap(), (RatePeriod::Minute, 60));
+        assert_eq!(parse_rate("5000/day").unwrap(), (RatePeriod::Day, 5000));
+        assert!(parse_rate("0/day").is_err());
+        assert!(parse_rate("10/week").is_err());
+        assert!(parse_rate("ten/day").is_err());
+        assert_eq!(parse_time("2026-12-01").unwrap().unix_timestamp(), 1_796_083_200);
+        assert!(parse_time("2026-12-01T08:00:00Z").is_ok());
+        assert!(parse_time("tomorrow").is_err());
+        assert_eq!(parse_key_value("a=b=c").unwrap(), ("a".into(), "b=c".into()));
+        assert!(parse_key_value("=x").is_err());
+    }
+}

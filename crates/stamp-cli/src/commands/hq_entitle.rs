@@ -1,0 +1,151 @@
+//! `stamp hq entitle`
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::bail;
+use stamp_core::entitlement::{DeviceKeyType, DeviceProfile, Product, RatePeriod};
+use stamp_core::SiteId;
+use stamp_hq::entitle::GrantRequest;
+
+use super::args::{parse_key_value, parse_rate, parse_time, KeyTypeArg};
+use crate::output::emit;
+use crate::Globals;
+
+/// Grant a site a production run, sealed so only that site can read it: allocates the next
+/// sequence number for the site and a range of device serials (never overlapping any other
+/// allocation), signs with the HQ authority key, encrypts to the site's key, writes the package
+/// and records it at HQ.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// HQ directory.
+    #[arg(long, value_name = "DIR")]
+    dir: PathBuf,
+    /// The site (enrolled with `stamp hq enroll-site`).
+    #[arg(long, value_name = "ID")]
+    site: SiteId,
+    /// Product identifier, written into device certificates.
+    #[arg(long, value_name = "ID")]
+    product: String,
+    /// Human-readable product name (default: the product identifier).
+    #[arg(long, value_name = "NAME")]
+    product_name: Option<String>,
+    /// OEM identifier, written into device certificates (OU=). Default: derived from the HQ's
+    /// organization name.
+    #[arg(long, value_name = "ID")]
+    oem_id: Option<String>,
+    /// Most devices the site may provision.
+    #[arg(long, value_name = "N")]
+    quota: u64,
+    /// A production rate limit, N per minute, hour or day (repeatable: `--rate 60/minute --rate 20000/day`).
+    #[arg(long = "rate", value_name = "N/PERIOD", value_parser = parse_rate)]
+    rates: Vec<(RatePeriod, u64)>,
+    /// Start of the production window: RFC 3339 (2026-12-01T08:00:00Z) or a date (2026-12-01). Default: now.
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    not_before: Option<time::OffsetDateTime>,
+    /// End of the production window. Default: --days after the start.
+    #[arg(long, value_name = "TIME", value_parser = parse_time, conflicts_with = "days")]
+    not_after: Option<time::OffsetDateTime>,
+    /// Length of the production window in days, when --not-after is not given.
+    #[arg(long, value_name = "DAYS", default_value = "365")]
+    days: u32,
+    /// Device key types allowed (comma-separated).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "p256,p384,ed25519")]
+    key_types: Vec<KeyTypeArg>,
+    /// Device certificate lifetime in days (cut to the site issuing CA's validity).
+    #[arg(long, value_name = "DAYS", default_value = "3650")]
+    device_validity_days: u32,
+    /// Only these stations may provision under this entitlement (repeatable; default: all).
+    #[arg(long = "station", value_name = "NAME")]
+    stations: Vec<String>,
+    /// Data every device receives with its certificate, e.g. `--device-data cloud_endpoint=mqtts://iot.example.com:8883` (repeatable).
+    #[arg(long = "device-data", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    device_data: Vec<(String, String)>,
+    /// Where to write the sealed package.
+    #[arg(short = 'o', long = "out", value_name = "FILE")]
+    out: PathBuf,
+}
+
+fn slug(org: &str) -> String {
+    let s: String = org
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let s = s
+        .split('-')
+        .filter(|p| !p.is_empty())
+        .collect::<Vec<_>>()
+        .join("-");
+    s.chars().take(64).collect()
+}
+
+/// Runs `stamp hq entitle`.
+pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
+    let now = super::now();
+    let not_before = a.not_before.unwrap_or(now);
+    let not_after = a
+        .not_after
+        .unwrap_or(not_before + time::Duration::days(i64::from(a.days)));
+    let mut rate_limits = BTreeMap::new();
+    for (period, n) in a.rates {
+        if rate_limits.insert(period, n).is_some() {
+            bail!("--rate given twice for per-{}", period.name());
+        }
+    }
+    let pass = super::passphrase(g, false)?;
+    let mut hq = stamp_hq::Hq::open(&a.dir, pass)?;
+    let org = hq.store().org()?;
+    let mut key_types: Vec<DeviceKeyType> = a.key_types.into_iter().map(DeviceKeyType::from).collect();
+    key_types.sort();
+    key_types.dedup();
+    let req = GrantRequest {
+        site: a.site,
+        product: Product {
+            oem_id: a.oem_id.unwrap_or_else(|| slug(&org)),
+            name: a.product_name.unwrap_or_else(|| a.product.clone()),
+            product_id: a.product,
+        },
+        quota: a.quota,
+        rate_limits,
+        not_before: not_before.unix_timestamp(),
+        not_after: not_after.unix_timestamp(),
+        device_profile: DeviceProfile {
+            validity_days: a.device_validity_days,
+            key_types,
+            organization: org,
+        },
+        stations: a.stations,
+        device_data: a.device_data.into_iter().collect(),
+    };
+    let r = hq.entitle(&req, &a.out, now)?;
+    emit(g.json, &r, || {
+        let e = &r.entitlement;
+        println!(
+            "Entitlement {} for site {} (sequence {})",
+            e.entitlement_id, e.site_id, r.sequence
+        );
+        println!(
+            "  product {} ({}/{}), quota {}",
+            e.product.name, e.product.oem_id, e.product.product_id, e.quota
+        );
+        for s in &e.serial_ranges {
+            println!("  device serials {}..={}", s.first, s.last);
+        }
+        println!("  window {} to {}", e.not_before, e.not_after);
+        println!("Sealed package for the site: {}", r.package.display());
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn slug_makes_identifiers() {
+        assert_eq!(super::slug("Acme Sensors, Inc."), "acme-sensors-inc");
+    }
+}

@@ -1,0 +1,79 @@
+//! `stamp site status`
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+use stamp_site::entitlements::GrantStatus;
+
+use crate::output::emit;
+use crate::Globals;
+
+/// Show the site's entitlements: status, quota used and remaining, rate limits, windows.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Site directory.
+    #[arg(long, value_name = "DIR")]
+    dir: PathBuf,
+}
+
+#[derive(Serialize)]
+struct Status {
+    site_id: String,
+    installed: bool,
+    last_sequence: u64,
+    entitlements: Vec<GrantStatus>,
+}
+
+/// Runs `stamp site status`.
+pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
+    let db = a.dir.join(stamp_site::DB_FILE);
+    if !db.is_file() {
+        return Err(stamp_site::SiteError::NotSiteDir(a.dir).into());
+    }
+    let store = stamp_site::SiteStore::open(&db)?;
+    let s = Status {
+        site_id: store.site_id()?.to_string(),
+        installed: store.installed()?,
+        last_sequence: store.last_sequence()?,
+        entitlements: stamp_site::entitlements::grant_statuses(&store, super::now())?,
+    };
+    emit(g.json, &s, || {
+        println!(
+            "Site {} ({})",
+            s.site_id,
+            if s.installed {
+                "credentials installed"
+            } else {
+                "not yet installed"
+            }
+        );
+        if s.entitlements.is_empty() {
+            println!("No entitlements.");
+        }
+        for e in &s.entitlements {
+            let rates: Vec<String> = e
+                .rate_limits
+                .iter()
+                .map(|(p, n)| format!("{n}/{}", p.name()))
+                .collect();
+            println!(
+                "{}\t{}\t{}/{}\tissued {} of {} ({} left)\trate {}\t{} to {}{}",
+                e.entitlement_id,
+                e.status.name(),
+                e.oem_id,
+                e.product_id,
+                e.issued,
+                e.quota,
+                e.remaining,
+                if rates.is_empty() {
+                    "unlimited".to_owned()
+                } else {
+                    rates.join(", ")
+                },
+                e.not_before,
+                e.not_after,
+                if e.in_window { "" } else { " (outside window)" }
+            );
+        }
+    })
+}

@@ -1,0 +1,375 @@
+//! Entitlements at the site: verify a sealed package completely, then apply it atomically.
+
+use std::collections::BTreeMap;
+
+use stamp_core::entitlement::{
+    self, Action, Entitlement, EntitlementError, GrantState, RatePeriod, SerialRange, Status,
+};
+use stamp_core::envelope;
+use stamp_core::oid::RoleEku;
+use stamp_core::profile::Profile;
+use stamp_core::{cert, fingerprint};
+use stamp_keys::{KeyRef, KeyStore};
+use stamp_store::rusqlite::{params, OptionalExtension};
+use time::OffsetDateTime;
+
+use crate::{Site, SiteError};
+
+/// Media type of a sealed entitlement's content.
+pub const CONTENT_TYPE: &str = "application/vnd.stamp.entitlement+cbor";
+/// Largest package file accepted.
+pub const MAX_PACKAGE: usize = entitlement::MAX_PAYLOAD + 64 * 1024;
+
+/// Why a package was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ImportError {
+    /// Not a sealed envelope, or tampered with.
+    #[error("entitlement package refused: {0}")]
+    Envelope(#[from] envelope::EnvelopeError),
+    /// A sealed envelope of another kind.
+    #[error("this is a {0} package, not an entitlement")]
+    WrongContentType(String),
+    /// The signer is not the HQ authority under this site's OEM root.
+    #[error("entitlement signer refused: {0}")]
+    Signer(#[from] cert::CertError),
+    /// Sealed to another site.
+    #[error("entitlement is addressed to site {0}, not this site")]
+    NotForThisSite(String),
+    /// The payload was refused.
+    #[error(transparent)]
+    Payload(#[from] EntitlementError),
+    /// The site has no credentials yet.
+    #[error("this site has no credentials installed; run `stamp site install` first")]
+    NotInstalled,
+}
+
+/// An entitlement whose signature, chain, address, decryption, sequence, payload and window have
+/// all been checked; only [`Site::verify_entitlement`] makes one, and only it can be applied.
+#[derive(Debug)]
+pub struct VerifiedEntitlement {
+    entitlement: Entitlement,
+    sealed_sha256: [u8; 32],
+    sealed: Vec<u8>,
+    /// For an amendment: the target's state after applying it.
+    amended: Option<GrantState>,
+}
+
+impl VerifiedEntitlement {
+    /// The verified payload.
+    pub fn entitlement(&self) -> &Entitlement {
+        &self.entitlement
+    }
+}
+
+/// One grant as the site holds it, for `site status`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct GrantStatus {
+    /// The grant's ID.
+    pub entitlement_id: String,
+    /// Status.
+    pub status: Status,
+    /// OEM ID.
+    pub oem_id: String,
+    /// Product ID.
+    pub product_id: String,
+    /// Product name.
+    pub product_name: String,
+    /// Quota.
+    pub quota: u64,
+    /// Devices issued so far.
+    pub issued: u64,
+    /// Devices left.
+    pub remaining: u64,
+    /// Rate limits.
+    pub rate_limits: BTreeMap<RatePeriod, u64>,
+    /// Window start (RFC 3339).
+    pub not_before: String,
+    /// Window end (RFC 3339).
+    pub not_after: String,
+    /// Whether `now` is inside the window.
+    pub in_window: bool,
+    /// Serial ranges.
+    pub serial_ranges: Vec<SerialRange>,
+    /// Stations allowed (empty: all).
+    pub stations: Vec<String>,
+    /// Device data.
+    pub device_data: BTreeMap<String, String>,
+    /// Sequence of the last package that touched it.
+    pub last_sequence: u64,
+}
+
+/// What `site import` applied.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ImportReport {
+    /// The package's sequence.
+    pub sequence: u64,
+    /// `grant` or `amend`.
+    pub action: &'static str,
+    /// SHA-256 of the package file (hex).
+    pub package_sha256: String,
+    /// The grant as it now stands.
+    pub entitlement: GrantStatus,
+}
+
+fn rfc3339(unix: i64) -> String {
+    OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_else(|| unix.to_string())
+}
+
+fn status_of(st: &GrantState, issued: u64, now: i64) -> GrantStatus {
+    let g = &st.grant;
+    GrantStatus {
+        entitlement_id: g.entitlement_id.clone(),
+        status: st.status,
+        oem_id: g.product.oem_id.clone(),
+        product_id: g.product.product_id.clone(),
+        product_name: g.product.name.clone(),
+        quota: g.quota,
+        issued,
+        remaining: g.quota.saturating_sub(issued),
+        rate_limits: g.rate_limits.clone(),
+        not_before: rfc3339(g.not_before),
+        not_after: rfc3339(g.not_after),
+        in_window: g.not_before <= now && now < g.not_after,
+        serial_ranges: g.serial_ranges.clone(),
+        stations: g.stations.clone(),
+        device_data: g.device_data.clone(),
+        last_sequence: st.last_sequence,
+    }
+}
+
+impl Site {
+    /// Verifies a sealed entitlement package, in this order, before anything changes: size; the
+    /// envelope's structure and algorithms; the signer's chain to this site's pinned OEM root with
+    /// the HQ authority profile (rustls-webpki) and the signature; that it is addressed to this
+    /// site; decryption with this site's key; the payload; the site ID inside it; the sequence
+    /// (strictly above every package applied before: no replay, no rollback); the window (not over);
+    /// for an amendment, that its target exists and the change is allowed.
+    pub fn verify_entitlement(
+        &self,
+        bytes: &[u8],
+        now: OffsetDateTime,
+    ) -> Result<VerifiedEntitlement, SiteError> {
+        let site_id = self.store.site_id()?;
+        let root = self
+            .store
+            .certificate(Profile::OemRoot)?
+            .ok_or(ImportError::NotInstalled)?;
+        let signed = envelope::parse(bytes, MAX_PACKAGE).map_err(ImportError::from)?;
+        if signed.content_type() != CONTENT_TYPE {
+            return Err(
+                ImportError::WrongContentType(signed.content_type().chars().take(128).collect()).into(),
+            );
+        }
+        let chain = signed.chain().to_vec();
+        let leaf = chain
+            .first()
+            .ok_or(ImportError::Envelope(envelope::EnvelopeError::Malformed(
+                "empty x5chain",
+            )))?;
+        cert::validate_end_entity(
+            "entitlement signer",
+            leaf,
+            &chain[1..],
+            &root,
+            Profile::HqAuthoritySigning,
+            RoleEku::HqAuthority,
+            now,
+        )
+        .map_err(ImportError::from)?;
+        let leaf_cert = cert::parse(leaf).map_err(ImportError::from)?;
+        let alg = stamp_core::ceremony::signature_algorithm(
+            stamp_core::csr::classify_spki(leaf_cert.public_key().raw)
+                .map_err(|_| ImportError::Signer(cert::CertError::UnsupportedKey("entitlement signer")))?,
+        )
+        .ok_or(ImportError::Signer(cert::CertError::UnsupportedKey(
+            "entitlement signer",
+        )))?;
+        let verified = signed
+            .verify(alg, leaf_cert.public_key().subject_public_key.data.as_ref(), &[])
+            .map_err(ImportError::from)?;
+        if verified.key_id() != site_id.as_str().as_bytes() {
+            let to = String::from_utf8_lossy(verified.key_id())
+                .chars()
+                .take(64)
+                .collect();
+            return Err(ImportError::NotForThisSite(to).into());
+        }
+        let ka_ref = KeyRef::parse(&self.store.key_ref(Profile::SiteIdentityKeyAgreement)?)?;
+        let ka = self.keys.open_key_agreement(&ka_ref)?;
+        let plaintext = verified
+            .open(ka.as_ref(), site_id.as_str().as_bytes())
+            .map_err(ImportError::from)?;
+        let e = Entitlement::from_cbor(&plaintext).map_err(ImportError::from)?;
+        let last = self.store.last_sequence()?;
+        entitlement::check_applicable(&e, &site_id, last, now.unix_timestamp()).map_err(ImportError::from)?;
+        let amended = match &e.action {
+            Action::Grant(g) => {
+                if self.store.grant(&g.entitlement_id)?.is_some() {
+                    return Err(ImportError::Payload(EntitlementError::DuplicateId(
+                        g.entitlement_id.clone(),
+                    ))
+                    .into());
+                }
+                None
+            }
+            Action::Amend(a) => {
+                let (state, _) = self.store.grant(&a.entitlement_id)?.ok_or_else(|| {
+                    ImportError::Payload(EntitlementError::UnknownTarget(a.entitlement_id.clone()))
+                })?;
+                Some(entitlement::amend(&state, a, e.sequence).map_err(ImportError::from)?)
+            }
+        };
+        Ok(VerifiedEntitlement {
+            entitlement: e,
+            sealed_sha256: fingerprint::sha256(bytes),
+            sealed: bytes.to_vec(),
+            amended,
+        })
+    }
+
+    /// Applies a verified entitlement in one transaction.
+    pub fn apply_entitlement(
+        &mut self,
+        v: VerifiedEntitlement,
+        now: OffsetDateTime,
+    ) -> Result<ImportReport, SiteError> {
+        let e = &v.entitlement;
+        let (action, state) = match (&e.action, v.amended) {
+            (Action::Grant(g), _) => (
+                "grant",
+                GrantState {
+                    grant: g.clone(),
+                    status: Status::Active,
+                    last_sequence: e.sequence,
+                },
+            ),
+            (Action::Amend(_), Some(st)) => ("amend", st),
+            (Action::Amend(a), None) => {
+                return Err(
+                    ImportError::Payload(EntitlementError::UnknownTarget(a.entitlement_id.clone())).into(),
+                )
+            }
+        };
+        self.store
+            .apply_package(e.sequence, action, &state, &v.sealed_sha256, &v.sealed, now)?;
+        let issued = self
+            .store
+            .grant(&state.grant.entitlement_id)?
+            .map(|(_, n)| n)
+            .unwrap_or(0);
+        Ok(ImportReport {
+            sequence: e.sequence,
+            action,
+            package_sha256: hex_lower(&v.sealed_sha256),
+            entitlement: status_of(&state, issued, now.unix_timestamp()),
+        })
+    }
+}
+
+fn hex_lower(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+impl crate::SiteStore {
+    /// The highest package sequence applied (0 if none).
+    pub fn last_sequence(&self) -> Result<u64, SiteError> {
+        let last: Option<i64> = self
+            .conn()
+            .query_row("SELECT MAX(sequence) FROM packages", [], |r| r.get(0))
+            .map_err(crate::sql)?;
+        Ok(u64::try_from(last.unwrap_or(0)).unwrap_or(0))
+    }
+
+    /// A grant's state and the number of devices issued under it.
+    pub fn grant(&self, id: &str) -> Result<Option<(GrantState, u64)>, SiteError> {
+        let row: Option<(String, i64)> = self
+            .conn()
+            .query_row(
+                "SELECT state_json, issued FROM entitlements WHERE entitlement_id = ?1",
+                [id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(crate::sql)?;
+        match row {
+            None => Ok(None),
+            Some((json, issued)) => Ok(Some((
+                serde_json::from_str(&json).map_err(crate::json)?,
+                u64::try_from(issued).unwrap_or(0),
+            ))),
+        }
+    }
+
+    /// Every grant with its issued count, in the order applied.
+    pub fn grants(&self) -> Result<Vec<(GrantState, u64)>, SiteError> {
+        let mut stmt = self
+            .conn()
+            .prepare("SELECT state_json, issued FROM entitlements ORDER BY rowid")
+            .map_err(crate::sql)?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+            .map_err(crate::sql)?;
+        rows.into_iter()
+            .map(|(json, n)| {
+                Ok((
+                    serde_json::from_str(&json).map_err(crate::json)?,
+                    u64::try_from(n).unwrap_or(0),
+                ))
+            })
+            .collect()
+    }
+
+    /// Records a package and the grant's new state in one transaction. The sequence's uniqueness
+    /// (primary key) makes a concurrent double import fail instead of applying twice.
+    pub fn apply_package(
+        &mut self,
+        sequence: u64,
+        action: &str,
+        state: &GrantState,
+        sha256: &[u8; 32],
+        sealed: &[u8],
+        now: OffsetDateTime,
+    ) -> Result<(), SiteError> {
+        let json = serde_json::to_string(state).map_err(crate::json)?;
+        let ts = crate::store::ts(now);
+        let id = state.grant.entitlement_id.clone();
+        self.db_mut().transaction(|tx| {
+            let last: Option<i64> = tx.query_row("SELECT MAX(sequence) FROM packages", [], |r| r.get(0))?;
+            if last.unwrap_or(0) >= sequence as i64 {
+                return Err(SiteError::Import(ImportError::Payload(
+                    EntitlementError::StaleSequence {
+                        found: sequence,
+                        last: u64::try_from(last.unwrap_or(0)).unwrap_or(0),
+                    },
+                )));
+            }
+            tx.execute(
+                "INSERT INTO packages (sequence, entitlement_id, action, sha256, sealed, applied_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![sequence as i64, id, action, sha256.as_slice(), sealed, ts],
+            )?;
+            tx.execute(
+                "INSERT INTO entitlements (entitlement_id, state_json, issued, applied_at, updated_at)
+                     VALUES (?1, ?2, 0, ?3, ?3)
+                     ON CONFLICT (entitlement_id) DO UPDATE SET state_json = excluded.state_json,
+                         updated_at = excluded.updated_at",
+                params![id, json, ts],
+            )?;
+            Ok(())
+        })
+    }
+}
+
+/// Every grant with its use, read from the database alone (no keys needed).
+pub fn grant_statuses(store: &crate::SiteStore, now: OffsetDateTime) -> Result<Vec<GrantStatus>, SiteError> {
+    Ok(store
+        .grants()?
+        .iter()
+        .map(|(st, issued)| status_of(st, *issued, now.unix_timestamp()))
+        .collect())
+}
