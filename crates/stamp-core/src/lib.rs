@@ -9,6 +9,7 @@ pub mod cert;
 pub mod csr;
 pub mod fingerprint;
 pub mod key;
+pub mod merkle;
 pub mod oid;
 pub mod profile;
 pub mod site_id;
