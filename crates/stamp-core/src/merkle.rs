@@ -187,7 +187,7 @@ fn range_hash<S: HashSource + ?Sized>(src: &S, begin: u64, end: u64) -> Result<H
     if n == 1 {
         return src.leaf_hash(begin);
     }
-    if n.is_power_of_two() && begin % n == 0 {
+    if n.is_power_of_two() && begin.is_multiple_of(n) {
         let level = n.trailing_zeros() as u8;
         if let Some(h) = src.subtree_hash(Subtree {
             level,

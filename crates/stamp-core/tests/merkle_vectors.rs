@@ -1,8 +1,7 @@
 //! Runs every inclusion and consistency vector of transparency-dev/merkle (copied under
 //! `tests/data/merkle`, Apache-2.0) through stamp's verifier, and checks that stamp generates the
 //! same proofs for the vectors that are valid.
-
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::{Path, PathBuf};
 
