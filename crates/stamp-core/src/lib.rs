@@ -6,6 +6,7 @@
 
 pub mod ceremony;
 pub mod cert;
+pub mod checkpoint;
 pub mod csr;
 pub mod fingerprint;
 pub mod key;
