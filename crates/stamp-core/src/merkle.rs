@@ -102,7 +102,8 @@ pub struct Subtree {
 }
 
 impl Subtree {
-    /// First leaf covered.
+    /// First leaf covered, `index * 2^level` (meaningful for subtrees inside a tree, whose
+    /// leaves all have `u64` indexes).
     pub fn first_leaf(&self) -> u64 {
         self.index.checked_shl(u32::from(self.level)).unwrap_or(0)
     }
