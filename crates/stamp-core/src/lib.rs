@@ -6,11 +6,13 @@
 
 pub mod ceremony;
 pub mod cert;
+pub mod checkpoint;
 pub mod csr;
 pub mod entitlement;
 pub mod envelope;
 pub mod fingerprint;
 pub mod key;
+pub mod merkle;
 pub mod oid;
 pub mod profile;
 pub mod site_id;
