@@ -1,0 +1,704 @@
+//! Entitlements through the real binary: HQ seals, the site verifies and applies; every bad
+//! package is refused with a specific error and leaves the site exactly as it was.
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use aws_lc_rs::rand::SystemRandom;
+use common::*;
+use stamp_core::entitlement::{
+    Action, DeviceKeyType, DeviceProfile, Entitlement, Grant, Product, SerialRange, VERSION,
+};
+use stamp_core::envelope::{self, Recipient};
+use stamp_core::key::{KeyAgreementAlgorithm, Signer};
+use stamp_core::SiteId;
+use stamp_keys::soft::SoftKeyStore;
+use stamp_keys::{KeyRef, KeyStore, Passphrase};
+
+const CT: &str = "application/vnd.stamp.entitlement+cbor";
+
+fn pem_der(path: &Path) -> Vec<u8> {
+    ::pem::parse(std::fs::read(path).unwrap())
+        .unwrap()
+        .into_contents()
+}
+
+fn signer(dir: &Path, pass: &Path, key: &str) -> Box<dyn Signer> {
+    let store = SoftKeyStore::new(dir, Passphrase::from_file(pass).unwrap());
+    store
+        .open_signer(&KeyRef::parse(&format!("file:keys/{key}.key")).unwrap())
+        .unwrap()
+}
+
+fn ka_public(site: &Path) -> Vec<u8> {
+    let der = pem_der(&site.join("certs/site-identity-key-agreement.pem"));
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+    cert.public_key().subject_public_key.data.to_vec()
+}
+
+/// A site enrolled and installed beside the ceremony's.
+fn second_site(c: &Ceremony, id: &str) -> PathBuf {
+    let dir = c.tmp.path().join(id);
+    let req = c.tmp.path().join(format!("{id}-req.json"));
+    let creds = c.tmp.path().join(format!("{id}-creds.json"));
+    stamp_json(
+        &c.pass,
+        &["site", "init", "--dir", s(&dir), "--site-id", id, "-o", s(&req)],
+    );
+    stamp_json(
+        &c.pass,
+        &[
+            "hq",
+            "enroll-site",
+            "--dir",
+            s(&c.hq),
+            s(&req),
+            "-o",
+            s(&creds),
+            "--yes",
+        ],
+    );
+    let fp = c.root_fingerprint();
+    stamp_json(
+        &c.pass,
+        &[
+            "site",
+            "install",
+            "--dir",
+            s(&dir),
+            s(&creds),
+            "--root-fingerprint",
+            &fp,
+        ],
+    );
+    dir
+}
+
+fn entitle(c: &Ceremony, site: &str, quota: &str, out: &Path) -> serde_json::Value {
+    stamp_json(
+        &c.pass,
+        &[
+            "hq",
+            "entitle",
+            "--dir",
+            s(&c.hq),
+            "--site",
+            site,
+            "--product",
+            "thermo-2",
+            "--quota",
+            quota,
+            "--rate",
+            "60/minute",
+            "--rate",
+            "20000/day",
+            "--device-data",
+            "cloud_endpoint=mqtts://iot.example:8883",
+            "-o",
+            s(out),
+        ],
+    )
+}
+
+fn import(c: &Ceremony, site: &Path, pkg: &Path) -> serde_json::Value {
+    stamp_json(&c.pass, &["site", "import", "--dir", s(site), s(pkg)])
+}
+
+/// Importing must fail with `needle` and leave the site directory byte-for-byte unchanged.
+fn import_fails(c: &Ceremony, site: &Path, pkg: &Path, needle: &str) {
+    let before = snapshot(site);
+    stamp_fails(&c.pass, &["site", "import", "--dir", s(site), s(pkg)], needle);
+    assert_eq!(
+        snapshot(site),
+        before,
+        "site state changed after a refused package ({needle})"
+    );
+}
+
+fn write(c: &Ceremony, name: &str, bytes: &[u8]) -> PathBuf {
+    let p = c.tmp.path().join(name);
+    std::fs::write(&p, bytes).unwrap();
+    p
+}
+
+fn grant(site: &str, seq: u64, not_after: i64) -> Entitlement {
+    Entitlement {
+        version: VERSION,
+        site_id: SiteId::new(site).unwrap(),
+        sequence: seq,
+        issued_at: 0,
+        action: Action::Grant(Grant {
+            entitlement_id: format!("{site}.{seq}"),
+            product: Product {
+                oem_id: "acme".into(),
+                product_id: "p".into(),
+                name: "P".into(),
+            },
+            quota: 10,
+            rate_limits: BTreeMap::new(),
+            not_before: 0,
+            not_after,
+            serial_ranges: vec![SerialRange {
+                first: 900_001,
+                last: 900_010,
+            }],
+            device_profile: DeviceProfile {
+                validity_days: 365,
+                key_types: vec![DeviceKeyType::P256],
+                organization: "Acme Sensors".into(),
+            },
+            stations: vec![],
+            device_data: BTreeMap::new(),
+        }),
+    }
+}
+
+/// Seals arbitrary plaintext the way HQ does, with any signer, chain and recipient.
+fn seal(
+    plaintext: &[u8],
+    signer: &dyn Signer,
+    chain: Vec<Vec<u8>>,
+    kid: &str,
+    to: &[u8],
+    rid: &str,
+) -> Vec<u8> {
+    envelope::seal(
+        CT,
+        plaintext,
+        signer,
+        &chain,
+        &Recipient {
+            alg: KeyAgreementAlgorithm::EcdhP256,
+            public_key: to,
+            key_id: kid.as_bytes(),
+            recipient_id: rid.as_bytes(),
+        },
+        &[],
+        &SystemRandom::new(),
+    )
+    .unwrap()
+}
+
+fn now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+#[test]
+fn entitle_import_amend_and_status() {
+    let c = ceremony(true);
+    let other = second_site(&c, "plant-9");
+    let p1 = c.tmp.path().join("p1.cose");
+    let r1 = entitle(&c, "plant-7", "1000", &p1);
+    assert_eq!(r1["sequence"], 1);
+    assert_eq!(r1["entitlement"]["serial_ranges"][0]["first"], 1);
+    assert_eq!(r1["entitlement"]["serial_ranges"][0]["last"], 1000);
+    // Another site's range never overlaps.
+    let q1 = c.tmp.path().join("q1.cose");
+    let rq = entitle(&c, "plant-9", "50", &q1);
+    assert_eq!(rq["entitlement"]["serial_ranges"][0]["first"], 1001);
+    assert_eq!(rq["sequence"], 1, "sequences are per site");
+
+    let applied = import(&c, &c.site, &p1);
+    assert_eq!(applied["action"], "grant");
+    import(&c, &other, &q1);
+    let st = stamp_json(&c.pass, &["site", "status", "--dir", s(&c.site)]);
+    let e = &st["entitlements"][0];
+    assert_eq!(e["entitlement_id"], "plant-7.1");
+    assert_eq!(e["status"], "active");
+    assert_eq!(e["quota"], 1000);
+    assert_eq!(e["remaining"], 1000);
+    assert_eq!(e["rate_limits"]["minute"], 60);
+    assert_eq!(e["rate_limits"]["day"], 20000);
+    assert_eq!(e["device_data"]["cloud_endpoint"], "mqtts://iot.example:8883");
+    assert_eq!(e["in_window"], true);
+    assert_eq!(st["last_sequence"], 1);
+
+    // Top up, then shorten the window, then suspend: each a new package, applied in order.
+    let p2 = c.tmp.path().join("p2.cose");
+    let r2 = stamp_json(
+        &c.pass,
+        &[
+            "hq",
+            "amend",
+            "--dir",
+            s(&c.hq),
+            "--entitlement",
+            "plant-7.1",
+            "--add-quota",
+            "500",
+            "-o",
+            s(&p2),
+        ],
+    );
+    assert_eq!(r2["entitlement"]["quota"], 1500);
+    assert_eq!(
+        r2["entitlement"]["serial_ranges"][1]["first"], 1051,
+        "after plant-9's range"
+    );
+    let p3 = c.tmp.path().join("p3.cose");
+    stamp_json(
+        &c.pass,
+        &[
+            "hq",
+            "amend",
+            "--dir",
+            s(&c.hq),
+            "--entitlement",
+            "plant-7.1",
+            "--not-after",
+            "2030-01-01",
+            "-o",
+            s(&p3),
+        ],
+    );
+    let p4 = c.tmp.path().join("p4.cose");
+    stamp_json(
+        &c.pass,
+        &[
+            "hq",
+            "amend",
+            "--dir",
+            s(&c.hq),
+            "--entitlement",
+            "plant-7.1",
+            "--suspend",
+            "-o",
+            s(&p4),
+        ],
+    );
+    // Out of order: sequence 3 before 2 is fine only in order; applying 3 then 2 refuses 2.
+    import(&c, &c.site, &p2);
+    import(&c, &c.site, &p3);
+    import(&c, &c.site, &p4);
+    let st = stamp_json(&c.pass, &["site", "status", "--dir", s(&c.site)]);
+    let e = &st["entitlements"][0];
+    assert_eq!(e["status"], "suspended");
+    assert_eq!(e["quota"], 1500);
+    assert_eq!(e["not_after"], "2030-01-01T00:00:00Z");
+    assert_eq!(st["last_sequence"], 4);
+
+    // Revoked is final, at HQ too.
+    let p5 = c.tmp.path().join("p5.cose");
+    stamp_json(
+        &c.pass,
+        &[
+            "hq",
+            "amend",
+            "--dir",
+            s(&c.hq),
+            "--entitlement",
+            "plant-7.1",
+            "--revoke",
+            "-o",
+            s(&p5),
+        ],
+    );
+    import(&c, &c.site, &p5);
+    let hq_before = snapshot(&c.hq);
+    let p6 = c.tmp.path().join("p6.cose");
+    stamp_fails(
+        &c.pass,
+        &[
+            "hq",
+            "amend",
+            "--dir",
+            s(&c.hq),
+            "--entitlement",
+            "plant-7.1",
+            "--resume",
+            "-o",
+            s(&p6),
+        ],
+        "is revoked",
+    );
+    assert_eq!(snapshot(&c.hq), hq_before);
+    assert!(!p6.exists());
+
+    let list = stamp_json(&c.pass, &["hq", "entitlements", "--dir", s(&c.hq)]);
+    assert_eq!(list["entitlements"].as_array().unwrap().len(), 2);
+    assert_eq!(list["entitlements"][0]["status"], "revoked");
+}
+
+#[test]
+fn hq_refuses_bad_entitlement_requests_without_changing_anything() {
+    let c = ceremony(true);
+    let out = c.tmp.path().join("x.cose");
+    let before = snapshot(&c.hq);
+    let base = [
+        "hq",
+        "entitle",
+        "--dir",
+        s(&c.hq),
+        "--product",
+        "p",
+        "-o",
+        s(&out),
+    ];
+    let run = |extra: &[&str], needle: &str| {
+        let mut args = base.to_vec();
+        args.extend_from_slice(extra);
+        stamp_fails(&c.pass, &args, needle);
+        assert_eq!(snapshot(&c.hq), before);
+        assert!(!out.exists());
+    };
+    run(
+        &["--site", "nowhere", "--quota", "5"],
+        "site nowhere is not enrolled",
+    );
+    run(&["--site", "plant-7", "--quota", "0"], "quota must be at least 1");
+    run(
+        &["--site", "plant-7", "--quota", "5", "--not-after", "2001-01-01"],
+        "window ends before it starts",
+    );
+    run(
+        &[
+            "--site",
+            "plant-7",
+            "--quota",
+            "5",
+            "--not-before",
+            "2001-01-01",
+            "--not-after",
+            "2002-01-01",
+        ],
+        "expired",
+    );
+    stamp_fails(
+        &c.pass,
+        &[
+            "hq",
+            "amend",
+            "--dir",
+            s(&c.hq),
+            "--entitlement",
+            "nope.1",
+            "--suspend",
+            "-o",
+            s(&out),
+        ],
+        "no entitlement nope.1",
+    );
+    stamp_fails(
+        &c.pass,
+        &[
+            "hq",
+            "amend",
+            "--dir",
+            s(&c.hq),
+            "--entitlement",
+            "nope.1",
+            "-o",
+            s(&out),
+        ],
+        "nothing to change",
+    );
+    assert_eq!(snapshot(&c.hq), before);
+}
+
+#[test]
+fn pycose_verifies_and_decrypts_a_real_package() {
+    let c = ceremony(true);
+    let pkg = c.tmp.path().join("e.cose");
+    entitle(&c, "plant-7", "25", &pkg);
+    // The site's key-agreement key, decrypted by openssl for pycose.
+    let key_pem = c.tmp.path().join("site-ka.pem");
+    let out = openssl(&[
+        "pkey",
+        "-in",
+        s(&c.site.join("keys/site-identity-key-agreement.key")),
+        "-passin",
+        &format!("file:{}", s(&c.pass)),
+        "-out",
+        s(&key_pem),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let signer_pub = c.tmp.path().join("hq-pub.pem");
+    let out = openssl(&[
+        "x509",
+        "-in",
+        s(&c.hq.join("certs/hq-authority-signing.pem")),
+        "-pubkey",
+        "-noout",
+        "-out",
+        s(&signer_pub),
+    ]);
+    assert!(out.status.success());
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/pycose/open_envelope.py");
+    let run = |rid: &str| {
+        std::process::Command::new("python3")
+            .arg(&script)
+            .args([
+                "open",
+                "--envelope",
+                s(&pkg),
+                "--signer-key",
+                s(&signer_pub),
+                "--recipient-key",
+                s(&key_pem),
+            ])
+            .args(["--recipient-id", &hex::encode(rid)])
+            .output()
+            .unwrap_or_else(|e| panic!("python3 is required ({e}); run scripts/test, which installs it"))
+    };
+    let out = run("plant-7");
+    assert!(
+        out.status.success(),
+        "pycose refused stamp's package (run scripts/test to install pycose): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let e = Entitlement::from_cbor(&out.stdout).unwrap();
+    assert_eq!(e.site_id.as_str(), "plant-7");
+    let Action::Grant(g) = e.action else {
+        panic!("not a grant")
+    };
+    assert_eq!(g.quota, 25);
+    assert_eq!(g.product.product_id, "thermo-2");
+    // Bound to the site: pycose cannot open it as another site.
+    assert!(!run("plant-9").status.success());
+}
+
+#[test]
+fn bad_packages_are_refused_and_change_nothing() {
+    let c = ceremony(true);
+    let other = second_site(&c, "plant-9");
+    let p1 = c.tmp.path().join("p1.cose");
+    let p2 = c.tmp.path().join("p2.cose");
+    entitle(&c, "plant-7", "100", &p1);
+    entitle(&c, "plant-7", "100", &p2);
+    let bytes = std::fs::read(&p2).unwrap();
+
+    // A flipped bit anywhere: header, ciphertext, tag, signature.
+    let n = bytes.len();
+    for i in [
+        0,
+        1,
+        5,
+        20,
+        n / 4,
+        n / 3,
+        n / 2,
+        2 * n / 3,
+        n - 90,
+        n - 70,
+        n - 40,
+        n - 2,
+        n - 1,
+    ] {
+        let mut m = bytes.clone();
+        m[i] ^= 0x04;
+        let f = write(&c, "flipped.cose", &m);
+        import_fails(&c, &c.site, &f, "refused");
+    }
+    // Truncated, trailing bytes, oversized, empty, a file of another kind.
+    import_fails(
+        &c,
+        &c.site,
+        &write(&c, "t.cose", &bytes[..n - 1]),
+        "entitlement package refused",
+    );
+    let mut t = bytes.clone();
+    t.push(0);
+    import_fails(&c, &c.site, &write(&c, "t.cose", &t), "bytes follow the envelope");
+    let big = vec![0u8; stamp_site::entitlements::MAX_PACKAGE + 1];
+    import_fails(&c, &c.site, &write(&c, "big.cose", &big), "larger than");
+    import_fails(
+        &c,
+        &c.site,
+        &write(&c, "e.cose", b""),
+        "entitlement package refused",
+    );
+    import_fails(&c, &c.site, &c.credentials, "entitlement package refused");
+
+    // An algorithm changed in the signed header (ES256 -> -6): refused, no downgrade.
+    let pos = bytes.windows(3).position(|w| w == [0x01, 0x26, 0x03]).unwrap();
+    let mut m = bytes.clone();
+    m[pos + 1] = 0x25;
+    import_fails(&c, &c.site, &write(&c, "alg.cose", &m), "unsupported");
+
+    // Encrypted but unsigned: the inner COSE_Encrypt alone.
+    let outer: ciborium::Value = ciborium::from_reader(bytes.as_slice()).unwrap();
+    let ciborium::Value::Tag(18, arr) = &outer else {
+        panic!("not a COSE_Sign1")
+    };
+    let ciborium::Value::Array(items) = arr.as_ref() else {
+        panic!()
+    };
+    let ciborium::Value::Bytes(inner) = &items[2] else {
+        panic!()
+    };
+    import_fails(
+        &c,
+        &c.site,
+        &write(&c, "unsigned.cose", inner),
+        "entitlement package refused",
+    );
+
+    // Spliced: package 1's signature and headers around package 2's content.
+    let o1: ciborium::Value = ciborium::from_reader(std::fs::read(&p1).unwrap().as_slice()).unwrap();
+    let ciborium::Value::Tag(18, a1) = o1 else {
+        panic!()
+    };
+    let ciborium::Value::Array(mut i1) = *a1 else {
+        panic!()
+    };
+    i1[2] = items[2].clone();
+    let mut spliced = Vec::new();
+    ciborium::into_writer(
+        &ciborium::Value::Tag(18, Box::new(ciborium::Value::Array(i1))),
+        &mut spliced,
+    )
+    .unwrap();
+    import_fails(
+        &c,
+        &c.site,
+        &write(&c, "spliced.cose", &spliced),
+        "signature does not verify",
+    );
+
+    // Addressed to another site.
+    let q = c.tmp.path().join("q.cose");
+    entitle(&c, "plant-9", "10", &q);
+    import_fails(&c, &c.site, &q, "addressed to site plant-9");
+
+    // Sealed to another site's key, but labelled for this one.
+    let hq_key = signer(&c.hq, &c.pass, "hq-authority-signing");
+    let hq_cert = pem_der(&c.hq.join("certs/hq-authority-signing.pem"));
+    let g = grant("plant-7", 7, now() + 86_400).to_cbor();
+    let wrong_key = seal(
+        &g,
+        hq_key.as_ref(),
+        vec![hq_cert.clone()],
+        "plant-7",
+        &ka_public(&other),
+        "plant-7",
+    );
+    import_fails(
+        &c,
+        &c.site,
+        &write(&c, "wk.cose", &wrong_key),
+        "not addressed to this recipient",
+    );
+    // Sealed for another recipient ID with this site's key.
+    let wrong_id = seal(
+        &g,
+        hq_key.as_ref(),
+        vec![hq_cert.clone()],
+        "plant-7",
+        &ka_public(&c.site),
+        "plant-9",
+    );
+    import_fails(
+        &c,
+        &c.site,
+        &write(&c, "wid.cose", &wrong_id),
+        "not addressed to this recipient",
+    );
+
+    // Signed by the site's own identity key: right root, wrong role.
+    let site_key = signer(&c.site, &c.pass, "site-identity-signing");
+    let site_cert = pem_der(&c.site.join("certs/site-identity-signing.pem"));
+    let forged = seal(
+        &g,
+        site_key.as_ref(),
+        vec![site_cert],
+        "plant-7",
+        &ka_public(&c.site),
+        "plant-7",
+    );
+    import_fails(
+        &c,
+        &c.site,
+        &write(&c, "forged.cose", &forged),
+        "does not match the hq-authority-signing profile",
+    );
+    // Signed by another OEM's HQ authority: does not chain to this site's root.
+    let rogue = c.tmp.path().join("rogue-hq");
+    stamp_json(
+        &c.pass,
+        &["hq", "init", "--dir", s(&rogue), "--org", "Acme Sensors"],
+    );
+    let rogue_key = signer(&rogue, &c.pass, "hq-authority-signing");
+    let rogue_cert = pem_der(&rogue.join("certs/hq-authority-signing.pem"));
+    let rogue_pkg = seal(
+        &g,
+        rogue_key.as_ref(),
+        vec![rogue_cert],
+        "plant-7",
+        &ka_public(&c.site),
+        "plant-7",
+    );
+    import_fails(
+        &c,
+        &c.site,
+        &write(&c, "rogue.cose", &rogue_pkg),
+        "does not chain to the OEM root",
+    );
+
+    // Genuine HQ signature, bad payloads: expired, unknown version, another site inside.
+    let expired = grant("plant-7", 8, now() - 10).to_cbor();
+    let sealed = seal(
+        &expired,
+        hq_key.as_ref(),
+        vec![hq_cert.clone()],
+        "plant-7",
+        &ka_public(&c.site),
+        "plant-7",
+    );
+    import_fails(&c, &c.site, &write(&c, "exp.cose", &sealed), "expired");
+    let mut v2 = grant("plant-7", 9, now() + 86_400);
+    v2.version = 2;
+    let sealed = seal(
+        &v2.to_cbor(),
+        hq_key.as_ref(),
+        vec![hq_cert.clone()],
+        "plant-7",
+        &ka_public(&c.site),
+        "plant-7",
+    );
+    import_fails(
+        &c,
+        &c.site,
+        &write(&c, "v2.cose", &sealed),
+        "unsupported entitlement version 2",
+    );
+    let inner_other = grant("plant-9", 10, now() + 86_400).to_cbor();
+    let sealed = seal(
+        &inner_other,
+        hq_key.as_ref(),
+        vec![hq_cert.clone()],
+        "plant-7",
+        &ka_public(&c.site),
+        "plant-7",
+    );
+    import_fails(
+        &c,
+        &c.site,
+        &write(&c, "io.cose", &sealed),
+        "entitlement is for site plant-9",
+    );
+    let sealed = seal(
+        b"not cbor",
+        hq_key.as_ref(),
+        vec![hq_cert.clone()],
+        "plant-7",
+        &ka_public(&c.site),
+        "plant-7",
+    );
+    import_fails(
+        &c,
+        &c.site,
+        &write(&c, "junk.cose", &sealed),
+        "malformed entitlement payload",
+    );
+
+    // Sequence: 2 applies, then 1 (older) and 2 again (replay) are refused.
+    import(&c, &c.site, &p2);
+    import_fails(&c, &c.site, &p1, "sequence 1 is not above the last applied (2)");
+    import_fails(&c, &c.site, &p2, "sequence 2 is not above the last applied (2)");
+    let st = stamp_json(&c.pass, &["site", "status", "--dir", s(&c.site)]);
+    assert_eq!(st["entitlements"].as_array().unwrap().len(), 1);
+    assert_eq!(st["entitlements"][0]["entitlement_id"], "plant-7.2");
+}
