@@ -28,7 +28,7 @@ pub enum ImportError {
     #[error("entitlement package refused: {0}")]
     Envelope(#[from] envelope::EnvelopeError),
     /// A sealed envelope of another kind.
-    #[error("this is a {0} package, not an entitlement")]
+    #[error("this is a package of type {0}, not an entitlement")]
     WrongContentType(String),
     /// The signer is not the HQ authority under this site's OEM root.
     #[error("entitlement signer refused: {0}")]
@@ -144,8 +144,8 @@ fn status_of(st: &GrantState, issued: u64, now: i64) -> GrantStatus {
 impl Site {
     /// Verifies a sealed entitlement package, in this order, before anything changes: size; the
     /// envelope's structure and algorithms; the signer's chain to this site's pinned OEM root with
-    /// the HQ authority profile (rustls-webpki) and the signature; that it is addressed to this
-    /// site; decryption with this site's key; the payload; the site ID inside it; the sequence
+    /// the HQ authority profile (rustls-webpki) and the signature; the (signed) content type; that it
+    /// is addressed to this site; decryption with this site's key; the payload; the site ID inside it; the sequence
     /// (strictly above every package applied before: no replay, no rollback); the window (not over);
     /// for an amendment, that its target exists and the change is allowed.
     pub fn verify_entitlement(
@@ -191,6 +191,10 @@ impl Site {
         let verified = signed
             .verify(alg, leaf_cert.public_key().subject_public_key.data.as_ref(), &[])
             .map_err(ImportError::from)?;
+        // Only a signed content type means anything: checked after the signature.
+        if verified.content_type() != CONTENT_TYPE {
+            return Err(ImportError::WrongContentType(verified.content_type().chars().take(128).collect()).into());
+        }
         if verified.key_id() != site_id.as_str().as_bytes() {
             let to = String::from_utf8_lossy(verified.key_id())
                 .chars()
