@@ -57,7 +57,7 @@ pub enum CeremonyError {
         detail: String,
     },
     /// A CSR inside the request was refused.
-    #[error("{which} CSR: {source}")]
+    #[error("{which} CSR refused")]
     Csr {
         /// Which CSR.
         which: &'static str,

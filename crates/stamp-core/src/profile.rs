@@ -67,7 +67,7 @@ pub enum ProfileError {
     #[error("the issuer certificate does not belong to the signing key {0}")]
     IssuerKeyMismatch(String),
     /// rcgen refused to build the certificate (or the key backend failed to sign).
-    #[error("building the certificate failed: {0}")]
+    #[error("building the certificate failed")]
     Build(#[from] rcgen::Error),
     /// A certificate does not conform to the profile it should have.
     #[error("certificate does not match the {profile} profile: {what}")]

@@ -76,19 +76,19 @@ pub enum HqError {
     #[error(transparent)]
     Entitlement(#[from] stamp_core::entitlement::EntitlementError),
     /// Sealing failed.
-    #[error("sealing the package failed: {0}")]
+    #[error("sealing the package failed")]
     Envelope(#[from] stamp_core::envelope::EnvelopeError),
     /// A database query failed.
-    #[error("HQ database: {0}")]
+    #[error("HQ database query failed")]
     Sql(#[from] stamp_store::rusqlite::Error),
     /// Stored JSON could not be read or written.
-    #[error("HQ database holds malformed data: {0}")]
+    #[error("HQ database holds malformed data")]
     Json(#[from] serde_json::Error),
     /// The system random generator failed.
     #[error("the system random number generator failed")]
     Random,
     /// A file operation failed.
-    #[error("{path}: {source}")]
+    #[error("cannot write {path}")]
     Io {
         /// The file.
         path: PathBuf,

@@ -97,7 +97,7 @@ pub enum KeyStoreError {
     #[error("generating key {0} failed its consistency check")]
     Generation(String),
     /// Reading or writing a key file failed.
-    #[error("{path}: {source}")]
+    #[error("cannot access key file {path}")]
     Io {
         /// The file.
         path: PathBuf,

@@ -25,7 +25,7 @@ impl std::fmt::Debug for Passphrase {
 #[non_exhaustive]
 pub enum PassphraseError {
     /// The file could not be read.
-    #[error("cannot read passphrase file {path}: {source}")]
+    #[error("cannot read passphrase file {path}")]
     Read {
         /// The file.
         path: PathBuf,

@@ -25,13 +25,13 @@ pub const MAX_PACKAGE: usize = entitlement::MAX_PAYLOAD + 64 * 1024;
 #[non_exhaustive]
 pub enum ImportError {
     /// Not a sealed envelope, or tampered with.
-    #[error("entitlement package refused: {0}")]
+    #[error("entitlement package refused")]
     Envelope(#[from] envelope::EnvelopeError),
     /// A sealed envelope of another kind.
     #[error("this is a package of type {0}, not an entitlement")]
     WrongContentType(String),
     /// The signer is not the HQ authority under this site's OEM root.
-    #[error("entitlement signer refused: {0}")]
+    #[error("entitlement signer refused")]
     Signer(#[from] cert::CertError),
     /// Sealed to another site.
     #[error("entitlement is addressed to site {0}, not this site")]
@@ -159,11 +159,6 @@ impl Site {
             .certificate(Profile::OemRoot)?
             .ok_or(ImportError::NotInstalled)?;
         let signed = envelope::parse(bytes, MAX_PACKAGE).map_err(ImportError::from)?;
-        if signed.content_type() != CONTENT_TYPE {
-            return Err(
-                ImportError::WrongContentType(signed.content_type().chars().take(128).collect()).into(),
-            );
-        }
         let chain = signed.chain().to_vec();
         let leaf = chain
             .first()
@@ -193,7 +188,9 @@ impl Site {
             .map_err(ImportError::from)?;
         // Only a signed content type means anything: checked after the signature.
         if verified.content_type() != CONTENT_TYPE {
-            return Err(ImportError::WrongContentType(verified.content_type().chars().take(128).collect()).into());
+            return Err(
+                ImportError::WrongContentType(verified.content_type().chars().take(128).collect()).into(),
+            );
         }
         if verified.key_id() != site_id.as_str().as_bytes() {
             let to = String::from_utf8_lossy(verified.key_id())

@@ -50,13 +50,13 @@ pub enum SiteError {
     #[error(transparent)]
     Import(#[from] entitlements::ImportError),
     /// A database query failed.
-    #[error("site database: {0}")]
+    #[error("site database query failed")]
     Sql(#[from] stamp_store::rusqlite::Error),
     /// Stored JSON could not be read or written.
-    #[error("site database holds malformed data: {0}")]
+    #[error("site database holds malformed data")]
     Json(#[from] serde_json::Error),
     /// A file operation failed.
-    #[error("{path}: {source}")]
+    #[error("cannot write {path}")]
     Io {
         /// The file.
         path: PathBuf,

@@ -29,7 +29,7 @@ pub enum StoreError {
     #[error("no state database at {0}; is this the right --dir?")]
     Missing(PathBuf),
     /// SQLite failed.
-    #[error("database {path}: {source}")]
+    #[error("database {path} failed")]
     Sqlite {
         /// The database.
         path: PathBuf,
@@ -47,7 +47,7 @@ pub enum StoreError {
         known: u32,
     },
     /// A file operation failed.
-    #[error("{path}: {source}")]
+    #[error("cannot access {path}")]
     Io {
         /// The file.
         path: PathBuf,
