@@ -18,7 +18,8 @@ use crate::Globals;
 /// Run stamp's main job on embedded defaults, in a fresh directory, narrating each step: HQ
 /// creates the OEM root and its authority; a factory site creates its keys and an enrollment
 /// request; HQ checks the request and issues the site's certificates; the site verifies and
-/// installs them. Every file stays in the directory for you to inspect (try `openssl verify`).
+/// installs them; HQ grants the site a production run (an entitlement sealed to the site) and the
+/// site verifies and applies it. Every file stays in the directory for you to inspect.
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// Directory to work in (must not exist, or be empty). Default: a new temporary directory,
@@ -31,6 +32,9 @@ pub struct Args {
     /// The demo site's ID.
     #[arg(long, default_value = "factory-1")]
     site_id: SiteId,
+    /// Device quota of the demo entitlement.
+    #[arg(long, value_name = "N", default_value = "1000")]
+    quota: u64,
 }
 
 #[derive(Serialize)]
@@ -45,6 +49,10 @@ struct Report {
     request_fingerprint: String,
     site_credentials: PathBuf,
     site_issuing_ca_cert: PathBuf,
+    entitlement: PathBuf,
+    entitlement_id: String,
+    quota: u64,
+    serial_ranges: Vec<stamp_core::entitlement::SerialRange>,
     steps: Vec<Step>,
     seconds: f64,
 }
@@ -183,6 +191,61 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
         installed.site_id, installed.root_fingerprint
     ));
 
+    let package = dir.join("entitlement-1.cose");
+    let granted = n.step("HQ: grant the site a production run, sealed to the site", || {
+        let mut hq = stamp_hq::Hq::open(&hq_dir, Passphrase::from_file(&pass_file)?)?;
+        let org = hq.store().org()?;
+        let start = now();
+        let req = stamp_hq::entitle::GrantRequest {
+            site: a.site_id.clone(),
+            product: stamp_core::entitlement::Product {
+                oem_id: "example".into(),
+                product_id: "thermostat-2".into(),
+                name: "Thermostat 2".into(),
+            },
+            quota: a.quota,
+            rate_limits: [(stamp_core::entitlement::RatePeriod::Day, 100_000)]
+                .into_iter()
+                .collect(),
+            not_before: start.unix_timestamp(),
+            not_after: (start + time::Duration::days(30)).unix_timestamp(),
+            device_profile: stamp_core::entitlement::DeviceProfile {
+                validity_days: 3650,
+                key_types: vec![
+                    stamp_core::entitlement::DeviceKeyType::P256,
+                    stamp_core::entitlement::DeviceKeyType::Ed25519,
+                ],
+                organization: org,
+            },
+            stations: vec![],
+            device_data: [(
+                "cloud_endpoint".to_owned(),
+                "mqtts://iot.example.com:8883".to_owned(),
+            )]
+            .into_iter()
+            .collect(),
+        };
+        Ok(hq.entitle(&req, &package, now())?)
+    })?;
+    n.say(format!(
+        "entitlement {} (quota {}) in {}",
+        granted.entitlement.entitlement_id,
+        granted.entitlement.quota,
+        package.display()
+    ));
+    let applied = n.step(
+        "Site: verify the entitlement (HQ's signature, addressed here, in order) and apply it",
+        || {
+            let mut site = stamp_site::Site::open(&site_dir, Passphrase::from_file(&pass_file)?)?;
+            let v = site.verify_entitlement(&std::fs::read(&package)?, now())?;
+            Ok(site.apply_entitlement(v, now())?)
+        },
+    )?;
+    n.say(format!(
+        "{} active at the site: {} devices may be made until {}",
+        applied.entitlement.entitlement_id, applied.entitlement.remaining, applied.entitlement.not_after
+    ));
+
     let report = Report {
         dir: dir.clone(),
         passphrase_file: pass_file,
@@ -194,11 +257,15 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
         request_fingerprint: site_init.request_fingerprint,
         site_credentials: creds_path,
         site_issuing_ca_cert: enrolled.site_issuing_ca_cert,
+        entitlement: package,
+        entitlement_id: granted.entitlement.entitlement_id,
+        quota: granted.entitlement.quota,
+        serial_ranges: granted.entitlement.serial_ranges,
         steps: n.steps,
         seconds: started.elapsed().as_secs_f64(),
     };
     emit(g.json, &report, || {
-        println!("Enrollment ceremony complete in {:.1} s.", report.seconds);
+        println!("Enrollment and entitlement complete in {:.1} s.", report.seconds);
         println!(
             "Everything is in {}; check a certificate with:",
             report.dir.display()
