@@ -5,6 +5,7 @@
 //! layer (`stamp-keys`): a software key store today, a PKCS#11 token later.
 
 pub mod ceremony;
+pub mod audit;
 pub mod cert;
 pub mod checkpoint;
 pub mod csr;
