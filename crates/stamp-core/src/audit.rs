@@ -192,15 +192,26 @@ fn to_cbor<T: serde::Serialize>(v: &T) -> Vec<u8> {
     out
 }
 
-fn from_cbor<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &'static str, max: usize) -> Result<T, AuditError> {
+fn from_cbor<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+    what: &'static str,
+    max: usize,
+) -> Result<T, AuditError> {
     if bytes.len() > max {
         return Err(AuditError::TooLarge(what));
     }
     let mut reader = bytes;
-    let v: T = ciborium::de::from_reader_with_recursion_limit(&mut reader, 16)
-        .map_err(|e| AuditError::Malformed { what, detail: e.to_string() })?;
+    let v: T = ciborium::de::from_reader_with_recursion_limit(&mut reader, 16).map_err(|e| {
+        AuditError::Malformed {
+            what,
+            detail: e.to_string(),
+        }
+    })?;
     if !reader.is_empty() {
-        return Err(AuditError::Malformed { what, detail: "trailing bytes".into() });
+        return Err(AuditError::Malformed {
+            what,
+            detail: "trailing bytes".into(),
+        });
     }
     Ok(v)
 }
@@ -266,13 +277,22 @@ impl BundleHeader {
             return Err(AuditError::UnsupportedVersion("bundle header", h.version));
         }
         if h.bundle_id.len() != 16 {
-            return Err(AuditError::Malformed { what: "bundle header", detail: "bundle_id must be 16 bytes".into() });
+            return Err(AuditError::Malformed {
+                what: "bundle header",
+                detail: "bundle_id must be 16 bytes".into(),
+            });
         }
         if h.consistency_proof.len() > MAX_PROOF || h.consistency_proof.iter().any(|p| p.len() != 32) {
-            return Err(AuditError::Malformed { what: "bundle header", detail: "bad consistency proof".into() });
+            return Err(AuditError::Malformed {
+                what: "bundle header",
+                detail: "bad consistency proof".into(),
+            });
         }
         if h.previous.as_ref().is_some_and(|p| p.root.len() != 32) {
-            return Err(AuditError::Malformed { what: "bundle header", detail: "bad previous root".into() });
+            return Err(AuditError::Malformed {
+                what: "bundle header",
+                detail: "bad previous root".into(),
+            });
         }
         Ok(h)
     }
@@ -302,7 +322,10 @@ impl BundleChunk {
     pub fn from_cbor(bytes: &[u8]) -> Result<Self, AuditError> {
         let c: BundleChunk = from_cbor(bytes, "bundle chunk", MAX_FRAME)?;
         if c.entries.is_empty() || c.entries.len() > MAX_ENTRIES_PER_CHUNK {
-            return Err(AuditError::Malformed { what: "bundle chunk", detail: "1 to 4096 entries".into() });
+            return Err(AuditError::Malformed {
+                what: "bundle chunk",
+                detail: "1 to 4096 entries".into(),
+            });
         }
         if c.entries.iter().any(|e| e.len() > MAX_ENTRY) {
             return Err(AuditError::TooLarge("audit entry"));
@@ -354,7 +377,8 @@ pub fn read_frame<R: Read>(r: &mut R, max: usize) -> Result<Option<Vec<u8>>, Aud
         24..=27 => {
             let n = 1usize << (info - 24);
             let mut buf = [0u8; 8];
-            r.read_exact(&mut buf[8 - n..]).map_err(|_| AuditError::Framing("truncated frame length"))?;
+            r.read_exact(&mut buf[8 - n..])
+                .map_err(|_| AuditError::Framing("truncated frame length"))?;
             let v = u64::from_be_bytes(buf);
             // Shortest form only (deterministic encoding).
             let min = match n {
@@ -374,7 +398,8 @@ pub fn read_frame<R: Read>(r: &mut R, max: usize) -> Result<Option<Vec<u8>>, Aud
         return Err(AuditError::TooLarge("bundle frame"));
     }
     let mut buf = vec![0u8; len as usize];
-    r.read_exact(&mut buf).map_err(|_| AuditError::Framing("truncated frame"))?;
+    r.read_exact(&mut buf)
+        .map_err(|_| AuditError::Framing("truncated frame"))?;
     Ok(Some(buf))
 }
 
@@ -415,7 +440,10 @@ mod tests {
             Entry {
                 index: 2,
                 time_ms: 6,
-                event: Event::ExportMade { previous_size: 0, bundle_id: ByteBuf::from(vec![0; 16]) },
+                event: Event::ExportMade {
+                    previous_size: 0,
+                    bundle_id: ByteBuf::from(vec![0; 16]),
+                },
             },
         ];
         for e in events {
@@ -442,9 +470,15 @@ mod tests {
         assert_eq!(read_frame(&mut r, 100_000).unwrap(), None);
         let mut big = Vec::new();
         write_frame(&mut big, &[0u8; 300]).unwrap();
-        assert_eq!(read_frame(&mut big.as_slice(), 299), Err(AuditError::TooLarge("bundle frame")));
+        assert_eq!(
+            read_frame(&mut big.as_slice(), 299),
+            Err(AuditError::TooLarge("bundle frame"))
+        );
         assert!(read_frame(&mut &big[..100], 1000).is_err());
-        assert!(read_frame(&mut &[0x58u8, 0x05][..], 1000).is_err(), "non-minimal length");
+        assert!(
+            read_frame(&mut &[0x58u8, 0x05][..], 1000).is_err(),
+            "non-minimal length"
+        );
         assert!(read_frame(&mut &[0x5fu8][..], 1000).is_err(), "indefinite length");
         assert!(read_frame(&mut &[0xa0u8][..], 1000).is_err(), "not a byte string");
     }

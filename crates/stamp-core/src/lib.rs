@@ -4,11 +4,12 @@
 //! reached only through the [`key::Signer`] and [`key::KeyAgreement`] traits, implemented by the key
 //! layer (`stamp-keys`): a software key store today, a PKCS#11 token later.
 
-pub mod ceremony;
 pub mod audit;
+pub mod ceremony;
 pub mod cert;
 pub mod checkpoint;
 pub mod csr;
+pub mod device;
 pub mod entitlement;
 pub mod envelope;
 pub mod fingerprint;

@@ -1,0 +1,310 @@
+//! Device certificates: built only from an entitlement's device profile, and checked against it.
+//!
+//! Subject `O=<organization>, OU=<oem_id>, CN=<product_id>, serialNumber=<device serial>`; key usage
+//! digitalSignature (critical); basic constraints CA:FALSE (critical); extended key usage clientAuth;
+//! subject and authority key identifiers; validity from issuance for the profile's days, cut to the
+//! issuing CA's. From a CSR only the public key is used.
+
+use rcgen::{
+    CertificateParams, DistinguishedName, DnType, DnValue, ExtendedKeyUsagePurpose, IsCa, KeyIdMethod,
+    KeyUsagePurpose,
+};
+use time::{Duration, OffsetDateTime};
+use x509_parser::certificate::X509Certificate;
+use x509_parser::extensions::ParsedExtension;
+
+use crate::cert::{self, CertError};
+use crate::csr::KeyType;
+use crate::entitlement::{DeviceKeyType, Grant};
+use crate::key::RcgenSigner;
+use crate::profile::{Issuer, ProfileError, Serial};
+
+/// The device key type of a checked subject key, if the profile names it.
+pub fn device_key_type(kt: KeyType) -> Option<DeviceKeyType> {
+    match kt {
+        KeyType::P256 => Some(DeviceKeyType::P256),
+        KeyType::P384 => Some(DeviceKeyType::P384),
+        KeyType::Ed25519 => Some(DeviceKeyType::Ed25519),
+        KeyType::Rsa(2048) => Some(DeviceKeyType::Rsa2048),
+        KeyType::Rsa(3072) => Some(DeviceKeyType::Rsa3072),
+        KeyType::Rsa(4096) => Some(DeviceKeyType::Rsa4096),
+        KeyType::Rsa(_) => None,
+    }
+}
+
+fn subject(grant: &Grant, device_serial: u64) -> DistinguishedName {
+    let mut dn = DistinguishedName::new();
+    dn.push(
+        DnType::OrganizationName,
+        grant.device_profile.organization.as_str(),
+    );
+    dn.push(DnType::OrganizationalUnitName, grant.product.oem_id.as_str());
+    dn.push(DnType::CommonName, grant.product.product_id.as_str());
+    // id-at-serialNumber (2.5.4.5): a PrintableString (decimal digits always are one).
+    let decimal = device_serial.to_string();
+    let value = match rcgen::string::PrintableString::try_from(decimal.clone()) {
+        Ok(p) => DnValue::PrintableString(p),
+        Err(_) => DnValue::Utf8String(decimal),
+    };
+    dn.push(DnType::CustomDnType(vec![2, 5, 4, 5]), value);
+    dn
+}
+
+/// Builds and signs a device certificate for `spki_der` (a checked CSR's key) under `grant`.
+pub fn issue(
+    grant: &Grant,
+    device_serial: u64,
+    spki_der: &[u8],
+    now: OffsetDateTime,
+    serial: Serial,
+    issuer: &Issuer<'_>,
+) -> Result<Vec<u8>, ProfileError> {
+    let (_, ca) =
+        x509_parser::parse_x509_certificate(issuer.cert_der).map_err(|_| ProfileError::BadIssuer)?;
+    let not_before = now.replace_nanosecond(0).unwrap_or(now);
+    let not_after = (not_before + Duration::days(i64::from(grant.device_profile.validity_days)))
+        .min(ca.validity().not_after.to_datetime());
+    if not_after <= not_before {
+        return Err(ProfileError::EmptyValidity);
+    }
+    let mut params = CertificateParams::default();
+    params.distinguished_name = subject(grant, device_serial);
+    params.not_before = not_before;
+    params.not_after = not_after;
+    params.serial_number = Some(rcgen::SerialNumber::from_slice(serial.as_bytes()));
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.use_authority_key_identifier_extension = true;
+    params.key_identifier_method = KeyIdMethod::Sha256;
+    let subject_key = rcgen::SubjectPublicKeyInfo::from_der(spki_der)?;
+    let rcgen_issuer =
+        rcgen::Issuer::from_ca_cert_der(&issuer.cert_der.to_vec().into(), RcgenSigner(issuer.signer))?;
+    Ok(params.signed_by(&subject_key, &rcgen_issuer)?.der().to_vec())
+}
+
+/// What a checked device certificate says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceCertInfo {
+    /// The device serial from the subject.
+    pub device_serial: u64,
+    /// The subject key's type.
+    pub key_type: KeyType,
+    /// SHA-256 of the SubjectPublicKeyInfo.
+    pub public_key_sha256: [u8; 32],
+    /// Validity start.
+    pub not_before: OffsetDateTime,
+    /// Validity end.
+    pub not_after: OffsetDateTime,
+}
+
+/// Why a device certificate does not match its grant's profile.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DeviceCertError {
+    /// Not a certificate, or not issued by the issuing CA.
+    #[error(transparent)]
+    Cert(#[from] CertError),
+    /// A field differs from the profile.
+    #[error("device certificate does not match its profile: {0}")]
+    Profile(&'static str),
+}
+
+/// Checks a device certificate: issued by `issuing_ca` (name and signature), subject, extensions and
+/// key type exactly as `grant`'s device profile says. Validity is not compared with any clock.
+pub fn check(
+    der: &[u8],
+    grant: &Grant,
+    issuing_ca: &X509Certificate<'_>,
+) -> Result<DeviceCertInfo, DeviceCertError> {
+    use DeviceCertError::Profile as P;
+    let c = cert::parse(der)?;
+    if c.issuer().as_raw() != issuing_ca.subject().as_raw() {
+        return Err(CertError::IssuerMismatch("device").into());
+    }
+    c.verify_signature(Some(issuing_ca.public_key()))
+        .map_err(|_| CertError::BadSignature("device"))?;
+    let mut o = c.subject().iter_organization();
+    let mut ou = c.subject().iter_organizational_unit();
+    let mut cn = c.subject().iter_common_name();
+    let text = |a: Option<&x509_parser::x509::AttributeTypeAndValue<'_>>| {
+        a.and_then(|v| v.as_str().ok().map(str::to_owned))
+    };
+    if text(o.next()).as_deref() != Some(grant.device_profile.organization.as_str()) || o.next().is_some() {
+        return Err(P("organization"));
+    }
+    if text(ou.next()).as_deref() != Some(grant.product.oem_id.as_str()) || ou.next().is_some() {
+        return Err(P("OEM ID"));
+    }
+    if text(cn.next()).as_deref() != Some(grant.product.product_id.as_str()) || cn.next().is_some() {
+        return Err(P("product ID"));
+    }
+    let serials: Vec<_> = c
+        .subject()
+        .iter_by_oid(&x509_parser::oid_registry::OID_X509_SERIALNUMBER)
+        .filter_map(|a| a.as_str().ok())
+        .collect();
+    let device_serial: u64 = match serials.as_slice() {
+        [s] if !s.starts_with('0') || *s == "0" => s.parse().map_err(|_| P("serialNumber"))?,
+        _ => return Err(P("serialNumber")),
+    };
+    if c.subject().iter().map(|rdn| rdn.iter().count()).sum::<usize>() != 4 {
+        return Err(P("extra subject attributes"));
+    }
+    let (mut ku, mut bc, mut eku, mut ski, mut aki) = (false, false, false, false, false);
+    for ext in c.extensions() {
+        match ext.parsed_extension() {
+            ParsedExtension::KeyUsage(k) => {
+                ku = ext.critical && k.flags == 1; // digitalSignature only
+            }
+            ParsedExtension::BasicConstraints(b) => bc = ext.critical && !b.ca,
+            ParsedExtension::ExtendedKeyUsage(e) => {
+                eku = e.client_auth
+                    && !e.any
+                    && !e.server_auth
+                    && !e.code_signing
+                    && !e.email_protection
+                    && !e.time_stamping
+                    && !e.ocsp_signing
+                    && e.other.is_empty()
+            }
+            ParsedExtension::SubjectKeyIdentifier(_) => ski = true,
+            ParsedExtension::AuthorityKeyIdentifier(_) => aki = true,
+            _ => return Err(P("unexpected extension")),
+        }
+    }
+    if !(ku && bc && eku && ski && aki) {
+        return Err(P(
+            "key usage, basic constraints, extended key usage or key identifiers",
+        ));
+    }
+    let spki = c.public_key().raw;
+    let key_type = crate::csr::classify_spki(spki).map_err(|_| P("public key"))?;
+    match device_key_type(key_type) {
+        Some(t) if grant.device_profile.key_types.contains(&t) => {}
+        _ => return Err(P("key type not allowed")),
+    }
+    let not_before = c.validity().not_before.to_datetime();
+    let not_after = c.validity().not_after.to_datetime();
+    if not_after - not_before > Duration::days(i64::from(grant.device_profile.validity_days)) {
+        return Err(P("validity longer than the profile allows"));
+    }
+    Ok(DeviceCertInfo {
+        device_serial,
+        key_type,
+        public_key_sha256: crate::fingerprint::sha256(spki),
+        not_before,
+        not_after,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use time::macros::datetime;
+
+    use super::*;
+    use crate::entitlement::tests::grant as sample;
+    use crate::entitlement::Action;
+    use crate::key::{SignatureAlgorithm, Signer};
+    use crate::profile::tests::{root, TestSigner};
+    use crate::profile::{Holder, Profile, Validity};
+    use crate::SiteId;
+
+    const NOW: OffsetDateTime = datetime!(2026-11-22 12:00:00 UTC);
+
+    fn grant() -> Grant {
+        match sample("s1", 1).action {
+            Action::Grant(g) => g,
+            Action::Amend(_) => unreachable!(),
+        }
+    }
+
+    fn issuing_ca() -> (TestSigner, Vec<u8>) {
+        let (root_key, root_der) = root(SignatureAlgorithm::EcdsaP256Sha256);
+        let ca_key = TestSigner::new(SignatureAlgorithm::EcdsaP256Sha256);
+        let der = crate::profile::issue(
+            Profile::SiteIssuingCa,
+            "Acme",
+            &Holder::Site(SiteId::new("s1").unwrap()),
+            &cert::subject_key(ca_key.algorithm().rcgen(), ca_key.public_key()),
+            Validity::starting(NOW, Duration::days(3650)),
+            Serial::from_random([9; 16]),
+            &Issuer {
+                cert_der: &root_der,
+                signer: &root_key,
+            },
+        )
+        .unwrap();
+        (ca_key, der)
+    }
+
+    #[test]
+    fn issued_device_certificates_pass_the_check_and_nothing_else_does() {
+        let (ca_key, ca_der) = issuing_ca();
+        let ca = cert::parse(&ca_der).unwrap();
+        let g = grant();
+        let device = TestSigner::new(SignatureAlgorithm::EcdsaP256Sha256);
+        let spki = device.spki_der();
+        let der = issue(
+            &g,
+            42,
+            &spki,
+            NOW,
+            Serial::from_random([5; 16]),
+            &Issuer {
+                cert_der: &ca_der,
+                signer: &ca_key,
+            },
+        )
+        .unwrap();
+        let info = check(&der, &g, &ca).unwrap();
+        assert_eq!(info.device_serial, 42);
+        assert_eq!(info.key_type, KeyType::P256);
+        assert_eq!(info.public_key_sha256, crate::fingerprint::sha256(&spki));
+        assert_eq!(
+            info.not_after - info.not_before,
+            Duration::days(3650).min(info.not_after - info.not_before)
+        );
+
+        // Another product's profile, a key type the profile does not allow, another CA.
+        let mut other = g.clone();
+        other.product.product_id = "other".into();
+        assert!(check(&der, &other, &ca).is_err());
+        let mut no_p256 = g.clone();
+        no_p256.device_profile.key_types = vec![DeviceKeyType::Ed25519];
+        assert!(check(&der, &no_p256, &ca).is_err());
+        let (_, other_ca) = issuing_ca();
+        assert!(check(&der, &g, &cert::parse(&other_ca).unwrap()).is_err());
+        // Every bit flip is refused.
+        for i in (0..der.len()).step_by(3) {
+            let mut m = der.clone();
+            m[i] ^= 0x01;
+            assert!(check(&m, &g, &ca).is_err(), "flip at {i} accepted");
+        }
+    }
+
+    #[test]
+    fn validity_is_cut_to_the_issuing_ca() {
+        let (ca_key, ca_der) = issuing_ca();
+        let mut g = grant();
+        g.device_profile.validity_days = 365 * 40;
+        let device = TestSigner::new(SignatureAlgorithm::Ed25519);
+        let der = issue(
+            &g,
+            7,
+            &device.spki_der(),
+            NOW,
+            Serial::from_random([1; 16]),
+            &Issuer {
+                cert_der: &ca_der,
+                signer: &ca_key,
+            },
+        )
+        .unwrap();
+        let c = cert::parse(&der).unwrap();
+        let ca = cert::parse(&ca_der).unwrap();
+        assert_eq!(c.validity().not_after, ca.validity().not_after);
+        g.device_profile.key_types.push(DeviceKeyType::Ed25519);
+        assert_eq!(check(&der, &g, &ca).unwrap().key_type, KeyType::Ed25519);
+    }
+}
