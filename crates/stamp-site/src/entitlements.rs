@@ -354,6 +354,16 @@ impl crate::SiteStore {
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 params![sequence as i64, id, action, sha256.as_slice(), sealed, ts],
             )?;
+            crate::log::append_one(
+                tx,
+                crate::unix_ms(now),
+                stamp_core::audit::Event::EntitlementApplied {
+                    entitlement_id: id.clone(),
+                    sequence,
+                    action: action.to_owned(),
+                    package_sha256: serde_bytes::ByteBuf::from(sha256.to_vec()),
+                },
+            )?;
             tx.execute(
                 "INSERT INTO entitlements (entitlement_id, state_json, issued, applied_at, updated_at)
                      VALUES (?1, ?2, 0, ?3, ?3)

@@ -3,7 +3,10 @@
 //! State lives in a site directory: `stamp-site.db` (SQLite), `keys/` (the key store),
 //! `request.json` (a copy of the enrollment request) and, once installed, `certs/`.
 
+pub mod engine;
 pub mod entitlements;
+pub mod export;
+pub mod log;
 mod store;
 
 use std::fs;
@@ -55,6 +58,12 @@ pub enum SiteError {
     /// Stored JSON could not be read or written.
     #[error("site database holds malformed data")]
     Json(#[from] serde_json::Error),
+    /// The stored audit log is inconsistent (disk corruption or tampering).
+    #[error("the site's audit log is inconsistent ({0}); do not issue until it is investigated")]
+    CorruptLog(&'static str),
+    /// The audit export failed.
+    #[error("audit export failed: {0}")]
+    Export(String),
     /// A file operation failed.
     #[error("cannot write {path}")]
     Io {
@@ -63,6 +72,11 @@ pub enum SiteError {
         /// The cause.
         source: std::io::Error,
     },
+}
+
+/// Unix milliseconds of a time.
+pub fn unix_ms(t: OffsetDateTime) -> i64 {
+    (t.unix_timestamp_nanos() / 1_000_000) as i64
 }
 
 pub(crate) fn sql(e: stamp_store::rusqlite::Error) -> SiteError {
