@@ -122,7 +122,11 @@ impl Policy {
         Ok(self
             .reader
             .conn()
-            .query_row("SELECT 1 FROM devices WHERE spki_sha256 = ?1", [spki_sha256.as_slice()], |_| Ok(()))
+            .query_row(
+                "SELECT 1 FROM devices WHERE spki_sha256 = ?1",
+                [spki_sha256.as_slice()],
+                |_| Ok(()),
+            )
             .optional()?
             .is_some())
     }
@@ -187,7 +191,12 @@ impl Policy {
         }
         self.pending_keys.insert(spki_sha256);
         self.last_time_ms = time_ms;
-        Ok(Ok(Reservation { entitlement_id: entitlement_id.to_owned(), device_serial, previous_next, spki_sha256 }))
+        Ok(Ok(Reservation {
+            entitlement_id: entitlement_id.to_owned(),
+            device_serial,
+            previous_next,
+            spki_sha256,
+        }))
     }
 
     /// Undoes a reservation whose certificate could not be built.
@@ -205,8 +214,17 @@ impl Policy {
 
 /// A log write for the writer thread.
 enum Job {
-    Device { time_ms: i64, record: DeviceRecord, issued_ms: i64, reply: mpsc::SyncSender<Result<u64, String>> },
-    Refusal { time_ms: i64, event: Event, reply: mpsc::SyncSender<Result<u64, String>> },
+    Device {
+        time_ms: i64,
+        record: DeviceRecord,
+        issued_ms: i64,
+        reply: mpsc::SyncSender<Result<u64, String>>,
+    },
+    Refusal {
+        time_ms: i64,
+        event: Event,
+        reply: mpsc::SyncSender<Result<u64, String>>,
+    },
 }
 
 /// The provisioning engine of one site.
@@ -230,9 +248,15 @@ impl Engine {
     /// state from the database and starts the log writer.
     pub fn start(site: &Site) -> Result<Engine, SiteError> {
         let store = &site.store;
-        let issuing_ca = store.certificate(Profile::SiteIssuingCa)?.ok_or(crate::entitlements::ImportError::NotInstalled)?;
-        let root = store.certificate(Profile::OemRoot)?.ok_or(crate::entitlements::ImportError::NotInstalled)?;
-        let issuing = site.keys.open_signer(&KeyRef::parse(&store.key_ref(Profile::SiteIssuingCa)?)?)?;
+        let issuing_ca = store
+            .certificate(Profile::SiteIssuingCa)?
+            .ok_or(crate::entitlements::ImportError::NotInstalled)?;
+        let root = store
+            .certificate(Profile::OemRoot)?
+            .ok_or(crate::entitlements::ImportError::NotInstalled)?;
+        let issuing = site
+            .keys
+            .open_signer(&KeyRef::parse(&store.key_ref(Profile::SiteIssuingCa)?)?)?;
         let path: PathBuf = store.path().to_owned();
         let reader = SiteStore::open(&path)?;
         let mut grants = HashMap::new();
@@ -255,7 +279,15 @@ impl Engine {
                 recent.insert(*period, times.into_iter().collect::<VecDeque<_>>());
             }
             let next_serial = serial_after(&state.grant.serial_ranges, max_serial.map(|s| s as u64));
-            grants.insert(id, GrantRuntime { state, issued: issued as u64, next_serial, recent });
+            grants.insert(
+                id,
+                GrantRuntime {
+                    state,
+                    issued: issued as u64,
+                    next_serial,
+                    recent,
+                },
+            );
         }
         let last_time_ms = log::head(reader.conn())?.last_time_ms;
         let failed = Arc::new(AtomicBool::new(false));
@@ -267,7 +299,12 @@ impl Engine {
             .spawn(move || write_loop(writer_store, rx, writer_failed))
             .map_err(|source| SiteError::Io { path, source })?;
         Ok(Engine {
-            policy: Mutex::new(Policy { grants, pending_keys: HashSet::new(), last_time_ms, reader }),
+            policy: Mutex::new(Policy {
+                grants,
+                pending_keys: HashSet::new(),
+                last_time_ms,
+                reader,
+            }),
             jobs: Mutex::new(Some(tx)),
             writer: Mutex::new(Some(writer)),
             failed,
@@ -285,7 +322,9 @@ impl Engine {
 
     fn send(&self, job: Job) -> Result<(), IssueError> {
         match lock(&self.jobs).as_ref() {
-            Some(tx) => tx.send(job).map_err(|_| IssueError::Unavailable("the audit log writer stopped".into())),
+            Some(tx) => tx
+                .send(job)
+                .map_err(|_| IssueError::Unavailable("the audit log writer stopped".into())),
             None => Err(IssueError::Unavailable("the engine is shutting down".into())),
         }
     }
@@ -318,7 +357,11 @@ impl Engine {
             reason,
             public_key_sha256: spki_sha256.map(|h| ByteBuf::from(h.to_vec())),
         };
-        let sent = self.send(Job::Refusal { time_ms, event, reply });
+        let sent = self.send(Job::Refusal {
+            time_ms,
+            event,
+            reply,
+        });
         drop(p);
         match sent.and_then(|()| Self::wait(rx)) {
             Ok(_) => IssueError::Refused(reason),
@@ -335,7 +378,9 @@ impl Engine {
         now: OffsetDateTime,
     ) -> Result<DeviceStamp, IssueError> {
         if self.failed.load(Ordering::SeqCst) {
-            return Err(IssueError::Unavailable("the audit log failed earlier; restart the site".into()));
+            return Err(IssueError::Unavailable(
+                "the audit log failed earlier; restart the site".into(),
+            ));
         }
         let now_ms = unix_ms(now);
         let csr = match csr::verify(csr_der) {
@@ -352,14 +397,23 @@ impl Engine {
         };
         let spki_sha256 = fingerprint::sha256(csr.spki_der());
         let mut serial = [0u8; 16];
-        self.rng.fill(&mut serial).map_err(|_| IssueError::Unavailable("random generator failed".into()))?;
+        self.rng
+            .fill(&mut serial)
+            .map_err(|_| IssueError::Unavailable("random generator failed".into()))?;
 
         let mut p = lock(&self.policy);
         let time_ms = now_ms.max(p.last_time_ms);
         let reservation = match p.admit(entitlement_id, station, csr.key_type(), spki_sha256, time_ms) {
             Ok(Ok(r)) => r,
             Ok(Err(reason)) => {
-                return Err(self.refuse(Some(p), entitlement_id, station, reason, Some(spki_sha256), now_ms))
+                return Err(self.refuse(
+                    Some(p),
+                    entitlement_id,
+                    station,
+                    reason,
+                    Some(spki_sha256),
+                    now_ms,
+                ))
             }
             Err(e) => return Err(IssueError::Unavailable(e.to_string())),
         };
@@ -372,13 +426,23 @@ impl Engine {
             csr.spki_der(),
             now,
             Serial::from_random(serial),
-            &Issuer { cert_der: &self.issuing_ca, signer: self.issuing.as_ref() },
+            &Issuer {
+                cert_der: &self.issuing_ca,
+                signer: self.issuing.as_ref(),
+            },
         );
         let cert = match cert {
             Ok(c) => c,
             Err(_) => {
                 p.release(&reservation);
-                return Err(self.refuse(Some(p), entitlement_id, station, RefusalReason::Internal, None, now_ms));
+                return Err(self.refuse(
+                    Some(p),
+                    entitlement_id,
+                    station,
+                    RefusalReason::Internal,
+                    None,
+                    now_ms,
+                ));
             }
         };
         let record = DeviceRecord {
@@ -391,7 +455,12 @@ impl Engine {
             hq_key_index: None,
         };
         let (reply, rx) = mpsc::sync_channel(1);
-        let sent = self.send(Job::Device { time_ms, record, issued_ms: time_ms, reply });
+        let sent = self.send(Job::Device {
+            time_ms,
+            record,
+            issued_ms: time_ms,
+            reply,
+        });
         drop(p);
         sent?;
         let log_index = Self::wait(rx)?;
@@ -495,7 +564,10 @@ mod tests {
 
     #[test]
     fn serials_walk_the_ranges_in_order() {
-        let rs = [SerialRange { first: 50, last: 51 }, SerialRange { first: 10, last: 11 }];
+        let rs = [
+            SerialRange { first: 50, last: 51 },
+            SerialRange { first: 10, last: 11 },
+        ];
         assert_eq!(serial_after(&rs, None), Some(10));
         assert_eq!(serial_after(&rs, Some(10)), Some(11));
         assert_eq!(serial_after(&rs, Some(11)), Some(50));

@@ -66,8 +66,16 @@ impl Sealer {
             key_id: HQ_KEY_ID,
             recipient_id: self.site.as_str().as_bytes(),
         };
-        envelope::seal(content_type, plaintext, self.signer.as_ref(), &self.chain, &r, &[], &self.rng)
-            .map_err(|e| SiteError::Export(e.to_string()))
+        envelope::seal(
+            content_type,
+            plaintext,
+            self.signer.as_ref(),
+            &self.chain,
+            &r,
+            &[],
+            &self.rng,
+        )
+        .map_err(|e| SiteError::Export(e.to_string()))
     }
 }
 
@@ -75,16 +83,31 @@ impl Site {
     fn sealer(&self) -> Result<Sealer, SiteError> {
         let missing = || SiteError::Import(crate::entitlements::ImportError::NotInstalled);
         let site = self.store.site_id()?;
-        let chain = vec![self.store.certificate(Profile::SiteIdentitySigning)?.ok_or_else(missing)?];
-        let hq_der = self.store.certificate(Profile::HqAuthorityKeyAgreement)?.ok_or_else(missing)?;
+        let chain = vec![self
+            .store
+            .certificate(Profile::SiteIdentitySigning)?
+            .ok_or_else(missing)?];
+        let hq_der = self
+            .store
+            .certificate(Profile::HqAuthorityKeyAgreement)?
+            .ok_or_else(missing)?;
         let hq = cert::parse(&hq_der).map_err(|_| SiteError::CorruptLog("stored HQ certificate"))?;
         let hq_alg = match stamp_core::csr::classify_spki(hq.public_key().raw) {
             Ok(KeyType::P384) => KeyAgreementAlgorithm::EcdhP384,
             _ => KeyAgreementAlgorithm::EcdhP256,
         };
         let hq_key = hq.public_key().subject_public_key.data.to_vec();
-        let signer = self.keys.open_signer(&KeyRef::parse(&self.store.key_ref(Profile::SiteIdentitySigning)?)?)?;
-        Ok(Sealer { site, signer, chain, hq_alg, hq_key, rng: SystemRandom::new() })
+        let signer = self.keys.open_signer(&KeyRef::parse(
+            &self.store.key_ref(Profile::SiteIdentitySigning)?,
+        )?)?;
+        Ok(Sealer {
+            site,
+            signer,
+            chain,
+            hq_alg,
+            hq_key,
+            rng: SystemRandom::new(),
+        })
     }
 
     /// Exports the log since the last export (or since the checkpoint at `since`, for an export
@@ -103,23 +126,32 @@ impl Site {
             Some(n) => Some(
                 self.store
                     .conn()
-                    .query_row("SELECT size, root FROM checkpoints WHERE size = ?1", [n as i64], |r| {
-                        Ok((r.get::<_, i64>(0)? as u64, r.get(1)?))
-                    })
+                    .query_row(
+                        "SELECT size, root FROM checkpoints WHERE size = ?1",
+                        [n as i64],
+                        |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)),
+                    )
                     .optional()?
-                    .ok_or(SiteError::Export(format!("this site made no checkpoint at size {n}")))?,
+                    .ok_or(SiteError::Export(format!(
+                        "this site made no checkpoint at size {n}"
+                    )))?,
             ),
             None => self
                 .store
                 .conn()
-                .query_row("SELECT size, root FROM exports ORDER BY size DESC LIMIT 1", [], |r| {
-                    Ok((r.get::<_, i64>(0)? as u64, r.get(1)?))
-                })
+                .query_row(
+                    "SELECT size, root FROM exports ORDER BY size DESC LIMIT 1",
+                    [],
+                    |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)),
+                )
                 .optional()?,
         };
         let previous_size = previous.as_ref().map_or(0, |p| p.0);
         let mut bundle_id = [0u8; 16];
-        sealer.rng.fill(&mut bundle_id).map_err(|_| SiteError::Export("random generator failed".into()))?;
+        sealer
+            .rng
+            .fill(&mut bundle_id)
+            .map_err(|_| SiteError::Export("random generator failed".into()))?;
         let origin = origin(&site);
         let now_ms = unix_ms(now);
         // The export entry and the checkpoint, durably, before the file is written.
@@ -154,7 +186,8 @@ impl Site {
         // Chunks of at most MAX_ENTRIES_PER_CHUNK entries and MAX_CHUNK_PLAINTEXT bytes.
         let mut chunks: Vec<(u64, u64)> = Vec::new();
         {
-            let mut stmt = conn.prepare("SELECT idx, length(entry) FROM log_entries WHERE idx >= ?1 ORDER BY idx")?;
+            let mut stmt =
+                conn.prepare("SELECT idx, length(entry) FROM log_entries WHERE idx >= ?1 ORDER BY idx")?;
             let mut rows = stmt.query([previous_size as i64])?;
             let (mut start, mut count, mut bytes) = (previous_size, 0u64, 0usize);
             while let Some(row) = rows.next()? {
@@ -164,7 +197,9 @@ impl Site {
                     break;
                 }
                 let len = len as usize + 8;
-                if count > 0 && (count as usize >= audit::MAX_ENTRIES_PER_CHUNK || bytes + len > audit::MAX_CHUNK_PLAINTEXT)
+                if count > 0
+                    && (count as usize >= audit::MAX_ENTRIES_PER_CHUNK
+                        || bytes + len > audit::MAX_CHUNK_PLAINTEXT)
                 {
                     chunks.push((start, count));
                     start += count;
@@ -183,7 +218,10 @@ impl Site {
             site_id: site.clone(),
             bundle_id: ByteBuf::from(bundle_id.to_vec()),
             created_at_ms: now_ms,
-            previous: previous.map(|(size, root)| TreeHead { size, root: ByteBuf::from(root) }),
+            previous: previous.map(|(size, root)| TreeHead {
+                size,
+                root: ByteBuf::from(root),
+            }),
             checkpoint: note.clone(),
             consistency_proof: proof.iter().map(|h| ByteBuf::from(h.to_vec())).collect(),
             first_index: previous_size,
@@ -192,14 +230,30 @@ impl Site {
         };
         let tmp = out.with_extension(format!("tmp-{}", std::process::id()));
         let write = || -> Result<(), SiteError> {
-            let io = |source| SiteError::Io { path: out.to_owned(), source };
-            let f = OpenOptions::new().write(true).create(true).truncate(true).mode(0o644).open(&tmp).map_err(io)?;
+            let io = |source| SiteError::Io {
+                path: out.to_owned(),
+                source,
+            };
+            let f = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o644)
+                .open(&tmp)
+                .map_err(io)?;
             let mut w = BufWriter::new(f);
-            audit::write_frame(&mut w, &sealer.seal(audit::HEADER_CONTENT_TYPE, &header.to_cbor())?).map_err(io)?;
-            let mut stmt = conn.prepare("SELECT entry FROM log_entries WHERE idx >= ?1 AND idx < ?2 ORDER BY idx")?;
+            audit::write_frame(
+                &mut w,
+                &sealer.seal(audit::HEADER_CONTENT_TYPE, &header.to_cbor())?,
+            )
+            .map_err(io)?;
+            let mut stmt =
+                conn.prepare("SELECT entry FROM log_entries WHERE idx >= ?1 AND idx < ?2 ORDER BY idx")?;
             for (n, (start, count)) in chunks.iter().enumerate() {
                 let entries = stmt
-                    .query_map(params![*start as i64, (*start + *count) as i64], |r| r.get::<_, Vec<u8>>(0))?
+                    .query_map(params![*start as i64, (*start + *count) as i64], |r| {
+                        r.get::<_, Vec<u8>>(0)
+                    })?
                     .map(|e| e.map(ByteBuf::from))
                     .collect::<Result<Vec<_>, _>>()?;
                 let chunk = BundleChunk {
@@ -208,7 +262,8 @@ impl Site {
                     first_index: *start,
                     entries,
                 };
-                audit::write_frame(&mut w, &sealer.seal(audit::CHUNK_CONTENT_TYPE, &chunk.to_cbor())?).map_err(io)?;
+                audit::write_frame(&mut w, &sealer.seal(audit::CHUNK_CONTENT_TYPE, &chunk.to_cbor())?)
+                    .map_err(io)?;
             }
             let f = w.into_inner().map_err(|e| io(e.into_error()))?;
             f.sync_all().map_err(io)?;

@@ -18,19 +18,36 @@ pub(crate) struct LogHead {
 
 /// Reads the log head.
 pub(crate) fn head(conn: &Connection) -> Result<LogHead, SiteError> {
-    let (bytes, last_time_ms): (Vec<u8>, i64) =
-        conn.query_row("SELECT frontier, last_time_ms FROM log_state WHERE id = 1", [], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    let (bytes, last_time_ms): (Vec<u8>, i64) = conn.query_row(
+        "SELECT frontier, last_time_ms FROM log_state WHERE id = 1",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
     let frontier = Frontier::from_bytes(&bytes).map_err(|_| SiteError::CorruptLog("stored frontier"))?;
-    Ok(LogHead { frontier, last_time_ms })
+    Ok(LogHead {
+        frontier,
+        last_time_ms,
+    })
 }
 
 /// Appends one event at `time_ms` (raised to the last entry's time if the clock went back) and
 /// returns the entry. The caller's transaction commits it; [`save`] must run before the commit.
-pub(crate) fn append(tx: &Transaction<'_>, head: &mut LogHead, time_ms: i64, event: Event) -> Result<Entry, SiteError> {
-    let entry = Entry { index: head.frontier.size(), time_ms: time_ms.max(head.last_time_ms), event };
+pub(crate) fn append(
+    tx: &Transaction<'_>,
+    head: &mut LogHead,
+    time_ms: i64,
+    event: Event,
+) -> Result<Entry, SiteError> {
+    let entry = Entry {
+        index: head.frontier.size(),
+        time_ms: time_ms.max(head.last_time_ms),
+        event,
+    };
     let bytes = entry.to_cbor();
     let leaf = merkle::leaf_hash(&bytes);
-    head.frontier.append(leaf).map_err(|_| SiteError::CorruptLog("log full"))?;
+    head.frontier
+        .append(leaf)
+        .map_err(|_| SiteError::CorruptLog("log full"))?;
     head.last_time_ms = entry.time_ms;
     tx.execute(
         "INSERT INTO log_entries (idx, time_ms, entry, leaf_hash) VALUES (?1, ?2, ?3, ?4)",
@@ -62,15 +79,18 @@ pub(crate) struct StoredLeaves<'a>(pub &'a Connection);
 impl HashSource for StoredLeaves<'_> {
     type Error = SiteError;
     fn leaf_hash(&self, index: u64) -> Result<Hash, SiteError> {
-        let v: Vec<u8> =
-            self.0.query_row("SELECT leaf_hash FROM log_entries WHERE idx = ?1", [index as i64], |r| r.get(0))?;
+        let v: Vec<u8> = self.0.query_row(
+            "SELECT leaf_hash FROM log_entries WHERE idx = ?1",
+            [index as i64],
+            |r| r.get(0),
+        )?;
         v.try_into().map_err(|_| SiteError::CorruptLog("leaf hash"))
     }
 }
 
 /// Checks the whole stored log: every entry decodes, indexes are consecutive, times never go back,
 /// every leaf hash is the hash of its entry, and the leaves give the stored frontier's root.
-pub fn verify(conn: &Connection) -> Result<(u64, Hash), SiteError> {
+pub(crate) fn verify(conn: &Connection) -> Result<(u64, Hash), SiteError> {
     let h = head(conn)?;
     let mut frontier = Frontier::new();
     let mut last = i64::MIN;
@@ -89,10 +109,14 @@ pub fn verify(conn: &Connection) -> Result<(u64, Hash), SiteError> {
             return Err(SiteError::CorruptLog("leaf hash"));
         }
         last = e.time_ms;
-        frontier.append(merkle::leaf_hash(&bytes)).map_err(|_| SiteError::CorruptLog("log full"))?;
+        frontier
+            .append(merkle::leaf_hash(&bytes))
+            .map_err(|_| SiteError::CorruptLog("log full"))?;
     }
     if frontier.size() != h.frontier.size() || frontier.root() != h.frontier.root() {
-        return Err(SiteError::CorruptLog("stored frontier does not match the entries"));
+        return Err(SiteError::CorruptLog(
+            "stored frontier does not match the entries",
+        ));
     }
     Ok((frontier.size(), frontier.root()))
 }

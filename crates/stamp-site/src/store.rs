@@ -147,6 +147,11 @@ impl SiteStore {
         &mut self.db
     }
 
+    /// Checks the whole audit log (see `stamp site verify-log`); returns its size and root.
+    pub fn verify_log(&self) -> Result<(u64, stamp_core::merkle::Hash), crate::SiteError> {
+        crate::log::verify(self.db.conn())
+    }
+
     /// The database file.
     pub fn path(&self) -> &Path {
         self.db.path()

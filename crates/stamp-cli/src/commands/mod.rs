@@ -8,10 +8,13 @@ pub mod hq_entitle;
 pub mod hq_entitlements;
 pub mod hq_init;
 pub mod hq_sites;
+pub mod site_export_audit;
 pub mod site_import;
 pub mod site_init;
 pub mod site_install;
+pub mod site_issue;
 pub mod site_status;
+pub mod site_verify_log;
 
 use std::io::Read;
 use std::path::Path;
@@ -50,6 +53,12 @@ pub enum SiteCommand {
     Import(site_import::Args),
     /// Show entitlements with quota used and remaining, rates and windows.
     Status(site_status::Args),
+    /// Issue device certificates from CSR files, offline, with a progress bar.
+    Issue(site_issue::Args),
+    /// Export the audit log (signed, encrypted to HQ) with a checkpoint and consistency proof.
+    ExportAudit(site_export_audit::Args),
+    /// Check the site's own audit log for consistency.
+    VerifyLog(site_verify_log::Args),
 }
 
 /// Runs an HQ command.
@@ -71,6 +80,9 @@ pub fn run_site(cmd: SiteCommand, g: &Globals) -> anyhow::Result<()> {
         SiteCommand::Install(a) => site_install::run(a, g),
         SiteCommand::Import(a) => site_import::run(a, g),
         SiteCommand::Status(a) => site_status::run(a, g),
+        SiteCommand::Issue(a) => site_issue::run(a, g),
+        SiteCommand::ExportAudit(a) => site_export_audit::run(a, g),
+        SiteCommand::VerifyLog(a) => site_verify_log::run(a, g),
     }
 }
 
