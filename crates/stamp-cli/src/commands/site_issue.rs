@@ -55,6 +55,7 @@ struct Issued {
 
 #[derive(Serialize)]
 struct Report {
+    ok: bool,
     entitlement: String,
     requested: usize,
     issued: usize,
@@ -201,7 +202,11 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
     }
     devices.sort_by_key(|d| d.device_serial);
     let failed = files.len() - devices.len() - refused.values().sum::<usize>();
+    let fatal = fatal
+        .into_inner()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let report = Report {
+        ok: fatal.is_none() && devices.len() == files.len(),
         entitlement: a.entitlement,
         requested: files.len(),
         issued: devices.len(),
@@ -211,9 +216,6 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
         per_second: devices.len() as f64 / seconds.max(1e-9),
         devices,
     };
-    let fatal = fatal
-        .into_inner()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
     emit(g.json, &report, || {
         println!(
             "Issued {} of {} devices under {} in {:.2} s ({:.0}/s)",
@@ -231,11 +233,12 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
         return Err(e.context("issuance stopped"));
     }
     if report.issued < report.requested {
-        bail!(
+        return Err(crate::output::AlreadyReported(format!(
             "{} of {} requests were not issued (see the summary)",
             report.requested - report.issued,
             report.requested
-        );
+        ))
+        .into());
     }
     Ok(())
 }
