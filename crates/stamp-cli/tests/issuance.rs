@@ -220,12 +220,12 @@ fn bad_requests_are_refused_with_their_reason_and_logged() {
         ("weak", rsa1024, "weak-key"),
     ];
     for (name, der, reason) in &cases {
-        let v = issue(&c, name, &[der.clone()], &[]);
+        let v = issue(&c, name, std::slice::from_ref(der), &[]);
         assert_eq!(v["issued"], 0, "{name}");
         assert_eq!(v["refused"][*reason], 1, "{name}: {v}");
     }
     // A key certified before.
-    let v = issue(&c, "first", &[good.clone()], &[]);
+    let v = issue(&c, "first", std::slice::from_ref(&good), &[]);
     assert_eq!(v["issued"], 1);
     let v = issue(&c, "again", &[good], &[]);
     assert_eq!(v["refused"]["duplicate-key"], 1);
@@ -421,7 +421,7 @@ fn a_site_killed_mid_issuance_loses_nothing_it_returned() {
         "the kill must land mid-run for this test to mean anything"
     );
     assert!(logged.len() <= 1500);
-    assert!(log["size"].as_u64().unwrap() >= logged.len() as u64 + 1);
+    assert!(log["size"].as_u64().unwrap() > logged.len() as u64);
     // And the site carries on where it stopped.
     let v = issue(&c, "after", &[p256()], &[]);
     assert_eq!(v["issued"], 1);
