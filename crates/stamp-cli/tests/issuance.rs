@@ -404,7 +404,7 @@ fn a_site_killed_mid_issuance_loses_nothing_it_returned() {
         if p.to_string_lossy().ends_with(".crt.pem") {
             let der = ::pem::parse(std::fs::read(&p).unwrap()).unwrap().into_contents();
             assert!(
-                logged.contains(&stamp_core::fingerprint::sha256(&der).to_vec()),
+                logged.contains(stamp_core::fingerprint::sha256(&der).as_slice()),
                 "{} not in the log",
                 p.display()
             );
