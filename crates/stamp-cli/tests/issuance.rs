@@ -432,3 +432,112 @@ fn a_site_killed_mid_issuance_loses_nothing_it_returned() {
         "the next serial follows the last logged one"
     );
 }
+
+#[test]
+fn hq_generated_keys_are_handed_out_once_and_never_stored_in_clear() {
+    let c = ceremony(true);
+    let pkg = c.tmp.path().join("k.cose");
+    let r = stamp_json(
+        &c.pass,
+        &[
+            "hq",
+            "entitle",
+            "--dir",
+            s(&c.hq),
+            "--site",
+            "plant-7",
+            "--product",
+            "lock-1",
+            "--quota",
+            "3",
+            "--hq-keys",
+            "ed25519",
+            "--key-types",
+            "ed25519",
+            "--secret",
+            "flash-key:32",
+            "-o",
+            s(&pkg),
+        ],
+    );
+    assert_eq!(r["entitlement"]["quota"], 3);
+    stamp_json(&c.pass, &["site", "import", "--dir", s(&c.site), s(&pkg)]);
+    let out = c.tmp.path().join("keys");
+    let o = stamp(
+        &c.pass,
+        &[
+            "--json",
+            "site",
+            "hand-out",
+            "--dir",
+            s(&c.site),
+            "--entitlement",
+            "plant-7.1",
+            "--count",
+            "4",
+            "-o",
+            s(&out),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["handed_out"].as_array().unwrap().len(), 3);
+    assert_eq!(v["refused"], "no-keys-left");
+    let hq_db = std::fs::read(c.hq.join("stamp-hq.db")).unwrap();
+    let site_db = std::fs::read(c.site.join("stamp-site.db")).unwrap();
+    let mut indexes = HashSet::new();
+    for h in v["handed_out"].as_array().unwrap() {
+        let key = PathBuf::from(h["key"].as_str().unwrap());
+        let cert = PathBuf::from(h["certificate"].as_str().unwrap());
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        // The certificate is for exactly the handed-out key.
+        let a = openssl(&["pkey", "-in", s(&key), "-pubout"]).stdout;
+        let b = openssl(&["x509", "-in", s(&cert), "-noout", "-pubkey"]).stdout;
+        assert!(!a.is_empty());
+        assert_eq!(a, b);
+        assert!(indexes.insert(h["key_index"].as_u64().unwrap()), "each key once");
+        let stamp: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(h["stamp"].as_str().unwrap()).unwrap()).unwrap();
+        assert_eq!(stamp["secrets"]["flash-key"].as_str().unwrap().len(), 64);
+        // Neither database holds the private key or the secret in clear.
+        let der = ::pem::parse(std::fs::read(&key).unwrap())
+            .unwrap()
+            .into_contents();
+        let seed = &der[der.len() - 32..];
+        assert!(
+            !hq_db.windows(32).any(|w| w == seed),
+            "HQ database holds a device private key"
+        );
+        assert!(
+            !site_db.windows(32).any(|w| w == seed),
+            "site database holds a device private key"
+        );
+        let secret = hex::decode(stamp["secrets"]["flash-key"].as_str().unwrap()).unwrap();
+        assert!(!hq_db.windows(32).any(|w| w == secret.as_slice()));
+        assert!(!site_db.windows(32).any(|w| w == secret.as_slice()));
+    }
+    // Devices of this grant cannot bring their own keys.
+    let v = issue(&c, "own", &[csr(&rcgen::PKCS_ED25519, |_| {})], &[]);
+    assert_eq!(v["refused"]["hq-keys-only"], 1);
+    // HQ refuses to top up a key grant.
+    stamp_fails(
+        &c.pass,
+        &[
+            "hq",
+            "amend",
+            "--dir",
+            s(&c.hq),
+            "--entitlement",
+            "plant-7.1",
+            "--add-quota",
+            "5",
+            "-o",
+            s(&c.tmp.path().join("x.cose")),
+        ],
+        "cannot be topped up",
+    );
+}

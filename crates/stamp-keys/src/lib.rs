@@ -5,6 +5,7 @@
 //! generated with aws-lc-rs and kept as passphrase-encrypted PKCS#8 files (PBES2, scrypt,
 //! AES-256-CBC) that openssl can read, mode 0600.
 
+pub mod device;
 pub mod passphrase;
 pub mod soft;
 

@@ -19,7 +19,7 @@ use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use serde_bytes::ByteBuf;
 use stamp_core::audit::{DeviceRecord, Event, RefusalReason};
 use stamp_core::csr::{self, CsrError};
-use stamp_core::entitlement::{GrantState, Product, RatePeriod, SerialRange, Status};
+use stamp_core::entitlement::{GrantState, HqDeviceKey, Product, RatePeriod, SerialRange, Status};
 use stamp_core::key::Signer;
 use stamp_core::profile::{Issuer, Profile, Serial};
 use stamp_core::{device, fingerprint};
@@ -107,8 +107,20 @@ struct Reservation {
     spki_sha256: [u8; 32],
 }
 
+/// An HQ-generated key handed out: give it to the device, then forget it.
+pub struct HandedOutKey {
+    /// The private key, PKCS#8 DER; wiped on drop.
+    pub pkcs8: zeroize::Zeroizing<Vec<u8>>,
+    /// Per-device secrets by name; wiped on drop.
+    pub secrets: BTreeMap<String, zeroize::Zeroizing<Vec<u8>>>,
+    /// Index of the key in the grant.
+    pub index: u64,
+}
+
 struct Policy {
     grants: HashMap<String, GrantRuntime>,
+    /// HQ-generated keys per grant (from the sealed packages) and how many were handed out.
+    hq_keys: HashMap<String, (Vec<HqDeviceKey>, u64)>,
     pending_keys: HashSet<[u8; 32]>,
     last_time_ms: i64,
     reader: SiteStore,
@@ -139,6 +151,7 @@ impl Policy {
         key_type: csr::KeyType,
         spki_sha256: [u8; 32],
         time_ms: i64,
+        hq_key: bool,
     ) -> Result<Result<Reservation, RefusalReason>, SiteError> {
         let known = self.key_known(&spki_sha256)?;
         let Some(g) = self.grants.get_mut(entitlement_id) else {
@@ -146,6 +159,9 @@ impl Policy {
         };
         let grant = &g.state.grant;
         let refuse = |r| Ok(Err(r));
+        if !grant.device_keys.is_empty() && !hq_key {
+            return refuse(RefusalReason::HqKeysOnly);
+        }
         match g.state.status {
             Status::Active => {}
             Status::Suspended => return refuse(RefusalReason::Suspended),
@@ -289,6 +305,21 @@ impl Engine {
                 },
             );
         }
+        let mut hq_keys = HashMap::new();
+        for (id, g) in &grants {
+            if g.state.grant.device_keys.is_empty() {
+                continue;
+            }
+            let full = site
+                .reopen_grant(id)?
+                .ok_or(SiteError::CorruptLog("grant package missing"))?;
+            let used: i64 = reader.conn().query_row(
+                "SELECT COUNT(*) FROM devices WHERE entitlement_id = ?1 AND hq_key_index IS NOT NULL",
+                [id],
+                |r| r.get(0),
+            )?;
+            hq_keys.insert(id.clone(), (full.device_keys.clone(), used as u64));
+        }
         let last_time_ms = log::head(reader.conn())?.last_time_ms;
         let failed = Arc::new(AtomicBool::new(false));
         let (tx, rx) = mpsc::channel::<Job>();
@@ -301,6 +332,7 @@ impl Engine {
         Ok(Engine {
             policy: Mutex::new(Policy {
                 grants,
+                hq_keys,
                 pending_keys: HashSet::new(),
                 last_time_ms,
                 reader,
@@ -403,7 +435,14 @@ impl Engine {
 
         let mut p = lock(&self.policy);
         let time_ms = now_ms.max(p.last_time_ms);
-        let reservation = match p.admit(entitlement_id, station, csr.key_type(), spki_sha256, time_ms) {
+        let reservation = match p.admit(
+            entitlement_id,
+            station,
+            csr.key_type(),
+            spki_sha256,
+            time_ms,
+            false,
+        ) {
             Ok(Ok(r)) => r,
             Ok(Err(reason)) => {
                 return Err(self.refuse(
@@ -476,6 +515,143 @@ impl Engine {
         })
     }
 
+    /// Hands out the next HQ-generated key of `entitlement_id` with a certificate for it: the same
+    /// policy checks as [`Engine::issue`], each key at most once, logged durably before it leaves.
+    pub fn hand_out(
+        &self,
+        entitlement_id: &str,
+        station: &str,
+        now: OffsetDateTime,
+    ) -> Result<(DeviceStamp, HandedOutKey), IssueError> {
+        if self.failed.load(Ordering::SeqCst) {
+            return Err(IssueError::Unavailable(
+                "the audit log failed earlier; restart the site".into(),
+            ));
+        }
+        let now_ms = unix_ms(now);
+        let mut serial = [0u8; 16];
+        self.rng
+            .fill(&mut serial)
+            .map_err(|_| IssueError::Unavailable("random generator failed".into()))?;
+        let mut p = lock(&self.policy);
+        let picked = p.hq_keys.get(entitlement_id).and_then(|(keys, used)| {
+            keys.get(*used as usize).map(|k| {
+                let key = HandedOutKey {
+                    pkcs8: zeroize::Zeroizing::new(k.private_key.to_vec()),
+                    secrets: k
+                        .secrets
+                        .iter()
+                        .map(|(n, v)| (n.clone(), zeroize::Zeroizing::new(v.to_vec())))
+                        .collect(),
+                    index: *used,
+                };
+                (key, stamp_keys::device::public_spki(&k.private_key))
+            })
+        });
+        let (key, (device_key_type, spki)) = match picked {
+            Some((key, Some(public))) => (key, public),
+            Some((_, None)) => {
+                return Err(self.refuse(
+                    Some(p),
+                    entitlement_id,
+                    station,
+                    RefusalReason::Internal,
+                    None,
+                    now_ms,
+                ))
+            }
+            None => {
+                let reason = if p.grants.contains_key(entitlement_id) {
+                    RefusalReason::NoKeysLeft
+                } else {
+                    RefusalReason::UnknownEntitlement
+                };
+                return Err(self.refuse(Some(p), entitlement_id, station, reason, None, now_ms));
+            }
+        };
+        let key_type = match device_key_type {
+            stamp_core::entitlement::DeviceKeyType::P384 => csr::KeyType::P384,
+            stamp_core::entitlement::DeviceKeyType::Ed25519 => csr::KeyType::Ed25519,
+            _ => csr::KeyType::P256,
+        };
+        let spki_sha256 = fingerprint::sha256(&spki);
+        let time_ms = now_ms.max(p.last_time_ms);
+        let reservation = match p.admit(entitlement_id, station, key_type, spki_sha256, time_ms, true) {
+            Ok(Ok(r)) => r,
+            Ok(Err(reason)) => {
+                return Err(self.refuse(
+                    Some(p),
+                    entitlement_id,
+                    station,
+                    reason,
+                    Some(spki_sha256),
+                    now_ms,
+                ))
+            }
+            Err(e) => return Err(IssueError::Unavailable(e.to_string())),
+        };
+        let Some(grant) = p.grants.get(entitlement_id).map(|g| g.state.grant.clone()) else {
+            return Err(IssueError::Unavailable("grant vanished".into()));
+        };
+        let cert = match device::issue(
+            &grant,
+            reservation.device_serial,
+            &spki,
+            now,
+            Serial::from_random(serial),
+            &Issuer {
+                cert_der: &self.issuing_ca,
+                signer: self.issuing.as_ref(),
+            },
+        ) {
+            Ok(c) => c,
+            Err(_) => {
+                p.release(&reservation);
+                return Err(self.refuse(
+                    Some(p),
+                    entitlement_id,
+                    station,
+                    RefusalReason::Internal,
+                    None,
+                    now_ms,
+                ));
+            }
+        };
+        if let Some((_, used)) = p.hq_keys.get_mut(entitlement_id) {
+            *used += 1;
+        }
+        let record = DeviceRecord {
+            entitlement_id: entitlement_id.to_owned(),
+            device_serial: reservation.device_serial,
+            certificate_sha256: ByteBuf::from(fingerprint::sha256(&cert).to_vec()),
+            public_key_sha256: ByteBuf::from(spki_sha256.to_vec()),
+            certificate: ByteBuf::from(cert.clone()),
+            station: station.chars().take(64).collect(),
+            hq_key_index: Some(key.index),
+        };
+        let (reply, rx) = mpsc::sync_channel(1);
+        let sent = self.send(Job::Device {
+            time_ms,
+            record,
+            issued_ms: time_ms,
+            reply,
+        });
+        drop(p);
+        sent?;
+        let log_index = Self::wait(rx)?;
+        lock(&self.policy).pending_keys.remove(&spki_sha256);
+        let stamp = DeviceStamp {
+            entitlement_id: entitlement_id.to_owned(),
+            product: grant.product.clone(),
+            device_serial: reservation.device_serial,
+            certificate: cert,
+            chain: self.chain(),
+            device_data: grant.device_data.clone(),
+            log_index,
+        };
+        Ok((stamp, key))
+    }
+
     /// Stops accepting requests and waits until every queued log entry is committed.
     pub fn shutdown(&self) {
         drop(lock(&self.jobs).take());
@@ -525,7 +701,12 @@ fn commit(store: &mut SiteStore, batch: &[Job]) -> Result<Vec<u64>, SiteError> {
         for job in batch {
             match job {
                 Job::Device { time_ms, record, issued_ms, .. } => {
-                    let e = log::append(tx, &mut head, *time_ms, Event::DeviceIssued(record.clone()))?;
+                    let event = if record.hq_key_index.is_some() {
+                        Event::KeyHandedOut(record.clone())
+                    } else {
+                        Event::DeviceIssued(record.clone())
+                    };
+                    let e = log::append(tx, &mut head, *time_ms, event)?;
                     tx.execute(
                         "INSERT INTO devices (device_serial, entitlement_id, cert_sha256, spki_sha256, certificate,
                              issued_ms, station, log_index, hq_key_index)

@@ -218,6 +218,7 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
                 organization: org,
             },
             stations: vec![],
+            hq_keys: None,
             device_data: [(
                 "cloud_endpoint".to_owned(),
                 "mqtts://iot.example.com:8883".to_owned(),

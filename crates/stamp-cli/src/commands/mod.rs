@@ -9,6 +9,7 @@ pub mod hq_entitlements;
 pub mod hq_init;
 pub mod hq_sites;
 pub mod site_export_audit;
+pub mod site_hand_out;
 pub mod site_import;
 pub mod site_init;
 pub mod site_install;
@@ -55,6 +56,8 @@ pub enum SiteCommand {
     Status(site_status::Args),
     /// Issue device certificates from CSR files, offline, with a progress bar.
     Issue(site_issue::Args),
+    /// Hand out HQ-generated device keys with their certificates, each at most once.
+    HandOut(site_hand_out::Args),
     /// Export the audit log (signed, encrypted to HQ) with a checkpoint and consistency proof.
     ExportAudit(site_export_audit::Args),
     /// Check the site's own audit log for consistency.
@@ -82,6 +85,7 @@ pub fn run_site(cmd: SiteCommand, g: &Globals) -> anyhow::Result<()> {
         SiteCommand::Status(a) => site_status::run(a, g),
         SiteCommand::Issue(a) => site_issue::run(a, g),
         SiteCommand::ExportAudit(a) => site_export_audit::run(a, g),
+        SiteCommand::HandOut(a) => site_hand_out::run(a, g),
         SiteCommand::VerifyLog(a) => site_verify_log::run(a, g),
     }
 }
