@@ -11,6 +11,7 @@ pub mod csr;
 pub mod entitlement;
 pub mod envelope;
 pub mod fingerprint;
+pub mod firmware;
 pub mod key;
 pub mod merkle;
 pub mod oid;
