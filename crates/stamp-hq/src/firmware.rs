@@ -212,6 +212,14 @@ pub fn releases(store: &HqStore) -> Result<Vec<Release>, HqError> {
     Ok(rows)
 }
 
+/// Removes a key file that was just generated and that nothing refers to yet.
+#[allow(irrefutable_let_patterns)] // key files only: other backends' objects are left to them
+fn remove_new_key(dir: &Path, key_ref: &KeyRef) {
+    if let KeyRef::File(p) = key_ref {
+        let _ = fs::remove_file(dir.join(p));
+    }
+}
+
 impl Hq {
     /// Creates a named firmware-signing key, certifies it under the OEM root (profile
     /// `firmware-signing`) and records it; writes its certificate and public key as PEM. On any
@@ -237,15 +245,6 @@ impl Hq {
         let (root_ref, root_der) = self.store.own_key(Profile::OemRoot)?;
         let root_signer = self.keys.open_signer(&KeyRef::parse(&root_ref)?)?;
         let (key_ref, signer) = self.keys.generate_signer(&format!("{PREFIX}{name}"), alg)?;
-        let dir = self.dir.clone();
-        let remove_key = |key_ref: &KeyRef| match key_ref {
-            // The key file is new and nothing refers to it yet.
-            KeyRef::File(p) => {
-                let _ = fs::remove_file(dir.join(p));
-            }
-            #[allow(unreachable_patterns)]
-            _ => {}
-        };
         let result = (|| {
             let der = profile::issue(
                 Profile::FirmwareSigning,
@@ -273,7 +272,7 @@ impl Hq {
         let (der, public) = match result {
             Ok(v) => v,
             Err(e) => {
-                remove_key(&key_ref);
+                remove_new_key(&self.dir, &key_ref);
                 return Err(e);
             }
         };
