@@ -62,8 +62,9 @@ pub struct SignedImage {
     pub digest: [u8; 32],
 }
 
-/// What a successful verification found.
+/// What a successful verification found; only [`verify`] makes one.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
 pub struct VerifiedImage {
     /// Bytes covered by the signature (the padded image).
     pub signed_len: usize,

@@ -87,8 +87,9 @@ pub struct SignedImage {
     pub key_hash: [u8; 32],
 }
 
-/// What a successful verification found.
+/// What a successful verification found; only [`verify`] makes one.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
 pub struct VerifiedImage {
     /// The header's version.
     pub version: Version,
