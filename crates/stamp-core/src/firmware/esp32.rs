@@ -300,7 +300,9 @@ pub fn verify(
     key: &FirmwareKey,
     min_secure_version: Option<u32>,
 ) -> Result<VerifiedImage, FirmwareError> {
-    let material = key_material(key)?;
+    if !crate::firmware::Format::Esp32Sbv2.supports(key.algorithm()) {
+        return Err(unsupported(key.algorithm()));
+    }
     if image.len() > MAX_IMAGE_LEN {
         return Err(FirmwareError::TooLarge);
     }
@@ -329,6 +331,7 @@ pub fn verify(
     if blocks.iter().any(|b| b.digest != digest) {
         return Err(FirmwareError::DigestMismatch);
     }
+    let material = key_material(key)?;
     let want_version = match key.algorithm() {
         SignatureAlgorithm::Rsa3072PssSha256 => VERSION_RSA,
         _ => VERSION_ECDSA,
