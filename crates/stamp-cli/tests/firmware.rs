@@ -485,6 +485,41 @@ fn esp32_images_pass_espsecure_and_stamp_and_tampering_fails_both() {
             assert_eq!(bytes[i], theirs[i], "{alg}: byte {i} differs from espsecure's");
         }
     }
+    // An image espsecure signs with both keys (two blocks, as for key revocation): stamp finds the
+    // block of each key.
+    let (ec, rsa) = (
+        hq.plain_private_key("esp-ecdsa-p256"),
+        hq.plain_private_key("esp-rsa3072"),
+    );
+    let multi = hq.path("multi.bin");
+    let o = espsecure(&[
+        "sign-data",
+        "--version",
+        "2",
+        "--keyfile",
+        s(&ec),
+        "--keyfile",
+        s(&rsa),
+        "-o",
+        s(&multi),
+        s(&app),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    for (i, key) in keys.iter().enumerate() {
+        let v = stamp_json(
+            &hq.pass,
+            &[
+                "device",
+                "verify-firmware",
+                "--format",
+                "esp32-sbv2",
+                "--key",
+                s(&pubkey(key)),
+                s(&multi),
+            ],
+        );
+        assert_eq!(v["image"]["block"], i);
+    }
     // Ed25519 has no ESP32 signature block.
     let ed = hq.add_key("ed", "ed25519");
     assert!(ed["esp32_sbv2_key_digest"].is_null());
