@@ -4,6 +4,7 @@
 //! and `sites/<id>/` (PEM copies of every certificate, for people and other tools).
 
 pub mod entitle;
+pub mod firmware;
 mod store;
 
 use std::fs;
@@ -78,6 +79,25 @@ pub enum HqError {
     /// Sealing failed.
     #[error("sealing the package failed")]
     Envelope(#[from] stamp_core::envelope::EnvelopeError),
+    /// A firmware image could not be signed.
+    #[error(transparent)]
+    Firmware(#[from] stamp_core::firmware::FirmwareError),
+    /// No firmware key of that name.
+    #[error("no firmware key {0:?} at this HQ (see `stamp hq firmware`; create one with `stamp hq add-firmware-key`)")]
+    UnknownFirmwareKey(String),
+    /// A firmware key of that name exists.
+    #[error("a firmware key named {0:?} already exists; choose another name")]
+    FirmwareKeyExists(String),
+    /// The version was released before with this key and format.
+    #[error("version {version} was already released in {format} format with key {key}; give the new build a new version")]
+    FirmwareReleased {
+        /// The version.
+        version: String,
+        /// The key.
+        key: String,
+        /// The format.
+        format: &'static str,
+    },
     /// A database query failed.
     #[error("HQ database query failed")]
     Sql(#[from] stamp_store::rusqlite::Error),

@@ -79,6 +79,8 @@ const MIGRATIONS: &[Migration] = &[
         );
     ",
     },
+    // Firmware keys and releases (version 3), defined beside the code that uses them.
+    crate::firmware::MIGRATION,
 ];
 
 /// The HQ database.
@@ -245,7 +247,7 @@ impl HqStore {
     }
 }
 
-fn insert_cert(
+pub(crate) fn insert_cert(
     tx: &stamp_store::rusqlite::Transaction<'_>,
     profile: Profile,
     site: Option<&SiteId>,

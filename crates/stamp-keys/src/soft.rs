@@ -14,7 +14,8 @@ use std::path::{Path, PathBuf};
 use aws_lc_rs::agreement;
 use aws_lc_rs::encoding::AsDer;
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
-use aws_lc_rs::signature::{self, EcdsaKeyPair, Ed25519KeyPair, KeyPair};
+use aws_lc_rs::rsa::KeySize;
+use aws_lc_rs::signature::{self, EcdsaKeyPair, Ed25519KeyPair, KeyPair, RsaKeyPair};
 use pkcs8::der::Decode;
 use pkcs8::pkcs5::{self, pbes2};
 use pkcs8::{EncryptedPrivateKeyInfo, LineEnding, PrivateKeyInfo};
@@ -162,6 +163,7 @@ impl SoftKeyStore {
 enum SoftSigningKey {
     Ecdsa(EcdsaKeyPair),
     Ed25519(Ed25519KeyPair),
+    Rsa(RsaKeyPair),
 }
 
 /// A signer whose key is in memory, loaded from the software store.
@@ -198,10 +200,19 @@ impl SoftSigner {
             SignatureAlgorithm::Ed25519 => SoftSigningKey::Ed25519(
                 Ed25519KeyPair::from_pkcs8_maybe_unchecked(der).map_err(|_| wrong("different"))?,
             ),
+            SignatureAlgorithm::Rsa3072PssSha256 => {
+                let k = RsaKeyPair::from_pkcs8(der).map_err(|_| wrong("different"))?;
+                if k.public_modulus_len() * 8 != 3072 {
+                    return Err(wrong("RSA key of another size"));
+                }
+                SoftSigningKey::Rsa(k)
+            }
         };
         let public = match &key {
             SoftSigningKey::Ecdsa(k) => k.public_key().as_ref().to_vec(),
             SoftSigningKey::Ed25519(k) => k.public_key().as_ref().to_vec(),
+            // DER PKCS#1 RSAPublicKey, the SubjectPublicKeyInfo BIT STRING of an RSA key.
+            SoftSigningKey::Rsa(k) => k.public_key().as_ref().to_vec(),
         };
         Ok(SoftSigner {
             key_ref,
@@ -228,6 +239,13 @@ impl Signer for SoftSigner {
         match &self.key {
             SoftSigningKey::Ecdsa(k) => Ok(k.sign(&self.rng, message).map_err(|_| err())?.as_ref().to_vec()),
             SoftSigningKey::Ed25519(k) => Ok(k.sign(message).as_ref().to_vec()),
+            SoftSigningKey::Rsa(k) => {
+                // RSASSA-PSS, SHA-256, MGF1-SHA-256, salt length = digest length (32 bytes).
+                let mut sig = vec![0u8; k.public_modulus_len()];
+                k.sign(&signature::RSA_PSS_SHA256, &self.rng, message, &mut sig)
+                    .map_err(|_| err())?;
+                Ok(sig)
+            }
         }
     }
     fn key_ref(&self) -> &str {
@@ -346,6 +364,11 @@ impl KeyStore for SoftKeyStore {
                 .map_err(|_| gen_err())?
                 .as_ref()
                 .to_vec(),
+            SignatureAlgorithm::Rsa3072PssSha256 => {
+                let k = RsaKeyPair::generate(KeySize::Rsa3072).map_err(|_| gen_err())?;
+                let der: pkcs8_der::Der = k.as_der().map_err(|_| gen_err())?;
+                der.as_ref().to_vec()
+            }
         });
         let signer = SoftSigner::from_pkcs8(key_ref.to_string(), alg, &der)?;
         if !check_signer(&signer) {
@@ -377,7 +400,7 @@ impl KeyStore for SoftKeyStore {
         let der = self.read_key(key)?;
         let alg = detect_signature_algorithm(&der).ok_or_else(|| KeyStoreError::NotAKeyFile {
             path: self.path_of(key),
-            why: "not an ECDSA P-256/P-384 or Ed25519 key",
+            why: "not an ECDSA P-256/P-384, Ed25519 or RSA-3072 key",
         })?;
         Ok(Box::new(SoftSigner::from_pkcs8(key.to_string(), alg, &der)?))
     }
@@ -419,10 +442,15 @@ fn detect_signature_algorithm(der: &[u8]) -> Option<SignatureAlgorithm> {
     const P256: &str = "1.2.840.10045.3.1.7";
     const P384: &str = "1.3.132.0.34";
     const ED25519: &str = "1.3.101.112";
+    const RSA: &str = "1.2.840.113549.1.1.1";
     let info = PrivateKeyInfo::from_der(der).ok()?;
     let oid = info.algorithm.oid.to_string();
     if oid == ED25519 {
         return Some(SignatureAlgorithm::Ed25519);
+    }
+    if oid == RSA {
+        // The size is checked when the key is loaded.
+        return Some(SignatureAlgorithm::Rsa3072PssSha256);
     }
     if oid != EC {
         return None;
@@ -451,6 +479,7 @@ mod tests {
             ("p256", SignatureAlgorithm::EcdsaP256Sha256),
             ("p384", SignatureAlgorithm::EcdsaP384Sha384),
             ("ed", SignatureAlgorithm::Ed25519),
+            ("rsa", SignatureAlgorithm::Rsa3072PssSha256),
         ] {
             let (r, signer) = s.generate_signer(name, alg).unwrap();
             let reopened = s.open_signer(&r).unwrap();

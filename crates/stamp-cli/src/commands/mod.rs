@@ -2,11 +2,16 @@
 
 pub mod args;
 pub mod demo;
+pub mod device_verify_firmware;
+pub mod hq_add_firmware_key;
 pub mod hq_amend;
 pub mod hq_enroll_site;
 pub mod hq_entitle;
 pub mod hq_entitlements;
+pub mod hq_firmware;
+pub mod hq_firmware_key_digest;
 pub mod hq_init;
+pub mod hq_sign_firmware;
 pub mod hq_sites;
 pub mod site_export_audit;
 pub mod site_hand_out;
@@ -41,6 +46,15 @@ pub enum HqCommand {
     Amend(hq_amend::Args),
     /// List entitlements.
     Entitlements(hq_entitlements::Args),
+    /// Create a named firmware-signing key with a code-signing certificate under the OEM root.
+    AddFirmwareKey(hq_add_firmware_key::Args),
+    /// Sign a firmware release (MCUboot image or ESP32 Secure Boot V2) and record it.
+    #[command(disable_version_flag = true)]
+    SignFirmware(Box<hq_sign_firmware::Args>),
+    /// List firmware keys and signed releases.
+    Firmware(hq_firmware::Args),
+    /// Write a firmware key's ESP32 Secure Boot V2 eFuse digest.
+    FirmwareKeyDigest(hq_firmware_key_digest::Args),
 }
 
 /// `stamp site ...`
@@ -73,6 +87,24 @@ pub fn run_hq(cmd: HqCommand, g: &Globals) -> anyhow::Result<()> {
         HqCommand::Entitle(a) => hq_entitle::run(*a, g),
         HqCommand::Amend(a) => hq_amend::run(a, g),
         HqCommand::Entitlements(a) => hq_entitlements::run(a, g),
+        HqCommand::AddFirmwareKey(a) => hq_add_firmware_key::run(a, g),
+        HqCommand::SignFirmware(a) => hq_sign_firmware::run(*a, g),
+        HqCommand::Firmware(a) => hq_firmware::run(a, g),
+        HqCommand::FirmwareKeyDigest(a) => hq_firmware_key_digest::run(a, g),
+    }
+}
+
+/// `stamp device ...`
+#[derive(Subcommand, Debug)]
+pub enum DeviceCommand {
+    /// Verify a signed firmware image as the device's bootloader would.
+    VerifyFirmware(device_verify_firmware::Args),
+}
+
+/// Runs a device command.
+pub fn run_device(cmd: DeviceCommand, g: &Globals) -> anyhow::Result<()> {
+    match cmd {
+        DeviceCommand::VerifyFirmware(a) => device_verify_firmware::run(a, g),
     }
 }
 
