@@ -38,7 +38,8 @@ pub fn error(json: bool, e: &anyhow::Error) {
     if json {
         let causes: Vec<String> = e.chain().skip(1).map(ToString::to_string).collect();
         let v = serde_json::json!({ "error": e.to_string(), "causes": causes });
-        println!("{v}");
+        // A reader that went away (`stamp ... --json | head`) is not worth a panic.
+        let _ = writeln!(std::io::stdout().lock(), "{v}");
     } else {
         eprintln!("error: {e}");
         for cause in e.chain().skip(1) {
