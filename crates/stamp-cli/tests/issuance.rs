@@ -541,3 +541,94 @@ fn hq_generated_keys_are_handed_out_once_and_never_stored_in_clear() {
         "cannot be topped up",
     );
 }
+
+#[test]
+fn an_entitlement_names_the_firmware_the_site_may_program() {
+    let c = ceremony(true);
+    let image = c.tmp.path().join("app.bin");
+    std::fs::write(&image, vec![0x5au8; 4096]).unwrap();
+    stamp_json(
+        &c.pass,
+        &[
+            "hq",
+            "add-firmware-key",
+            "--dir",
+            s(&c.hq),
+            "--name",
+            "main",
+            "--algorithm",
+            "ecdsa-p256",
+        ],
+    );
+    let signed = c.tmp.path().join("app.signed.bin");
+    stamp_json(
+        &c.pass,
+        &[
+            "hq",
+            "sign-firmware",
+            "--dir",
+            s(&c.hq),
+            "--key",
+            "main",
+            "--format",
+            "mcuboot",
+            "--version",
+            "1.4.2",
+            s(&image),
+            "-o",
+            s(&signed),
+        ],
+    );
+    let pkg = c.tmp.path().join("e.cose");
+    // An unknown release is refused at HQ.
+    stamp_fails(
+        &c.pass,
+        &[
+            "hq",
+            "entitle",
+            "--dir",
+            s(&c.hq),
+            "--site",
+            "plant-7",
+            "--product",
+            "p",
+            "--quota",
+            "2",
+            "--firmware",
+            "9.9.9",
+            "-o",
+            s(&pkg),
+        ],
+        "no firmware release 9.9.9",
+    );
+    stamp_json(
+        &c.pass,
+        &[
+            "hq",
+            "entitle",
+            "--dir",
+            s(&c.hq),
+            "--site",
+            "plant-7",
+            "--product",
+            "p",
+            "--quota",
+            "2",
+            "--firmware",
+            "1.4.2@mcuboot",
+            "-o",
+            s(&pkg),
+        ],
+    );
+    stamp_json(&c.pass, &["site", "import", "--dir", s(&c.site), s(&pkg)]);
+    let digest = hex::encode(stamp_core::fingerprint::sha256(&std::fs::read(&signed).unwrap()));
+    let st = stamp_json(&c.pass, &["site", "status", "--dir", s(&c.site)]);
+    let fw = &st["entitlements"][0]["firmware"][0];
+    assert_eq!(fw["version"], "1.4.2+0");
+    assert_eq!(fw["format"], "mcuboot");
+    assert_eq!(fw["sha256"], digest.as_str());
+    let v = issue(&c, "fw", &[p256()], &[]);
+    let stamp: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(v["devices"][0]["stamp"].as_str().unwrap()).unwrap()).unwrap();
+    assert_eq!(stamp["firmware"][0]["sha256"], digest.as_str());
+}

@@ -26,6 +26,8 @@ pub const MAX_STATIONS: usize = 256;
 pub const MAX_SHORT_TEXT: usize = 64;
 /// Longest device-data value.
 pub const MAX_VALUE: usize = 1024;
+/// Most firmware releases one grant may name.
+pub const MAX_FIRMWARE: usize = 32;
 /// Most HQ-generated device keys in one grant.
 pub const MAX_DEVICE_KEYS: usize = 10_000;
 /// Most per-device secrets per key.
@@ -161,6 +163,21 @@ pub struct DeviceProfile {
     pub organization: String,
 }
 
+/// A firmware release the site may program into devices under a grant (recorded at HQ by
+/// `stamp hq sign-firmware`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FirmwareRef {
+    /// The release's version.
+    pub version: String,
+    /// Its image format (`mcuboot` or `esp32-sbv2`).
+    pub format: String,
+    /// The name of the HQ firmware key that signed it.
+    pub key: String,
+    /// SHA-256 of the signed image file.
+    pub sha256: serde_bytes::ByteBuf,
+}
+
 /// A device key HQ generated for a device that cannot make its own, with its per-device secrets.
 #[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -221,6 +238,8 @@ pub struct Grant {
     /// Keys HQ generated for devices that cannot make their own (then `quota` equals their number
     /// and the site hands each out at most once); empty otherwise.
     pub device_keys: Vec<HqDeviceKey>,
+    /// Firmware releases the site may program under this grant (empty: none named).
+    pub firmware: Vec<FirmwareRef>,
 }
 
 impl Grant {
@@ -277,6 +296,8 @@ pub struct Amend {
 }
 
 /// What a package does.
+// One value per package, decoded once: the size difference between the variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Action {
@@ -465,6 +486,13 @@ impl Entitlement {
                     ));
                 }
                 check_device_keys(g)?;
+                if g.firmware.len() > MAX_FIRMWARE
+                    || !g.firmware.iter().all(|f| {
+                        short(&f.version) && short(&f.format) && short(&f.key) && f.sha256.len() == 32
+                    })
+                {
+                    return Err(Invalid("bad firmware list (at most 32 releases)"));
+                }
             }
             Action::Amend(a) => {
                 if !short(&a.entitlement_id) {
@@ -625,6 +653,7 @@ pub(crate) mod tests {
                 stations: vec![],
                 device_data: BTreeMap::from([("cloud_endpoint".into(), "mqtts://iot.example:8883".into())]),
                 device_keys: vec![],
+                firmware: vec![],
             }),
         }
     }

@@ -8,8 +8,8 @@ use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use serde_bytes::ByteBuf;
 use stamp_core::csr::{self, KeyType};
 use stamp_core::entitlement::{
-    self, Action, Amend, DeviceKeyType, DeviceProfile, Entitlement, GrantState, HqDeviceKey, Product,
-    RatePeriod, SerialRange, Status,
+    self, Action, Amend, DeviceKeyType, DeviceProfile, Entitlement, FirmwareRef, GrantState, HqDeviceKey,
+    Product, RatePeriod, SerialRange, Status,
 };
 use stamp_core::envelope::{self, Recipient};
 use stamp_core::key::KeyAgreementAlgorithm;
@@ -49,6 +49,40 @@ pub struct GrantRequest {
     pub device_data: BTreeMap<String, String>,
     /// Generate one key per device of the quota at HQ, for devices that cannot make their own.
     pub hq_keys: Option<HqKeys>,
+    /// Firmware releases the site may program, as `VERSION` or `VERSION@FORMAT` (releases recorded
+    /// by `stamp hq sign-firmware`).
+    pub firmware: Vec<String>,
+}
+
+/// Resolves `VERSION` or `VERSION@FORMAT` selectors to recorded releases.
+fn resolve_firmware(store: &crate::HqStore, selectors: &[String]) -> Result<Vec<FirmwareRef>, HqError> {
+    let releases = crate::firmware::releases(store)?;
+    let mut out = Vec::new();
+    for sel in selectors {
+        let (version, format) = match sel.split_once('@') {
+            Some((v, f)) => (v, Some(f)),
+            None => (sel.as_str(), None),
+        };
+        // `1.4.2` names every build of 1.4.2 (`1.4.2+0`, ...); `1.4.2+7` one build.
+        let same_version =
+            |v: &str| v == version || (!version.contains('+') && v.split('+').next() == Some(version));
+        let found: Vec<_> = releases
+            .iter()
+            .filter(|r| same_version(&r.version) && format.is_none_or(|f| r.format == f))
+            .collect();
+        if found.is_empty() {
+            return Err(HqError::UnknownFirmware(sel.chars().take(64).collect()));
+        }
+        for r in found {
+            out.push(FirmwareRef {
+                version: r.version.clone(),
+                format: r.format.clone(),
+                key: r.key.clone(),
+                sha256: ByteBuf::from(hex::decode(&r.sha256).unwrap_or_default()),
+            });
+        }
+    }
+    Ok(out)
 }
 
 /// How HQ generates device keys for a grant.
@@ -273,6 +307,7 @@ impl Hq {
             )));
         }
         let sealer = self.sealer(&req.site)?;
+        let firmware = resolve_firmware(&self.store, &req.firmware)?;
         let site = req.site.as_str().to_owned();
         let db = self.store.db_mut();
         let result = db.transaction(|tx| {
@@ -294,6 +329,7 @@ impl Hq {
                     Some(spec) => generate_keys(spec, req.quota)?,
                     None => vec![],
                 },
+                firmware: firmware.clone(),
             };
             let e = Entitlement {
                 version: entitlement::VERSION,

@@ -67,6 +67,9 @@ pub enum HqError {
     /// The site is not enrolled.
     #[error("site {0} is not enrolled at this HQ; enroll it first with `stamp hq enroll-site`")]
     UnknownSite(SiteId),
+    /// No recorded firmware release matches.
+    #[error("no firmware release {0} at this HQ (see `stamp hq firmware`)")]
+    UnknownFirmware(String),
     /// No such entitlement.
     #[error("no entitlement {0} at this HQ (see `stamp hq entitlements`)")]
     UnknownEntitlement(String),

@@ -49,6 +49,8 @@ pub struct DeviceStamp {
     pub chain: Vec<Vec<u8>>,
     /// Data the station writes to the device.
     pub device_data: BTreeMap<String, String>,
+    /// Firmware releases the station may program into it.
+    pub firmware: Vec<crate::entitlements::FirmwareInfo>,
     /// The audit log entry recording the issuance.
     pub log_index: u64,
 }
@@ -511,6 +513,7 @@ impl Engine {
             certificate: cert,
             chain: self.chain(),
             device_data: grant.device_data.clone(),
+            firmware: crate::entitlements::firmware_of(&grant),
             log_index,
         })
     }
@@ -647,6 +650,7 @@ impl Engine {
             certificate: cert,
             chain: self.chain(),
             device_data: grant.device_data.clone(),
+            firmware: crate::entitlements::firmware_of(&grant),
             log_index,
         };
         Ok((stamp, key))

@@ -62,6 +62,32 @@ impl VerifiedEntitlement {
     }
 }
 
+/// A firmware release a grant allows, for people and JSON.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct FirmwareInfo {
+    /// The release's version.
+    pub version: String,
+    /// Its image format.
+    pub format: String,
+    /// The HQ firmware key that signed it.
+    pub key: String,
+    /// SHA-256 of the signed image (hex).
+    pub sha256: String,
+}
+
+/// The firmware releases a grant allows.
+pub fn firmware_of(g: &stamp_core::entitlement::Grant) -> Vec<FirmwareInfo> {
+    g.firmware
+        .iter()
+        .map(|f| FirmwareInfo {
+            version: f.version.clone(),
+            format: f.format.clone(),
+            key: f.key.clone(),
+            sha256: hex_lower(&f.sha256),
+        })
+        .collect()
+}
+
 /// One grant as the site holds it, for `site status`.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct GrantStatus {
@@ -95,6 +121,8 @@ pub struct GrantStatus {
     pub stations: Vec<String>,
     /// Device data.
     pub device_data: BTreeMap<String, String>,
+    /// Firmware releases the site may program under it.
+    pub firmware: Vec<FirmwareInfo>,
     /// Sequence of the last package that touched it.
     pub last_sequence: u64,
 }
@@ -200,6 +228,7 @@ fn status_of(st: &GrantState, issued: u64, now: i64) -> GrantStatus {
         serial_ranges: g.serial_ranges.clone(),
         stations: g.stations.clone(),
         device_data: g.device_data.clone(),
+        firmware: firmware_of(g),
         last_sequence: st.last_sequence,
     }
 }

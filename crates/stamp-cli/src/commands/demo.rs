@@ -219,6 +219,7 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
             },
             stations: vec![],
             hq_keys: None,
+            firmware: vec![],
             device_data: [(
                 "cloud_endpoint".to_owned(),
                 "mqtts://iot.example.com:8883".to_owned(),

@@ -70,6 +70,10 @@ pub struct Args {
     /// `--secret flash-encryption-key:32`.
     #[arg(long = "secret", value_name = "NAME:BYTES", value_parser = parse_secret, requires = "hq_keys")]
     secrets: Vec<(String, usize)>,
+    /// A firmware release the site may program under this entitlement, `VERSION` or
+    /// `VERSION@FORMAT` as recorded by `stamp hq sign-firmware` (repeatable).
+    #[arg(long = "firmware", value_name = "VERSION[@FORMAT]")]
+    firmware: Vec<String>,
     /// Where to write the sealed package.
     #[arg(short = 'o', long = "out", value_name = "FILE")]
     out: PathBuf,
@@ -131,6 +135,7 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
         },
         stations: a.stations,
         device_data: a.device_data.into_iter().collect(),
+        firmware: a.firmware,
         hq_keys: a.hq_keys.map(|k| stamp_hq::entitle::HqKeys {
             key_type: DeviceKeyType::from(k),
             secrets: a.secrets,
