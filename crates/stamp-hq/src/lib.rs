@@ -4,6 +4,7 @@
 //! and `sites/<id>/` (PEM copies of every certificate, for people and other tools).
 
 pub mod entitle;
+pub mod reconcile;
 mod store;
 
 use std::fs;
@@ -87,6 +88,9 @@ pub enum HqError {
     /// The system random generator failed.
     #[error("the system random number generator failed")]
     Random,
+    /// An audit bundle was rejected; nothing was recorded except equivocation evidence.
+    #[error("audit bundle rejected")]
+    Rejected(#[source] reconcile::Rejection),
     /// A file operation failed.
     #[error("cannot write {path}")]
     Io {

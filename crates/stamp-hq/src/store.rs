@@ -79,6 +79,10 @@ const MIGRATIONS: &[Migration] = &[
         );
     ",
     },
+    Migration {
+        version: 3,
+        sql: crate::reconcile::MIGRATION_SQL,
+    },
 ];
 
 /// The HQ database.
