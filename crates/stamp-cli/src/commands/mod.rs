@@ -3,10 +3,12 @@
 pub mod args;
 pub mod demo;
 pub mod hq_amend;
+pub mod hq_devices;
 pub mod hq_enroll_site;
 pub mod hq_entitle;
 pub mod hq_entitlements;
 pub mod hq_init;
+pub mod hq_reconcile;
 pub mod hq_sites;
 pub mod site_import;
 pub mod site_init;
@@ -37,6 +39,10 @@ pub enum HqCommand {
     Amend(hq_amend::Args),
     /// List entitlements.
     Entitlements(hq_entitlements::Args),
+    // About text: the doc comment of `hq_reconcile::Args` (short and long help).
+    Reconcile(hq_reconcile::Args),
+    // About text: the doc comment of `hq_devices::Args`.
+    Devices(hq_devices::Args),
 }
 
 /// `stamp site ...`
@@ -61,6 +67,8 @@ pub fn run_hq(cmd: HqCommand, g: &Globals) -> anyhow::Result<()> {
         HqCommand::Entitle(a) => hq_entitle::run(*a, g),
         HqCommand::Amend(a) => hq_amend::run(a, g),
         HqCommand::Entitlements(a) => hq_entitlements::run(a, g),
+        HqCommand::Reconcile(a) => hq_reconcile::run(a, g),
+        HqCommand::Devices(a) => hq_devices::run(a, g),
     }
 }
 
