@@ -5,6 +5,7 @@
 
 pub mod entitle;
 pub mod firmware;
+pub mod reconcile;
 mod store;
 
 use std::fs;
@@ -110,6 +111,9 @@ pub enum HqError {
     /// The system random generator failed.
     #[error("the system random number generator failed")]
     Random,
+    /// An audit bundle was rejected; nothing was recorded except equivocation evidence.
+    #[error("audit bundle rejected")]
+    Rejected(#[source] reconcile::Rejection),
     /// A file operation failed.
     #[error("cannot write {path}")]
     Io {

@@ -81,6 +81,10 @@ const MIGRATIONS: &[Migration] = &[
     },
     // Firmware keys and releases (version 3), defined beside the code that uses them.
     crate::firmware::MIGRATION,
+    Migration {
+        version: 4,
+        sql: crate::reconcile::MIGRATION_SQL,
+    },
 ];
 
 /// The HQ database.

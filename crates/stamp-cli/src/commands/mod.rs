@@ -5,6 +5,7 @@ pub mod demo;
 pub mod device_verify_firmware;
 pub mod hq_add_firmware_key;
 pub mod hq_amend;
+pub mod hq_devices;
 pub mod hq_enroll_site;
 pub mod hq_entitle;
 pub mod hq_entitlements;
@@ -12,6 +13,7 @@ pub mod hq_firmware;
 pub mod hq_firmware_key_digest;
 pub mod hq_init;
 pub mod hq_sign_firmware;
+pub mod hq_reconcile;
 pub mod hq_sites;
 pub mod site_export_audit;
 pub mod site_hand_out;
@@ -55,6 +57,10 @@ pub enum HqCommand {
     Firmware(hq_firmware::Args),
     /// Write a firmware key's ESP32 Secure Boot V2 eFuse digest.
     FirmwareKeyDigest(hq_firmware_key_digest::Args),
+    // About text: the doc comment of `hq_reconcile::Args` (short and long help).
+    Reconcile(hq_reconcile::Args),
+    // About text: the doc comment of `hq_devices::Args`.
+    Devices(hq_devices::Args),
 }
 
 /// `stamp site ...`
@@ -87,6 +93,8 @@ pub fn run_hq(cmd: HqCommand, g: &Globals) -> anyhow::Result<()> {
         HqCommand::Entitle(a) => hq_entitle::run(*a, g),
         HqCommand::Amend(a) => hq_amend::run(a, g),
         HqCommand::Entitlements(a) => hq_entitlements::run(a, g),
+        HqCommand::Reconcile(a) => hq_reconcile::run(a, g),
+        HqCommand::Devices(a) => hq_devices::run(a, g),
         HqCommand::AddFirmwareKey(a) => hq_add_firmware_key::run(a, g),
         HqCommand::SignFirmware(a) => hq_sign_firmware::run(*a, g),
         HqCommand::Firmware(a) => hq_firmware::run(a, g),

@@ -1,0 +1,1103 @@
+//! Reconciliation through the real binary: bundles built exactly as docs/formats/audit.md says
+//! (test support in common/audit_builder.rs, with a real site's keys and real entitlements), then
+//! `stamp hq reconcile`. Every tampered bundle is rejected with a specific error and leaves HQ
+//! unchanged (except equivocation evidence); every policy breach is reported with its entries.
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+#[path = "common/audit_builder.rs"]
+mod audit_builder;
+mod common;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use audit_builder::*;
+use common::*;
+use serde_bytes::ByteBuf;
+use stamp_core::audit::{self, Event, RefusalReason, CHUNK_CONTENT_TYPE, HEADER_CONTENT_TYPE};
+use stamp_core::entitlement::Grant;
+use stamp_core::SiteId;
+
+/// Everything made once through the real binary and shared (read-only) by every test: HQ, site
+/// plant-7 and site plant-9, and these packages, all imported at their sites:
+///
+/// | site    | seq | package                                              |
+/// |---------|-----|------------------------------------------------------|
+/// | plant-7 | 1   | grant plant-7.1, quota 20                            |
+/// | plant-7 | 2   | grant plant-7.2, quota 5, at most 2 a minute         |
+/// | plant-7 | 3   | grant plant-7.3, quota 5, window in 2099             |
+/// | plant-7 | 4   | grant plant-7.4, quota 5                             |
+/// | plant-7 | 5   | amend plant-7.4: suspend                             |
+/// | plant-9 | 1   | grant plant-9.1, quota 10                            |
+struct Base {
+    pass: PathBuf,
+    hq: PathBuf,
+    site: SiteKeys,
+    other: SiteKeys,
+    packages: HashMap<(String, u64), PathBuf>,
+    grants: HashMap<String, Grant>,
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    std::fs::set_permissions(to, std::fs::metadata(from).unwrap().permissions()).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), &target).unwrap();
+        }
+    }
+}
+
+fn second_site(c: &Ceremony, id: &str) -> PathBuf {
+    let dir = c.tmp.path().join(id);
+    let req = c.tmp.path().join(format!("{id}-req.json"));
+    let creds = c.tmp.path().join(format!("{id}-creds.json"));
+    stamp_json(
+        &c.pass,
+        &["site", "init", "--dir", s(&dir), "--site-id", id, "-o", s(&req)],
+    );
+    stamp_json(
+        &c.pass,
+        &[
+            "hq",
+            "enroll-site",
+            "--dir",
+            s(&c.hq),
+            s(&req),
+            "-o",
+            s(&creds),
+            "--yes",
+        ],
+    );
+    let fp = c.root_fingerprint();
+    stamp_json(
+        &c.pass,
+        &[
+            "site",
+            "install",
+            "--dir",
+            s(&dir),
+            s(&creds),
+            "--root-fingerprint",
+            &fp,
+        ],
+    );
+    dir
+}
+
+fn build_base() -> Base {
+    let c = ceremony(true);
+    let other_dir = second_site(&c, "plant-9");
+    let mut packages = HashMap::new();
+    let mut package = |site: &str, seq: u64, site_dir: &Path, args: &[&str]| {
+        let out = c.tmp.path().join(format!("{site}-{seq}.cose"));
+        let mut all = vec!["hq"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--dir", s(&c.hq), "-o", s(&out)]);
+        let r = stamp_json(&c.pass, &all);
+        assert_eq!(r["sequence"], seq);
+        stamp_json(&c.pass, &["site", "import", "--dir", s(site_dir), s(&out)]);
+        packages.insert((site.to_owned(), seq), out);
+    };
+    let entitle = ["entitle", "--site", "plant-7", "--product", "thermo-2"];
+    let with = |extra: &[&'static str]| -> Vec<&'static str> {
+        let mut v = entitle.to_vec();
+        v.extend_from_slice(extra);
+        v
+    };
+    package("plant-7", 1, &c.site, &with(&["--quota", "20"]));
+    package(
+        "plant-7",
+        2,
+        &c.site,
+        &with(&["--quota", "5", "--rate", "2/minute"]),
+    );
+    package(
+        "plant-7",
+        3,
+        &c.site,
+        &with(&[
+            "--quota",
+            "5",
+            "--not-before",
+            "2099-01-01",
+            "--not-after",
+            "2100-01-01",
+        ]),
+    );
+    package("plant-7", 4, &c.site, &with(&["--quota", "5"]));
+    package(
+        "plant-7",
+        5,
+        &c.site,
+        &["amend", "--entitlement", "plant-7.4", "--suspend"],
+    );
+    package(
+        "plant-9",
+        1,
+        &other_dir,
+        &[
+            "entitle",
+            "--site",
+            "plant-9",
+            "--product",
+            "thermo-2",
+            "--quota",
+            "10",
+        ],
+    );
+
+    // Keep what the tests need under the target directory; the ceremony's temp dir goes away.
+    let dir = tempfile::Builder::new()
+        .prefix("reconcile-base")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .unwrap()
+        .keep();
+    for name in ["hq", "site", "plant-9"] {
+        copy_dir(&c.tmp.path().join(name), &dir.join(name));
+    }
+    let pass = dir.join("pass");
+    std::fs::copy(&c.pass, &pass).unwrap();
+    let packages = packages
+        .into_iter()
+        .map(|(k, p)| {
+            let to = dir.join(p.file_name().unwrap());
+            std::fs::copy(&p, &to).unwrap();
+            (k, to)
+        })
+        .collect();
+    let mut grants = HashMap::new();
+    for (site, ids) in [
+        ("site", &["plant-7.1", "plant-7.2", "plant-7.3", "plant-7.4"][..]),
+        ("plant-9", &["plant-9.1"][..]),
+    ] {
+        let store = stamp_site::SiteStore::open(&dir.join(site).join("stamp-site.db")).unwrap();
+        for id in ids {
+            let (state, _) = store.grant(id).unwrap().unwrap();
+            grants.insert(id.to_string(), state.grant);
+        }
+    }
+    Base {
+        site: SiteKeys::open(&dir.join("site"), &pass, "plant-7"),
+        other: SiteKeys::open(&dir.join("plant-9"), &pass, "plant-9"),
+        hq: dir.join("hq"),
+        pass,
+        packages,
+        grants,
+    }
+}
+
+fn base() -> &'static Base {
+    static BASE: OnceLock<Base> = OnceLock::new();
+    BASE.get_or_init(build_base)
+}
+
+/// One test's own copy of HQ.
+struct T {
+    b: &'static Base,
+    tmp: tempfile::TempDir,
+    hq: PathBuf,
+}
+
+impl T {
+    fn new() -> T {
+        let b = base();
+        let tmp = tempfile::tempdir().unwrap();
+        let hq = tmp.path().join("hq");
+        copy_dir(&b.hq, &hq);
+        T { b, tmp, hq }
+    }
+
+    fn grant(&self, id: &str) -> Grant {
+        self.b.grants[id].clone()
+    }
+
+    /// plant-7's log, with grant `id` applied from package `seq`.
+    fn log_with(&self, seq: u64, id: &str) -> SiteLog {
+        let mut log = SiteLog::new(self.b.site.clone());
+        self.apply(&mut log, seq, id, "grant");
+        log
+    }
+
+    fn apply(&self, log: &mut SiteLog, seq: u64, id: &str, action: &str) {
+        let site = log.keys.site_id.to_string();
+        let pkg = &self.b.packages[&(site, seq)];
+        log.applied(pkg, seq, id, action);
+    }
+
+    fn write(&self, bytes: &[u8]) -> PathBuf {
+        let p = self.tmp.path().join(format!("bundle-{}.cbor", rand_name()));
+        std::fs::write(&p, bytes).unwrap();
+        p
+    }
+
+    fn run(&self, bytes: &[u8], json: bool) -> std::process::Output {
+        let p = self.write(bytes);
+        let mut args = vec![];
+        if json {
+            args.push("--json");
+        }
+        args.extend_from_slice(&["hq", "reconcile", "--dir", s(&self.hq), s(&p)]);
+        stamp(&self.b.pass, &args)
+    }
+
+    /// Reconciles; must be clean (exit 0).
+    fn ok(&self, bytes: &[u8]) -> serde_json::Value {
+        let out = self.run(bytes, true);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|_| panic!("stdout {} stderr {}", lossy(&out.stdout), lossy(&out.stderr)));
+        assert!(out.status.success(), "not clean: {v:#}\n{}", lossy(&out.stderr));
+        assert_eq!(v["ok"], true);
+        v
+    }
+
+    /// Reconciles; must be accepted with violations (exit 1, the report on stdout).
+    fn violations(&self, bytes: &[u8]) -> serde_json::Value {
+        let out = self.run(bytes, true);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|_| panic!("stdout {} stderr {}", lossy(&out.stdout), lossy(&out.stderr)));
+        assert_eq!(out.status.code(), Some(1), "{v:#}");
+        assert_eq!(v["ok"], false, "{v:#}");
+        v
+    }
+
+    /// Reconciles; must be rejected naming `needle`, with HQ unchanged.
+    fn rejected(&self, bytes: &[u8], needle: &str) {
+        let before = snapshot(&self.hq);
+        let p = self.write(bytes);
+        stamp_fails(
+            &self.b.pass,
+            &["hq", "reconcile", "--dir", s(&self.hq), s(&p)],
+            needle,
+        );
+        assert_eq!(
+            snapshot(&self.hq),
+            before,
+            "HQ state changed after a rejected bundle ({needle})"
+        );
+    }
+}
+
+fn lossy(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn rand_name() -> String {
+    use aws_lc_rs::rand::SecureRandom;
+    let mut b = [0u8; 8];
+    aws_lc_rs::rand::SystemRandom::new().fill(&mut b).unwrap();
+    hex::encode(b)
+}
+
+fn first_serial(g: &Grant) -> u64 {
+    g.serial_ranges[0].first
+}
+
+/// A violation of `kind` in the report, with its entries.
+fn violation<'a>(report: &'a serde_json::Value, kind: &str) -> &'a serde_json::Value {
+    report["violations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["kind"] == kind)
+        .unwrap_or_else(|| panic!("no {kind} violation in {report:#}"))
+}
+
+fn entries(v: &serde_json::Value) -> Vec<u64> {
+    v["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e.as_u64().unwrap())
+        .collect()
+}
+
+/// A log with grant plant-7.1 and `n` genuine devices, in chunks of 3.
+fn log_with_devices(t: &T, n: u64) -> (SiteLog, Grant) {
+    let g = t.grant("plant-7.1");
+    let mut log = t.log_with(1, "plant-7.1");
+    log.chunk_size = 3;
+    for i in 0..n {
+        log.device(&g, first_serial(&g) + i);
+    }
+    (log, g)
+}
+
+// --- accepted bundles --------------------------------------------------------------------------
+
+#[test]
+fn clean_bundle_is_accepted_and_its_devices_recorded() {
+    let t = T::new();
+    let (mut log, g) = log_with_devices(&t, 5);
+    log.refused(Some("plant-7.1"), RefusalReason::KeyTypeNotAllowed);
+    log.refused(None, RefusalReason::UnknownEntitlement);
+    log.refused(Some("plant-7.1"), RefusalReason::KeyTypeNotAllowed);
+    let b = log.export();
+    let r = t.ok(&log.seal(&b));
+    assert_eq!(r["site_id"], "plant-7");
+    assert_eq!(r["bundle_id"], hex::encode(&b.header.bundle_id));
+    assert_eq!(r["entries"], 10);
+    assert_eq!(r["devices_issued"], 5);
+    assert_eq!(r["devices_recorded"], 5);
+    assert_eq!(r["entitlements_applied"], 1);
+    assert_eq!(r["refusals_by_reason"]["key-type-not-allowed"], 2);
+    assert_eq!(r["refusals_by_reason"]["unknown-entitlement"], 1);
+    assert_eq!(r["checkpoint"]["size"], 10);
+    assert_eq!(r["previous"], serde_json::Value::Null);
+    assert_eq!(r["violations"], serde_json::json!([]));
+
+    // The registry lists the genuine devices.
+    let d = stamp_json(
+        &t.b.pass,
+        &["hq", "devices", "--dir", s(&t.hq), "--site", "plant-7"],
+    );
+    assert_eq!(d["count"], 5);
+    let serials: Vec<u64> = d["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["device_serial"].as_u64().unwrap())
+        .collect();
+    assert_eq!(serials, (0..5).map(|i| first_serial(&g) + i).collect::<Vec<_>>());
+    assert_eq!(d["devices"][0]["entitlement_id"], "plant-7.1");
+    assert_eq!(d["devices"][0]["log_index"], 1);
+    let none = stamp_json(
+        &t.b.pass,
+        &["hq", "devices", "--dir", s(&t.hq), "--site", "plant-9"],
+    );
+    assert_eq!(none["count"], 0);
+    // Certificates in PEM, which openssl reads.
+    let out = stamp(&t.b.pass, &["hq", "devices", "--dir", s(&t.hq), "--certificates"]);
+    assert!(out.status.success());
+    let text = lossy(&out.stdout);
+    assert_eq!(text.matches("BEGIN CERTIFICATE").count(), 5, "{text}");
+}
+
+#[test]
+fn text_report_and_help_explain_the_outcome() {
+    let t = T::new();
+    let (mut log, _) = log_with_devices(&t, 2);
+    let b = log.export();
+    let out = t.run(&log.seal(&b), false);
+    assert!(out.status.success());
+    let text = lossy(&out.stdout);
+    assert!(text.contains("from site plant-7"), "{text}");
+    assert!(
+        text.contains("OK: every entry kept the site's entitlements"),
+        "{text}"
+    );
+
+    let help = stamp(&t.b.pass, &["hq", "reconcile", "--help"]);
+    let help = lossy(&help.stdout);
+    for needle in ["REJECTS", "equivocation", "accepted", "Exit status"] {
+        assert!(help.contains(needle), "--help lacks {needle}:\n{help}");
+    }
+}
+
+#[test]
+fn second_bundle_extends_the_first() {
+    let t = T::new();
+    let (mut log, g) = log_with_devices(&t, 4);
+    let b1 = log.export();
+    t.ok(&log.seal(&b1));
+    for i in 4..9 {
+        log.device(&g, first_serial(&g) + i);
+    }
+    let b2 = log.export();
+    assert!(!b2.header.consistency_proof.is_empty());
+    let r = t.ok(&log.seal(&b2));
+    assert_eq!(r["previous"]["size"], 6);
+    assert_eq!(r["first_index"], 6);
+    assert_eq!(r["checkpoint"]["size"], 12);
+    assert_eq!(r["devices_recorded"], 5);
+    assert_eq!(r["entitlements_applied"], 0);
+    let d = stamp_json(&t.b.pass, &["hq", "devices", "--dir", s(&t.hq)]);
+    assert_eq!(d["count"], 9);
+}
+
+// --- rejected bundles: HQ unchanged ------------------------------------------------------------
+
+/// A plant-7 log with HQ holding its first bundle, and the next bundle's parts.
+fn second_bundle(t: &T) -> (SiteLog, audit_builder::Bundle) {
+    let (mut log, g) = log_with_devices(t, 2);
+    let b1 = log.export();
+    t.ok(&log.seal(&b1));
+    for i in 2..9 {
+        log.device(&g, first_serial(&g) + i);
+    }
+    let b2 = log.export();
+    assert!(b2.chunks.len() >= 3);
+    (log, b2)
+}
+
+#[test]
+fn truncated_bundles_are_rejected() {
+    let t = T::new();
+    let (log, b) = second_bundle(&t);
+    let bytes = log.seal(&b);
+    t.rejected(&bytes[..bytes.len() - 100], "truncated");
+    let frames = log.frames(&b);
+    t.rejected(
+        &file(&frames[..frames.len() - 1]),
+        "ends after 2 of its 3 chunks (truncated)",
+    );
+    t.rejected(&[], "the bundle is empty");
+    // The complete bundle still reconciles.
+    t.ok(&bytes);
+}
+
+#[test]
+fn reordered_entries_are_rejected() {
+    let t = T::new();
+    let (log, b) = second_bundle(&t);
+    let mut swapped = b.clone();
+    swapped.chunks[1].entries.swap(0, 1);
+    t.rejected(&log.seal(&swapped), "entries reordered");
+    // Reordered chunks too.
+    let mut frames = log.frames(&b);
+    frames.swap(1, 2);
+    t.rejected(&file(&frames), "chunks reordered");
+    t.ok(&log.seal(&b));
+}
+
+#[test]
+fn an_altered_entry_is_rejected() {
+    let t = T::new();
+    let (log, mut b) = second_bundle(&t);
+    let mut e = b.entry(1, 1);
+    let Event::DeviceIssued(d) = &mut e.event else {
+        panic!("{e:?}")
+    };
+    d.device_serial += 1000;
+    b.set_entry(1, 1, &e);
+    t.rejected(&log.seal(&b), "do not hash to the checkpoint's root");
+}
+
+#[test]
+fn a_deleted_entry_is_rejected() {
+    let t = T::new();
+    let (log, b) = second_bundle(&t);
+    // Simply removed: the next entry is out of place.
+    let mut cut = b.clone();
+    cut.chunks[1].entries.remove(1);
+    t.rejected(&log.seal(&cut), "deleted");
+    // Removed and the later entries renumbered (and chunks re-cut): fewer entries than signed.
+    let mut all: Vec<audit::Entry> = Vec::new();
+    for (c, ch) in b.chunks.iter().enumerate() {
+        for i in 0..ch.entries.len() {
+            all.push(b.entry(c, i));
+        }
+    }
+    all.remove(3);
+    for (k, e) in all.iter_mut().enumerate() {
+        e.index = b.header.first_index + k as u64;
+    }
+    let mut renum = b.clone();
+    for (c, ch) in renum.chunks.iter_mut().enumerate() {
+        ch.first_index = b.header.first_index + 3 * c as u64;
+        ch.entries = all
+            .iter()
+            .skip(3 * c)
+            .take(3)
+            .map(|e| ByteBuf::from(e.to_cbor()))
+            .collect();
+    }
+    renum.chunks.retain(|c| !c.entries.is_empty());
+    t.rejected(&log.seal(&renum), "entries deleted");
+}
+
+#[test]
+fn a_duplicated_entry_is_rejected() {
+    let t = T::new();
+    let (log, mut b) = second_bundle(&t);
+    let dup = b.chunks[0].entries[1].clone();
+    b.chunks[0].entries.insert(1, dup);
+    t.rejected(&log.seal(&b), "duplicated");
+}
+
+#[test]
+fn a_chunk_spliced_from_another_sites_bundle_is_rejected() {
+    let t = T::new();
+    let (log, b) = second_bundle(&t);
+    let g9 = t.grant("plant-9.1");
+    let mut other = SiteLog::new(t.b.other.clone());
+    t.apply(&mut other, 1, "plant-9.1", "grant");
+    other.chunk_size = 3;
+    for i in 0..8 {
+        other.device(&g9, first_serial(&g9) + i);
+    }
+    let ob = other.export();
+    let mut frames = log.frames(&b);
+    frames[2] = other.frames(&ob)[2].clone();
+    t.rejected(&file(&frames), "spliced from another site's bundle");
+    // The other site's whole bundle under this site's header is no better.
+    let mut mixed = vec![frames[0].clone()];
+    mixed.extend_from_slice(&other.frames(&ob)[1..]);
+    t.rejected(&file(&mixed), "signed by another certificate than the header");
+}
+
+#[test]
+fn a_chunk_from_another_bundle_of_the_same_site_is_rejected() {
+    let t = T::new();
+    let (log, b) = second_bundle(&t);
+    // The same entries exported again under another bundle ID.
+    let mut again = b.clone();
+    again.header.bundle_id = ByteBuf::from(vec![0xee; 16]);
+    for c in &mut again.chunks {
+        c.bundle_id = again.header.bundle_id.clone();
+    }
+    let mut frames = log.frames(&b);
+    frames[3] = log.frames(&again)[3].clone();
+    t.rejected(&file(&frames), "chunk 2 belongs to another bundle (spliced)");
+    // And the genuine bundle still goes through afterwards.
+    t.ok(&log.seal(&b));
+}
+
+#[test]
+fn a_replayed_bundle_is_rejected() {
+    let t = T::new();
+    let (mut log, _) = log_with_devices(&t, 3);
+    let b = log.export();
+    let bytes = log.seal(&b);
+    t.ok(&bytes);
+    t.rejected(&bytes, "already reconciled: replayed bundle");
+    // Re-sealed (new envelopes, same content): still a replay.
+    t.rejected(&log.seal(&b), "replayed bundle");
+}
+
+#[test]
+fn a_bundle_older_than_the_last_seen_is_rejected() {
+    let t = T::new();
+    let g = t.grant("plant-7.1");
+    let (mut log, _) = log_with_devices(&t, 2);
+    let b1 = log.export();
+    t.ok(&log.seal(&b1));
+    let mut fork = log.clone();
+    for i in 2..8 {
+        log.device(&g, first_serial(&g) + i);
+    }
+    let b2 = log.export();
+    fork.device(&g, first_serial(&g) + 2);
+    let short = fork.export();
+    t.ok(&log.seal(&b2));
+    t.rejected(&fork.seal(&short), "older than the last checkpoint HQ accepted");
+}
+
+#[test]
+fn a_bundle_that_skips_one_is_rejected() {
+    let t = T::new();
+    let g = t.grant("plant-7.1");
+    let (mut log, _) = log_with_devices(&t, 2);
+    let b1 = log.export();
+    t.ok(&log.seal(&b1));
+    log.device(&g, first_serial(&g) + 2);
+    let _lost = log.export();
+    log.device(&g, first_serial(&g) + 3);
+    let b3 = log.export();
+    t.rejected(&log.seal(&b3), "reconcile the site's bundles in order");
+}
+
+#[test]
+fn a_bad_consistency_proof_is_rejected() {
+    let t = T::new();
+    let (log, b) = second_bundle(&t);
+    let mut flipped = b.clone();
+    let mut p = flipped.header.consistency_proof[0].to_vec();
+    p[0] ^= 1;
+    flipped.header.consistency_proof[0] = ByteBuf::from(p);
+    t.rejected(
+        &log.seal(&flipped),
+        "consistency proof from size 4 to size 12 does not verify",
+    );
+    let mut short = b.clone();
+    short.header.consistency_proof.pop();
+    t.rejected(
+        &log.seal(&short),
+        "consistency proof from size 4 to size 12 does not verify",
+    );
+    let mut none = b.clone();
+    none.header.previous = None;
+    none.header.consistency_proof.clear();
+    t.rejected(&log.seal(&none), "header is inconsistent");
+    t.ok(&log.seal(&b));
+}
+
+#[test]
+fn equivocation_is_rejected_and_both_checkpoints_kept() {
+    let t = T::new();
+    let (mut log, _) = log_with_devices(&t, 3);
+    let b1 = log.export();
+    t.ok(&log.seal(&b1));
+    // Another log of the same size, also signed by the site: a fork.
+    let g = t.grant("plant-7.1");
+    let mut fork = t.log_with(1, "plant-7.1");
+    for i in 0..3 {
+        fork.device(&g, first_serial(&g) + 10 + i);
+    }
+    let fb = fork.export();
+    assert_eq!(fb.header.entry_count, b1.header.entry_count);
+    let before = snapshot(&t.hq);
+    let p = t.write(&fork.seal(&fb));
+    stamp_fails(
+        &t.b.pass,
+        &["hq", "reconcile", "--dir", s(&t.hq), s(&p)],
+        "EQUIVOCATION: site plant-7 signed two different roots for log size 5",
+    );
+    assert_ne!(snapshot(&t.hq), before, "the evidence is recorded");
+    let store = stamp_hq::HqStore::open(&t.hq.join(stamp_hq::DB_FILE)).unwrap();
+    let ev = store.equivocations(&SiteId::new("plant-7").unwrap()).unwrap();
+    assert_eq!(ev.len(), 1);
+    assert_eq!(ev[0].size, 5);
+    assert_eq!(ev[0].accepted_note, b1.header.checkpoint);
+    assert_eq!(ev[0].conflicting_note, fb.header.checkpoint);
+    assert_ne!(ev[0].accepted_root, ev[0].conflicting_root);
+    drop(store);
+
+    // A bundle that continues from the forked tree, with a valid proof from it: equivocation too.
+    fork.device(&g, first_serial(&g) + 13);
+    let fb2 = fork.export();
+    let p2 = t.write(&fork.seal(&fb2));
+    stamp_fails(
+        &t.b.pass,
+        &["hq", "reconcile", "--dir", s(&t.hq), s(&p2)],
+        "EQUIVOCATION",
+    );
+    let store = stamp_hq::HqStore::open(&t.hq.join(stamp_hq::DB_FILE)).unwrap();
+    assert_eq!(
+        store
+            .equivocations(&SiteId::new("plant-7").unwrap())
+            .unwrap()
+            .len(),
+        2
+    );
+    drop(store);
+
+    // HQ's copy of the log did not move: the genuine log continues.
+    log.device(&g, first_serial(&g) + 3);
+    let b2 = log.export();
+    t.ok(&log.seal(&b2));
+}
+
+#[test]
+fn a_wrong_signer_is_rejected() {
+    let t = T::new();
+    let (mut log, _) = log_with_devices(&t, 2);
+    let b = log.export();
+    let k = &t.b.site;
+    // Signed with the site's issuing CA key and certificate: not a site identity certificate.
+    let seal = |ct: &str, pt: &[u8]| {
+        log.seal_part_with(
+            ct,
+            pt,
+            k.issuing.as_ref(),
+            std::slice::from_ref(&k.issuing_cert),
+            &k.hq_ka_public,
+        )
+    };
+    let mut frames = vec![seal(HEADER_CONTENT_TYPE, &b.header.to_cbor())];
+    frames.extend(b.chunks.iter().map(|c| seal(CHUNK_CONTENT_TYPE, &c.to_cbor())));
+    t.rejected(
+        &file(&frames),
+        "HQ never issued to a site as its identity (wrong signer)",
+    );
+    // A signature that does not verify.
+    let mut env = log.frames(&b);
+    let sig_at = env[0].len() - 10;
+    env[0][sig_at] ^= 1;
+    t.rejected(&file(&env), "frame 1 is not a valid sealed envelope");
+    // Another site's identity signing plant-7's bundle (recipient ID plant-7).
+    let o = &t.b.other;
+    let seal = |ct: &str, pt: &[u8]| {
+        log.seal_part_with(
+            ct,
+            pt,
+            o.identity.as_ref(),
+            std::slice::from_ref(&o.identity_cert),
+            &k.hq_ka_public,
+        )
+    };
+    let mut frames = vec![seal(HEADER_CONTENT_TYPE, &b.header.to_cbor())];
+    frames.extend(b.chunks.iter().map(|c| seal(CHUNK_CONTENT_TYPE, &c.to_cbor())));
+    t.rejected(
+        &file(&frames),
+        "not encrypted to HQ's key-agreement key (key ID \"hq\") for site plant-9",
+    );
+}
+
+#[test]
+fn a_bundle_not_encrypted_to_hq_is_rejected() {
+    let t = T::new();
+    let (mut log, _) = log_with_devices(&t, 2);
+    let b = log.export();
+    let k = &t.b.site;
+    let seal = |ct: &str, pt: &[u8]| {
+        log.seal_part_with(
+            ct,
+            pt,
+            k.identity.as_ref(),
+            std::slice::from_ref(&k.identity_cert),
+            &k.site_ka_public,
+        )
+    };
+    let mut frames = vec![seal(HEADER_CONTENT_TYPE, &b.header.to_cbor())];
+    frames.extend(b.chunks.iter().map(|c| seal(CHUNK_CONTENT_TYPE, &c.to_cbor())));
+    t.rejected(
+        &file(&frames),
+        "frame 1 is not encrypted to HQ's key-agreement key",
+    );
+    // Only one chunk not for HQ.
+    let mut frames = log.frames(&b);
+    frames[1] = seal(CHUNK_CONTENT_TYPE, &b.chunks[0].to_cbor());
+    t.rejected(&file(&frames), "frame 2 is not encrypted to HQ");
+}
+
+#[test]
+fn a_header_naming_another_site_or_misplaced_parts_are_rejected() {
+    let t = T::new();
+    let (mut log, _) = log_with_devices(&t, 2);
+    let b = log.export();
+    let mut other = b.clone();
+    other.header.site_id = SiteId::new("plant-9").unwrap();
+    t.rejected(
+        &log.seal(&other),
+        "signed by site plant-7 but its header names site plant-9",
+    );
+    // A chunk where the header belongs.
+    let mut frames = log.frames(&b);
+    frames[0] = log.seal_part(CHUNK_CONTENT_TYPE, &b.chunks[0].to_cbor());
+    t.rejected(
+        &file(&frames),
+        "frame 1 holds application/vnd.stamp.audit-chunk+cbor",
+    );
+    // Something after the last chunk.
+    let mut frames = log.frames(&b);
+    frames.push(frames[1].clone());
+    t.rejected(&file(&frames), "frames follow the bundle's last chunk");
+    // A log whose last entry is not the bundle's own export-made entry.
+    let mut log2 = t.log_with(1, "plant-7.1");
+    log2.device(&t.grant("plant-7.1"), 1);
+    log2.export_entry = false;
+    let b2 = log2.export();
+    t.rejected(
+        &log2.seal(&b2),
+        "the bundle's last entry is not the export-made entry of this bundle",
+    );
+    t.ok(&log.seal(&b));
+}
+
+// --- policy violations: accepted, reported, exit 1 ---------------------------------------------
+
+#[test]
+fn over_quota_is_reported() {
+    let t = T::new();
+    let g = t.grant("plant-7.2"); // quota 5, 2 a minute
+    let mut log = t.log_with(2, "plant-7.2");
+    log.step_ms = 31_000; // never 3 in a minute
+    let mut idx = vec![];
+    for i in 0..7 {
+        idx.push(log.device(&g, first_serial(&g) + i % 5));
+    }
+    // Serials 0..5 then 0, 1 again: the last two are also reuses.
+    let b = log.export();
+    let r = t.violations(&log.seal(&b));
+    let v = violation(&r, "over-quota");
+    assert_eq!(entries(v), idx[5..].to_vec());
+    assert_eq!(v["entitlement_id"], "plant-7.2");
+    assert!(
+        v["detail"]
+            .as_str()
+            .unwrap()
+            .contains("2 device(s) issued beyond plant-7.2's quota of 5"),
+        "{v}"
+    );
+    assert_eq!(r["devices_recorded"], 5);
+    assert!(
+        r["violations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|v| v["kind"] != "rate-exceeded"),
+        "{r:#}"
+    );
+}
+
+#[test]
+fn rate_exceeded_is_reported_within_and_across_bundles() {
+    let t = T::new();
+    let g = t.grant("plant-7.2"); // 2 a minute
+    let mut log = t.log_with(2, "plant-7.2");
+    log.step_ms = 10_000;
+    let a = log.device(&g, first_serial(&g));
+    let _b = log.device(&g, first_serial(&g) + 1);
+    let b1 = log.export();
+    t.ok(&log.seal(&b1));
+    // 30 s after the first: a third device within one minute, in the next bundle.
+    let c = log.device(&g, first_serial(&g) + 2);
+    let b2 = log.export();
+    let r = t.violations(&log.seal(&b2));
+    let v = violation(&r, "rate-exceeded");
+    assert_eq!(entries(v), vec![c]);
+    let detail = v["detail"].as_str().unwrap();
+    assert!(detail.contains("per-minute limit of 2 exceeded"), "{detail}");
+    assert!(detail.contains("no more than 2 in any minute"), "{detail}");
+    assert_eq!(r["devices_recorded"], 0);
+    let _ = a;
+    // Two minutes later the rate is fine again.
+    log.wait_ms(120_000);
+    log.device(&g, first_serial(&g) + 3);
+    let b3 = log.export();
+    t.ok(&log.seal(&b3));
+}
+
+#[test]
+fn outside_the_window_is_reported() {
+    let t = T::new();
+    let g = t.grant("plant-7.3"); // 2099
+    let mut log = t.log_with(3, "plant-7.3");
+    let i = log.device(&g, first_serial(&g));
+    let b = log.export();
+    let r = t.violations(&log.seal(&b));
+    let v = violation(&r, "outside-window");
+    assert_eq!(entries(v), vec![i]);
+    assert!(
+        v["detail"]
+            .as_str()
+            .unwrap()
+            .contains("2099-01-01T00:00:00Z to 2100-01-01T00:00:00Z"),
+        "{v}"
+    );
+    assert_eq!(r["devices_recorded"], 0);
+    assert_eq!(r["violations"].as_array().unwrap().len(), 1, "{r:#}");
+}
+
+#[test]
+fn issuing_while_suspended_is_reported_from_the_amendment_on() {
+    let t = T::new();
+    let g = t.grant("plant-7.4");
+    let mut log = t.log_with(4, "plant-7.4");
+    log.device(&g, first_serial(&g));
+    t.apply(&mut log, 5, "plant-7.4", "amend");
+    let i = log.device(&g, first_serial(&g) + 1);
+    let b = log.export();
+    let r = t.violations(&log.seal(&b));
+    assert_eq!(r["entitlements_applied"], 2);
+    let v = violation(&r, "issued-while-suspended");
+    assert_eq!(entries(v), vec![i]);
+    assert_eq!(r["devices_recorded"], 1);
+}
+
+#[test]
+fn serial_outside_range_is_reported() {
+    let t = T::new();
+    let g = t.grant("plant-7.1");
+    let mut log = t.log_with(1, "plant-7.1");
+    let last = g.serial_ranges[0].last;
+    log.device(&g, last);
+    let i = log.device(&g, last + 1);
+    let b = log.export();
+    let r = t.violations(&log.seal(&b));
+    let v = violation(&r, "serial-outside-range");
+    assert_eq!(entries(v), vec![i]);
+    assert_eq!(r["devices_recorded"], 1);
+}
+
+#[test]
+fn a_reused_serial_is_reported_within_and_across_bundles() {
+    let t = T::new();
+    let g = t.grant("plant-7.1");
+    let mut log = t.log_with(1, "plant-7.1");
+    let first = log.device(&g, first_serial(&g));
+    let again = log.device(&g, first_serial(&g));
+    let b1 = log.export();
+    let r = t.violations(&log.seal(&b1));
+    let v = violation(&r, "serial-reused");
+    assert_eq!(entries(v), vec![first, again]);
+    assert_eq!(r["devices_recorded"], 1);
+    let later = log.device(&g, first_serial(&g));
+    let b2 = log.export();
+    let r = t.violations(&log.seal(&b2));
+    let v = violation(&r, "serial-reused");
+    assert_eq!(entries(v), vec![first, later]);
+    assert!(
+        v["detail"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("first at entry {first}")),
+        "{v}"
+    );
+}
+
+#[test]
+fn a_key_certified_twice_is_reported() {
+    let t = T::new();
+    let g = t.grant("plant-7.1");
+    let mut log = t.log_with(1, "plant-7.1");
+    let key = device_spki();
+    let first = log.device_with_key(&g, first_serial(&g), &key);
+    let again = log.device_with_key(&g, first_serial(&g) + 1, &key);
+    let b = log.export();
+    let r = t.violations(&log.seal(&b));
+    let v = violation(&r, "key-reused");
+    assert_eq!(entries(v), vec![first, again]);
+    assert_eq!(r["violations"].as_array().unwrap().len(), 1, "{r:#}");
+}
+
+#[test]
+fn an_hq_generated_key_handed_out_twice_is_reported() {
+    let t = T::new();
+    let g = t.grant("plant-7.1");
+    let mut log = t.log_with(1, "plant-7.1");
+    let hand_out = |log: &mut SiteLog, serial: u64| {
+        let spki = device_spki();
+        let cert = log.certificate(&g, serial, &spki, None);
+        log.push(Event::KeyHandedOut(SiteLog::record(
+            "plant-7.1",
+            serial,
+            cert,
+            &spki,
+            Some(4),
+        )))
+    };
+    let first = hand_out(&mut log, first_serial(&g));
+    let again = hand_out(&mut log, first_serial(&g) + 1);
+    let b = log.export();
+    let r = t.violations(&log.seal(&b));
+    let v = violation(&r, "hq-key-reused");
+    assert_eq!(entries(v), vec![first, again]);
+    assert_eq!(r["devices_recorded"], 1);
+}
+
+#[test]
+fn a_certificate_from_another_ca_is_reported() {
+    let t = T::new();
+    let g = t.grant("plant-7.1");
+    let mut log = t.log_with(1, "plant-7.1");
+    let spki = device_spki();
+    let o = &t.b.other;
+    let cert = log.certificate(
+        &g,
+        first_serial(&g),
+        &spki,
+        Some((o.issuing.as_ref(), &o.issuing_cert)),
+    );
+    let i = log.push(Event::DeviceIssued(SiteLog::record(
+        "plant-7.1",
+        first_serial(&g),
+        cert,
+        &spki,
+        None,
+    )));
+    let b = log.export();
+    let r = t.violations(&log.seal(&b));
+    let v = violation(&r, "wrong-issuer");
+    assert_eq!(entries(v), vec![i]);
+    assert!(
+        v["detail"]
+            .as_str()
+            .unwrap()
+            .contains("not issued by site plant-7's issuing CA"),
+        "{v}"
+    );
+    assert_eq!(r["devices_recorded"], 0);
+}
+
+#[test]
+fn a_certificate_that_does_not_match_the_profile_is_reported() {
+    let t = T::new();
+    let g = t.grant("plant-7.1");
+    let mut log = t.log_with(1, "plant-7.1");
+    let spki = device_spki();
+    let mut wrong = g.clone();
+    wrong.product.product_id = "counterfeit".into();
+    let cert = log.certificate(&wrong, first_serial(&g), &spki, None);
+    let i = log.push(Event::DeviceIssued(SiteLog::record(
+        "plant-7.1",
+        first_serial(&g),
+        cert,
+        &spki,
+        None,
+    )));
+    // An entry whose hashes disagree with its certificate.
+    let spki2 = device_spki();
+    let cert2 = log.certificate(&g, first_serial(&g) + 1, &spki2, None);
+    let mut rec = SiteLog::record("plant-7.1", first_serial(&g) + 1, cert2, &spki2, None);
+    rec.public_key_sha256 = ByteBuf::from(vec![9; 32]);
+    let j = log.push(Event::DeviceIssued(rec));
+    let b = log.export();
+    let r = t.violations(&log.seal(&b));
+    let v = violation(&r, "profile-mismatch");
+    assert_eq!(entries(v), vec![i]);
+    assert!(v["detail"].as_str().unwrap().contains("product ID"), "{v}");
+    assert_eq!(entries(violation(&r, "certificate-mismatch")), vec![j]);
+    assert_eq!(r["devices_recorded"], 0);
+}
+
+#[test]
+fn unknown_entitlements_and_packages_are_reported() {
+    let t = T::new();
+    let g = t.grant("plant-7.1");
+    let mut log = t.log_with(1, "plant-7.1");
+    // A device under a grant the log never applied (HQ made it, for this site).
+    let i = log.device(&t.grant("plant-7.3"), first_serial(&t.grant("plant-7.3")));
+    // A package HQ never made.
+    let j = log.push(Event::EntitlementApplied {
+        entitlement_id: "plant-7.1".into(),
+        sequence: 42,
+        action: "amend".into(),
+        package_sha256: ByteBuf::from(vec![0; 32]),
+    });
+    // Package 1 again: out of order.
+    let pkg = t.b.packages[&("plant-7".to_owned(), 1)].clone();
+    let k = log.applied(&pkg, 1, "plant-7.1", "grant");
+    log.device(&g, first_serial(&g));
+    let b = log.export();
+    let r = t.violations(&log.seal(&b));
+    let v = violation(&r, "unknown-entitlement");
+    assert_eq!(entries(v), vec![i]);
+    assert!(
+        v["detail"]
+            .as_str()
+            .unwrap()
+            .contains("the site's log never applied"),
+        "{v}"
+    );
+    assert_eq!(entries(violation(&r, "unknown-package")), vec![j]);
+    assert_eq!(entries(violation(&r, "package-out-of-order")), vec![k]);
+    assert_eq!(r["devices_recorded"], 1);
+}
+
+#[test]
+fn violations_do_not_stop_the_log_and_the_report_is_bounded() {
+    let t = T::new();
+    let g = t.grant("plant-7.1");
+    let mut log = t.log_with(1, "plant-7.1");
+    log.chunk_size = 50;
+    let spki = device_spki();
+    let cert = log.certificate(&g, first_serial(&g), &spki, None);
+    let rec = SiteLog::record("plant-7.1", first_serial(&g), cert, &spki, None);
+    // The same certificate 150 times: one serial-reused and one key-reused violation each,
+    // grouped, entries listed up to the cap.
+    for _ in 0..150 {
+        log.push(Event::DeviceIssued(rec.clone()));
+    }
+    let b = log.export();
+    let r = t.violations(&log.seal(&b));
+    let v = violation(&r, "serial-reused");
+    assert_eq!(v["entry_count"], 149);
+    assert_eq!(v["entries"].as_array().unwrap().len(), 100);
+    assert_eq!(r["devices_recorded"], 1);
+    // Text output lists them.
+    let mut log2 = log.clone();
+    log2.push(Event::DeviceIssued(rec));
+    let b2 = log2.export();
+    let out = t.run(&log2.seal(&b2), false);
+    assert_eq!(out.status.code(), Some(1));
+    let text = lossy(&out.stdout);
+    assert!(text.contains("VIOLATIONS:"), "{text}");
+    assert!(text.contains("serial-reused [plant-7.1]"), "{text}");
+}

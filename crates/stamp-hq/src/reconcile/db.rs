@@ -1,0 +1,554 @@
+//! Reconciliation's tables (migration 3 in `store.rs`): every query reconciliation makes.
+
+use std::collections::BTreeMap;
+
+use stamp_core::entitlement::{GrantState, RatePeriod};
+use stamp_core::SiteId;
+use stamp_store::rusqlite::{params, Connection, OptionalExtension};
+
+use crate::HqError;
+
+/// SQL of the reconciliation tables, appended to HQ's migrations.
+pub(crate) const MIGRATION_SQL: &str = "
+    -- Reconciliation (docs/formats/audit.md). Per site: where HQ's copy of its log ends.
+    CREATE TABLE audit_sites (
+        site_id TEXT PRIMARY KEY REFERENCES sites (site_id),
+        size INTEGER NOT NULL,               -- entries reconciled
+        root BLOB NOT NULL,                  -- Merkle root of those entries
+        note TEXT NOT NULL,                  -- the signed checkpoint for them
+        frontier BLOB NOT NULL,              -- merkle::Frontier::to_bytes of that tree
+        last_time_ms INTEGER NOT NULL,       -- time of the last entry
+        last_sequence INTEGER NOT NULL,      -- last entitlement package the log applied
+        updated_at TEXT NOT NULL
+    );
+    -- Every checkpoint accepted, kept for good.
+    CREATE TABLE audit_checkpoints (
+        site_id TEXT NOT NULL REFERENCES sites (site_id),
+        size INTEGER NOT NULL,
+        root BLOB NOT NULL,
+        note TEXT NOT NULL,
+        bundle_id BLOB NOT NULL,
+        accepted_at TEXT NOT NULL,
+        PRIMARY KEY (site_id, size)
+    );
+    -- Every bundle reconciled, with its report.
+    CREATE TABLE audit_bundles (
+        site_id TEXT NOT NULL REFERENCES sites (site_id),
+        bundle_id BLOB NOT NULL,
+        first_index INTEGER NOT NULL,
+        entry_count INTEGER NOT NULL,
+        created_at_ms INTEGER NOT NULL,
+        reconciled_at TEXT NOT NULL,
+        violations INTEGER NOT NULL,
+        devices_recorded INTEGER NOT NULL,
+        report_json TEXT NOT NULL,
+        PRIMARY KEY (site_id, bundle_id)
+    );
+    -- Equivocation evidence: two checkpoints signed by the site for the same tree size with
+    -- different roots, and the signed header envelope that carried the second.
+    CREATE TABLE audit_equivocations (
+        id INTEGER PRIMARY KEY,
+        site_id TEXT NOT NULL REFERENCES sites (site_id),
+        size INTEGER NOT NULL,
+        accepted_root BLOB NOT NULL,
+        accepted_note TEXT NOT NULL,
+        conflicting_root BLOB NOT NULL,
+        conflicting_note TEXT NOT NULL,
+        header_envelope BLOB NOT NULL,
+        detected_at TEXT NOT NULL
+    );
+    -- Each grant as the site's log applied it (GrantState JSON), its device count and the
+    -- recent issuance times of each rate period ({period: [[time_ms, count], ...]}).
+    CREATE TABLE audit_grants (
+        entitlement_id TEXT PRIMARY KEY,
+        site_id TEXT NOT NULL REFERENCES sites (site_id),
+        state_json TEXT NOT NULL,
+        issued INTEGER NOT NULL,
+        rate_tails_json TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    );
+    -- First use of every device serial, public key and HQ-generated key in any site's log.
+    CREATE TABLE audit_serials (
+        device_serial INTEGER PRIMARY KEY,   -- the u64 serial's bits as a signed integer
+        site_id TEXT NOT NULL,
+        entitlement_id TEXT NOT NULL,
+        log_index INTEGER NOT NULL
+    );
+    CREATE TABLE audit_public_keys (
+        public_key_sha256 BLOB PRIMARY KEY,
+        site_id TEXT NOT NULL,
+        entitlement_id TEXT NOT NULL,
+        log_index INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE audit_hq_keys (
+        entitlement_id TEXT NOT NULL,
+        hq_key_index INTEGER NOT NULL,
+        site_id TEXT NOT NULL,
+        log_index INTEGER NOT NULL,
+        PRIMARY KEY (entitlement_id, hq_key_index)
+    );
+    -- The registry of genuine devices: every device certificate that passed every check.
+    CREATE TABLE devices (
+        certificate_sha256 BLOB PRIMARY KEY,
+        site_id TEXT NOT NULL REFERENCES sites (site_id),
+        entitlement_id TEXT NOT NULL,
+        device_serial INTEGER NOT NULL,
+        public_key_sha256 BLOB NOT NULL,
+        certificate BLOB NOT NULL,
+        issued_at_ms INTEGER NOT NULL,
+        log_index INTEGER NOT NULL,
+        bundle_id BLOB NOT NULL,
+        recorded_at TEXT NOT NULL
+    );
+    CREATE INDEX devices_site ON devices (site_id, log_index);
+    CREATE INDEX devices_serial ON devices (device_serial);
+    CREATE INDEX devices_public_key ON devices (public_key_sha256);
+";
+
+/// Where HQ's copy of a site's log ends.
+#[derive(Clone, Debug)]
+pub(crate) struct SiteLog {
+    pub(crate) size: u64,
+    pub(crate) root: Vec<u8>,
+    pub(crate) note: String,
+    pub(crate) frontier: Vec<u8>,
+    pub(crate) last_time_ms: i64,
+    pub(crate) last_sequence: u64,
+}
+
+/// A grant's reconciliation state as stored.
+pub(crate) struct GrantRow {
+    pub(crate) state: GrantState,
+    pub(crate) issued: u64,
+    pub(crate) tails: BTreeMap<RatePeriod, Vec<(i64, u64)>>,
+}
+
+/// Who used a serial, key or HQ key first.
+#[derive(Clone, Debug)]
+pub(crate) struct FirstUse {
+    pub(crate) site_id: String,
+    pub(crate) entitlement_id: String,
+    pub(crate) log_index: u64,
+}
+
+/// Equivocation evidence.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Equivocation {
+    /// The tree size both checkpoints are for.
+    pub size: u64,
+    /// The root HQ accepted before.
+    pub accepted_root: Vec<u8>,
+    /// The checkpoint HQ accepted before.
+    pub accepted_note: String,
+    /// The other root.
+    pub conflicting_root: Vec<u8>,
+    /// The checkpoint (or, for a conflicting `previous`, the bundle's checkpoint) with it.
+    pub conflicting_note: String,
+}
+
+fn u(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+fn i(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+pub(crate) fn site_log(c: &Connection, site: &SiteId) -> Result<Option<SiteLog>, HqError> {
+    Ok(c.query_row(
+        "SELECT size, root, note, frontier, last_time_ms, last_sequence FROM audit_sites WHERE site_id = ?1",
+        [site.as_str()],
+        |r| {
+            Ok(SiteLog {
+                size: u(r.get(0)?),
+                root: r.get(1)?,
+                note: r.get(2)?,
+                frontier: r.get(3)?,
+                last_time_ms: r.get(4)?,
+                last_sequence: u(r.get(5)?),
+            })
+        },
+    )
+    .optional()?)
+}
+
+pub(crate) fn checkpoint_at(
+    c: &Connection,
+    site: &SiteId,
+    size: u64,
+) -> Result<Option<(Vec<u8>, String)>, HqError> {
+    Ok(c.query_row(
+        "SELECT root, note FROM audit_checkpoints WHERE site_id = ?1 AND size = ?2",
+        params![site.as_str(), i(size)],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
+    .optional()?)
+}
+
+pub(crate) fn bundle_seen(c: &Connection, site: &SiteId, bundle_id: &[u8]) -> Result<bool, HqError> {
+    Ok(c.query_row(
+        "SELECT 1 FROM audit_bundles WHERE site_id = ?1 AND bundle_id = ?2",
+        params![site.as_str(), bundle_id],
+        |_| Ok(()),
+    )
+    .optional()?
+    .is_some())
+}
+
+pub(crate) fn record_equivocation(
+    c: &Connection,
+    site: &SiteId,
+    e: &Equivocation,
+    header_envelope: &[u8],
+    now: &str,
+) -> Result<(), HqError> {
+    c.execute(
+        "INSERT INTO audit_equivocations (site_id, size, accepted_root, accepted_note, conflicting_root,
+             conflicting_note, header_envelope, detected_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        params![
+            site.as_str(),
+            i(e.size),
+            e.accepted_root,
+            e.accepted_note,
+            e.conflicting_root,
+            e.conflicting_note,
+            header_envelope,
+            now
+        ],
+    )?;
+    Ok(())
+}
+
+/// A package HQ sealed to a site.
+pub(crate) struct Package {
+    pub(crate) entitlement_id: String,
+    pub(crate) action: String,
+    pub(crate) payload: Vec<u8>,
+    pub(crate) sealed: Vec<u8>,
+}
+
+/// The package HQ sealed to `site` with `sequence`.
+pub(crate) fn package(c: &Connection, site: &SiteId, sequence: u64) -> Result<Option<Package>, HqError> {
+    let Ok(seq) = i64::try_from(sequence) else {
+        return Ok(None);
+    };
+    Ok(c.prepare_cached(
+        "SELECT entitlement_id, action, payload_cbor, sealed FROM packages WHERE site_id = ?1 AND sequence = ?2",
+    )?
+    .query_row(params![site.as_str(), seq], |r| {
+        Ok(Package {
+            entitlement_id: r.get(0)?,
+            action: r.get(1)?,
+            payload: r.get(2)?,
+            sealed: r.get(3)?,
+        })
+    })
+    .optional()?)
+}
+
+/// The site HQ made grant `id` for, if HQ made it.
+pub(crate) fn grant_site(c: &Connection, id: &str) -> Result<Option<String>, HqError> {
+    Ok(
+        c.prepare_cached("SELECT site_id FROM entitlements WHERE entitlement_id = ?1")?
+            .query_row([id], |r| r.get(0))
+            .optional()?,
+    )
+}
+
+pub(crate) fn grant(c: &Connection, site: &SiteId, id: &str) -> Result<Option<GrantRow>, HqError> {
+    let row: Option<(String, i64, String)> = c
+        .prepare_cached(
+            "SELECT state_json, issued, rate_tails_json FROM audit_grants WHERE entitlement_id = ?1 AND site_id = ?2",
+        )?
+        .query_row(params![id, site.as_str()], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .optional()?;
+    row.map(|(state, issued, tails)| {
+        Ok(GrantRow {
+            state: serde_json::from_str(&state)?,
+            issued: u(issued),
+            tails: serde_json::from_str(&tails)?,
+        })
+    })
+    .transpose()
+}
+
+pub(crate) fn save_grant(
+    c: &Connection,
+    site: &SiteId,
+    state: &GrantState,
+    issued: u64,
+    tails: &BTreeMap<RatePeriod, Vec<(i64, u64)>>,
+    now: &str,
+) -> Result<(), HqError> {
+    c.execute(
+        "INSERT INTO audit_grants (entitlement_id, site_id, state_json, issued, rate_tails_json, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT (entitlement_id) DO UPDATE SET state_json = excluded.state_json,
+             issued = excluded.issued, rate_tails_json = excluded.rate_tails_json,
+             updated_at = excluded.updated_at",
+        params![
+            state.grant.entitlement_id,
+            site.as_str(),
+            serde_json::to_string(state)?,
+            i(issued),
+            serde_json::to_string(tails)?,
+            now
+        ],
+    )?;
+    Ok(())
+}
+
+fn first_use(r: &stamp_store::rusqlite::Row<'_>) -> stamp_store::rusqlite::Result<FirstUse> {
+    Ok(FirstUse {
+        site_id: r.get(0)?,
+        entitlement_id: r.get(1)?,
+        log_index: u(r.get(2)?),
+    })
+}
+
+/// Records the first use of a device serial; returns the earlier use if there was one.
+pub(crate) fn claim_serial(
+    c: &Connection,
+    serial: u64,
+    site: &SiteId,
+    grant: &str,
+    index: u64,
+) -> Result<Option<FirstUse>, HqError> {
+    // The u64's bits, so every serial has exactly one key.
+    let key = serial as i64;
+    let n = c
+        .prepare_cached(
+            "INSERT OR IGNORE INTO audit_serials (device_serial, site_id, entitlement_id, log_index)
+             VALUES (?1, ?2, ?3, ?4)",
+        )?
+        .execute(params![key, site.as_str(), grant, i(index)])?;
+    if n == 1 {
+        return Ok(None);
+    }
+    Ok(c.prepare_cached(
+        "SELECT site_id, entitlement_id, log_index FROM audit_serials WHERE device_serial = ?1",
+    )?
+    .query_row([key], first_use)
+    .optional()?)
+}
+
+/// Records the first certification of a public key; returns the earlier one if there was one.
+pub(crate) fn claim_public_key(
+    c: &Connection,
+    spki_sha256: &[u8],
+    site: &SiteId,
+    grant: &str,
+    index: u64,
+) -> Result<Option<FirstUse>, HqError> {
+    let n = c
+        .prepare_cached(
+            "INSERT OR IGNORE INTO audit_public_keys (public_key_sha256, site_id, entitlement_id, log_index)
+             VALUES (?1, ?2, ?3, ?4)",
+        )?
+        .execute(params![spki_sha256, site.as_str(), grant, i(index)])?;
+    if n == 1 {
+        return Ok(None);
+    }
+    Ok(c.prepare_cached(
+        "SELECT site_id, entitlement_id, log_index FROM audit_public_keys WHERE public_key_sha256 = ?1",
+    )?
+    .query_row([spki_sha256], first_use)
+    .optional()?)
+}
+
+/// Records the first hand-out of an HQ-generated key; returns the earlier one if there was one.
+pub(crate) fn claim_hq_key(
+    c: &Connection,
+    grant: &str,
+    key_index: u64,
+    site: &SiteId,
+    index: u64,
+) -> Result<Option<FirstUse>, HqError> {
+    let k = i(key_index);
+    let n = c
+        .prepare_cached(
+            "INSERT OR IGNORE INTO audit_hq_keys (entitlement_id, hq_key_index, site_id, log_index)
+             VALUES (?1, ?2, ?3, ?4)",
+        )?
+        .execute(params![grant, k, site.as_str(), i(index)])?;
+    if n == 1 {
+        return Ok(None);
+    }
+    Ok(c.prepare_cached(
+        "SELECT site_id, entitlement_id, log_index FROM audit_hq_keys WHERE entitlement_id = ?1 AND hq_key_index = ?2",
+    )?
+    .query_row(params![grant, k], first_use)
+    .optional()?)
+}
+
+/// A genuine device, as recorded in the registry.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct DeviceRecord {
+    /// The site that made it.
+    pub site_id: String,
+    /// The grant it was made under.
+    pub entitlement_id: String,
+    /// Its device serial.
+    pub device_serial: u64,
+    /// SHA-256 of its certificate, lower-case hex.
+    pub certificate_sha256: String,
+    /// SHA-256 of its SubjectPublicKeyInfo, lower-case hex.
+    pub public_key_sha256: String,
+    /// When the site issued it (Unix milliseconds).
+    pub issued_at_ms: i64,
+    /// Its entry in the site's log.
+    pub log_index: u64,
+    /// The certificate, DER.
+    #[serde(skip)]
+    pub certificate: Vec<u8>,
+}
+
+/// Adds a genuine device to the registry; false if its certificate was there already.
+pub(crate) fn record_device(
+    c: &Connection,
+    site: &SiteId,
+    d: &stamp_core::audit::DeviceRecord,
+    issued_at_ms: i64,
+    index: u64,
+    bundle_id: &[u8],
+    now: &str,
+) -> Result<bool, HqError> {
+    let n = c.prepare_cached(
+        "INSERT OR IGNORE INTO devices (certificate_sha256, site_id, entitlement_id, device_serial, public_key_sha256,
+             certificate, issued_at_ms, log_index, bundle_id, recorded_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+    )?
+    .execute(params![
+        d.certificate_sha256.as_slice(),
+        site.as_str(),
+        d.entitlement_id,
+        d.device_serial as i64,
+        d.public_key_sha256.as_slice(),
+        d.certificate.as_slice(),
+        issued_at_ms,
+        i(index),
+        bundle_id,
+        now
+    ])?;
+    Ok(n == 1)
+}
+
+/// Calls `f` for every device in the registry (of one site, or all), in site and log order,
+/// without loading them all.
+pub(crate) fn for_each_device(
+    c: &Connection,
+    site: Option<&SiteId>,
+    mut f: impl FnMut(DeviceRecord) -> Result<(), HqError>,
+) -> Result<(), HqError> {
+    let mut stmt = c.prepare(
+        "SELECT site_id, entitlement_id, device_serial, certificate_sha256, public_key_sha256, issued_at_ms,
+                log_index, certificate
+         FROM devices WHERE ?1 IS NULL OR site_id = ?1 ORDER BY site_id, log_index",
+    )?;
+    let mut rows = stmt.query([site.map(SiteId::as_str)])?;
+    while let Some(r) = rows.next()? {
+        f(DeviceRecord {
+            site_id: r.get(0)?,
+            entitlement_id: r.get(1)?,
+            device_serial: r.get::<_, i64>(2)? as u64,
+            certificate_sha256: hex::encode(r.get::<_, Vec<u8>>(3)?),
+            public_key_sha256: hex::encode(r.get::<_, Vec<u8>>(4)?),
+            issued_at_ms: r.get(5)?,
+            log_index: u(r.get(6)?),
+            certificate: r.get(7)?,
+        })?;
+    }
+    Ok(())
+}
+
+/// Stores where the site's log now ends, the accepted checkpoint and the bundle's report.
+pub(crate) struct Accepted<'a> {
+    pub(crate) log: &'a SiteLog,
+    pub(crate) bundle_id: &'a [u8],
+    pub(crate) first_index: u64,
+    pub(crate) entry_count: u64,
+    pub(crate) created_at_ms: i64,
+    pub(crate) violations: u64,
+    pub(crate) devices_recorded: u64,
+    pub(crate) report_json: &'a str,
+}
+
+pub(crate) fn accept(c: &Connection, site: &SiteId, a: &Accepted<'_>, now: &str) -> Result<(), HqError> {
+    let l = a.log;
+    c.execute(
+        "INSERT INTO audit_sites (site_id, size, root, note, frontier, last_time_ms, last_sequence, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+         ON CONFLICT (site_id) DO UPDATE SET size = excluded.size, root = excluded.root, note = excluded.note,
+             frontier = excluded.frontier, last_time_ms = excluded.last_time_ms,
+             last_sequence = excluded.last_sequence, updated_at = excluded.updated_at",
+        params![
+            site.as_str(),
+            i(l.size),
+            l.root,
+            l.note,
+            l.frontier,
+            l.last_time_ms,
+            i(l.last_sequence),
+            now
+        ],
+    )?;
+    c.execute(
+        "INSERT INTO audit_checkpoints (site_id, size, root, note, bundle_id, accepted_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![site.as_str(), i(l.size), l.root, l.note, a.bundle_id, now],
+    )?;
+    c.execute(
+        "INSERT INTO audit_bundles (site_id, bundle_id, first_index, entry_count, created_at_ms, reconciled_at,
+             violations, devices_recorded, report_json) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        params![
+            site.as_str(),
+            a.bundle_id,
+            i(a.first_index),
+            i(a.entry_count),
+            a.created_at_ms,
+            now,
+            i(a.violations),
+            i(a.devices_recorded),
+            a.report_json
+        ],
+    )?;
+    Ok(())
+}
+
+/// The site that HQ issued this site-identity-signing certificate to (by the certificate's
+/// SHA-256).
+pub(crate) fn site_of_identity_cert(
+    c: &Connection,
+    cert_sha256: &[u8; 32],
+) -> Result<Option<String>, HqError> {
+    Ok(c.query_row(
+        "SELECT site_id FROM certificates WHERE sha256 = ?1 AND profile = ?2",
+        params![
+            cert_sha256.as_slice(),
+            stamp_core::profile::Profile::SiteIdentitySigning.name()
+        ],
+        |r| r.get::<_, Option<String>>(0),
+    )
+    .optional()?
+    .flatten())
+}
+
+/// Equivocation evidence recorded for a site, oldest first.
+pub(crate) fn equivocations(c: &Connection, site: &SiteId) -> Result<Vec<Equivocation>, HqError> {
+    let mut stmt = c.prepare(
+        "SELECT size, accepted_root, accepted_note, conflicting_root, conflicting_note
+         FROM audit_equivocations WHERE site_id = ?1 ORDER BY id",
+    )?;
+    let rows = stmt
+        .query_map([site.as_str()], |r| {
+            Ok(Equivocation {
+                size: u(r.get(0)?),
+                accepted_root: r.get(1)?,
+                accepted_note: r.get(2)?,
+                conflicting_root: r.get(3)?,
+                conflicting_note: r.get(4)?,
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(rows)
+}

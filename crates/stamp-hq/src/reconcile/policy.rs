@@ -1,0 +1,269 @@
+//! The per-grant policy checks, pure: a grant as the site's log has applied it (amendments in
+//! force from their entry onward), its device count and its rate windows.
+
+use std::collections::BTreeMap;
+
+use stamp_core::entitlement::{GrantState, RatePeriod, Status};
+
+use super::rate::RateWindow;
+
+/// What one issuance broke.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Finding {
+    /// Issued while suspended or revoked.
+    NotActive(Status),
+    /// Outside `[not_before, not_after)` (Unix seconds).
+    OutsideWindow {
+        /// Window start.
+        not_before: i64,
+        /// Window end.
+        not_after: i64,
+    },
+    /// The device count went past the quota.
+    OverQuota {
+        /// The quota in force.
+        quota: u64,
+    },
+    /// One too many for a rate limit.
+    Rate {
+        /// The period.
+        period: RatePeriod,
+        /// The limit.
+        limit: u64,
+        /// Where the run of excess issuances began: the start of the first interval of the
+        /// period's length that held `limit + 1` of them.
+        window_start_ms: i64,
+        /// Which run of consecutive excess issuances this belongs to (for grouping).
+        episode: u64,
+    },
+    /// The serial is in none of the grant's ranges.
+    SerialOutsideRange,
+}
+
+/// A grant as the site's log shows it, with what HQ tracks between bundles.
+#[derive(Clone, Debug)]
+pub(crate) struct GrantTrack {
+    /// The grant with the amendments the log applied so far.
+    pub(crate) state: GrantState,
+    /// Device certificates issued under it so far (every one, violating or not).
+    pub(crate) issued: u64,
+    rates: BTreeMap<RatePeriod, RateWindow>,
+    /// Per period: the current run of excess issuances (its number and start), if the last
+    /// issuance was one.
+    open_episode: BTreeMap<RatePeriod, (u64, i64)>,
+    episodes: u64,
+}
+
+impl GrantTrack {
+    /// A grant just applied: nothing issued yet.
+    pub(crate) fn new(state: GrantState) -> Self {
+        Self::restore(state, 0, &BTreeMap::new())
+    }
+
+    /// A grant restored from HQ's database.
+    pub(crate) fn restore(
+        state: GrantState,
+        issued: u64,
+        tails: &BTreeMap<RatePeriod, Vec<(i64, u64)>>,
+    ) -> Self {
+        let rates = state
+            .grant
+            .rate_limits
+            .iter()
+            .map(|(&p, &limit)| {
+                let period_ms = p.seconds() * 1000;
+                let tail = tails.get(&p).map(Vec::as_slice).unwrap_or(&[]);
+                (p, RateWindow::restore(limit, period_ms, tail))
+            })
+            .collect();
+        GrantTrack {
+            state,
+            issued,
+            rates,
+            open_episode: BTreeMap::new(),
+            episodes: 0,
+        }
+    }
+
+    /// The rate windows' tails, to persist.
+    pub(crate) fn tails(&self) -> BTreeMap<RatePeriod, Vec<(i64, u64)>> {
+        self.rates.iter().map(|(&p, w)| (p, w.tail())).collect()
+    }
+
+    /// Records a device issued at `time_ms` with `serial` and returns every rule it broke.
+    pub(crate) fn issue(&mut self, time_ms: i64, serial: u64) -> Vec<Finding> {
+        let mut found = Vec::new();
+        self.issued = self.issued.saturating_add(1);
+        let g = &self.state.grant;
+        if self.state.status != Status::Active {
+            found.push(Finding::NotActive(self.state.status));
+        }
+        let t = i128::from(time_ms);
+        if t < i128::from(g.not_before) * 1000 || t >= i128::from(g.not_after) * 1000 {
+            found.push(Finding::OutsideWindow {
+                not_before: g.not_before,
+                not_after: g.not_after,
+            });
+        }
+        if self.issued > g.quota {
+            found.push(Finding::OverQuota { quota: g.quota });
+        }
+        if !g
+            .serial_ranges
+            .iter()
+            .any(|r| r.first <= serial && serial <= r.last)
+        {
+            found.push(Finding::SerialOutsideRange);
+        }
+        for (&period, window) in &mut self.rates {
+            match window.record(time_ms) {
+                Some(start) => {
+                    let (episode, window_start_ms) = *self.open_episode.entry(period).or_insert_with(|| {
+                        self.episodes += 1;
+                        (self.episodes, start)
+                    });
+                    found.push(Finding::Rate {
+                        period,
+                        limit: g.rate_limits.get(&period).copied().unwrap_or(0),
+                        window_start_ms,
+                        episode,
+                    });
+                }
+                None => {
+                    self.open_episode.remove(&period);
+                }
+            }
+        }
+        found
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use stamp_core::entitlement::{self, Amend, DeviceKeyType, DeviceProfile, Grant, Product, SerialRange};
+
+    use super::*;
+
+    fn state() -> GrantState {
+        GrantState {
+            grant: Grant {
+                entitlement_id: "s.1".into(),
+                product: Product {
+                    oem_id: "acme".into(),
+                    product_id: "p".into(),
+                    name: "P".into(),
+                },
+                quota: 3,
+                rate_limits: BTreeMap::from([(RatePeriod::Minute, 2)]),
+                not_before: 100,
+                not_after: 1_000,
+                serial_ranges: vec![SerialRange { first: 10, last: 12 }],
+                device_profile: DeviceProfile {
+                    validity_days: 1,
+                    key_types: vec![DeviceKeyType::P256],
+                    organization: "Acme".into(),
+                },
+                stations: vec![],
+                device_data: BTreeMap::new(),
+                device_keys: vec![],
+                firmware: vec![],
+            },
+            status: Status::Active,
+            last_sequence: 1,
+        }
+    }
+
+    #[test]
+    fn each_rule() {
+        let mut g = GrantTrack::new(state());
+        assert_eq!(g.issue(100_000, 10), vec![]);
+        assert_eq!(
+            g.issue(99_999, 11),
+            vec![Finding::OutsideWindow {
+                not_before: 100,
+                not_after: 1_000
+            }]
+        );
+        // Third within a minute: rate; serial 13 is outside 10..=12.
+        let f = g.issue(100_500, 13);
+        assert!(f.contains(&Finding::SerialOutsideRange), "{f:?}");
+        assert!(
+            matches!(
+                f.as_slice(),
+                [
+                    _,
+                    Finding::Rate {
+                        period: RatePeriod::Minute,
+                        limit: 2,
+                        episode: 1,
+                        ..
+                    }
+                ]
+            ),
+            "{f:?}"
+        );
+        // Fourth: over the quota of 3, and still the same rate episode.
+        let f = g.issue(100_600, 12);
+        assert!(f.contains(&Finding::OverQuota { quota: 3 }), "{f:?}");
+        assert!(
+            f.iter().any(|x| matches!(x, Finding::Rate { episode: 1, .. })),
+            "{f:?}"
+        );
+        // Window end is exclusive.
+        let mut g = GrantTrack::new(state());
+        assert!(g
+            .issue(1_000_000, 10)
+            .iter()
+            .any(|f| matches!(f, Finding::OutsideWindow { .. })));
+        assert_eq!(g.issue(999_999, 11), vec![]);
+    }
+
+    #[test]
+    fn amendments_apply_from_their_entry_onward() {
+        let mut g = GrantTrack::new(state());
+        let suspend = Amend {
+            entitlement_id: "s.1".into(),
+            add_quota: 0,
+            add_serial_ranges: vec![],
+            not_before: None,
+            not_after: None,
+            status: Some(Status::Suspended),
+        };
+        assert_eq!(g.issue(200_000, 10), vec![]);
+        g.state = entitlement::amend(&g.state, &suspend, 2).unwrap();
+        assert_eq!(g.issue(300_000, 11), vec![Finding::NotActive(Status::Suspended)]);
+        let top_up = Amend {
+            add_quota: 5,
+            add_serial_ranges: vec![SerialRange { first: 50, last: 54 }],
+            status: Some(Status::Active),
+            ..suspend
+        };
+        g.state = entitlement::amend(&g.state, &top_up, 3).unwrap();
+        assert_eq!(g.issue(400_000, 12), vec![]);
+        assert_eq!(g.issue(500_000, 50), vec![], "4th device, quota now 8, new range");
+    }
+
+    #[test]
+    fn counters_and_windows_survive_a_restore() {
+        let mut g = GrantTrack::new(state());
+        g.issue(200_000, 10);
+        g.issue(201_000, 11);
+        let mut again = GrantTrack::restore(g.state.clone(), g.issued, &g.tails());
+        let f = again.issue(202_000, 12);
+        assert!(
+            f.iter().any(|x| matches!(
+                x,
+                Finding::Rate {
+                    window_start_ms: 200_000,
+                    ..
+                }
+            )),
+            "{f:?}"
+        );
+        assert!(again
+            .issue(400_000, 12)
+            .contains(&Finding::OverQuota { quota: 3 }));
+    }
+}
