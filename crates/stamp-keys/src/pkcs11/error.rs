@@ -171,6 +171,7 @@ pub(crate) fn is_connection_lost(e: &CkError) -> bool {
         Some(
             RvError::SessionHandleInvalid
                 | RvError::SessionClosed
+                | RvError::SlotIdInvalid
                 | RvError::DeviceRemoved
                 | RvError::DeviceError
                 | RvError::TokenNotPresent
