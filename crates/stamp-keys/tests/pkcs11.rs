@@ -44,7 +44,9 @@ fn bool_attr(
         | Attribute::Token(b)
         | Attribute::Private(b)
         | Attribute::Sign(b)
-        | Attribute::Derive(b)] => *b,
+        | Attribute::Derive(b)
+        | Attribute::Decrypt(b)
+        | Attribute::Unwrap(b)] => *b,
         other => panic!("{t:?}: {other:?}"),
     }
 }
@@ -85,6 +87,8 @@ fn keys_are_made_in_the_token_and_their_private_values_cannot_be_read() {
             (AttributeType::Extractable, false),
             (AttributeType::Sign, signs),
             (AttributeType::Derive, !signs),
+            (AttributeType::Decrypt, false),
+            (AttributeType::Unwrap, false),
         ] {
             assert_eq!(bool_attr(&s, h, t), want, "{label}: {t:?}");
         }

@@ -4,7 +4,7 @@
 //!
 //! - Keys are generated in the token as token objects, private, sensitive and not extractable, with
 //!   CKA_LABEL (the key's name) and a random CKA_ID; signing keys may only sign and key-agreement
-//!   keys may only derive. Every new key passes a pairwise check (sign and verify; agree both ways
+//!   keys may only derive (CKA_DECRYPT, CKA_UNWRAP, CKA_ENCRYPT and CKA_WRAP are false). Every new key passes a pairwise check (sign and verify; agree both ways
 //!   with an ephemeral key) before it is handed out.
 //! - ECDSA (P-256, P-384) hashes locally and signs the digest with CKM_ECDSA, so tokens without
 //!   CKM_ECDSA_SHA256 (SoftHSM2) work; the token's r||s is re-encoded as a DER Ecdsa-Sig-Value.
@@ -708,6 +708,8 @@ impl Pkcs11Store {
             Attribute::Id(id.clone()),
             Attribute::EcParams(kind.ec_params().to_vec()),
             Attribute::Verify(kind.is_sign()),
+            Attribute::Encrypt(false),
+            Attribute::Wrap(false),
         ];
         let private_template = [
             Attribute::Token(true),
@@ -718,6 +720,8 @@ impl Pkcs11Store {
             Attribute::Id(id.clone()),
             Attribute::Sign(kind.is_sign()),
             Attribute::Derive(!kind.is_sign()),
+            Attribute::Decrypt(false),
+            Attribute::Unwrap(false),
         ];
         let made = token.once("generating a key", |s, generation| {
             if !s.find_objects(&[Attribute::Label(label.clone())])?.is_empty() {

@@ -111,7 +111,7 @@ fn find_slot(module: &Module, uri: &Pkcs11Uri) -> Result<Slot, Pkcs11Error> {
                 present.join(", ")
             },
             hint: if uninitialised > 0 {
-                "; an uninitialised token is present: initialise it first (see docs/hsm.md)"
+                "; there is also an uninitialised token: initialise it before use (see docs/hsm.md)"
             } else {
                 ""
             },
