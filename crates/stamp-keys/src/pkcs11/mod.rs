@@ -727,22 +727,50 @@ impl Pkcs11Store {
             if !s.find_objects(&[Attribute::Label(label.clone())])?.is_empty() {
                 return Ok(None);
             }
-            let (public, private) = s.generate_key_pair(&mech, &public_template, &private_template)?;
-            let point = s.get_attributes(public, &[AttributeType::EcPoint]);
-            let point = match point {
-                Ok(attrs) => attrs.into_iter().find_map(|a| match a {
-                    Attribute::EcPoint(p) => Some(p),
-                    _ => None,
-                }),
+            let (public, private) = match s.generate_key_pair(&mech, &public_template, &private_template) {
+                // Tokens with short object IDs (a YubiHSM's are 16 bits) refuse ours: let the
+                // token choose the ID. Nothing was created by the refused call.
+                Err(CkError::Pkcs11(RvError::AttributeValueInvalid, _)) => {
+                    let without_id = |t: &[Attribute]| -> Vec<Attribute> {
+                        t.iter()
+                            .filter(|a| !matches!(a, Attribute::Id(_)))
+                            .cloned()
+                            .collect()
+                    };
+                    s.generate_key_pair(
+                        &mech,
+                        &without_id(&public_template),
+                        &without_id(&private_template),
+                    )?
+                }
+                other => other?,
+            };
+            let read = s
+                .get_attributes(public, &[AttributeType::EcPoint])
+                .and_then(|mut a| {
+                    a.extend(s.get_attributes(private, &[AttributeType::Id])?);
+                    Ok(a)
+                });
+            let (mut point, mut id) = (None, None);
+            match read {
+                Ok(attrs) => {
+                    for a in attrs {
+                        match a {
+                            Attribute::EcPoint(p) => point = Some(p),
+                            Attribute::Id(i) => id = Some(i),
+                            _ => {}
+                        }
+                    }
+                }
                 Err(e) => {
                     let _ = s.destroy_object(private);
                     let _ = s.destroy_object(public);
                     return Err(e);
                 }
-            };
-            Ok(Some((public, private, generation, point)))
+            }
+            Ok(Some((public, private, generation, point, id.unwrap_or_default())))
         })?;
-        let Some((public_handle, private_handle, generation, point)) = made else {
+        let Some((public_handle, private_handle, generation, point, id)) = made else {
             return Err(Pkcs11Error::LabelExists {
                 token: token.name.clone(),
                 label: name.to_owned(),
