@@ -262,6 +262,28 @@ fn errors_are_specific() {
         "lists the tokens present: {e}"
     );
 
+    // A token initialised by its security officer but with no user PIN yet.
+    {
+        use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+        let ctx = Pkcs11::new(module_path()).unwrap();
+        let _ = ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK));
+        let free = ctx
+            .get_slots_with_token()
+            .unwrap()
+            .into_iter()
+            .find(|s| !ctx.get_token_info(*s).unwrap().token_initialized())
+            .expect("SoftHSM2 always offers a free slot");
+        ctx.init_token(
+            free,
+            &cryptoki::types::AuthPin::from(SO_PIN.to_owned()),
+            "no-user-pin",
+        )
+        .unwrap();
+    }
+    let fresh = store(hsm, "no-user-pin", USER_PIN);
+    let e = pkcs11(fresh.generate_signer("k", SignatureAlgorithm::EcdsaP256Sha256));
+    assert!(matches!(e, Pkcs11Error::TokenNotInitialized(_)), "{e}");
+
     let ok = store(hsm, "keys", USER_PIN);
     let nope = KeyRef::parse("pkcs11:token=keys;object=no-such-key").unwrap();
     let e = pkcs11(ok.open_signer(&nope));
