@@ -253,6 +253,9 @@ fn errors_are_specific() {
             .contains("wrong PIN for PKCS#11 token \"wrong-pin\""),
         "{e}"
     );
+    // The refused PIN is not offered to the token again (each try counts towards locking it).
+    let e = pkcs11(wrong.generate_signer("k", SignatureAlgorithm::EcdsaP256Sha256));
+    assert!(e.to_string().contains("not tried again"), "{e}");
 
     let missing = store(hsm, "no-such-token", USER_PIN);
     let e = pkcs11(missing.generate_signer("k", SignatureAlgorithm::EcdsaP256Sha256));

@@ -154,6 +154,8 @@ impl Default for Pkcs11Config {
 enum PinState {
     Unresolved(PinSource),
     Resolved(Option<Arc<Pin>>),
+    /// The token refused the PIN: it is not offered again (each try counts towards locking).
+    Refused,
 }
 
 /// Keys in PKCS#11 tokens of one module.
@@ -528,7 +530,10 @@ impl Pkcs11Store {
     pub fn new(config: Pkcs11Config, new_keys: Option<Pkcs11Uri>) -> Self {
         Pkcs11Store {
             module_path: config.module,
-            pin: Mutex::new(PinState::Unresolved(config.pin)),
+            pin: Mutex::new(match config.pin {
+                PinSource::Given(p) => PinState::Resolved(Some(Arc::new(p))),
+                other => PinState::Unresolved(other),
+            }),
             max_sessions: config.max_sessions,
             new_keys: new_keys.map(|u| u.token_only()),
             module: OnceLock::new(),
@@ -561,20 +566,40 @@ impl Pkcs11Store {
         let module = self.module()?;
         let pin = |name: &str, pin_pad: bool| {
             let mut state = self.pin.lock().unwrap_or_else(PoisonError::into_inner);
-            let resolved = match std::mem::replace(&mut *state, PinState::Resolved(None)) {
+            let resolved = match std::mem::replace(&mut *state, PinState::Refused) {
                 PinState::Resolved(p) => p,
-                PinState::Unresolved(source) => match source.resolve(name, pin_pad) {
-                    Ok(p) => p.map(Arc::new),
-                    Err(e) => {
-                        *state = PinState::Unresolved(PinSource::Default);
-                        return Err(e);
+                PinState::Refused => {
+                    return Err(Pkcs11Error::WrongPin {
+                        token: name.to_owned(),
+                        warning: " (refused before; not tried again)",
+                    })
+                }
+                PinState::Unresolved(source) => {
+                    let again = match &source {
+                        PinSource::File(p) => PinSource::File(p.clone()),
+                        _ => PinSource::Default,
+                    };
+                    match source.resolve(name, pin_pad) {
+                        Ok(p) => p.map(Arc::new),
+                        Err(e) => {
+                            *state = PinState::Unresolved(again);
+                            return Err(e);
+                        }
                     }
-                },
+                }
             };
             *state = PinState::Resolved(resolved.clone());
             Ok(resolved)
         };
-        let t = Arc::new(Token::connect(module, &want, pin, self.max_sessions)?);
+        let t = match Token::connect(module, &want, pin, self.max_sessions) {
+            Ok(t) => Arc::new(t),
+            Err(e) => {
+                if matches!(e, Pkcs11Error::WrongPin { .. } | Pkcs11Error::PinLocked(_)) {
+                    *self.pin.lock().unwrap_or_else(PoisonError::into_inner) = PinState::Refused;
+                }
+                return Err(e);
+            }
+        };
         tokens.push(t.clone());
         Ok(t)
     }
