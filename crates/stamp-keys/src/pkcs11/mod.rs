@@ -15,7 +15,7 @@
 //! - The module path and the PIN come from configuration ([`Pkcs11Config`]), never from a URI.
 //! - Operations run on a pool of logged-in sessions, so several threads sign in parallel, and an
 //!   operation that finds its session, login or device gone reconnects and is retried once
-//!   (see [`token`]).
+//!   (see the `token` module).
 
 mod config;
 mod error;
