@@ -112,6 +112,16 @@ pub enum KeyError {
         /// The key's reference.
         key: String,
     },
+    /// The backend failed and says why (a PKCS#11 token was removed, for example).
+    #[error("{backend} key {key}: {reason}")]
+    Backend {
+        /// Backend name.
+        backend: &'static str,
+        /// The key's reference.
+        key: String,
+        /// The backend's explanation (never secret).
+        reason: String,
+    },
 }
 
 /// A private signing key that stays inside its backend.

@@ -48,18 +48,30 @@ impl SoftKeyStore {
         }
     }
 
-    fn path_of(&self, key: &KeyRef) -> PathBuf {
-        let KeyRef::File(p) = key;
-        self.base.join(p)
+    fn path_of(&self, key: &KeyRef) -> Result<PathBuf, KeyStoreError> {
+        match key {
+            KeyRef::File(p) => Ok(self.base.join(p)),
+            other => Err(KeyStoreError::BadKeyRef(other.to_string())),
+        }
     }
 
     fn new_ref(name: &str) -> KeyRef {
         KeyRef::File(PathBuf::from("keys").join(format!("{name}.key")))
     }
 
+    /// Removes a key file this store wrote (a key made by a ceremony that then failed).
+    pub(crate) fn remove(&self, key: &KeyRef) -> Result<(), KeyStoreError> {
+        let path = self.path_of(key)?;
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(KeyStoreError::Io { path, source }),
+        }
+    }
+
     /// Encrypts PKCS#8 DER and writes it to a new 0600 file (never overwriting one).
     fn write_key(&self, key: &KeyRef, pkcs8_der: &[u8]) -> Result<(), KeyStoreError> {
-        let path = self.path_of(key);
+        let path = self.path_of(key)?;
         let io = |source| KeyStoreError::Io {
             path: path.clone(),
             source,
@@ -106,7 +118,7 @@ impl SoftKeyStore {
 
     /// Reads and decrypts a key file to PKCS#8 DER.
     fn read_key(&self, key: &KeyRef) -> Result<Zeroizing<Vec<u8>>, KeyStoreError> {
-        let path = self.path_of(key);
+        let path = self.path_of(key)?;
         let io = |source: std::io::Error| {
             if source.kind() == std::io::ErrorKind::NotFound {
                 KeyStoreError::NotFound(path.clone())
@@ -399,7 +411,7 @@ impl KeyStore for SoftKeyStore {
     fn open_signer(&self, key: &KeyRef) -> Result<Box<dyn Signer>, KeyStoreError> {
         let der = self.read_key(key)?;
         let alg = detect_signature_algorithm(&der).ok_or_else(|| KeyStoreError::NotAKeyFile {
-            path: self.path_of(key),
+            path: self.path_of(key).unwrap_or_default(),
             why: "not an ECDSA P-256/P-384, Ed25519 or RSA-3072 key",
         })?;
         Ok(Box::new(SoftSigner::from_pkcs8(key.to_string(), alg, &der)?))
@@ -412,7 +424,7 @@ impl KeyStore for SoftKeyStore {
             Some(SignatureAlgorithm::EcdsaP384Sha384) => KeyAgreementAlgorithm::EcdhP384,
             _ => {
                 return Err(KeyStoreError::NotAKeyFile {
-                    path: self.path_of(key),
+                    path: self.path_of(key).unwrap_or_default(),
                     why: "not an EC P-256/P-384 key",
                 })
             }
@@ -420,7 +432,7 @@ impl KeyStore for SoftKeyStore {
         let private =
             agreement::PrivateKey::from_private_key_der(lc_agreement_alg(alg), &der).map_err(|_| {
                 KeyStoreError::NotAKeyFile {
-                    path: self.path_of(key),
+                    path: self.path_of(key).unwrap_or_default(),
                     why: "malformed EC key",
                 }
             })?;
@@ -523,7 +535,7 @@ mod tests {
         let (r, _) = s
             .generate_signer("k", SignatureAlgorithm::EcdsaP256Sha256)
             .unwrap();
-        let path = s.path_of(&r);
+        let path = s.path_of(&r).unwrap();
         let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         let text = fs::read_to_string(&path).unwrap();
@@ -567,9 +579,13 @@ mod tests {
         );
         assert!(KeyRef::parse("file:").is_err());
         assert!(KeyRef::parse("/etc/passwd").is_err());
-        assert!(matches!(
-            KeyRef::parse("pkcs11:token=x"),
-            Err(KeyStoreError::BackendUnavailable(_))
-        ));
+        assert!(
+            KeyRef::parse("pkcs11:token=x").is_err(),
+            "a key reference names an object"
+        );
+        let r = KeyRef::parse("pkcs11:token=site;object=site-issuing-ca").unwrap();
+        assert_eq!(r.to_string(), "pkcs11:token=site;object=site-issuing-ca");
+        let s = store(Path::new("/nonexistent"), "correct horse");
+        assert!(matches!(s.open_signer(&r), Err(KeyStoreError::BadKeyRef(_))));
     }
 }

@@ -18,8 +18,7 @@ use stamp_core::ceremony::{
 use stamp_core::key::{KeyAgreementAlgorithm, SignatureAlgorithm};
 use stamp_core::profile::Profile;
 use stamp_core::{cert, fingerprint, SiteId};
-use stamp_keys::soft::SoftKeyStore;
-use stamp_keys::{KeyRef, KeyStore, KeyStoreError, Passphrase};
+use stamp_keys::{KeyConfig, KeyRef, KeyStore, KeyStoreError, Keys};
 use stamp_store::{StagingDir, StoreError};
 use time::OffsetDateTime;
 
@@ -111,16 +110,18 @@ pub struct InitReport {
 
 /// Creates a site directory: the identity signing, identity key-agreement and issuing CA keys,
 /// the database, and the enrollment request (written to `request_out` and kept in the directory).
+/// New keys go where `keys` says (the software store in the directory, or a PKCS#11 token).
 pub fn init(
     dir: &Path,
     site_id: &SiteId,
-    passphrase: Passphrase,
+    keys: impl Into<KeyConfig>,
     request_out: &Path,
     now: OffsetDateTime,
 ) -> Result<InitReport, SiteError> {
     let staging = StagingDir::new(dir)?;
     let base = staging.path();
-    let keys = SoftKeyStore::new(base, passphrase);
+    let keys = stamp_keys::open_store(base, keys.into());
+    let new_keys = keys.guard_new_keys();
     let (id_ref, id_key) = keys.generate_signer(
         Profile::SiteIdentitySigning.name(),
         SignatureAlgorithm::EcdsaP256Sha256,
@@ -149,6 +150,7 @@ pub fn init(
         let _ = fs::remove_file(request_out);
         return Err(e.into());
     }
+    new_keys.keep();
     Ok(InitReport {
         dir: dir.to_owned(),
         site_id: site_id.clone(),
@@ -173,12 +175,13 @@ pub struct InstallReport {
 pub struct Site {
     dir: PathBuf,
     store: SiteStore,
-    keys: SoftKeyStore,
+    keys: Keys,
 }
 
 impl Site {
-    /// Opens a site directory; the passphrase unlocks its key store.
-    pub fn open(dir: &Path, passphrase: Passphrase) -> Result<Self, SiteError> {
+    /// Opens a site directory; its keys are opened by the references in its database, with the
+    /// passphrase or the PKCS#11 module and PIN from `keys`.
+    pub fn open(dir: &Path, keys: impl Into<KeyConfig>) -> Result<Self, SiteError> {
         let db = dir.join(DB_FILE);
         if !db.is_file() {
             return Err(SiteError::NotSiteDir(dir.to_owned()));
@@ -186,7 +189,7 @@ impl Site {
         Ok(Site {
             dir: dir.to_owned(),
             store: SiteStore::open(&db)?,
-            keys: SoftKeyStore::new(dir, passphrase),
+            keys: stamp_keys::open_store(dir, keys.into()),
         })
     }
 

@@ -47,7 +47,7 @@ pub struct Args {
 
 /// Runs `stamp hq add-firmware-key`.
 pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
-    let pass = super::passphrase(g, false)?;
+    let pass = super::keys(g);
     let mut hq = stamp_hq::Hq::open(&a.dir, pass)?;
     let r = hq.add_firmware_key(&a.name, a.algorithm.into(), super::now())?;
     emit(g.json, &r, || {

@@ -111,8 +111,7 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
             bail!("--rate given twice for per-{}", period.name());
         }
     }
-    let pass = super::passphrase(g, false)?;
-    let mut hq = stamp_hq::Hq::open(&a.dir, pass)?;
+    let mut hq = stamp_hq::Hq::open(&a.dir, super::keys(g))?;
     let org = hq.store().org()?;
     let mut key_types: Vec<DeviceKeyType> = a.key_types.into_iter().map(DeviceKeyType::from).collect();
     key_types.sort();

@@ -97,7 +97,7 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
         );
     }
     let image = super::read_bounded(&a.input, MAX_IMAGE_LEN)?;
-    let pass = super::passphrase(g, false)?;
+    let pass = super::keys(g);
     let mut hq = stamp_hq::Hq::open(&a.dir, pass)?;
     let req = SignRequest {
         key: &a.key,

@@ -12,8 +12,8 @@ pub mod hq_entitlements;
 pub mod hq_firmware;
 pub mod hq_firmware_key_digest;
 pub mod hq_init;
-pub mod hq_sign_firmware;
 pub mod hq_reconcile;
+pub mod hq_sign_firmware;
 pub mod hq_sites;
 pub mod site_export_audit;
 pub mod site_hand_out;
@@ -29,7 +29,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context};
 use clap::Subcommand;
-use stamp_keys::Passphrase;
+use stamp_keys::{KeyConfig, PassphraseSource, PinSource, Pkcs11Config, StoreTarget};
 
 use crate::Globals;
 
@@ -130,9 +130,43 @@ pub fn run_site(cmd: SiteCommand, g: &Globals) -> anyhow::Result<()> {
     }
 }
 
-/// The key store passphrase from `--passphrase-file`, `$STAMP_PASSPHRASE_FILE` or a prompt.
-pub fn passphrase(g: &Globals, creating: bool) -> anyhow::Result<Passphrase> {
-    Ok(Passphrase::obtain(g.passphrase_file.as_deref(), creating)?)
+/// How to open a role's existing keys, each by the reference in its database: the passphrase
+/// (`--passphrase-file`, `$STAMP_PASSPHRASE_FILE` or a prompt) is asked for only if a software key
+/// is used, the PKCS#11 module and PIN only if a token key is.
+pub fn keys(g: &Globals) -> KeyConfig {
+    KeyConfig {
+        new_keys: StoreTarget::File,
+        passphrase: PassphraseSource::Obtain {
+            file: g.passphrase_file.clone(),
+            creating: false,
+        },
+        pkcs11: pkcs11_config(g),
+    }
+}
+
+/// Like [`keys`], for a command that creates keys in `target` (`--key-store`).
+pub fn new_keys(g: &Globals, target: StoreTarget) -> KeyConfig {
+    KeyConfig {
+        new_keys: target,
+        passphrase: PassphraseSource::Obtain {
+            file: g.passphrase_file.clone(),
+            creating: true,
+        },
+        pkcs11: pkcs11_config(g),
+    }
+}
+
+/// The PKCS#11 module and PIN from `--pkcs11-module` and `--pkcs11-pin-file` (else their
+/// environment variables).
+pub fn pkcs11_config(g: &Globals) -> Pkcs11Config {
+    Pkcs11Config {
+        module: g.pkcs11_module.clone(),
+        pin: g
+            .pkcs11_pin_file
+            .clone()
+            .map_or(PinSource::Default, PinSource::File),
+        ..Default::default()
+    }
 }
 
 /// Reads a file of at most `max` bytes.

@@ -24,7 +24,7 @@ pub struct Args {
 
 /// Runs `stamp site export-audit`.
 pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
-    let pass = super::passphrase(g, false)?;
+    let pass = super::keys(g);
     let mut site = stamp_site::Site::open(&a.dir, pass)?;
     let r = site.export_audit(&a.out, a.since, super::now())?;
     emit(g.json, &r, || {

@@ -60,7 +60,7 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
     builder
         .create(&a.out)
         .with_context(|| format!("cannot create {}", a.out.display()))?;
-    let pass = super::passphrase(g, false)?;
+    let pass = super::keys(g);
     let site = stamp_site::Site::open(&a.dir, pass)?;
     let engine = Engine::start(&site)?;
     let chain_pem: String = engine

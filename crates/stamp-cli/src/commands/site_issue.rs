@@ -106,7 +106,7 @@ fn stem(p: &Path) -> String {
 pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
     let files = csr_files(&a.csr)?;
     std::fs::create_dir_all(&a.out).with_context(|| format!("cannot create {}", a.out.display()))?;
-    let pass = super::passphrase(g, false)?;
+    let pass = super::keys(g);
     let site = stamp_site::Site::open(&a.dir, pass)?;
     let engine = Engine::start(&site)?;
     let chain_pem: String = engine
