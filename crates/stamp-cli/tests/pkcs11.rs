@@ -265,6 +265,52 @@ fn ceremony_and_entitlement_with_every_role_key_in_a_token() {
     ]);
     let imported = hsm.stamp_json(&["site", "import", "--dir", s(&site), s(&package)]);
     assert!(imported.to_string().contains("thermostat-2"), "{imported}");
+
+    // Devices issued with the issuing CA key in the token; the audit bundle signed with the site
+    // identity key in its token and opened at HQ with HQ's key-agreement key in its token.
+    let csrs = hsm.path("csrs");
+    std::fs::create_dir_all(&csrs).unwrap();
+    for i in 0..3 {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let csr = rcgen::CertificateParams::new(vec![])
+            .unwrap()
+            .serialize_request(&key)
+            .unwrap();
+        std::fs::write(csrs.join(format!("d{i}.der")), csr.der()).unwrap();
+    }
+    let out = hsm.path("devices");
+    let issued = hsm.stamp_json(&[
+        "site",
+        "issue",
+        "--dir",
+        s(&site),
+        "--entitlement",
+        "plant-7.1",
+        "--csr",
+        s(&csrs),
+        "-o",
+        s(&out),
+    ]);
+    assert_eq!(issued["issued"], 3);
+    let ca = install["certs"]["site-issuing-ca"].as_str().unwrap();
+    for d in issued["devices"].as_array().unwrap() {
+        let cert = d["certificate"].as_str().unwrap();
+        let v = common::openssl(&[
+            "verify",
+            "-x509_strict",
+            "-CAfile",
+            s(&root),
+            "-untrusted",
+            ca,
+            cert,
+        ]);
+        assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
+    }
+    let bundle = hsm.path("audit.bundle");
+    hsm.stamp_json(&["site", "export-audit", "--dir", s(&site), "-o", s(&bundle)]);
+    let report = hsm.stamp_json(&["hq", "reconcile", "--dir", s(&hq), s(&bundle)]);
+    assert_eq!(report["ok"], true, "{report}");
+    assert_eq!(report["devices_recorded"], 3, "{report}");
 }
 
 #[test]

@@ -43,12 +43,17 @@ pub struct Args {
     /// Key algorithm: ecdsa-p256 (MCUboot, ESP32), ed25519 (MCUboot), rsa3072 (ESP32, MCUboot).
     #[arg(long, value_enum)]
     algorithm: FirmwareAlgorithm,
+    /// Where to create the key: `file:` (the HQ key store's encrypted files) or a PKCS#11 token,
+    /// `pkcs11:token=LABEL` (ECDSA P-256 or Ed25519; see docs/hsm.md).
+    #[arg(long, value_name = "STORE", default_value = "file:")]
+    key_store: stamp_keys::StoreTarget,
 }
 
 /// Runs `stamp hq add-firmware-key`.
 pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
-    let pass = super::keys(g);
-    let mut hq = stamp_hq::Hq::open(&a.dir, pass)?;
+    let mut keys = super::keys(g);
+    keys.new_keys = a.key_store;
+    let mut hq = stamp_hq::Hq::open(&a.dir, keys)?;
     let r = hq.add_firmware_key(&a.name, a.algorithm.into(), super::now())?;
     emit(g.json, &r, || {
         println!(
