@@ -1,0 +1,165 @@
+//! Issue #4 end to end through the real binary with real bundles: HQ entitles, the site issues
+//! under quota and refuses beyond it, exports; HQ reconciles to a clean report; a later export
+//! extends the first; tampered or replayed real bundles are rejected and HQ is left unchanged.
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::*;
+
+fn csrs(dir: &Path, n: usize) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    for i in 0..n {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let csr = rcgen::CertificateParams::new(vec![])
+            .unwrap()
+            .serialize_request(&key)
+            .unwrap();
+        std::fs::write(dir.join(format!("d{i:04}.der")), csr.der()).unwrap();
+    }
+    dir.to_owned()
+}
+
+fn issue(c: &Ceremony, name: &str, n: usize) -> serde_json::Value {
+    let dir = csrs(&c.tmp.path().join(name), n);
+    let out = c.tmp.path().join(format!("{name}-out"));
+    let o = stamp(
+        &c.pass,
+        &[
+            "--json",
+            "site",
+            "issue",
+            "--dir",
+            s(&c.site),
+            "--entitlement",
+            "plant-7.1",
+            "--csr",
+            s(&dir),
+            "-o",
+            s(&out),
+        ],
+    );
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+fn reconcile(c: &Ceremony, bundle: &Path) -> (Option<i32>, serde_json::Value) {
+    let o = stamp(
+        &c.pass,
+        &["--json", "hq", "reconcile", "--dir", s(&c.hq), s(bundle)],
+    );
+    (
+        o.status.code(),
+        serde_json::from_slice(&o.stdout).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+#[test]
+fn issue_export_reconcile_extend_and_refuse_tampering() {
+    let c = ceremony(true);
+    let pkg = c.tmp.path().join("e.cose");
+    stamp_json(
+        &c.pass,
+        &[
+            "hq",
+            "entitle",
+            "--dir",
+            s(&c.hq),
+            "--site",
+            "plant-7",
+            "--product",
+            "thermo-2",
+            "--quota",
+            "12",
+            "-o",
+            s(&pkg),
+        ],
+    );
+    stamp_json(&c.pass, &["site", "import", "--dir", s(&c.site), s(&pkg)]);
+    let v = issue(&c, "a", 15);
+    assert_eq!(v["issued"], 12);
+    assert_eq!(v["refused"]["quota-exhausted"], 3);
+
+    let b1 = c.tmp.path().join("b1.bundle");
+    let e1 = stamp_json(
+        &c.pass,
+        &["site", "export-audit", "--dir", s(&c.site), "-o", s(&b1)],
+    );
+    assert_eq!(e1["previous_size"], 0);
+    let (code, r1) = reconcile(&c, &b1);
+    assert_eq!(code, Some(0), "{r1}");
+    assert_eq!(r1["ok"], true);
+    assert_eq!(r1["devices_recorded"], 12, "{r1}");
+    assert_eq!(r1["violations"].as_array().unwrap().len(), 0);
+
+    // A top-up, more devices, a second export that extends the first.
+    let pkg2 = c.tmp.path().join("e2.cose");
+    stamp_json(
+        &c.pass,
+        &[
+            "hq",
+            "amend",
+            "--dir",
+            s(&c.hq),
+            "--entitlement",
+            "plant-7.1",
+            "--add-quota",
+            "4",
+            "-o",
+            s(&pkg2),
+        ],
+    );
+    stamp_json(&c.pass, &["site", "import", "--dir", s(&c.site), s(&pkg2)]);
+    let v = issue(&c, "b", 4);
+    assert_eq!(v["issued"], 4);
+    let b2 = c.tmp.path().join("b2.bundle");
+    let e2 = stamp_json(
+        &c.pass,
+        &["site", "export-audit", "--dir", s(&c.site), "-o", s(&b2)],
+    );
+    assert_eq!(e2["previous_size"], e1["size"]);
+
+    // Tampered copies of the real bundle are rejected, HQ unchanged: a flipped byte at several
+    // places, a truncation, trailing garbage.
+    let bytes = std::fs::read(&b2).unwrap();
+    let n = bytes.len();
+    let mut cases: Vec<(String, Vec<u8>)> = Vec::new();
+    for i in [3, n / 5, n / 2, n - 20] {
+        let mut m = bytes.clone();
+        m[i] ^= 0x10;
+        cases.push((format!("flip@{i}"), m));
+    }
+    cases.push(("truncated".into(), bytes[..n - 100].to_vec()));
+    let mut t = bytes.clone();
+    t.extend_from_slice(&[0x41, 0x00]);
+    cases.push(("trailing".into(), t));
+    for (name, data) in cases {
+        let before = snapshot(&c.hq);
+        let p = c.tmp.path().join("tampered.bundle");
+        std::fs::write(&p, data).unwrap();
+        let (code, r) = reconcile(&c, &p);
+        assert_eq!(code, Some(1), "{name}: {r}");
+        assert_eq!(snapshot(&c.hq), before, "{name}: HQ state changed");
+    }
+    // Out of order: the second bundle before... the first was already accepted, so the second now
+    // extends it; a replay of the first is refused.
+    let (code, r2) = reconcile(&c, &b2);
+    assert_eq!(code, Some(0), "{r2}");
+    assert_eq!(r2["devices_recorded"], 4, "{r2}");
+    let before = snapshot(&c.hq);
+    let (code, _) = reconcile(&c, &b1);
+    assert_eq!(code, Some(1), "a replayed bundle is refused");
+    assert_eq!(snapshot(&c.hq), before);
+    // HQ's registry has every genuine device.
+    let devices = stamp_json(&c.pass, &["hq", "devices", "--dir", s(&c.hq)]);
+    let text = devices.to_string();
+    assert_eq!(
+        devices["devices"]
+            .as_array()
+            .map(Vec::len)
+            .unwrap_or_else(|| text.matches("device_serial").count()),
+        16,
+        "{text}"
+    );
+}
