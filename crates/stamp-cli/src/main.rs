@@ -25,6 +25,16 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "FILE")]
     passphrase_file: Option<PathBuf>,
 
+    /// PKCS#11 module (shared library) for keys in a token, e.g.
+    /// /usr/lib/softhsm/libsofthsm2.so. Default: $STAMP_PKCS11_MODULE.
+    #[arg(long, global = true, value_name = "PATH")]
+    pkcs11_module: Option<PathBuf>,
+
+    /// File holding the token's user PIN (mode 0600). Default: $STAMP_PKCS11_PIN_FILE, else a
+    /// prompt on the terminal. PINs are never taken from the command line.
+    #[arg(long, global = true, value_name = "FILE")]
+    pkcs11_pin_file: Option<PathBuf>,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -37,6 +47,9 @@ enum Command {
     /// Factory site: keys, enrollment request, credentials.
     #[command(subcommand)]
     Site(commands::SiteCommand),
+    /// Device side: what a device's bootloader and firmware check.
+    #[command(subcommand)]
+    Device(commands::DeviceCommand),
     /// Run the whole flow on embedded defaults in a fresh directory and narrate it.
     Demo(commands::demo::Args),
 }
@@ -47,6 +60,10 @@ pub struct Globals {
     pub json: bool,
     /// `--passphrase-file`.
     pub passphrase_file: Option<PathBuf>,
+    /// `--pkcs11-module`.
+    pub pkcs11_module: Option<PathBuf>,
+    /// `--pkcs11-pin-file`.
+    pub pkcs11_pin_file: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -54,10 +71,13 @@ fn main() -> ExitCode {
     let globals = Globals {
         json: cli.json,
         passphrase_file: cli.passphrase_file,
+        pkcs11_module: cli.pkcs11_module,
+        pkcs11_pin_file: cli.pkcs11_pin_file,
     };
     let result = match cli.command {
         Command::Hq(c) => commands::run_hq(c, &globals),
         Command::Site(c) => commands::run_site(c, &globals),
+        Command::Device(c) => commands::run_device(c, &globals),
         Command::Demo(a) => commands::demo::run(a, &globals),
     };
     match result {

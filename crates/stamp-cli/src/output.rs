@@ -17,12 +17,29 @@ pub fn emit<T: Serialize>(json: bool, value: &T, text: impl FnOnce()) -> anyhow:
     Ok(())
 }
 
+/// A failure whose details the command already printed in its report (the JSON report carries
+/// `"ok": false`): exit non-zero without a second JSON object.
+#[derive(Debug)]
+pub struct AlreadyReported(pub String);
+
+impl std::fmt::Display for AlreadyReported {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for AlreadyReported {}
+
 /// Reports an error: `{"error": ..., "causes": [...]}` on stdout with `--json`, else on stderr.
 pub fn error(json: bool, e: &anyhow::Error) {
+    if json && e.downcast_ref::<AlreadyReported>().is_some() {
+        return;
+    }
     if json {
         let causes: Vec<String> = e.chain().skip(1).map(ToString::to_string).collect();
         let v = serde_json::json!({ "error": e.to_string(), "causes": causes });
-        println!("{v}");
+        // A reader that went away (`stamp ... --json | head`) is not worth a panic.
+        let _ = writeln!(std::io::stdout().lock(), "{v}");
     } else {
         eprintln!("error: {e}");
         for cause in e.chain().skip(1) {

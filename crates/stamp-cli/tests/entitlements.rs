@@ -152,6 +152,8 @@ fn grant(site: &str, seq: u64, not_after: i64) -> Entitlement {
             },
             stations: vec![],
             device_data: BTreeMap::new(),
+            device_keys: vec![],
+            firmware: vec![],
         }),
     }
 }

@@ -60,8 +60,10 @@ pub enum RefusalReason {
     UnknownEntitlement,
     /// The station may not use this entitlement.
     StationNotAllowed,
-    /// No HQ-generated key is left to hand out.
+    /// No HQ-generated key is left to hand out (or the grant has none).
     NoKeysLeft,
+    /// The grant's devices get HQ-generated keys (hand-out), not certificates for their own keys.
+    HqKeysOnly,
     /// The site failed internally (signing or storage).
     Internal,
 }
@@ -83,6 +85,7 @@ impl RefusalReason {
             RefusalReason::UnknownEntitlement => "unknown-entitlement",
             RefusalReason::StationNotAllowed => "station-not-allowed",
             RefusalReason::NoKeysLeft => "no-keys-left",
+            RefusalReason::HqKeysOnly => "hq-keys-only",
             RefusalReason::Internal => "internal",
         }
     }

@@ -404,7 +404,9 @@ fn key_id_for(key_name: &str, alg: SignatureAlgorithm, public_key: &[u8]) -> Res
             }
             sha256(&spki_der(alg, public_key))
         }
-        SignatureAlgorithm::EcdsaP384Sha384 => return Err(CheckpointError::UnsupportedAlgorithm(alg)),
+        SignatureAlgorithm::EcdsaP384Sha384 | SignatureAlgorithm::Rsa3072PssSha256 => {
+            return Err(CheckpointError::UnsupportedAlgorithm(alg))
+        }
     };
     Ok(u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]]))
 }

@@ -26,6 +26,14 @@ pub const MAX_STATIONS: usize = 256;
 pub const MAX_SHORT_TEXT: usize = 64;
 /// Longest device-data value.
 pub const MAX_VALUE: usize = 1024;
+/// Most firmware releases one grant may name.
+pub const MAX_FIRMWARE: usize = 32;
+/// Most HQ-generated device keys in one grant.
+pub const MAX_DEVICE_KEYS: usize = 10_000;
+/// Most per-device secrets per key.
+pub const MAX_SECRETS: usize = 16;
+/// Longest per-device secret.
+pub const MAX_SECRET_LEN: usize = 256;
 
 /// A production rate limit period.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
@@ -155,6 +163,54 @@ pub struct DeviceProfile {
     pub organization: String,
 }
 
+/// A firmware release the site may program into devices under a grant (recorded at HQ by
+/// `stamp hq sign-firmware`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FirmwareRef {
+    /// The release's version.
+    pub version: String,
+    /// Its image format (`mcuboot` or `esp32-sbv2`).
+    pub format: String,
+    /// The name of the HQ firmware key that signed it.
+    pub key: String,
+    /// SHA-256 of the signed image file.
+    pub sha256: serde_bytes::ByteBuf,
+}
+
+/// A device key HQ generated for a device that cannot make its own, with its per-device secrets.
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HqDeviceKey {
+    /// SHA-256 of the key's SubjectPublicKeyInfo (kept when the key material is redacted).
+    pub spki_sha256: serde_bytes::ByteBuf,
+    /// The private key, PKCS#8 DER (empty once redacted).
+    pub private_key: serde_bytes::ByteBuf,
+    /// Per-device secrets by name, e.g. a flash-encryption key (empty once redacted).
+    pub secrets: BTreeMap<String, serde_bytes::ByteBuf>,
+}
+
+impl std::fmt::Debug for HqDeviceKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "HqDeviceKey(spki_sha256 {}, {} secrets)",
+            hex::encode(&self.spki_sha256),
+            self.secrets.len()
+        )
+    }
+}
+
+impl Drop for HqDeviceKey {
+    fn drop(&mut self) {
+        use zeroize::Zeroize;
+        self.private_key.as_mut_slice().zeroize();
+        for v in self.secrets.values_mut() {
+            v.as_mut_slice().zeroize();
+        }
+    }
+}
+
 /// A new production run.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -179,6 +235,23 @@ pub struct Grant {
     pub stations: Vec<String>,
     /// Data the station writes to every device (e.g. the cloud endpoint).
     pub device_data: BTreeMap<String, String>,
+    /// Keys HQ generated for devices that cannot make their own (then `quota` equals their number
+    /// and the site hands each out at most once); empty otherwise.
+    pub device_keys: Vec<HqDeviceKey>,
+    /// Firmware releases the site may program under this grant (empty: none named).
+    pub firmware: Vec<FirmwareRef>,
+}
+
+impl Grant {
+    /// The grant without private keys or secrets (what HQ and the site keep in their databases).
+    pub fn redacted(&self) -> Grant {
+        let mut g = self.clone();
+        for k in &mut g.device_keys {
+            k.private_key = serde_bytes::ByteBuf::new();
+            k.secrets.clear();
+        }
+        g
+    }
 }
 
 /// A grant's state as amendments leave it.
@@ -223,6 +296,8 @@ pub struct Amend {
 }
 
 /// What a package does.
+// One value per package, decoded once: the size difference between the variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Action {
@@ -410,6 +485,14 @@ impl Entitlement {
                         "bad device data (at most 64 entries; keys 1-64, values up to 1024 bytes)",
                     ));
                 }
+                check_device_keys(g)?;
+                if g.firmware.len() > MAX_FIRMWARE
+                    || !g.firmware.iter().all(|f| {
+                        short(&f.version) && short(&f.format) && short(&f.key) && f.sha256.len() == 32
+                    })
+                {
+                    return Err(Invalid("bad firmware list (at most 32 releases)"));
+                }
             }
             Action::Amend(a) => {
                 if !short(&a.entitlement_id) {
@@ -428,6 +511,33 @@ impl Entitlement {
         }
         Ok(())
     }
+}
+
+fn check_device_keys(g: &Grant) -> Result<(), EntitlementError> {
+    use EntitlementError::Invalid;
+    if g.device_keys.is_empty() {
+        return Ok(());
+    }
+    if g.device_keys.len() > MAX_DEVICE_KEYS || g.device_keys.len() as u64 != g.quota {
+        return Err(Invalid(
+            "a grant with HQ-generated keys has exactly one key per device of its quota (at most 10000)",
+        ));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for k in &g.device_keys {
+        let ok = k.spki_sha256.len() == 32
+            && !k.private_key.is_empty()
+            && k.private_key.len() <= 8192
+            && k.secrets.len() <= MAX_SECRETS
+            && k.secrets
+                .iter()
+                .all(|(n, v)| short(n) && !v.is_empty() && v.len() <= MAX_SECRET_LEN)
+            && seen.insert(k.spki_sha256.to_vec());
+        if !ok {
+            return Err(Invalid("bad HQ-generated device key"));
+        }
+    }
+    Ok(())
 }
 
 /// A grant as held at a site: the grant with every amendment applied.
@@ -474,6 +584,11 @@ pub fn check_applicable(
 pub fn amend(state: &GrantState, a: &Amend, sequence: u64) -> Result<GrantState, EntitlementError> {
     if state.status == Status::Revoked {
         return Err(EntitlementError::Revoked(a.entitlement_id.clone()));
+    }
+    if a.add_quota > 0 && !state.grant.device_keys.is_empty() {
+        return Err(EntitlementError::Invalid(
+            "a grant of HQ-generated keys cannot be topped up; make a new grant with new keys",
+        ));
     }
     let mut next = state.clone();
     let g = &mut next.grant;
@@ -537,6 +652,8 @@ pub(crate) mod tests {
                 },
                 stations: vec![],
                 device_data: BTreeMap::from([("cloud_endpoint".into(), "mqtts://iot.example:8883".into())]),
+                device_keys: vec![],
+                firmware: vec![],
             }),
         }
     }

@@ -143,6 +143,7 @@ fn cose_sig_alg(alg: SignatureAlgorithm) -> iana::Algorithm {
         SignatureAlgorithm::EcdsaP256Sha256 => iana::Algorithm::ES256,
         SignatureAlgorithm::EcdsaP384Sha384 => iana::Algorithm::ES384,
         SignatureAlgorithm::Ed25519 => iana::Algorithm::EdDSA,
+        SignatureAlgorithm::Rsa3072PssSha256 => iana::Algorithm::PS256,
     }
 }
 
@@ -165,6 +166,7 @@ fn sig_len(alg: SignatureAlgorithm) -> usize {
         SignatureAlgorithm::EcdsaP256Sha256 => 64,
         SignatureAlgorithm::EcdsaP384Sha384 => 96,
         SignatureAlgorithm::Ed25519 => 64,
+        SignatureAlgorithm::Rsa3072PssSha256 => 384,
     }
 }
 
@@ -173,6 +175,7 @@ fn sig_verification(alg: SignatureAlgorithm) -> &'static dyn signature::Verifica
         SignatureAlgorithm::EcdsaP256Sha256 => &signature::ECDSA_P256_SHA256_FIXED,
         SignatureAlgorithm::EcdsaP384Sha384 => &signature::ECDSA_P384_SHA384_FIXED,
         SignatureAlgorithm::Ed25519 => &signature::ED25519,
+        SignatureAlgorithm::Rsa3072PssSha256 => &signature::RSA_PSS_2048_8192_SHA256,
     }
 }
 
@@ -275,6 +278,9 @@ fn seal_inner(
     let payload = encrypt_to(plaintext, recipient, content_aad, rng)?;
 
     let alg = signer.algorithm();
+    if alg == SignatureAlgorithm::Rsa3072PssSha256 {
+        return Err(EnvelopeError::UnsupportedAlgorithm("signature"));
+    }
     let x5chain = if signer_chain_der.len() == 1 {
         Value::Bytes(signer_chain_der[0].clone())
     } else {
@@ -297,6 +303,7 @@ fn seal_inner(
         SignatureAlgorithm::EcdsaP256Sha256 => der_to_fixed(&der_or_raw, 32),
         SignatureAlgorithm::EcdsaP384Sha384 => der_to_fixed(&der_or_raw, 48),
         SignatureAlgorithm::Ed25519 => Some(der_or_raw).filter(|s| s.len() == 64),
+        SignatureAlgorithm::Rsa3072PssSha256 => None,
     }
     .ok_or(Crypto("the signer returned a malformed signature"))?;
     // A key backend that signs with another key than it reports (or a faulty signature) is
@@ -477,7 +484,7 @@ fn aead_key(cek: &[u8]) -> Result<aead::LessSafeKey, EnvelopeError> {
 
 /// Converts a DER `Ecdsa-Sig-Value` to the fixed-length `r || s` of COSE (RFC 9053 section 2.1),
 /// each integer left-padded to `n` bytes. Refuses anything but minimal DER.
-fn der_to_fixed(der: &[u8], n: usize) -> Option<Vec<u8>> {
+pub(crate) fn der_to_fixed(der: &[u8], n: usize) -> Option<Vec<u8>> {
     let (&tag, rest) = der.split_first()?;
     if tag != 0x30 {
         return None;
@@ -969,6 +976,7 @@ mod tests {
                     EcdsaKeyPair::generate(&signature::ECDSA_P384_SHA384_ASN1_SIGNING).unwrap(),
                 ),
                 SignatureAlgorithm::Ed25519 => TestKey::Ed25519(Ed25519KeyPair::generate().unwrap()),
+                other => panic!("no envelope test key for {other:?}"),
             };
             let public = match &key {
                 TestKey::Ecdsa(k) => k.public_key().as_ref().to_vec(),
@@ -1485,7 +1493,7 @@ mod tests {
         sign1.signature = match f.signer.alg {
             SignatureAlgorithm::EcdsaP256Sha256 => der_to_fixed(&sig, 32).unwrap(),
             SignatureAlgorithm::EcdsaP384Sha384 => der_to_fixed(&sig, 48).unwrap(),
-            SignatureAlgorithm::Ed25519 => sig,
+            SignatureAlgorithm::Ed25519 | SignatureAlgorithm::Rsa3072PssSha256 => sig,
         };
         sign1.to_tagged_vec().unwrap()
     }

@@ -17,15 +17,25 @@ pub enum SignatureAlgorithm {
     EcdsaP384Sha384,
     /// Ed25519 (pure).
     Ed25519,
+    /// RSASSA-PSS with a 3072-bit key: SHA-256, MGF1 with SHA-256, a 32-byte salt (what ESP32
+    /// Secure Boot V2 and MCUboot's RSA-3072 require). Used only to sign firmware: stamp never
+    /// signs certificates or packages with it.
+    #[serde(rename = "rsa3072-pss")]
+    Rsa3072PssSha256,
 }
 
 impl SignatureAlgorithm {
     /// The rcgen description of this algorithm.
+    ///
+    /// For RSA-PSS this describes only the public key (an `rsaEncryption` SubjectPublicKeyInfo, as
+    /// imgtool, espsecure and openssl expect); rcgen has no RSA-PSS signing, and stamp's
+    /// certificate code refuses to sign with an RSA key (see [`RcgenSigner`]).
     pub fn rcgen(self) -> &'static rcgen::SignatureAlgorithm {
         match self {
             SignatureAlgorithm::EcdsaP256Sha256 => &rcgen::PKCS_ECDSA_P256_SHA256,
             SignatureAlgorithm::EcdsaP384Sha384 => &rcgen::PKCS_ECDSA_P384_SHA384,
             SignatureAlgorithm::Ed25519 => &rcgen::PKCS_ED25519,
+            SignatureAlgorithm::Rsa3072PssSha256 => &rcgen::PKCS_RSA_SHA256,
         }
     }
 
@@ -35,6 +45,7 @@ impl SignatureAlgorithm {
             SignatureAlgorithm::EcdsaP256Sha256 => &aws_lc_rs::signature::ECDSA_P256_SHA256_ASN1,
             SignatureAlgorithm::EcdsaP384Sha384 => &aws_lc_rs::signature::ECDSA_P384_SHA384_ASN1,
             SignatureAlgorithm::Ed25519 => &aws_lc_rs::signature::ED25519,
+            SignatureAlgorithm::Rsa3072PssSha256 => &aws_lc_rs::signature::RSA_PSS_2048_8192_SHA256,
         }
     }
 
@@ -44,6 +55,7 @@ impl SignatureAlgorithm {
             SignatureAlgorithm::EcdsaP256Sha256 => "ecdsa-p256",
             SignatureAlgorithm::EcdsaP384Sha384 => "ecdsa-p384",
             SignatureAlgorithm::Ed25519 => "ed25519",
+            SignatureAlgorithm::Rsa3072PssSha256 => "rsa3072-pss",
         }
     }
 }
@@ -100,6 +112,16 @@ pub enum KeyError {
         /// The key's reference.
         key: String,
     },
+    /// The backend failed and says why (a PKCS#11 token was removed, for example).
+    #[error("{backend} key {key}: {reason}")]
+    Backend {
+        /// Backend name.
+        backend: &'static str,
+        /// The key's reference.
+        key: String,
+        /// The backend's explanation (never secret).
+        reason: String,
+    },
 }
 
 /// A private signing key that stays inside its backend.
@@ -107,9 +129,10 @@ pub trait Signer: Send + Sync {
     /// The algorithm the key signs with.
     fn algorithm(&self) -> SignatureAlgorithm;
     /// The raw public key: the contents of the SubjectPublicKeyInfo BIT STRING (an uncompressed EC
-    /// point, or the 32 bytes of an Ed25519 key).
+    /// point, the 32 bytes of an Ed25519 key, or a DER PKCS#1 `RSAPublicKey`).
     fn public_key(&self) -> &[u8];
-    /// Signs `message`; ECDSA signatures are DER `Ecdsa-Sig-Value`, as X.509 carries them.
+    /// Signs `message`; ECDSA signatures are DER `Ecdsa-Sig-Value`, as X.509 carries them; RSA-PSS
+    /// signatures are the modulus-sized big-endian integer of RFC 8017.
     fn sign(&self, message: &[u8]) -> Result<Vec<u8>, KeyError>;
     /// The key's reference, for messages (never secret).
     fn key_ref(&self) -> &str;
@@ -186,17 +209,26 @@ impl rcgen::PublicKeyData for RcgenSigner<'_> {
 
 impl rcgen::SigningKey for RcgenSigner<'_> {
     fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, rcgen::Error> {
+        // rcgen would label an RSA signature PKCS#1 v1.5; stamp's RSA keys sign PSS, firmware only.
+        if self.0.algorithm() == SignatureAlgorithm::Rsa3072PssSha256 {
+            return Err(rcgen::Error::RemoteKeyError);
+        }
         self.0.sign(msg).map_err(|_| rcgen::Error::RemoteKeyError)
     }
 }
 
-/// Verifies `signature` over `message` with a raw public key.
+/// Verifies `signature` over `message` with a raw public key (for RSA, only a 3072-bit key).
 pub fn verify_signature(
     alg: SignatureAlgorithm,
     public_key: &[u8],
     message: &[u8],
     signature: &[u8],
 ) -> bool {
+    if alg == SignatureAlgorithm::Rsa3072PssSha256
+        && aws_lc_rs::signature::RsaParameters::public_modulus_len(public_key).ok() != Some(3072)
+    {
+        return false;
+    }
     aws_lc_rs::signature::UnparsedPublicKey::new(alg.verification(), public_key)
         .verify(message, signature)
         .is_ok()

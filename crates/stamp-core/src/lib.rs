@@ -13,6 +13,7 @@ pub mod device;
 pub mod entitlement;
 pub mod envelope;
 pub mod fingerprint;
+pub mod firmware;
 pub mod key;
 pub mod merkle;
 pub mod oid;

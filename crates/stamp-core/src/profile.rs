@@ -34,10 +34,12 @@ pub enum Profile {
     SiteIssuingCa,
     /// A line station's TLS client certificate for the site service.
     Station,
+    /// An HQ firmware-signing key (MCUboot images, ESP32 Secure Boot V2 signature blocks).
+    FirmwareSigning,
 }
 
 /// Every profile, for tests and listings.
-pub const ALL_PROFILES: [Profile; 7] = [
+pub const ALL_PROFILES: [Profile; 8] = [
     Profile::OemRoot,
     Profile::HqAuthoritySigning,
     Profile::HqAuthorityKeyAgreement,
@@ -45,6 +47,7 @@ pub const ALL_PROFILES: [Profile; 7] = [
     Profile::SiteIdentityKeyAgreement,
     Profile::SiteIssuingCa,
     Profile::Station,
+    Profile::FirmwareSigning,
 ];
 
 /// Errors building or checking a certificate against a profile.
@@ -57,6 +60,9 @@ pub enum ProfileError {
     /// A station name is empty, too long or has characters outside a-z, 0-9, '-' and '.'.
     #[error("invalid station name {0:?}: use 1-64 characters of a-z, 0-9, '-' and '.'")]
     BadStationName(String),
+    /// A firmware key name is empty, too long or has characters outside a-z, 0-9, '-' and '.'.
+    #[error("invalid firmware key name {0:?}: use 1-64 characters of a-z, 0-9, '-' and '.'")]
+    BadKeyName(String),
     /// The requested validity is empty or ends before it starts.
     #[error("empty validity period")]
     EmptyValidity,
@@ -93,6 +99,8 @@ pub enum Holder {
         /// The station's name.
         name: String,
     },
+    /// One of HQ's named firmware-signing keys.
+    FirmwareKey(String),
 }
 
 /// A certificate serial number: 16 octets, positive, the first octet non-zero, so at least 120
@@ -147,6 +155,7 @@ impl Profile {
             Profile::SiteIdentityKeyAgreement => "site-identity-key-agreement",
             Profile::SiteIssuingCa => "site-issuing-ca",
             Profile::Station => "station",
+            Profile::FirmwareSigning => "firmware-signing",
         }
     }
 
@@ -156,6 +165,8 @@ impl Profile {
         match self {
             Profile::OemRoot => year * 25,
             Profile::SiteIssuingCa => year * 15,
+            // A firmware key lives as long as the devices that trust it (its digest is in eFuse).
+            Profile::FirmwareSigning => year * 10,
             Profile::HqAuthoritySigning
             | Profile::HqAuthorityKeyAgreement
             | Profile::SiteIdentitySigning
@@ -169,9 +180,10 @@ impl Profile {
             Profile::OemRoot | Profile::SiteIssuingCa => {
                 vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign]
             }
-            Profile::HqAuthoritySigning | Profile::SiteIdentitySigning | Profile::Station => {
-                vec![KeyUsagePurpose::DigitalSignature]
-            }
+            Profile::HqAuthoritySigning
+            | Profile::SiteIdentitySigning
+            | Profile::Station
+            | Profile::FirmwareSigning => vec![KeyUsagePurpose::DigitalSignature],
             Profile::HqAuthorityKeyAgreement | Profile::SiteIdentityKeyAgreement => {
                 vec![KeyUsagePurpose::KeyAgreement]
             }
@@ -197,6 +209,7 @@ impl Profile {
                 vec![RoleEku::SiteIdentity.der_value()]
             }
             Profile::Station => vec![oid::CLIENT_AUTH.to_vec(), RoleEku::Station.der_value()],
+            Profile::FirmwareSigning => vec![oid::CODE_SIGNING.to_vec()],
         }
     }
 
@@ -210,6 +223,8 @@ impl Profile {
             (Profile::SiteIdentityKeyAgreement, _) => "site identity (key agreement)".to_owned(),
             (Profile::SiteIssuingCa, _) => "site issuing CA".to_owned(),
             (Profile::Station, _) => "station".to_owned(),
+            (Profile::FirmwareSigning, Holder::FirmwareKey(name)) => format!("firmware signing {name}"),
+            (Profile::FirmwareSigning, _) => "firmware signing".to_owned(),
         }
     }
 
@@ -219,11 +234,14 @@ impl Profile {
         if let Holder::Station { name, .. } = holder {
             check_station_name(name)?;
         }
+        if let Holder::FirmwareKey(name) = holder {
+            check_firmware_key_name(name)?;
+        }
         let mut dn = DistinguishedName::new();
         dn.push(DnType::OrganizationName, org);
         if self != Profile::OemRoot {
             let unit = match holder {
-                Holder::Hq => "HQ".to_owned(),
+                Holder::Hq | Holder::FirmwareKey(_) => "HQ".to_owned(),
                 Holder::Site(site) | Holder::Station { site, .. } => format!("site {site}"),
             };
             dn.push(DnType::OrganizationalUnitName, unit);
@@ -324,9 +342,11 @@ impl Profile {
                     if eku.client_auth {
                         got.push(oid::CLIENT_AUTH.to_vec());
                     }
+                    if eku.code_signing {
+                        got.push(oid::CODE_SIGNING.to_vec());
+                    }
                     let bad_std = eku.any
                         || eku.server_auth
-                        || eku.code_signing
                         || eku.email_protection
                         || eku.time_stamping
                         || eku.ocsp_signing;
@@ -372,17 +392,30 @@ fn check_org(org: &str) -> Result<(), ProfileError> {
     Ok(())
 }
 
-/// Checks a station name: 1-64 characters of a-z, 0-9, '-' and '.'.
-pub fn check_station_name(name: &str) -> Result<(), ProfileError> {
-    let ok = !name.is_empty()
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
         && name.len() <= 64
         && name
             .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
-    if ok {
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+}
+
+/// Checks a station name: 1-64 characters of a-z, 0-9, '-' and '.'.
+pub fn check_station_name(name: &str) -> Result<(), ProfileError> {
+    if valid_name(name) {
         Ok(())
     } else {
         Err(ProfileError::BadStationName(name.chars().take(64).collect()))
+    }
+}
+
+/// Checks a firmware key name: 1-64 characters of a-z, 0-9, '-' and '.', not starting with '.'
+/// (it becomes part of a file name).
+pub fn check_firmware_key_name(name: &str) -> Result<(), ProfileError> {
+    if valid_name(name) && !name.starts_with('.') {
+        Ok(())
+    } else {
+        Err(ProfileError::BadKeyName(name.chars().take(64).collect()))
     }
 }
 
@@ -451,6 +484,7 @@ pub(crate) mod tests {
     pub(crate) enum TestSigner {
         Ecdsa(EcdsaKeyPair, SignatureAlgorithm),
         Ed(Ed25519KeyPair),
+        Rsa(Box<aws_lc_rs::rsa::KeyPair>),
     }
 
     impl TestSigner {
@@ -465,6 +499,9 @@ pub(crate) mod tests {
                     alg,
                 ),
                 SignatureAlgorithm::Ed25519 => TestSigner::Ed(Ed25519KeyPair::generate().unwrap()),
+                SignatureAlgorithm::Rsa3072PssSha256 => TestSigner::Rsa(Box::new(
+                    aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa3072).unwrap(),
+                )),
             }
         }
     }
@@ -474,18 +511,31 @@ pub(crate) mod tests {
             match self {
                 TestSigner::Ecdsa(_, a) => *a,
                 TestSigner::Ed(_) => SignatureAlgorithm::Ed25519,
+                TestSigner::Rsa(_) => SignatureAlgorithm::Rsa3072PssSha256,
             }
         }
         fn public_key(&self) -> &[u8] {
             match self {
                 TestSigner::Ecdsa(k, _) => k.public_key().as_ref(),
                 TestSigner::Ed(k) => k.public_key().as_ref(),
+                TestSigner::Rsa(k) => k.public_key().as_ref(),
             }
         }
         fn sign(&self, message: &[u8]) -> Result<Vec<u8>, KeyError> {
             Ok(match self {
                 TestSigner::Ecdsa(k, _) => k.sign(&SystemRandom::new(), message).unwrap().as_ref().to_vec(),
                 TestSigner::Ed(k) => k.sign(message).as_ref().to_vec(),
+                TestSigner::Rsa(k) => {
+                    let mut sig = vec![0; k.public_modulus_len()];
+                    k.sign(
+                        &signature::RSA_PSS_SHA256,
+                        &SystemRandom::new(),
+                        message,
+                        &mut sig,
+                    )
+                    .unwrap();
+                    sig
+                }
             })
         }
         fn key_ref(&self) -> &str {
@@ -518,6 +568,7 @@ pub(crate) mod tests {
                 site: SiteId::new("s1").unwrap(),
                 name: "line-3.station".into(),
             },
+            Profile::FirmwareSigning => Holder::FirmwareKey("app-2026".into()),
             _ => Holder::Site(SiteId::new("s1").unwrap()),
         };
         issue(
@@ -658,6 +709,54 @@ pub(crate) mod tests {
         assert!(validate_end_entity("x", &hq, &[], &other_root, p, RoleEku::HqAuthority, NOW).is_err());
         let late = NOW + Duration::days(365 * 40);
         assert!(validate_end_entity("x", &hq, &[], &root_der, p, RoleEku::HqAuthority, late).is_err());
+    }
+
+    #[test]
+    fn firmware_signing_certifies_every_firmware_key_type_with_code_signing_only() {
+        let (root_key, root_der) = root(SignatureAlgorithm::EcdsaP384Sha384);
+        for alg in [
+            SignatureAlgorithm::EcdsaP256Sha256,
+            SignatureAlgorithm::Ed25519,
+            SignatureAlgorithm::Rsa3072PssSha256,
+        ] {
+            let subject = TestSigner::new(alg);
+            let der = issue_for(Profile::FirmwareSigning, &root_key, &root_der, &subject);
+            crate::cert::check_under_root("fw", &der, Profile::FirmwareSigning, &root_der, NOW).unwrap();
+            let cert = crate::cert::parse(&der).unwrap();
+            // The certificate carries exactly the subject key (an rsaEncryption SPKI for RSA).
+            assert_eq!(cert.public_key().raw, subject.spki_der().as_slice());
+            let eku = cert.extended_key_usage().unwrap().unwrap().value;
+            assert!(eku.code_signing && !eku.client_auth && !eku.any && eku.other.is_empty());
+            assert!(cert
+                .subject()
+                .to_string()
+                .contains("CN=firmware signing app-2026"));
+            assert!(cert.subject().to_string().contains("OU=HQ"));
+            // A code-signing certificate is no HQ authority.
+            assert!(Profile::HqAuthoritySigning.check(&cert).is_err());
+        }
+    }
+
+    #[test]
+    fn an_rsa_key_never_signs_a_certificate() {
+        let rsa = TestSigner::new(SignatureAlgorithm::Rsa3072PssSha256);
+        let r = self_signed_root(
+            &rsa,
+            "Acme",
+            Validity::starting(NOW, Duration::days(1)),
+            serial(1),
+        );
+        assert!(matches!(r, Err(ProfileError::Build(_))), "{r:?}");
+    }
+
+    #[test]
+    fn firmware_key_names_are_checked() {
+        check_firmware_key_name("app-2026.1").unwrap();
+        for bad in ["", ".hidden", "App", "a/b", "a b", &"x".repeat(65)] {
+            assert!(check_firmware_key_name(bad).is_err(), "{bad:?}");
+        }
+        let r = Profile::FirmwareSigning.subject("Acme", &Holder::FirmwareKey("../x".into()));
+        assert!(matches!(r, Err(ProfileError::BadKeyName(_))));
     }
 
     #[test]

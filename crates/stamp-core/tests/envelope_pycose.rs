@@ -102,6 +102,7 @@ impl TestSigner {
                 let der = k.to_pkcs8v1().unwrap().as_ref().to_vec();
                 (TestKey::Ed25519(k), der)
             }
+            other => panic!("no COSE test key for {other:?}"),
         };
         let public = match &key {
             TestKey::Ecdsa(k) => k.public_key().as_ref().to_vec(),
@@ -128,6 +129,7 @@ impl TestSigner {
             SignatureAlgorithm::EcdsaP256Sha256 => "ES256",
             SignatureAlgorithm::EcdsaP384Sha384 => "ES384",
             SignatureAlgorithm::Ed25519 => "EdDSA",
+            other => panic!("no COSE name for {other:?}"),
         }
     }
 }

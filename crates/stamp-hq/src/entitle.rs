@@ -4,10 +4,12 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::rand::{SecureRandom, SystemRandom};
+use serde_bytes::ByteBuf;
 use stamp_core::csr::{self, KeyType};
 use stamp_core::entitlement::{
-    self, Action, Amend, DeviceProfile, Entitlement, GrantState, Product, RatePeriod, SerialRange, Status,
+    self, Action, Amend, DeviceKeyType, DeviceProfile, Entitlement, FirmwareRef, GrantState, HqDeviceKey,
+    Product, RatePeriod, SerialRange, Status,
 };
 use stamp_core::envelope::{self, Recipient};
 use stamp_core::key::KeyAgreementAlgorithm;
@@ -45,6 +47,77 @@ pub struct GrantRequest {
     pub stations: Vec<String>,
     /// Device data.
     pub device_data: BTreeMap<String, String>,
+    /// Generate one key per device of the quota at HQ, for devices that cannot make their own.
+    pub hq_keys: Option<HqKeys>,
+    /// Firmware releases the site may program, as `VERSION` or `VERSION@FORMAT` (releases recorded
+    /// by `stamp hq sign-firmware`).
+    pub firmware: Vec<String>,
+}
+
+/// Resolves `VERSION` or `VERSION@FORMAT` selectors to recorded releases.
+fn resolve_firmware(store: &crate::HqStore, selectors: &[String]) -> Result<Vec<FirmwareRef>, HqError> {
+    let releases = crate::firmware::releases(store)?;
+    let mut out = Vec::new();
+    for sel in selectors {
+        let (version, format) = match sel.split_once('@') {
+            Some((v, f)) => (v, Some(f)),
+            None => (sel.as_str(), None),
+        };
+        // `1.4.2` names every build of 1.4.2 (`1.4.2+0`, ...); `1.4.2+7` one build.
+        let same_version =
+            |v: &str| v == version || (!version.contains('+') && v.split('+').next() == Some(version));
+        let found: Vec<_> = releases
+            .iter()
+            .filter(|r| same_version(&r.version) && format.is_none_or(|f| r.format == f))
+            .collect();
+        if found.is_empty() {
+            return Err(HqError::UnknownFirmware(sel.chars().take(64).collect()));
+        }
+        for r in found {
+            out.push(FirmwareRef {
+                version: r.version.clone(),
+                format: r.format.clone(),
+                key: r.key.clone(),
+                sha256: ByteBuf::from(hex::decode(&r.sha256).unwrap_or_default()),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// How HQ generates device keys for a grant.
+#[derive(Debug, Clone)]
+pub struct HqKeys {
+    /// Key type (ECDSA P-256/P-384 or Ed25519).
+    pub key_type: DeviceKeyType,
+    /// Per-device random secrets to generate: name and length in bytes.
+    pub secrets: Vec<(String, usize)>,
+}
+
+/// Generates the device keys and secrets of a grant.
+fn generate_keys(spec: &HqKeys, count: u64) -> Result<Vec<HqDeviceKey>, HqError> {
+    if count > entitlement::MAX_DEVICE_KEYS as u64 {
+        return Err(HqError::Entitlement(entitlement::EntitlementError::Invalid(
+            "at most 10000 HQ-generated keys per grant",
+        )));
+    }
+    let rng = SystemRandom::new();
+    let mut keys = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        let k = stamp_keys::device::generate(spec.key_type)?;
+        let mut secrets = BTreeMap::new();
+        for (name, len) in &spec.secrets {
+            let mut v = vec![0u8; *len];
+            rng.fill(&mut v).map_err(|_| HqError::Random)?;
+            secrets.insert(name.clone(), ByteBuf::from(v));
+        }
+        keys.push(HqDeviceKey {
+            spki_sha256: ByteBuf::from(stamp_core::fingerprint::sha256(&k.spki_der).to_vec()),
+            private_key: ByteBuf::from(k.pkcs8.to_vec()),
+            secrets,
+        });
+    }
+    Ok(keys)
 }
 
 /// A change to an existing grant.
@@ -234,6 +307,7 @@ impl Hq {
             )));
         }
         let sealer = self.sealer(&req.site)?;
+        let firmware = resolve_firmware(&self.store, &req.firmware)?;
         let site = req.site.as_str().to_owned();
         let db = self.store.db_mut();
         let result = db.transaction(|tx| {
@@ -251,6 +325,11 @@ impl Hq {
                 device_profile: req.device_profile.clone(),
                 stations: req.stations.clone(),
                 device_data: req.device_data.clone(),
+                device_keys: match &req.hq_keys {
+                    Some(spec) => generate_keys(spec, req.quota)?,
+                    None => vec![],
+                },
+                firmware: firmware.clone(),
             };
             let e = Entitlement {
                 version: entitlement::VERSION,
@@ -262,7 +341,9 @@ impl Hq {
             e.validate()?;
             entitlement::check_applicable(&e, &req.site, sequence - 1, now.unix_timestamp())?;
             let sealed = sealer.seal_to(&e, out)?;
-            let state = GrantState { grant, status: Status::Active, last_sequence: sequence };
+            // HQ keeps no device private key or secret: only the sealed package holds them.
+            let state = GrantState { grant: grant.redacted(), status: Status::Active, last_sequence: sequence };
+            let redacted = Entitlement { action: Action::Grant(grant.redacted()), ..e.clone() };
             let ts = crate::store::ts(now);
             tx.execute(
                 "INSERT INTO entitlements (entitlement_id, site_id, state_json, created_at, updated_at)
@@ -272,7 +353,7 @@ impl Hq {
             tx.execute(
                 "INSERT INTO packages (site_id, sequence, entitlement_id, action, payload_cbor, sealed, created_at)
                  VALUES (?1, ?2, ?3, 'grant', ?4, ?5, ?6)",
-                params![site, sequence as i64, id, e.to_cbor(), sealed, ts],
+                params![site, sequence as i64, id, redacted.to_cbor(), sealed, ts],
             )?;
             record_range(tx, &range, &id, &site, sequence)?;
             Ok(PackageReport { package: out.to_owned(), sequence, entitlement: summary(&site, &state) })

@@ -4,6 +4,7 @@
 //! and `sites/<id>/` (PEM copies of every certificate, for people and other tools).
 
 pub mod entitle;
+pub mod firmware;
 pub mod reconcile;
 mod store;
 
@@ -16,8 +17,7 @@ use stamp_core::csr::KeyType;
 use stamp_core::key::{KeyAgreementAlgorithm, SignatureAlgorithm};
 use stamp_core::profile::{self, Holder, Profile, ProfileError, Serial, Validity};
 use stamp_core::{cert, fingerprint, SiteId};
-use stamp_keys::soft::SoftKeyStore;
-use stamp_keys::{KeyRef, KeyStore, KeyStoreError, Passphrase};
+use stamp_keys::{KeyConfig, KeyRef, KeyStore, KeyStoreError, Keys};
 use stamp_store::{StagingDir, StoreError};
 use time::OffsetDateTime;
 
@@ -67,6 +67,9 @@ pub enum HqError {
     /// The site is not enrolled.
     #[error("site {0} is not enrolled at this HQ; enroll it first with `stamp hq enroll-site`")]
     UnknownSite(SiteId),
+    /// No recorded firmware release matches.
+    #[error("no firmware release {0} at this HQ (see `stamp hq firmware`)")]
+    UnknownFirmware(String),
     /// No such entitlement.
     #[error("no entitlement {0} at this HQ (see `stamp hq entitlements`)")]
     UnknownEntitlement(String),
@@ -79,6 +82,25 @@ pub enum HqError {
     /// Sealing failed.
     #[error("sealing the package failed")]
     Envelope(#[from] stamp_core::envelope::EnvelopeError),
+    /// A firmware image could not be signed.
+    #[error(transparent)]
+    Firmware(#[from] stamp_core::firmware::FirmwareError),
+    /// No firmware key of that name.
+    #[error("no firmware key {0:?} at this HQ (see `stamp hq firmware`; create one with `stamp hq add-firmware-key`)")]
+    UnknownFirmwareKey(String),
+    /// A firmware key of that name exists.
+    #[error("a firmware key named {0:?} already exists; choose another name")]
+    FirmwareKeyExists(String),
+    /// The version was released before with this key and format.
+    #[error("version {version} was already released in {format} format with key {key}; give the new build a new version")]
+    FirmwareReleased {
+        /// The version.
+        version: String,
+        /// The key.
+        key: String,
+        /// The format.
+        format: &'static str,
+    },
     /// A database query failed.
     #[error("HQ database query failed")]
     Sql(#[from] stamp_store::rusqlite::Error),
@@ -153,16 +175,18 @@ fn cert_path(dir: &Path, profile: Profile) -> PathBuf {
 }
 
 /// Creates an HQ directory: the OEM root, the HQ authority's signing and key-agreement keys and
-/// certificates, and the database. Nothing is left behind if any step fails.
+/// certificates, and the database. New keys go where `keys` says (the software store in the
+/// directory, or a PKCS#11 token). Nothing is left behind if any step fails, in a token either.
 pub fn init(
     dir: &Path,
     opts: &InitOptions,
-    passphrase: Passphrase,
+    keys: impl Into<KeyConfig>,
     now: OffsetDateTime,
 ) -> Result<InitReport, HqError> {
     let staging = StagingDir::new(dir)?;
     let base = staging.path();
-    let keys = SoftKeyStore::new(base, passphrase);
+    let keys = stamp_keys::open_store(base, keys.into());
+    let new_keys = keys.guard_new_keys();
     let rng = SystemRandom::new();
 
     let (root_ref, root_key) = keys.generate_signer(Profile::OemRoot.name(), opts.root_algorithm)?;
@@ -232,6 +256,7 @@ pub fn init(
         write_pem(&cert_path(base, p), der)?;
     }
     staging.commit()?;
+    new_keys.keep();
     Ok(InitReport {
         dir: dir.to_owned(),
         org: opts.org.clone(),
@@ -271,12 +296,13 @@ pub struct EnrollReport {
 pub struct Hq {
     dir: PathBuf,
     store: HqStore,
-    keys: SoftKeyStore,
+    keys: Keys,
 }
 
 impl Hq {
-    /// Opens an HQ directory; the passphrase unlocks its key store.
-    pub fn open(dir: &Path, passphrase: Passphrase) -> Result<Self, HqError> {
+    /// Opens an HQ directory; its keys are opened by the references in its database, with the
+    /// passphrase or the PKCS#11 module and PIN from `keys`.
+    pub fn open(dir: &Path, keys: impl Into<KeyConfig>) -> Result<Self, HqError> {
         let db = dir.join(DB_FILE);
         if !db.is_file() {
             return Err(HqError::NotHqDir(dir.to_owned()));
@@ -284,7 +310,7 @@ impl Hq {
         Ok(Hq {
             dir: dir.to_owned(),
             store: HqStore::open(&db)?,
-            keys: SoftKeyStore::new(dir, passphrase),
+            keys: stamp_keys::open_store(dir, keys.into()),
         })
     }
 

@@ -79,8 +79,10 @@ const MIGRATIONS: &[Migration] = &[
         );
     ",
     },
+    // Firmware keys and releases (version 3), defined beside the code that uses them.
+    crate::firmware::MIGRATION,
     Migration {
-        version: 3,
+        version: 4,
         sql: crate::reconcile::MIGRATION_SQL,
     },
 ];
@@ -249,7 +251,7 @@ impl HqStore {
     }
 }
 
-fn insert_cert(
+pub(crate) fn insert_cert(
     tx: &stamp_store::rusqlite::Transaction<'_>,
     profile: Profile,
     site: Option<&SiteId>,

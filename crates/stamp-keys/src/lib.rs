@@ -1,27 +1,40 @@
 //! stamp's key layer: where private keys live and the only code that touches them.
 //!
 //! Callers name keys by [`KeyRef`] and get back a [`Signer`] or [`KeyAgreement`] (traits from
-//! `stamp-core`), whatever the backend. The default backend is [`soft::SoftKeyStore`]: keys
-//! generated with aws-lc-rs and kept as passphrase-encrypted PKCS#8 files (PBES2, scrypt,
-//! AES-256-CBC) that openssl can read, mode 0600.
+//! `stamp-core`), whatever the backend. Two backends:
+//!
+//! - [`soft::SoftKeyStore`] (the default): keys generated with aws-lc-rs and kept as
+//!   passphrase-encrypted PKCS#8 files (PBES2, scrypt, AES-256-CBC) that openssl can read, mode 0600;
+//! - [`pkcs11::Pkcs11Store`]: keys generated and used inside a PKCS#11 token (HSM).
+//!
+//! Roles use [`open_store`], which makes new keys where [`KeyConfig::new_keys`] says and opens
+//! every key by its reference, so callers never care which backend holds a key.
 
+pub mod device;
+mod dispatch;
 pub mod passphrase;
+pub mod pkcs11;
 pub mod soft;
 
 use std::fmt;
 use std::path::PathBuf;
 
-pub use passphrase::{Passphrase, PassphraseError};
+pub use dispatch::{open_store, KeyConfig, Keys, NewKeys, StoreTarget};
+pub use passphrase::{Passphrase, PassphraseError, PassphraseSource};
+pub use pkcs11::{Pin, PinSource, Pkcs11Config, Pkcs11Error, Pkcs11Uri};
 use stamp_core::key::{KeyAgreement, KeyAgreementAlgorithm, SignatureAlgorithm, Signer};
 
 /// A reference to a key in some backend, written as a URI.
 ///
 /// - `file:<path>`: a software key file; a relative path is relative to the state directory.
-/// - `pkcs11:<RFC 7512 attributes>`: reserved for the PKCS#11 backend.
+/// - `pkcs11:<RFC 7512 attributes>`: a private key in a PKCS#11 token
+///   (`pkcs11:token=site;object=site-issuing-ca`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum KeyRef {
     /// A key file of the software store.
     File(PathBuf),
+    /// A key in a PKCS#11 token.
+    Pkcs11(Pkcs11Uri),
 }
 
 impl KeyRef {
@@ -34,7 +47,9 @@ impl KeyRef {
             return Ok(KeyRef::File(PathBuf::from(path)));
         }
         if s.starts_with("pkcs11:") {
-            return Err(KeyStoreError::BackendUnavailable("pkcs11"));
+            return Ok(KeyRef::Pkcs11(
+                Pkcs11Uri::parse_key(s).map_err(|e| KeyStoreError::Pkcs11(e.into()))?,
+            ));
         }
         Err(KeyStoreError::BadKeyRef(s.chars().take(200).collect()))
     }
@@ -44,6 +59,7 @@ impl fmt::Display for KeyRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             KeyRef::File(p) => write!(f, "file:{}", p.display()),
+            KeyRef::Pkcs11(u) => write!(f, "{u}"),
         }
     }
 }
@@ -53,7 +69,7 @@ impl fmt::Display for KeyRef {
 #[non_exhaustive]
 pub enum KeyStoreError {
     /// Not a key reference stamp understands.
-    #[error("invalid key reference {0:?} (expected file:PATH)")]
+    #[error("invalid key reference {0:?} (expected file:PATH or pkcs11:token=...;object=...)")]
     BadKeyRef(String),
     /// A backend this build does not offer yet.
     #[error("the {0} key backend is not available in this build")]
@@ -96,6 +112,12 @@ pub enum KeyStoreError {
     /// Key generation or the pairwise consistency check after it failed.
     #[error("generating key {0} failed its consistency check")]
     Generation(String),
+    /// A PKCS#11 module, token or key failed.
+    #[error(transparent)]
+    Pkcs11(#[from] Pkcs11Error),
+    /// The software store's passphrase could not be had.
+    #[error(transparent)]
+    Passphrase(#[from] PassphraseError),
     /// Reading or writing a key file failed.
     #[error("cannot access key file {path}")]
     Io {

@@ -70,27 +70,20 @@ impl Passphrase {
     /// Reads a passphrase file: at most 1 KiB, one trailing newline removed, refused when group or
     /// others can read it.
     pub fn from_file(path: &Path) -> Result<Self, PassphraseError> {
-        use std::os::unix::fs::PermissionsExt;
-        let read_err = |source| PassphraseError::Read {
-            path: path.to_owned(),
-            source,
-        };
-        let file = std::fs::File::open(path).map_err(read_err)?;
-        let mode = file.metadata().map_err(read_err)?.permissions().mode();
-        if mode & 0o077 != 0 {
-            return Err(PassphraseError::InsecurePermissions {
+        let text = read_secret_file(path).map_err(|e| match e {
+            SecretFileError::Read(source) => PassphraseError::Read {
                 path: path.to_owned(),
-                mode: mode & 0o777,
-            });
-        }
-        let mut buf = zeroize::Zeroizing::new(String::new());
-        file.take(1024).read_to_string(&mut buf).map_err(read_err)?;
-        let trimmed = buf.strip_suffix('\n').unwrap_or(&buf);
-        let trimmed = trimmed.strip_suffix('\r').unwrap_or(trimmed);
-        if trimmed.is_empty() {
+                source,
+            },
+            SecretFileError::InsecurePermissions(mode) => PassphraseError::InsecurePermissions {
+                path: path.to_owned(),
+                mode,
+            },
+        })?;
+        if text.is_empty() {
             return Err(PassphraseError::TooShort);
         }
-        Ok(Passphrase::new(trimmed.to_owned()))
+        Ok(Passphrase::new(text.to_string()))
     }
 
     /// Finds the passphrase: `file` if given, else `$STAMP_PASSPHRASE_FILE`, else a prompt on the
@@ -120,6 +113,67 @@ impl Passphrase {
         }
         Ok(p)
     }
+}
+
+/// Where the software store's passphrase comes from. It is obtained only when a `file:` key is
+/// first used, so a role whose keys are all in a PKCS#11 token never asks for one.
+#[derive(Debug)]
+pub enum PassphraseSource {
+    /// A passphrase in hand.
+    Given(Passphrase),
+    /// `file` if given, else `$STAMP_PASSPHRASE_FILE`, else a prompt (see [`Passphrase::obtain`]).
+    Obtain {
+        /// `--passphrase-file`.
+        file: Option<PathBuf>,
+        /// Whether new keys are being made (asks twice, enforces [`MIN_LEN`]).
+        creating: bool,
+    },
+}
+
+impl PassphraseSource {
+    /// The passphrase.
+    pub fn resolve(self) -> Result<Passphrase, PassphraseError> {
+        match self {
+            PassphraseSource::Given(p) => Ok(p),
+            PassphraseSource::Obtain { file, creating } => Passphrase::obtain(file.as_deref(), creating),
+        }
+    }
+}
+
+impl From<Passphrase> for PassphraseSource {
+    fn from(p: Passphrase) -> Self {
+        PassphraseSource::Given(p)
+    }
+}
+
+/// Why a secret file could not be read.
+pub(crate) enum SecretFileError {
+    /// Opening or reading failed.
+    Read(std::io::Error),
+    /// Group or others may read it (the mode bits).
+    InsecurePermissions(u32),
+}
+
+/// Reads a secret from a file (passphrase, PIN): refused when group or others can read it, at most
+/// 1 KiB read, one trailing newline (LF or CRLF) removed. The text is wiped when dropped.
+pub(crate) fn read_secret_file(path: &Path) -> Result<zeroize::Zeroizing<String>, SecretFileError> {
+    use std::os::unix::fs::PermissionsExt;
+    let file = std::fs::File::open(path).map_err(SecretFileError::Read)?;
+    let mode = file
+        .metadata()
+        .map_err(SecretFileError::Read)?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        return Err(SecretFileError::InsecurePermissions(mode & 0o777));
+    }
+    let mut buf = zeroize::Zeroizing::new(String::new());
+    file.take(1024)
+        .read_to_string(&mut buf)
+        .map_err(SecretFileError::Read)?;
+    let trimmed = buf.strip_suffix('\n').unwrap_or(&buf);
+    let trimmed = trimmed.strip_suffix('\r').unwrap_or(trimmed);
+    Ok(zeroize::Zeroizing::new(trimmed.to_owned()))
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

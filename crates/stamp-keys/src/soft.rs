@@ -14,7 +14,8 @@ use std::path::{Path, PathBuf};
 use aws_lc_rs::agreement;
 use aws_lc_rs::encoding::AsDer;
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
-use aws_lc_rs::signature::{self, EcdsaKeyPair, Ed25519KeyPair, KeyPair};
+use aws_lc_rs::rsa::KeySize;
+use aws_lc_rs::signature::{self, EcdsaKeyPair, Ed25519KeyPair, KeyPair, RsaKeyPair};
 use pkcs8::der::Decode;
 use pkcs8::pkcs5::{self, pbes2};
 use pkcs8::{EncryptedPrivateKeyInfo, LineEnding, PrivateKeyInfo};
@@ -47,18 +48,30 @@ impl SoftKeyStore {
         }
     }
 
-    fn path_of(&self, key: &KeyRef) -> PathBuf {
-        let KeyRef::File(p) = key;
-        self.base.join(p)
+    fn path_of(&self, key: &KeyRef) -> Result<PathBuf, KeyStoreError> {
+        match key {
+            KeyRef::File(p) => Ok(self.base.join(p)),
+            other => Err(KeyStoreError::BadKeyRef(other.to_string())),
+        }
     }
 
     fn new_ref(name: &str) -> KeyRef {
         KeyRef::File(PathBuf::from("keys").join(format!("{name}.key")))
     }
 
+    /// Removes a key file this store wrote (a key made by a ceremony that then failed).
+    pub(crate) fn remove(&self, key: &KeyRef) -> Result<(), KeyStoreError> {
+        let path = self.path_of(key)?;
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(KeyStoreError::Io { path, source }),
+        }
+    }
+
     /// Encrypts PKCS#8 DER and writes it to a new 0600 file (never overwriting one).
     fn write_key(&self, key: &KeyRef, pkcs8_der: &[u8]) -> Result<(), KeyStoreError> {
-        let path = self.path_of(key);
+        let path = self.path_of(key)?;
         let io = |source| KeyStoreError::Io {
             path: path.clone(),
             source,
@@ -105,7 +118,7 @@ impl SoftKeyStore {
 
     /// Reads and decrypts a key file to PKCS#8 DER.
     fn read_key(&self, key: &KeyRef) -> Result<Zeroizing<Vec<u8>>, KeyStoreError> {
-        let path = self.path_of(key);
+        let path = self.path_of(key)?;
         let io = |source: std::io::Error| {
             if source.kind() == std::io::ErrorKind::NotFound {
                 KeyStoreError::NotFound(path.clone())
@@ -162,6 +175,7 @@ impl SoftKeyStore {
 enum SoftSigningKey {
     Ecdsa(EcdsaKeyPair),
     Ed25519(Ed25519KeyPair),
+    Rsa(RsaKeyPair),
 }
 
 /// A signer whose key is in memory, loaded from the software store.
@@ -198,10 +212,19 @@ impl SoftSigner {
             SignatureAlgorithm::Ed25519 => SoftSigningKey::Ed25519(
                 Ed25519KeyPair::from_pkcs8_maybe_unchecked(der).map_err(|_| wrong("different"))?,
             ),
+            SignatureAlgorithm::Rsa3072PssSha256 => {
+                let k = RsaKeyPair::from_pkcs8(der).map_err(|_| wrong("different"))?;
+                if k.public_modulus_len() * 8 != 3072 {
+                    return Err(wrong("RSA key of another size"));
+                }
+                SoftSigningKey::Rsa(k)
+            }
         };
         let public = match &key {
             SoftSigningKey::Ecdsa(k) => k.public_key().as_ref().to_vec(),
             SoftSigningKey::Ed25519(k) => k.public_key().as_ref().to_vec(),
+            // DER PKCS#1 RSAPublicKey, the SubjectPublicKeyInfo BIT STRING of an RSA key.
+            SoftSigningKey::Rsa(k) => k.public_key().as_ref().to_vec(),
         };
         Ok(SoftSigner {
             key_ref,
@@ -228,6 +251,13 @@ impl Signer for SoftSigner {
         match &self.key {
             SoftSigningKey::Ecdsa(k) => Ok(k.sign(&self.rng, message).map_err(|_| err())?.as_ref().to_vec()),
             SoftSigningKey::Ed25519(k) => Ok(k.sign(message).as_ref().to_vec()),
+            SoftSigningKey::Rsa(k) => {
+                // RSASSA-PSS, SHA-256, MGF1-SHA-256, salt length = digest length (32 bytes).
+                let mut sig = vec![0u8; k.public_modulus_len()];
+                k.sign(&signature::RSA_PSS_SHA256, &self.rng, message, &mut sig)
+                    .map_err(|_| err())?;
+                Ok(sig)
+            }
         }
     }
     fn key_ref(&self) -> &str {
@@ -346,6 +376,11 @@ impl KeyStore for SoftKeyStore {
                 .map_err(|_| gen_err())?
                 .as_ref()
                 .to_vec(),
+            SignatureAlgorithm::Rsa3072PssSha256 => {
+                let k = RsaKeyPair::generate(KeySize::Rsa3072).map_err(|_| gen_err())?;
+                let der: pkcs8_der::Der = k.as_der().map_err(|_| gen_err())?;
+                der.as_ref().to_vec()
+            }
         });
         let signer = SoftSigner::from_pkcs8(key_ref.to_string(), alg, &der)?;
         if !check_signer(&signer) {
@@ -376,8 +411,8 @@ impl KeyStore for SoftKeyStore {
     fn open_signer(&self, key: &KeyRef) -> Result<Box<dyn Signer>, KeyStoreError> {
         let der = self.read_key(key)?;
         let alg = detect_signature_algorithm(&der).ok_or_else(|| KeyStoreError::NotAKeyFile {
-            path: self.path_of(key),
-            why: "not an ECDSA P-256/P-384 or Ed25519 key",
+            path: self.path_of(key).unwrap_or_default(),
+            why: "not an ECDSA P-256/P-384, Ed25519 or RSA-3072 key",
         })?;
         Ok(Box::new(SoftSigner::from_pkcs8(key.to_string(), alg, &der)?))
     }
@@ -389,7 +424,7 @@ impl KeyStore for SoftKeyStore {
             Some(SignatureAlgorithm::EcdsaP384Sha384) => KeyAgreementAlgorithm::EcdhP384,
             _ => {
                 return Err(KeyStoreError::NotAKeyFile {
-                    path: self.path_of(key),
+                    path: self.path_of(key).unwrap_or_default(),
                     why: "not an EC P-256/P-384 key",
                 })
             }
@@ -397,7 +432,7 @@ impl KeyStore for SoftKeyStore {
         let private =
             agreement::PrivateKey::from_private_key_der(lc_agreement_alg(alg), &der).map_err(|_| {
                 KeyStoreError::NotAKeyFile {
-                    path: self.path_of(key),
+                    path: self.path_of(key).unwrap_or_default(),
                     why: "malformed EC key",
                 }
             })?;
@@ -419,10 +454,15 @@ fn detect_signature_algorithm(der: &[u8]) -> Option<SignatureAlgorithm> {
     const P256: &str = "1.2.840.10045.3.1.7";
     const P384: &str = "1.3.132.0.34";
     const ED25519: &str = "1.3.101.112";
+    const RSA: &str = "1.2.840.113549.1.1.1";
     let info = PrivateKeyInfo::from_der(der).ok()?;
     let oid = info.algorithm.oid.to_string();
     if oid == ED25519 {
         return Some(SignatureAlgorithm::Ed25519);
+    }
+    if oid == RSA {
+        // The size is checked when the key is loaded.
+        return Some(SignatureAlgorithm::Rsa3072PssSha256);
     }
     if oid != EC {
         return None;
@@ -451,6 +491,7 @@ mod tests {
             ("p256", SignatureAlgorithm::EcdsaP256Sha256),
             ("p384", SignatureAlgorithm::EcdsaP384Sha384),
             ("ed", SignatureAlgorithm::Ed25519),
+            ("rsa", SignatureAlgorithm::Rsa3072PssSha256),
         ] {
             let (r, signer) = s.generate_signer(name, alg).unwrap();
             let reopened = s.open_signer(&r).unwrap();
@@ -494,7 +535,7 @@ mod tests {
         let (r, _) = s
             .generate_signer("k", SignatureAlgorithm::EcdsaP256Sha256)
             .unwrap();
-        let path = s.path_of(&r);
+        let path = s.path_of(&r).unwrap();
         let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         let text = fs::read_to_string(&path).unwrap();
@@ -538,9 +579,13 @@ mod tests {
         );
         assert!(KeyRef::parse("file:").is_err());
         assert!(KeyRef::parse("/etc/passwd").is_err());
-        assert!(matches!(
-            KeyRef::parse("pkcs11:token=x"),
-            Err(KeyStoreError::BackendUnavailable(_))
-        ));
+        assert!(
+            KeyRef::parse("pkcs11:token=x").is_err(),
+            "a key reference names an object"
+        );
+        let r = KeyRef::parse("pkcs11:token=site;object=site-issuing-ca").unwrap();
+        assert_eq!(r.to_string(), "pkcs11:token=site;object=site-issuing-ca");
+        let s = store(Path::new("/nonexistent"), "correct horse");
+        assert!(matches!(s.open_signer(&r), Err(KeyStoreError::BadKeyRef(_))));
     }
 }

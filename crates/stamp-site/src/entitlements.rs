@@ -62,6 +62,32 @@ impl VerifiedEntitlement {
     }
 }
 
+/// A firmware release a grant allows, for people and JSON.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct FirmwareInfo {
+    /// The release's version.
+    pub version: String,
+    /// Its image format.
+    pub format: String,
+    /// The HQ firmware key that signed it.
+    pub key: String,
+    /// SHA-256 of the signed image (hex).
+    pub sha256: String,
+}
+
+/// The firmware releases a grant allows.
+pub fn firmware_of(g: &stamp_core::entitlement::Grant) -> Vec<FirmwareInfo> {
+    g.firmware
+        .iter()
+        .map(|f| FirmwareInfo {
+            version: f.version.clone(),
+            format: f.format.clone(),
+            key: f.key.clone(),
+            sha256: hex_lower(&f.sha256),
+        })
+        .collect()
+}
+
 /// One grant as the site holds it, for `site status`.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct GrantStatus {
@@ -95,8 +121,73 @@ pub struct GrantStatus {
     pub stations: Vec<String>,
     /// Device data.
     pub device_data: BTreeMap<String, String>,
+    /// Firmware releases the site may program under it.
+    pub firmware: Vec<FirmwareInfo>,
     /// Sequence of the last package that touched it.
     pub last_sequence: u64,
+}
+
+/// Checks that every HQ-generated key is a valid key of a type the profile allows, matching the
+/// public-key hash it is listed with.
+fn check_hq_keys(g: &stamp_core::entitlement::Grant) -> Result<(), EntitlementError> {
+    for k in &g.device_keys {
+        let ok = stamp_keys::device::public_spki(&k.private_key).is_some_and(|(kt, spki)| {
+            g.device_profile.key_types.contains(&kt)
+                && fingerprint::sha256(&spki).as_slice() == k.spki_sha256.as_slice()
+        });
+        if !ok {
+            return Err(EntitlementError::Invalid(
+                "an HQ-generated key is invalid, of a type the profile does not allow, or not the key its hash names",
+            ));
+        }
+    }
+    Ok(())
+}
+
+impl Site {
+    /// Reopens an applied grant's sealed package (stored at import, where it was fully verified)
+    /// to read what was redacted from the database: HQ-generated keys and secrets.
+    pub(crate) fn reopen_grant(
+        &self,
+        entitlement_id: &str,
+    ) -> Result<Option<stamp_core::entitlement::Grant>, SiteError> {
+        let sealed: Option<Vec<u8>> = self
+            .store
+            .conn()
+            .query_row(
+                "SELECT sealed FROM packages WHERE entitlement_id = ?1 AND action = 'grant'",
+                [entitlement_id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let Some(sealed) = sealed else { return Ok(None) };
+        let site_id = self.store.site_id()?;
+        let signed = envelope::parse(&sealed, MAX_PACKAGE).map_err(ImportError::from)?;
+        let leaf = cert::parse(signed.chain().first().map(Vec::as_slice).unwrap_or_default())
+            .map_err(ImportError::from)?;
+        let alg = stamp_core::ceremony::signature_algorithm(
+            stamp_core::csr::classify_spki(leaf.public_key().raw)
+                .map_err(|_| ImportError::Signer(cert::CertError::UnsupportedKey("entitlement signer")))?,
+        )
+        .ok_or(ImportError::Signer(cert::CertError::UnsupportedKey(
+            "entitlement signer",
+        )))?;
+        let key = leaf.public_key().subject_public_key.data.to_vec();
+        let verified = signed.verify(alg, &key, &[]).map_err(ImportError::from)?;
+        let ka = self.keys.open_key_agreement(&KeyRef::parse(
+            &self.store.key_ref(Profile::SiteIdentityKeyAgreement)?,
+        )?)?;
+        let plaintext = verified
+            .open(ka.as_ref(), site_id.as_str().as_bytes())
+            .map_err(ImportError::from)?;
+        match Entitlement::from_cbor(&plaintext)
+            .map_err(ImportError::from)?
+            .action
+        {
+            Action::Grant(g) => Ok(Some(g)),
+            Action::Amend(_) => Ok(None),
+        }
+    }
 }
 
 /// What `site import` applied.
@@ -137,6 +228,7 @@ fn status_of(st: &GrantState, issued: u64, now: i64) -> GrantStatus {
         serial_ranges: g.serial_ranges.clone(),
         stations: g.stations.clone(),
         device_data: g.device_data.clone(),
+        firmware: firmware_of(g),
         last_sequence: st.last_sequence,
     }
 }
@@ -209,6 +301,7 @@ impl Site {
         entitlement::check_applicable(&e, &site_id, last, now.unix_timestamp()).map_err(ImportError::from)?;
         let amended = match &e.action {
             Action::Grant(g) => {
+                check_hq_keys(g).map_err(ImportError::from)?;
                 if self.store.grant(&g.entitlement_id)?.is_some() {
                     return Err(ImportError::Payload(EntitlementError::DuplicateId(
                         g.entitlement_id.clone(),
@@ -243,7 +336,8 @@ impl Site {
             (Action::Grant(g), _) => (
                 "grant",
                 GrantState {
-                    grant: g.clone(),
+                    // Private keys and secrets stay only in the sealed package.
+                    grant: g.redacted(),
                     status: Status::Active,
                     last_sequence: e.sequence,
                 },
@@ -353,6 +447,16 @@ impl crate::SiteStore {
                 "INSERT INTO packages (sequence, entitlement_id, action, sha256, sealed, applied_at)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 params![sequence as i64, id, action, sha256.as_slice(), sealed, ts],
+            )?;
+            crate::log::append_one(
+                tx,
+                crate::unix_ms(now),
+                stamp_core::audit::Event::EntitlementApplied {
+                    entitlement_id: id.clone(),
+                    sequence,
+                    action: action.to_owned(),
+                    package_sha256: serde_bytes::ByteBuf::from(sha256.to_vec()),
+                },
             )?;
             tx.execute(
                 "INSERT INTO entitlements (entitlement_id, state_json, issued, applied_at, updated_at)

@@ -3,7 +3,10 @@
 //! State lives in a site directory: `stamp-site.db` (SQLite), `keys/` (the key store),
 //! `request.json` (a copy of the enrollment request) and, once installed, `certs/`.
 
+pub mod engine;
 pub mod entitlements;
+pub mod export;
+pub mod log;
 mod store;
 
 use std::fs;
@@ -15,8 +18,7 @@ use stamp_core::ceremony::{
 use stamp_core::key::{KeyAgreementAlgorithm, SignatureAlgorithm};
 use stamp_core::profile::Profile;
 use stamp_core::{cert, fingerprint, SiteId};
-use stamp_keys::soft::SoftKeyStore;
-use stamp_keys::{KeyRef, KeyStore, KeyStoreError, Passphrase};
+use stamp_keys::{KeyConfig, KeyRef, KeyStore, KeyStoreError, Keys};
 use stamp_store::{StagingDir, StoreError};
 use time::OffsetDateTime;
 
@@ -55,6 +57,12 @@ pub enum SiteError {
     /// Stored JSON could not be read or written.
     #[error("site database holds malformed data")]
     Json(#[from] serde_json::Error),
+    /// The stored audit log is inconsistent (disk corruption or tampering).
+    #[error("the site's audit log is inconsistent ({0}); do not issue until it is investigated")]
+    CorruptLog(&'static str),
+    /// The audit export failed.
+    #[error("audit export failed: {0}")]
+    Export(String),
     /// A file operation failed.
     #[error("cannot write {path}")]
     Io {
@@ -63,6 +71,11 @@ pub enum SiteError {
         /// The cause.
         source: std::io::Error,
     },
+}
+
+/// Unix milliseconds of a time.
+pub fn unix_ms(t: OffsetDateTime) -> i64 {
+    (t.unix_timestamp_nanos() / 1_000_000) as i64
 }
 
 pub(crate) fn sql(e: stamp_store::rusqlite::Error) -> SiteError {
@@ -97,16 +110,18 @@ pub struct InitReport {
 
 /// Creates a site directory: the identity signing, identity key-agreement and issuing CA keys,
 /// the database, and the enrollment request (written to `request_out` and kept in the directory).
+/// New keys go where `keys` says (the software store in the directory, or a PKCS#11 token).
 pub fn init(
     dir: &Path,
     site_id: &SiteId,
-    passphrase: Passphrase,
+    keys: impl Into<KeyConfig>,
     request_out: &Path,
     now: OffsetDateTime,
 ) -> Result<InitReport, SiteError> {
     let staging = StagingDir::new(dir)?;
     let base = staging.path();
-    let keys = SoftKeyStore::new(base, passphrase);
+    let keys = stamp_keys::open_store(base, keys.into());
+    let new_keys = keys.guard_new_keys();
     let (id_ref, id_key) = keys.generate_signer(
         Profile::SiteIdentitySigning.name(),
         SignatureAlgorithm::EcdsaP256Sha256,
@@ -135,6 +150,7 @@ pub fn init(
         let _ = fs::remove_file(request_out);
         return Err(e.into());
     }
+    new_keys.keep();
     Ok(InitReport {
         dir: dir.to_owned(),
         site_id: site_id.clone(),
@@ -159,12 +175,13 @@ pub struct InstallReport {
 pub struct Site {
     dir: PathBuf,
     store: SiteStore,
-    keys: SoftKeyStore,
+    keys: Keys,
 }
 
 impl Site {
-    /// Opens a site directory; the passphrase unlocks its key store.
-    pub fn open(dir: &Path, passphrase: Passphrase) -> Result<Self, SiteError> {
+    /// Opens a site directory; its keys are opened by the references in its database, with the
+    /// passphrase or the PKCS#11 module and PIN from `keys`.
+    pub fn open(dir: &Path, keys: impl Into<KeyConfig>) -> Result<Self, SiteError> {
         let db = dir.join(DB_FILE);
         if !db.is_file() {
             return Err(SiteError::NotSiteDir(dir.to_owned()));
@@ -172,7 +189,7 @@ impl Site {
         Ok(Site {
             dir: dir.to_owned(),
             store: SiteStore::open(&db)?,
-            keys: SoftKeyStore::new(dir, passphrase),
+            keys: stamp_keys::open_store(dir, keys.into()),
         })
     }
 

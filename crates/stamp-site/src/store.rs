@@ -55,6 +55,52 @@ const MIGRATIONS: &[Migration] = &[
         );
     ",
     },
+    Migration {
+        version: 3,
+        sql: "
+        -- The audit log: each entry's CBOR (the Merkle leaf) and its leaf hash.
+        CREATE TABLE log_entries (
+            idx INTEGER PRIMARY KEY,
+            time_ms INTEGER NOT NULL,
+            entry BLOB NOT NULL,
+            leaf_hash BLOB NOT NULL
+        );
+        -- The Merkle frontier after the last entry (stamp_core::merkle::Frontier bytes).
+        CREATE TABLE log_state (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            frontier BLOB NOT NULL,
+            last_time_ms INTEGER NOT NULL
+        );
+        INSERT INTO log_state (id, frontier, last_time_ms) VALUES (1, X'0000000000000000', 0);
+        -- Every device certificate issued; serials and keys are unique across the site.
+        CREATE TABLE devices (
+            device_serial INTEGER PRIMARY KEY,
+            entitlement_id TEXT NOT NULL,
+            cert_sha256 BLOB NOT NULL,
+            spki_sha256 BLOB NOT NULL UNIQUE,
+            certificate BLOB NOT NULL,
+            issued_ms INTEGER NOT NULL,
+            station TEXT NOT NULL,
+            log_index INTEGER NOT NULL,
+            hq_key_index INTEGER
+        );
+        CREATE INDEX devices_by_grant_time ON devices (entitlement_id, issued_ms);
+        -- Signed checkpoints the site made, and its exports.
+        CREATE TABLE checkpoints (
+            size INTEGER PRIMARY KEY,
+            root BLOB NOT NULL,
+            note TEXT NOT NULL,
+            made_ms INTEGER NOT NULL
+        );
+        CREATE TABLE exports (
+            bundle_id BLOB PRIMARY KEY,
+            previous_size INTEGER NOT NULL,
+            size INTEGER NOT NULL,
+            root BLOB NOT NULL,
+            made_ms INTEGER NOT NULL
+        );
+    ",
+    },
 ];
 
 pub(crate) fn ts(t: OffsetDateTime) -> String {
@@ -99,6 +145,16 @@ impl SiteStore {
     /// The database, for transactions of the role's modules.
     pub(crate) fn db_mut(&mut self) -> &mut Database {
         &mut self.db
+    }
+
+    /// Checks the whole audit log (see `stamp site verify-log`); returns its size and root.
+    pub fn verify_log(&self) -> Result<(u64, stamp_core::merkle::Hash), crate::SiteError> {
+        crate::log::verify(self.db.conn())
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        self.db.path()
     }
 
     /// The site's ID.

@@ -121,6 +121,11 @@ impl Database {
         })
     }
 
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// The connection, for the role's typed store.
     pub fn conn(&self) -> &Connection {
         &self.conn

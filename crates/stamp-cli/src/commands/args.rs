@@ -45,6 +45,18 @@ pub fn parse_key_value(s: &str) -> Result<(String, String), String> {
     Ok((k.to_owned(), v.to_owned()))
 }
 
+/// Parses `NAME:BYTES` (a secret's name and length, 1 to 256 bytes).
+pub fn parse_secret(s: &str) -> Result<(String, usize), String> {
+    let (name, len) = s.rsplit_once(':').ok_or("expected NAME:BYTES")?;
+    let len: usize = len
+        .parse()
+        .map_err(|_| format!("{len:?} is not a number of bytes"))?;
+    if name.is_empty() || name.len() > 64 || !(1..=256).contains(&len) {
+        return Err("a secret needs a name of 1-64 characters and 1 to 256 bytes".into());
+    }
+    Ok((name.to_owned(), len))
+}
+
 /// Device key types on the command line.
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
 pub enum KeyTypeArg {
@@ -91,5 +103,7 @@ mod tests {
         assert!(parse_time("tomorrow").is_err());
         assert_eq!(parse_key_value("a=b=c").unwrap(), ("a".into(), "b=c".into()));
         assert!(parse_key_value("=x").is_err());
+        assert_eq!(parse_secret("flash-key:32").unwrap(), ("flash-key".into(), 32));
+        assert!(parse_secret("x:0").is_err() && parse_secret("x:257").is_err() && parse_secret("x").is_err());
     }
 }

@@ -10,7 +10,7 @@ use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use base64::Engine as _;
 use serde::Serialize;
 use stamp_core::{fingerprint, SiteId};
-use stamp_keys::Passphrase;
+use stamp_keys::{KeyConfig, Passphrase, StoreTarget};
 
 use crate::output::emit;
 use crate::Globals;
@@ -35,6 +35,11 @@ pub struct Args {
     /// Device quota of the demo entitlement.
     #[arg(long, value_name = "N", default_value = "1000")]
     quota: u64,
+    /// Where HQ and the site create their keys: `file:` (encrypted files) or a PKCS#11 token,
+    /// `pkcs11:token=LABEL`, for both (module and PIN from --pkcs11-module and
+    /// --pkcs11-pin-file; see docs/hsm.md).
+    #[arg(long, value_name = "STORE", default_value = "file:")]
+    key_store: StoreTarget,
 }
 
 #[derive(Serialize)]
@@ -136,18 +141,24 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
     let request_path = dir.join("site-request.json");
     let creds_path = dir.join("site-credentials.json");
     let now = super::now;
+    let keys = |creating: bool| -> anyhow::Result<KeyConfig> {
+        Ok(KeyConfig {
+            new_keys: if creating {
+                a.key_store.clone()
+            } else {
+                StoreTarget::File
+            },
+            passphrase: Passphrase::from_file(&pass_file)?.into(),
+            pkcs11: super::pkcs11_config(g),
+        })
+    };
 
     let hq_init = n.step("HQ: create the OEM root CA and the HQ authority", || {
         let opts = stamp_hq::InitOptions {
             org: a.org.clone(),
             root_algorithm: stamp_core::key::SignatureAlgorithm::EcdsaP384Sha384,
         };
-        Ok(stamp_hq::init(
-            &hq_dir,
-            &opts,
-            Passphrase::from_file(&pass_file)?,
-            now(),
-        )?)
+        Ok(stamp_hq::init(&hq_dir, &opts, keys(true)?, now())?)
     })?;
     n.say(format!(
         "OEM root {} (SHA-256 {})",
@@ -159,7 +170,7 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
         Ok(stamp_site::init(
             &site_dir,
             &a.site_id,
-            Passphrase::from_file(&pass_file)?,
+            keys(true)?,
             &request_path,
             now(),
         )?)
@@ -172,7 +183,7 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
 
     let enrolled = n.step("HQ: verify the request and issue the site's certificates", || {
         let request = stamp_hq::read_request(&std::fs::read(&request_path)?)?;
-        let mut hq = stamp_hq::Hq::open(&hq_dir, Passphrase::from_file(&pass_file)?)?;
+        let mut hq = stamp_hq::Hq::open(&hq_dir, keys(false)?)?;
         Ok(hq.enroll_site(&request, Some(&site_init.request_fingerprint), &creds_path, now())?)
     })?;
     n.say(format!("credentials {}", enrolled.credentials.display()));
@@ -181,7 +192,7 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
     let installed = n.step(
         "Site: verify the credentials against the pinned root and install them",
         || {
-            let mut site = stamp_site::Site::open(&site_dir, Passphrase::from_file(&pass_file)?)?;
+            let mut site = stamp_site::Site::open(&site_dir, keys(false)?)?;
             let creds = site.verify_credentials(&std::fs::read(&creds_path)?, Some(&pin), now())?;
             Ok(site.install(&creds, now())?)
         },
@@ -193,7 +204,7 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
 
     let package = dir.join("entitlement-1.cose");
     let granted = n.step("HQ: grant the site a production run, sealed to the site", || {
-        let mut hq = stamp_hq::Hq::open(&hq_dir, Passphrase::from_file(&pass_file)?)?;
+        let mut hq = stamp_hq::Hq::open(&hq_dir, keys(false)?)?;
         let org = hq.store().org()?;
         let start = now();
         let req = stamp_hq::entitle::GrantRequest {
@@ -218,6 +229,8 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
                 organization: org,
             },
             stations: vec![],
+            hq_keys: None,
+            firmware: vec![],
             device_data: [(
                 "cloud_endpoint".to_owned(),
                 "mqtts://iot.example.com:8883".to_owned(),
@@ -236,7 +249,7 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
     let applied = n.step(
         "Site: verify the entitlement (HQ's signature, addressed here, in order) and apply it",
         || {
-            let mut site = stamp_site::Site::open(&site_dir, Passphrase::from_file(&pass_file)?)?;
+            let mut site = stamp_site::Site::open(&site_dir, keys(false)?)?;
             let v = site.verify_entitlement(&std::fs::read(&package)?, now())?;
             Ok(site.apply_entitlement(v, now())?)
         },

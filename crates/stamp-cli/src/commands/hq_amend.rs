@@ -57,8 +57,7 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
             "nothing to change: give --add-quota, --not-before, --not-after, --suspend, --resume or --revoke"
         );
     }
-    let pass = super::passphrase(g, false)?;
-    let mut hq = stamp_hq::Hq::open(&a.dir, pass)?;
+    let mut hq = stamp_hq::Hq::open(&a.dir, super::keys(g))?;
     let req = AmendRequest {
         entitlement_id: a.entitlement,
         add_quota: a.add_quota,

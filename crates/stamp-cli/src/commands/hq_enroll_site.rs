@@ -46,8 +46,7 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
             "pass --fingerprint FINGERPRINT (or --yes if you compared it some other way)",
         )?;
     }
-    let pass = super::passphrase(g, false)?;
-    let mut hq = stamp_hq::Hq::open(&a.dir, pass)?;
+    let mut hq = stamp_hq::Hq::open(&a.dir, super::keys(g))?;
     let r = hq.enroll_site(&request, a.fingerprint.as_deref(), &a.out, super::now())?;
     emit(g.json, &r, || {
         println!(

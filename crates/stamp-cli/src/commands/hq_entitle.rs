@@ -8,7 +8,7 @@ use stamp_core::entitlement::{DeviceKeyType, DeviceProfile, Product, RatePeriod}
 use stamp_core::SiteId;
 use stamp_hq::entitle::GrantRequest;
 
-use super::args::{parse_key_value, parse_rate, parse_time, KeyTypeArg};
+use super::args::{parse_key_value, parse_rate, parse_secret, parse_time, KeyTypeArg};
 use crate::output::emit;
 use crate::Globals;
 
@@ -61,6 +61,19 @@ pub struct Args {
     /// Data every device receives with its certificate, e.g. `--device-data cloud_endpoint=mqtts://iot.example.com:8883` (repeatable).
     #[arg(long = "device-data", value_name = "KEY=VALUE", value_parser = parse_key_value)]
     device_data: Vec<(String, String)>,
+    /// For devices that cannot make their own keys: HQ generates one key of this type per device
+    /// of the quota (p256, p384 or ed25519) and seals them in the package; the site hands each out
+    /// once (`stamp site hand-out`). HQ keeps only their public-key hashes.
+    #[arg(long, value_name = "TYPE", value_enum)]
+    hq_keys: Option<KeyTypeArg>,
+    /// With --hq-keys: a random per-device secret to generate, NAME:BYTES (repeatable), e.g.
+    /// `--secret flash-encryption-key:32`.
+    #[arg(long = "secret", value_name = "NAME:BYTES", value_parser = parse_secret, requires = "hq_keys")]
+    secrets: Vec<(String, usize)>,
+    /// A firmware release the site may program under this entitlement, `VERSION` or
+    /// `VERSION@FORMAT` as recorded by `stamp hq sign-firmware` (repeatable).
+    #[arg(long = "firmware", value_name = "VERSION[@FORMAT]")]
+    firmware: Vec<String>,
     /// Where to write the sealed package.
     #[arg(short = 'o', long = "out", value_name = "FILE")]
     out: PathBuf,
@@ -98,8 +111,7 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
             bail!("--rate given twice for per-{}", period.name());
         }
     }
-    let pass = super::passphrase(g, false)?;
-    let mut hq = stamp_hq::Hq::open(&a.dir, pass)?;
+    let mut hq = stamp_hq::Hq::open(&a.dir, super::keys(g))?;
     let org = hq.store().org()?;
     let mut key_types: Vec<DeviceKeyType> = a.key_types.into_iter().map(DeviceKeyType::from).collect();
     key_types.sort();
@@ -122,6 +134,11 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
         },
         stations: a.stations,
         device_data: a.device_data.into_iter().collect(),
+        firmware: a.firmware,
+        hq_keys: a.hq_keys.map(|k| stamp_hq::entitle::HqKeys {
+            key_type: DeviceKeyType::from(k),
+            secrets: a.secrets,
+        }),
     };
     let r = hq.entitle(&req, &a.out, now)?;
     emit(g.json, &r, || {

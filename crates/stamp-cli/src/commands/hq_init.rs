@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::ValueEnum;
 use stamp_core::key::SignatureAlgorithm;
 use stamp_hq::InitOptions;
+use stamp_keys::StoreTarget;
 
 use crate::output::emit;
 use crate::Globals;
@@ -32,11 +33,16 @@ pub struct Args {
     /// OEM root key algorithm.
     #[arg(long, value_enum, default_value = "p384")]
     root_key: RootKey,
+    /// Where to create the keys: `file:` (passphrase-encrypted files in DIR/keys) or a PKCS#11
+    /// token, `pkcs11:token=LABEL` (module and PIN from --pkcs11-module and --pkcs11-pin-file;
+    /// see docs/hsm.md).
+    #[arg(long, value_name = "STORE", default_value = "file:")]
+    key_store: StoreTarget,
 }
 
 /// Runs `stamp hq init`.
 pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
-    let pass = super::passphrase(g, true)?;
+    let keys = super::new_keys(g, a.key_store.clone());
     let opts = InitOptions {
         org: a.org,
         root_algorithm: match a.root_key {
@@ -44,9 +50,10 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
             RootKey::P256 => SignatureAlgorithm::EcdsaP256Sha256,
         },
     };
-    let r = stamp_hq::init(&a.dir, &opts, pass, super::now())?;
+    let r = stamp_hq::init(&a.dir, &opts, keys, super::now())?;
     emit(g.json, &r, || {
         println!("Created HQ directory {} for {}", r.dir.display(), r.org);
+        println!("Keys in: {}", a.key_store);
         println!("OEM root certificate:  {}", r.root_cert.display());
         println!(
             "HQ authority (signing): {}",

@@ -91,7 +91,7 @@ impl ProgressLine {
 
 /// Runs `stamp hq reconcile`.
 pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
-    let pass = super::passphrase(g, false)?;
+    let pass = super::keys(g);
     let mut hq = stamp_hq::Hq::open(&a.dir, pass)?;
     let file = File::open(&a.bundle).with_context(|| format!("cannot open {}", a.bundle.display()))?;
     let mut progress = ProgressLine {

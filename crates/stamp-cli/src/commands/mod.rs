@@ -2,25 +2,34 @@
 
 pub mod args;
 pub mod demo;
+pub mod device_verify_firmware;
+pub mod hq_add_firmware_key;
 pub mod hq_amend;
 pub mod hq_devices;
 pub mod hq_enroll_site;
 pub mod hq_entitle;
 pub mod hq_entitlements;
+pub mod hq_firmware;
+pub mod hq_firmware_key_digest;
 pub mod hq_init;
 pub mod hq_reconcile;
+pub mod hq_sign_firmware;
 pub mod hq_sites;
+pub mod site_export_audit;
+pub mod site_hand_out;
 pub mod site_import;
 pub mod site_init;
 pub mod site_install;
+pub mod site_issue;
 pub mod site_status;
+pub mod site_verify_log;
 
 use std::io::Read;
 use std::path::Path;
 
 use anyhow::{bail, Context};
 use clap::Subcommand;
-use stamp_keys::Passphrase;
+use stamp_keys::{KeyConfig, PassphraseSource, PinSource, Pkcs11Config, StoreTarget};
 
 use crate::Globals;
 
@@ -39,6 +48,15 @@ pub enum HqCommand {
     Amend(hq_amend::Args),
     /// List entitlements.
     Entitlements(hq_entitlements::Args),
+    /// Create a named firmware-signing key with a code-signing certificate under the OEM root.
+    AddFirmwareKey(hq_add_firmware_key::Args),
+    /// Sign a firmware release (MCUboot image or ESP32 Secure Boot V2) and record it.
+    #[command(disable_version_flag = true)]
+    SignFirmware(Box<hq_sign_firmware::Args>),
+    /// List firmware keys and signed releases.
+    Firmware(hq_firmware::Args),
+    /// Write a firmware key's ESP32 Secure Boot V2 eFuse digest.
+    FirmwareKeyDigest(hq_firmware_key_digest::Args),
     // About text: the doc comment of `hq_reconcile::Args` (short and long help).
     Reconcile(hq_reconcile::Args),
     // About text: the doc comment of `hq_devices::Args`.
@@ -56,6 +74,14 @@ pub enum SiteCommand {
     Import(site_import::Args),
     /// Show entitlements with quota used and remaining, rates and windows.
     Status(site_status::Args),
+    /// Issue device certificates from CSR files, offline, with a progress bar.
+    Issue(site_issue::Args),
+    /// Hand out HQ-generated device keys with their certificates, each at most once.
+    HandOut(site_hand_out::Args),
+    /// Export the audit log (signed, encrypted to HQ) with a checkpoint and consistency proof.
+    ExportAudit(site_export_audit::Args),
+    /// Check the site's own audit log for consistency.
+    VerifyLog(site_verify_log::Args),
 }
 
 /// Runs an HQ command.
@@ -69,6 +95,24 @@ pub fn run_hq(cmd: HqCommand, g: &Globals) -> anyhow::Result<()> {
         HqCommand::Entitlements(a) => hq_entitlements::run(a, g),
         HqCommand::Reconcile(a) => hq_reconcile::run(a, g),
         HqCommand::Devices(a) => hq_devices::run(a, g),
+        HqCommand::AddFirmwareKey(a) => hq_add_firmware_key::run(a, g),
+        HqCommand::SignFirmware(a) => hq_sign_firmware::run(*a, g),
+        HqCommand::Firmware(a) => hq_firmware::run(a, g),
+        HqCommand::FirmwareKeyDigest(a) => hq_firmware_key_digest::run(a, g),
+    }
+}
+
+/// `stamp device ...`
+#[derive(Subcommand, Debug)]
+pub enum DeviceCommand {
+    /// Verify a signed firmware image as the device's bootloader would.
+    VerifyFirmware(device_verify_firmware::Args),
+}
+
+/// Runs a device command.
+pub fn run_device(cmd: DeviceCommand, g: &Globals) -> anyhow::Result<()> {
+    match cmd {
+        DeviceCommand::VerifyFirmware(a) => device_verify_firmware::run(a, g),
     }
 }
 
@@ -79,12 +123,50 @@ pub fn run_site(cmd: SiteCommand, g: &Globals) -> anyhow::Result<()> {
         SiteCommand::Install(a) => site_install::run(a, g),
         SiteCommand::Import(a) => site_import::run(a, g),
         SiteCommand::Status(a) => site_status::run(a, g),
+        SiteCommand::Issue(a) => site_issue::run(a, g),
+        SiteCommand::ExportAudit(a) => site_export_audit::run(a, g),
+        SiteCommand::HandOut(a) => site_hand_out::run(a, g),
+        SiteCommand::VerifyLog(a) => site_verify_log::run(a, g),
     }
 }
 
-/// The key store passphrase from `--passphrase-file`, `$STAMP_PASSPHRASE_FILE` or a prompt.
-pub fn passphrase(g: &Globals, creating: bool) -> anyhow::Result<Passphrase> {
-    Ok(Passphrase::obtain(g.passphrase_file.as_deref(), creating)?)
+/// How to open a role's existing keys, each by the reference in its database: the passphrase
+/// (`--passphrase-file`, `$STAMP_PASSPHRASE_FILE` or a prompt) is asked for only if a software key
+/// is used, the PKCS#11 module and PIN only if a token key is.
+pub fn keys(g: &Globals) -> KeyConfig {
+    KeyConfig {
+        new_keys: StoreTarget::File,
+        passphrase: PassphraseSource::Obtain {
+            file: g.passphrase_file.clone(),
+            creating: false,
+        },
+        pkcs11: pkcs11_config(g),
+    }
+}
+
+/// Like [`keys`], for a command that creates keys in `target` (`--key-store`).
+pub fn new_keys(g: &Globals, target: StoreTarget) -> KeyConfig {
+    KeyConfig {
+        new_keys: target,
+        passphrase: PassphraseSource::Obtain {
+            file: g.passphrase_file.clone(),
+            creating: true,
+        },
+        pkcs11: pkcs11_config(g),
+    }
+}
+
+/// The PKCS#11 module and PIN from `--pkcs11-module` and `--pkcs11-pin-file` (else their
+/// environment variables).
+pub fn pkcs11_config(g: &Globals) -> Pkcs11Config {
+    Pkcs11Config {
+        module: g.pkcs11_module.clone(),
+        pin: g
+            .pkcs11_pin_file
+            .clone()
+            .map_or(PinSource::Default, PinSource::File),
+        ..Default::default()
+    }
 }
 
 /// Reads a file of at most `max` bytes.

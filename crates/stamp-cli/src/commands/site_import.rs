@@ -23,8 +23,7 @@ pub struct Args {
 /// Runs `stamp site import`.
 pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
     let bytes = super::read_bounded(&a.package, MAX_PACKAGE)?;
-    let pass = super::passphrase(g, false)?;
-    let mut site = stamp_site::Site::open(&a.dir, pass)?;
+    let mut site = stamp_site::Site::open(&a.dir, super::keys(g))?;
     let now = super::now();
     let verified = site.verify_entitlement(&bytes, now)?;
     let r = site.apply_entitlement(verified, now)?;

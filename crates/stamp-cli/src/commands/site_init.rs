@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use stamp_core::SiteId;
+use stamp_keys::StoreTarget;
 
 use crate::output::emit;
 use crate::Globals;
@@ -21,18 +22,24 @@ pub struct Args {
     /// Where to write the request file.
     #[arg(short = 'o', long = "out", value_name = "REQUEST")]
     out: PathBuf,
+    /// Where to create the keys: `file:` (passphrase-encrypted files in DIR/keys) or a PKCS#11
+    /// token, `pkcs11:token=LABEL` (module and PIN from --pkcs11-module and --pkcs11-pin-file;
+    /// see docs/hsm.md).
+    #[arg(long, value_name = "STORE", default_value = "file:")]
+    key_store: StoreTarget,
 }
 
 /// Runs `stamp site init`.
 pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
-    let pass = super::passphrase(g, true)?;
-    let r = stamp_site::init(&a.dir, &a.site_id, pass, &a.out, super::now())?;
+    let keys = super::new_keys(g, a.key_store.clone());
+    let r = stamp_site::init(&a.dir, &a.site_id, keys, &a.out, super::now())?;
     emit(g.json, &r, || {
         println!(
             "Created site directory {} for site {}",
             r.dir.display(),
             r.site_id
         );
+        println!("Keys in: {}", a.key_store);
         println!("Request for HQ: {}", r.request.display());
         println!(
             "Request fingerprint (read this out to HQ): {}",

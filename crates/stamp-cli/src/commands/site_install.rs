@@ -40,8 +40,7 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
         None => None,
     };
     let bytes = super::read_bounded(&a.credentials, MAX_FILE)?;
-    let pass = super::passphrase(g, false)?;
-    let mut site = stamp_site::Site::open(&a.dir, pass)?;
+    let mut site = stamp_site::Site::open(&a.dir, super::keys(g))?;
     let now = super::now();
     let creds = site.verify_credentials(&bytes, pin.as_ref(), now)?;
     if pin.is_none() && !a.yes {

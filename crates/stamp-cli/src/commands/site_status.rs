@@ -74,6 +74,12 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
                 e.not_after,
                 if e.in_window { "" } else { " (outside window)" }
             );
+            for f in &e.firmware {
+                println!(
+                    "  firmware {} ({}, key {}, sha256 {})",
+                    f.version, f.format, f.key, f.sha256
+                );
+            }
         }
     })
 }

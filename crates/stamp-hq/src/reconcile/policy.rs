@@ -167,6 +167,8 @@ mod tests {
                 },
                 stations: vec![],
                 device_data: BTreeMap::new(),
+                device_keys: vec![],
+                firmware: vec![],
             },
             status: Status::Active,
             last_sequence: 1,

@@ -1,0 +1,53 @@
+//! `stamp hq firmware`
+
+use std::path::PathBuf;
+
+use crate::output::emit;
+use crate::Globals;
+
+/// List the firmware keys (with their MCUboot key hash and ESP32 eFuse digest) and every signed
+/// release (version, format, key, digests, time).
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// HQ directory.
+    #[arg(long, value_name = "DIR")]
+    dir: PathBuf,
+}
+
+/// Runs `stamp hq firmware`.
+pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
+    let db = a.dir.join(stamp_hq::DB_FILE);
+    if !db.is_file() {
+        return Err(stamp_hq::HqError::NotHqDir(a.dir).into());
+    }
+    let store = stamp_hq::HqStore::open(&db)?;
+    let keys = stamp_hq::firmware::keys(&a.dir, &store)?;
+    let releases = stamp_hq::firmware::releases(&store)?;
+    emit(
+        g.json,
+        &serde_json::json!({ "keys": keys, "releases": releases }),
+        || {
+            if keys.is_empty() {
+                println!("No firmware keys.");
+            }
+            for k in &keys {
+                println!(
+                    "key {}\t{}\t{}\tpublic key {}",
+                    k.name,
+                    k.algorithm,
+                    k.formats.join(","),
+                    k.public_key.display()
+                );
+            }
+            if releases.is_empty() {
+                println!("No releases.");
+            }
+            for r in &releases {
+                println!(
+                    "release {}\t{}\tkey {}\tsha256 {}\t{}",
+                    r.version, r.format, r.key, r.sha256, r.signed_at
+                );
+            }
+        },
+    )
+}
