@@ -1101,3 +1101,137 @@ fn violations_do_not_stop_the_log_and_the_report_is_bounded() {
     assert!(text.contains("VIOLATIONS:"), "{text}");
     assert!(text.contains("serial-reused [plant-7.1]"), "{text}");
 }
+
+// --- end to end with the real site -------------------------------------------------------------
+
+fn p256_csrs(dir: &Path, n: usize) {
+    std::fs::create_dir_all(dir).unwrap();
+    for i in 0..n {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let csr = rcgen::CertificateParams::new(vec![])
+            .unwrap()
+            .serialize_request(&key)
+            .unwrap();
+        std::fs::write(dir.join(format!("d{i}.der")), csr.der()).unwrap();
+    }
+}
+
+/// HQ entitles, the site issues under quota and refuses beyond it, hands out HQ-generated keys,
+/// exports; HQ reconciles to a clean report; again after a top-up, from where it left off.
+#[test]
+fn the_real_sites_exports_reconcile_clean() {
+    let c = ceremony(true);
+    let hq = s(&c.hq);
+    let site = s(&c.site);
+    let tmp = c.tmp.path();
+    let entitle = |args: &[&str], name: &str| {
+        let pkg = tmp.join(name);
+        let mut all = vec!["hq"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--dir", hq, "-o", s(&pkg)]);
+        stamp_json(&c.pass, &all);
+        stamp_json(&c.pass, &["site", "import", "--dir", site, s(&pkg)]);
+    };
+    entitle(
+        &[
+            "entitle",
+            "--site",
+            "plant-7",
+            "--product",
+            "thermo-2",
+            "--quota",
+            "3",
+            "--rate",
+            "100/minute",
+        ],
+        "a.cose",
+    );
+    entitle(
+        &[
+            "entitle",
+            "--site",
+            "plant-7",
+            "--product",
+            "lock-1",
+            "--quota",
+            "2",
+            "--hq-keys",
+            "ed25519",
+            "--key-types",
+            "ed25519",
+            "--secret",
+            "flash-key:32",
+        ],
+        "b.cose",
+    );
+    let csrs = tmp.join("csrs");
+    p256_csrs(&csrs, 4);
+    let issue = |dir: &Path, out: &str| {
+        stamp(
+            &c.pass,
+            &[
+                "--json",
+                "site",
+                "issue",
+                "--dir",
+                site,
+                "--entitlement",
+                "plant-7.1",
+                "--csr",
+                s(dir),
+                "-o",
+                s(&tmp.join(out)),
+            ],
+        )
+    };
+    let o = issue(&csrs, "out1");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["issued"], 3, "{v}");
+    let o = stamp(
+        &c.pass,
+        &[
+            "--json",
+            "site",
+            "hand-out",
+            "--dir",
+            site,
+            "--entitlement",
+            "plant-7.2",
+            "--count",
+            "2",
+            "-o",
+            s(&tmp.join("keys")),
+        ],
+    );
+    assert!(o.status.success(), "{}", lossy(&o.stdout));
+
+    let b1 = tmp.join("b1.bundle");
+    stamp_json(&c.pass, &["site", "export-audit", "--dir", site, "-o", s(&b1)]);
+    let r = stamp_json(&c.pass, &["hq", "reconcile", "--dir", hq, s(&b1)]);
+    assert_eq!(r["ok"], true, "{r:#}");
+    assert_eq!(r["devices_issued"], 5);
+    assert_eq!(r["devices_recorded"], 5);
+    assert_eq!(r["entitlements_applied"], 2);
+    assert_eq!(r["refusals_by_reason"]["quota-exhausted"], 1, "{r:#}");
+
+    // Top up, issue two more, export again: the second bundle extends the first.
+    entitle(
+        &["amend", "--entitlement", "plant-7.1", "--add-quota", "2"],
+        "c.cose",
+    );
+    let more = tmp.join("more");
+    p256_csrs(&more, 2);
+    let o = issue(&more, "out2");
+    assert!(o.status.success(), "{}", lossy(&o.stdout));
+    let b2 = tmp.join("b2.bundle");
+    stamp_json(&c.pass, &["site", "export-audit", "--dir", site, "-o", s(&b2)]);
+    let r2 = stamp_json(&c.pass, &["hq", "reconcile", "--dir", hq, s(&b2)]);
+    assert_eq!(r2["ok"], true, "{r2:#}");
+    assert_eq!(r2["previous"]["size"], r["checkpoint"]["size"]);
+    assert_eq!(r2["devices_recorded"], 2);
+    assert_eq!(r2["entitlements_applied"], 1);
+    let d = stamp_json(&c.pass, &["hq", "devices", "--dir", hq]);
+    assert_eq!(d["count"], 7);
+    // Replaying the first is refused.
+    stamp_fails(&c.pass, &["hq", "reconcile", "--dir", hq, s(&b1)], "replayed");
+}

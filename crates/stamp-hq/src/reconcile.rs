@@ -29,7 +29,7 @@ use stamp_core::audit::{
 use stamp_core::cert::{self, CertError};
 use stamp_core::checkpoint::{self, CheckpointError};
 use stamp_core::device::{self, DeviceCertError};
-use stamp_core::entitlement::{self, Action, Entitlement, GrantState, RatePeriod, Status};
+use stamp_core::entitlement::{self, Action, GrantState, RatePeriod, Status};
 use stamp_core::envelope::{self, EnvelopeError};
 use stamp_core::fingerprint::sha256;
 use stamp_core::key::{KeyAgreement, SignatureAlgorithm};
@@ -899,7 +899,7 @@ impl Run<'_> {
         let Some(db::Package {
             entitlement_id: pkg_id,
             action: pkg_action,
-            payload,
+            entitlement: e,
             sealed,
         }) = db::package(self.tx, self.site, sequence)?
         else {
@@ -931,7 +931,6 @@ impl Run<'_> {
                 )
             });
         }
-        let e = Entitlement::from_cbor(&payload)?;
         match e.action {
             Action::Grant(g) => {
                 self.grants.entry(id.to_owned()).or_insert_with(|| {
@@ -1005,6 +1004,36 @@ impl Run<'_> {
                 for f in t.issue(time_ms, d.device_serial) {
                     genuine = false;
                     finding(v, &t.state, &id, index, time_ms, f);
+                }
+                // HQ-generated keys: a hand-out names one HQ made for this grant, with its key; a
+                // grant with HQ-generated keys certifies no device's own key.
+                let hq_keys = &t.state.grant.device_keys;
+                match (handed_out, d.hq_key_index) {
+                    (true, Some(k)) => {
+                        let generated = usize::try_from(k)
+                            .ok()
+                            .and_then(|k| hq_keys.get(k))
+                            .is_some_and(|key| key.spki_sha256.as_slice() == d.public_key_sha256.as_slice());
+                        if !generated {
+                            genuine = false;
+                            v.add(ViolationKind::UnknownHqKey, Some(&id), &k.to_string(), index, |n| {
+                                format!(
+                                    "{n} hand-out(s) of HQ key {k} of {id} with a public key HQ did not generate \
+                                     as that key"
+                                )
+                            });
+                        }
+                    }
+                    (false, _) if !hq_keys.is_empty() => {
+                        genuine = false;
+                        v.add(ViolationKind::OwnKeyUnderHqKeys, Some(&id), "", index, |n| {
+                            format!(
+                                "{n} device(s) certified for their own key under {id}, whose devices get \
+                                 HQ-generated keys"
+                            )
+                        });
+                    }
+                    _ => {}
                 }
                 match device::check(&d.certificate, &t.state.grant, self.ca) {
                     Ok(info) => {
