@@ -29,6 +29,7 @@ use stamp_core::SiteId;
 /// | plant-7 | 3   | grant plant-7.3, quota 5, window in 2099             |
 /// | plant-7 | 4   | grant plant-7.4, quota 5                             |
 /// | plant-7 | 5   | amend plant-7.4: suspend                             |
+/// | plant-7 | 6   | grant plant-7.6, 2 HQ-generated Ed25519 keys (handed out by the real site) |
 /// | plant-9 | 1   | grant plant-9.1, quota 10                            |
 struct Base {
     pass: PathBuf,
@@ -37,6 +38,8 @@ struct Base {
     other: SiteKeys,
     packages: HashMap<(String, u64), PathBuf>,
     grants: HashMap<String, Grant>,
+    /// plant-7.6's keys as the real site handed them out: (key index, device serial, certificate).
+    hq_keys: Vec<(u64, u64, Vec<u8>)>,
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -138,6 +141,53 @@ fn build_base() -> Base {
         &["amend", "--entitlement", "plant-7.4", "--suspend"],
     );
     package(
+        "plant-7",
+        6,
+        &c.site,
+        &[
+            "entitle",
+            "--site",
+            "plant-7",
+            "--product",
+            "lock-1",
+            "--quota",
+            "2",
+            "--hq-keys",
+            "ed25519",
+            "--key-types",
+            "ed25519",
+        ],
+    );
+    let handout = c.tmp.path().join("handout");
+    let h = stamp_json(
+        &c.pass,
+        &[
+            "site",
+            "hand-out",
+            "--dir",
+            s(&c.site),
+            "--entitlement",
+            "plant-7.6",
+            "--count",
+            "2",
+            "-o",
+            s(&handout),
+        ],
+    );
+    let hq_keys: Vec<(u64, u64, Vec<u8>)> = h["handed_out"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| {
+            (
+                k["key_index"].as_u64().unwrap(),
+                k["device_serial"].as_u64().unwrap(),
+                pem_der(Path::new(k["certificate"].as_str().unwrap())),
+            )
+        })
+        .collect();
+    assert_eq!(hq_keys.len(), 2);
+    package(
         "plant-9",
         1,
         &other_dir,
@@ -173,7 +223,10 @@ fn build_base() -> Base {
         .collect();
     let mut grants = HashMap::new();
     for (site, ids) in [
-        ("site", &["plant-7.1", "plant-7.2", "plant-7.3", "plant-7.4"][..]),
+        (
+            "site",
+            &["plant-7.1", "plant-7.2", "plant-7.3", "plant-7.4", "plant-7.6"][..],
+        ),
         ("plant-9", &["plant-9.1"][..]),
     ] {
         let store = stamp_site::SiteStore::open(&dir.join(site).join("stamp-site.db")).unwrap();
@@ -189,6 +242,7 @@ fn build_base() -> Base {
         pass,
         packages,
         grants,
+        hq_keys,
     }
 }
 
@@ -947,29 +1001,72 @@ fn a_key_certified_twice_is_reported() {
     assert_eq!(r["violations"].as_array().unwrap().len(), 1, "{r:#}");
 }
 
+/// SubjectPublicKeyInfo of a certificate.
+fn cert_spki(der: &[u8]) -> Vec<u8> {
+    let (_, c) = x509_parser::parse_x509_certificate(der).unwrap();
+    c.public_key().raw.to_vec()
+}
+
+/// A key-handed-out entry for one of plant-7.6's real hand-outs, naming HQ key `index`.
+fn hand_out(t: &T, log: &mut SiteLog, which: usize, index: u64) -> u64 {
+    let (_, serial, cert) = t.b.hq_keys[which].clone();
+    let spki = cert_spki(&cert);
+    log.push(Event::KeyHandedOut(SiteLog::record(
+        "plant-7.6",
+        serial,
+        cert,
+        &spki,
+        Some(index),
+    )))
+}
+
 #[test]
 fn an_hq_generated_key_handed_out_twice_is_reported() {
     let t = T::new();
-    let g = t.grant("plant-7.1");
-    let mut log = t.log_with(1, "plant-7.1");
-    let hand_out = |log: &mut SiteLog, serial: u64| {
-        let spki = device_spki();
-        let cert = log.certificate(&g, serial, &spki, None);
-        log.push(Event::KeyHandedOut(SiteLog::record(
-            "plant-7.1",
-            serial,
-            cert,
-            &spki,
-            Some(4),
-        )))
-    };
-    let first = hand_out(&mut log, first_serial(&g));
-    let again = hand_out(&mut log, first_serial(&g) + 1);
+    let mut log = t.log_with(6, "plant-7.6");
+    let k0 = t.b.hq_keys[0].0;
+    let first = hand_out(&t, &mut log, 0, k0);
+    let second = hand_out(&t, &mut log, 1, t.b.hq_keys[1].0);
+    let again = hand_out(&t, &mut log, 0, k0);
     let b = log.export();
     let r = t.violations(&log.seal(&b));
     let v = violation(&r, "hq-key-reused");
     assert_eq!(entries(v), vec![first, again]);
-    assert_eq!(r["devices_recorded"], 1);
+    assert!(
+        v["detail"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("HQ-generated key {k0} of plant-7.6")),
+        "{v}"
+    );
+    assert_eq!(
+        r["devices_recorded"], 2,
+        "the first hand-out of each key is genuine ({second})"
+    );
+}
+
+#[test]
+fn hand_outs_must_name_keys_hq_generated_for_the_grant() {
+    let t = T::new();
+    let g = t.grant("plant-7.6");
+    let mut log = t.log_with(6, "plant-7.6");
+    // Key 0's certificate claimed as HQ key 1; an index HQ never made.
+    let swapped = hand_out(&t, &mut log, 0, t.b.hq_keys[1].0);
+    let beyond = hand_out(&t, &mut log, 1, 99);
+    // A device's own key under a grant whose devices get HQ-generated keys.
+    let own = log.device(&g, first_serial(&g));
+    let b = log.export();
+    let r = t.violations(&log.seal(&b));
+    let unknown: Vec<u64> = r["violations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|v| v["kind"] == "unknown-hq-key")
+        .flat_map(entries)
+        .collect();
+    assert_eq!(unknown, vec![swapped, beyond], "{r:#}");
+    assert_eq!(entries(violation(&r, "own-key-under-hq-keys")), vec![own]);
+    assert_eq!(r["devices_recorded"], 0);
 }
 
 #[test]
@@ -1100,4 +1197,138 @@ fn violations_do_not_stop_the_log_and_the_report_is_bounded() {
     let text = lossy(&out.stdout);
     assert!(text.contains("VIOLATIONS:"), "{text}");
     assert!(text.contains("serial-reused [plant-7.1]"), "{text}");
+}
+
+// --- end to end with the real site -------------------------------------------------------------
+
+fn p256_csrs(dir: &Path, n: usize) {
+    std::fs::create_dir_all(dir).unwrap();
+    for i in 0..n {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let csr = rcgen::CertificateParams::new(vec![])
+            .unwrap()
+            .serialize_request(&key)
+            .unwrap();
+        std::fs::write(dir.join(format!("d{i}.der")), csr.der()).unwrap();
+    }
+}
+
+/// HQ entitles, the site issues under quota and refuses beyond it, hands out HQ-generated keys,
+/// exports; HQ reconciles to a clean report; again after a top-up, from where it left off.
+#[test]
+fn the_real_sites_exports_reconcile_clean() {
+    let c = ceremony(true);
+    let hq = s(&c.hq);
+    let site = s(&c.site);
+    let tmp = c.tmp.path();
+    let entitle = |args: &[&str], name: &str| {
+        let pkg = tmp.join(name);
+        let mut all = vec!["hq"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--dir", hq, "-o", s(&pkg)]);
+        stamp_json(&c.pass, &all);
+        stamp_json(&c.pass, &["site", "import", "--dir", site, s(&pkg)]);
+    };
+    entitle(
+        &[
+            "entitle",
+            "--site",
+            "plant-7",
+            "--product",
+            "thermo-2",
+            "--quota",
+            "3",
+            "--rate",
+            "100/minute",
+        ],
+        "a.cose",
+    );
+    entitle(
+        &[
+            "entitle",
+            "--site",
+            "plant-7",
+            "--product",
+            "lock-1",
+            "--quota",
+            "2",
+            "--hq-keys",
+            "ed25519",
+            "--key-types",
+            "ed25519",
+            "--secret",
+            "flash-key:32",
+        ],
+        "b.cose",
+    );
+    let csrs = tmp.join("csrs");
+    p256_csrs(&csrs, 4);
+    let issue = |dir: &Path, out: &str| {
+        stamp(
+            &c.pass,
+            &[
+                "--json",
+                "site",
+                "issue",
+                "--dir",
+                site,
+                "--entitlement",
+                "plant-7.1",
+                "--csr",
+                s(dir),
+                "-o",
+                s(&tmp.join(out)),
+            ],
+        )
+    };
+    let o = issue(&csrs, "out1");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["issued"], 3, "{v}");
+    let o = stamp(
+        &c.pass,
+        &[
+            "--json",
+            "site",
+            "hand-out",
+            "--dir",
+            site,
+            "--entitlement",
+            "plant-7.2",
+            "--count",
+            "2",
+            "-o",
+            s(&tmp.join("keys")),
+        ],
+    );
+    assert!(o.status.success(), "{}", lossy(&o.stdout));
+
+    let b1 = tmp.join("b1.bundle");
+    stamp_json(&c.pass, &["site", "export-audit", "--dir", site, "-o", s(&b1)]);
+    let r = stamp_json(&c.pass, &["hq", "reconcile", "--dir", hq, s(&b1)]);
+    assert_eq!(r["ok"], true, "{r:#}");
+    assert_eq!(r["devices_issued"], 5);
+    assert_eq!(r["devices_recorded"], 5);
+    assert_eq!(r["entitlements_applied"], 2);
+    assert_eq!(r["refusals_by_reason"]["quota-exhausted"], 1, "{r:#}");
+
+    // Top up, issue two more, export again: the second bundle extends the first.
+    entitle(
+        &["amend", "--entitlement", "plant-7.1", "--add-quota", "2"],
+        "c.cose",
+    );
+    let more = tmp.join("more");
+    p256_csrs(&more, 2);
+    let o = issue(&more, "out2");
+    assert!(o.status.success(), "{}", lossy(&o.stdout));
+    let b2 = tmp.join("b2.bundle");
+    stamp_json(&c.pass, &["site", "export-audit", "--dir", site, "-o", s(&b2)]);
+    let r2 = stamp_json(&c.pass, &["hq", "reconcile", "--dir", hq, s(&b2)]);
+    assert_eq!(r2["ok"], true, "{r2:#}");
+    assert_eq!(r2["previous"]["size"], r["checkpoint"]["size"]);
+    assert_eq!(r2["devices_recorded"], 2);
+    assert_eq!(r2["entitlements_applied"], 1);
+    let d = stamp_json(&c.pass, &["hq", "devices", "--dir", hq]);
+    assert_eq!(d["count"], 7);
+    // Replaying the first is refused.
+    stamp_fails(&c.pass, &["hq", "reconcile", "--dir", hq, s(&b1)], "replayed");
 }

@@ -29,7 +29,7 @@ use stamp_core::audit::{
 use stamp_core::cert::{self, CertError};
 use stamp_core::checkpoint::{self, CheckpointError};
 use stamp_core::device::{self, DeviceCertError};
-use stamp_core::entitlement::{self, Action, Entitlement, GrantState, RatePeriod, Status};
+use stamp_core::entitlement::{self, Action, GrantState, RatePeriod, Status};
 use stamp_core::envelope::{self, EnvelopeError};
 use stamp_core::fingerprint::sha256;
 use stamp_core::key::{KeyAgreement, SignatureAlgorithm};
@@ -899,7 +899,7 @@ impl Run<'_> {
         let Some(db::Package {
             entitlement_id: pkg_id,
             action: pkg_action,
-            payload,
+            entitlement: e,
             sealed,
         }) = db::package(self.tx, self.site, sequence)?
         else {
@@ -931,7 +931,6 @@ impl Run<'_> {
                 )
             });
         }
-        let e = Entitlement::from_cbor(&payload)?;
         match e.action {
             Action::Grant(g) => {
                 self.grants.entry(id.to_owned()).or_insert_with(|| {
@@ -1005,6 +1004,36 @@ impl Run<'_> {
                 for f in t.issue(time_ms, d.device_serial) {
                     genuine = false;
                     finding(v, &t.state, &id, index, time_ms, f);
+                }
+                // HQ-generated keys: a hand-out names one HQ made for this grant, with its key; a
+                // grant with HQ-generated keys certifies no device's own key.
+                let hq_keys = &t.state.grant.device_keys;
+                match (handed_out, d.hq_key_index) {
+                    (true, Some(k)) => {
+                        let generated = usize::try_from(k)
+                            .ok()
+                            .and_then(|k| hq_keys.get(k))
+                            .is_some_and(|key| key.spki_sha256.as_slice() == d.public_key_sha256.as_slice());
+                        if !generated {
+                            genuine = false;
+                            v.add(ViolationKind::UnknownHqKey, Some(&id), &k.to_string(), index, |n| {
+                                format!(
+                                    "{n} hand-out(s) of HQ key {k} of {id} with a public key HQ did not generate \
+                                     as that key"
+                                )
+                            });
+                        }
+                    }
+                    (false, _) if !hq_keys.is_empty() => {
+                        genuine = false;
+                        v.add(ViolationKind::OwnKeyUnderHqKeys, Some(&id), "", index, |n| {
+                            format!(
+                                "{n} device(s) certified for their own key under {id}, whose devices get \
+                                 HQ-generated keys"
+                            )
+                        });
+                    }
+                    _ => {}
                 }
                 match device::check(&d.certificate, &t.state.grant, self.ca) {
                     Ok(info) => {
@@ -1246,5 +1275,79 @@ impl crate::HqStore {
     /// Equivocation evidence recorded for a site, oldest first.
     pub fn equivocations(&self, site: &SiteId) -> Result<Vec<Equivocation>, HqError> {
         db::equivocations(self.conn(), site)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_bytes::ByteBuf;
+    use stamp_core::audit::TreeHead;
+
+    use super::*;
+
+    fn header(previous: Option<u64>, first: u64, count: u64, chunks: u64) -> BundleHeader {
+        BundleHeader {
+            version: audit::VERSION,
+            site_id: SiteId::new("s").unwrap(),
+            bundle_id: ByteBuf::from(vec![0; 16]),
+            created_at_ms: 0,
+            previous: previous.map(|size| TreeHead {
+                size,
+                root: ByteBuf::from(vec![0; 32]),
+            }),
+            checkpoint: String::new(),
+            consistency_proof: vec![],
+            first_index: first,
+            entry_count: count,
+            chunk_count: chunks,
+        }
+    }
+
+    #[test]
+    fn header_numbers_must_agree() {
+        assert!(check_counts(&header(None, 0, 10, 1), 10).is_ok());
+        assert!(check_counts(&header(Some(10), 10, 5, 2), 15).is_ok());
+        for (h, size) in [
+            (header(None, 1, 9, 1), 10),                 // first index without previous
+            (header(Some(10), 9, 6, 1), 15),             // first index is not previous size
+            (header(None, 0, 9, 1), 10),                 // count does not reach the size
+            (header(Some(10), 10, 0, 1), 10),            // no entries
+            (header(None, 0, 10, 0), 10),                // no chunks
+            (header(None, 0, 10, 11), 10),               // more chunks than entries
+            (header(None, 0, 5000, 1), 5000),            // more than 4096 entries in one chunk
+            (header(Some(u64::MAX), u64::MAX, 1, 1), 0), // overflow
+        ] {
+            assert!(
+                matches!(check_counts(&h, size), Err(Rejection::HeaderInconsistent(_))),
+                "{h:?} size {size}"
+            );
+        }
+        let mut proof_without_previous = header(None, 0, 10, 1);
+        proof_without_previous
+            .consistency_proof
+            .push(ByteBuf::from(vec![0; 32]));
+        assert!(check_counts(&proof_without_previous, 10).is_err());
+    }
+
+    #[test]
+    fn untrusted_text_is_shortened_and_escaped() {
+        assert_eq!(short("plant-7.1"), "plant-7.1");
+        assert_eq!(short("a\nb\u{1b}"), "a\\nb\\u{1b}");
+        let long = "x".repeat(1000);
+        assert_eq!(short(&long).chars().count(), 65);
+    }
+
+    #[test]
+    fn rejection_codes_are_distinct_enough_to_script_against() {
+        let codes = [
+            Rejection::Empty.code(),
+            Rejection::UnknownSigner.code(),
+            Rejection::TrailingFrames.code(),
+            Rejection::NoExportEntry.code(),
+            Rejection::RootMismatch { size: 1 }.code(),
+            Rejection::Older { size: 1, last: 2 }.code(),
+        ];
+        let unique: std::collections::BTreeSet<_> = codes.iter().collect();
+        assert_eq!(unique.len(), codes.len());
     }
 }

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use stamp_core::entitlement::{GrantState, RatePeriod};
+use stamp_core::entitlement::{Entitlement, EntitlementError, GrantState, RatePeriod};
 use stamp_core::SiteId;
 use stamp_store::rusqlite::{params, Connection, OptionalExtension};
 
@@ -223,8 +223,19 @@ pub(crate) fn record_equivocation(
 pub(crate) struct Package {
     pub(crate) entitlement_id: String,
     pub(crate) action: String,
-    pub(crate) payload: Vec<u8>,
+    pub(crate) entitlement: Entitlement,
     pub(crate) sealed: Vec<u8>,
+}
+
+/// Decodes a payload HQ stored itself. HQ stores grants redacted (HQ-generated private keys and
+/// secrets removed), so the payload is not re-validated as a package; it is still bounded.
+fn stored_payload(bytes: &[u8]) -> Result<Entitlement, HqError> {
+    if bytes.len() > stamp_core::entitlement::MAX_PAYLOAD {
+        return Err(EntitlementError::TooLarge.into());
+    }
+    let mut reader = bytes;
+    ciborium::de::from_reader_with_recursion_limit(&mut reader, 16)
+        .map_err(|e| EntitlementError::Malformed(e.to_string()).into())
 }
 
 /// The package HQ sealed to `site` with `sequence`.
@@ -232,18 +243,23 @@ pub(crate) fn package(c: &Connection, site: &SiteId, sequence: u64) -> Result<Op
     let Ok(seq) = i64::try_from(sequence) else {
         return Ok(None);
     };
-    Ok(c.prepare_cached(
-        "SELECT entitlement_id, action, payload_cbor, sealed FROM packages WHERE site_id = ?1 AND sequence = ?2",
-    )?
-    .query_row(params![site.as_str(), seq], |r| {
+    let row: Option<(String, String, Vec<u8>, Vec<u8>)> = c
+        .prepare_cached(
+            "SELECT entitlement_id, action, payload_cbor, sealed FROM packages WHERE site_id = ?1 AND sequence = ?2",
+        )?
+        .query_row(params![site.as_str(), seq], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })
+        .optional()?;
+    row.map(|(entitlement_id, action, payload, sealed)| {
         Ok(Package {
-            entitlement_id: r.get(0)?,
-            action: r.get(1)?,
-            payload: r.get(2)?,
-            sealed: r.get(3)?,
+            entitlement_id,
+            action,
+            entitlement: stored_payload(&payload)?,
+            sealed,
         })
     })
-    .optional()?)
+    .transpose()
 }
 
 /// The site HQ made grant `id` for, if HQ made it.

@@ -35,6 +35,10 @@ pub enum ViolationKind {
     KeyReused,
     /// An HQ-generated key handed out before.
     HqKeyReused,
+    /// A hand-out of a key HQ did not generate for the grant at that index.
+    UnknownHqKey,
+    /// A device's own key certified under a grant whose devices get HQ-generated keys.
+    OwnKeyUnderHqKeys,
     /// A certificate not issued by the site's issuing CA (or not a certificate).
     WrongIssuer,
     /// A certificate that does not match the grant's device profile.
@@ -65,6 +69,8 @@ impl ViolationKind {
             ViolationKind::SerialReused => "serial-reused",
             ViolationKind::KeyReused => "key-reused",
             ViolationKind::HqKeyReused => "hq-key-reused",
+            ViolationKind::UnknownHqKey => "unknown-hq-key",
+            ViolationKind::OwnKeyUnderHqKeys => "own-key-under-hq-keys",
             ViolationKind::WrongIssuer => "wrong-issuer",
             ViolationKind::ProfileMismatch => "profile-mismatch",
             ViolationKind::CertificateMismatch => "certificate-mismatch",

@@ -1,0 +1,199 @@
+//! Reconciliation streams: a 100,000-entry bundle is reconciled by the real binary with the same
+//! peak memory (VmHWM, sampled from /proc while it runs) as a 10,000-entry one.
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+#[path = "common/audit_builder.rs"]
+mod audit_builder;
+mod common;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use audit_builder::*;
+use common::*;
+use stamp_core::audit::{self, Event};
+
+/// Peak resident memory (VmHWM, KiB) of a running process, while it still runs.
+fn vm_hwm(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// Runs `stamp hq reconcile --json` on `bundle`, sampling its peak memory until it exits.
+fn reconcile_measured(pass: &Path, hq: &Path, bundle: &Path) -> (serde_json::Value, u64, Duration) {
+    let started = Instant::now();
+    let mut child = Command::new(assert_cmd::cargo::cargo_bin("stamp"))
+        .env_remove("STAMP_PASSPHRASE_FILE")
+        .args([
+            "--passphrase-file",
+            s(pass),
+            "--json",
+            "hq",
+            "reconcile",
+            "--dir",
+            s(hq),
+            s(bundle),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let mut peak = 0;
+    // stdout is small (one report): read it after exit. Sample every 10 ms meanwhile.
+    loop {
+        if let Some(k) = vm_hwm(pid) {
+            peak = peak.max(k);
+        }
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let out = child.wait_with_output().unwrap();
+    let elapsed = started.elapsed();
+    assert!(
+        out.status.success(),
+        "reconcile failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (serde_json::from_slice(&out.stdout).unwrap(), peak, elapsed)
+}
+
+/// Writes a first bundle of `devices` genuine devices (after the log's entries so far, plus the
+/// export entry) straight to a file.
+fn write_bundle(log: &mut SiteLog, grant: &stamp_core::entitlement::Grant, devices: u64, path: &Path) {
+    // Certificates are the costly part (every device has its own key and serial): made on every
+    // core, then logged in order.
+    let first = grant.serial_ranges[0].first;
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get()) as u64;
+    let per = devices.div_ceil(threads);
+    let records: Vec<Vec<audit::DeviceRecord>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let log = &*log;
+                scope.spawn(move || {
+                    (t * per..((t + 1) * per).min(devices))
+                        .map(|i| {
+                            let spki = device_spki();
+                            let cert = log.certificate(grant, first + i, &spki, None);
+                            SiteLog::record(&grant.entitlement_id, first + i, cert, &spki, None)
+                        })
+                        .collect()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for r in records.into_iter().flatten() {
+        log.push(Event::DeviceIssued(r));
+    }
+    let b = log.export();
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    audit::write_frame(
+        &mut f,
+        &log.seal_part(audit::HEADER_CONTENT_TYPE, &b.header.to_cbor()),
+    )
+    .unwrap();
+    for c in &b.chunks {
+        audit::write_frame(&mut f, &log.seal_part(audit::CHUNK_CONTENT_TYPE, &c.to_cbor())).unwrap();
+    }
+    f.flush().unwrap();
+}
+
+#[test]
+fn a_100k_entry_bundle_reconciles_in_flat_memory() {
+    let c = ceremony(true);
+    let pkg = c.tmp.path().join("grant.cose");
+    stamp_json(
+        &c.pass,
+        &[
+            "hq",
+            "entitle",
+            "--dir",
+            s(&c.hq),
+            "--site",
+            "plant-7",
+            "--product",
+            "thermo-2",
+            "--quota",
+            "200000",
+            "-o",
+            s(&pkg),
+        ],
+    );
+    stamp_json(&c.pass, &["site", "import", "--dir", s(&c.site), s(&pkg)]);
+    let grant = stamp_site::SiteStore::open(&c.site.join("stamp-site.db"))
+        .unwrap()
+        .grant("plant-7.1")
+        .unwrap()
+        .unwrap()
+        .0
+        .grant;
+    let keys = SiteKeys::open(&c.site, &c.pass, "plant-7");
+
+    // Two HQs in the same state: one gets a 10k-entry bundle, the other a 100k-entry one.
+    let hq_small: PathBuf = c.tmp.path().join("hq-small");
+    copy_dir(&c.hq, &hq_small);
+    let mut runs = Vec::new();
+    for (hq, devices) in [(hq_small.clone(), 10_000u64), (c.hq.clone(), 100_000)] {
+        let mut log = SiteLog::new(keys.clone());
+        log.step_ms = 1;
+        log.applied(&pkg, 1, "plant-7.1", "grant");
+        let bundle = c.tmp.path().join(format!("bundle-{devices}.cbor"));
+        let t = Instant::now();
+        write_bundle(&mut log, &grant, devices, &bundle);
+        let built = t.elapsed();
+        drop(log);
+        // To time a release build by hand: STAMP_RECONCILE_KEEP=DIR keeps the bundles, the HQ
+        // directories as they were before reconciling, and the passphrase file.
+        if let Some(keep) = std::env::var_os("STAMP_RECONCILE_KEEP").map(PathBuf::from) {
+            copy_dir(&hq, &keep.join(format!("hq-{devices}")));
+            std::fs::copy(&bundle, keep.join(format!("bundle-{devices}.cbor"))).unwrap();
+            std::fs::copy(&c.pass, keep.join("pass")).unwrap();
+        }
+        let (report, peak_kib, took) = reconcile_measured(&c.pass, &hq, &bundle);
+        assert_eq!(report["ok"], true, "{report:#}");
+        assert_eq!(report["devices_recorded"], devices);
+        assert_eq!(report["entries"], devices + 2);
+        eprintln!(
+            "{devices} devices: bundle {} MiB built in {built:.1?}; reconciled in {took:.1?}, peak RSS {} MiB",
+            std::fs::metadata(&bundle).unwrap().len() >> 20,
+            peak_kib >> 10
+        );
+        std::fs::remove_file(&bundle).unwrap();
+        runs.push(peak_kib);
+    }
+    let (small, large) = (runs[0], runs[1]);
+    assert!(
+        large < small + 8 * 1024,
+        "peak memory grew with the entries: {small} KiB for 10k entries, {large} KiB for 100k"
+    );
+    // The registry has them all.
+    let d = stamp_json(
+        &c.pass,
+        &["hq", "devices", "--dir", s(&c.hq), "--site", "plant-7"],
+    );
+    assert_eq!(d["count"], 100_000);
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    std::fs::set_permissions(to, std::fs::metadata(from).unwrap().permissions()).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), &target).unwrap();
+        }
+    }
+}
