@@ -107,8 +107,11 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
     emit(g.json, &report, || print_text(&report))?;
     if !report.ok {
         // The report is the output; the exit status says it found violations.
-        std::io::stdout().flush()?;
-        std::process::exit(1);
+        return Err(crate::output::AlreadyReported(format!(
+            "{} policy violations in the bundle (see the report)",
+            report.violations.len() as u64 + report.violations_omitted
+        ))
+        .into());
     }
     Ok(())
 }
