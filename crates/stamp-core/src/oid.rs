@@ -80,6 +80,9 @@ impl RoleEku {
 /// The DER content octets of id-kp-clientAuth (1.3.6.1.5.5.7.3.2).
 pub const CLIENT_AUTH: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x02];
 
+/// The DER content octets of id-kp-serverAuth (1.3.6.1.5.5.7.3.1).
+pub const SERVER_AUTH: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x01];
+
 fn push_base128(out: &mut Vec<u8>, mut v: u128) {
     let mut tmp = [0u8; 19];
     let mut i = tmp.len();
