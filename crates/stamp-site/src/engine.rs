@@ -837,6 +837,11 @@ impl Engine {
         })
     }
 
+    /// Whether the audit log failed (the engine then refuses to issue until the site restarts).
+    pub fn failed(&self) -> bool {
+        self.failed.load(Ordering::SeqCst)
+    }
+
     /// Stops accepting requests and waits until every queued log entry is committed.
     pub fn shutdown(&self) {
         drop(lock(&self.jobs).take());
