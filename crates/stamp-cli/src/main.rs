@@ -37,6 +37,9 @@ enum Command {
     /// Factory site: keys, enrollment request, credentials.
     #[command(subcommand)]
     Site(commands::SiteCommand),
+    /// Devices: simulate a production line enrolling through the site service.
+    #[command(subcommand)]
+    Device(commands::DeviceCommand),
     /// Run the whole flow on embedded defaults in a fresh directory and narrate it.
     Demo(commands::demo::Args),
 }
@@ -58,6 +61,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Hq(c) => commands::run_hq(c, &globals),
         Command::Site(c) => commands::run_site(c, &globals),
+        Command::Device(c) => commands::run_device(c, &globals),
         Command::Demo(a) => commands::demo::run(a, &globals),
     };
     match result {

@@ -143,6 +143,8 @@ struct Shared {
     root: Vec<u8>,
     intermediates: Vec<Vec<u8>>,
     device_data: serde_json::Value,
+    product: serde_json::Value,
+    entitlement: Option<String>,
     next: AtomicU64,
     outcomes: Mutex<Vec<Outcome>>,
     first_error: Mutex<Option<String>>,
@@ -185,14 +187,22 @@ async fn run(
     let ent = label
         .clone()
         .or_else(|| status_json["default_entitlement"].as_str().map(str::to_owned));
-    let device_data = status_json["entitlements"]
+    let grant = status_json["entitlements"]
         .as_array()
         .and_then(|a| {
             a.iter()
                 .find(|e| Some(e["entitlement_id"].as_str().unwrap_or("")) == ent.as_deref())
         })
-        .map(|e| e["device_data"].clone())
+        .cloned()
         .unwrap_or(serde_json::Value::Null);
+    let device_data = grant["device_data"].clone();
+    let product = if grant.is_null() {
+        serde_json::Value::Null
+    } else {
+        serde_json::json!({
+            "oem_id": grant["oem_id"], "product_id": grant["product_id"], "name": grant["product_name"],
+        })
+    };
     let cacerts_path = match &label {
         Some(l) => format!("/.well-known/est/{l}/cacerts"),
         None => "/.well-known/est/cacerts".to_owned(),
@@ -215,6 +225,8 @@ async fn run(
         root: station.root.clone(),
         intermediates,
         device_data,
+        product,
+        entitlement: ent,
         next: AtomicU64::new(0),
         outcomes: Mutex::new(Vec::with_capacity(usize::try_from(opts.count).unwrap_or(0))),
         first_error: Mutex::new(None),
@@ -448,8 +460,8 @@ async fn accept(shared: &Shared, key: &rcgen::KeyPair, reply: &Reply) -> Result<
     let stamp = serde_json::json!({
         "device_serial": serial,
         "entitlement_id": extra.get("entitlement_id").cloned()
-            .or_else(|| shared.opts.entitlement.clone().map(serde_json::Value::String)),
-        "product": extra.get("product").cloned(),
+            .or_else(|| shared.entitlement.clone().map(serde_json::Value::String)),
+        "product": extra.get("product").cloned().unwrap_or_else(|| shared.product.clone()),
         "device_data": if extra.is_null() { shared.device_data.clone() } else { extra["device_data"].clone() },
         "log_index": extra.get("log_index").cloned(),
         "protocol": shared.opts.protocol,
