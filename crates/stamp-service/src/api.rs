@@ -269,9 +269,11 @@ fn issue_error(state: &AppState, e: IssueError) -> ApiError {
     }
 }
 
-/// Reads a request body of at most the configured size.
-async fn read_body(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Vec<u8>, ApiError> {
+/// Reads a request body of at most the configured size. A body a little over the limit (up to 16
+/// times it) is read and discarded so the client gets its 413 cleanly; a larger one is cut off.
+async fn read_body(state: &AppState, headers: &HeaderMap, mut body: Body) -> Result<Vec<u8>, ApiError> {
     let max = state.config.max_body_bytes;
+    let discard_limit = max.saturating_mul(16);
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -284,17 +286,30 @@ async fn read_body(state: &AppState, headers: &HeaderMap, body: Body) -> Result<
             format!("request bodies are limited to {max} bytes"),
         )
     };
-    if declared.is_some_and(|n| n > max as u64) {
+    if declared.is_some_and(|n| n > discard_limit as u64) {
         return Err(too_large());
     }
-    match http_body_util::Limited::new(body, max).collect().await {
-        Ok(c) => Ok(c.to_bytes().to_vec()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
-        Err(_) => {
+    let mut buf = Vec::new();
+    let mut total = 0usize;
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else {
             state.metrics.error("bad-request");
-            Err(ApiError::bad_request("the request body could not be read"))
+            return Err(ApiError::bad_request("the request body could not be read"));
+        };
+        if let Ok(data) = frame.into_data() {
+            total = total.saturating_add(data.len());
+            if total > discard_limit {
+                return Err(too_large());
+            }
+            if total <= max {
+                buf.extend_from_slice(&data);
+            }
         }
     }
+    if total > max {
+        return Err(too_large());
+    }
+    Ok(buf)
 }
 
 fn parse_json<T: serde::de::DeserializeOwned>(state: &AppState, bytes: &[u8]) -> Result<T, ApiError> {
