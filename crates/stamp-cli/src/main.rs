@@ -47,7 +47,8 @@ enum Command {
     /// Factory site: keys, enrollment request, credentials.
     #[command(subcommand)]
     Site(commands::SiteCommand),
-    /// Device side: what a device's bootloader and firmware check.
+    /// Device side: simulate devices enrolling through the site service, and check signed firmware
+    /// as a device's bootloader would.
     #[command(subcommand)]
     Device(commands::DeviceCommand),
     /// Run the whole flow on embedded defaults in a fresh directory and narrate it.

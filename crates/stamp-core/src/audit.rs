@@ -66,6 +66,12 @@ pub enum RefusalReason {
     HqKeysOnly,
     /// The site failed internally (signing or storage).
     Internal,
+    /// The station's certificate was revoked at the site (`stamp site revoke-station`).
+    StationRevoked,
+    /// The client certificate is not a station certificate this site issued and recorded.
+    NotAStation,
+    /// A renewal names a device this site never issued a certificate for (subject mismatch).
+    UnknownDevice,
 }
 
 impl RefusalReason {
@@ -87,6 +93,9 @@ impl RefusalReason {
             RefusalReason::NoKeysLeft => "no-keys-left",
             RefusalReason::HqKeysOnly => "hq-keys-only",
             RefusalReason::Internal => "internal",
+            RefusalReason::StationRevoked => "station-revoked",
+            RefusalReason::NotAStation => "not-a-station",
+            RefusalReason::UnknownDevice => "unknown-device",
         }
     }
 }
@@ -130,6 +139,9 @@ pub enum Event {
     DeviceIssued(DeviceRecord),
     /// An HQ-generated key was handed out with its certificate.
     KeyHandedOut(DeviceRecord),
+    /// A device that has a certificate from this site got a new one (EST re-enrollment): same
+    /// subject and device serial, not counted against the quota.
+    DeviceRenewed(DeviceRecord),
     /// A request was refused.
     RequestRefused {
         /// The grant asked for, if known.
@@ -458,6 +470,44 @@ mod tests {
             assert!(Entry::from_cbor(&b[..b.len() - 1]).is_err());
         }
         assert_eq!(RefusalReason::RateExceeded.code(), "rate-exceeded");
+        let renewed = match device(3).event {
+            Event::DeviceIssued(r) => Entry {
+                index: 3,
+                time_ms: 7,
+                event: Event::DeviceRenewed(r),
+            },
+            _ => unreachable!(),
+        };
+        let b = renewed.to_cbor();
+        assert_eq!(Entry::from_cbor(&b).unwrap(), renewed);
+        assert!(String::from_utf8_lossy(&b).contains("device-renewed"));
+    }
+
+    #[test]
+    fn refusal_codes_are_their_serialized_names() {
+        use RefusalReason::*;
+        for r in [
+            MalformedCsr,
+            BadCsrSignature,
+            KeyTypeNotAllowed,
+            WeakKey,
+            DuplicateKey,
+            QuotaExhausted,
+            RateExceeded,
+            OutsideWindow,
+            Suspended,
+            Revoked,
+            UnknownEntitlement,
+            StationNotAllowed,
+            NoKeysLeft,
+            HqKeysOnly,
+            Internal,
+            StationRevoked,
+            NotAStation,
+            UnknownDevice,
+        ] {
+            assert_eq!(serde_json::to_value(r).unwrap(), r.code());
+        }
     }
 
     #[test]

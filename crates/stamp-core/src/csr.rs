@@ -58,6 +58,8 @@ pub struct VerifiedCsr {
     key_type: KeyType,
     spki_der: Vec<u8>,
     raw_public_key: Vec<u8>,
+    subject_der: Vec<u8>,
+    requests_subject_alt_name: bool,
 }
 
 impl VerifiedCsr {
@@ -72,6 +74,15 @@ impl VerifiedCsr {
     /// The SPKI BIT STRING contents.
     pub fn raw_public_key(&self) -> &[u8] {
         &self.raw_public_key
+    }
+    /// The requested subject name (DER). Never copied into a certificate; a renewal compares it
+    /// with the certificate being renewed.
+    pub fn subject_der(&self) -> &[u8] {
+        &self.subject_der
+    }
+    /// Whether the request asks for a subject alternative name.
+    pub fn requests_subject_alt_name(&self) -> bool {
+        self.requests_subject_alt_name
     }
 }
 
@@ -112,10 +123,20 @@ pub fn verify(der: &[u8]) -> Result<VerifiedCsr, CsrError> {
     let spki = &csr.certification_request_info.subject_pki;
     let key_type = classify(spki)?;
     csr.verify_signature().map_err(|_| CsrError::BadSignature)?;
+    let requests_subject_alt_name = csr.requested_extensions().is_some_and(|mut exts| {
+        exts.any(|e| {
+            matches!(
+                e,
+                x509_parser::extensions::ParsedExtension::SubjectAlternativeName(_)
+            )
+        })
+    });
     Ok(VerifiedCsr {
         key_type,
         spki_der: spki.raw.to_vec(),
         raw_public_key: spki.subject_public_key.data.to_vec(),
+        subject_der: csr.certification_request_info.subject.as_raw().to_vec(),
+        requests_subject_alt_name,
     })
 }
 

@@ -83,6 +83,57 @@ pub fn issue(
     Ok(params.signed_by(&subject_key, &rcgen_issuer)?.der().to_vec())
 }
 
+/// The device serial a renewal request names: the single `serialNumber` attribute of its subject
+/// (`subject_der`, a DER Name), in canonical decimal.
+pub fn serial_in_subject(subject_der: &[u8]) -> Option<u64> {
+    use x509_parser::prelude::FromDer;
+    let (rest, name) = x509_parser::x509::X509Name::from_der(subject_der).ok()?;
+    if !rest.is_empty() {
+        return None;
+    }
+    let serials: Vec<&str> = name
+        .iter_by_oid(&x509_parser::oid_registry::OID_X509_SERIALNUMBER)
+        .filter_map(|a| a.as_str().ok())
+        .collect();
+    match serials.as_slice() {
+        [s] if !s.is_empty()
+            && (!s.starts_with('0') || *s == "0")
+            && s.bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            s.parse().ok()
+        }
+        _ => None,
+    }
+}
+
+/// Whether a DER Name equals a certificate's subject: the same attributes, in the same order, with
+/// the same values (string types may differ: a client may encode `O` as PrintableString or
+/// UTF8String).
+pub fn subject_matches(cert_der: &[u8], subject_der: &[u8]) -> bool {
+    use x509_parser::prelude::FromDer;
+    let Ok(cert) = cert::parse(cert_der) else {
+        return false;
+    };
+    let Ok(([], name)) = x509_parser::x509::X509Name::from_der(subject_der) else {
+        return false;
+    };
+    let attrs = |n: &x509_parser::x509::X509Name<'_>| -> Option<Vec<(String, String)>> {
+        n.iter()
+            .map(|rdn| {
+                let mut v = rdn.iter();
+                match (v.next(), v.next()) {
+                    (Some(a), None) => Some((a.attr_type().to_id_string(), a.as_str().ok()?.to_owned())),
+                    _ => None,
+                }
+            })
+            .collect()
+    };
+    match (attrs(cert.subject()), attrs(&name)) {
+        (Some(a), Some(b)) => a == b,
+        _ => false,
+    }
+}
+
 /// What a checked device certificate says.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DeviceCertInfo {
@@ -306,5 +357,47 @@ mod tests {
         assert_eq!(c.validity().not_after, ca.validity().not_after);
         g.device_profile.key_types.push(DeviceKeyType::Ed25519);
         assert_eq!(check(&der, &g, &ca).unwrap().key_type, KeyType::Ed25519);
+    }
+
+    #[test]
+    fn renewal_subjects_are_matched_by_value() {
+        let (ca_key, ca_der) = issuing_ca();
+        let g = grant();
+        let device = TestSigner::new(SignatureAlgorithm::EcdsaP256Sha256);
+        let der = issue(
+            &g,
+            1234,
+            &device.spki_der(),
+            NOW,
+            Serial::from_random([2; 16]),
+            &Issuer {
+                cert_der: &ca_der,
+                signer: &ca_key,
+            },
+        )
+        .unwrap();
+        let name = |serial: &str, o: &str| {
+            let mut dn = rcgen::DistinguishedName::new();
+            dn.push(DnType::OrganizationName, o);
+            dn.push(DnType::OrganizationalUnitName, g.product.oem_id.as_str());
+            dn.push(DnType::CommonName, g.product.product_id.as_str());
+            dn.push(DnType::CustomDnType(vec![2, 5, 4, 5]), serial);
+            let mut p = CertificateParams::default();
+            p.distinguished_name = dn;
+            let key = rcgen::KeyPair::generate().unwrap();
+            let csr = p.serialize_request(&key).unwrap();
+            crate::csr::verify(csr.der()).unwrap()
+        };
+        let org = g.device_profile.organization.as_str();
+        let same = name("1234", org);
+        assert_eq!(serial_in_subject(same.subject_der()), Some(1234));
+        assert!(subject_matches(&der, same.subject_der()));
+        assert!(!same.requests_subject_alt_name());
+        let other = name("1235", org);
+        assert!(!subject_matches(&der, other.subject_der()));
+        assert!(!subject_matches(&der, name("1234", "Other Org").subject_der()));
+        assert_eq!(serial_in_subject(name("01234", org).subject_der()), None);
+        assert_eq!(serial_in_subject(name("12a", org).subject_der()), None);
+        assert!(!subject_matches(b"junk", same.subject_der()));
     }
 }

@@ -82,6 +82,8 @@ pub const CLIENT_AUTH: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x02]
 
 /// The DER content octets of id-kp-codeSigning (1.3.6.1.5.5.7.3.3).
 pub const CODE_SIGNING: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x03];
+/// The DER content octets of id-kp-serverAuth (1.3.6.1.5.5.7.3.1).
+pub const SERVER_AUTH: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x01];
 
 fn push_base128(out: &mut Vec<u8>, mut v: u128) {
     let mut tmp = [0u8; 19];

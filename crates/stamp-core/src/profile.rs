@@ -36,10 +36,12 @@ pub enum Profile {
     Station,
     /// An HQ firmware-signing key (MCUboot images, ESP32 Secure Boot V2 signature blocks).
     FirmwareSigning,
+    /// The site service's TLS server certificate (issued by the site issuing CA when it starts).
+    SiteService,
 }
 
 /// Every profile, for tests and listings.
-pub const ALL_PROFILES: [Profile; 8] = [
+pub const ALL_PROFILES: [Profile; 9] = [
     Profile::OemRoot,
     Profile::HqAuthoritySigning,
     Profile::HqAuthorityKeyAgreement,
@@ -48,6 +50,7 @@ pub const ALL_PROFILES: [Profile; 8] = [
     Profile::SiteIssuingCa,
     Profile::Station,
     Profile::FirmwareSigning,
+    Profile::SiteService,
 ];
 
 /// Errors building or checking a certificate against a profile.
@@ -63,6 +66,9 @@ pub enum ProfileError {
     /// A firmware key name is empty, too long or has characters outside a-z, 0-9, '-' and '.'.
     #[error("invalid firmware key name {0:?}: use 1-64 characters of a-z, 0-9, '-' and '.'")]
     BadKeyName(String),
+    /// A service name is neither an IP address nor a DNS name.
+    #[error("invalid service name {0:?}: use an IP address or a DNS name")]
+    BadServiceName(String),
     /// The requested validity is empty or ends before it starts.
     #[error("empty validity period")]
     EmptyValidity,
@@ -156,6 +162,7 @@ impl Profile {
             Profile::SiteIssuingCa => "site-issuing-ca",
             Profile::Station => "station",
             Profile::FirmwareSigning => "firmware-signing",
+            Profile::SiteService => "site-service",
         }
     }
 
@@ -172,6 +179,7 @@ impl Profile {
             | Profile::SiteIdentitySigning
             | Profile::SiteIdentityKeyAgreement => year * 5,
             Profile::Station => year * 2,
+            Profile::SiteService => year,
         }
     }
 
@@ -183,7 +191,8 @@ impl Profile {
             Profile::HqAuthoritySigning
             | Profile::SiteIdentitySigning
             | Profile::Station
-            | Profile::FirmwareSigning => vec![KeyUsagePurpose::DigitalSignature],
+            | Profile::FirmwareSigning
+            | Profile::SiteService => vec![KeyUsagePurpose::DigitalSignature],
             Profile::HqAuthorityKeyAgreement | Profile::SiteIdentityKeyAgreement => {
                 vec![KeyUsagePurpose::KeyAgreement]
             }
@@ -210,6 +219,7 @@ impl Profile {
             }
             Profile::Station => vec![oid::CLIENT_AUTH.to_vec(), RoleEku::Station.der_value()],
             Profile::FirmwareSigning => vec![oid::CODE_SIGNING.to_vec()],
+            Profile::SiteService => vec![oid::SERVER_AUTH.to_vec()],
         }
     }
 
@@ -222,6 +232,7 @@ impl Profile {
             (Profile::SiteIdentitySigning, _) => "site identity (signing)".to_owned(),
             (Profile::SiteIdentityKeyAgreement, _) => "site identity (key agreement)".to_owned(),
             (Profile::SiteIssuingCa, _) => "site issuing CA".to_owned(),
+            (Profile::SiteService, _) => "site service".to_owned(),
             (Profile::Station, _) => "station".to_owned(),
             (Profile::FirmwareSigning, Holder::FirmwareKey(name)) => format!("firmware signing {name}"),
             (Profile::FirmwareSigning, _) => "firmware signing".to_owned(),
@@ -345,11 +356,10 @@ impl Profile {
                     if eku.code_signing {
                         got.push(oid::CODE_SIGNING.to_vec());
                     }
-                    let bad_std = eku.any
-                        || eku.server_auth
-                        || eku.email_protection
-                        || eku.time_stamping
-                        || eku.ocsp_signing;
+                    if eku.server_auth {
+                        got.push(oid::SERVER_AUTH.to_vec());
+                    }
+                    let bad_std = eku.any || eku.email_protection || eku.time_stamping || eku.ocsp_signing;
                     let mut want = self.ekus();
                     want.sort();
                     got.sort();
@@ -452,6 +462,86 @@ pub fn issue(
     serial: Serial,
     issuer: &Issuer<'_>,
 ) -> Result<Vec<u8>, ProfileError> {
+    issue_inner(profile, org, holder, &[], subject_key, validity, serial, issuer)
+}
+
+/// A name a service certificate is valid for: a DNS name or an IP address.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ServiceName {
+    /// A DNS name (`localhost`, `site.factory.example`).
+    Dns(String),
+    /// An IP address (`127.0.0.1`, `::1`).
+    Ip(std::net::IpAddr),
+}
+
+impl ServiceName {
+    /// Parses an IP address, or else a DNS name (1-253 characters of a-z, A-Z, 0-9, '-', '.').
+    pub fn parse(s: &str) -> Result<Self, ProfileError> {
+        if let Ok(ip) = s.parse::<std::net::IpAddr>() {
+            return Ok(ServiceName::Ip(ip));
+        }
+        let ok = !s.is_empty()
+            && s.len() <= 253
+            && !s.starts_with(['-', '.'])
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+        if ok {
+            Ok(ServiceName::Dns(s.to_ascii_lowercase()))
+        } else {
+            Err(ProfileError::BadServiceName(s.chars().take(64).collect()))
+        }
+    }
+}
+
+/// Issues a site service (TLS server) certificate for `names` (subject alternative names), signed by
+/// the site issuing CA. Only [`Profile::SiteService`] certificates carry names.
+#[allow(clippy::too_many_arguments)]
+pub fn issue_site_service(
+    org: &str,
+    site: &SiteId,
+    names: &[ServiceName],
+    subject_key: &RawPublicKey,
+    validity: Validity,
+    serial: Serial,
+    issuer: &Issuer<'_>,
+) -> Result<Vec<u8>, ProfileError> {
+    if names.is_empty() || names.len() > 32 {
+        return Err(ProfileError::BadServiceName("give 1 to 32 names".into()));
+    }
+    let mut sans = Vec::with_capacity(names.len());
+    for n in names {
+        sans.push(match n {
+            ServiceName::Ip(ip) => rcgen::SanType::IpAddress(*ip),
+            ServiceName::Dns(d) => rcgen::SanType::DnsName(
+                d.clone()
+                    .try_into()
+                    .map_err(|_| ProfileError::BadServiceName(d.chars().take(64).collect()))?,
+            ),
+        });
+    }
+    issue_inner(
+        Profile::SiteService,
+        org,
+        &Holder::Site(site.clone()),
+        &sans,
+        subject_key,
+        validity,
+        serial,
+        issuer,
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn issue_inner(
+    profile: Profile,
+    org: &str,
+    holder: &Holder,
+    sans: &[rcgen::SanType],
+    subject_key: &RawPublicKey,
+    validity: Validity,
+    serial: Serial,
+    issuer: &Issuer<'_>,
+) -> Result<Vec<u8>, ProfileError> {
     let (_, issuer_cert) =
         x509_parser::parse_x509_certificate(issuer.cert_der).map_err(|_| ProfileError::BadIssuer)?;
     if issuer_cert.public_key().subject_public_key.data.as_ref() != issuer.signer.public_key() {
@@ -464,7 +554,8 @@ pub fn issue(
         not_before: validity.not_before,
         not_after: validity.not_after.min(issuer_not_after),
     };
-    let params = profile.params(profile.subject(org, holder)?, validity, serial)?;
+    let mut params = profile.params(profile.subject(org, holder)?, validity, serial)?;
+    params.subject_alt_names = sans.to_vec();
     let rcgen_issuer =
         rcgen::Issuer::from_ca_cert_der(&issuer.cert_der.to_vec().into(), RcgenSigner(issuer.signer))?;
     let cert = params.signed_by(subject_key, &rcgen_issuer)?;
@@ -610,7 +701,10 @@ pub(crate) mod tests {
                         other.name()
                     );
                 }
-                if profile != Profile::OemRoot && profile != Profile::Station {
+                if !matches!(
+                    profile,
+                    Profile::OemRoot | Profile::Station | Profile::SiteService
+                ) {
                     crate::cert::check_under_root("test", &der, profile, &root_der, NOW).unwrap();
                 }
             }
@@ -764,6 +858,60 @@ pub(crate) mod tests {
         assert_eq!(Serial::from_random([0; 16]).as_bytes()[0], 1);
         assert_eq!(Serial::from_random([0xff; 16]).as_bytes()[0], 0x7f);
         assert_eq!(Serial::from_random([0x80; 16]).as_bytes()[0], 1);
+    }
+
+    #[test]
+    fn site_service_certificates_carry_their_names_and_verify_for_server_auth() {
+        use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+        let (root_key, root_der) = root(SignatureAlgorithm::EcdsaP256Sha256);
+        let ca_key = TestSigner::new(SignatureAlgorithm::EcdsaP256Sha256);
+        let ca = issue_for(Profile::SiteIssuingCa, &root_key, &root_der, &ca_key);
+        let key = TestSigner::new(SignatureAlgorithm::EcdsaP256Sha256);
+        let names: Vec<ServiceName> = ["localhost", "127.0.0.1", "Site.Example"]
+            .iter()
+            .map(|n| ServiceName::parse(n).unwrap())
+            .collect();
+        assert_eq!(names[2], ServiceName::Dns("site.example".into()));
+        let der = issue_site_service(
+            "Acme",
+            &SiteId::new("s1").unwrap(),
+            &names,
+            &crate::cert::subject_key(key.algorithm().rcgen(), key.public_key()),
+            Validity::starting(NOW, Profile::SiteService.default_lifetime()),
+            serial(4),
+            &Issuer {
+                cert_der: &ca,
+                signer: &ca_key,
+            },
+        )
+        .unwrap();
+        Profile::SiteService
+            .check(&crate::cert::parse(&der).unwrap())
+            .unwrap();
+        let root_cert = CertificateDer::from(root_der.as_slice());
+        let anchor = webpki::anchor_from_trusted_cert(&root_cert).unwrap();
+        let leaf = CertificateDer::from(der.as_slice());
+        let ee = webpki::EndEntityCert::try_from(&leaf).unwrap();
+        let time = UnixTime::since_unix_epoch(std::time::Duration::from_secs(NOW.unix_timestamp() as u64));
+        let inter = [CertificateDer::from(ca.as_slice())];
+        ee.verify_for_usage(
+            webpki::ALL_VERIFICATION_ALGS,
+            &[anchor],
+            &inter,
+            time,
+            webpki::KeyUsage::server_auth(),
+            None,
+            None,
+        )
+        .unwrap();
+        for n in ["localhost", "127.0.0.1", "site.example"] {
+            ee.verify_is_valid_for_subject_name(&ServerName::try_from(n).unwrap())
+                .unwrap();
+        }
+        assert!(ee
+            .verify_is_valid_for_subject_name(&ServerName::try_from("other.example").unwrap())
+            .is_err());
+        assert!(ServiceName::parse("bad name").is_err() && ServiceName::parse("-x").is_err());
     }
 
     #[test]

@@ -848,6 +848,7 @@ impl Run<'_> {
             } => self.applied(index, &entitlement_id, sequence, &action, &package_sha256),
             Event::DeviceIssued(d) => self.device(index, entry.time_ms, &d, false),
             Event::KeyHandedOut(d) => self.device(index, entry.time_ms, &d, true),
+            Event::DeviceRenewed(d) => self.renewed(index, entry.time_ms, &d),
             Event::RequestRefused { reason, .. } => {
                 *self.refusals.entry(reason.code().to_owned()).or_insert(0) += 1;
                 Ok(())
@@ -968,6 +969,77 @@ impl Run<'_> {
     }
 
     /// A device-issued or key-handed-out entry.
+    /// A renewal: a new certificate for a device the site issued before. Checked like an issuance
+    /// (issuer, profile, the entry's claims) but not counted against quota or rates.
+    fn renewed(&mut self, index: u64, time_ms: i64, d: &EntryDevice) -> Result<(), HqError> {
+        let id = short(&d.entitlement_id);
+        let mut genuine = true;
+        self.load(&d.entitlement_id)?;
+        let v = &mut self.violations;
+        let mismatch = |what: &'static str, v: &mut Violations| {
+            v.add(ViolationKind::CertificateMismatch, Some(&id), what, index, |n| {
+                format!("{n} entr(ies) whose {what} disagree with the certificate or the entry's kind")
+            });
+            false
+        };
+        if sha256(&d.certificate).as_slice() != d.certificate_sha256.as_slice() {
+            genuine &= mismatch("certificate SHA-256", v);
+        }
+        if d.hq_key_index.is_some() {
+            genuine &= mismatch("HQ key index (a renewal has none)", v);
+        }
+        match self.grants.get(&d.entitlement_id) {
+            None => {
+                genuine = false;
+                v.add(ViolationKind::UnknownEntitlement, Some(&id), "", index, |n| {
+                    format!("{n} renewal(s) under entitlement {id}, which the site's log never applied")
+                });
+            }
+            Some(t) => match device::check(&d.certificate, &t.state.grant, self.ca) {
+                Ok(info) => {
+                    if info.device_serial != d.device_serial {
+                        genuine &= mismatch("device serial", v);
+                    }
+                    if info.public_key_sha256.as_slice() != d.public_key_sha256.as_slice() {
+                        genuine &= mismatch("public key SHA-256", v);
+                    }
+                }
+                Err(DeviceCertError::Profile(what)) => {
+                    genuine = false;
+                    v.add(ViolationKind::ProfileMismatch, Some(&id), what, index, |n| {
+                        format!("{n} certificate(s) do not match {id}'s device profile: {what}")
+                    });
+                }
+                Err(e) => {
+                    genuine = false;
+                    let site = self.site;
+                    v.add(ViolationKind::WrongIssuer, Some(&id), "", index, |n| {
+                        format!("{n} certificate(s) not issued by site {site}'s issuing CA ({e})")
+                    });
+                }
+            },
+        }
+        let site = self.site;
+        let serial = d.device_serial;
+        match db::claim_serial(self.tx, serial, site, &d.entitlement_id, index)? {
+            Some(first) if first.site_id == site.as_str() => {}
+            _ => {
+                genuine = false;
+                v.add(
+                    ViolationKind::RenewalOfUnknownDevice,
+                    Some(&id),
+                    &serial.to_string(),
+                    index,
+                    |n| format!("{n} renewal(s) of device serial {serial}, which site {site} never issued"),
+                );
+            }
+        }
+        if genuine && db::record_device(self.tx, site, d, time_ms, index, self.bundle_id, self.now)? {
+            self.devices_recorded += 1;
+        }
+        Ok(())
+    }
+
     fn device(&mut self, index: u64, time_ms: i64, d: &EntryDevice, handed_out: bool) -> Result<(), HqError> {
         self.devices_issued += 1;
         let id = short(&d.entitlement_id);

@@ -133,16 +133,44 @@ impl Policy {
         if self.pending_keys.contains(spki_sha256) {
             return Ok(true);
         }
-        Ok(self
+        Ok(!self.key_owners(spki_sha256)?.is_empty())
+    }
+
+    /// The device serials whose certificates (first or renewed) certify this key.
+    fn key_owners(&self, spki_sha256: &[u8; 32]) -> Result<Vec<u64>, SiteError> {
+        let mut stmt = self.reader.conn().prepare_cached(
+            "SELECT device_serial FROM devices WHERE spki_sha256 = ?1
+             UNION SELECT device_serial FROM renewals WHERE spki_sha256 = ?1",
+        )?;
+        let owners = stmt
+            .query_map([spki_sha256.as_slice()], |r| r.get::<_, i64>(0))?
+            .map(|r| r.map(|s| s as u64))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(owners)
+    }
+
+    /// The device a renewal request is for: the certificate this site issued whose subject the
+    /// request repeats exactly. Returns its serial, grant and first certificate.
+    fn renewal_target(&self, csr: &csr::VerifiedCsr) -> Result<Option<(u64, String)>, SiteError> {
+        let Some(serial) = device::serial_in_subject(csr.subject_der()) else {
+            return Ok(None);
+        };
+        let Ok(serial_i) = i64::try_from(serial) else {
+            return Ok(None);
+        };
+        let row: Option<(String, Vec<u8>)> = self
             .reader
             .conn()
             .query_row(
-                "SELECT 1 FROM devices WHERE spki_sha256 = ?1",
-                [spki_sha256.as_slice()],
-                |_| Ok(()),
+                "SELECT entitlement_id, certificate FROM devices WHERE device_serial = ?1",
+                [serial_i],
+                |r| Ok((r.get(0)?, r.get(1)?)),
             )
-            .optional()?
-            .is_some())
+            .optional()?;
+        Ok(row.and_then(|(entitlement_id, cert)| {
+            (device::subject_matches(&cert, csr.subject_der()) && !csr.requests_subject_alt_name())
+                .then_some((serial, entitlement_id))
+        }))
     }
 
     /// Decides a request at `time_ms`; on success reserves quota, a serial and a rate slot.
@@ -241,6 +269,11 @@ enum Job {
     Refusal {
         time_ms: i64,
         event: Event,
+        reply: mpsc::SyncSender<Result<u64, String>>,
+    },
+    Renewal {
+        time_ms: i64,
+        record: DeviceRecord,
         reply: mpsc::SyncSender<Result<u64, String>>,
     },
 }
@@ -381,12 +414,36 @@ impl Engine {
         spki_sha256: Option<[u8; 32]>,
         now_ms: i64,
     ) -> IssueError {
+        self.refuse_with(policy, Some(entitlement_id), station, reason, spki_sha256, now_ms)
+    }
+
+    /// Logs a refusal decided outside the engine (by the site service: a revoked or unknown
+    /// station) durably, and returns it as the error.
+    pub fn record_refusal(
+        &self,
+        entitlement_id: Option<&str>,
+        station: &str,
+        reason: RefusalReason,
+        now: OffsetDateTime,
+    ) -> IssueError {
+        self.refuse_with(None, entitlement_id, station, reason, None, unix_ms(now))
+    }
+
+    fn refuse_with(
+        &self,
+        policy: Option<MutexGuard<'_, Policy>>,
+        entitlement_id: Option<&str>,
+        station: &str,
+        reason: RefusalReason,
+        spki_sha256: Option<[u8; 32]>,
+        now_ms: i64,
+    ) -> IssueError {
         let mut p = policy.unwrap_or_else(|| lock(&self.policy));
         let time_ms = now_ms.max(p.last_time_ms);
         p.last_time_ms = time_ms;
         let (reply, rx) = mpsc::sync_channel(1);
         let event = Event::RequestRefused {
-            entitlement_id: Some(entitlement_id.chars().take(64).collect()),
+            entitlement_id: entitlement_id.map(|e| e.chars().take(64).collect()),
             station: station.chars().take(64).collect(),
             reason,
             public_key_sha256: spki_sha256.map(|h| ByteBuf::from(h.to_vec())),
@@ -420,13 +477,7 @@ impl Engine {
         let csr = match csr::verify(csr_der) {
             Ok(c) => c,
             Err(e) => {
-                let reason = match e {
-                    CsrError::BadSignature => RefusalReason::BadCsrSignature,
-                    CsrError::BadEcKey | CsrError::WeakRsaKey => RefusalReason::WeakKey,
-                    CsrError::UnsupportedKey => RefusalReason::KeyTypeNotAllowed,
-                    _ => RefusalReason::MalformedCsr,
-                };
-                return Err(self.refuse(None, entitlement_id, station, reason, None, now_ms));
+                return Err(self.refuse(None, entitlement_id, station, csr_refusal(e), None, now_ms));
             }
         };
         let spki_sha256 = fingerprint::sha256(csr.spki_der());
@@ -656,6 +707,146 @@ impl Engine {
         Ok((stamp, key))
     }
 
+    /// Issues a new certificate to a device that has one from this site (EST re-enrollment): the
+    /// request's subject must equal that certificate's (and ask for no subject alternative name);
+    /// the key may be the same or new, but no other device's. The grant's status (not revoked),
+    /// station list and key types apply; quota, rate and window do not (the device exists). Logged
+    /// durably as `device-renewed` before it is returned.
+    pub fn renew(
+        &self,
+        csr_der: &[u8],
+        station: &str,
+        now: OffsetDateTime,
+    ) -> Result<DeviceStamp, IssueError> {
+        if self.failed.load(Ordering::SeqCst) {
+            return Err(IssueError::Unavailable(
+                "the audit log failed earlier; restart the site".into(),
+            ));
+        }
+        let now_ms = unix_ms(now);
+        let csr = match csr::verify(csr_der) {
+            Ok(c) => c,
+            Err(e) => return Err(self.refuse_with(None, None, station, csr_refusal(e), None, now_ms)),
+        };
+        let spki_sha256 = fingerprint::sha256(csr.spki_der());
+        let mut serial = [0u8; 16];
+        self.rng
+            .fill(&mut serial)
+            .map_err(|_| IssueError::Unavailable("random generator failed".into()))?;
+        let mut p = lock(&self.policy);
+        let time_ms = now_ms.max(p.last_time_ms);
+        let (device_serial, entitlement_id) = match p.renewal_target(&csr) {
+            Ok(Some(t)) => t,
+            Ok(None) => {
+                return Err(self.refuse_with(
+                    Some(p),
+                    None,
+                    station,
+                    RefusalReason::UnknownDevice,
+                    Some(spki_sha256),
+                    now_ms,
+                ))
+            }
+            Err(e) => return Err(IssueError::Unavailable(e.to_string())),
+        };
+        let owners = match p.key_owners(&spki_sha256) {
+            Ok(o) => o,
+            Err(e) => return Err(IssueError::Unavailable(e.to_string())),
+        };
+        let decision = match p.grants.get(&entitlement_id) {
+            None => Err(RefusalReason::UnknownEntitlement),
+            Some(g) => {
+                let grant = &g.state.grant;
+                if g.state.status == Status::Revoked {
+                    Err(RefusalReason::Revoked)
+                } else if !grant.stations.is_empty() && !grant.stations.iter().any(|s| s == station) {
+                    Err(RefusalReason::StationNotAllowed)
+                } else if !device::device_key_type(csr.key_type())
+                    .is_some_and(|t| grant.device_profile.key_types.contains(&t))
+                {
+                    Err(RefusalReason::KeyTypeNotAllowed)
+                } else if p.pending_keys.contains(&spki_sha256) || owners.iter().any(|o| *o != device_serial)
+                {
+                    Err(RefusalReason::DuplicateKey)
+                } else {
+                    Ok(grant.clone())
+                }
+            }
+        };
+        let grant = match decision {
+            Ok(g) => g,
+            Err(reason) => {
+                return Err(self.refuse_with(
+                    Some(p),
+                    Some(&entitlement_id),
+                    station,
+                    reason,
+                    Some(spki_sha256),
+                    now_ms,
+                ))
+            }
+        };
+        let cert = match device::issue(
+            &grant,
+            device_serial,
+            csr.spki_der(),
+            now,
+            Serial::from_random(serial),
+            &Issuer {
+                cert_der: &self.issuing_ca,
+                signer: self.issuing.as_ref(),
+            },
+        ) {
+            Ok(c) => c,
+            Err(_) => {
+                return Err(self.refuse_with(
+                    Some(p),
+                    Some(&entitlement_id),
+                    station,
+                    RefusalReason::Internal,
+                    None,
+                    now_ms,
+                ))
+            }
+        };
+        p.pending_keys.insert(spki_sha256);
+        p.last_time_ms = time_ms;
+        let record = DeviceRecord {
+            entitlement_id: entitlement_id.clone(),
+            device_serial,
+            certificate_sha256: ByteBuf::from(fingerprint::sha256(&cert).to_vec()),
+            public_key_sha256: ByteBuf::from(spki_sha256.to_vec()),
+            certificate: ByteBuf::from(cert.clone()),
+            station: station.chars().take(64).collect(),
+            hq_key_index: None,
+        };
+        let (reply, rx) = mpsc::sync_channel(1);
+        let sent = self.send(Job::Renewal {
+            time_ms,
+            record,
+            reply,
+        });
+        drop(p);
+        let result = sent.and_then(|()| Self::wait(rx));
+        lock(&self.policy).pending_keys.remove(&spki_sha256);
+        let log_index = result?;
+        Ok(DeviceStamp {
+            entitlement_id,
+            product: grant.product.clone(),
+            device_serial,
+            certificate: cert,
+            chain: self.chain(),
+            device_data: grant.device_data.clone(),
+            firmware: crate::entitlements::firmware_of(&grant),
+            log_index,
+        })
+    }
+
+    /// Whether the audit log failed (the engine then refuses to issue until the site restarts).
+    pub fn failed(&self) -> bool {
+        self.failed.load(Ordering::SeqCst)
+    }
+
     /// Stops accepting requests and waits until every queued log entry is committed.
     pub fn shutdown(&self) {
         drop(lock(&self.jobs).take());
@@ -668,6 +859,16 @@ impl Engine {
 impl Drop for Engine {
     fn drop(&mut self) {
         self.shutdown();
+    }
+}
+
+/// The refusal reason for a CSR that failed its checks.
+fn csr_refusal(e: CsrError) -> RefusalReason {
+    match e {
+        CsrError::BadSignature => RefusalReason::BadCsrSignature,
+        CsrError::BadEcKey | CsrError::WeakRsaKey => RefusalReason::WeakKey,
+        CsrError::UnsupportedKey => RefusalReason::KeyTypeNotAllowed,
+        _ => RefusalReason::MalformedCsr,
     }
 }
 
@@ -691,7 +892,7 @@ fn write_loop(mut store: SiteStore, rx: mpsc::Receiver<Job>, failed: Arc<AtomicB
         };
         for (i, job) in batch.into_iter().enumerate() {
             let reply = match job {
-                Job::Device { reply, .. } | Job::Refusal { reply, .. } => reply,
+                Job::Device { reply, .. } | Job::Refusal { reply, .. } | Job::Renewal { reply, .. } => reply,
             };
             let _ = reply.send(result.as_ref().map(|indexes| indexes[i]).map_err(Clone::clone));
         }
@@ -735,6 +936,25 @@ fn commit(store: &mut SiteStore, batch: &[Job]) -> Result<Vec<u64>, SiteError> {
                 }
                 Job::Refusal { time_ms, event, .. } => {
                     indexes.push(log::append(tx, &mut head, *time_ms, event.clone())?.index);
+                }
+                Job::Renewal { time_ms, record, .. } => {
+                    let e = log::append(tx, &mut head, *time_ms, Event::DeviceRenewed(record.clone()))?;
+                    tx.execute(
+                        "INSERT INTO renewals (log_index, device_serial, entitlement_id, cert_sha256,
+                             spki_sha256, certificate, issued_ms, station)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                        params![
+                            e.index as i64,
+                            record.device_serial as i64,
+                            record.entitlement_id,
+                            record.certificate_sha256.as_slice(),
+                            record.public_key_sha256.as_slice(),
+                            record.certificate.as_slice(),
+                            time_ms,
+                            record.station,
+                        ],
+                    )?;
+                    indexes.push(e.index);
                 }
             }
         }

@@ -7,6 +7,7 @@ pub mod engine;
 pub mod entitlements;
 pub mod export;
 pub mod log;
+pub mod stations;
 mod store;
 
 use std::fs;
@@ -63,6 +64,15 @@ pub enum SiteError {
     /// The audit export failed.
     #[error("audit export failed: {0}")]
     Export(String),
+    /// A certificate could not be built from its profile.
+    #[error(transparent)]
+    Profile(#[from] stamp_core::profile::ProfileError),
+    /// A station of that name was added before.
+    #[error("station {0} exists already (station names are never reused; pick another)")]
+    StationExists(String),
+    /// No station of that name.
+    #[error("no station named {0} at this site")]
+    UnknownStation(String),
     /// A file operation failed.
     #[error("cannot write {path}")]
     Io {

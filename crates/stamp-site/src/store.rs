@@ -101,6 +101,32 @@ const MIGRATIONS: &[Migration] = &[
         );
     ",
     },
+    Migration {
+        version: 4,
+        sql: "
+        -- Line stations: their TLS client certificates, issued by the site issuing CA.
+        CREATE TABLE stations (
+            name TEXT PRIMARY KEY,
+            cert_sha256 BLOB NOT NULL UNIQUE,
+            certificate BLOB NOT NULL,
+            added_ms INTEGER NOT NULL,
+            revoked_ms INTEGER
+        );
+        -- Certificates issued again to devices that had one (EST re-enrollment); not quota.
+        CREATE TABLE renewals (
+            log_index INTEGER PRIMARY KEY,
+            device_serial INTEGER NOT NULL,
+            entitlement_id TEXT NOT NULL,
+            cert_sha256 BLOB NOT NULL,
+            spki_sha256 BLOB NOT NULL,
+            certificate BLOB NOT NULL,
+            issued_ms INTEGER NOT NULL,
+            station TEXT NOT NULL
+        );
+        CREATE INDEX renewals_by_key ON renewals (spki_sha256);
+        CREATE INDEX renewals_by_serial ON renewals (device_serial);
+    ",
+    },
 ];
 
 pub(crate) fn ts(t: OffsetDateTime) -> String {

@@ -18,8 +18,11 @@ use crate::Globals;
 /// Run stamp's main job on embedded defaults, in a fresh directory, narrating each step: HQ
 /// creates the OEM root and its authority; a factory site creates its keys and an enrollment
 /// request; HQ checks the request and issues the site's certificates; the site verifies and
-/// installs them; HQ grants the site a production run (an entitlement sealed to the site) and the
-/// site verifies and applies it. Every file stays in the directory for you to inspect.
+/// installs them; HQ grants the site a production run of N devices (an entitlement sealed to the
+/// site) and the site verifies and applies it; the site adds a line station and starts its
+/// service on a loopback port; N simulated devices enroll over mutual TLS (EST) and check their
+/// chains; one more device is refused for quota; the service stops; the site exports its audit log
+/// for HQ, and HQ reconciles it. Every file stays in the directory for you to inspect.
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// Directory to work in (must not exist, or be empty). Default: a new temporary directory,
@@ -32,9 +35,12 @@ pub struct Args {
     /// The demo site's ID.
     #[arg(long, default_value = "factory-1")]
     site_id: SiteId,
-    /// Device quota of the demo entitlement.
-    #[arg(long, value_name = "N", default_value = "1000")]
-    quota: u64,
+    /// Devices to make: the entitlement's quota, and the number of simulated devices.
+    #[arg(long, value_name = "N", default_value = "1000", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    devices: u64,
+    /// Devices enrolling at the same time.
+    #[arg(long, value_name = "C", default_value = "16")]
+    concurrency: usize,
     /// Where HQ and the site create their keys: `file:` (encrypted files) or a PKCS#11 token,
     /// `pkcs11:token=LABEL`, for both (module and PIN from --pkcs11-module and
     /// --pkcs11-pin-file; see docs/hsm.md).
@@ -58,8 +64,49 @@ struct Report {
     entitlement_id: String,
     quota: u64,
     serial_ranges: Vec<stamp_core::entitlement::SerialRange>,
+    station_dir: PathBuf,
+    service_url: String,
+    devices_dir: PathBuf,
+    devices_requested: u64,
+    devices_issued: u64,
+    refused_over_quota: u64,
+    issuance_per_second: f64,
+    latency_ms: stamp_service::simulate::Latency,
+    audit_bundle: PathBuf,
+    audit_log_size: u64,
+    reconcile: Reconcile,
     steps: Vec<Step>,
     seconds: f64,
+}
+
+/// HQ's verdict on the audit bundle.
+#[derive(Serialize)]
+struct Reconcile {
+    /// Every check passed.
+    ok: bool,
+    /// Violations found (kind, detail, entries).
+    violations: Vec<serde_json::Value>,
+    /// Genuine devices recorded in HQ's registry.
+    devices_recorded: u64,
+    /// Log entries in the bundle.
+    entries: u64,
+}
+
+/// HQ reconciles the site's audit bundle (`stamp hq reconcile`).
+fn reconcile_step(hq_dir: &Path, keys: KeyConfig, bundle: &Path) -> anyhow::Result<Reconcile> {
+    let mut hq = stamp_hq::Hq::open(hq_dir, keys)?;
+    let file = std::fs::File::open(bundle).with_context(|| format!("cannot open {}", bundle.display()))?;
+    let report = hq.reconcile(std::io::BufReader::new(file), super::now())?;
+    Ok(Reconcile {
+        ok: report.ok,
+        violations: report
+            .violations
+            .iter()
+            .map(serde_json::to_value)
+            .collect::<Result<_, _>>()?,
+        devices_recorded: report.devices_recorded,
+        entries: report.entries,
+    })
 }
 
 #[derive(Serialize)]
@@ -214,7 +261,7 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
                 product_id: "thermostat-2".into(),
                 name: "Thermostat 2".into(),
             },
-            quota: a.quota,
+            quota: a.devices,
             rate_limits: [(stamp_core::entitlement::RatePeriod::Day, 100_000)]
                 .into_iter()
                 .collect(),
@@ -259,6 +306,116 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
         applied.entitlement.entitlement_id, applied.entitlement.remaining, applied.entitlement.not_after
     ));
 
+    let station_dir = dir.join("station-1");
+    let station = n.step(
+        "Site: add line station line-1 (its TLS key and station certificate)",
+        || {
+            super::site_add_station::prepare_out_dir(&station_dir)?;
+            let mut site = stamp_site::Site::open(&site_dir, keys(false)?)?;
+            let creds = site.add_station("line-1", now())?;
+            super::site_add_station::write_station_files(&station_dir, &creds)?;
+            Ok(creds.name.clone())
+        },
+    )?;
+    n.say(format!(
+        "station {station}: key, certificate and CA in {}",
+        station_dir.display()
+    ));
+
+    let entitlement_id = granted.entitlement.entitlement_id.clone();
+    let running = n.step(
+        "Site: start the site service on a loopback port (mutual TLS)",
+        || {
+            let site = stamp_site::Site::open(&site_dir, keys(false)?)?;
+            let config = stamp_service::Config {
+                listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+                default_entitlement: entitlement_id.clone(),
+                ..stamp_service::Config::default()
+            };
+            let server = stamp_service::Server::new(&site, config)?;
+            Ok(stamp_service::Running::start(server, 2)?)
+        },
+    )?;
+    let url = format!("https://{}", running.addr());
+    n.say(format!(
+        "listening on {url}; stations must present a certificate from this site's CA"
+    ));
+
+    let devices_dir = dir.join("devices");
+    let sim = |count: u64, out: PathBuf| stamp_service::simulate::SimulateOptions {
+        server: url.clone(),
+        station_dir: station_dir.clone(),
+        count,
+        concurrency: a.concurrency,
+        key: stamp_service::simulate::SimKey::P256,
+        protocol: stamp_service::simulate::Protocol::Est,
+        entitlement: Some(entitlement_id.clone()),
+        out_dir: out,
+    };
+    let devices = n.step(
+        "Line: devices make their keys and CSRs and enroll over mutual TLS (EST)",
+        || super::device_simulate::run_with_progress(&sim(a.devices, devices_dir.clone()), g.json),
+    )?;
+    n.say(format!(
+        "{} of {} devices provisioned at {:.0} devices/s (latency p50 {:.1} ms, p99 {:.1} ms); stamps in {}",
+        devices.provisioned,
+        devices.requested,
+        devices.devices_per_second,
+        devices.latency_ms.p50,
+        devices.latency_ms.p99,
+        devices_dir.display()
+    ));
+    if devices.provisioned != a.devices {
+        anyhow::bail!(
+            "only {} of {} devices were provisioned (refused: {:?}, failed: {:?})",
+            devices.provisioned,
+            a.devices,
+            devices.refused,
+            devices.failed
+        );
+    }
+    let extra = n.step("Line: one device more than the quota asks too", || {
+        super::device_simulate::run_with_progress(&sim(1, dir.join("devices-over-quota")), true)
+    })?;
+    let refused_over_quota = extra.refused.get("quota-exhausted").copied().unwrap_or(0);
+    n.say(format!(
+        "refused: {}",
+        extra.refused.keys().cloned().collect::<Vec<_>>().join(", ")
+    ));
+    if refused_over_quota != 1 || extra.provisioned != 0 {
+        anyhow::bail!("the device over quota was not refused with quota-exhausted");
+    }
+    n.step(
+        "Site: stop the service (every acknowledged issuance is in the audit log)",
+        || Ok(running.stop()?),
+    )?;
+
+    let bundle = dir.join("audit-1.bundle");
+    let export = n.step(
+        "Site: export the audit log for HQ (signed, encrypted to HQ)",
+        || {
+            let mut site = stamp_site::Site::open(&site_dir, keys(false)?)?;
+            Ok(site.export_audit(&bundle, None, now())?)
+        },
+    )?;
+    n.say(format!(
+        "{} entries, checkpoint root {}, in {}",
+        export.entries,
+        export.root,
+        bundle.display()
+    ));
+    let reconcile = n.step("HQ: reconcile the audit bundle against the entitlement", || {
+        reconcile_step(&hq_dir, keys(false)?, &bundle)
+    })?;
+    if reconcile.ok {
+        n.say(format!(
+            "no violations: {} entries checked, {} genuine devices in HQ's registry",
+            reconcile.entries, reconcile.devices_recorded
+        ));
+    } else {
+        n.say(format!("{} violations", reconcile.violations.len()));
+    }
+
     let report = Report {
         dir: dir.clone(),
         passphrase_file: pass_file,
@@ -274,19 +431,38 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
         entitlement_id: granted.entitlement.entitlement_id,
         quota: granted.entitlement.quota,
         serial_ranges: granted.entitlement.serial_ranges,
+        station_dir,
+        service_url: url,
+        devices_dir,
+        devices_requested: a.devices,
+        devices_issued: devices.provisioned,
+        refused_over_quota,
+        issuance_per_second: devices.devices_per_second,
+        latency_ms: devices.latency_ms.clone(),
+        audit_bundle: bundle,
+        audit_log_size: export.size,
+        reconcile,
         steps: n.steps,
         seconds: started.elapsed().as_secs_f64(),
     };
+    let first = devices.serials.first().copied();
     emit(g.json, &report, || {
-        println!("Enrollment and entitlement complete in {:.1} s.", report.seconds);
         println!(
-            "Everything is in {}; check a certificate with:",
-            report.dir.display()
+            "Done in {:.1} s: {} devices provisioned ({:.0}/s), 1 refused over quota, audit bundle {}.",
+            report.seconds,
+            report.devices_issued,
+            report.issuance_per_second,
+            report.audit_bundle.display()
         );
-        println!(
-            "  openssl verify -x509_strict -CAfile {} {}",
-            report.root_cert.display(),
-            report.site_issuing_ca_cert.display()
-        );
+        println!("Everything is in {}; check a device with:", report.dir.display());
+        if let Some(serial) = first {
+            let d = report.devices_dir.join(serial.to_string());
+            println!(
+                "  openssl verify -x509_strict -purpose sslclient -CAfile {} -untrusted {} {}",
+                report.root_cert.display(),
+                report.site_issuing_ca_cert.display(),
+                d.join("device.crt").display()
+            );
+        }
     })
 }

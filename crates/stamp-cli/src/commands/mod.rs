@@ -2,6 +2,7 @@
 
 pub mod args;
 pub mod demo;
+pub mod device_simulate;
 pub mod device_verify_firmware;
 pub mod hq_add_firmware_key;
 pub mod hq_amend;
@@ -15,12 +16,16 @@ pub mod hq_init;
 pub mod hq_reconcile;
 pub mod hq_sign_firmware;
 pub mod hq_sites;
+pub mod site_add_station;
 pub mod site_export_audit;
 pub mod site_hand_out;
 pub mod site_import;
 pub mod site_init;
 pub mod site_install;
 pub mod site_issue;
+pub mod site_revoke_station;
+pub mod site_serve;
+pub mod site_stations;
 pub mod site_status;
 pub mod site_verify_log;
 
@@ -82,6 +87,14 @@ pub enum SiteCommand {
     ExportAudit(site_export_audit::Args),
     /// Check the site's own audit log for consistency.
     VerifyLog(site_verify_log::Args),
+    /// Add a line station: its TLS key and station certificate, for the site service.
+    AddStation(site_add_station::Args),
+    /// Revoke a line station.
+    RevokeStation(site_revoke_station::Args),
+    /// List the line stations.
+    Stations(site_stations::Args),
+    /// Run the site service (mutual TLS; JSON API and EST) for line stations.
+    Serve(site_serve::Args),
 }
 
 /// Runs an HQ command.
@@ -105,6 +118,8 @@ pub fn run_hq(cmd: HqCommand, g: &Globals) -> anyhow::Result<()> {
 /// `stamp device ...`
 #[derive(Subcommand, Debug)]
 pub enum DeviceCommand {
+    /// Simulate devices enrolling through a station, with a progress bar and latency summary.
+    Simulate(device_simulate::Args),
     /// Verify a signed firmware image as the device's bootloader would.
     VerifyFirmware(device_verify_firmware::Args),
 }
@@ -112,6 +127,7 @@ pub enum DeviceCommand {
 /// Runs a device command.
 pub fn run_device(cmd: DeviceCommand, g: &Globals) -> anyhow::Result<()> {
     match cmd {
+        DeviceCommand::Simulate(a) => device_simulate::run(a, g),
         DeviceCommand::VerifyFirmware(a) => device_verify_firmware::run(a, g),
     }
 }
@@ -127,6 +143,10 @@ pub fn run_site(cmd: SiteCommand, g: &Globals) -> anyhow::Result<()> {
         SiteCommand::ExportAudit(a) => site_export_audit::run(a, g),
         SiteCommand::HandOut(a) => site_hand_out::run(a, g),
         SiteCommand::VerifyLog(a) => site_verify_log::run(a, g),
+        SiteCommand::AddStation(a) => site_add_station::run(a, g),
+        SiteCommand::RevokeStation(a) => site_revoke_station::run(a, g),
+        SiteCommand::Stations(a) => site_stations::run(a, g),
+        SiteCommand::Serve(a) => site_serve::run(a, g),
     }
 }
 

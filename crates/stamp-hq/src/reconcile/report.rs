@@ -19,6 +19,8 @@ pub const MAX_LISTED_ENTRIES: usize = 100;
 pub enum ViolationKind {
     /// More devices than the grant's quota (as amended at the time).
     OverQuota,
+    /// A renewal for a device serial the site never issued.
+    RenewalOfUnknownDevice,
     /// More devices than a rate limit allows in some interval of the period's length.
     RateExceeded,
     /// A device issued outside the grant's production window (as amended at the time).
@@ -67,6 +69,7 @@ impl ViolationKind {
             ViolationKind::IssuedWhileRevoked => "issued-while-revoked",
             ViolationKind::SerialOutsideRange => "serial-outside-range",
             ViolationKind::SerialReused => "serial-reused",
+            ViolationKind::RenewalOfUnknownDevice => "renewal-of-unknown-device",
             ViolationKind::KeyReused => "key-reused",
             ViolationKind::HqKeyReused => "hq-key-reused",
             ViolationKind::UnknownHqKey => "unknown-hq-key",

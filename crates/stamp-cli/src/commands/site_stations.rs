@@ -1,0 +1,37 @@
+//! `stamp site stations`
+
+use std::path::PathBuf;
+
+use crate::output::emit;
+use crate::Globals;
+
+/// List the site's line stations (name, certificate hash, added, revoked).
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Site directory.
+    #[arg(long, value_name = "DIR")]
+    dir: PathBuf,
+}
+
+/// Runs `stamp site stations`.
+pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
+    let db = a.dir.join(stamp_site::DB_FILE);
+    if !db.is_file() {
+        return Err(stamp_site::SiteError::NotSiteDir(a.dir).into());
+    }
+    let store = stamp_site::SiteStore::open(&db)?;
+    let stations = store.stations()?;
+    emit(g.json, &serde_json::json!({ "stations": stations }), || {
+        if stations.is_empty() {
+            println!("No stations; add one with `stamp site add-station`.");
+        }
+        for s in &stations {
+            let state = if s.revoked_ms.is_some() {
+                "revoked"
+            } else {
+                "active"
+            };
+            println!("{:<24} {state:<8} {}", s.name, s.cert_sha256);
+        }
+    })
+}

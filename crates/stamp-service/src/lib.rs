@@ -1,0 +1,26 @@
+//! stamp's site service: line stations provision devices over mutual TLS, with a JSON API and EST
+//! (RFC 7030); and a device simulator that drives it like a production line.
+//!
+//! The service is a thin edge around the site's provisioning engine
+//! ([`stamp_site::engine::Engine`]): it authenticates stations (TLS client certificates from this
+//! site's issuing CA, checked against the site's station records), turns HTTP requests into engine
+//! calls on the blocking pool, and maps the engine's stable refusal codes to HTTP statuses. The
+//! engine decides, signs and logs durably before anything is returned. docs/service.md describes
+//! the API, EST, error codes, configuration and operations.
+
+pub mod api;
+pub mod client;
+pub mod config;
+pub mod metrics;
+pub mod pkcs7;
+pub mod server;
+pub mod simulate;
+pub mod tls;
+
+pub use config::Config;
+pub use server::{Running, Server, ServiceError};
+
+/// The current time (the service's only clock).
+pub(crate) fn now() -> time::OffsetDateTime {
+    time::OffsetDateTime::now_utc()
+}

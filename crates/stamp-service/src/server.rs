@@ -1,0 +1,436 @@
+//! The service's life: start (engine, fresh server certificate, listener), a TLS accept loop that
+//! attaches each connection's verified client certificate to its requests, and a graceful stop.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use axum::http::Request;
+use axum::response::IntoResponse;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use stamp_core::profile::Profile;
+use stamp_core::SiteId;
+use stamp_site::engine::Engine;
+use stamp_site::entitlements::GrantStatus;
+use stamp_site::{Site, SiteError, SiteStore};
+use tokio::sync::{watch, Notify, Semaphore};
+use tower::ServiceExt;
+
+use crate::api::{self, ApiError, Outcome, ERROR_HEADER};
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::tls::{self, Peer};
+
+/// Why the service could not start or run.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServiceError {
+    /// The site could not be opened, or its engine started.
+    #[error(transparent)]
+    Site(#[from] SiteError),
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// TLS could not be set up.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A certificate could not be encoded.
+    #[error(transparent)]
+    Pkcs7(#[from] crate::pkcs7::Pkcs7Error),
+    /// The service's thread ended abnormally.
+    #[error("the site service thread crashed")]
+    Crashed,
+    /// The site has no credentials installed.
+    #[error("the site has no credentials installed; run `stamp site install` first")]
+    NotInstalled,
+}
+
+/// Counts running tasks (connections, engine calls) so a stop can wait for them.
+#[derive(Default)]
+pub struct Tracker {
+    count: AtomicUsize,
+    idle: Notify,
+}
+
+/// One tracked task; dropping it ends the task.
+pub struct TrackGuard(Arc<Tracker>);
+
+impl Drop for TrackGuard {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+impl Tracker {
+    /// Starts tracking a task.
+    pub fn guard(self: &Arc<Self>) -> TrackGuard {
+        self.count.fetch_add(1, Ordering::SeqCst);
+        TrackGuard(self.clone())
+    }
+
+    /// Waits until no task is tracked.
+    pub async fn idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            if self.count.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Tasks running now.
+    pub fn running(&self) -> usize {
+        self.count.load(Ordering::SeqCst)
+    }
+}
+
+/// What every request handler shares.
+pub struct AppState {
+    pub(crate) engine: Arc<Engine>,
+    store: Mutex<SiteStore>,
+    pub(crate) site_id: SiteId,
+    pub(crate) config: Config,
+    pub(crate) metrics: Metrics,
+    pub(crate) cacerts_p7: Vec<u8>,
+    pub(crate) in_flight: Arc<Semaphore>,
+    pub(crate) tracker: Arc<Tracker>,
+}
+
+impl AppState {
+    /// The read connection to the site database (stations, status).
+    pub(crate) fn store(&self) -> MutexGuard<'_, SiteStore> {
+        self.store
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub(crate) fn statuses(&self) -> Result<Vec<GrantStatus>, ApiError> {
+        stamp_site::entitlements::grant_statuses(&self.store(), crate::now()).map_err(|e| {
+            tracing::error!(error = %e, "site database read failed");
+            ApiError::unavailable("the site database could not be read")
+        })
+    }
+
+    pub(crate) fn engine_failed(&self) -> bool {
+        self.engine.failed()
+    }
+}
+
+/// A prepared service: engine running, server certificate issued, listener bound.
+pub struct Server {
+    state: Arc<AppState>,
+    tls: Arc<rustls::ServerConfig>,
+    listener: std::net::TcpListener,
+    addr: SocketAddr,
+}
+
+impl Server {
+    /// Prepares the service for `site`: starts the provisioning engine, issues a fresh server
+    /// certificate for the configured names, and binds the listen address.
+    pub fn new(site: &Site, config: Config) -> Result<Server, ServiceError> {
+        config.check()?;
+        let store = site.store();
+        let issuing_ca = store
+            .certificate(Profile::SiteIssuingCa)
+            .map_err(SiteError::from)?
+            .ok_or(ServiceError::NotInstalled)?;
+        let root = store
+            .certificate(Profile::OemRoot)
+            .map_err(SiteError::from)?
+            .ok_or(ServiceError::NotInstalled)?;
+        let site_id = store.site_id().map_err(SiteError::from)?;
+        let creds = site.issue_service_certificate(&config.service_names()?, crate::now())?;
+        let tls = tls::server_config(&creds.chain, &creds.key_pkcs8, &issuing_ca)?;
+        let engine = Arc::new(Engine::start(site)?);
+        let reader = SiteStore::open(store.path()).map_err(SiteError::from)?;
+        let listener = std::net::TcpListener::bind(config.listen).map_err(|source| ServiceError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|source| ServiceError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| ServiceError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+        let cacerts_p7 = crate::pkcs7::certs_only(&[issuing_ca, root])?;
+        let state = Arc::new(AppState {
+            engine,
+            store: Mutex::new(reader),
+            site_id,
+            in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
+            config,
+            metrics: Metrics::default(),
+            cacerts_p7,
+            tracker: Arc::new(Tracker::default()),
+        });
+        Ok(Server {
+            state,
+            tls,
+            listener,
+            addr,
+        })
+    }
+
+    /// The bound address (the real port when the configuration said 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Serves until `shutdown` completes; then stops accepting, lets in-flight requests finish
+    /// (up to the configured grace period) and shuts the engine down, which commits every queued
+    /// audit entry. Must run inside a Tokio runtime.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ServiceError> {
+        let Server {
+            state,
+            tls,
+            listener,
+            addr,
+        } = self;
+        let listener = tokio::net::TcpListener::from_std(listener)
+            .map_err(|source| ServiceError::Bind { addr, source })?;
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+        let router = api::router(state.clone());
+        let connections = Arc::new(Semaphore::new(state.config.max_connections));
+        let (stop_tx, stop_rx) = watch::channel(false);
+        tracing::info!(%addr, site = %state.site_id, "site service listening");
+        tokio::pin!(shutdown);
+        loop {
+            let accepted = tokio::select! {
+                () = &mut shutdown => break,
+                a = listener.accept() => a,
+            };
+            let (tcp, peer_addr) = match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let Ok(permit) = connections.clone().try_acquire_owned() else {
+                state.metrics.error("too-many-connections");
+                tracing::warn!(%peer_addr, "connection limit reached; closing a new connection");
+                drop(tcp);
+                continue;
+            };
+            let _ = tcp.set_nodelay(true);
+            let conn = Connection {
+                state: state.clone(),
+                acceptor: acceptor.clone(),
+                router: router.clone(),
+                stop: stop_rx.clone(),
+                guard: state.tracker.guard(),
+            };
+            tokio::spawn(async move {
+                conn.serve(tcp, peer_addr).await;
+                drop(permit);
+            });
+        }
+        drop(listener);
+        tracing::info!(
+            in_flight = state.tracker.running(),
+            "stopping: no new connections; letting requests in flight finish"
+        );
+        let _ = stop_tx.send(true);
+        let grace = Duration::from_secs(state.config.shutdown_timeout_secs);
+        if tokio::time::timeout(grace, state.tracker.idle()).await.is_err() {
+            tracing::warn!(
+                still_running = state.tracker.running(),
+                "grace period over; stopping anyway (issuances already queued are still logged)"
+            );
+        }
+        let engine = state.engine.clone();
+        let _ = tokio::task::spawn_blocking(move || engine.shutdown()).await;
+        tracing::info!("site service stopped; every acknowledged issuance is in the audit log");
+        Ok(())
+    }
+}
+
+struct Connection {
+    state: Arc<AppState>,
+    acceptor: tokio_rustls::TlsAcceptor,
+    router: axum::Router,
+    stop: watch::Receiver<bool>,
+    guard: crate::server::TrackGuard,
+}
+
+impl Connection {
+    async fn serve(self, tcp: tokio::net::TcpStream, addr: SocketAddr) {
+        let Connection {
+            state,
+            acceptor,
+            router,
+            mut stop,
+            guard,
+        } = self;
+        let cfg = &state.config;
+        let handshake = tokio::time::timeout(
+            Duration::from_secs(cfg.handshake_timeout_secs),
+            acceptor.accept(tcp),
+        )
+        .await;
+        let tls = match handshake {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                state.metrics.error("tls-handshake");
+                tracing::info!(%addr, error = %e, "TLS handshake refused");
+                return;
+            }
+            Err(_) => {
+                state.metrics.error("tls-handshake");
+                tracing::info!(%addr, "TLS handshake timed out");
+                return;
+            }
+        };
+        state.metrics.connection_opened();
+        let cert = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(|c| c.as_ref().to_vec());
+        let peer = Arc::new(Peer::from_certificate(cert.as_deref(), &state.site_id, addr));
+        let timeout = Duration::from_secs(cfg.request_timeout_secs);
+        let svc_state = state.clone();
+        let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+            let router = router.clone();
+            let peer = peer.clone();
+            let state = svc_state.clone();
+            async move {
+                let started = Instant::now();
+                let method = req.method().clone();
+                let path: String = req.uri().path().chars().take(128).collect();
+                let est = path.starts_with("/.well-known/est/");
+                let mut req = req.map(axum::body::Body::new);
+                req.extensions_mut().insert(peer.clone());
+                let resp = match tokio::time::timeout(timeout, router.oneshot(req)).await {
+                    Ok(Ok(r)) => r,
+                    Ok(Err(never)) => match never {},
+                    Err(_) => {
+                        state.metrics.error("timeout");
+                        ApiError::timeout().est(est).into_response()
+                    }
+                };
+                let code = resp
+                    .headers()
+                    .get(ERROR_HEADER)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("");
+                let serial = resp.extensions().get::<Outcome>().map(|o| o.device_serial);
+                tracing::info!(
+                    station = %peer.label,
+                    client = %peer.addr,
+                    %method,
+                    path,
+                    status = resp.status().as_u16(),
+                    error = code,
+                    device_serial = serial,
+                    ms = started.elapsed().as_secs_f64() * 1000.0,
+                    "request"
+                );
+                Ok::<_, Infallible>(resp)
+            }
+        });
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(Duration::from_secs(cfg.header_timeout_secs))
+            .max_buf_size(64 * 1024)
+            .serve_connection(TokioIo::new(tls), svc);
+        tokio::pin!(conn);
+        let grace = Duration::from_secs(cfg.shutdown_timeout_secs);
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(%addr, error = %e, "connection ended with an error");
+                }
+            }
+            () = async { let _ = stop.wait_for(|s| *s).await; } => {
+                conn.as_mut().graceful_shutdown();
+                let _ = tokio::time::timeout(grace, conn.as_mut()).await;
+            }
+        }
+        state.metrics.connection_closed();
+        drop(guard);
+    }
+}
+
+/// A service running on its own runtime in the background (for `stamp demo` and tests).
+pub struct Running {
+    addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<Result<(), ServiceError>>>,
+}
+
+impl Running {
+    /// Starts `server` on a new multi-threaded runtime.
+    pub fn start(server: Server, worker_threads: usize) -> Result<Running, ServiceError> {
+        let addr = server.local_addr();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(worker_threads.max(1))
+            .thread_name("stamp-service")
+            .enable_all()
+            .build()
+            .map_err(|source| ServiceError::Bind { addr, source })?;
+        let thread = std::thread::Builder::new()
+            .name("stamp-service-main".into())
+            .spawn(move || {
+                runtime.block_on(server.run(async {
+                    let _ = rx.await;
+                }))
+            })
+            .map_err(|source| ServiceError::Bind { addr, source })?;
+        Ok(Running {
+            addr,
+            stop: Some(tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// Where it listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops it gracefully and waits until it has (every queued audit entry committed).
+    pub fn stop(mut self) -> Result<(), ServiceError> {
+        self.stop_inner()
+    }
+
+    fn stop_inner(&mut self) -> Result<(), ServiceError> {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        match self.thread.take().map(std::thread::JoinHandle::join) {
+            Some(Ok(r)) => r,
+            Some(Err(_)) => Err(ServiceError::Crashed),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.stop_inner();
+    }
+}
