@@ -19,6 +19,9 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
+
+/// Most tries of an idempotent operation (signing, key agreement) across reconnects.
+const IDEMPOTENT_ATTEMPTS: u32 = 3;
 use cryptoki::mechanism::MechanismType;
 use cryptoki::session::{Session, SessionState, UserType};
 use cryptoki::slot::Slot;
@@ -368,30 +371,39 @@ impl Token {
     }
 
     /// Runs an idempotent operation on a pooled session; if the session, login or device was lost,
-    /// reconnects and runs it once more. `f` gets the session and its generation (object handles
+    /// reconnects and runs it again, at most [`IDEMPOTENT_ATTEMPTS`] times in all (other threads may
+    /// be reconnecting at the same moment). `f` gets the session and its generation (object handles
     /// found in an older generation must be looked up again).
     pub(crate) fn with_session<T>(
         &self,
         op: &'static str,
         mut f: impl FnMut(&Session, u64) -> Result<T, CkError>,
     ) -> Result<T, Pkcs11Error> {
-        match self.attempt(&mut f) {
-            Ok(v) => Ok(v),
-            Err((e, seen)) if is_connection_lost(&e) => {
-                self.reconnect(seen)?;
-                match self.attempt(&mut f) {
-                    Ok(v) => Ok(v),
-                    Err((e, _)) if is_connection_lost(&e) => Err(Pkcs11Error::DeviceLost {
+        let mut attempt = 1;
+        loop {
+            match self.attempt(&mut f) {
+                Ok(v) => return Ok(v),
+                // SoftHSM2 reports a login lost in the middle of an operation as
+                // CKR_GENERAL_ERROR rather than CKR_USER_NOT_LOGGED_IN; for idempotent operations
+                // retrying after reconnecting is safe, and a persistent error is still reported.
+                Err((e, seen))
+                    if attempt < IDEMPOTENT_ATTEMPTS
+                        && (is_connection_lost(&e) || error::rv_of(&e) == Some(RvError::GeneralError)) =>
+                {
+                    self.reconnect(seen)?;
+                    attempt += 1;
+                }
+                Err((e, _)) if is_connection_lost(&e) => {
+                    return Err(Pkcs11Error::DeviceLost {
                         token: self.name.clone(),
                         op,
                         rv: error::rv_of(&e)
                             .map(error::ckr_name)
                             .unwrap_or_else(|| e.to_string()),
-                    }),
-                    Err((e, _)) => Err(error::map(&self.name, op, e)),
+                    })
                 }
+                Err((e, _)) => return Err(error::map(&self.name, op, e)),
             }
-            Err((e, _)) => Err(error::map(&self.name, op, e)),
         }
     }
 
