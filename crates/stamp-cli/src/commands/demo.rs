@@ -315,7 +315,7 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
                 default_entitlement: entitlement_id.clone(),
                 ..stamp_service::Config::default()
             };
-            let server = stamp_service::Server::new(&site, config)?;
+            let server = stamp_service::Server::new(site, config)?;
             Ok(stamp_service::Running::start(server, 2)?)
         },
     )?;
