@@ -113,6 +113,8 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
         .thread_name("stamp-service")
         .enable_all()
         .build()?;
-    runtime.block_on(server.run(stop_signal()))?;
-    Ok(())
+    let result = runtime.block_on(server.run(stop_signal()));
+    // The engine has committed every queued entry; nothing left to wait for.
+    runtime.shutdown_background();
+    Ok(result?)
 }
