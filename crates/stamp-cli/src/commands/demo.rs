@@ -38,8 +38,8 @@ pub struct Args {
     /// Devices to make: the entitlement's quota, and the number of simulated devices.
     #[arg(long, value_name = "N", default_value = "1000", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     devices: u64,
-    /// Devices enrolling at the same time.
-    #[arg(long, value_name = "C", default_value = "16")]
+    /// Devices enrolling at the same time (one station connection each).
+    #[arg(long, value_name = "C", default_value = "32")]
     concurrency: usize,
 }
 
