@@ -1269,3 +1269,49 @@ fn demo_runs_the_whole_flow() {
         .count();
     assert_eq!(devices, 150);
 }
+
+#[test]
+fn entitlements_imported_while_serving_take_effect() {
+    let (c, st) = setup(&["--quota", "100"]);
+    let svc = Service::start(&c, &[]);
+    let amend = |name: &str, args: &[&str]| {
+        let pkg = c.tmp.path().join(format!("{name}.cose"));
+        let mut all = vec!["hq", "amend", "--dir", s(&c.hq), "-o", s(&pkg)];
+        all.extend_from_slice(args);
+        stamp_json(&c.pass, &all);
+        stamp_json(&c.pass, &["site", "import", "--dir", s(&c.site), s(&pkg)]);
+    };
+    rt().block_on(async {
+        let mut conn = connect(&svc.url, &st).await;
+        // Polls until a provision under `ent` answers `want` (the service reloads every 2 s).
+        async fn until(conn: &mut Connection, ent: &str, want: u16) -> Reply {
+            for _ in 0..60 {
+                let r = provision(conn, ent, &p256_csr()).await;
+                if r.status == want && (want == 200 || r.error.as_deref() == Some("suspended")) {
+                    return r;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            panic!("{ent} never answered {want}");
+        }
+        assert_eq!(provision(&mut conn, "plant-7.1", &p256_csr()).await.status, 200);
+        // A new grant, imported while the service runs.
+        entitle(&c, "e2", &["--quota", "2"]);
+        until(&mut conn, "plant-7.2", 200).await;
+        assert_eq!(provision(&mut conn, "plant-7.2", &p256_csr()).await.status, 200);
+        let r = provision(&mut conn, "plant-7.2", &p256_csr()).await;
+        assert_eq!(r.error.as_deref(), Some("quota-exhausted"));
+        // A top-up of the used-up grant: new serials from the new range.
+        amend("top-up", &["--entitlement", "plant-7.2", "--add-quota", "2"]);
+        let r = until(&mut conn, "plant-7.2", 200).await;
+        let serial = r.json().unwrap()["device_serial"].as_u64().unwrap();
+        assert!(serial > 7, "serial {serial} comes from the new range");
+        // A suspension takes effect without a restart.
+        amend("suspend", &["--entitlement", "plant-7.1", "--suspend"]);
+        let r = until(&mut conn, "plant-7.1", 403).await;
+        assert_eq!(r.error.as_deref(), Some("suspended"));
+    });
+    assert_eq!(svc.stop(), Some(0));
+    check_consistent(&c, "plant-7.1");
+    check_consistent(&c, "plant-7.2");
+}

@@ -117,7 +117,7 @@ pub fn refusal(reason: RefusalReason) -> (StatusCode, &'static str) {
         Revoked => (StatusCode::FORBIDDEN, "the entitlement is revoked"),
         UnknownEntitlement => (
             StatusCode::NOT_FOUND,
-            "no such entitlement at this site (imported after the service started? restart it)",
+            "no such entitlement at this site (one imported just now is used within seconds)",
         ),
         StationNotAllowed => (StatusCode::FORBIDDEN, "this station may not use the entitlement"),
         NoKeysLeft => (StatusCode::FORBIDDEN, "no HQ-generated key is left to hand out"),

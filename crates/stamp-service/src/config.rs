@@ -45,6 +45,11 @@ max_in_flight = 256
 # acknowledged is in the audit log whatever happens; this only bounds how long the service waits.
 shutdown_timeout_secs = 30
 
+# Seconds between checks for entitlement packages imported while the service runs
+# (`stamp site import`); new grants and amendments (top-ups, suspensions, revocations) take effect
+# at the next check. 0 turns it off (then restart the service after an import).
+reload_interval_secs = 2
+
 # Log format on standard error: "text" or "json". The level comes from RUST_LOG (default "info").
 # Logs never hold keys, secrets or CSRs.
 log_format = "text"
@@ -74,6 +79,8 @@ pub struct Config {
     pub max_in_flight: usize,
     /// Grace period on shutdown.
     pub shutdown_timeout_secs: u64,
+    /// Entitlement reload polling interval (0 = off).
+    pub reload_interval_secs: u64,
     /// `text` or `json`.
     pub log_format: LogFormat,
 }
@@ -101,6 +108,7 @@ impl Default for Config {
             max_connections: 1024,
             max_in_flight: 256,
             shutdown_timeout_secs: 30,
+            reload_interval_secs: 2,
             log_format: LogFormat::Text,
         }
     }
@@ -154,6 +162,9 @@ impl Config {
         if self.shutdown_timeout_secs > 3600 {
             return bad("shutdown_timeout_secs must be at most 3600");
         }
+        if self.reload_interval_secs > 3600 {
+            return bad("reload_interval_secs must be at most 3600");
+        }
         if !(1..=100_000).contains(&self.max_connections) {
             return bad("max_connections must be between 1 and 100000");
         }
@@ -200,6 +211,7 @@ mod tests {
             "max_connections",
             "max_in_flight",
             "shutdown_timeout_secs",
+            "reload_interval_secs",
             "log_format",
         ] {
             assert!(DEFAULT_CONFIG.contains(&format!("\n{field} = ")), "{field}");

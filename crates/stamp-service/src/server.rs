@@ -102,6 +102,7 @@ impl Tracker {
 /// What every request handler shares.
 pub struct AppState {
     pub(crate) engine: Arc<Engine>,
+    site: Mutex<Site>,
     store: Mutex<SiteStore>,
     pub(crate) site_id: SiteId,
     pub(crate) config: Config,
@@ -141,8 +142,9 @@ pub struct Server {
 
 impl Server {
     /// Prepares the service for `site`: starts the provisioning engine, issues a fresh server
-    /// certificate for the configured names, and binds the listen address.
-    pub fn new(site: &Site, config: Config) -> Result<Server, ServiceError> {
+    /// certificate for the configured names, and binds the listen address. The site stays open
+    /// to reload entitlements imported while the service runs.
+    pub fn new(site: Site, config: Config) -> Result<Server, ServiceError> {
         config.check()?;
         let store = site.store();
         let issuing_ca = store
@@ -156,7 +158,7 @@ impl Server {
         let site_id = store.site_id().map_err(SiteError::from)?;
         let creds = site.issue_service_certificate(&config.service_names()?, crate::now())?;
         let tls = tls::server_config(&creds.chain, &creds.key_pkcs8, &issuing_ca)?;
-        let engine = Arc::new(Engine::start(site)?);
+        let engine = Arc::new(Engine::start(&site)?);
         let reader = SiteStore::open(store.path()).map_err(SiteError::from)?;
         let listener = std::net::TcpListener::bind(config.listen).map_err(|source| ServiceError::Bind {
             addr: config.listen,
@@ -175,6 +177,7 @@ impl Server {
         let cacerts_p7 = crate::pkcs7::certs_only(&[issuing_ca, root])?;
         let state = Arc::new(AppState {
             engine,
+            site: Mutex::new(site),
             store: Mutex::new(reader),
             site_id,
             in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
@@ -213,6 +216,7 @@ impl Server {
         let connections = Arc::new(Semaphore::new(state.config.max_connections));
         let (stop_tx, stop_rx) = watch::channel(false);
         tracing::info!(%addr, site = %state.site_id, "site service listening");
+        let reloader = tokio::spawn(reload_loop(state.clone(), stop_rx.clone()));
         tokio::pin!(shutdown);
         loop {
             let accepted = tokio::select! {
@@ -252,6 +256,7 @@ impl Server {
             "stopping: no new connections; letting requests in flight finish"
         );
         let _ = stop_tx.send(true);
+        let _ = reloader.await;
         let grace = Duration::from_secs(state.config.shutdown_timeout_secs);
         if tokio::time::timeout(grace, state.tracker.idle()).await.is_err() {
             tracing::warn!(
@@ -263,6 +268,40 @@ impl Server {
         let _ = tokio::task::spawn_blocking(move || engine.shutdown()).await;
         tracing::info!("site service stopped; every acknowledged issuance is in the audit log");
         Ok(())
+    }
+}
+
+/// Polls the site database for entitlement packages applied while the service runs (`stamp site
+/// import`) and reloads the engine when there are new ones.
+async fn reload_loop(state: Arc<AppState>, mut stop: watch::Receiver<bool>) {
+    let secs = state.config.reload_interval_secs;
+    if secs == 0 {
+        return;
+    }
+    let mut seen = state.store().last_sequence().ok();
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(secs)) => {}
+            () = async { let _ = stop.wait_for(|s| *s).await; } => return,
+        }
+        let now = state.store().last_sequence().ok();
+        if now == seen {
+            continue;
+        }
+        let st = state.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let site = st.site.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            st.engine.reload(&site)
+        })
+        .await;
+        match result {
+            Ok(Ok(changed)) => {
+                tracing::info!(changed, sequence = now, "entitlements reloaded");
+                seen = now;
+            }
+            Ok(Err(e)) => tracing::error!(error = %e, "reloading entitlements failed; will retry"),
+            Err(e) => tracing::error!(error = %e, "reloading entitlements failed; will retry"),
+        }
     }
 }
 

@@ -842,6 +842,88 @@ impl Engine {
         })
     }
 
+    /// Takes in entitlement packages applied since the engine started (or last reloaded): new
+    /// grants are loaded as [`Engine::start`] loads them; amended grants get their new status,
+    /// window, quota and serial ranges while keeping their counters, reservations and rate
+    /// history. Returns how many grants were added or changed.
+    pub fn reload(&self, site: &Site) -> Result<usize, SiteError> {
+        let states = site.store.grants()?;
+        let mut fresh = Vec::new();
+        {
+            let p = lock(&self.policy);
+            for (state, _) in states {
+                match p.grants.get(&state.grant.entitlement_id) {
+                    Some(g) if g.state.last_sequence == state.last_sequence => {}
+                    _ => fresh.push(state),
+                }
+            }
+        }
+        if fresh.is_empty() {
+            return Ok(0);
+        }
+        // Reopen sealed packages (HQ-generated keys) outside the policy lock.
+        let mut keys = HashMap::new();
+        for st in &fresh {
+            if !st.grant.device_keys.is_empty() {
+                let full = site
+                    .reopen_grant(&st.grant.entitlement_id)?
+                    .ok_or(SiteError::CorruptLog("grant package missing"))?;
+                keys.insert(st.grant.entitlement_id.clone(), full.device_keys);
+            }
+        }
+        let mut p = lock(&self.policy);
+        let mut changed = 0;
+        for state in fresh {
+            let id = state.grant.entitlement_id.clone();
+            if let Some(g) = p.grants.get_mut(&id) {
+                if g.next_serial.is_none() {
+                    // The old ranges are used up; go on above the last of them.
+                    let last = g.state.grant.serial_ranges.iter().map(|r| r.last).max();
+                    g.next_serial = serial_after(&state.grant.serial_ranges, last);
+                }
+                g.state = state;
+                changed += 1;
+                continue;
+            }
+            let (issued, max_serial): (i64, Option<i64>) = p.reader.conn().query_row(
+                "SELECT COUNT(*), MAX(device_serial) FROM devices WHERE entitlement_id = ?1",
+                [&id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            let mut recent = BTreeMap::new();
+            for (period, limit) in &state.grant.rate_limits {
+                let mut stmt = p.reader.conn().prepare(
+                    "SELECT issued_ms FROM devices WHERE entitlement_id = ?1 ORDER BY issued_ms DESC LIMIT ?2",
+                )?;
+                let mut times: Vec<i64> = stmt
+                    .query_map(params![&id, (*limit).min(i64::MAX as u64) as i64], |r| r.get(0))?
+                    .collect::<Result<_, _>>()?;
+                times.reverse();
+                recent.insert(*period, times.into_iter().collect::<VecDeque<_>>());
+            }
+            let next_serial = serial_after(&state.grant.serial_ranges, max_serial.map(|s| s as u64));
+            if let Some(k) = keys.remove(&id) {
+                let used: i64 = p.reader.conn().query_row(
+                    "SELECT COUNT(*) FROM devices WHERE entitlement_id = ?1 AND hq_key_index IS NOT NULL",
+                    [&id],
+                    |r| r.get(0),
+                )?;
+                p.hq_keys.insert(id.clone(), (k, used as u64));
+            }
+            p.grants.insert(
+                id,
+                GrantRuntime {
+                    state,
+                    issued: issued as u64,
+                    next_serial,
+                    recent,
+                },
+            );
+            changed += 1;
+        }
+        Ok(changed)
+    }
+
     /// Whether the audit log failed (the engine then refuses to issue until the site restarts).
     pub fn failed(&self) -> bool {
         self.failed.load(Ordering::SeqCst)

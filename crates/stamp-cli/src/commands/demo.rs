@@ -38,8 +38,8 @@ pub struct Args {
     /// Devices to make: the entitlement's quota, and the number of simulated devices.
     #[arg(long, value_name = "N", default_value = "1000", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     devices: u64,
-    /// Devices enrolling at the same time.
-    #[arg(long, value_name = "C", default_value = "16")]
+    /// Devices enrolling at the same time (one station connection each).
+    #[arg(long, value_name = "C", default_value = "32")]
     concurrency: usize,
     /// Where HQ and the site create their keys: `file:` (encrypted files) or a PKCS#11 token,
     /// `pkcs11:token=LABEL`, for both (module and PIN from --pkcs11-module and
@@ -332,7 +332,7 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
                 default_entitlement: entitlement_id.clone(),
                 ..stamp_service::Config::default()
             };
-            let server = stamp_service::Server::new(&site, config)?;
+            let server = stamp_service::Server::new(site, config)?;
             Ok(stamp_service::Running::start(server, 2)?)
         },
     )?;

@@ -14,7 +14,7 @@ use crate::Globals;
 /// (`/api/v1/...`) and EST (`/.well-known/est/...`), plus `/healthz` and `/metrics`. Every station
 /// must present its station certificate (`stamp site add-station`); every outcome is recorded in
 /// the site's audit log, and a certificate is returned only after its entry is on disk. Stops
-/// gracefully on SIGTERM or Ctrl-C. Entitlements imported while it runs are used after a restart.
+/// gracefully on SIGTERM or Ctrl-C. Entitlements imported while it runs take effect within seconds.
 /// See docs/service.md.
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -92,8 +92,7 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
     let pass = super::keys(g);
     let site = stamp_site::Site::open(&dir, pass)?;
     let names = config.server_names.clone();
-    let server = Server::new(&site, config)?;
-    drop(site);
+    let server = Server::new(site, config)?;
     let addr = server.local_addr();
     let url = format!("https://{addr}");
     {
@@ -114,6 +113,8 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
         .thread_name("stamp-service")
         .enable_all()
         .build()?;
-    runtime.block_on(server.run(stop_signal()))?;
-    Ok(())
+    let result = runtime.block_on(server.run(stop_signal()));
+    // The engine has committed every queued entry; nothing left to wait for.
+    runtime.shutdown_background();
+    Ok(result?)
 }
