@@ -78,6 +78,37 @@ struct GrantRuntime {
     recent: BTreeMap<RatePeriod, VecDeque<i64>>,
 }
 
+impl GrantRuntime {
+    /// A grant's runtime state from the database: devices issued, the next serial, and the tail
+    /// of issuance times for each rate period.
+    fn load(reader: &SiteStore, state: GrantState) -> Result<GrantRuntime, SiteError> {
+        let id = state.grant.entitlement_id.clone();
+        let (issued, max_serial): (i64, Option<i64>) = reader.conn().query_row(
+            "SELECT COUNT(*), MAX(device_serial) FROM devices WHERE entitlement_id = ?1",
+            [&id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        let mut recent = BTreeMap::new();
+        for (period, limit) in &state.grant.rate_limits {
+            let mut stmt = reader.conn().prepare(
+                "SELECT issued_ms FROM devices WHERE entitlement_id = ?1 ORDER BY issued_ms DESC LIMIT ?2",
+            )?;
+            let mut times: Vec<i64> = stmt
+                .query_map(params![&id, (*limit).min(i64::MAX as u64) as i64], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            times.reverse();
+            recent.insert(*period, times.into_iter().collect::<VecDeque<_>>());
+        }
+        let next_serial = serial_after(&state.grant.serial_ranges, max_serial.map(|s| s as u64));
+        Ok(GrantRuntime {
+            state,
+            issued: issued as u64,
+            next_serial,
+            recent,
+        })
+    }
+}
+
 fn sorted_ranges(ranges: &[SerialRange]) -> Vec<SerialRange> {
     let mut rs = ranges.to_vec();
     rs.sort_by_key(|r| r.first);
@@ -313,32 +344,7 @@ impl Engine {
         let mut grants = HashMap::new();
         for (state, _) in store.grants()? {
             let id = state.grant.entitlement_id.clone();
-            let (issued, max_serial): (i64, Option<i64>) = reader.conn().query_row(
-                "SELECT COUNT(*), MAX(device_serial) FROM devices WHERE entitlement_id = ?1",
-                [&id],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )?;
-            let mut recent = BTreeMap::new();
-            for (period, limit) in &state.grant.rate_limits {
-                let mut stmt = reader.conn().prepare(
-                    "SELECT issued_ms FROM devices WHERE entitlement_id = ?1 ORDER BY issued_ms DESC LIMIT ?2",
-                )?;
-                let mut times: Vec<i64> = stmt
-                    .query_map(params![&id, (*limit).min(i64::MAX as u64) as i64], |r| r.get(0))?
-                    .collect::<Result<_, _>>()?;
-                times.reverse();
-                recent.insert(*period, times.into_iter().collect::<VecDeque<_>>());
-            }
-            let next_serial = serial_after(&state.grant.serial_ranges, max_serial.map(|s| s as u64));
-            grants.insert(
-                id,
-                GrantRuntime {
-                    state,
-                    issued: issued as u64,
-                    next_serial,
-                    recent,
-                },
-            );
+            grants.insert(id, GrantRuntime::load(&reader, state)?);
         }
         let mut hq_keys = HashMap::new();
         for (id, g) in &grants {
@@ -885,23 +891,7 @@ impl Engine {
                 changed += 1;
                 continue;
             }
-            let (issued, max_serial): (i64, Option<i64>) = p.reader.conn().query_row(
-                "SELECT COUNT(*), MAX(device_serial) FROM devices WHERE entitlement_id = ?1",
-                [&id],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )?;
-            let mut recent = BTreeMap::new();
-            for (period, limit) in &state.grant.rate_limits {
-                let mut stmt = p.reader.conn().prepare(
-                    "SELECT issued_ms FROM devices WHERE entitlement_id = ?1 ORDER BY issued_ms DESC LIMIT ?2",
-                )?;
-                let mut times: Vec<i64> = stmt
-                    .query_map(params![&id, (*limit).min(i64::MAX as u64) as i64], |r| r.get(0))?
-                    .collect::<Result<_, _>>()?;
-                times.reverse();
-                recent.insert(*period, times.into_iter().collect::<VecDeque<_>>());
-            }
-            let next_serial = serial_after(&state.grant.serial_ranges, max_serial.map(|s| s as u64));
+            let runtime = GrantRuntime::load(&p.reader, state)?;
             if let Some(k) = keys.remove(&id) {
                 let used: i64 = p.reader.conn().query_row(
                     "SELECT COUNT(*) FROM devices WHERE entitlement_id = ?1 AND hq_key_index IS NOT NULL",
@@ -910,15 +900,7 @@ impl Engine {
                 )?;
                 p.hq_keys.insert(id.clone(), (k, used as u64));
             }
-            p.grants.insert(
-                id,
-                GrantRuntime {
-                    state,
-                    issued: issued as u64,
-                    next_serial,
-                    recent,
-                },
-            );
+            p.grants.insert(id, runtime);
             changed += 1;
         }
         Ok(changed)
