@@ -39,10 +39,14 @@ pub fn verification_cert(
     serial: Serial,
     ca: &Issuer<'_>,
 ) -> Result<Vec<u8>, VerificationCertError> {
-    if code.is_empty() || code.len() > MAX_CODE_LEN || !code.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+    if code.is_empty()
+        || code.len() > MAX_CODE_LEN
+        || !code.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+    {
         return Err(VerificationCertError::BadCode);
     }
-    let (_, ca_cert) = x509_parser::parse_x509_certificate(ca.cert_der).map_err(|_| ProfileError::BadIssuer)?;
+    let (_, ca_cert) =
+        x509_parser::parse_x509_certificate(ca.cert_der).map_err(|_| ProfileError::BadIssuer)?;
     if ca_cert.public_key().subject_public_key.data.as_ref() != ca.signer.public_key() {
         return Err(ProfileError::IssuerKeyMismatch(ca.signer.key_ref().to_owned()).into());
     }
@@ -63,8 +67,8 @@ pub fn verification_cert(
     params.use_authority_key_identifier_extension = true;
     params.key_identifier_method = KeyIdMethod::Sha256;
     let subject_key = rcgen::SubjectPublicKeyInfo::from_der(spki_der).map_err(ProfileError::from)?;
-    let issuer =
-        rcgen::Issuer::from_ca_cert_der(&ca.cert_der.to_vec().into(), RcgenSigner(ca.signer)).map_err(ProfileError::from)?;
+    let issuer = rcgen::Issuer::from_ca_cert_der(&ca.cert_der.to_vec().into(), RcgenSigner(ca.signer))
+        .map_err(ProfileError::from)?;
     Ok(params
         .signed_by(&subject_key, &issuer)
         .map_err(ProfileError::from)?

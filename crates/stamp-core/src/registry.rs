@@ -186,10 +186,13 @@ pub fn sign(reg: &Registry, signer: &dyn Signer, signer_cert: &[u8]) -> Result<V
     }
     let leaf = cert::parse(signer_cert)?;
     if leaf.public_key().subject_public_key.data.as_ref() != signer.public_key() {
-        return Err(RegistryError::Signing("the certificate does not carry the signer's key"));
+        return Err(RegistryError::Signing(
+            "the certificate does not carry the signer's key",
+        ));
     }
     let mut payload = Vec::new();
-    ciborium::ser::into_writer(reg, &mut payload).map_err(|_| RegistryError::Signing("CBOR encoding failed"))?;
+    ciborium::ser::into_writer(reg, &mut payload)
+        .map_err(|_| RegistryError::Signing("CBOR encoding failed"))?;
     let protected = HeaderBuilder::new()
         .algorithm(envelope::cose_sig_alg(alg))
         .content_type(CONTENT_TYPE.to_owned())
@@ -216,7 +219,9 @@ pub fn sign(reg: &Registry, signer: &dyn Signer, signer_cert: &[u8]) -> Result<V
         SignatureAlgorithm::Ed25519 => Some(raw).filter(|s| s.len() == 64),
         SignatureAlgorithm::Rsa3072PssSha256 => None,
     }
-    .ok_or(RegistryError::Signing("the signer returned a malformed signature"))?;
+    .ok_or(RegistryError::Signing(
+        "the signer returned a malformed signature",
+    ))?;
     signature::UnparsedPublicKey::new(envelope::sig_verification(alg), signer.public_key())
         .verify(&tbs, &sign1.signature)
         .map_err(|_| RegistryError::Signing("the signature does not verify with the signer's key"))?;
@@ -266,10 +271,13 @@ pub fn verify(
         return Err(Malformed("unexpected parameter in the protected header"));
     }
     let chain = match h.rest.as_slice() {
-        [(Label::Int(LABEL_X5CHAIN), v)] => {
-            envelope::parse_x5chain(v).map_err(|_| Malformed("x5chain must be [HQ signing certificate, OEM root]"))?
+        [(Label::Int(LABEL_X5CHAIN), v)] => envelope::parse_x5chain(v)
+            .map_err(|_| Malformed("x5chain must be [HQ signing certificate, OEM root]"))?,
+        _ => {
+            return Err(Malformed(
+                "the protected header must hold x5chain and nothing else",
+            ))
         }
-        _ => return Err(Malformed("the protected header must hold x5chain and nothing else")),
     };
     let [signer_der, root_der] = chain.as_slice() else {
         return Err(Malformed("x5chain must be [HQ signing certificate, OEM root]"));
@@ -283,7 +291,13 @@ pub fn verify(
             });
         }
     }
-    cert::check_under_root("HQ authority signing", signer_der, Profile::HqAuthoritySigning, root_der, now)?;
+    cert::check_under_root(
+        "HQ authority signing",
+        signer_der,
+        Profile::HqAuthoritySigning,
+        root_der,
+        now,
+    )?;
     let signer = cert::parse(signer_der)?;
     if sign1.signature.len() != envelope::sig_len(alg) {
         return Err(RegistryError::BadSignature);
@@ -298,7 +312,8 @@ pub fn verify(
     .map_err(|_| RegistryError::BadSignature)?;
 
     // Signed by HQ from here on; still bounded and checked.
-    let reg: Registry = ciborium::de::from_reader(payload).map_err(|_| Malformed("the payload is not a registry"))?;
+    let reg: Registry =
+        ciborium::de::from_reader(payload).map_err(|_| Malformed("the payload is not a registry"))?;
     if reg.format != FORMAT {
         return Err(Malformed("the payload's format is not stamp-registry"));
     }

@@ -103,7 +103,12 @@ pub struct CaCert {
 
 impl Hq {
     /// Records a revocation; it reaches verifiers with the next registry export.
-    pub fn revoke(&mut self, target: &RevokeTarget, reason: &str, now: OffsetDateTime) -> Result<RevocationReport, HqError> {
+    pub fn revoke(
+        &mut self,
+        target: &RevokeTarget,
+        reason: &str,
+        now: OffsetDateTime,
+    ) -> Result<RevocationReport, HqError> {
         let reason: String = reason.chars().take(256).collect();
         let at = now.unix_timestamp();
         let c = self.store.conn();
@@ -118,7 +123,11 @@ impl Hq {
                 .is_some(),
             RevokeTarget::Certificate(_) => true,
             RevokeTarget::Entitlement(id) => c
-                .query_row("SELECT 1 FROM entitlements WHERE entitlement_id = ?1", [id], |_| Ok(()))
+                .query_row(
+                    "SELECT 1 FROM entitlements WHERE entitlement_id = ?1",
+                    [id],
+                    |_| Ok(()),
+                )
                 .optional()?
                 .is_some(),
             RevokeTarget::Site(s) => self.store.site_enrolled(s)?,
@@ -170,7 +179,8 @@ impl Hq {
         let store = &self.store;
         let (_, root_der) = store.own_key(Profile::OemRoot)?;
         let c = store.conn();
-        let last: Option<i64> = c.query_row("SELECT MAX(sequence) FROM registry_exports", [], |r| r.get(0))?;
+        let last: Option<i64> =
+            c.query_row("SELECT MAX(sequence) FROM registry_exports", [], |r| r.get(0))?;
         let sequence = u64::try_from(last.unwrap_or(0)).unwrap_or(0) + 1;
         let mut sites = Vec::new();
         for (site, _) in store.sites()? {
@@ -249,7 +259,12 @@ impl Hq {
 
     /// A verification certificate for registering the OEM root with a cloud, signed by the root
     /// key. `spki_der` is a throwaway key's (the caller forgets its private key).
-    pub fn root_verification_cert(&self, code: &str, spki_der: &[u8], now: OffsetDateTime) -> Result<Vec<u8>, HqError> {
+    pub fn root_verification_cert(
+        &self,
+        code: &str,
+        spki_der: &[u8],
+        now: OffsetDateTime,
+    ) -> Result<Vec<u8>, HqError> {
         let (root_ref, root_der) = self.store.own_key(Profile::OemRoot)?;
         let signer = self.keys.open_signer(&KeyRef::parse(&root_ref)?)?;
         let issuer = Issuer {
@@ -257,7 +272,9 @@ impl Hq {
             signer: signer.as_ref(),
         };
         let serial = crate::random_serial(&aws_lc_rs::rand::SystemRandom::new())?;
-        Ok(stamp_core::cloud_ca::verification_cert(code, spki_der, now, serial, &issuer)?)
+        Ok(stamp_core::cloud_ca::verification_cert(
+            code, spki_der, now, serial, &issuer,
+        )?)
     }
 }
 
@@ -296,7 +313,13 @@ fn revocations(store: &HqStore) -> Result<Vec<Revocation>, HqError> {
 fn thing_name(product_id: &str, serial: u64) -> String {
     let p: String = product_id
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == ':' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == ':' {
+                c
+            } else {
+                '_'
+            }
+        })
         .take(100)
         .collect();
     format!("{p}-{serial}")
@@ -321,19 +344,28 @@ impl HqStore {
     pub fn export_aws_bulk(&self, out: &mut dyn Write) -> Result<u64, HqError> {
         let products: BTreeMap<String, String> = grant_states(self)?
             .into_iter()
-            .map(|(_, st)| (st.grant.entitlement_id.clone(), st.grant.product.product_id.clone()))
+            .map(|(_, st)| {
+                (
+                    st.grant.entitlement_id.clone(),
+                    st.grant.product.product_id.clone(),
+                )
+            })
             .collect();
         let mut cas = BTreeMap::new();
         for (site, _) in self.sites()? {
             if let Ok(id) = SiteId::new(&site) {
-                cas.insert(site, cert::to_pem(&self.site_certificate(&id, Profile::SiteIssuingCa)?));
+                cas.insert(
+                    site,
+                    cert::to_pem(&self.site_certificate(&id, Profile::SiteIssuingCa)?),
+                );
             }
         }
         let revoked = revocations(self)?;
         let is_revoked = |d: &crate::reconcile::DeviceRecord| {
             revoked.iter().any(|r| {
                 r.device_serial == Some(d.device_serial)
-                    || r.certificate_sha256.as_ref().map(hex::encode).as_deref() == Some(&d.certificate_sha256)
+                    || r.certificate_sha256.as_ref().map(hex::encode).as_deref()
+                        == Some(&d.certificate_sha256)
                     || r.entitlement_id.as_deref() == Some(&d.entitlement_id)
                     || r.site_id.as_deref() == Some(&d.site_id)
             })

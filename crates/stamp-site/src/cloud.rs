@@ -12,11 +12,15 @@ impl Site {
     /// registration, Azure IoT DPS proof of possession): subject CN = `code`, subject key
     /// `spki_der` (a throwaway key the caller forgets), signed by the site issuing CA key. It is
     /// not a device certificate and is not logged: it certifies no device and no usable key.
-    pub fn cloud_verification_cert(&self, code: &str, spki_der: &[u8], now: OffsetDateTime) -> Result<Vec<u8>, SiteError> {
-        let ca_der = self
-            .store
-            .certificate(Profile::SiteIssuingCa)?
-            .ok_or_else(|| SiteError::VerificationCert("no credentials installed; run `stamp site install` first".into()))?;
+    pub fn cloud_verification_cert(
+        &self,
+        code: &str,
+        spki_der: &[u8],
+        now: OffsetDateTime,
+    ) -> Result<Vec<u8>, SiteError> {
+        let ca_der = self.store.certificate(Profile::SiteIssuingCa)?.ok_or_else(|| {
+            SiteError::VerificationCert("no credentials installed; run `stamp site install` first".into())
+        })?;
         let signer = self
             .keys
             .open_signer(&KeyRef::parse(&self.store.key_ref(Profile::SiteIssuingCa)?)?)?;

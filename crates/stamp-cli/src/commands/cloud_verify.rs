@@ -38,7 +38,8 @@ pub struct Args {
 pub fn load_registry(path: &Path, pin: Option<&str>, min_sequence: u64) -> anyhow::Result<VerifiedRegistry> {
     let pin = match pin {
         Some(p) => Some(
-            stamp_core::fingerprint::parse_sha256(p).context("--root-fingerprint must be a SHA-256 (64 hex digits)")?,
+            stamp_core::fingerprint::parse_sha256(p)
+                .context("--root-fingerprint must be a SHA-256 (64 hex digits)")?,
         ),
         None => None,
     };

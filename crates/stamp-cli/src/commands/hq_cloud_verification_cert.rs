@@ -65,7 +65,14 @@ pub fn write(g: &Globals, ca: &str, code: String, out: PathBuf, der: &[u8]) -> a
         sha256: stamp_core::fingerprint::cert_sha256(der),
     };
     emit(g.json, &w, || {
-        println!("Verification certificate for {} (CN={}) written to {}", w.ca, w.code, w.out.display());
-        println!("Its key was thrown away: the certificate proves possession of the CA key and nothing else.");
+        println!(
+            "Verification certificate for {} (CN={}) written to {}",
+            w.ca,
+            w.code,
+            w.out.display()
+        );
+        println!(
+            "Its key was thrown away: the certificate proves possession of the CA key and nothing else."
+        );
     })
 }

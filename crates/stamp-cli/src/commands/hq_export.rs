@@ -69,7 +69,11 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
                     ("aws-bulk", buf, Some(n))
                 }
                 Format::AwsJitr => ("aws-jitr", json(&super::cloud_formats::aws_jitr(&store)?)?, None),
-                _ => ("azure-dps", json(&super::cloud_formats::azure_dps(&store)?)?, None),
+                _ => (
+                    "azure-dps",
+                    json(&super::cloud_formats::azure_dps(&store)?)?,
+                    None,
+                ),
             };
             stamp_store::write_atomic(&a.out, &data, 0o644)?;
             Written {
@@ -80,24 +84,25 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
             }
         }
     };
-    emit(g.json, &written, || {
-        match (&written.registry, written.lines) {
-            (Some(r), _) => {
-                println!(
-                    "Registry {} written to {} ({} bytes): {} sites, {} entitlements, {} devices, {} revocations",
-                    r.sequence,
-                    written.out.display(),
-                    r.bytes,
-                    r.sites,
-                    r.entitlements,
-                    r.devices,
-                    r.revocations
-                );
-                println!("OEM root fingerprint (pin it in verifiers): {}", r.root_fingerprint);
-            }
-            (None, Some(n)) => println!("{} devices written to {}", n, written.out.display()),
-            _ => println!("{} material written to {}", written.format, written.out.display()),
+    emit(g.json, &written, || match (&written.registry, written.lines) {
+        (Some(r), _) => {
+            println!(
+                "Registry {} written to {} ({} bytes): {} sites, {} entitlements, {} devices, {} revocations",
+                r.sequence,
+                written.out.display(),
+                r.bytes,
+                r.sites,
+                r.entitlements,
+                r.devices,
+                r.revocations
+            );
+            println!(
+                "OEM root fingerprint (pin it in verifiers): {}",
+                r.root_fingerprint
+            );
         }
+        (None, Some(n)) => println!("{} devices written to {}", n, written.out.display()),
+        _ => println!("{} material written to {}", written.format, written.out.display()),
     })
 }
 

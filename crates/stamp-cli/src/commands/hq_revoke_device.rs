@@ -50,7 +50,10 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
     let mut hq = stamp_hq::Hq::open(&a.dir, super::keys(g))?;
     let r = hq.revoke(&target, &a.reason, super::now())?;
     emit(g.json, &r, || {
-        println!("Revoked {} ({}); {} revocations recorded", r.revoked, r.reason, r.revocations);
+        println!(
+            "Revoked {} ({}); {} revocations recorded",
+            r.revoked, r.reason, r.revocations
+        );
         println!("Export a new registry for verifiers: stamp hq export --format registry");
     })
 }

@@ -7,8 +7,8 @@ use time::OffsetDateTime;
 use x509_parser::certificate::X509Certificate;
 
 use super::{
-    Registry, RegistryEntitlement, RegistryError, RegistrySite, MAX_DEVICE_CHAIN, MAX_ENTITLEMENTS, MAX_RANGES,
-    MAX_REVOCATIONS, MAX_SITES,
+    Registry, RegistryEntitlement, RegistryError, RegistrySite, MAX_DEVICE_CHAIN, MAX_ENTITLEMENTS,
+    MAX_RANGES, MAX_REVOCATIONS, MAX_SITES,
 };
 use crate::cert;
 use crate::entitlement::Grant;
@@ -149,16 +149,22 @@ impl VerifiedRegistry {
         if reg.sites.len() > MAX_SITES
             || reg.entitlements.len() > MAX_ENTITLEMENTS
             || reg.revocations.len() > MAX_REVOCATIONS
-            || reg.entitlements.iter().any(|e| e.serial_ranges.len() > MAX_RANGES)
+            || reg
+                .entitlements
+                .iter()
+                .any(|e| e.serial_ranges.len() > MAX_RANGES)
         {
-            return Err(Malformed("more sites, entitlements, ranges or revocations than allowed"));
+            return Err(Malformed(
+                "more sites, entitlements, ranges or revocations than allowed",
+            ));
         }
         let root = cert::parse(&reg.root)?;
         let mut site_index = BTreeMap::new();
         for (i, s) in reg.sites.iter().enumerate() {
             let ca = cert::parse(&s.issuing_ca)?;
             Profile::SiteIssuingCa.check(&ca).map_err(cert::CertError::from)?;
-            if ca.issuer().as_raw() != root.subject().as_raw() || ca.verify_signature(Some(root.public_key())).is_err()
+            if ca.issuer().as_raw() != root.subject().as_raw()
+                || ca.verify_signature(Some(root.public_key())).is_err()
             {
                 return Err(Malformed("a site issuing CA is not issued by the OEM root"));
             }
@@ -187,7 +193,12 @@ impl VerifiedRegistry {
         let mut rsite = HashMap::new();
         for r in &reg.revocations {
             let reason = r.reason.chars().take(256).collect::<String>();
-            match (r.device_serial, &r.certificate_sha256, &r.entitlement_id, &r.site_id) {
+            match (
+                r.device_serial,
+                &r.certificate_sha256,
+                &r.entitlement_id,
+                &r.site_id,
+            ) {
                 (Some(n), None, None, None) => {
                     rs.insert(n, reason);
                 }
@@ -272,10 +283,16 @@ impl VerifiedRegistry {
     /// verifier uses the registry's site issuing CAs) is genuine at `now`.
     pub fn check_device(&self, chain: &[Vec<u8>], now: OffsetDateTime) -> Verdict {
         let Some(leaf_der) = chain.first().filter(|_| chain.len() <= MAX_DEVICE_CHAIN) else {
-            return Verdict::refused(Reason::MalformedChain, "expected 1 to 4 certificates, the device's first");
+            return Verdict::refused(
+                Reason::MalformedChain,
+                "expected 1 to 4 certificates, the device's first",
+            );
         };
         let Ok(leaf) = cert::parse(leaf_der) else {
-            return Verdict::refused(Reason::MalformedChain, "the device certificate is not valid DER X.509");
+            return Verdict::refused(
+                Reason::MalformedChain,
+                "the device certificate is not valid DER X.509",
+            );
         };
         let cert_sha = crate::fingerprint::sha256(leaf_der);
         let mut v = self.judge(leaf_der, &leaf, &cert_sha, now);
@@ -283,7 +300,13 @@ impl VerifiedRegistry {
         v
     }
 
-    fn judge(&self, leaf_der: &[u8], leaf: &X509Certificate<'_>, cert_sha: &[u8; 32], now: OffsetDateTime) -> Verdict {
+    fn judge(
+        &self,
+        leaf_der: &[u8],
+        leaf: &X509Certificate<'_>,
+        cert_sha: &[u8; 32],
+        now: OffsetDateTime,
+    ) -> Verdict {
         // 1. The issuing site: a registry site CA whose subject is the leaf's issuer.
         let candidates: Vec<usize> = self
             .reg
@@ -323,7 +346,10 @@ impl VerifiedRegistry {
             v
         };
         if let Some(r) = self.revoked_sites.get(&s.site_id) {
-            return with_site(Verdict::refused(Reason::SiteRevoked, format!("site {} revoked: {r}", s.site_id)));
+            return with_site(Verdict::refused(
+                Reason::SiteRevoked,
+                format!("site {} revoked: {r}", s.site_id),
+            ));
         }
         // 3. The serial, and the entitlement whose range holds it.
         let Some(serial) = subject_serial(leaf) else {
@@ -345,7 +371,10 @@ impl VerifiedRegistry {
         }) else {
             return with_serial(Verdict::refused(
                 Reason::SerialOutOfRange,
-                format!("serial {serial} is in no range HQ allocated to site {}", s.site_id),
+                format!(
+                    "serial {serial} is in no range HQ allocated to site {}",
+                    s.site_id
+                ),
             ));
         };
         let e = &self.reg.entitlements[ei];
@@ -368,7 +397,11 @@ impl VerifiedRegistry {
                 format!("entitlement {} revoked: {r}", e.entitlement_id),
             ));
         }
-        if let Some(r) = self.revoked_serials.get(&serial).or_else(|| self.revoked_certs.get(cert_sha)) {
+        if let Some(r) = self
+            .revoked_serials
+            .get(&serial)
+            .or_else(|| self.revoked_certs.get(cert_sha))
+        {
             return with_ent(Verdict::refused(Reason::Revoked, format!("device revoked: {r}")));
         }
         // 6. Registered, a clone, skipped the log, or provisional.
@@ -408,7 +441,12 @@ impl VerifiedRegistry {
         })
     }
 
-    fn validate_path(&self, leaf_der: &[u8], ca_der: &[u8], now: OffsetDateTime) -> Result<(), (Reason, String)> {
+    fn validate_path(
+        &self,
+        leaf_der: &[u8],
+        ca_der: &[u8],
+        now: OffsetDateTime,
+    ) -> Result<(), (Reason, String)> {
         let root = CertificateDer::from(self.reg.root.as_slice());
         let anchor = webpki::anchor_from_trusted_cert(&root)
             .map_err(|e| (Reason::ChainInvalid, format!("OEM root unusable: {e}")))?;
@@ -432,7 +470,9 @@ impl VerifiedRegistry {
             let reason = match &e {
                 webpki::Error::CertExpired { .. } => Reason::Expired,
                 webpki::Error::CertNotValidYet { .. } => Reason::NotYetValid,
-                webpki::Error::RequiredEkuNotFoundContext(_) | webpki::Error::CaUsedAsEndEntity => Reason::WrongUsage,
+                webpki::Error::RequiredEkuNotFoundContext(_) | webpki::Error::CaUsedAsEndEntity => {
+                    Reason::WrongUsage
+                }
                 #[allow(deprecated)]
                 webpki::Error::RequiredEkuNotFound => Reason::WrongUsage,
                 _ => Reason::ChainInvalid,
