@@ -668,3 +668,144 @@ fn exports_and_verification_certificates_check_with_independent_tools() {
     let (code, v) = verify(&w, &w.registry, &site_ver, &[]);
     assert_eq!(code, Some(1), "{v}");
 }
+
+/// Kills the gateway when the test ends, passing or not.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn gateway_admits_genuine_refuses_counterfeit_and_flags_concurrent_use() {
+    use std::io::BufRead;
+    let w = world();
+    let tmp = w.c.tmp.path();
+    let ca = tmp.join("gateway.pem");
+    let log = tmp.join("gateway.log");
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("stamp"))
+        .args([
+            "--json",
+            "cloud",
+            "gateway",
+            "--registry",
+            s(&w.registry),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--write-server-cert", s(&ca)])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let gw = Running(child);
+    let mut first = String::new();
+    std::io::BufReader::new(stdout).read_line(&mut first).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&first).unwrap();
+    let addr = v["listening"].as_str().unwrap().to_owned();
+    let port = addr.rsplit_once(':').unwrap().1;
+    let server = format!("localhost:{port}");
+
+    let connect = |dir: &Path, name: &str, key: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "--json",
+            "device",
+            "connect",
+            "--stamp",
+            s(dir),
+            "--name",
+            name,
+            "--key",
+            s(key),
+            "--server",
+            &server,
+            "--ca",
+            s(&ca),
+        ];
+        args.extend_from_slice(extra);
+        let o = stamp(&w.c.pass, &args);
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout)
+            .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&o.stderr)));
+        (o.status.code(), v)
+    };
+    let a_out = tmp.join("a-out");
+    let a_keys = tmp.join("a.keys");
+    // A genuine device, with the files `stamp site issue` wrote.
+    let (code, v) = connect(&a_out, "d0000", &a_keys.join("d0000.key.pem"), &[]);
+    assert_eq!(code, Some(0), "{v}");
+    assert_eq!(v["admitted"], true);
+    assert_eq!(v["standing"], "registered", "{v}");
+    assert!(v.get("flags").is_none(), "{v}");
+    // A provisional one.
+    let (code, v) = connect(
+        &tmp.join("b-out"),
+        "d0001",
+        &tmp.join("b.keys/d0001.key.pem"),
+        &[],
+    );
+    assert_eq!(
+        (code, v["standing"].as_str()),
+        (Some(0), Some("provisional")),
+        "{v}"
+    );
+    // A counterfeit under a rogue CA.
+    let fakes = tmp.join("fakes");
+    std::fs::create_dir_all(&fakes).unwrap();
+    counterfeit(&fakes, "rogue", None);
+    let (code, v) = connect(&fakes, "rogue", &fakes.join("rogue.key.pem"), &[]);
+    assert_eq!(code, Some(1), "{v}");
+    assert_eq!(v["admitted"], false);
+    assert_eq!(v["reason"], "unknown-issuer", "{v}");
+    // A clone made with the site CA key: refused with its reason.
+    let rogue = RogueSite::open(&w.c);
+    rogue.issue(
+        &fakes,
+        "clone",
+        serial_of(&w.registered[1]),
+        time::OffsetDateTime::now_utc(),
+    );
+    let (code, v) = connect(&fakes, "clone", &fakes.join("clone.key.pem"), &[]);
+    assert_eq!((code, v["reason"].as_str()), (Some(1), Some("clone")), "{v}");
+    // The same device twice at once: the second connection is flagged.
+    let holder = std::process::Command::new(assert_cmd::cargo::cargo_bin("stamp"))
+        .args([
+            "--passphrase-file",
+            s(&w.c.pass),
+            "--json",
+            "device",
+            "connect",
+            "--stamp",
+            s(&a_out),
+        ])
+        .args([
+            "--name",
+            "d0002",
+            "--key",
+            s(&a_keys.join("d0002.key.pem")),
+            "--server",
+            &server,
+        ])
+        .args(["--ca", s(&ca), "--hold", "4"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let (code, v) = connect(&a_out, "d0002", &a_keys.join("d0002.key.pem"), &[]);
+    assert_eq!(code, Some(0), "{v}");
+    assert_eq!(v["flags"][0], "concurrent-use", "{v}");
+    let held = holder.wait_with_output().unwrap();
+    assert!(held.status.success());
+    let first: serde_json::Value = serde_json::from_slice(&held.stdout).unwrap();
+    assert!(first.get("flags").is_none(), "{first}");
+    drop(gw);
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        log.contains("possible counterfeit") && log.contains("unknown-issuer"),
+        "{log}"
+    );
+    assert!(log.contains("more than one connection"), "{log}");
+}

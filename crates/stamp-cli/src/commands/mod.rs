@@ -2,8 +2,10 @@
 
 pub mod args;
 pub mod cloud_formats;
+pub mod cloud_gateway;
 pub mod cloud_verify;
 pub mod demo;
+pub mod device_connect;
 pub mod device_verify_firmware;
 pub mod hq_add_firmware_key;
 pub mod hq_amend;
@@ -124,12 +126,15 @@ pub fn run_hq(cmd: HqCommand, g: &Globals) -> anyhow::Result<()> {
 pub enum DeviceCommand {
     /// Verify a signed firmware image as the device's bootloader would.
     VerifyFirmware(device_verify_firmware::Args),
+    /// Connect to a stamp gateway with a saved stamp (certificate, chain, key).
+    Connect(device_connect::Args),
 }
 
 /// Runs a device command.
 pub fn run_device(cmd: DeviceCommand, g: &Globals) -> anyhow::Result<()> {
     match cmd {
         DeviceCommand::VerifyFirmware(a) => device_verify_firmware::run(a, g),
+        DeviceCommand::Connect(a) => device_connect::run(a, g),
     }
 }
 
@@ -138,12 +143,15 @@ pub fn run_device(cmd: DeviceCommand, g: &Globals) -> anyhow::Result<()> {
 pub enum CloudCommand {
     /// Decide offline whether a device certificate chain is a genuine device's.
     Verify(cloud_verify::Args),
+    /// Run a TLS gateway that admits only genuine devices.
+    Gateway(cloud_gateway::Args),
 }
 
 /// Runs a cloud command.
 pub fn run_cloud(cmd: CloudCommand, g: &Globals) -> anyhow::Result<()> {
     match cmd {
         CloudCommand::Verify(a) => cloud_verify::run(a, g),
+        CloudCommand::Gateway(a) => cloud_gateway::run(a, g),
     }
 }
 
