@@ -128,8 +128,8 @@ pub struct RegistrySite {
     pub issuing_ca: ByteBuf,
     /// Entries of the site's audit log HQ has reconciled.
     pub log_size: u64,
-    /// Creation time (Unix milliseconds, the site's clock) of the last audit bundle HQ
-    /// reconciled; 0 if none. Every device the site issued before it is in the log.
+    /// Time (Unix milliseconds, the site's clock) of the last log entry HQ reconciled; 0 if
+    /// none. Every device the site issued before it is in the reconciled log.
     pub log_covered_ms: i64,
 }
 
