@@ -51,6 +51,9 @@ enum Command {
     /// as a device's bootloader would.
     #[command(subcommand)]
     Device(commands::DeviceCommand),
+    /// Cloud edge: verify devices against HQ's signed registry.
+    #[command(subcommand)]
+    Cloud(commands::CloudCommand),
     /// Run the whole flow on embedded defaults in a fresh directory and narrate it.
     Demo(commands::demo::Args),
 }
@@ -79,6 +82,7 @@ fn main() -> ExitCode {
         Command::Hq(c) => commands::run_hq(c, &globals),
         Command::Site(c) => commands::run_site(c, &globals),
         Command::Device(c) => commands::run_device(c, &globals),
+        Command::Cloud(c) => commands::run_cloud(c, &globals),
         Command::Demo(a) => commands::demo::run(a, &globals),
     };
     match result {

@@ -138,7 +138,7 @@ pub struct Recipient<'a> {
 
 // --- algorithm tables -------------------------------------------------------------------------
 
-fn cose_sig_alg(alg: SignatureAlgorithm) -> iana::Algorithm {
+pub(crate) fn cose_sig_alg(alg: SignatureAlgorithm) -> iana::Algorithm {
     match alg {
         SignatureAlgorithm::EcdsaP256Sha256 => iana::Algorithm::ES256,
         SignatureAlgorithm::EcdsaP384Sha384 => iana::Algorithm::ES384,
@@ -147,7 +147,7 @@ fn cose_sig_alg(alg: SignatureAlgorithm) -> iana::Algorithm {
     }
 }
 
-fn sig_alg_of(alg: &coset::Algorithm) -> Option<SignatureAlgorithm> {
+pub(crate) fn sig_alg_of(alg: &coset::Algorithm) -> Option<SignatureAlgorithm> {
     match alg {
         RegisteredLabelWithPrivate::Assigned(iana::Algorithm::ES256) => {
             Some(SignatureAlgorithm::EcdsaP256Sha256)
@@ -161,7 +161,7 @@ fn sig_alg_of(alg: &coset::Algorithm) -> Option<SignatureAlgorithm> {
 }
 
 /// Length of a COSE signature (ECDSA: fixed-length r || s).
-fn sig_len(alg: SignatureAlgorithm) -> usize {
+pub(crate) fn sig_len(alg: SignatureAlgorithm) -> usize {
     match alg {
         SignatureAlgorithm::EcdsaP256Sha256 => 64,
         SignatureAlgorithm::EcdsaP384Sha384 => 96,
@@ -170,7 +170,7 @@ fn sig_len(alg: SignatureAlgorithm) -> usize {
     }
 }
 
-fn sig_verification(alg: SignatureAlgorithm) -> &'static dyn signature::VerificationAlgorithm {
+pub(crate) fn sig_verification(alg: SignatureAlgorithm) -> &'static dyn signature::VerificationAlgorithm {
     match alg {
         SignatureAlgorithm::EcdsaP256Sha256 => &signature::ECDSA_P256_SHA256_FIXED,
         SignatureAlgorithm::EcdsaP384Sha384 => &signature::ECDSA_P384_SHA384_FIXED,
@@ -416,7 +416,7 @@ fn ephemeral_key(
 
 /// A protected header whose serialized bytes are fixed now, so that every later use (the
 /// signature, the AAD, the KDF context and the output) sees the same bytes.
-fn protected_with_bytes(header: Header) -> Result<ProtectedHeader, EnvelopeError> {
+pub(crate) fn protected_with_bytes(header: Header) -> Result<ProtectedHeader, EnvelopeError> {
     let bytes = header
         .clone()
         .to_vec()
@@ -585,7 +585,7 @@ struct ParsedEncrypt {
 }
 
 /// Reads one tagged CBOR item that must span `bytes` exactly.
-fn read_tagged(bytes: &[u8], trailing: EnvelopeError) -> Result<(u64, Value), EnvelopeError> {
+pub(crate) fn read_tagged(bytes: &[u8], trailing: EnvelopeError) -> Result<(u64, Value), EnvelopeError> {
     let mut rest = bytes;
     let value: Value = ciborium::de::from_reader(&mut rest).map_err(|_| Malformed("not well-formed CBOR"))?;
     if !rest.is_empty() {
@@ -665,7 +665,7 @@ pub fn parse(bytes: &[u8], max_len: usize) -> Result<SignedEnvelope, EnvelopeErr
     })
 }
 
-fn parse_x5chain(value: &Value) -> Result<Vec<Vec<u8>>, EnvelopeError> {
+pub(crate) fn parse_x5chain(value: &Value) -> Result<Vec<Vec<u8>>, EnvelopeError> {
     let cert = |v: &Value| match v {
         Value::Bytes(b) if !b.is_empty() && b.len() <= MAX_CERT_DER => Ok(b.clone()),
         _ => Err(Malformed(

@@ -8,6 +8,7 @@ pub mod audit;
 pub mod ceremony;
 pub mod cert;
 pub mod checkpoint;
+pub mod cloud_ca;
 pub mod csr;
 pub mod device;
 pub mod entitlement;
@@ -18,6 +19,7 @@ pub mod key;
 pub mod merkle;
 pub mod oid;
 pub mod profile;
+pub mod registry;
 pub mod site_id;
 
 pub use site_id::SiteId;

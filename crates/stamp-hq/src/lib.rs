@@ -3,6 +3,7 @@
 //! State lives in an HQ directory: `stamp-hq.db` (SQLite), `keys/` (the key store) and `certs/`
 //! and `sites/<id>/` (PEM copies of every certificate, for people and other tools).
 
+pub mod cloud;
 pub mod entitle;
 pub mod firmware;
 pub mod reconcile;
@@ -113,6 +114,18 @@ pub enum HqError {
     /// An audit bundle was rejected; nothing was recorded except equivocation evidence.
     #[error("audit bundle rejected")]
     Rejected(#[source] reconcile::Rejection),
+    /// A revocation names a serial, entitlement or site this HQ never allocated or enrolled.
+    #[error("cannot revoke {0}: this HQ never allocated or enrolled it")]
+    UnknownRevocationTarget(String),
+    /// The same thing was revoked before.
+    #[error("{0} is already revoked")]
+    AlreadyRevoked(String),
+    /// The registry could not be signed.
+    #[error(transparent)]
+    Registry(#[from] stamp_core::registry::RegistryError),
+    /// A verification certificate could not be made.
+    #[error(transparent)]
+    VerificationCert(#[from] stamp_core::cloud_ca::VerificationCertError),
     /// A file operation failed.
     #[error("cannot write {path}")]
     Io {

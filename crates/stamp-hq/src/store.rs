@@ -85,6 +85,8 @@ const MIGRATIONS: &[Migration] = &[
         version: 4,
         sql: crate::reconcile::MIGRATION_SQL,
     },
+    // Revocations and registry exports (version 5), beside the code that uses them.
+    crate::cloud::MIGRATION,
 ];
 
 /// The HQ database.

@@ -3,6 +3,7 @@
 //! State lives in a site directory: `stamp-site.db` (SQLite), `keys/` (the key store),
 //! `request.json` (a copy of the enrollment request) and, once installed, `certs/`.
 
+pub mod cloud;
 pub mod engine;
 pub mod entitlements;
 pub mod export;
@@ -61,7 +62,10 @@ pub enum SiteError {
     /// The stored audit log is inconsistent (disk corruption or tampering).
     #[error("the site's audit log is inconsistent ({0}); do not issue until it is investigated")]
     CorruptLog(&'static str),
-    /// The audit export failed.
+    /// A cloud verification certificate could not be made.
+    #[error("cannot make the cloud verification certificate: {0}")]
+    VerificationCert(String),
+    /// An audit export failed.
     #[error("audit export failed: {0}")]
     Export(String),
     /// A certificate could not be built from its profile.

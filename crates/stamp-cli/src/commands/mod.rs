@@ -1,22 +1,30 @@
 //! One module per subcommand.
 
 pub mod args;
+pub mod cloud_formats;
+pub mod cloud_gateway;
+pub mod cloud_verify;
 pub mod demo;
 pub mod device_simulate;
+pub mod device_connect;
 pub mod device_verify_firmware;
 pub mod hq_add_firmware_key;
 pub mod hq_amend;
+pub mod hq_cloud_verification_cert;
 pub mod hq_devices;
 pub mod hq_enroll_site;
 pub mod hq_entitle;
 pub mod hq_entitlements;
+pub mod hq_export;
 pub mod hq_firmware;
 pub mod hq_firmware_key_digest;
 pub mod hq_init;
 pub mod hq_reconcile;
+pub mod hq_revoke_device;
 pub mod hq_sign_firmware;
 pub mod hq_sites;
 pub mod site_add_station;
+pub mod site_cloud_verification_cert;
 pub mod site_export_audit;
 pub mod site_hand_out;
 pub mod site_import;
@@ -66,6 +74,12 @@ pub enum HqCommand {
     Reconcile(hq_reconcile::Args),
     // About text: the doc comment of `hq_devices::Args`.
     Devices(hq_devices::Args),
+    /// Export what the cloud needs: the signed stamp registry, AWS IoT or Azure IoT DPS material.
+    Export(hq_export::Args),
+    /// Revoke a device, an entitlement's devices or a site's devices (published in the registry).
+    RevokeDevice(hq_revoke_device::Args),
+    /// Write a cloud CA-registration verification certificate signed by the OEM root.
+    CloudVerificationCert(hq_cloud_verification_cert::Args),
 }
 
 /// `stamp site ...`
@@ -95,6 +109,8 @@ pub enum SiteCommand {
     Stations(site_stations::Args),
     /// Run the site service (mutual TLS; JSON API and EST) for line stations.
     Serve(site_serve::Args),
+    /// Write a cloud CA-registration verification certificate signed by the site issuing CA.
+    CloudVerificationCert(site_cloud_verification_cert::Args),
 }
 
 /// Runs an HQ command.
@@ -108,6 +124,9 @@ pub fn run_hq(cmd: HqCommand, g: &Globals) -> anyhow::Result<()> {
         HqCommand::Entitlements(a) => hq_entitlements::run(a, g),
         HqCommand::Reconcile(a) => hq_reconcile::run(a, g),
         HqCommand::Devices(a) => hq_devices::run(a, g),
+        HqCommand::Export(a) => hq_export::run(a, g),
+        HqCommand::RevokeDevice(a) => hq_revoke_device::run(a, g),
+        HqCommand::CloudVerificationCert(a) => hq_cloud_verification_cert::run(a, g),
         HqCommand::AddFirmwareKey(a) => hq_add_firmware_key::run(a, g),
         HqCommand::SignFirmware(a) => hq_sign_firmware::run(*a, g),
         HqCommand::Firmware(a) => hq_firmware::run(a, g),
@@ -122,6 +141,8 @@ pub enum DeviceCommand {
     Simulate(device_simulate::Args),
     /// Verify a signed firmware image as the device's bootloader would.
     VerifyFirmware(device_verify_firmware::Args),
+    /// Connect to a stamp gateway with a saved stamp (certificate, chain, key).
+    Connect(device_connect::Args),
 }
 
 /// Runs a device command.
@@ -129,6 +150,24 @@ pub fn run_device(cmd: DeviceCommand, g: &Globals) -> anyhow::Result<()> {
     match cmd {
         DeviceCommand::Simulate(a) => device_simulate::run(a, g),
         DeviceCommand::VerifyFirmware(a) => device_verify_firmware::run(a, g),
+        DeviceCommand::Connect(a) => device_connect::run(a, g),
+    }
+}
+
+/// `stamp cloud ...`
+#[derive(Subcommand, Debug)]
+pub enum CloudCommand {
+    /// Decide offline whether a device certificate chain is a genuine device's.
+    Verify(cloud_verify::Args),
+    /// Run a TLS gateway that admits only genuine devices.
+    Gateway(cloud_gateway::Args),
+}
+
+/// Runs a cloud command.
+pub fn run_cloud(cmd: CloudCommand, g: &Globals) -> anyhow::Result<()> {
+    match cmd {
+        CloudCommand::Verify(a) => cloud_verify::run(a, g),
+        CloudCommand::Gateway(a) => cloud_gateway::run(a, g),
     }
 }
 
@@ -147,6 +186,7 @@ pub fn run_site(cmd: SiteCommand, g: &Globals) -> anyhow::Result<()> {
         SiteCommand::RevokeStation(a) => site_revoke_station::run(a, g),
         SiteCommand::Stations(a) => site_stations::run(a, g),
         SiteCommand::Serve(a) => site_serve::run(a, g),
+        SiteCommand::CloudVerificationCert(a) => site_cloud_verification_cert::run(a, g),
     }
 }
 

@@ -1,0 +1,811 @@
+//! Issue #7 through the real binary: HQ's registry and cloud exports, the genuine-device verifier
+//! against genuine, provisional, counterfeit, out-of-range, cloned, log-skipping and revoked
+//! devices, tampered and rolled-back registries, and verification certificates checked by openssl.
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::*;
+use stamp_keys::KeyStore;
+
+pub struct World {
+    pub c: Ceremony,
+    pub registry: PathBuf,
+    /// Reconciled devices' certificate files.
+    pub registered: Vec<PathBuf>,
+    /// Issued after the reconciled export.
+    pub provisional: Vec<PathBuf>,
+}
+
+fn csrs(dir: &Path, n: usize) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    for i in 0..n {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let csr = rcgen::CertificateParams::new(vec![])
+            .unwrap()
+            .serialize_request(&key)
+            .unwrap();
+        std::fs::write(dir.join(format!("d{i:04}.der")), csr.der()).unwrap();
+        let keys = dir.with_extension("keys");
+        std::fs::create_dir_all(&keys).unwrap();
+        std::fs::write(keys.join(format!("d{i:04}.key.pem")), key.serialize_pem()).unwrap();
+    }
+    dir.to_owned()
+}
+
+/// Issues `n` devices; returns their certificate files (keys are beside the CSRs).
+pub fn issue(c: &Ceremony, name: &str, n: usize) -> Vec<PathBuf> {
+    let dir = csrs(&c.tmp.path().join(name), n);
+    let out = c.tmp.path().join(format!("{name}-out"));
+    stamp_json(
+        &c.pass,
+        &[
+            "site",
+            "issue",
+            "--dir",
+            s(&c.site),
+            "--entitlement",
+            "plant-7.1",
+            "--csr",
+            s(&dir),
+            "-o",
+            s(&out),
+        ],
+    );
+    (0..n).map(|i| out.join(format!("d{i:04}.crt.pem"))).collect()
+}
+
+/// A ceremony, a grant of 20, 4 devices issued and reconciled, 2 more issued after, a registry.
+pub fn world() -> World {
+    let c = ceremony(true);
+    let pkg = c.tmp.path().join("e.cose");
+    stamp_json(
+        &c.pass,
+        &[
+            "hq",
+            "entitle",
+            "--dir",
+            s(&c.hq),
+            "--site",
+            "plant-7",
+            "--product",
+            "thermo-2",
+            "--quota",
+            "20",
+            "-o",
+            s(&pkg),
+        ],
+    );
+    stamp_json(&c.pass, &["site", "import", "--dir", s(&c.site), s(&pkg)]);
+    let registered = issue(&c, "a", 4);
+    let b1 = c.tmp.path().join("b1.bundle");
+    stamp_json(
+        &c.pass,
+        &["site", "export-audit", "--dir", s(&c.site), "-o", s(&b1)],
+    );
+    let r = stamp_json(&c.pass, &["hq", "reconcile", "--dir", s(&c.hq), s(&b1)]);
+    assert_eq!(r["devices_recorded"], 4, "{r}");
+    // The site's clock moves on before the next devices (notBefore has one-second resolution).
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let provisional = issue(&c, "b", 2);
+    let registry = c.tmp.path().join("registry.cose");
+    let e = stamp_json(
+        &c.pass,
+        &[
+            "hq",
+            "export",
+            "--dir",
+            s(&c.hq),
+            "--format",
+            "registry",
+            "-o",
+            s(&registry),
+        ],
+    );
+    assert_eq!(e["registry"]["devices"], 4, "{e}");
+    assert_eq!(e["registry"]["sequence"], 1, "{e}");
+    World {
+        c,
+        registry,
+        registered,
+        provisional,
+    }
+}
+
+pub fn verify(w: &World, registry: &Path, chain: &Path, extra: &[&str]) -> (Option<i32>, serde_json::Value) {
+    let mut args = vec!["--json", "cloud", "verify", "--registry", s(registry)];
+    args.extend_from_slice(extra);
+    args.push(s(chain));
+    let o = stamp(&w.c.pass, &args);
+    (
+        o.status.code(),
+        serde_json::from_slice(&o.stdout).unwrap_or_else(|_| {
+            serde_json::json!({"stdout": String::from_utf8_lossy(&o.stdout), "stderr": String::from_utf8_lossy(&o.stderr)})
+        }),
+    )
+}
+
+fn refused(w: &World, chain: &Path, reason: &str) -> serde_json::Value {
+    let (code, v) = verify(w, &w.registry, chain, &[]);
+    assert_eq!(code, Some(1), "{v}");
+    assert_eq!(v["genuine"], false, "{v}");
+    assert_eq!(v["reason"], reason, "{v}");
+    v
+}
+
+/// What a compromised site can do with its issuing CA key: sign device certificates that bypass
+/// its service and its log.
+pub struct RogueSite {
+    ca_der: Vec<u8>,
+    signer: Box<dyn stamp_core::key::Signer>,
+    grant: stamp_core::entitlement::Grant,
+}
+
+impl RogueSite {
+    pub fn open(c: &Ceremony) -> Self {
+        let db = rusqlite::Connection::open(c.site.join("stamp-site.db")).unwrap();
+        let key_ref: String = db
+            .query_row(
+                "SELECT key_ref FROM own_keys WHERE profile = 'site-issuing-ca'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        let ca_der: Vec<u8> = db
+            .query_row(
+                "SELECT der FROM certificates WHERE profile = 'site-issuing-ca'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        let keys = stamp_keys::open_store(
+            &c.site,
+            stamp_keys::KeyConfig {
+                new_keys: stamp_keys::StoreTarget::File,
+                passphrase: stamp_keys::PassphraseSource::Obtain {
+                    file: Some(c.pass.clone()),
+                    creating: false,
+                },
+                pkcs11: Default::default(),
+            },
+        );
+        let signer = keys
+            .open_signer(&stamp_keys::KeyRef::parse(&key_ref).unwrap())
+            .unwrap();
+        let hq = rusqlite::Connection::open(c.hq.join("stamp-hq.db")).unwrap();
+        let json: String = hq
+            .query_row(
+                "SELECT state_json FROM entitlements WHERE entitlement_id = 'plant-7.1'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        let st: stamp_core::entitlement::GrantState = serde_json::from_str(&json).unwrap();
+        RogueSite {
+            ca_der,
+            signer,
+            grant: st.grant,
+        }
+    }
+
+    /// A device certificate for `serial`, with a fresh key, valid from `not_before`.
+    pub fn issue(&self, dir: &Path, name: &str, serial: u64, not_before: time::OffsetDateTime) -> PathBuf {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let der = stamp_core::device::issue(
+            &self.grant,
+            serial,
+            &rcgen::PublicKeyData::subject_public_key_info(&key),
+            not_before,
+            stamp_core::profile::Serial::from_random([serial as u8 | 1; 16]),
+            &stamp_core::profile::Issuer {
+                cert_der: &self.ca_der,
+                signer: self.signer.as_ref(),
+            },
+        )
+        .unwrap();
+        let p = dir.join(format!("{name}.crt.pem"));
+        std::fs::write(&p, stamp_core::cert::to_pem(&der)).unwrap();
+        std::fs::write(dir.join(format!("{name}.key.pem")), key.serialize_pem()).unwrap();
+        p
+    }
+}
+
+fn serial_of(cert: &Path) -> u64 {
+    let pem = std::fs::read_to_string(cert).unwrap();
+    let der = stamp_core::cert::from_pem(&pem, "CERTIFICATE").unwrap();
+    let (_, c) = x509_parser::parse_x509_certificate(&der).unwrap();
+    let serial = c
+        .subject()
+        .iter_by_oid(&x509_parser::oid_registry::OID_X509_SERIALNUMBER)
+        .next()
+        .unwrap()
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    serial
+}
+
+/// A counterfeiter's own CA and a device certificate under it; `subject_like` copies the site
+/// issuing CA's subject so that only the signature tells them apart.
+fn counterfeit(dir: &Path, name: &str, subject_like: Option<&Path>) -> PathBuf {
+    let ca_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut ca = rcgen::CertificateParams::new(vec![]).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
+    ca.distinguished_name = match subject_like {
+        Some(p) => {
+            let pem = std::fs::read_to_string(p).unwrap();
+            let der = stamp_core::cert::from_pem(&pem, "CERTIFICATE").unwrap();
+            let (_, c) = x509_parser::parse_x509_certificate(&der).unwrap();
+            let mut dn = rcgen::DistinguishedName::new();
+            for a in c.subject().iter_attributes() {
+                let oid: Vec<u64> = a.attr_type().iter().unwrap().collect();
+                dn.push(rcgen::DnType::CustomDnType(oid), a.as_str().unwrap());
+            }
+            dn
+        }
+        None => {
+            let mut dn = rcgen::DistinguishedName::new();
+            dn.push(rcgen::DnType::CommonName, "Totally Genuine CA");
+            dn
+        }
+    };
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca, &ca_key);
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut p = rcgen::CertificateParams::new(vec![]).unwrap();
+    p.distinguished_name
+        .push(rcgen::DnType::OrganizationName, "Acme Sensors");
+    p.distinguished_name.push(rcgen::DnType::CommonName, "thermo-2");
+    p.distinguished_name
+        .push(rcgen::DnType::CustomDnType(vec![2, 5, 4, 5]), "3");
+    p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let leaf = p.signed_by(&key, &issuer).unwrap();
+    let path = dir.join(format!("{name}.crt.pem"));
+    std::fs::write(&path, leaf.pem() + &ca_cert.pem()).unwrap();
+    std::fs::write(dir.join(format!("{name}.key.pem")), key.serialize_pem()).unwrap();
+    path
+}
+
+#[test]
+fn verifier_admits_genuine_and_refuses_each_kind_of_fake() {
+    let t0 = std::time::Instant::now();
+    let w = world();
+    let dir = w.c.tmp.path().join("fakes");
+    std::fs::create_dir_all(&dir).unwrap();
+
+    // Genuine, reconciled: registered; the registry's root is printed and can be pinned.
+    let root_fp = w.c.root_fingerprint();
+    let (code, v) = verify(
+        &w,
+        &w.registry,
+        &w.registered[0],
+        &["--root-fingerprint", &root_fp],
+    );
+    assert_eq!(code, Some(0), "{v}");
+    assert_eq!(v["genuine"], true);
+    assert_eq!(v["standing"], "registered", "{v}");
+    assert_eq!(v["site_id"], "plant-7");
+    assert_eq!(v["entitlement_id"], "plant-7.1");
+    assert_eq!(v["registry"]["root_fingerprint"], root_fp.as_str(), "{v}");
+    // The chain file as the site wrote it (device, then chain) works too.
+    let chain = dir.join("full.pem");
+    let chain_file = w.registered[1]
+        .to_string_lossy()
+        .replace(".crt.pem", ".chain.pem");
+    std::fs::write(
+        &chain,
+        std::fs::read_to_string(&w.registered[1]).unwrap() + &std::fs::read_to_string(chain_file).unwrap(),
+    )
+    .unwrap();
+    let (code, v) = verify(&w, &w.registry, &chain, &[]);
+    assert_eq!(
+        (code, v["standing"].as_str()),
+        (Some(0), Some("registered")),
+        "{v}"
+    );
+
+    // Issued by the site after its last reconciled export: provisional.
+    let (code, v) = verify(&w, &w.registry, &w.provisional[0], &[]);
+    assert_eq!(code, Some(0), "{v}");
+    assert_eq!(v["standing"], "provisional", "{v}");
+
+    // Counterfeits: a rogue CA; a rogue CA with the site CA's very name.
+    refused(&w, &counterfeit(&dir, "rogue", None), "unknown-issuer");
+    let site_ca = w.c.site.join("..").join("hq/sites/plant-7/site-issuing-ca.pem");
+    refused(
+        &w,
+        &counterfeit(&dir, "lookalike", Some(&site_ca)),
+        "chain-invalid",
+    );
+
+    // A compromised site signing outside its service and log.
+    let rogue = RogueSite::open(&w.c);
+    let now = time::OffsetDateTime::now_utc();
+    let hour_ago = now - time::Duration::hours(1);
+    // Over-production with serials outside every range.
+    let v = refused(
+        &w,
+        &rogue.issue(&dir, "over", 9_000_000, now),
+        "serial-out-of-range",
+    );
+    assert_eq!(v["device_serial"], 9_000_000);
+    // A clone: a registered device's serial with another key.
+    let cloned = serial_of(&w.registered[2]);
+    refused(&w, &rogue.issue(&dir, "clone", cloned, now), "clone");
+    // In range, unused, dated before the site's last reconciled export: it skipped the log.
+    let last = serial_of(&w.provisional[1]);
+    refused(
+        &w,
+        &rogue.issue(&dir, "skipped", last + 5, hour_ago),
+        "not-in-log",
+    );
+    // Post-dated (not valid yet) is refused by path validation.
+    refused(
+        &w,
+        &rogue.issue(&dir, "future", last + 6, now + time::Duration::days(2)),
+        "not-yet-valid",
+    );
+    // In range, after the last reconciled export, unused: provisional (the next registry decides).
+    let (code, v) = verify(&w, &w.registry, &rogue.issue(&dir, "fresh", last + 7, now), &[]);
+    assert_eq!(
+        (code, v["standing"].as_str()),
+        (Some(0), Some("provisional")),
+        "{v}"
+    );
+
+    // Not a certificate at all.
+    let junk = dir.join("junk.pem");
+    std::fs::write(
+        &junk,
+        "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    refused(&w, &junk, "malformed-chain");
+
+    // Revocation: HQ revokes a registered device; the next registry refuses it.
+    let revoked_serial = serial_of(&w.registered[3]).to_string();
+    let r = stamp_json(
+        &w.c.pass,
+        &[
+            "hq",
+            "revoke-device",
+            "--dir",
+            s(&w.c.hq),
+            "--serial",
+            &revoked_serial,
+            "--reason",
+            "returned, key leaked",
+        ],
+    );
+    assert_eq!(r["revocations"], 1, "{r}");
+    stamp_fails(
+        &w.c.pass,
+        &[
+            "hq",
+            "revoke-device",
+            "--dir",
+            s(&w.c.hq),
+            "--serial",
+            &revoked_serial,
+            "--reason",
+            "again",
+        ],
+        "already revoked",
+    );
+    stamp_fails(
+        &w.c.pass,
+        &[
+            "hq",
+            "revoke-device",
+            "--dir",
+            s(&w.c.hq),
+            "--serial",
+            "99999999",
+            "--reason",
+            "x",
+        ],
+        "never allocated",
+    );
+    let reg2 = w.c.tmp.path().join("registry2.cose");
+    let e = stamp_json(
+        &w.c.pass,
+        &[
+            "hq",
+            "export",
+            "--dir",
+            s(&w.c.hq),
+            "--format",
+            "registry",
+            "-o",
+            s(&reg2),
+        ],
+    );
+    assert_eq!(e["registry"]["sequence"], 2, "{e}");
+    assert_eq!(e["registry"]["revocations"], 1, "{e}");
+    let (code, v) = verify(&w, &reg2, &w.registered[3], &[]);
+    assert_eq!((code, v["reason"].as_str()), (Some(1), Some("revoked")), "{v}");
+    let (code, _) = verify(&w, &reg2, &w.registered[0], &["--min-sequence", "2"]);
+    assert_eq!(code, Some(0));
+    // Rollback to the older registry is refused when the verifier knows of sequence 2.
+    let (code, v) = verify(&w, &w.registry, &w.registered[3], &["--min-sequence", "2"]);
+    assert_eq!(code, Some(1));
+    assert!(v.to_string().contains("rollback"), "{v}");
+
+    // A revoked site: all its devices.
+    stamp_json(
+        &w.c.pass,
+        &[
+            "hq",
+            "revoke-device",
+            "--dir",
+            s(&w.c.hq),
+            "--site",
+            "plant-7",
+            "--reason",
+            "site compromised",
+        ],
+    );
+    let reg3 = w.c.tmp.path().join("registry3.cose");
+    stamp_json(
+        &w.c.pass,
+        &[
+            "hq",
+            "export",
+            "--dir",
+            s(&w.c.hq),
+            "--format",
+            "registry",
+            "-o",
+            s(&reg3),
+        ],
+    );
+    let (code, v) = verify(&w, &reg3, &w.registered[0], &[]);
+    assert_eq!(
+        (code, v["reason"].as_str()),
+        (Some(1), Some("site-revoked")),
+        "{v}"
+    );
+
+    // Tampered registries: flipped bytes, truncation, trailing bytes; a wrong pinned root.
+    let bytes = std::fs::read(&w.registry).unwrap();
+    let n = bytes.len();
+    let mut cases = Vec::new();
+    for i in [5, n / 3, n / 2, n - 10] {
+        let mut m = bytes.clone();
+        m[i] ^= 0x01;
+        cases.push(m);
+    }
+    cases.push(bytes[..n - 1].to_vec());
+    let mut t = bytes.clone();
+    t.push(0);
+    cases.push(t);
+    for (i, m) in cases.into_iter().enumerate() {
+        let p = dir.join(format!("tampered{i}.cose"));
+        std::fs::write(&p, m).unwrap();
+        let (code, v) = verify(&w, &p, &w.registered[0], &[]);
+        assert_eq!(code, Some(1), "tampered {i}: {v}");
+        assert!(
+            v["error"].as_str().unwrap_or("").contains("refused"),
+            "tampered {i}: {v}"
+        );
+    }
+    let (code, v) = verify(
+        &w,
+        &w.registry,
+        &w.registered[0],
+        &["--root-fingerprint", &"ab".repeat(32)],
+    );
+    assert_eq!(code, Some(1));
+    assert!(v.to_string().contains("not the pinned root"), "{v}");
+    eprintln!("verifier test: {:?}", t0.elapsed());
+}
+
+#[test]
+fn exports_and_verification_certificates_check_with_independent_tools() {
+    let w = world();
+    let tmp = w.c.tmp.path();
+    // AWS bulk registration: one JSON object per line per registered device, PEMs openssl reads.
+    let bulk = tmp.join("bulk.jsonl");
+    let r = stamp_json(
+        &w.c.pass,
+        &[
+            "hq",
+            "export",
+            "--dir",
+            s(&w.c.hq),
+            "--format",
+            "aws-bulk",
+            "-o",
+            s(&bulk),
+        ],
+    );
+    assert_eq!(r["lines"], 4, "{r}");
+    let text = std::fs::read_to_string(&bulk).unwrap();
+    let root = w.c.root_cert();
+    for line in text.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let serial = v["SerialNumber"].as_str().unwrap();
+        assert_eq!(v["ThingName"], format!("thermo-2-{serial}"));
+        let cert = tmp.join("bulk-cert.pem");
+        let ca = tmp.join("bulk-ca.pem");
+        std::fs::write(&cert, v["CertificatePem"].as_str().unwrap()).unwrap();
+        std::fs::write(&ca, v["CACertificatePem"].as_str().unwrap()).unwrap();
+        let o = openssl(&[
+            "verify",
+            "-purpose",
+            "sslclient",
+            "-CAfile",
+            s(&root),
+            "-untrusted",
+            s(&ca),
+            s(&cert),
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    // JITR and DPS material.
+    for (format, key) in [("aws-jitr", "ca_certificates"), ("azure-dps", "certificates")] {
+        let out = tmp.join(format!("{format}.json"));
+        stamp_json(
+            &w.c.pass,
+            &[
+                "hq",
+                "export",
+                "--dir",
+                s(&w.c.hq),
+                "--format",
+                format,
+                "-o",
+                s(&out),
+            ],
+        );
+        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+        assert_eq!(v["format"], format!("stamp-{format}"));
+        let cas = v[key].as_array().unwrap();
+        assert_eq!(cas.len(), 1, "{v}");
+        let ca = tmp.join("ca.pem");
+        std::fs::write(&ca, cas[0]["certificate_pem"].as_str().unwrap()).unwrap();
+        let o = openssl(&["verify", "-CAfile", s(&root), s(&ca)]);
+        assert!(
+            o.status.success(),
+            "{format}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        if format == "azure-dps" {
+            assert_eq!(
+                v["enrollment_groups"][0]["attestation"]["x509"]["caReferences"]["primary"],
+                cas[0]["name"]
+            );
+        }
+    }
+    // Verification certificates: the site proves its issuing CA, HQ proves the root.
+    let code = "9f3c2a41d7e8b6a5c4d3e2f1a0b9c8d7e6f5a4b3c2d1e0f9a8b7c6d5e4f3a2b1";
+    let site_ver = tmp.join("site-ver.pem");
+    let r = stamp_json(
+        &w.c.pass,
+        &[
+            "site",
+            "cloud-verification-cert",
+            "--dir",
+            s(&w.c.site),
+            "--code",
+            code,
+            "-o",
+            s(&site_ver),
+        ],
+    );
+    assert_eq!(r["code"], code);
+    let site_ca = w.c.hq.join("sites/plant-7/site-issuing-ca.pem");
+    let o = openssl(&[
+        "verify",
+        "-CAfile",
+        s(&root),
+        "-untrusted",
+        s(&site_ca),
+        s(&site_ver),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // Issued by the site CA itself (partial chain: the CA alone as trust anchor, as AWS checks).
+    let o = openssl(&["verify", "-partial_chain", "-CAfile", s(&site_ca), s(&site_ver)]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = openssl(&["x509", "-in", s(&site_ver), "-noout", "-subject"]);
+    let subject = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        subject.contains(&format!("CN = {code}")) || subject.contains(&format!("CN={code}")),
+        "{subject}"
+    );
+    let root_ver = tmp.join("root-ver.pem");
+    stamp_json(
+        &w.c.pass,
+        &[
+            "hq",
+            "cloud-verification-cert",
+            "--dir",
+            s(&w.c.hq),
+            "--ca",
+            "root",
+            "--code",
+            "ABC123",
+            "-o",
+            s(&root_ver),
+        ],
+    );
+    let o = openssl(&["verify", "-CAfile", s(&root), s(&root_ver)]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    stamp_fails(
+        &w.c.pass,
+        &[
+            "hq",
+            "cloud-verification-cert",
+            "--dir",
+            s(&w.c.hq),
+            "--ca",
+            "plant-7",
+            "--code",
+            "X",
+            "-o",
+            s(&root_ver),
+        ],
+        "stamp site cloud-verification-cert",
+    );
+    stamp_fails(
+        &w.c.pass,
+        &[
+            "site",
+            "cloud-verification-cert",
+            "--dir",
+            s(&w.c.site),
+            "--code",
+            "bad code!",
+            "-o",
+            s(&root_ver),
+        ],
+        "registration code",
+    );
+    // The verification certificate is no device: the verifier refuses it.
+    let (code, v) = verify(&w, &w.registry, &site_ver, &[]);
+    assert_eq!(code, Some(1), "{v}");
+}
+
+/// Kills the gateway when the test ends, passing or not.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn gateway_admits_genuine_refuses_counterfeit_and_flags_concurrent_use() {
+    use std::io::BufRead;
+    let w = world();
+    let tmp = w.c.tmp.path();
+    let ca = tmp.join("gateway.pem");
+    let log = tmp.join("gateway.log");
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("stamp"))
+        .args([
+            "--json",
+            "cloud",
+            "gateway",
+            "--registry",
+            s(&w.registry),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--write-server-cert", s(&ca)])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let gw = Running(child);
+    let mut first = String::new();
+    std::io::BufReader::new(stdout).read_line(&mut first).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&first).unwrap();
+    let addr = v["listening"].as_str().unwrap().to_owned();
+    let port = addr.rsplit_once(':').unwrap().1;
+    let server = format!("localhost:{port}");
+
+    let connect = |dir: &Path, name: &str, key: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "--json",
+            "device",
+            "connect",
+            "--stamp",
+            s(dir),
+            "--name",
+            name,
+            "--key",
+            s(key),
+            "--server",
+            &server,
+            "--ca",
+            s(&ca),
+        ];
+        args.extend_from_slice(extra);
+        let o = stamp(&w.c.pass, &args);
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout)
+            .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&o.stderr)));
+        (o.status.code(), v)
+    };
+    let a_out = tmp.join("a-out");
+    let a_keys = tmp.join("a.keys");
+    // A genuine device, with the files `stamp site issue` wrote.
+    let (code, v) = connect(&a_out, "d0000", &a_keys.join("d0000.key.pem"), &[]);
+    assert_eq!(code, Some(0), "{v}");
+    assert_eq!(v["admitted"], true);
+    assert_eq!(v["standing"], "registered", "{v}");
+    assert!(v.get("flags").is_none(), "{v}");
+    // A provisional one.
+    let (code, v) = connect(
+        &tmp.join("b-out"),
+        "d0001",
+        &tmp.join("b.keys/d0001.key.pem"),
+        &[],
+    );
+    assert_eq!(
+        (code, v["standing"].as_str()),
+        (Some(0), Some("provisional")),
+        "{v}"
+    );
+    // A counterfeit under a rogue CA.
+    let fakes = tmp.join("fakes");
+    std::fs::create_dir_all(&fakes).unwrap();
+    counterfeit(&fakes, "rogue", None);
+    let (code, v) = connect(&fakes, "rogue", &fakes.join("rogue.key.pem"), &[]);
+    assert_eq!(code, Some(1), "{v}");
+    assert_eq!(v["admitted"], false);
+    assert_eq!(v["reason"], "unknown-issuer", "{v}");
+    // A clone made with the site CA key: refused with its reason.
+    let rogue = RogueSite::open(&w.c);
+    rogue.issue(
+        &fakes,
+        "clone",
+        serial_of(&w.registered[1]),
+        time::OffsetDateTime::now_utc(),
+    );
+    let (code, v) = connect(&fakes, "clone", &fakes.join("clone.key.pem"), &[]);
+    assert_eq!((code, v["reason"].as_str()), (Some(1), Some("clone")), "{v}");
+    // The same device twice at once: the second connection is flagged.
+    let holder = std::process::Command::new(assert_cmd::cargo::cargo_bin("stamp"))
+        .args([
+            "--passphrase-file",
+            s(&w.c.pass),
+            "--json",
+            "device",
+            "connect",
+            "--stamp",
+            s(&a_out),
+        ])
+        .args([
+            "--name",
+            "d0002",
+            "--key",
+            s(&a_keys.join("d0002.key.pem")),
+            "--server",
+            &server,
+        ])
+        .args(["--ca", s(&ca), "--hold", "4"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let (code, v) = connect(&a_out, "d0002", &a_keys.join("d0002.key.pem"), &[]);
+    assert_eq!(code, Some(0), "{v}");
+    assert_eq!(v["flags"][0], "concurrent-use", "{v}");
+    let held = holder.wait_with_output().unwrap();
+    assert!(held.status.success());
+    let first: serde_json::Value = serde_json::from_slice(&held.stdout).unwrap();
+    assert!(first.get("flags").is_none(), "{first}");
+    drop(gw);
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        log.contains("possible counterfeit") && log.contains("unknown-issuer"),
+        "{log}"
+    );
+    assert!(log.contains("more than one connection"), "{log}");
+}

@@ -1,0 +1,296 @@
+//! The TLS gateway.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
+use stamp_core::registry::{VerifiedRegistry, MAX_DEVICE_CHAIN};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+
+use crate::{CloudError, Reply};
+
+/// Most connections handled at once.
+pub const MAX_CONNECTIONS: usize = 1024;
+/// Time allowed for the TLS handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest line an admitted device may send.
+pub const MAX_LINE: usize = 4096;
+
+/// Accepts any client certificate chain of at most [`MAX_DEVICE_CHAIN`] certificates, but
+/// checks the handshake signature with the presented key: the registry decides after the
+/// handshake, so that a refused device learns why.
+#[derive(Debug)]
+struct DeviceCertVerifier {
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl ClientCertVerifier for DeviceCertVerifier {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        if intermediates.len() >= MAX_DEVICE_CHAIN {
+            return Err(rustls::Error::General("client certificate chain too long".into()));
+        }
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// The gateway's server identity.
+pub struct ServerIdentity {
+    /// Certificate chain, DER, leaf first.
+    pub chain: Vec<CertificateDer<'static>>,
+    /// Private key.
+    pub key: PrivateKeyDer<'static>,
+}
+
+impl ServerIdentity {
+    /// A fresh self-signed identity for `names` (DNS names or IP addresses); devices trust its
+    /// certificate (PEM, returned too) as their CA file.
+    pub fn self_signed(names: Vec<String>) -> Result<(Self, String), CloudError> {
+        let ck = rcgen::generate_simple_self_signed(names)?;
+        let pem = ck.cert.pem();
+        let key = PrivateKeyDer::Pkcs8(ck.signing_key.serialize_der().into());
+        Ok((
+            ServerIdentity {
+                chain: vec![ck.cert.der().clone()],
+                key,
+            },
+            pem,
+        ))
+    }
+
+    /// From PEM files' contents: certificates (leaf first) and one private key.
+    pub fn from_pem(cert_pem: &[u8], key_pem: &[u8]) -> Result<Self, CloudError> {
+        use rustls::pki_types::pem::PemObject;
+        let chain = CertificateDer::pem_slice_iter(cert_pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| CloudError::Pem(format!("server certificate: {e}")))?;
+        if chain.is_empty() {
+            return Err(CloudError::Pem(
+                "no certificate in the server certificate file".into(),
+            ));
+        }
+        let key = PrivateKeyDer::from_pem_slice(key_pem)
+            .map_err(|e| CloudError::Pem(format!("server key: {e}")))?;
+        Ok(ServerIdentity { chain, key })
+    }
+}
+
+/// The gateway: a verified registry and the devices connected now.
+pub struct Gateway {
+    registry: VerifiedRegistry,
+    connected: Mutex<HashMap<[u8; 32], usize>>,
+}
+
+/// Removes a connection from the connected set when dropped.
+struct Presence<'a> {
+    gw: &'a Gateway,
+    id: [u8; 32],
+}
+
+impl Drop for Presence<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.gw.connected.lock() {
+            if let Some(n) = m.get_mut(&self.id) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    m.remove(&self.id);
+                }
+            }
+        }
+    }
+}
+
+impl Gateway {
+    /// A gateway judging devices with `registry`.
+    pub fn new(registry: VerifiedRegistry) -> Self {
+        Gateway {
+            registry,
+            connected: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Judges a device chain: the registry's verdict, and the concurrent-use flag.
+    fn admit(&self, chain: &[Vec<u8>]) -> (Reply, Option<Presence<'_>>) {
+        let v = self.registry.check_device(chain, time::OffsetDateTime::now_utc());
+        let mut reply = Reply {
+            admitted: v.genuine,
+            standing: serde_json::to_value(v.standing)
+                .ok()
+                .and_then(|s| s.as_str().map(str::to_owned))
+                .unwrap_or_default(),
+            reason: v.reason.map(|r| r.code().to_owned()),
+            detail: v.detail.clone(),
+            device_serial: v.device_serial,
+            site_id: v.site_id.clone(),
+            flags: Vec::new(),
+        };
+        if !v.genuine {
+            tracing::warn!(
+                reason = reply.reason.as_deref().unwrap_or(""),
+                serial = ?v.device_serial,
+                site = ?v.site_id,
+                certificate = v.certificate_sha256.as_deref().unwrap_or(""),
+                detail = %v.detail,
+                "refused device: possible counterfeit"
+            );
+            return (reply, None);
+        }
+        let id = chain
+            .first()
+            .map(|c| stamp_core::fingerprint::sha256(c))
+            .unwrap_or_default();
+        let others = match self.connected.lock() {
+            Ok(mut m) => {
+                let n = m.entry(id).or_insert(0);
+                *n += 1;
+                *n - 1
+            }
+            Err(_) => 0,
+        };
+        if others > 0 {
+            reply.flags.push("concurrent-use".into());
+            tracing::warn!(
+                serial = ?v.device_serial,
+                site = ?v.site_id,
+                certificate = hex::encode(id),
+                connections = others + 1,
+                "device identity in use on more than one connection at once: possible clone"
+            );
+        } else {
+            tracing::info!(serial = ?v.device_serial, site = ?v.site_id, standing = %reply.standing, "admitted device");
+        }
+        (reply, Some(Presence { gw: self, id }))
+    }
+}
+
+/// TLS server configuration requiring a client certificate.
+pub fn tls_config(identity: ServerIdentity) -> Result<rustls::ServerConfig, CloudError> {
+    let provider = crate::provider();
+    let verifier = Arc::new(DeviceCertVerifier {
+        provider: provider.clone(),
+    });
+    Ok(rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(identity.chain, identity.key)?)
+}
+
+/// Serves devices on `listener` until the task is dropped.
+pub async fn serve(
+    listener: TcpListener,
+    config: rustls::ServerConfig,
+    gateway: Arc<Gateway>,
+) -> Result<(), CloudError> {
+    let acceptor = TlsAcceptor::from(Arc::new(config));
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let (tcp, peer) = listener.accept().await?;
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return Ok(());
+        };
+        let acceptor = acceptor.clone();
+        let gw = gateway.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            if let Err(e) = handle(tcp, acceptor, &gw).await {
+                tracing::info!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+}
+
+async fn handle(tcp: tokio::net::TcpStream, acceptor: TlsAcceptor, gw: &Gateway) -> Result<(), CloudError> {
+    let peer = tcp.peer_addr().ok();
+    let mut tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::warn!(?peer, error = %e, "TLS handshake failed");
+            return Ok(());
+        }
+        Err(_) => {
+            tracing::warn!(?peer, "TLS handshake timed out");
+            return Ok(());
+        }
+    };
+    let chain: Vec<Vec<u8>> = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .map(|c| c.iter().map(|c| c.as_ref().to_vec()).collect())
+        .unwrap_or_default();
+    let (reply, presence) = gw.admit(&chain);
+    let mut line = serde_json::to_vec(&reply).map_err(|_| CloudError::BadReply)?;
+    line.push(b'\n');
+    tls.write_all(&line).await?;
+    tls.flush().await?;
+    if presence.is_none() {
+        tls.shutdown().await?;
+        return Ok(());
+    }
+    // Admitted: answer each line until the device closes the connection.
+    let mut reader = BufReader::new(tls);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        let n = (&mut reader)
+            .take(MAX_LINE as u64)
+            .read_until(b'\n', &mut buf)
+            .await?;
+        if n == 0 || !buf.ends_with(b"\n") {
+            break;
+        }
+        reader.get_mut().write_all(b"ok\n").await?;
+        reader.get_mut().flush().await?;
+    }
+    drop(presence);
+    Ok(())
+}

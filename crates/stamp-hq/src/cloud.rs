@@ -1,0 +1,417 @@
+//! What HQ hands the cloud: the signed stamp registry, AWS IoT and Azure IoT DPS material, and
+//! device revocations. Formats: `docs/cloud.md`.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+
+use serde_bytes::ByteBuf;
+use stamp_core::entitlement::GrantState;
+use stamp_core::profile::{Issuer, Profile};
+use stamp_core::registry::{self, RegisteredDevice, Registry, RegistryEntitlement, RegistrySite, Revocation};
+use stamp_core::{cert, fingerprint, SiteId};
+use stamp_keys::{KeyRef, KeyStore};
+use stamp_store::rusqlite::{params, OptionalExtension};
+use stamp_store::Migration;
+use time::OffsetDateTime;
+
+use crate::{Hq, HqError, HqStore};
+
+/// Revocations and registry exports (schema version 5).
+pub(crate) const MIGRATION: Migration = Migration {
+    version: 5,
+    sql: "
+    -- Revocations HQ publishes in the registry; exactly one selector per row.
+    CREATE TABLE revocations (
+        id INTEGER PRIMARY KEY,
+        device_serial INTEGER,
+        certificate_sha256 BLOB,
+        entitlement_id TEXT,
+        site_id TEXT,
+        reason TEXT NOT NULL,
+        revoked_at INTEGER NOT NULL,
+        CHECK ((device_serial IS NOT NULL) + (certificate_sha256 IS NOT NULL)
+             + (entitlement_id IS NOT NULL) + (site_id IS NOT NULL) = 1)
+    );
+    -- Every registry HQ signed, by sequence (verifiers refuse older sequences).
+    CREATE TABLE registry_exports (
+        sequence INTEGER PRIMARY KEY,
+        sha256 BLOB NOT NULL,
+        devices INTEGER NOT NULL,
+        created_at TEXT NOT NULL
+    );
+",
+};
+
+/// What to revoke.
+#[derive(Clone, Debug)]
+pub enum RevokeTarget {
+    /// Every certificate with this device serial.
+    Serial(u64),
+    /// One device certificate, by SHA-256.
+    Certificate([u8; 32]),
+    /// Every device of an entitlement.
+    Entitlement(String),
+    /// Every device of a site.
+    Site(SiteId),
+}
+
+/// A recorded revocation.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct RevocationReport {
+    /// What was revoked (`serial:N`, `certificate:HEX`, `entitlement:ID`, `site:ID`).
+    pub revoked: String,
+    /// Why.
+    pub reason: String,
+    /// When (Unix seconds).
+    pub revoked_at: i64,
+    /// Revocations now recorded.
+    pub revocations: u64,
+}
+
+/// What a registry export wrote.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct RegistryReport {
+    /// Its sequence.
+    pub sequence: u64,
+    /// SHA-256 of the OEM root, colon hex (what verifiers pin).
+    pub root_fingerprint: String,
+    /// Sites, entitlements, devices and revocations in it.
+    pub sites: usize,
+    /// Entitlements in it.
+    pub entitlements: usize,
+    /// Registered devices in it.
+    pub devices: usize,
+    /// Revocations in it.
+    pub revocations: usize,
+    /// Its size in bytes.
+    pub bytes: usize,
+    /// SHA-256 of the file, hex.
+    pub sha256: String,
+}
+
+/// A CA certificate for a cloud, PEM with its fingerprint.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct CaCert {
+    /// The site, for a site issuing CA.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub site_id: Option<String>,
+    /// SHA-256 of the DER, colon hex.
+    pub sha256: String,
+    /// The certificate, PEM.
+    pub pem: String,
+}
+
+impl Hq {
+    /// Records a revocation; it reaches verifiers with the next registry export.
+    pub fn revoke(
+        &mut self,
+        target: &RevokeTarget,
+        reason: &str,
+        now: OffsetDateTime,
+    ) -> Result<RevocationReport, HqError> {
+        let reason: String = reason.chars().take(256).collect();
+        let at = now.unix_timestamp();
+        let c = self.store.conn();
+        let known = match target {
+            RevokeTarget::Serial(n) => c
+                .query_row(
+                    "SELECT 1 FROM serial_allocations WHERE first <= ?1 AND last >= ?1",
+                    [i64::try_from(*n).unwrap_or(-1)],
+                    |_| Ok(()),
+                )
+                .optional()?
+                .is_some(),
+            RevokeTarget::Certificate(_) => true,
+            RevokeTarget::Entitlement(id) => c
+                .query_row(
+                    "SELECT 1 FROM entitlements WHERE entitlement_id = ?1",
+                    [id],
+                    |_| Ok(()),
+                )
+                .optional()?
+                .is_some(),
+            RevokeTarget::Site(s) => self.store.site_enrolled(s)?,
+        };
+        let what = match target {
+            RevokeTarget::Serial(n) => format!("serial:{n}"),
+            RevokeTarget::Certificate(h) => format!("certificate:{}", hex::encode(h)),
+            RevokeTarget::Entitlement(id) => format!("entitlement:{id}"),
+            RevokeTarget::Site(s) => format!("site:{s}"),
+        };
+        if !known {
+            return Err(HqError::UnknownRevocationTarget(what));
+        }
+        let (serial, cert, ent, site) = match target {
+            RevokeTarget::Serial(n) => (Some(*n as i64), None, None, None),
+            RevokeTarget::Certificate(h) => (None, Some(h.to_vec()), None, None),
+            RevokeTarget::Entitlement(id) => (None, None, Some(id.clone()), None),
+            RevokeTarget::Site(s) => (None, None, None, Some(s.as_str().to_owned())),
+        };
+        let dup: Option<i64> = c
+            .query_row(
+                "SELECT id FROM revocations WHERE device_serial IS ?1 AND certificate_sha256 IS ?2
+                 AND entitlement_id IS ?3 AND site_id IS ?4",
+                params![serial, cert, ent, site],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if dup.is_some() {
+            return Err(HqError::AlreadyRevoked(what));
+        }
+        let n = self.store.db_mut().write(|tx| {
+            tx.execute(
+                "INSERT INTO revocations (device_serial, certificate_sha256, entitlement_id, site_id, reason, revoked_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![serial, cert, ent, site, reason, at],
+            )?;
+            tx.query_row("SELECT COUNT(*) FROM revocations", [], |r| r.get::<_, i64>(0))
+        })?;
+        Ok(RevocationReport {
+            revoked: what,
+            reason,
+            revoked_at: at,
+            revocations: u64::try_from(n).unwrap_or(0),
+        })
+    }
+
+    /// Builds, signs and records the next registry; returns the file's bytes.
+    pub fn export_registry(&mut self, now: OffsetDateTime) -> Result<(Vec<u8>, RegistryReport), HqError> {
+        let store = &self.store;
+        let (_, root_der) = store.own_key(Profile::OemRoot)?;
+        let c = store.conn();
+        let last: Option<i64> =
+            c.query_row("SELECT MAX(sequence) FROM registry_exports", [], |r| r.get(0))?;
+        let sequence = u64::try_from(last.unwrap_or(0)).unwrap_or(0) + 1;
+        let mut sites = Vec::new();
+        for (site, _) in store.sites()? {
+            // Site IDs were checked when enrolled.
+            let Ok(id) = SiteId::new(&site) else { continue };
+            let issuing_ca = store.site_certificate(&id, Profile::SiteIssuingCa)?;
+            let (log_size, last_ms): (i64, i64) = c
+                .query_row(
+                    "SELECT size, last_time_ms FROM audit_sites WHERE site_id = ?1",
+                    [&site],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?
+                .unwrap_or((0, 0));
+            sites.push(RegistrySite {
+                site_id: site,
+                issuing_ca: ByteBuf::from(issuing_ca),
+                log_size: u64::try_from(log_size).unwrap_or(0),
+                log_covered_ms: last_ms,
+            });
+        }
+        let mut entitlements = Vec::new();
+        for (site, st) in grant_states(store)? {
+            entitlements.push(RegistryEntitlement {
+                entitlement_id: st.grant.entitlement_id.clone(),
+                site_id: site,
+                product: st.grant.product.clone(),
+                device_profile: st.grant.device_profile.clone(),
+                serial_ranges: st.grant.serial_ranges.clone(),
+                status: st.status,
+            });
+        }
+        let mut devices = Vec::new();
+        store.for_each_device(None, |d| {
+            let h = hex::decode(&d.certificate_sha256).unwrap_or_default();
+            devices.push(RegisteredDevice(d.device_serial, ByteBuf::from(h)));
+            Ok(())
+        })?;
+        devices.sort();
+        let revocations = revocations(store)?;
+        let reg = Registry {
+            format: registry::FORMAT.to_owned(),
+            version: registry::VERSION,
+            sequence,
+            issued_at: now.unix_timestamp(),
+            org: store.org()?,
+            root: ByteBuf::from(root_der.clone()),
+            sites,
+            entitlements,
+            devices,
+            revocations,
+        };
+        let (sign_ref, sign_cert) = store.own_key(Profile::HqAuthoritySigning)?;
+        let signer = self.keys.open_signer(&KeyRef::parse(&sign_ref)?)?;
+        let bytes = registry::sign(&reg, signer.as_ref(), &sign_cert)?;
+        let sha = fingerprint::sha256(&bytes);
+        let report = RegistryReport {
+            sequence,
+            root_fingerprint: fingerprint::colon_hex(&fingerprint::sha256(&root_der)),
+            sites: reg.sites.len(),
+            entitlements: reg.entitlements.len(),
+            devices: reg.devices.len(),
+            revocations: reg.revocations.len(),
+            bytes: bytes.len(),
+            sha256: hex::encode(sha),
+        };
+        let n = i64::try_from(report.devices).unwrap_or(i64::MAX);
+        self.store.db_mut().write(|tx| {
+            tx.execute(
+                "INSERT INTO registry_exports (sequence, sha256, devices, created_at) VALUES (?1, ?2, ?3, ?4)",
+                params![sequence as i64, sha.as_slice(), n, crate::store::ts(now)],
+            )
+        })?;
+        Ok((bytes, report))
+    }
+
+    /// A verification certificate for registering the OEM root with a cloud, signed by the root
+    /// key. `spki_der` is a throwaway key's (the caller forgets its private key).
+    pub fn root_verification_cert(
+        &self,
+        code: &str,
+        spki_der: &[u8],
+        now: OffsetDateTime,
+    ) -> Result<Vec<u8>, HqError> {
+        let (root_ref, root_der) = self.store.own_key(Profile::OemRoot)?;
+        let signer = self.keys.open_signer(&KeyRef::parse(&root_ref)?)?;
+        let issuer = Issuer {
+            cert_der: &root_der,
+            signer: signer.as_ref(),
+        };
+        let serial = crate::random_serial(&aws_lc_rs::rand::SystemRandom::new())?;
+        Ok(stamp_core::cloud_ca::verification_cert(
+            code, spki_der, now, serial, &issuer,
+        )?)
+    }
+}
+
+fn grant_states(store: &HqStore) -> Result<Vec<(String, GrantState)>, HqError> {
+    let mut stmt = store
+        .conn()
+        .prepare("SELECT site_id, state_json FROM entitlements ORDER BY rowid")?;
+    let rows = stmt
+        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
+        .collect::<Result<Vec<_>, _>>()?;
+    rows.into_iter()
+        .map(|(s, j)| Ok((s, serde_json::from_str(&j)?)))
+        .collect()
+}
+
+fn revocations(store: &HqStore) -> Result<Vec<Revocation>, HqError> {
+    let mut stmt = store.conn().prepare(
+        "SELECT device_serial, certificate_sha256, entitlement_id, site_id, reason, revoked_at FROM revocations ORDER BY id",
+    )?;
+    let rows = stmt
+        .query_map([], |r| {
+            Ok(Revocation {
+                device_serial: r.get::<_, Option<i64>>(0)?.map(|n| n as u64),
+                certificate_sha256: r.get::<_, Option<Vec<u8>>>(1)?.map(ByteBuf::from),
+                entitlement_id: r.get(2)?,
+                site_id: r.get(3)?,
+                reason: r.get(4)?,
+                revoked_at: r.get(5)?,
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(rows)
+}
+
+/// A thing name AWS IoT accepts (`[a-zA-Z0-9:_-]`, at most 128 characters).
+fn thing_name(product_id: &str, serial: u64) -> String {
+    let p: String = product_id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == ':' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(100)
+        .collect();
+    format!("{p}-{serial}")
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct BulkLine<'a> {
+    thing_name: String,
+    serial_number: String,
+    certificate_pem: String,
+    #[serde(rename = "CACertificatePem")]
+    ca_certificate_pem: &'a str,
+    site_id: &'a str,
+    entitlement_id: &'a str,
+    product_id: &'a str,
+}
+
+impl HqStore {
+    /// Writes the AWS IoT bulk registration input: one JSON object per line per registered,
+    /// unrevoked device. Returns the number of lines.
+    pub fn export_aws_bulk(&self, out: &mut dyn Write) -> Result<u64, HqError> {
+        let products: BTreeMap<String, String> = grant_states(self)?
+            .into_iter()
+            .map(|(_, st)| {
+                (
+                    st.grant.entitlement_id.clone(),
+                    st.grant.product.product_id.clone(),
+                )
+            })
+            .collect();
+        let mut cas = BTreeMap::new();
+        for (site, _) in self.sites()? {
+            if let Ok(id) = SiteId::new(&site) {
+                cas.insert(
+                    site,
+                    cert::to_pem(&self.site_certificate(&id, Profile::SiteIssuingCa)?),
+                );
+            }
+        }
+        let revoked = revocations(self)?;
+        let is_revoked = |d: &crate::reconcile::DeviceRecord| {
+            revoked.iter().any(|r| {
+                r.device_serial == Some(d.device_serial)
+                    || r.certificate_sha256.as_ref().map(hex::encode).as_deref()
+                        == Some(&d.certificate_sha256)
+                    || r.entitlement_id.as_deref() == Some(&d.entitlement_id)
+                    || r.site_id.as_deref() == Some(&d.site_id)
+            })
+        };
+        let mut n = 0u64;
+        let io = |source| HqError::Io {
+            path: "<registration file>".into(),
+            source,
+        };
+        self.for_each_device(None, |d| {
+            if is_revoked(&d) {
+                return Ok(());
+            }
+            let product = products.get(&d.entitlement_id).map_or("device", String::as_str);
+            let line = BulkLine {
+                thing_name: thing_name(product, d.device_serial),
+                serial_number: d.device_serial.to_string(),
+                certificate_pem: cert::to_pem(&d.certificate),
+                ca_certificate_pem: cas.get(&d.site_id).map_or("", String::as_str),
+                site_id: &d.site_id,
+                entitlement_id: &d.entitlement_id,
+                product_id: product,
+            };
+            serde_json::to_writer(&mut *out, &line)?;
+            out.write_all(b"\n").map_err(io)?;
+            n += 1;
+            Ok(())
+        })?;
+        Ok(n)
+    }
+
+    /// The OEM root and every site issuing CA, PEM.
+    pub fn cloud_cas(&self) -> Result<(CaCert, Vec<CaCert>), HqError> {
+        let (_, root) = self.own_key(Profile::OemRoot)?;
+        let ca = |site_id, der: &[u8]| CaCert {
+            site_id,
+            sha256: fingerprint::colon_hex(&fingerprint::sha256(der)),
+            pem: cert::to_pem(der),
+        };
+        let mut sites = Vec::new();
+        for (site, _) in self.sites()? {
+            if let Ok(id) = SiteId::new(&site) {
+                let der = self.site_certificate(&id, Profile::SiteIssuingCa)?;
+                sites.push(ca(Some(site), &der));
+            }
+        }
+        Ok((ca(None, &root), sites))
+    }
+}
