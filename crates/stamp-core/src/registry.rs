@@ -28,7 +28,7 @@ use crate::envelope;
 use crate::key::{KeyError, SignatureAlgorithm, Signer};
 use crate::profile::Profile;
 
-pub use verify::{Reason, Standing, Verdict, VerifiedRegistry};
+pub use verify::{validate_path, PathError, PathUsage, Reason, Standing, Verdict, VerifiedRegistry};
 
 /// Value of [`Registry::format`].
 pub const FORMAT: &str = "stamp-registry";

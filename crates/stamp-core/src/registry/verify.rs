@@ -447,39 +447,92 @@ impl VerifiedRegistry {
         ca_der: &[u8],
         now: OffsetDateTime,
     ) -> Result<(), (Reason, String)> {
-        let root = CertificateDer::from(self.reg.root.as_slice());
-        let anchor = webpki::anchor_from_trusted_cert(&root)
-            .map_err(|e| (Reason::ChainInvalid, format!("OEM root unusable: {e}")))?;
-        let leaf = CertificateDer::from(leaf_der);
-        let ee = webpki::EndEntityCert::try_from(&leaf)
-            .map_err(|e| (Reason::MalformedChain, format!("device certificate: {e}")))?;
-        let inter = [CertificateDer::from(ca_der)];
-        let secs = u64::try_from(now.unix_timestamp()).unwrap_or(0);
-        let time = UnixTime::since_unix_epoch(std::time::Duration::from_secs(secs));
-        ee.verify_for_usage(
-            webpki::ALL_VERIFICATION_ALGS,
-            &[anchor],
-            &inter,
-            time,
-            webpki::KeyUsage::client_auth(),
-            None,
-            None,
+        validate_path(
+            leaf_der,
+            &[ca_der],
+            &[self.reg.root.as_slice()],
+            PathUsage::ClientAuth,
+            now,
         )
-        .map(|_| ())
-        .map_err(|e| {
-            let reason = match &e {
-                webpki::Error::CertExpired { .. } => Reason::Expired,
-                webpki::Error::CertNotValidYet { .. } => Reason::NotYetValid,
-                webpki::Error::RequiredEkuNotFoundContext(_) | webpki::Error::CaUsedAsEndEntity => {
-                    Reason::WrongUsage
-                }
-                #[allow(deprecated)]
-                webpki::Error::RequiredEkuNotFound => Reason::WrongUsage,
-                _ => Reason::ChainInvalid,
-            };
-            (reason, format!("path validation: {e}"))
+        .map_err(|e| match e {
+            PathError::Anchor(e) => (Reason::ChainInvalid, format!("OEM root unusable: {e}")),
+            PathError::Leaf(e) => (Reason::MalformedChain, format!("device certificate: {e}")),
+            PathError::Path(e) => {
+                let reason = match &e {
+                    webpki::Error::CertExpired { .. } => Reason::Expired,
+                    webpki::Error::CertNotValidYet { .. } => Reason::NotYetValid,
+                    webpki::Error::RequiredEkuNotFoundContext(_) | webpki::Error::CaUsedAsEndEntity => {
+                        Reason::WrongUsage
+                    }
+                    #[allow(deprecated)]
+                    webpki::Error::RequiredEkuNotFound => Reason::WrongUsage,
+                    _ => Reason::ChainInvalid,
+                };
+                (reason, format!("path validation: {e}"))
+            }
         })
     }
+}
+
+/// The extended key usage a path is validated for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathUsage {
+    /// id-kp-clientAuth: what the verifier requires of a device certificate.
+    ClientAuth,
+    /// id-kp-serverAuth.
+    ServerAuth,
+}
+
+/// Why [`validate_path`] refused.
+#[derive(Debug, thiserror::Error)]
+pub enum PathError {
+    /// A trust anchor is not a usable certificate.
+    #[error("trust anchor: {0}")]
+    Anchor(webpki::Error),
+    /// The leaf is not a usable end-entity certificate.
+    #[error("end-entity certificate: {0}")]
+    Leaf(webpki::Error),
+    /// No valid path from the leaf to an anchor.
+    #[error("path validation: {0}")]
+    Path(webpki::Error),
+}
+
+/// The verifier's path validation (rustls-webpki): `leaf_der` must chain through some of
+/// `intermediates` to one of `anchors_der` at `now`, for `usage`. No revocation checking and no
+/// name checking here; stamp's device profile checks come on top of it in the verifier.
+pub fn validate_path(
+    leaf_der: &[u8],
+    intermediates: &[&[u8]],
+    anchors_der: &[&[u8]],
+    usage: PathUsage,
+    now: OffsetDateTime,
+) -> Result<(), PathError> {
+    let roots: Vec<CertificateDer<'_>> = anchors_der.iter().map(|d| CertificateDer::from(*d)).collect();
+    let anchors = roots
+        .iter()
+        .map(webpki::anchor_from_trusted_cert)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(PathError::Anchor)?;
+    let leaf = CertificateDer::from(leaf_der);
+    let ee = webpki::EndEntityCert::try_from(&leaf).map_err(PathError::Leaf)?;
+    let inter: Vec<CertificateDer<'_>> = intermediates.iter().map(|d| CertificateDer::from(*d)).collect();
+    let secs = u64::try_from(now.unix_timestamp()).unwrap_or(0);
+    let time = UnixTime::since_unix_epoch(std::time::Duration::from_secs(secs));
+    let usage = match usage {
+        PathUsage::ClientAuth => webpki::KeyUsage::client_auth(),
+        PathUsage::ServerAuth => webpki::KeyUsage::server_auth(),
+    };
+    ee.verify_for_usage(
+        webpki::ALL_VERIFICATION_ALGS,
+        &anchors,
+        &inter,
+        time,
+        usage,
+        None,
+        None,
+    )
+    .map(|_| ())
+    .map_err(PathError::Path)
 }
 
 /// The device serial in the subject (`serialNumber`, decimal, no leading zero).
