@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use aws_lc_rs::agreement;
@@ -187,7 +188,7 @@ impl CsrReader {
 /// device keys: what [`stamp_core::device::issue`] needs, without a site directory.
 pub struct Fixture {
     /// The issuing CA's key.
-    pub ca: MemSigner,
+    pub ca: Arc<MemSigner>,
     /// The issuing CA's certificate (DER), made from stamp's site issuing CA profile.
     pub ca_cert: Vec<u8>,
     /// The grant devices are issued under.
@@ -243,15 +244,27 @@ impl Fixture {
             device_keys: vec![],
             firmware: vec![],
         };
-        Ok(Fixture { ca, ca_cert, grant })
+        Ok(Fixture {
+            ca: Arc::new(ca),
+            ca_cert,
+            grant,
+        })
     }
 
     /// The issuer to pass to [`stamp_core::device::issue`].
     pub fn issuer(&self) -> profile::Issuer<'_> {
         profile::Issuer {
             cert_der: &self.ca_cert,
-            signer: &self.ca,
+            signer: self.ca.as_ref(),
         }
+    }
+
+    /// The issuer prepared once, as the site engine holds it.
+    pub fn device_issuer(&self) -> anyhow::Result<stamp_core::device::DeviceIssuer> {
+        Ok(stamp_core::device::DeviceIssuer::new(
+            &self.ca_cert,
+            self.ca.clone(),
+        )?)
     }
 }
 
@@ -262,6 +275,20 @@ pub fn peak_rss_kib() -> Option<u64> {
         .lines()
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// CPU time this process has used so far (user + system, every thread, live or ended), in
+/// seconds, from `/proc/self/stat` (Linux reports it in units of USER_HZ = 100 per second).
+pub fn process_cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    // The command name (field 2) is in parentheses and may hold spaces: count from after it.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // Fields 14 and 15 of the line (utime, stime) are the 12th and 13th after the name.
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    (ticks(11) + ticks(12)) as f64 / 100.0
 }
 
 /// The `q`-quantile (0..=1) of sorted microsecond latencies, in milliseconds.

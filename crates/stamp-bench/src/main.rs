@@ -17,10 +17,12 @@ use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use aws_lc_rs::signature::{UnparsedPublicKey, ECDSA_P256_SHA256_ASN1};
 use clap::{Parser, Subcommand};
 use serde_json::json;
-use stamp_bench::{loadavg, peak_rss_kib, quantile_ms, CsrReader, CsrWriter, Fixture, MemSigner};
+use stamp_bench::{
+    loadavg, peak_rss_kib, process_cpu_seconds, quantile_ms, CsrReader, CsrWriter, Fixture, MemSigner,
+};
 use stamp_core::key::Signer;
 use stamp_core::profile::Serial;
-use stamp_core::{csr, device, fingerprint};
+use stamp_core::{csr, fingerprint};
 use stamp_keys::{KeyConfig, PassphraseSource, Pkcs11Config, StoreTarget};
 use stamp_site::engine::{Engine, IssueError};
 use x509_parser::certification_request::X509CertificationRequest;
@@ -51,7 +53,8 @@ enum Command {
         threads: usize,
     },
     /// The bound: verify a P-256 CSR signature and sign a P-256 certificate, in process; raw
-    /// aws-lc-rs, then through stamp's own code (csr::verify + device::issue).
+    /// aws-lc-rs, then through stamp's own code (csr::verify + device::DeviceIssuer::issue, as
+    /// the engine calls them).
     Bound {
         /// CSR file (its first 20,000 CSRs are used, round robin).
         #[arg(long)]
@@ -194,14 +197,16 @@ fn gen_csrs(count: u64, out: &std::path::Path, threads: usize) -> anyhow::Result
     Ok(())
 }
 
-/// Runs `op(thread, n)` on `threads` threads for `seconds`; operations per second.
-fn rate<F>(threads: usize, seconds: f64, op: F) -> anyhow::Result<f64>
+/// Runs `op(thread, n)` on `threads` threads for `seconds`; operations per second and CPU
+/// microseconds per operation.
+fn rate<F>(threads: usize, seconds: f64, op: F) -> anyhow::Result<(f64, f64)>
 where
     F: Fn(usize, u64) -> anyhow::Result<()> + Sync,
 {
     let stop = AtomicBool::new(false);
     let count = AtomicU64::new(0);
     let failed: Mutex<Option<anyhow::Error>> = Mutex::new(None);
+    let cpu = process_cpu_seconds();
     let started = Instant::now();
     std::thread::scope(|s| {
         for t in 0..threads {
@@ -226,13 +231,15 @@ where
         stop.store(true, Ordering::Relaxed);
     });
     let elapsed = started.elapsed().as_secs_f64();
+    let cpu = process_cpu_seconds() - cpu;
     if let Some(e) = failed
         .into_inner()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
     {
         return Err(e);
     }
-    Ok(count.load(Ordering::Relaxed) as f64 / elapsed)
+    let n = count.load(Ordering::Relaxed) as f64;
+    Ok((n / elapsed, cpu * 1e6 / n.max(1.0)))
 }
 
 /// A CSR's parts for the raw bound: public key, signed bytes, signature.
@@ -262,6 +269,7 @@ fn bound(csrs: &std::path::Path, threads: usize, seconds: f64) -> anyhow::Result
         .collect::<anyhow::Result<_>>()?;
     let now = time::OffsetDateTime::now_utc();
     let fx = Fixture::new(now)?;
+    let prepared = fx.device_issuer()?;
     let issuer_key = MemSigner::generate_p256()?;
     let rng = SystemRandom::new();
     // A to-be-signed device certificate is about 300 bytes.
@@ -284,21 +292,20 @@ fn bound(csrs: &std::path::Path, threads: usize, seconds: f64) -> anyhow::Result
         let mut serial = [0u8; 16];
         rng.fill(&mut serial)
             .map_err(|_| anyhow::anyhow!("random generator failed"))?;
-        device::issue(
+        prepared.issue(
             &fx.grant,
             1_000_000 + n,
             c.spki_der(),
             now,
             Serial::from_random(serial),
-            &fx.issuer(),
         )?;
         Ok(())
     };
     let load_before = loadavg();
-    let raw_1 = rate(1, seconds, raw_op)?;
-    let raw_n = rate(threads, seconds, raw_op)?;
-    let stamp_1 = rate(1, seconds, stamp_op)?;
-    let stamp_n = rate(threads, seconds, stamp_op)?;
+    let (raw_1, raw_1_cpu) = rate(1, seconds, raw_op)?;
+    let (raw_n, raw_n_cpu) = rate(threads, seconds, raw_op)?;
+    let (stamp_1, stamp_1_cpu) = rate(1, seconds, stamp_op)?;
+    let (stamp_n, stamp_n_cpu) = rate(threads, seconds, stamp_op)?;
     println!(
         "{}",
         json!({
@@ -306,6 +313,8 @@ fn bound(csrs: &std::path::Path, threads: usize, seconds: f64) -> anyhow::Result
             "seconds": seconds,
             "raw_1": raw_1, "raw_n": raw_n,
             "stamp_1": stamp_1, "stamp_n": stamp_n,
+            "raw_1_cpu_us": raw_1_cpu, "raw_n_cpu_us": raw_n_cpu,
+            "stamp_1_cpu_us": stamp_1_cpu, "stamp_n_cpu_us": stamp_n_cpu,
             "load_before": load_before, "load_after": loadavg(),
         })
     );
@@ -340,6 +349,7 @@ fn engine(
     let latencies: Mutex<Vec<u32>> = Mutex::new(Vec::new());
     let progress = Arc::new(AtomicU64::new(0));
     let load_before = loadavg();
+    let cpu = process_cpu_seconds();
     let started = Instant::now();
     std::thread::scope(|s| {
         for _ in 0..threads.max(1) {
@@ -405,6 +415,7 @@ fn engine(
     });
     let seconds = started.elapsed().as_secs_f64();
     engine.shutdown();
+    let cpu = process_cpu_seconds() - cpu;
     drop(engine);
     if let Some(e) = fatal
         .into_inner()
@@ -428,6 +439,7 @@ fn engine(
             "refused": refused,
             "seconds": seconds,
             "per_second": issued as f64 / seconds.max(1e-9),
+            "cpu_us_per_device": cpu * 1e6 / (issued as f64).max(1.0),
             "p50_ms": quantile_ms(&lat, 0.50),
             "p99_ms": quantile_ms(&lat, 0.99),
             "peak_rss_kib": peak_rss_kib(),
