@@ -182,13 +182,62 @@ pub fn check(
     grant: &Grant,
     issuing_ca: &X509Certificate<'_>,
 ) -> Result<DeviceCertInfo, DeviceCertError> {
-    use DeviceCertError::Profile as P;
     let c = cert::parse(der)?;
+    issued_by(&c, issuing_ca)?;
+    check_profile(&c, grant)
+}
+
+/// Proof that [`verify_issued`] accepted one certificate's issuer and signature under one
+/// issuing CA; [`check_issued`] takes it, for that same certificate and CA, to finish [`check`].
+#[derive(Clone, Debug)]
+pub struct Issued {
+    cert_sha256: [u8; 32],
+    ca_key_sha256: [u8; 32],
+}
+
+/// The first half of [`check`], which needs no grant: `der` is a certificate (strict DER),
+/// names `issuing_ca` as its issuer and carries that CA's valid signature. A caller checking
+/// many certificates (reconciliation) runs this, the expensive half, in parallel, then
+/// [`check_issued`] in order.
+pub fn verify_issued(der: &[u8], issuing_ca: &X509Certificate<'_>) -> Result<Issued, DeviceCertError> {
+    let c = cert::parse(der)?;
+    issued_by(&c, issuing_ca)?;
+    Ok(Issued {
+        cert_sha256: crate::fingerprint::sha256(der),
+        ca_key_sha256: crate::fingerprint::sha256(issuing_ca.public_key().raw),
+    })
+}
+
+/// The second half of [`check`]: the same result as `check(der, grant, issuing_ca)`, given what
+/// [`verify_issued`] returned for this `der` and `issuing_ca` (its error is returned as is). An
+/// [`Issued`] made for another certificate or CA is refused as a bad signature.
+pub fn check_issued(
+    der: &[u8],
+    grant: &Grant,
+    issuing_ca: &X509Certificate<'_>,
+    issued: Result<Issued, DeviceCertError>,
+) -> Result<DeviceCertInfo, DeviceCertError> {
+    let issued = issued?;
+    if issued.cert_sha256 != crate::fingerprint::sha256(der)
+        || issued.ca_key_sha256 != crate::fingerprint::sha256(issuing_ca.public_key().raw)
+    {
+        return Err(CertError::BadSignature("device").into());
+    }
+    check_profile(&cert::parse(der)?, grant)
+}
+
+fn issued_by(c: &X509Certificate<'_>, issuing_ca: &X509Certificate<'_>) -> Result<(), DeviceCertError> {
     if c.issuer().as_raw() != issuing_ca.subject().as_raw() {
         return Err(CertError::IssuerMismatch("device").into());
     }
     c.verify_signature(Some(issuing_ca.public_key()))
         .map_err(|_| CertError::BadSignature("device"))?;
+    Ok(())
+}
+
+/// Subject, extensions, key type and validity length against the grant's device profile.
+fn check_profile(c: &X509Certificate<'_>, grant: &Grant) -> Result<DeviceCertInfo, DeviceCertError> {
+    use DeviceCertError::Profile as P;
     let mut o = c.subject().iter_organization();
     let mut ou = c.subject().iter_organizational_unit();
     let mut cn = c.subject().iter_common_name();
@@ -301,6 +350,43 @@ mod tests {
         )
         .unwrap();
         (ca_key, der)
+    }
+
+    #[test]
+    fn check_in_two_halves_is_check() {
+        let (ca_key, ca_der) = issuing_ca();
+        let ca = cert::parse(&ca_der).unwrap();
+        let g = grant();
+        let issuer = Issuer {
+            cert_der: &ca_der,
+            signer: &ca_key,
+        };
+        let make = |n: u64| {
+            let spki = TestSigner::new(SignatureAlgorithm::EcdsaP256Sha256).spki_der();
+            issue(&g, n, &spki, NOW, Serial::from_random([n as u8; 16]), &issuer).unwrap()
+        };
+        let (a, b) = (make(1), make(2));
+        let two = |der: &[u8]| check_issued(der, &g, &ca, verify_issued(der, &ca));
+        assert_eq!(two(&a).unwrap(), check(&a, &g, &ca).unwrap());
+        // A proof for another certificate, or from another CA, is no proof.
+        let for_a = verify_issued(&a, &ca).unwrap();
+        assert!(matches!(
+            check_issued(&b, &g, &ca, Ok(for_a.clone())),
+            Err(DeviceCertError::Cert(CertError::BadSignature(_)))
+        ));
+        let (_, other_der) = issuing_ca();
+        let other = cert::parse(&other_der).unwrap();
+        assert!(check_issued(&a, &g, &other, Ok(for_a)).is_err());
+        assert!(verify_issued(&a, &other).is_err());
+        // Every bit flip gives the same verdict both ways.
+        for i in (0..a.len()).step_by(5) {
+            let mut m = a.clone();
+            m[i] ^= 0x01;
+            assert_eq!(two(&m).is_ok(), check(&m, &g, &ca).is_ok(), "flip at {i}");
+        }
+        let mut other_profile = g.clone();
+        other_profile.product.product_id = "other".into();
+        assert!(check_issued(&a, &other_profile, &ca, verify_issued(&a, &ca)).is_err());
     }
 
     #[test]

@@ -770,9 +770,7 @@ impl Stream<'_> {
                     expected: h.entry_count,
                 }));
             }
-            for bytes in &chunk.entries {
-                self.entry(bytes, run)?;
-            }
+            self.entries(&chunk.entries, run)?;
             progress(Progress {
                 entries_done: self.next_index - h.first_index,
                 entries_total: h.entry_count,
@@ -790,12 +788,44 @@ impl Stream<'_> {
         }
     }
 
-    fn entry(&mut self, bytes: &[u8], run: &mut Run<'_>) -> Result<(), HqError> {
+    /// A chunk's entries, in order. What needs no state (leaf hash, decoding, the certificate
+    /// signature check, most of the CPU) is computed ahead by `PRECHECK_THREADS` threads while
+    /// this thread takes the results strictly in log order, so every check, and which failure
+    /// is reported first, is exactly as if each entry were handled whole, one after another.
+    fn entries(&mut self, entries: &[serde_bytes::ByteBuf], run: &mut Run<'_>) -> Result<(), HqError> {
+        let workers = precheck_threads();
+        let ca = run.ca;
+        std::thread::scope(|s| {
+            let mut results = Vec::with_capacity(workers);
+            for w in 0..workers {
+                let (tx, rx) = std::sync::mpsc::sync_channel::<Prechecked>(PRECHECK_AHEAD);
+                results.push(rx);
+                s.spawn(move || {
+                    for bytes in entries.iter().skip(w).step_by(workers) {
+                        if tx.send(Prechecked::new(bytes, ca)).is_err() {
+                            break; // the entries were rejected: stop
+                        }
+                    }
+                });
+            }
+            for (i, bytes) in entries.iter().enumerate() {
+                let pre = results[i % workers]
+                    .recv()
+                    .unwrap_or_else(|_| Prechecked::new(bytes, ca));
+                self.entry(pre, run)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn entry(&mut self, pre: Prechecked, run: &mut Run<'_>) -> Result<(), HqError> {
         let index = self.next_index;
         self.frontier
-            .append(merkle::leaf_hash(bytes))
+            .append(pre.leaf)
             .map_err(|_| reject(Rejection::HeaderInconsistent("the log is full")))?;
-        let entry = Entry::from_cbor(bytes).map_err(|source| reject(Rejection::Entry { index, source }))?;
+        let entry = pre
+            .entry
+            .map_err(|source| reject(Rejection::Entry { index, source }))?;
         if entry.index != index {
             return Err(reject(Rejection::EntryIndex {
                 position: index,
@@ -816,7 +846,43 @@ impl Stream<'_> {
                 if *previous_size == self.header.first_index && *bundle_id == self.header.bundle_id
         );
         self.next_index += 1;
-        run.entry(index, entry)
+        run.entry(index, entry, pre.issued)
+    }
+}
+
+/// Threads computing [`Prechecked`] ahead of the in-order checks: one per core.
+fn precheck_threads() -> usize {
+    std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .clamp(1, 8)
+}
+
+/// Entries each precheck thread may run ahead (bounds memory to a few hundred entries).
+const PRECHECK_AHEAD: usize = 64;
+
+/// What an entry's checks need that depends only on its bytes and the site's issuing CA.
+struct Prechecked {
+    leaf: merkle::Hash,
+    entry: Result<Entry, AuditError>,
+    /// For a device entry, the certificate's issuer and signature under the issuing CA.
+    issued: Option<Result<device::Issued, DeviceCertError>>,
+}
+
+impl Prechecked {
+    fn new(bytes: &[u8], ca: &X509Certificate<'_>) -> Prechecked {
+        let entry = Entry::from_cbor(bytes);
+        let issued = match &entry {
+            Ok(Entry {
+                event: Event::DeviceIssued(d) | Event::KeyHandedOut(d),
+                ..
+            }) => Some(device::verify_issued(&d.certificate, ca)),
+            _ => None,
+        };
+        Prechecked {
+            leaf: merkle::leaf_hash(bytes),
+            entry,
+            issued,
+        }
     }
 }
 
@@ -838,7 +904,12 @@ struct Run<'a> {
 }
 
 impl Run<'_> {
-    fn entry(&mut self, index: u64, entry: Entry) -> Result<(), HqError> {
+    fn entry(
+        &mut self,
+        index: u64,
+        entry: Entry,
+        issued: Option<Result<device::Issued, DeviceCertError>>,
+    ) -> Result<(), HqError> {
         match entry.event {
             Event::EntitlementApplied {
                 entitlement_id,
@@ -846,8 +917,8 @@ impl Run<'_> {
                 action,
                 package_sha256,
             } => self.applied(index, &entitlement_id, sequence, &action, &package_sha256),
-            Event::DeviceIssued(d) => self.device(index, entry.time_ms, &d, false),
-            Event::KeyHandedOut(d) => self.device(index, entry.time_ms, &d, true),
+            Event::DeviceIssued(d) => self.device(index, entry.time_ms, &d, false, issued),
+            Event::KeyHandedOut(d) => self.device(index, entry.time_ms, &d, true, issued),
             Event::RequestRefused { reason, .. } => {
                 *self.refusals.entry(reason.code().to_owned()).or_insert(0) += 1;
                 Ok(())
@@ -969,7 +1040,15 @@ impl Run<'_> {
     }
 
     /// A device-issued or key-handed-out entry.
-    fn device(&mut self, index: u64, time_ms: i64, d: &EntryDevice, handed_out: bool) -> Result<(), HqError> {
+    /// `issued` is `device::verify_issued` for the certificate, if computed ahead.
+    fn device(
+        &mut self,
+        index: u64,
+        time_ms: i64,
+        d: &EntryDevice,
+        handed_out: bool,
+        issued: Option<Result<device::Issued, DeviceCertError>>,
+    ) -> Result<(), HqError> {
         self.devices_issued += 1;
         let id = short(&d.entitlement_id);
         let mut genuine = true;
@@ -1006,7 +1085,8 @@ impl Run<'_> {
                     genuine = false;
                     finding(v, &t.state, &id, index, time_ms, f);
                 }
-                match device::check(&d.certificate, &t.state.grant, self.ca) {
+                let issued = issued.unwrap_or_else(|| device::verify_issued(&d.certificate, self.ca));
+                match device::check_issued(&d.certificate, &t.state.grant, self.ca, issued) {
                     Ok(info) => {
                         if info.device_serial != d.device_serial {
                             genuine &= mismatch("device serial", v);
