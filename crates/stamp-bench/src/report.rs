@@ -48,11 +48,12 @@ fn pct(x: f64, of: f64) -> String {
     }
 }
 
-/// `/usr/bin/time -v` output: wall seconds and peak RSS in KiB.
-fn time_v(dir: &Path, name: &str) -> Option<(f64, u64)> {
+/// `/usr/bin/time -v` output: wall seconds, peak RSS in KiB, CPU seconds (user + system).
+fn time_v(dir: &Path, name: &str) -> Option<(f64, u64, f64)> {
     let t = std::fs::read_to_string(dir.join(name)).ok()?;
     let mut wall = None;
     let mut rss = None;
+    let mut cpu = 0.0;
     for l in t.lines() {
         let l = l.trim();
         if let Some(v) = l.strip_prefix("Elapsed (wall clock) time (h:mm:ss or m:ss):") {
@@ -62,8 +63,13 @@ fn time_v(dir: &Path, name: &str) -> Option<(f64, u64)> {
         if let Some(v) = l.strip_prefix("Maximum resident set size (kbytes):") {
             rss = v.trim().parse().ok();
         }
+        for p in ["User time (seconds):", "System time (seconds):"] {
+            if let Some(v) = l.strip_prefix(p) {
+                cpu += v.trim().parse::<f64>().unwrap_or(0.0);
+            }
+        }
     }
-    Some((wall?, rss?))
+    Some((wall?, rss?, cpu))
 }
 
 fn mib(kib: f64) -> String {
@@ -87,27 +93,36 @@ pub fn print(dir: &Path) -> anyhow::Result<()> {
     let mut t = Table { rows: Vec::new() };
     let bound = load(dir, "bound.json");
     let raw = bound.as_ref().and_then(|b| num(b, "raw_n")).unwrap_or(0.0);
+    let raw_cpu = bound.as_ref().and_then(|b| num(b, "raw_n_cpu_us")).unwrap_or(0.0);
     let threads = bound.as_ref().and_then(|b| num(b, "threads")).unwrap_or(2.0);
     if let Some(b) = &bound {
         let load = text(b, "load_before");
         t.row(
             &format!("**bound**: verify P-256 CSR signature + sign P-256 certificate, aws-lc-rs, {threads:.0} threads"),
-            format!("{} ops/s (1 thread: {})", n0(raw), n0(num(b, "raw_1").unwrap_or(0.0))),
+            format!(
+                "{} ops/s (1 thread: {}); CPU {:.0} µs/op",
+                n0(raw),
+                n0(num(b, "raw_1").unwrap_or(0.0)),
+                raw_cpu
+            ),
             "—".into(),
             "100%".into(),
             "",
             load.clone(),
         );
         let s = num(b, "stamp_n").unwrap_or(0.0);
+        let s_cpu = num(b, "stamp_n_cpu_us").unwrap_or(0.0);
         t.row(
-            &format!("bound through stamp's code (`csr::verify` + `device::issue`), {threads:.0} threads"),
+            &format!(
+                "bound through stamp's code (`csr::verify` + `DeviceIssuer::issue`), {threads:.0} threads"
+            ),
             format!(
-                "{} ops/s (1 thread: {})",
+                "{} ops/s (1 thread: {}); CPU {s_cpu:.0} µs/op",
                 n0(s),
                 n0(num(b, "stamp_1").unwrap_or(0.0))
             ),
             n0(raw),
-            pct(s, raw),
+            format!("{} (CPU: {})", pct(s, raw), pct(raw_cpu, s_cpu)),
             "",
             load,
         );
@@ -139,14 +154,19 @@ pub fn print(dir: &Path) -> anyhow::Result<()> {
                     n0(num(&e, "issued").unwrap_or(0.0))
                 ),
                 format!(
-                    "{} devices/s, p50 {:.2} ms, p99 {:.2} ms, peak RSS {}",
+                    "{} devices/s, p50 {:.2} ms, p99 {:.2} ms; CPU {:.0} µs/device; peak RSS {}",
                     n0(rate),
                     num(&e, "p50_ms").unwrap_or(0.0),
                     num(&e, "p99_ms").unwrap_or(0.0),
+                    num(&e, "cpu_us_per_device").unwrap_or(0.0),
                     mib(num(&e, "peak_rss_kib").unwrap_or(0.0))
                 ),
                 n0(raw),
-                pct(rate, raw),
+                format!(
+                    "{} (CPU: {})",
+                    pct(rate, raw),
+                    pct(raw_cpu, num(&e, "cpu_us_per_device").unwrap_or(0.0))
+                ),
                 if key == "soft" { "≥ 85%" } else { "" },
                 text(&e, "load_before"),
             );
@@ -205,28 +225,34 @@ pub fn print(dir: &Path) -> anyhow::Result<()> {
         let rate = num(&e, "per_second").unwrap_or(0.0);
         t.row(
             &format!(
-                "issuing the {} devices of the reconciliation bundle (engine, 2 workers)",
-                n0(num(&e, "issued").unwrap_or(0.0))
+                "issuing the {} devices of the reconciliation bundle (engine, {} workers)",
+                n0(num(&e, "issued").unwrap_or(0.0)),
+                num(&e, "threads").unwrap_or(0.0)
             ),
             format!(
-                "{} devices/s in {:.1} s, p99 {:.2} ms, peak RSS {}",
+                "{} devices/s in {:.1} s, p99 {:.2} ms; CPU {:.0} µs/device; peak RSS {}",
                 n0(rate),
                 num(&e, "seconds").unwrap_or(0.0),
                 num(&e, "p99_ms").unwrap_or(0.0),
+                num(&e, "cpu_us_per_device").unwrap_or(0.0),
                 mib(num(&e, "peak_rss_kib").unwrap_or(0.0))
             ),
             n0(raw),
-            pct(rate, raw),
+            format!(
+                "{} (CPU: {})",
+                pct(rate, raw),
+                pct(raw_cpu, num(&e, "cpu_us_per_device").unwrap_or(0.0))
+            ),
             "≥ 85%",
             text(&e, "load_before"),
         );
     }
-    if let (Some(x), Some((wall, rss))) = (load(dir, "export.json"), time_v(dir, "export.time")) {
+    if let (Some(x), Some((wall, rss, cpu))) = (load(dir, "export.json"), time_v(dir, "export.time")) {
         let entries = num(&x, "entries").unwrap_or(0.0);
         t.row(
             &format!("`stamp site export-audit`, {} entries", n0(entries)),
             format!(
-                "{} entries/s ({wall:.1} s), peak RSS {}",
+                "{} entries/s ({wall:.1} s; CPU {cpu:.1} s), peak RSS {}",
                 n0(entries / wall.max(1e-9)),
                 mib(rss as f64)
             ),
@@ -239,7 +265,7 @@ pub fn print(dir: &Path) -> anyhow::Result<()> {
                 .into(),
         );
     }
-    if let Some((wall, rss)) = time_v(dir, "reconcile.time") {
+    if let Some((wall, rss, cpu)) = time_v(dir, "reconcile.time") {
         let r = load(dir, "reconcile.json").unwrap_or(Value::Null);
         let entries = num(&r, "entries").unwrap_or(count);
         let ok = r.get("ok").and_then(Value::as_bool).unwrap_or(false);
@@ -255,9 +281,10 @@ pub fn print(dir: &Path) -> anyhow::Result<()> {
                 }
             ),
             format!(
-                "{} entries/s ({wall:.1} s; {:.0} s per 1M), peak RSS {}",
+                "{} entries/s ({wall:.1} s; {:.0} s per 1M); CPU {cpu:.1} s ({:.0} µs/entry); peak RSS {}",
                 n0(entries / wall.max(1e-9)),
                 scaled,
+                cpu * 1e6 / entries.max(1.0),
                 mib(rss as f64)
             ),
             String::new(),
@@ -290,7 +317,9 @@ pub fn print(dir: &Path) -> anyhow::Result<()> {
         text(&meta, "load_start")
     );
     println!();
-    println!("| measurement | result | bound | ratio to bound | target | load 1/5/15 min |");
+    println!(
+        "| measurement | result | bound (ops/s) | ratio to bound: wall (CPU) | target | load 1/5/15 min |"
+    );
     println!("|---|---|---:|---:|---|---|");
     for r in &t.rows {
         println!(
