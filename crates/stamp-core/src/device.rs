@@ -5,6 +5,8 @@
 //! subject and authority key identifiers; validity from issuance for the profile's days, cut to the
 //! issuing CA's. From a CSR only the public key is used.
 
+use std::sync::Arc;
+
 use rcgen::{
     CertificateParams, DistinguishedName, DnType, DnValue, ExtendedKeyUsagePurpose, IsCa, KeyIdMethod,
     KeyUsagePurpose,
@@ -16,7 +18,7 @@ use x509_parser::extensions::ParsedExtension;
 use crate::cert::{self, CertError};
 use crate::csr::KeyType;
 use crate::entitlement::{DeviceKeyType, Grant};
-use crate::key::RcgenSigner;
+use crate::key::{RcgenSigner, SharedRcgenSigner, Signer};
 use crate::profile::{Issuer, ProfileError, Serial};
 
 /// The device key type of a checked subject key, if the profile names it.
@@ -51,6 +53,9 @@ fn subject(grant: &Grant, device_serial: u64) -> DistinguishedName {
 }
 
 /// Builds and signs a device certificate for `spki_der` (a checked CSR's key) under `grant`.
+///
+/// Parses the issuer's certificate on every call; to issue many certificates with one CA, make a
+/// [`DeviceIssuer`] once (same certificates, without the parsing).
 pub fn issue(
     grant: &Grant,
     device_serial: u64,
@@ -61,9 +66,71 @@ pub fn issue(
 ) -> Result<Vec<u8>, ProfileError> {
     let (_, ca) =
         x509_parser::parse_x509_certificate(issuer.cert_der).map_err(|_| ProfileError::BadIssuer)?;
+    let rcgen_issuer =
+        rcgen::Issuer::from_ca_cert_der(&issuer.cert_der.to_vec().into(), RcgenSigner(issuer.signer))?;
+    build(
+        grant,
+        device_serial,
+        spki_der,
+        now,
+        serial,
+        ca.validity().not_after.to_datetime(),
+        &rcgen_issuer,
+    )
+}
+
+/// A site issuing CA prepared for issuing device certificates: its certificate is parsed once,
+/// here, instead of twice per certificate as [`issue`] does. [`DeviceIssuer::issue`] makes exactly
+/// the certificate [`issue`] makes.
+pub struct DeviceIssuer {
+    ca_not_after: OffsetDateTime,
+    issuer: rcgen::Issuer<'static, SharedRcgenSigner>,
+}
+
+impl DeviceIssuer {
+    /// Parses the issuing CA's certificate (DER); `signer` is its key.
+    pub fn new(ca_cert_der: &[u8], signer: Arc<dyn Signer>) -> Result<Self, ProfileError> {
+        let (_, ca) =
+            x509_parser::parse_x509_certificate(ca_cert_der).map_err(|_| ProfileError::BadIssuer)?;
+        let ca_not_after = ca.validity().not_after.to_datetime();
+        let issuer =
+            rcgen::Issuer::from_ca_cert_der(&ca_cert_der.to_vec().into(), SharedRcgenSigner(signer))?;
+        Ok(DeviceIssuer { ca_not_after, issuer })
+    }
+
+    /// [`issue`] with this CA.
+    pub fn issue(
+        &self,
+        grant: &Grant,
+        device_serial: u64,
+        spki_der: &[u8],
+        now: OffsetDateTime,
+        serial: Serial,
+    ) -> Result<Vec<u8>, ProfileError> {
+        build(
+            grant,
+            device_serial,
+            spki_der,
+            now,
+            serial,
+            self.ca_not_after,
+            &self.issuer,
+        )
+    }
+}
+
+fn build<S: rcgen::SigningKey>(
+    grant: &Grant,
+    device_serial: u64,
+    spki_der: &[u8],
+    now: OffsetDateTime,
+    serial: Serial,
+    ca_not_after: OffsetDateTime,
+    rcgen_issuer: &rcgen::Issuer<'_, S>,
+) -> Result<Vec<u8>, ProfileError> {
     let not_before = now.replace_nanosecond(0).unwrap_or(now);
-    let not_after = (not_before + Duration::days(i64::from(grant.device_profile.validity_days)))
-        .min(ca.validity().not_after.to_datetime());
+    let not_after =
+        (not_before + Duration::days(i64::from(grant.device_profile.validity_days))).min(ca_not_after);
     if not_after <= not_before {
         return Err(ProfileError::EmptyValidity);
     }
@@ -78,9 +145,7 @@ pub fn issue(
     params.use_authority_key_identifier_extension = true;
     params.key_identifier_method = KeyIdMethod::Sha256;
     let subject_key = rcgen::SubjectPublicKeyInfo::from_der(spki_der)?;
-    let rcgen_issuer =
-        rcgen::Issuer::from_ca_cert_der(&issuer.cert_der.to_vec().into(), RcgenSigner(issuer.signer))?;
-    Ok(params.signed_by(&subject_key, &rcgen_issuer)?.der().to_vec())
+    Ok(params.signed_by(&subject_key, rcgen_issuer)?.der().to_vec())
 }
 
 /// The device serial a renewal request names: the single `serialNumber` attribute of its subject
@@ -168,13 +233,62 @@ pub fn check(
     grant: &Grant,
     issuing_ca: &X509Certificate<'_>,
 ) -> Result<DeviceCertInfo, DeviceCertError> {
-    use DeviceCertError::Profile as P;
     let c = cert::parse(der)?;
+    issued_by(&c, issuing_ca)?;
+    check_profile(&c, grant)
+}
+
+/// Proof that [`verify_issued`] accepted one certificate's issuer and signature under one
+/// issuing CA; [`check_issued`] takes it, for that same certificate and CA, to finish [`check`].
+#[derive(Clone, Debug)]
+pub struct Issued {
+    cert_sha256: [u8; 32],
+    ca_key_sha256: [u8; 32],
+}
+
+/// The first half of [`check`], which needs no grant: `der` is a certificate (strict DER),
+/// names `issuing_ca` as its issuer and carries that CA's valid signature. A caller checking
+/// many certificates (reconciliation) runs this, the expensive half, in parallel, then
+/// [`check_issued`] in order.
+pub fn verify_issued(der: &[u8], issuing_ca: &X509Certificate<'_>) -> Result<Issued, DeviceCertError> {
+    let c = cert::parse(der)?;
+    issued_by(&c, issuing_ca)?;
+    Ok(Issued {
+        cert_sha256: crate::fingerprint::sha256(der),
+        ca_key_sha256: crate::fingerprint::sha256(issuing_ca.public_key().raw),
+    })
+}
+
+/// The second half of [`check`]: the same result as `check(der, grant, issuing_ca)`, given what
+/// [`verify_issued`] returned for this `der` and `issuing_ca` (its error is returned as is). An
+/// [`Issued`] made for another certificate or CA is refused as a bad signature.
+pub fn check_issued(
+    der: &[u8],
+    grant: &Grant,
+    issuing_ca: &X509Certificate<'_>,
+    issued: Result<Issued, DeviceCertError>,
+) -> Result<DeviceCertInfo, DeviceCertError> {
+    let issued = issued?;
+    if issued.cert_sha256 != crate::fingerprint::sha256(der)
+        || issued.ca_key_sha256 != crate::fingerprint::sha256(issuing_ca.public_key().raw)
+    {
+        return Err(CertError::BadSignature("device").into());
+    }
+    check_profile(&cert::parse(der)?, grant)
+}
+
+fn issued_by(c: &X509Certificate<'_>, issuing_ca: &X509Certificate<'_>) -> Result<(), DeviceCertError> {
     if c.issuer().as_raw() != issuing_ca.subject().as_raw() {
         return Err(CertError::IssuerMismatch("device").into());
     }
     c.verify_signature(Some(issuing_ca.public_key()))
         .map_err(|_| CertError::BadSignature("device"))?;
+    Ok(())
+}
+
+/// Subject, extensions, key type and validity length against the grant's device profile.
+fn check_profile(c: &X509Certificate<'_>, grant: &Grant) -> Result<DeviceCertInfo, DeviceCertError> {
+    use DeviceCertError::Profile as P;
     let mut o = c.subject().iter_organization();
     let mut ou = c.subject().iter_organizational_unit();
     let mut cn = c.subject().iter_common_name();
@@ -287,6 +401,75 @@ mod tests {
         )
         .unwrap();
         (ca_key, der)
+    }
+
+    #[test]
+    fn check_in_two_halves_is_check() {
+        let (ca_key, ca_der) = issuing_ca();
+        let ca = cert::parse(&ca_der).unwrap();
+        let g = grant();
+        let issuer = Issuer {
+            cert_der: &ca_der,
+            signer: &ca_key,
+        };
+        let make = |n: u64| {
+            let spki = TestSigner::new(SignatureAlgorithm::EcdsaP256Sha256).spki_der();
+            issue(&g, n, &spki, NOW, Serial::from_random([n as u8; 16]), &issuer).unwrap()
+        };
+        let (a, b) = (make(1), make(2));
+        let two = |der: &[u8]| check_issued(der, &g, &ca, verify_issued(der, &ca));
+        assert_eq!(two(&a).unwrap(), check(&a, &g, &ca).unwrap());
+        // A proof for another certificate, or from another CA, is no proof.
+        let for_a = verify_issued(&a, &ca).unwrap();
+        assert!(matches!(
+            check_issued(&b, &g, &ca, Ok(for_a.clone())),
+            Err(DeviceCertError::Cert(CertError::BadSignature(_)))
+        ));
+        let (_, other_der) = issuing_ca();
+        let other = cert::parse(&other_der).unwrap();
+        assert!(check_issued(&a, &g, &other, Ok(for_a)).is_err());
+        assert!(verify_issued(&a, &other).is_err());
+        // Every bit flip gives the same verdict both ways.
+        for i in (0..a.len()).step_by(5) {
+            let mut m = a.clone();
+            m[i] ^= 0x01;
+            assert_eq!(two(&m).is_ok(), check(&m, &g, &ca).is_ok(), "flip at {i}");
+        }
+        let mut other_profile = g.clone();
+        other_profile.product.product_id = "other".into();
+        assert!(check_issued(&a, &other_profile, &ca, verify_issued(&a, &ca)).is_err());
+    }
+
+    #[test]
+    fn a_prepared_issuer_makes_the_same_certificate() {
+        let (ca_key, ca_der) = issuing_ca();
+        let g = grant();
+        let spki = TestSigner::new(SignatureAlgorithm::EcdsaP256Sha256).spki_der();
+        let serial = Serial::from_random([5; 16]);
+        let once = issue(
+            &g,
+            42,
+            &spki,
+            NOW,
+            serial,
+            &Issuer {
+                cert_der: &ca_der,
+                signer: &ca_key,
+            },
+        )
+        .unwrap();
+        let prepared = DeviceIssuer::new(&ca_der, Arc::new(ca_key)).unwrap();
+        let again = prepared.issue(&g, 42, &spki, NOW, serial).unwrap();
+        // ECDSA signatures differ; everything signed is the same, and both pass the check.
+        let (a, b) = (cert::parse(&once).unwrap(), cert::parse(&again).unwrap());
+        assert_eq!(a.tbs_certificate.as_ref(), b.tbs_certificate.as_ref());
+        let ca = cert::parse(&ca_der).unwrap();
+        assert_eq!(check(&once, &g, &ca).unwrap(), check(&again, &g, &ca).unwrap());
+        assert!(DeviceIssuer::new(
+            b"not a certificate",
+            Arc::new(TestSigner::new(SignatureAlgorithm::EcdsaP256Sha256))
+        )
+        .is_err());
     }
 
     #[test]

@@ -217,6 +217,24 @@ impl rcgen::SigningKey for RcgenSigner<'_> {
     }
 }
 
+/// [`RcgenSigner`] for a shared signer, for rcgen values that outlive a borrow (a prepared issuer).
+pub(crate) struct SharedRcgenSigner(pub std::sync::Arc<dyn Signer>);
+
+impl rcgen::PublicKeyData for SharedRcgenSigner {
+    fn der_bytes(&self) -> &[u8] {
+        self.0.public_key()
+    }
+    fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
+        self.0.algorithm().rcgen()
+    }
+}
+
+impl rcgen::SigningKey for SharedRcgenSigner {
+    fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, rcgen::Error> {
+        rcgen::SigningKey::sign(&RcgenSigner(self.0.as_ref()), msg)
+    }
+}
+
 /// Verifies `signature` over `message` with a raw public key (for RSA, only a 3072-bit key).
 pub fn verify_signature(
     alg: SignatureAlgorithm,

@@ -315,7 +315,10 @@ pub struct Engine {
     jobs: Mutex<Option<mpsc::Sender<Job>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
     failed: Arc<AtomicBool>,
-    issuing: Box<dyn Signer>,
+    issuing: Arc<dyn Signer>,
+    /// The issuing CA with its certificate parsed once (`None` if that fails: then every
+    /// issuance goes through `device::issue`, which refuses it the same way as before).
+    prepared: Option<device::DeviceIssuer>,
     issuing_ca: Vec<u8>,
     root: Vec<u8>,
     rng: SystemRandom,
@@ -336,9 +339,11 @@ impl Engine {
         let root = store
             .certificate(Profile::OemRoot)?
             .ok_or(crate::entitlements::ImportError::NotInstalled)?;
-        let issuing = site
-            .keys
-            .open_signer(&KeyRef::parse(&store.key_ref(Profile::SiteIssuingCa)?)?)?;
+        let issuing: Arc<dyn Signer> = Arc::from(
+            site.keys
+                .open_signer(&KeyRef::parse(&store.key_ref(Profile::SiteIssuingCa)?)?)?,
+        );
+        let prepared = device::DeviceIssuer::new(&issuing_ca, issuing.clone()).ok();
         let path: PathBuf = store.path().to_owned();
         let reader = SiteStore::open(&path)?;
         let mut grants = HashMap::new();
@@ -382,10 +387,36 @@ impl Engine {
             writer: Mutex::new(Some(writer)),
             failed,
             issuing,
+            prepared,
             issuing_ca,
             root,
             rng: SystemRandom::new(),
         })
+    }
+
+    /// Builds and signs a device certificate (`device::issue`, with the CA parsed once).
+    fn device_certificate(
+        &self,
+        grant: &stamp_core::entitlement::Grant,
+        device_serial: u64,
+        spki_der: &[u8],
+        now: OffsetDateTime,
+        serial: Serial,
+    ) -> Result<Vec<u8>, stamp_core::profile::ProfileError> {
+        match &self.prepared {
+            Some(p) => p.issue(grant, device_serial, spki_der, now, serial),
+            None => device::issue(
+                grant,
+                device_serial,
+                spki_der,
+                now,
+                serial,
+                &Issuer {
+                    cert_der: &self.issuing_ca,
+                    signer: self.issuing.as_ref(),
+                },
+            ),
+        }
     }
 
     /// The chain a device certificate is given: site issuing CA, OEM root (DER).
@@ -518,16 +549,12 @@ impl Engine {
         let Some(grant) = p.grants.get(entitlement_id).map(|g| g.state.grant.clone()) else {
             return Err(IssueError::Unavailable("grant vanished".into()));
         };
-        let cert = device::issue(
+        let cert = self.device_certificate(
             &grant,
             reservation.device_serial,
             csr.spki_der(),
             now,
             Serial::from_random(serial),
-            &Issuer {
-                cert_der: &self.issuing_ca,
-                signer: self.issuing.as_ref(),
-            },
         );
         let cert = match cert {
             Ok(c) => c,
@@ -653,16 +680,12 @@ impl Engine {
         let Some(grant) = p.grants.get(entitlement_id).map(|g| g.state.grant.clone()) else {
             return Err(IssueError::Unavailable("grant vanished".into()));
         };
-        let cert = match device::issue(
+        let cert = match self.device_certificate(
             &grant,
             reservation.device_serial,
             &spki,
             now,
             Serial::from_random(serial),
-            &Issuer {
-                cert_der: &self.issuing_ca,
-                signer: self.issuing.as_ref(),
-            },
         ) {
             Ok(c) => c,
             Err(_) => {
@@ -967,35 +990,41 @@ fn commit(store: &mut SiteStore, batch: &[Job]) -> Result<Vec<u64>, SiteError> {
     store.db_mut().transaction(|tx| {
         let mut head = log::head(tx)?;
         let mut indexes = Vec::with_capacity(batch.len());
+        // Devices per grant in this batch: each grant's `issued` count is raised once per
+        // transaction, by the batch's number, rather than once per device (same committed state).
+        let mut issued: BTreeMap<&str, i64> = BTreeMap::new();
+        // Statements are prepared once per connection (rusqlite's statement cache), not per row.
+        let mut insert_device = tx.prepare_cached(
+            "INSERT INTO devices (device_serial, entitlement_id, cert_sha256, spki_sha256, certificate,
+                 issued_ms, station, log_index, hq_key_index)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        )?;
         for job in batch {
             match job {
-                Job::Device { time_ms, record, issued_ms, .. } => {
+                Job::Device {
+                    time_ms,
+                    record,
+                    issued_ms,
+                    ..
+                } => {
                     let event = if record.hq_key_index.is_some() {
                         Event::KeyHandedOut(record.clone())
                     } else {
                         Event::DeviceIssued(record.clone())
                     };
                     let e = log::append(tx, &mut head, *time_ms, event)?;
-                    tx.execute(
-                        "INSERT INTO devices (device_serial, entitlement_id, cert_sha256, spki_sha256, certificate,
-                             issued_ms, station, log_index, hq_key_index)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                        params![
-                            record.device_serial as i64,
-                            record.entitlement_id,
-                            record.certificate_sha256.as_slice(),
-                            record.public_key_sha256.as_slice(),
-                            record.certificate.as_slice(),
-                            issued_ms,
-                            record.station,
-                            e.index as i64,
-                            record.hq_key_index.map(|i| i as i64),
-                        ],
-                    )?;
-                    tx.execute(
-                        "UPDATE entitlements SET issued = issued + 1 WHERE entitlement_id = ?1",
-                        [&record.entitlement_id],
-                    )?;
+                    insert_device.execute(params![
+                        record.device_serial as i64,
+                        record.entitlement_id,
+                        record.certificate_sha256.as_slice(),
+                        record.public_key_sha256.as_slice(),
+                        record.certificate.as_slice(),
+                        issued_ms,
+                        record.station,
+                        e.index as i64,
+                        record.hq_key_index.map(|i| i as i64),
+                    ])?;
+                    *issued.entry(record.entitlement_id.as_str()).or_insert(0) += 1;
                     indexes.push(e.index);
                 }
                 Job::Refusal { time_ms, event, .. } => {
@@ -1021,6 +1050,11 @@ fn commit(store: &mut SiteStore, batch: &[Job]) -> Result<Vec<u64>, SiteError> {
                     indexes.push(e.index);
                 }
             }
+        }
+        let mut count =
+            tx.prepare_cached("UPDATE entitlements SET issued = issued + ?2 WHERE entitlement_id = ?1")?;
+        for (id, n) in issued {
+            count.execute(params![id, n])?;
         }
         log::save(tx, &head)?;
         Ok(indexes)

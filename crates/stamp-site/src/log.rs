@@ -49,10 +49,8 @@ pub(crate) fn append(
         .append(leaf)
         .map_err(|_| SiteError::CorruptLog("log full"))?;
     head.last_time_ms = entry.time_ms;
-    tx.execute(
-        "INSERT INTO log_entries (idx, time_ms, entry, leaf_hash) VALUES (?1, ?2, ?3, ?4)",
-        params![entry.index as i64, entry.time_ms, bytes, leaf.as_slice()],
-    )?;
+    tx.prepare_cached("INSERT INTO log_entries (idx, time_ms, entry, leaf_hash) VALUES (?1, ?2, ?3, ?4)")?
+        .execute(params![entry.index as i64, entry.time_ms, bytes, leaf.as_slice()])?;
     Ok(entry)
 }
 

@@ -1,0 +1,331 @@
+//! The table: every figure of a `bench/run` results directory beside its bound and target.
+
+use std::path::Path;
+
+use serde_json::Value;
+
+fn load(dir: &Path, name: &str) -> Option<Value> {
+    let text = std::fs::read_to_string(dir.join(name)).ok()?;
+    // The last line holding a JSON object (tools may print more before it).
+    text.lines()
+        .rev()
+        .find_map(|l| {
+            serde_json::from_str::<Value>(l.trim())
+                .ok()
+                .filter(Value::is_object)
+        })
+        .or_else(|| serde_json::from_str(&text).ok())
+}
+
+fn num(v: &Value, k: &str) -> Option<f64> {
+    v.get(k).and_then(Value::as_f64)
+}
+
+fn text(v: &Value, k: &str) -> String {
+    v.get(k)
+        .and_then(Value::as_str)
+        .map_or_else(|| "?".into(), str::to_owned)
+}
+
+/// Thousands separators.
+fn n0(x: f64) -> String {
+    let s = format!("{:.0}", x.max(0.0));
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn pct(x: f64, of: f64) -> String {
+    if of > 0.0 {
+        format!("{:.0}%", 100.0 * x / of)
+    } else {
+        "?".into()
+    }
+}
+
+/// `/usr/bin/time -v` output: wall seconds, peak RSS in KiB, CPU seconds (user + system).
+fn time_v(dir: &Path, name: &str) -> Option<(f64, u64, f64)> {
+    let t = std::fs::read_to_string(dir.join(name)).ok()?;
+    let mut wall = None;
+    let mut rss = None;
+    let mut cpu = 0.0;
+    for l in t.lines() {
+        let l = l.trim();
+        if let Some(v) = l.strip_prefix("Elapsed (wall clock) time (h:mm:ss or m:ss):") {
+            let parts: Vec<f64> = v.trim().split(':').filter_map(|p| p.parse().ok()).collect();
+            wall = Some(parts.iter().fold(0.0, |acc, p| acc * 60.0 + p));
+        }
+        if let Some(v) = l.strip_prefix("Maximum resident set size (kbytes):") {
+            rss = v.trim().parse().ok();
+        }
+        for p in ["User time (seconds):", "System time (seconds):"] {
+            if let Some(v) = l.strip_prefix(p) {
+                cpu += v.trim().parse::<f64>().unwrap_or(0.0);
+            }
+        }
+    }
+    Some((wall?, rss?, cpu))
+}
+
+fn mib(kib: f64) -> String {
+    format!("{:.0} MB", kib * 1024.0 / 1e6)
+}
+
+struct Table {
+    rows: Vec<[String; 6]>,
+}
+
+impl Table {
+    fn row(&mut self, what: &str, result: String, bound: String, ratio: String, target: &str, load: String) {
+        self.rows
+            .push([what.into(), result, bound, ratio, target.into(), load]);
+    }
+}
+
+/// Prints the table for the results in `dir`.
+pub fn print(dir: &Path) -> anyhow::Result<()> {
+    let meta = load(dir, "meta.json").unwrap_or(Value::Null);
+    let mut t = Table { rows: Vec::new() };
+    let bound = load(dir, "bound.json");
+    let raw = bound.as_ref().and_then(|b| num(b, "raw_n")).unwrap_or(0.0);
+    let raw_cpu = bound.as_ref().and_then(|b| num(b, "raw_n_cpu_us")).unwrap_or(0.0);
+    let threads = bound.as_ref().and_then(|b| num(b, "threads")).unwrap_or(2.0);
+    if let Some(b) = &bound {
+        let load = text(b, "load_before");
+        t.row(
+            &format!("**bound**: verify P-256 CSR signature + sign P-256 certificate, aws-lc-rs, {threads:.0} threads"),
+            format!(
+                "{} ops/s (1 thread: {}); CPU {:.0} µs/op",
+                n0(raw),
+                n0(num(b, "raw_1").unwrap_or(0.0)),
+                raw_cpu
+            ),
+            "—".into(),
+            "100%".into(),
+            "",
+            load.clone(),
+        );
+        let s = num(b, "stamp_n").unwrap_or(0.0);
+        let s_cpu = num(b, "stamp_n_cpu_us").unwrap_or(0.0);
+        t.row(
+            &format!(
+                "bound through stamp's code (`csr::verify` + `DeviceIssuer::issue`), {threads:.0} threads"
+            ),
+            format!(
+                "{} ops/s (1 thread: {}); CPU {s_cpu:.0} µs/op",
+                n0(s),
+                n0(num(b, "stamp_1").unwrap_or(0.0))
+            ),
+            n0(raw),
+            format!("{} (CPU: {})", pct(s, raw), pct(raw_cpu, s_cpu)),
+            "",
+            load,
+        );
+    }
+    let mut engine_2 = None;
+    for (key, label) in [("soft", "software key"), ("hsm", "issuing key in SoftHSM2")] {
+        let mut files: Vec<(u64, String)> = std::fs::read_dir(dir)?
+            .filter_map(Result::ok)
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let n = name
+                    .strip_prefix(&format!("engine-{key}-"))?
+                    .strip_suffix(".json")?
+                    .parse()
+                    .ok()?;
+                Some((n, name))
+            })
+            .collect();
+        files.sort();
+        for (n, name) in files {
+            let Some(e) = load(dir, &name) else { continue };
+            let rate = num(&e, "per_second").unwrap_or(0.0);
+            if key == "soft" && n == 2 {
+                engine_2 = Some(rate);
+            }
+            t.row(
+                &format!(
+                    "site engine in process, durable log, all checks, {label}, {n} workers ({} devices)",
+                    n0(num(&e, "issued").unwrap_or(0.0))
+                ),
+                format!(
+                    "{} devices/s, p50 {:.2} ms, p99 {:.2} ms; CPU {:.0} µs/device; peak RSS {}",
+                    n0(rate),
+                    num(&e, "p50_ms").unwrap_or(0.0),
+                    num(&e, "p99_ms").unwrap_or(0.0),
+                    num(&e, "cpu_us_per_device").unwrap_or(0.0),
+                    mib(num(&e, "peak_rss_kib").unwrap_or(0.0))
+                ),
+                n0(raw),
+                format!(
+                    "{} (CPU: {})",
+                    pct(rate, raw),
+                    pct(raw_cpu, num(&e, "cpu_us_per_device").unwrap_or(0.0))
+                ),
+                if key == "soft" { "≥ 85%" } else { "" },
+                text(&e, "load_before"),
+            );
+        }
+    }
+    let mut cfssl: Vec<(u64, String)> = std::fs::read_dir(dir)?
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let n = name.strip_prefix("cfssl-")?.strip_suffix(".json")?.parse().ok()?;
+            Some((n, name))
+        })
+        .collect();
+    cfssl.sort();
+    if cfssl.is_empty() {
+        t.row(
+            "peer: `cfssl serve` over HTTP",
+            "not run (cfssl not installed: apt-get install golang-cfssl)".into(),
+            String::new(),
+            String::new(),
+            "",
+            String::new(),
+        );
+    }
+    for (n, name) in cfssl {
+        let Some(c) = load(dir, &name) else { continue };
+        let rate = num(&c, "per_second").unwrap_or(0.0);
+        t.row(
+            &format!("peer: `cfssl serve` over HTTP/1.1 keep-alive, {n} clients, same CSRs"),
+            format!(
+                "{} devices/s, p50 {:.2} ms, p99 {:.2} ms",
+                n0(rate),
+                num(&c, "p50_ms").unwrap_or(0.0),
+                num(&c, "p99_ms").unwrap_or(0.0)
+            ),
+            n0(raw),
+            format!(
+                "{}; stamp in process / cfssl = {}",
+                pct(rate, raw),
+                engine_2.map_or("?".into(), |e| format!("{:.1}×", e / rate.max(1e-9)))
+            ),
+            "",
+            text(&c, "load_before"),
+        );
+    }
+    t.row(
+        "site service over mTLS (JSON API and EST), 1/8/64 stations",
+        "**pending issue #5** (the site service is not on this branch yet)".into(),
+        String::new(),
+        "stamp service / cfssl: pending".into(),
+        "≥ 3× cfssl, p99 < 5 ms at 64",
+        String::new(),
+    );
+    let count = meta.get("reconcile_count").and_then(Value::as_f64).unwrap_or(0.0);
+    if let Some(e) = load(dir, "bulk-issue.json") {
+        let rate = num(&e, "per_second").unwrap_or(0.0);
+        t.row(
+            &format!(
+                "issuing the {} devices of the reconciliation bundle (engine, {} workers)",
+                n0(num(&e, "issued").unwrap_or(0.0)),
+                num(&e, "threads").unwrap_or(0.0)
+            ),
+            format!(
+                "{} devices/s in {:.1} s, p99 {:.2} ms; CPU {:.0} µs/device; peak RSS {}",
+                n0(rate),
+                num(&e, "seconds").unwrap_or(0.0),
+                num(&e, "p99_ms").unwrap_or(0.0),
+                num(&e, "cpu_us_per_device").unwrap_or(0.0),
+                mib(num(&e, "peak_rss_kib").unwrap_or(0.0))
+            ),
+            n0(raw),
+            format!(
+                "{} (CPU: {})",
+                pct(rate, raw),
+                pct(raw_cpu, num(&e, "cpu_us_per_device").unwrap_or(0.0))
+            ),
+            "≥ 85%",
+            text(&e, "load_before"),
+        );
+    }
+    if let (Some(x), Some((wall, rss, cpu))) = (load(dir, "export.json"), time_v(dir, "export.time")) {
+        let entries = num(&x, "entries").unwrap_or(0.0);
+        t.row(
+            &format!("`stamp site export-audit`, {} entries", n0(entries)),
+            format!(
+                "{} entries/s ({wall:.1} s; CPU {cpu:.1} s), peak RSS {}",
+                n0(entries / wall.max(1e-9)),
+                mib(rss as f64)
+            ),
+            String::new(),
+            String::new(),
+            "",
+            std::fs::read_to_string(dir.join("export.load"))
+                .unwrap_or_default()
+                .trim()
+                .into(),
+        );
+    }
+    if let Some((wall, rss, cpu)) = time_v(dir, "reconcile.time") {
+        let r = load(dir, "reconcile.json").unwrap_or(Value::Null);
+        let entries = num(&r, "entries").unwrap_or(count);
+        let ok = r.get("ok").and_then(Value::as_bool).unwrap_or(false);
+        let scaled = wall * 1e6 / entries.max(1.0);
+        t.row(
+            &format!(
+                "`stamp hq reconcile`, {} entries end to end{}",
+                n0(entries),
+                if ok {
+                    ""
+                } else {
+                    " (**not ok**: see reconcile.json)"
+                }
+            ),
+            format!(
+                "{} entries/s ({wall:.1} s; {:.0} s per 1M); CPU {cpu:.1} s ({:.0} µs/entry); peak RSS {}",
+                n0(entries / wall.max(1e-9)),
+                scaled,
+                cpu * 1e6 / entries.max(1.0),
+                mib(rss as f64)
+            ),
+            String::new(),
+            format!(
+                "{:.0}% of 60 s/1M; {:.0}% of 256 MB",
+                100.0 * scaled / 60.0,
+                100.0 * rss as f64 * 1024.0 / (256.0 * 1024.0 * 1024.0)
+            ),
+            "< 60 s and < 256 MB for 1M",
+            std::fs::read_to_string(dir.join("reconcile.load"))
+                .unwrap_or_default()
+                .trim()
+                .into(),
+        );
+    }
+    t.row(
+        "site service peak RSS under the heaviest load",
+        "**pending issue #5**".into(),
+        String::new(),
+        String::new(),
+        "< 100 MB",
+        String::new(),
+    );
+
+    println!(
+        "stamp benchmarks — {} — commit {} — {} — load at start {}",
+        text(&meta, "date"),
+        text(&meta, "commit"),
+        text(&meta, "machine"),
+        text(&meta, "load_start")
+    );
+    println!();
+    println!(
+        "| measurement | result | bound (ops/s) | ratio to bound: wall (CPU) | target | load 1/5/15 min |"
+    );
+    println!("|---|---|---:|---:|---|---|");
+    for r in &t.rows {
+        println!(
+            "| {} | {} | {} | {} | {} | {} |",
+            r[0], r[1], r[2], r[3], r[4], r[5]
+        );
+    }
+    Ok(())
+}
