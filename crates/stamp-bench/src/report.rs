@@ -309,6 +309,32 @@ pub fn print(dir: &Path) -> anyhow::Result<()> {
                 .into(),
         );
     }
+    if let (Some(x), Some((wall, rss, _))) = (load(dir, "export2.json"), time_v(dir, "export2.time")) {
+        let (rwall, rrss) = time_v(dir, "reconcile2.time").map_or((0.0, 0), |(w, r, _)| (w, r));
+        let ok = load(dir, "reconcile2.json")
+            .and_then(|r| r.get("ok").and_then(Value::as_bool))
+            .unwrap_or(false);
+        t.row(
+            &format!(
+                "second bundle: {} new entries on a log of {} (consistency proof from the stored log)",
+                n0(num(&x, "entries").unwrap_or(0.0)),
+                n0(num(&x, "previous_size").unwrap_or(0.0))
+            ),
+            format!(
+                "export {wall:.1} s (peak RSS {}); reconcile {rwall:.1} s (peak RSS {}){}",
+                mib(rss as f64),
+                mib(rrss as f64),
+                if ok { "" } else { " (**reconcile not ok**)" }
+            ),
+            String::new(),
+            String::new(),
+            "",
+            std::fs::read_to_string(dir.join("export2.load"))
+                .unwrap_or_default()
+                .trim()
+                .into(),
+        );
+    }
     t.row(
         "site service peak RSS under the heaviest load",
         "**pending issue #5**".into(),
