@@ -196,7 +196,10 @@ pub fn print(dir: &Path) -> anyhow::Result<()> {
         let Some(c) = load(dir, &name) else { continue };
         let rate = num(&c, "per_second").unwrap_or(0.0);
         t.row(
-            &format!("peer: `cfssl serve` over HTTP/1.1 keep-alive, {n} clients, same CSRs"),
+            &format!(
+                "peer: `cfssl serve` over HTTP/1.1 keep-alive, {n} client{}, same CSRs",
+                if n == 1 { "" } else { "s" }
+            ),
             format!(
                 "{} devices/s, p50 {:.2} ms, p99 {:.2} ms",
                 n0(rate),
