@@ -127,7 +127,8 @@ pub fn print(dir: &Path) -> anyhow::Result<()> {
             load,
         );
     }
-    let mut engine_2 = None;
+    // Software-key engine rates by worker count, for the ratio to cfssl.
+    let mut engine_rates: Vec<(u64, f64)> = Vec::new();
     for (key, label) in [("soft", "software key"), ("hsm", "issuing key in SoftHSM2")] {
         let mut files: Vec<(u64, String)> = std::fs::read_dir(dir)?
             .filter_map(Result::ok)
@@ -145,8 +146,8 @@ pub fn print(dir: &Path) -> anyhow::Result<()> {
         for (n, name) in files {
             let Some(e) = load(dir, &name) else { continue };
             let rate = num(&e, "per_second").unwrap_or(0.0);
-            if key == "soft" && n == 2 {
-                engine_2 = Some(rate);
+            if key == "soft" {
+                engine_rates.push((n, rate));
             }
             t.row(
                 &format!(
@@ -195,7 +196,10 @@ pub fn print(dir: &Path) -> anyhow::Result<()> {
         let Some(c) = load(dir, &name) else { continue };
         let rate = num(&c, "per_second").unwrap_or(0.0);
         t.row(
-            &format!("peer: `cfssl serve` over HTTP/1.1 keep-alive, {n} clients, same CSRs"),
+            &format!(
+                "peer: `cfssl serve` over HTTP/1.1 keep-alive, {n} client{}, same CSRs",
+                if n == 1 { "" } else { "s" }
+            ),
             format!(
                 "{} devices/s, p50 {:.2} ms, p99 {:.2} ms",
                 n0(rate),
@@ -206,7 +210,15 @@ pub fn print(dir: &Path) -> anyhow::Result<()> {
             format!(
                 "{}; stamp in process / cfssl = {}",
                 pct(rate, raw),
-                engine_2.map_or("?".into(), |e| format!("{:.1}×", e / rate.max(1e-9)))
+                // The engine run with as many workers as cfssl had clients (or the next larger).
+                engine_rates
+                    .iter()
+                    .find(|(w, _)| *w >= n)
+                    .or(engine_rates.last())
+                    .map_or("?".into(), |(w, e)| format!(
+                        "{:.1}× ({w} workers)",
+                        e / rate.max(1e-9)
+                    ))
             ),
             "",
             text(&c, "load_before"),
@@ -295,6 +307,32 @@ pub fn print(dir: &Path) -> anyhow::Result<()> {
             ),
             "< 60 s and < 256 MB for 1M",
             std::fs::read_to_string(dir.join("reconcile.load"))
+                .unwrap_or_default()
+                .trim()
+                .into(),
+        );
+    }
+    if let (Some(x), Some((wall, rss, _))) = (load(dir, "export2.json"), time_v(dir, "export2.time")) {
+        let (rwall, rrss) = time_v(dir, "reconcile2.time").map_or((0.0, 0), |(w, r, _)| (w, r));
+        let ok = load(dir, "reconcile2.json")
+            .and_then(|r| r.get("ok").and_then(Value::as_bool))
+            .unwrap_or(false);
+        t.row(
+            &format!(
+                "second bundle: {} new entries on a log of {} (consistency proof from the stored log)",
+                n0(num(&x, "entries").unwrap_or(0.0)),
+                n0(num(&x, "previous_size").unwrap_or(0.0))
+            ),
+            format!(
+                "export {wall:.1} s (peak RSS {}); reconcile {rwall:.1} s (peak RSS {}){}",
+                mib(rss as f64),
+                mib(rrss as f64),
+                if ok { "" } else { " (**reconcile not ok**)" }
+            ),
+            String::new(),
+            String::new(),
+            "",
+            std::fs::read_to_string(dir.join("export2.load"))
                 .unwrap_or_default()
                 .trim()
                 .into(),

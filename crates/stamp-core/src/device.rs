@@ -235,15 +235,17 @@ pub fn check(
 ) -> Result<DeviceCertInfo, DeviceCertError> {
     let c = cert::parse(der)?;
     issued_by(&c, issuing_ca)?;
-    check_profile(&c, grant)
+    check_profile(&Facts::of(&c), grant)
 }
 
 /// Proof that [`verify_issued`] accepted one certificate's issuer and signature under one
-/// issuing CA; [`check_issued`] takes it, for that same certificate and CA, to finish [`check`].
+/// issuing CA, with what the rest of the check reads from it; [`check_issued`] takes it, for that
+/// same certificate and CA, to finish [`check`].
 #[derive(Clone, Debug)]
 pub struct Issued {
     cert_sha256: [u8; 32],
     ca_key_sha256: [u8; 32],
+    facts: Facts,
 }
 
 /// The first half of [`check`], which needs no grant: `der` is a certificate (strict DER),
@@ -256,6 +258,7 @@ pub fn verify_issued(der: &[u8], issuing_ca: &X509Certificate<'_>) -> Result<Iss
     Ok(Issued {
         cert_sha256: crate::fingerprint::sha256(der),
         ca_key_sha256: crate::fingerprint::sha256(issuing_ca.public_key().raw),
+        facts: Facts::of(&c),
     })
 }
 
@@ -274,7 +277,7 @@ pub fn check_issued(
     {
         return Err(CertError::BadSignature("device").into());
     }
-    check_profile(&cert::parse(der)?, grant)
+    check_profile(&issued.facts, grant)
 }
 
 fn issued_by(c: &X509Certificate<'_>, issuing_ca: &X509Certificate<'_>) -> Result<(), DeviceCertError> {
@@ -286,36 +289,77 @@ fn issued_by(c: &X509Certificate<'_>, issuing_ca: &X509Certificate<'_>) -> Resul
     Ok(())
 }
 
-/// Subject, extensions, key type and validity length against the grant's device profile.
-fn check_profile(c: &X509Certificate<'_>, grant: &Grant) -> Result<DeviceCertInfo, DeviceCertError> {
-    use DeviceCertError::Profile as P;
-    let mut o = c.subject().iter_organization();
-    let mut ou = c.subject().iter_organizational_unit();
-    let mut cn = c.subject().iter_common_name();
-    let text = |a: Option<&x509_parser::x509::AttributeTypeAndValue<'_>>| {
-        a.and_then(|v| v.as_str().ok().map(str::to_owned))
-    };
-    if text(o.next()).as_deref() != Some(grant.device_profile.organization.as_str()) || o.next().is_some() {
-        return Err(P("organization"));
+/// A subject attribute as the profile check reads it: its first value as text (`None` if absent
+/// or not a string) and whether another value follows.
+#[derive(Clone, Debug)]
+struct Named {
+    first: Option<String>,
+    more: bool,
+}
+
+impl Named {
+    fn of<'a>(mut values: impl Iterator<Item = &'a x509_parser::x509::AttributeTypeAndValue<'a>>) -> Named {
+        let first = values.next().and_then(|v| v.as_str().ok().map(str::to_owned));
+        Named {
+            first,
+            more: values.next().is_some(),
+        }
     }
-    if text(ou.next()).as_deref() != Some(grant.product.oem_id.as_str()) || ou.next().is_some() {
-        return Err(P("OEM ID"));
+
+    /// Exactly one value, equal to `want`.
+    fn is(&self, want: &str) -> bool {
+        self.first.as_deref() == Some(want) && !self.more
     }
-    if text(cn.next()).as_deref() != Some(grant.product.product_id.as_str()) || cn.next().is_some() {
-        return Err(P("product ID"));
+}
+
+/// Everything the profile check reads from a certificate, taken before any grant is known.
+#[derive(Clone, Debug)]
+struct Facts {
+    organization: Named,
+    oem_id: Named,
+    product_id: Named,
+    /// The serialNumber attribute as a device serial (`None`: missing, repeated or not canonical).
+    device_serial: Option<u64>,
+    /// Subject attributes in all.
+    attributes: usize,
+    /// `None` if an unexpected extension is present; else whether key usage, basic
+    /// constraints, extended key usage and both key identifiers are all as the profile says.
+    extensions: Option<bool>,
+    key_type: Option<KeyType>,
+    not_before: OffsetDateTime,
+    not_after: OffsetDateTime,
+    public_key_sha256: [u8; 32],
+}
+
+impl Facts {
+    fn of(c: &X509Certificate<'_>) -> Facts {
+        let serials: Vec<_> = c
+            .subject()
+            .iter_by_oid(&x509_parser::oid_registry::OID_X509_SERIALNUMBER)
+            .filter_map(|a| a.as_str().ok())
+            .collect();
+        let device_serial = match serials.as_slice() {
+            [s] if !s.starts_with('0') || *s == "0" => s.parse().ok(),
+            _ => None,
+        };
+        let spki = c.public_key().raw;
+        Facts {
+            organization: Named::of(c.subject().iter_organization()),
+            oem_id: Named::of(c.subject().iter_organizational_unit()),
+            product_id: Named::of(c.subject().iter_common_name()),
+            device_serial,
+            attributes: c.subject().iter().map(|rdn| rdn.iter().count()).sum(),
+            extensions: extensions(c),
+            key_type: crate::csr::classify_spki(spki).ok(),
+            not_before: c.validity().not_before.to_datetime(),
+            not_after: c.validity().not_after.to_datetime(),
+            public_key_sha256: crate::fingerprint::sha256(spki),
+        }
     }
-    let serials: Vec<_> = c
-        .subject()
-        .iter_by_oid(&x509_parser::oid_registry::OID_X509_SERIALNUMBER)
-        .filter_map(|a| a.as_str().ok())
-        .collect();
-    let device_serial: u64 = match serials.as_slice() {
-        [s] if !s.starts_with('0') || *s == "0" => s.parse().map_err(|_| P("serialNumber"))?,
-        _ => return Err(P("serialNumber")),
-    };
-    if c.subject().iter().map(|rdn| rdn.iter().count()).sum::<usize>() != 4 {
-        return Err(P("extra subject attributes"));
-    }
+}
+
+/// See [`Facts::extensions`].
+fn extensions(c: &X509Certificate<'_>) -> Option<bool> {
     let (mut ku, mut bc, mut eku, mut ski, mut aki) = (false, false, false, false, false);
     for ext in c.extensions() {
         match ext.parsed_extension() {
@@ -335,31 +379,52 @@ fn check_profile(c: &X509Certificate<'_>, grant: &Grant) -> Result<DeviceCertInf
             }
             ParsedExtension::SubjectKeyIdentifier(_) => ski = true,
             ParsedExtension::AuthorityKeyIdentifier(_) => aki = true,
-            _ => return Err(P("unexpected extension")),
+            _ => return None,
         }
     }
-    if !(ku && bc && eku && ski && aki) {
-        return Err(P(
-            "key usage, basic constraints, extended key usage or key identifiers",
-        ));
+    Some(ku && bc && eku && ski && aki)
+}
+
+/// Subject, extensions, key type and validity length against the grant's device profile, in
+/// this order (the first mismatch is the one reported).
+fn check_profile(f: &Facts, grant: &Grant) -> Result<DeviceCertInfo, DeviceCertError> {
+    use DeviceCertError::Profile as P;
+    if !f.organization.is(&grant.device_profile.organization) {
+        return Err(P("organization"));
     }
-    let spki = c.public_key().raw;
-    let key_type = crate::csr::classify_spki(spki).map_err(|_| P("public key"))?;
+    if !f.oem_id.is(&grant.product.oem_id) {
+        return Err(P("OEM ID"));
+    }
+    if !f.product_id.is(&grant.product.product_id) {
+        return Err(P("product ID"));
+    }
+    let device_serial = f.device_serial.ok_or(P("serialNumber"))?;
+    if f.attributes != 4 {
+        return Err(P("extra subject attributes"));
+    }
+    match f.extensions {
+        None => return Err(P("unexpected extension")),
+        Some(false) => {
+            return Err(P(
+                "key usage, basic constraints, extended key usage or key identifiers",
+            ))
+        }
+        Some(true) => {}
+    }
+    let key_type = f.key_type.ok_or(P("public key"))?;
     match device_key_type(key_type) {
         Some(t) if grant.device_profile.key_types.contains(&t) => {}
         _ => return Err(P("key type not allowed")),
     }
-    let not_before = c.validity().not_before.to_datetime();
-    let not_after = c.validity().not_after.to_datetime();
-    if not_after - not_before > Duration::days(i64::from(grant.device_profile.validity_days)) {
+    if f.not_after - f.not_before > Duration::days(i64::from(grant.device_profile.validity_days)) {
         return Err(P("validity longer than the profile allows"));
     }
     Ok(DeviceCertInfo {
         device_serial,
         key_type,
-        public_key_sha256: crate::fingerprint::sha256(spki),
-        not_before,
-        not_after,
+        public_key_sha256: f.public_key_sha256,
+        not_before: f.not_before,
+        not_after: f.not_after,
     })
 }
 
