@@ -22,6 +22,8 @@ pub const MAX_RANGES: usize = 64;
 pub const MAX_DEVICE_DATA: usize = 64;
 /// Most stations an entitlement may name.
 pub const MAX_STATIONS: usize = 256;
+/// Device serials one amendment may revoke.
+pub const MAX_REVOKE_DEVICES: usize = 10_000;
 /// Longest short text field (IDs, names, keys).
 pub const MAX_SHORT_TEXT: usize = 64;
 /// Longest device-data value.
@@ -293,6 +295,23 @@ pub struct Amend {
     pub not_after: Option<i64>,
     /// New status, if changed.
     pub status: Option<Status>,
+    /// Devices of this grant whose certificates HQ revoked; the site refuses to renew them and
+    /// lists their certificates in its CRL (`stamp site crl`). Absent from older packages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoke: Option<DeviceRevocation>,
+}
+
+/// Devices revoked by an amendment.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceRevocation {
+    /// When HQ revoked them (Unix seconds): the revocation date in the site's CRL.
+    pub revoked_at: i64,
+    /// Device serials of this grant, strictly increasing (at most [`MAX_REVOKE_DEVICES`]).
+    pub device_serials: Vec<u64>,
+    /// Every device of the grant, issued now or before; the amendment must also revoke the
+    /// grant (status `revoked`), so no device is issued after it.
+    pub all: bool,
 }
 
 /// What a package does.
@@ -504,7 +523,32 @@ impl Entitlement {
                         return Err(Invalid("window ends before it starts"));
                     }
                 }
-                if a.add_quota == 0 && a.not_before.is_none() && a.not_after.is_none() && a.status.is_none() {
+                if let Some(r) = &a.revoke {
+                    if r.device_serials.len() > MAX_REVOKE_DEVICES
+                        || !r.device_serials.windows(2).all(|w| w[0] < w[1])
+                    {
+                        return Err(Invalid(
+                            "revoked device serials must be strictly increasing (at most 10000)",
+                        ));
+                    }
+                    if r.device_serials.is_empty() != r.all {
+                        return Err(Invalid(
+                            "a revocation names device serials or all devices, not both or neither",
+                        ));
+                    }
+                    if r.all && a.status != Some(Status::Revoked) {
+                        return Err(Invalid("revoking every device also revokes the grant"));
+                    }
+                    if r.revoked_at <= 0 {
+                        return Err(Invalid("bad revocation time"));
+                    }
+                }
+                if a.add_quota == 0
+                    && a.not_before.is_none()
+                    && a.not_after.is_none()
+                    && a.status.is_none()
+                    && a.revoke.is_none()
+                {
                     return Err(Invalid("an amendment must change something"));
                 }
             }
@@ -549,6 +593,31 @@ pub struct GrantState {
     pub status: Status,
     /// Sequence of the last package that touched it.
     pub last_sequence: u64,
+    /// Revoked device serials with when HQ revoked them (Unix seconds).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub revoked_devices: BTreeMap<u64, i64>,
+    /// When every device of the grant was revoked, if it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub all_devices_revoked_at: Option<i64>,
+}
+
+impl GrantState {
+    /// A grant as a new package makes it: active, nothing revoked.
+    pub fn new(grant: Grant, last_sequence: u64) -> GrantState {
+        GrantState {
+            grant,
+            status: Status::Active,
+            last_sequence,
+            revoked_devices: BTreeMap::new(),
+            all_devices_revoked_at: None,
+        }
+    }
+
+    /// When the device with this serial was revoked (Unix seconds), if it was.
+    pub fn device_revoked_at(&self, device_serial: u64) -> Option<i64> {
+        self.all_devices_revoked_at
+            .or_else(|| self.revoked_devices.get(&device_serial).copied())
+    }
 }
 
 /// Checks a decrypted, well-formed entitlement against the site's state at `now` (Unix seconds):
@@ -581,8 +650,14 @@ pub fn check_applicable(
 
 /// Applies an amendment to a grant's state, returning the new state.
 /// Shortening a window into the past is allowed: it stops production.
+/// A revoked grant takes only amendments that revoke devices (and nothing else).
 pub fn amend(state: &GrantState, a: &Amend, sequence: u64) -> Result<GrantState, EntitlementError> {
-    if state.status == Status::Revoked {
+    let revocation_only = a.add_quota == 0
+        && a.not_before.is_none()
+        && a.not_after.is_none()
+        && matches!(a.status, None | Some(Status::Revoked))
+        && a.revoke.is_some();
+    if state.status == Status::Revoked && !revocation_only {
         return Err(EntitlementError::Revoked(a.entitlement_id.clone()));
     }
     if a.add_quota > 0 && !state.grant.device_keys.is_empty() {
@@ -615,6 +690,22 @@ pub fn amend(state: &GrantState, a: &Amend, sequence: u64) -> Result<GrantState,
     }
     if g.not_after <= g.not_before {
         return Err(EntitlementError::Invalid("amended window ends before it starts"));
+    }
+    if let Some(r) = &a.revoke {
+        if next.all_devices_revoked_at.is_some() {
+            return Err(EntitlementError::Invalid("every device of the grant is revoked already"));
+        }
+        if r.all {
+            next.all_devices_revoked_at = Some(r.revoked_at);
+        }
+        for s in &r.device_serials {
+            if !next.grant.serial_ranges.iter().any(|g| g.first <= *s && *s <= g.last) {
+                return Err(EntitlementError::Invalid("a revoked device serial is not the grant's"));
+            }
+            if next.revoked_devices.insert(*s, r.revoked_at).is_some() {
+                return Err(EntitlementError::Invalid("a device serial is revoked already"));
+            }
+        }
     }
     if let Some(s) = a.status {
         next.status = s;
@@ -757,11 +848,7 @@ pub(crate) mod tests {
         let Action::Grant(g) = grant("s1", 1).action else {
             unreachable!()
         };
-        let st = GrantState {
-            grant: g,
-            status: Status::Active,
-            last_sequence: 1,
-        };
+        let st = GrantState::new(g, 1);
         let top_up = Amend {
             entitlement_id: "s1.1".into(),
             add_quota: 50,
@@ -772,6 +859,7 @@ pub(crate) mod tests {
             not_before: None,
             not_after: Some(20_000),
             status: None,
+            revoke: None,
         };
         let st2 = amend(&st, &top_up, 2).unwrap();
         assert_eq!(st2.grant.quota, 150);
@@ -792,6 +880,7 @@ pub(crate) mod tests {
             not_before: None,
             not_after: None,
             status: Some(Status::Suspended),
+            revoke: None,
         };
         let st3 = amend(&st2, &suspend, 3).unwrap();
         assert_eq!(st3.status, Status::Suspended);
@@ -808,5 +897,77 @@ pub(crate) mod tests {
             amend(&st4, &resume, 5),
             Err(EntitlementError::Revoked("s1.1".into()))
         );
+    }
+
+    fn revoking(serials: Vec<u64>, all: bool, status: Option<Status>) -> Amend {
+        Amend {
+            entitlement_id: "s1.1".into(),
+            add_quota: 0,
+            add_serial_ranges: vec![],
+            not_before: None,
+            not_after: None,
+            status,
+            revoke: Some(DeviceRevocation {
+                revoked_at: 5_000,
+                device_serials: serials,
+                all,
+            }),
+        }
+    }
+
+    fn package(a: Amend) -> Entitlement {
+        Entitlement {
+            action: Action::Amend(a),
+            ..grant("s1", 2)
+        }
+    }
+
+    #[test]
+    fn device_revocations() {
+        let Action::Grant(g) = grant("s1", 1).action else {
+            unreachable!()
+        };
+        let st = GrantState::new(g, 1);
+        // Two devices; they stay revoked through later amendments, with HQ's time.
+        let a = revoking(vec![3, 7], false, None);
+        assert!(package(a.clone()).validate().is_ok());
+        let st2 = amend(&st, &a, 2).unwrap();
+        assert_eq!(st2.device_revoked_at(3), Some(5_000));
+        assert_eq!(st2.device_revoked_at(4), None);
+        assert_eq!(st2.status, Status::Active);
+        // Again, or outside the grant's ranges: refused.
+        assert!(amend(&st2, &revoking(vec![7], false, None), 3).is_err());
+        assert!(amend(&st2, &revoking(vec![101], false, None), 3).is_err());
+        // A revoked grant still takes device revocations, and nothing else.
+        let st3 = amend(&st2, &revoking(vec![], true, Some(Status::Revoked)), 3).unwrap();
+        assert_eq!(st3.device_revoked_at(99), Some(5_000));
+        assert!(amend(&st3, &revoking(vec![9], false, None), 4).is_err());
+        let stopped = amend(
+            &st2,
+            &Amend {
+                revoke: None,
+                ..revoking(vec![], false, Some(Status::Revoked))
+            },
+            3,
+        )
+        .unwrap();
+        assert!(amend(&stopped, &revoking(vec![9], false, None), 4).is_ok());
+        // Malformed revocations never validate.
+        for bad in [
+            revoking(vec![7, 3], false, None),
+            revoking(vec![3, 3], false, None),
+            revoking(vec![], false, None),
+            revoking(vec![3], true, Some(Status::Revoked)),
+            revoking(vec![], true, None),
+            revoking((1..=MAX_REVOKE_DEVICES as u64 + 1).collect(), false, None),
+        ] {
+            let e = package(bad);
+            assert!(matches!(e.validate(), Err(EntitlementError::Invalid(_))));
+            assert!(Entitlement::from_cbor(&e.to_cbor()).is_err());
+        }
+        // A state stored before revocations existed still loads.
+        let old = serde_json::json!({"grant": st.grant, "status": "active", "last_sequence": 1});
+        let back: GrantState = serde_json::from_value(old).unwrap();
+        assert_eq!(back, st);
     }
 }

@@ -9,6 +9,7 @@ pub mod ceremony;
 pub mod cert;
 pub mod checkpoint;
 pub mod cloud_ca;
+pub mod crl;
 pub mod csr;
 pub mod device;
 pub mod entitlement;

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 
 use serde_bytes::ByteBuf;
-use stamp_core::entitlement::GrantState;
+use stamp_core::entitlement::{DeviceRevocation, GrantState, Status};
 use stamp_core::profile::{Issuer, Profile};
 use stamp_core::registry::{self, RegisteredDevice, Registry, RegistryEntitlement, RegistrySite, Revocation};
 use stamp_core::{cert, fingerprint, SiteId};
@@ -14,6 +14,7 @@ use stamp_store::rusqlite::{params, OptionalExtension};
 use stamp_store::Migration;
 use time::OffsetDateTime;
 
+use crate::entitle::AmendRequest;
 use crate::{Hq, HqError, HqStore};
 
 /// Revocations and registry exports (schema version 5).
@@ -66,6 +67,9 @@ pub struct RevocationReport {
     pub revoked_at: i64,
     /// Revocations now recorded.
     pub revocations: u64,
+    /// The entitlement update that carries the revocation to the site, if one was made.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub site_update: Option<crate::entitle::PackageReport>,
 }
 
 /// What a registry export wrote.
@@ -102,11 +106,17 @@ pub struct CaCert {
 }
 
 impl Hq {
-    /// Records a revocation; it reaches verifiers with the next registry export.
+    /// Records a revocation; it reaches verifiers with the next registry export. With
+    /// `site_update`, also writes there the entitlement update (an amendment, sealed to the site)
+    /// that revokes the devices at their site, which refuses to renew them and lists their
+    /// certificates in its CRL: for a serial, the grant it was allocated to; for a certificate,
+    /// the device HQ reconciled it as; for an entitlement, every device (and the grant). A site
+    /// is revoked by the registry and the root's CRL (`Hq::root_crl`), not by an update.
     pub fn revoke(
         &mut self,
         target: &RevokeTarget,
         reason: &str,
+        site_update: Option<&std::path::Path>,
         now: OffsetDateTime,
     ) -> Result<RevocationReport, HqError> {
         let reason: String = reason.chars().take(256).collect();
@@ -158,6 +168,13 @@ impl Hq {
         if dup.is_some() {
             return Err(HqError::AlreadyRevoked(what));
         }
+        let site_update = match site_update {
+            None => None,
+            Some(out) => {
+                let req = self.revocation_update(target, at)?;
+                Some(self.amend(&req, out, now)?)
+            }
+        };
         let n = self.store.db_mut().write(|tx| {
             tx.execute(
                 "INSERT INTO revocations (device_serial, certificate_sha256, entitlement_id, site_id, reason, revoked_at)
@@ -171,7 +188,64 @@ impl Hq {
             reason,
             revoked_at: at,
             revocations: u64::try_from(n).unwrap_or(0),
+            site_update,
         })
+    }
+
+    /// The amendment that carries a revocation to the site (see [`Hq::revoke`]).
+    fn revocation_update(&self, target: &RevokeTarget, at: i64) -> Result<AmendRequest, HqError> {
+        let c = self.store.conn();
+        let device = |entitlement_id: String, serial: u64| AmendRequest {
+            entitlement_id,
+            add_quota: 0,
+            not_before: None,
+            not_after: None,
+            status: None,
+            revoke: Some(DeviceRevocation {
+                revoked_at: at,
+                device_serials: vec![serial],
+                all: false,
+            }),
+        };
+        match target {
+            RevokeTarget::Serial(n) => {
+                let id: String = c.query_row(
+                    "SELECT entitlement_id FROM serial_allocations WHERE first <= ?1 AND last >= ?1",
+                    [i64::try_from(*n).unwrap_or(-1)],
+                    |r| r.get(0),
+                )?;
+                Ok(device(id, *n))
+            }
+            RevokeTarget::Certificate(h) => {
+                let found: Option<(String, i64)> = c
+                    .query_row(
+                        "SELECT entitlement_id, device_serial FROM devices WHERE certificate_sha256 = ?1",
+                        [h.as_slice()],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )
+                    .optional()?;
+                match found {
+                    Some((id, serial)) => Ok(device(id, u64::try_from(serial).unwrap_or(0))),
+                    None => Err(HqError::NoSiteUpdate(
+                        "HQ has not reconciled this certificate, so it does not know its device; revoke by --serial"
+                            .into(),
+                    )),
+                }
+            }
+            RevokeTarget::Entitlement(id) => Ok(AmendRequest {
+                status: Some(Status::Revoked),
+                revoke: Some(DeviceRevocation {
+                    revoked_at: at,
+                    device_serials: vec![],
+                    all: true,
+                }),
+                ..device(id.clone(), 0)
+            }),
+            RevokeTarget::Site(_) => Err(HqError::NoSiteUpdate(
+                "a revoked site gets no update: its issuing CA is revoked by the registry and the root CRL (stamp hq crl)"
+                    .into(),
+            )),
+        }
     }
 
     /// Builds, signs and records the next registry; returns the file's bytes.

@@ -133,6 +133,8 @@ pub struct AmendRequest {
     pub not_after: Option<i64>,
     /// New status.
     pub status: Option<Status>,
+    /// Devices revoked (see [`Hq::revoke`], which makes these).
+    pub revoke: Option<entitlement::DeviceRevocation>,
 }
 
 /// One grant as HQ sees it.
@@ -342,7 +344,7 @@ impl Hq {
             entitlement::check_applicable(&e, &req.site, sequence - 1, now.unix_timestamp())?;
             let sealed = sealer.seal_to(&e, out)?;
             // HQ keeps no device private key or secret: only the sealed package holds them.
-            let state = GrantState { grant: grant.redacted(), status: Status::Active, last_sequence: sequence };
+            let state = GrantState::new(grant.redacted(), sequence);
             let redacted = Entitlement { action: Action::Grant(grant.redacted()), ..e.clone() };
             let ts = crate::store::ts(now);
             tx.execute(
@@ -387,6 +389,7 @@ impl Hq {
                 not_before: req.not_before,
                 not_after: req.not_after,
                 status: req.status,
+                revoke: req.revoke.clone(),
             };
             let e = Entitlement {
                 version: entitlement::VERSION,

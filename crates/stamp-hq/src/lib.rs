@@ -120,6 +120,9 @@ pub enum HqError {
     /// The same thing was revoked before.
     #[error("{0} is already revoked")]
     AlreadyRevoked(String),
+    /// A revocation that cannot be carried to a site in an entitlement update.
+    #[error("no site update: {0}")]
+    NoSiteUpdate(String),
     /// The registry could not be signed.
     #[error(transparent)]
     Registry(#[from] stamp_core::registry::RegistryError),

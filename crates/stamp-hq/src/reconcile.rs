@@ -955,11 +955,7 @@ impl Run<'_> {
         match e.action {
             Action::Grant(g) => {
                 self.grants.entry(id.to_owned()).or_insert_with(|| {
-                    GrantTrack::new(GrantState {
-                        grant: g,
-                        status: Status::Active,
-                        last_sequence: sequence,
-                    })
+                    GrantTrack::new(GrantState::new(g, sequence))
                 });
             }
             Action::Amend(a) => {

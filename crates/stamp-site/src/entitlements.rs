@@ -335,12 +335,8 @@ impl Site {
         let (action, state) = match (&e.action, v.amended) {
             (Action::Grant(g), _) => (
                 "grant",
-                GrantState {
-                    // Private keys and secrets stay only in the sealed package.
-                    grant: g.redacted(),
-                    status: Status::Active,
-                    last_sequence: e.sequence,
-                },
+                // Private keys and secrets stay only in the sealed package.
+                GrantState::new(g.redacted(), e.sequence),
             ),
             (Action::Amend(_), Some(st)) => ("amend", st),
             (Action::Amend(a), None) => {

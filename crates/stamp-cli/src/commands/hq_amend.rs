@@ -64,6 +64,7 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
         not_before: a.not_before.map(|t| t.unix_timestamp()),
         not_after: a.not_after.map(|t| t.unix_timestamp()),
         status,
+        revoke: None,
     };
     let r = hq.amend(&req, &a.out, super::now())?;
     emit(g.json, &r, || {

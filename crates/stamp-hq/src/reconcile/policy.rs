@@ -147,8 +147,8 @@ mod tests {
     use super::*;
 
     fn state() -> GrantState {
-        GrantState {
-            grant: Grant {
+        GrantState::new(
+            Grant {
                 entitlement_id: "s.1".into(),
                 product: Product {
                     oem_id: "acme".into(),
@@ -170,9 +170,8 @@ mod tests {
                 device_keys: vec![],
                 firmware: vec![],
             },
-            status: Status::Active,
-            last_sequence: 1,
-        }
+            1,
+        )
     }
 
     #[test]
@@ -230,6 +229,7 @@ mod tests {
             not_before: None,
             not_after: None,
             status: Some(Status::Suspended),
+            revoke: None,
         };
         assert_eq!(g.issue(200_000, 10), vec![]);
         g.state = entitlement::amend(&g.state, &suspend, 2).unwrap();
@@ -238,6 +238,7 @@ mod tests {
             add_quota: 5,
             add_serial_ranges: vec![SerialRange { first: 50, last: 54 }],
             status: Some(Status::Active),
+            revoke: None,
             ..suspend
         };
         g.state = entitlement::amend(&g.state, &top_up, 3).unwrap();
