@@ -72,6 +72,8 @@ pub enum RefusalReason {
     NotAStation,
     /// A renewal names a device this site never issued a certificate for (subject mismatch).
     UnknownDevice,
+    /// A renewal names a device HQ revoked (an entitlement update the site applied).
+    DeviceRevoked,
 }
 
 impl RefusalReason {
@@ -96,6 +98,7 @@ impl RefusalReason {
             RefusalReason::StationRevoked => "station-revoked",
             RefusalReason::NotAStation => "not-a-station",
             RefusalReason::UnknownDevice => "unknown-device",
+            RefusalReason::DeviceRevoked => "device-revoked",
         }
     }
 }
@@ -505,6 +508,7 @@ mod tests {
             StationRevoked,
             NotAStation,
             UnknownDevice,
+            DeviceRevoked,
         ] {
             assert_eq!(serde_json::to_value(r).unwrap(), r.code());
         }

@@ -40,6 +40,56 @@ pub enum CrlError {
     /// No CRL number, or one that is not a positive integer below 2^63.
     #[error("the CRL has no usable CRL number")]
     BadNumber,
+    /// A validity outside 1 to [`MAX_CRL_DAYS`] days.
+    #[error("a CRL is valid 1 to {MAX_CRL_DAYS} days, not {0}")]
+    BadDays(u32),
+}
+
+/// Longest time from a CRL's thisUpdate to its nextUpdate, in days.
+pub const MAX_CRL_DAYS: u32 = 366;
+
+/// thisUpdate and nextUpdate of a CRL made at `now` (whole seconds), valid `days` days.
+pub fn times(now: OffsetDateTime, days: u32) -> Result<(OffsetDateTime, OffsetDateTime), CrlError> {
+    if days == 0 || days > MAX_CRL_DAYS {
+        return Err(CrlError::BadDays(days));
+    }
+    let this = now.replace_nanosecond(0).unwrap_or(now);
+    Ok((this, this + time::Duration::days(i64::from(days))))
+}
+
+/// A CRL made, as commands report it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct CrlReport {
+    /// Its CRL number.
+    pub number: u64,
+    /// thisUpdate (RFC 3339).
+    pub this_update: String,
+    /// nextUpdate (RFC 3339): publish the next CRL before then.
+    pub next_update: String,
+    /// Certificates it lists.
+    pub revoked: usize,
+    /// SHA-256 of the DER, hex.
+    pub sha256: String,
+}
+
+impl CrlReport {
+    /// The report of a CRL made by [`issue`].
+    pub fn of(
+        der: &[u8],
+        number: u64,
+        this_update: OffsetDateTime,
+        next_update: OffsetDateTime,
+        revoked: usize,
+    ) -> CrlReport {
+        let text = |t: OffsetDateTime| t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
+        CrlReport {
+            number,
+            this_update: text(this_update),
+            next_update: text(next_update),
+            revoked,
+            sha256: hex::encode(crate::fingerprint::sha256(der)),
+        }
+    }
 }
 
 /// One revoked certificate.
@@ -73,6 +123,14 @@ pub struct CrlInfo {
     pub next_update: Option<OffsetDateTime>,
     /// The revoked certificates, in the CRL's order.
     pub revoked: Vec<Revoked>,
+}
+
+/// PEM-encodes a DER CRL (label `X509 CRL`, as OpenSSL reads it).
+pub fn to_pem(der: &[u8]) -> String {
+    pem::encode_config(
+        &pem::Pem::new("X509 CRL", der.to_vec()),
+        pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
+    )
 }
 
 /// Makes a CRL signed by `signer`, the key of `issuer_cert_der` (which must allow cRLSign). The

@@ -4,6 +4,7 @@
 //! and `sites/<id>/` (PEM copies of every certificate, for people and other tools).
 
 pub mod cloud;
+pub mod crl;
 pub mod entitle;
 pub mod firmware;
 pub mod reconcile;
@@ -120,6 +121,9 @@ pub enum HqError {
     /// The same thing was revoked before.
     #[error("{0} is already revoked")]
     AlreadyRevoked(String),
+    /// A CRL could not be made or read.
+    #[error(transparent)]
+    Crl(#[from] stamp_core::crl::CrlError),
     /// A revocation that cannot be carried to a site in an entitlement update.
     #[error("no site update: {0}")]
     NoSiteUpdate(String),

@@ -1013,6 +1013,22 @@ impl Run<'_> {
             }
             Some(t) => match device::check(&d.certificate, &t.state.grant, self.ca) {
                 Ok(info) => {
+                    if t.state.status == Status::Revoked {
+                        genuine = false;
+                        v.add(ViolationKind::IssuedWhileRevoked, Some(&id), "", index, |n| {
+                            format!("{n} device(s) renewed after {id} was revoked")
+                        });
+                    } else if t.state.device_revoked_at(d.device_serial).is_some() {
+                        genuine = false;
+                        let serial = d.device_serial;
+                        v.add(
+                            ViolationKind::RenewalOfRevokedDevice,
+                            Some(&id),
+                            &serial.to_string(),
+                            index,
+                            |n| format!("{n} renewal(s) of device serial {serial}, which HQ revoked"),
+                        );
+                    }
                     if info.device_serial != d.device_serial {
                         genuine &= mismatch("device serial", v);
                     }

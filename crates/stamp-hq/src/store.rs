@@ -87,6 +87,8 @@ const MIGRATIONS: &[Migration] = &[
     },
     // Revocations and registry exports (version 5), beside the code that uses them.
     crate::cloud::MIGRATION,
+    // The OEM root's CRLs (version 6).
+    crate::crl::MIGRATION,
 ];
 
 /// The HQ database.

@@ -134,6 +134,7 @@ pub fn refusal(reason: RefusalReason) -> (StatusCode, &'static str) {
             StatusCode::NOT_FOUND,
             "no device certificate of this site has the request's subject",
         ),
+        DeviceRevoked => (StatusCode::FORBIDDEN, "HQ revoked this device"),
         _ => (StatusCode::INTERNAL_SERVER_ERROR, "the site failed internally"),
     }
 }

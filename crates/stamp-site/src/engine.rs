@@ -788,6 +788,8 @@ impl Engine {
                 let grant = &g.state.grant;
                 if g.state.status == Status::Revoked {
                     Err(RefusalReason::Revoked)
+                } else if g.state.device_revoked_at(device_serial).is_some() {
+                    Err(RefusalReason::DeviceRevoked)
                 } else if !grant.stations.is_empty() && !grant.stations.iter().any(|s| s == station) {
                     Err(RefusalReason::StationNotAllowed)
                 } else if !device::device_key_type(csr.key_type())

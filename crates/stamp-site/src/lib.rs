@@ -4,6 +4,7 @@
 //! `request.json` (a copy of the enrollment request) and, once installed, `certs/`.
 
 pub mod cloud;
+pub mod crl;
 pub mod engine;
 pub mod entitlements;
 pub mod export;
@@ -62,6 +63,9 @@ pub enum SiteError {
     /// The stored audit log is inconsistent (disk corruption or tampering).
     #[error("the site's audit log is inconsistent ({0}); do not issue until it is investigated")]
     CorruptLog(&'static str),
+    /// A CRL could not be made.
+    #[error(transparent)]
+    Crl(#[from] stamp_core::crl::CrlError),
     /// A cloud verification certificate could not be made.
     #[error("cannot make the cloud verification certificate: {0}")]
     VerificationCert(String),

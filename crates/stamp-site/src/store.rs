@@ -127,6 +127,8 @@ const MIGRATIONS: &[Migration] = &[
         CREATE INDEX renewals_by_serial ON renewals (device_serial);
     ",
     },
+    // The site issuing CA's CRLs (version 5), beside the code that uses them.
+    crate::crl::MIGRATION,
 ];
 
 pub(crate) fn ts(t: OffsetDateTime) -> String {

@@ -11,7 +11,10 @@ use crate::Globals;
 
 /// Revoke a device (by serial or certificate SHA-256), every device of an entitlement, or every
 /// device of a site. Verifiers refuse them once they load the next registry (`stamp hq export
-/// --format registry`); AWS bulk exports leave them out.
+/// --format registry`); AWS bulk exports leave them out. With `--site-update`, also write the
+/// entitlement update that carries a device or entitlement revocation to its site (`stamp site
+/// import`), which then refuses to renew those devices and lists them in its CRL (`stamp site
+/// crl`). A revoked site's certificates are listed in the OEM root's CRL (`stamp hq crl`).
 #[derive(clap::Args, Debug)]
 #[command(group(clap::ArgGroup::new("target").required(true).args(["serial", "cert_sha256", "entitlement", "site"])))]
 pub struct Args {
@@ -33,6 +36,9 @@ pub struct Args {
     /// Why (recorded and published in the registry; at most 256 characters).
     #[arg(long, value_name = "TEXT")]
     reason: String,
+    /// Also write the sealed entitlement update that revokes the devices at their site.
+    #[arg(long, value_name = "FILE", conflicts_with = "site")]
+    site_update: Option<PathBuf>,
 }
 
 /// Runs `stamp hq revoke-device`.
@@ -48,12 +54,24 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
         _ => bail!("give exactly one of --serial, --cert-sha256, --entitlement, --site"),
     };
     let mut hq = stamp_hq::Hq::open(&a.dir, super::keys(g))?;
-    let r = hq.revoke(&target, &a.reason, super::now())?;
+    let r = hq.revoke(&target, &a.reason, a.site_update.as_deref(), super::now())?;
     emit(g.json, &r, || {
         println!(
             "Revoked {} ({}); {} revocations recorded",
             r.revoked, r.reason, r.revocations
         );
         println!("Export a new registry for verifiers: stamp hq export --format registry");
+        match &r.site_update {
+            Some(p) => println!(
+                "Entitlement update for site {} (sequence {}): {}; the site applies it with stamp site import",
+                p.entitlement.site_id,
+                p.sequence,
+                p.package.display()
+            ),
+            None if matches!(target, RevokeTarget::Site(_)) => {
+                println!("Publish a new OEM root CRL for X.509 verifiers: stamp hq crl")
+            }
+            None => println!("To revoke the certificates at the site (its CRL), add --site-update FILE"),
+        }
     })
 }

@@ -11,6 +11,7 @@ pub mod device_verify_firmware;
 pub mod hq_add_firmware_key;
 pub mod hq_amend;
 pub mod hq_cloud_verification_cert;
+pub mod hq_crl;
 pub mod hq_devices;
 pub mod hq_enroll_site;
 pub mod hq_entitle;
@@ -25,6 +26,7 @@ pub mod hq_sign_firmware;
 pub mod hq_sites;
 pub mod site_add_station;
 pub mod site_cloud_verification_cert;
+pub mod site_crl;
 pub mod site_export_audit;
 pub mod site_hand_out;
 pub mod site_import;
@@ -80,6 +82,8 @@ pub enum HqCommand {
     RevokeDevice(hq_revoke_device::Args),
     /// Write a cloud CA-registration verification certificate signed by the OEM root.
     CloudVerificationCert(hq_cloud_verification_cert::Args),
+    /// Write the OEM root's CRL of revoked sites' certificates.
+    Crl(hq_crl::Args),
 }
 
 /// `stamp site ...`
@@ -111,6 +115,8 @@ pub enum SiteCommand {
     Serve(site_serve::Args),
     /// Write a cloud CA-registration verification certificate signed by the site issuing CA.
     CloudVerificationCert(site_cloud_verification_cert::Args),
+    /// Write the site issuing CA's CRL of devices HQ revoked.
+    Crl(site_crl::Args),
 }
 
 /// Runs an HQ command.
@@ -126,6 +132,7 @@ pub fn run_hq(cmd: HqCommand, g: &Globals) -> anyhow::Result<()> {
         HqCommand::Devices(a) => hq_devices::run(a, g),
         HqCommand::Export(a) => hq_export::run(a, g),
         HqCommand::RevokeDevice(a) => hq_revoke_device::run(a, g),
+        HqCommand::Crl(a) => hq_crl::run(a, g),
         HqCommand::CloudVerificationCert(a) => hq_cloud_verification_cert::run(a, g),
         HqCommand::AddFirmwareKey(a) => hq_add_firmware_key::run(a, g),
         HqCommand::SignFirmware(a) => hq_sign_firmware::run(*a, g),
@@ -187,6 +194,7 @@ pub fn run_site(cmd: SiteCommand, g: &Globals) -> anyhow::Result<()> {
         SiteCommand::Stations(a) => site_stations::run(a, g),
         SiteCommand::Serve(a) => site_serve::run(a, g),
         SiteCommand::CloudVerificationCert(a) => site_cloud_verification_cert::run(a, g),
+        SiteCommand::Crl(a) => site_crl::run(a, g),
     }
 }
 
@@ -248,4 +256,15 @@ pub fn read_bounded(path: &Path, max: usize) -> anyhow::Result<Vec<u8>> {
 /// The current time.
 pub fn now() -> time::OffsetDateTime {
     time::OffsetDateTime::now_utc()
+}
+
+/// Writes a CRL (`stamp hq crl`, `stamp site crl`): PEM, or DER with `der`.
+pub fn write_crl(path: &Path, crl_der: &[u8], der: bool) -> anyhow::Result<()> {
+    let bytes = if der {
+        crl_der.to_vec()
+    } else {
+        stamp_core::crl::to_pem(crl_der).into_bytes()
+    };
+    stamp_store::write_atomic(path, &bytes, 0o644)?;
+    Ok(())
 }

@@ -21,6 +21,8 @@ pub enum ViolationKind {
     OverQuota,
     /// A renewal for a device serial the site never issued.
     RenewalOfUnknownDevice,
+    /// A renewal for a device HQ revoked, after the site applied the revocation.
+    RenewalOfRevokedDevice,
     /// More devices than a rate limit allows in some interval of the period's length.
     RateExceeded,
     /// A device issued outside the grant's production window (as amended at the time).
@@ -70,6 +72,7 @@ impl ViolationKind {
             ViolationKind::SerialOutsideRange => "serial-outside-range",
             ViolationKind::SerialReused => "serial-reused",
             ViolationKind::RenewalOfUnknownDevice => "renewal-of-unknown-device",
+            ViolationKind::RenewalOfRevokedDevice => "renewal-of-revoked-device",
             ViolationKind::KeyReused => "key-reused",
             ViolationKind::HqKeyReused => "hq-key-reused",
             ViolationKind::UnknownHqKey => "unknown-hq-key",

@@ -1,0 +1,99 @@
+//! The site issuing CA's CRL: every certificate the site issued (first issue and renewals) to a
+//! device HQ revoked in an entitlement update, so RFC 5280 verifiers (`openssl verify
+//! -crl_check`) refuse those devices. Numbers grow by one per CRL; each CRL made is recorded.
+
+use stamp_core::crl::{self, CrlReport, Revoked};
+use stamp_core::fingerprint;
+use stamp_core::profile::Profile;
+use stamp_keys::{KeyRef, KeyStore};
+use stamp_store::rusqlite::params;
+use stamp_store::Migration;
+use time::OffsetDateTime;
+
+use crate::{Site, SiteError};
+
+pub(crate) const MIGRATION: Migration = Migration {
+    version: 5,
+    sql: "
+    -- Every CRL the site issuing CA signed (numbers grow by one).
+    CREATE TABLE crls (
+        number INTEGER PRIMARY KEY,
+        this_update INTEGER NOT NULL,
+        next_update INTEGER NOT NULL,
+        revoked INTEGER NOT NULL,
+        sha256 BLOB NOT NULL
+    );
+",
+};
+
+impl Site {
+    /// The certificates of revoked devices with their revocation times (HQ's), in grant order,
+    /// then device serial, then issue order.
+    pub fn revoked_certificates(&self) -> Result<Vec<(Vec<u8>, i64)>, SiteError> {
+        let conn = self.store.conn();
+        let mut all = conn.prepare(
+            "SELECT certificate FROM devices WHERE entitlement_id = ?1
+             UNION ALL SELECT certificate FROM renewals WHERE entitlement_id = ?1",
+        )?;
+        let mut one = conn.prepare(
+            "SELECT certificate FROM devices WHERE entitlement_id = ?1 AND device_serial = ?2
+             UNION ALL SELECT certificate FROM (SELECT certificate FROM renewals
+               WHERE entitlement_id = ?1 AND device_serial = ?2 ORDER BY log_index)",
+        )?;
+        let mut out = Vec::new();
+        for (state, _) in self.store.grants()? {
+            let id = &state.grant.entitlement_id;
+            if let Some(at) = state.all_devices_revoked_at {
+                for c in all.query_map([id], |r| r.get::<_, Vec<u8>>(0))? {
+                    out.push((c?, at));
+                }
+                continue;
+            }
+            for (serial, at) in &state.revoked_devices {
+                let serial = i64::try_from(*serial).unwrap_or(-1);
+                for c in one.query_map(params![id, serial], |r| r.get::<_, Vec<u8>>(0))? {
+                    out.push((c?, *at));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Makes and records the site issuing CA's next CRL, valid `days` days from `now`; returns
+    /// its DER.
+    pub fn crl(&mut self, days: u32, now: OffsetDateTime) -> Result<(Vec<u8>, CrlReport), SiteError> {
+        let (this_update, next_update) = crl::times(now, days)?;
+        let ca_der = self
+            .store
+            .certificate(Profile::SiteIssuingCa)?
+            .ok_or(crate::entitlements::ImportError::NotInstalled)?;
+        let signer = self
+            .keys
+            .open_signer(&KeyRef::parse(&self.store.key_ref(Profile::SiteIssuingCa)?)?)?;
+        let revoked = self
+            .revoked_certificates()?
+            .into_iter()
+            .map(|(der, at)| {
+                let at = OffsetDateTime::from_unix_timestamp(at).unwrap_or(this_update);
+                Revoked::of(&der, at.min(this_update))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        self.store.db_mut().transaction(|tx| {
+            let number: i64 = tx.query_row("SELECT COALESCE(MAX(number), 0) + 1 FROM crls", [], |r| r.get(0))?;
+            let number = u64::try_from(number).unwrap_or(1);
+            let crl_der = crl::issue(&ca_der, signer.as_ref(), number, this_update, next_update, &revoked)?;
+            tx.execute(
+                "INSERT INTO crls (number, this_update, next_update, revoked, sha256) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![
+                    number as i64,
+                    this_update.unix_timestamp(),
+                    next_update.unix_timestamp(),
+                    revoked.len() as i64,
+                    fingerprint::sha256(&crl_der).as_slice()
+                ],
+            )?;
+            let report = CrlReport::of(&crl_der, number, this_update, next_update, revoked.len());
+            Ok((crl_der, report))
+        })
+    }
+}
