@@ -809,3 +809,377 @@ fn gateway_admits_genuine_refuses_counterfeit_and_flags_concurrent_use() {
     );
     assert!(log.contains("more than one connection"), "{log}");
 }
+
+fn openssl_ok(args: &[&str]) -> String {
+    let o = openssl(args);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(o.status.success(), "openssl {args:?} failed: {text}");
+    text
+}
+
+fn openssl_refuses(args: &[&str], needle: &str) {
+    let o = openssl(args);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(!o.status.success(), "openssl {args:?} accepted: {text}");
+    assert!(
+        text.contains(needle),
+        "openssl {args:?}: expected {needle:?} in {text}"
+    );
+}
+
+#[test]
+fn crls_revoke_devices_at_the_site_and_sites_at_the_root_for_openssl() {
+    let w = world();
+    let c = &w.c;
+    let t = c.tmp.path();
+    let root = c.root_cert();
+    let site_ca = PathBuf::from(c.enroll["site_issuing_ca_cert"].as_str().unwrap());
+    let (lost, kept) = (&w.registered[0], &w.registered[1]);
+    let verify_with = |crls: &[&Path], cert: &Path, all: bool| {
+        let mut args = vec![
+            "verify",
+            if all { "-crl_check_all" } else { "-crl_check" },
+            "-CAfile",
+            s(&root),
+            "-untrusted",
+            s(&site_ca),
+        ];
+        for crl in crls {
+            args.extend_from_slice(&["-CRLfile", s(crl)]);
+        }
+        args.push(s(cert));
+        openssl(&args)
+    };
+
+    // Nothing revoked yet: an empty, valid CRL from each issuer, and both devices pass.
+    let site_crl = t.join("site-1.crl");
+    let r = stamp_json(&c.pass, &["site", "crl", "--dir", s(&c.site), "-o", s(&site_crl)]);
+    assert_eq!(
+        (r["number"].as_u64(), r["revoked"].as_u64()),
+        (Some(1), Some(0)),
+        "{r}"
+    );
+    let root_crl = t.join("root-1.crl");
+    let r = stamp_json(&c.pass, &["hq", "crl", "--dir", s(&c.hq), "-o", s(&root_crl)]);
+    assert_eq!(
+        (r["number"].as_u64(), r["revoked"].as_u64()),
+        (Some(1), Some(0)),
+        "{r}"
+    );
+    openssl_ok(&[
+        "crl",
+        "-in",
+        s(&site_crl),
+        "-CAfile",
+        s(&site_ca),
+        "-verify",
+        "-noout",
+    ]);
+    openssl_ok(&[
+        "crl",
+        "-in",
+        s(&root_crl),
+        "-CAfile",
+        s(&root),
+        "-verify",
+        "-noout",
+    ]);
+    for cert in [lost, kept] {
+        let o = verify_with(&[&site_crl, &root_crl], cert, true);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+
+    // Bad requests change nothing: a certificate HQ never reconciled cannot be carried to the
+    // site; a site revocation has no site update; CRL lifetimes are bounded.
+    let before = (snapshot(&c.hq), snapshot(&c.site));
+    let update = t.join("update.cose");
+    stamp_fails(
+        &c.pass,
+        &[
+            "hq",
+            "revoke-device",
+            "--dir",
+            s(&c.hq),
+            "--cert-sha256",
+            &"ab".repeat(32),
+            "--reason",
+            "x",
+            "--site-update",
+            s(&update),
+        ],
+        "has not reconciled this certificate",
+    );
+    let o = stamp(
+        &c.pass,
+        &[
+            "hq",
+            "revoke-device",
+            "--dir",
+            s(&c.hq),
+            "--site",
+            "plant-7",
+            "--reason",
+            "x",
+            "--site-update",
+            s(&update),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("cannot be used with"),
+        "{o:?}"
+    );
+    stamp_fails(
+        &c.pass,
+        &[
+            "hq",
+            "crl",
+            "--dir",
+            s(&c.hq),
+            "--days",
+            "0",
+            "-o",
+            s(&t.join("x.crl")),
+        ],
+        "1 to 366 days",
+    );
+    stamp_fails(
+        &c.pass,
+        &[
+            "site",
+            "crl",
+            "--dir",
+            s(&c.site),
+            "--days",
+            "400",
+            "-o",
+            s(&t.join("x.crl")),
+        ],
+        "1 to 366 days",
+    );
+    assert_eq!((snapshot(&c.hq), snapshot(&c.site)), before);
+    assert!(!update.exists() && !t.join("x.crl").exists());
+
+    // HQ revokes one device; the update carries it to the site, whose next CRL lists it.
+    let serial = serial_of(lost).to_string();
+    let r = stamp_json(
+        &c.pass,
+        &[
+            "hq",
+            "revoke-device",
+            "--dir",
+            s(&c.hq),
+            "--serial",
+            &serial,
+            "--reason",
+            "stolen",
+            "--site-update",
+            s(&update),
+        ],
+    );
+    assert!(r["site_update"]["sequence"].as_u64().is_some(), "{r}");
+    stamp_json(&c.pass, &["site", "import", "--dir", s(&c.site), s(&update)]);
+    let site_crl = t.join("site-2.crl");
+    let r = stamp_json(
+        &c.pass,
+        &["site", "crl", "--dir", s(&c.site), "--der", "-o", s(&site_crl)],
+    );
+    assert_eq!(
+        (r["number"].as_u64(), r["revoked"].as_u64()),
+        (Some(2), Some(1)),
+        "{r}"
+    );
+    let text = openssl_ok(&[
+        "crl",
+        "-inform",
+        "DER",
+        "-in",
+        s(&site_crl),
+        "-CAfile",
+        s(&site_ca),
+        "-verify",
+        "-noout",
+        "-text",
+    ]);
+    assert!(text.contains("verify OK"), "{text}");
+    let number = text
+        .lines()
+        .skip_while(|l| !l.contains("X509v3 CRL Number"))
+        .nth(1);
+    assert_eq!(number.map(str::trim), Some("2"), "{text}");
+    let site_crl_pem = t.join("site-2.pem");
+    openssl_ok(&[
+        "crl",
+        "-inform",
+        "DER",
+        "-in",
+        s(&site_crl),
+        "-out",
+        s(&site_crl_pem),
+    ]);
+    let o = verify_with(&[&site_crl_pem], lost, false);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("certificate revoked")
+            || String::from_utf8_lossy(&o.stderr).contains("certificate revoked")
+    );
+    let o = verify_with(&[&site_crl_pem], kept, false);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    openssl_refuses(
+        &[
+            "verify",
+            "-crl_check",
+            "-CAfile",
+            s(&root),
+            "-untrusted",
+            s(&site_ca),
+            "-CRLfile",
+            s(&site_crl_pem),
+            s(lost),
+        ],
+        "certificate revoked",
+    );
+
+    // The whole entitlement: every certificate of the grant (4 reconciled, 2 provisional).
+    let update2 = t.join("update2.cose");
+    stamp_json(
+        &c.pass,
+        &[
+            "hq",
+            "revoke-device",
+            "--dir",
+            s(&c.hq),
+            "--entitlement",
+            "plant-7.1",
+            "--reason",
+            "recall",
+            "--site-update",
+            s(&update2),
+        ],
+    );
+    stamp_json(&c.pass, &["site", "import", "--dir", s(&c.site), s(&update2)]);
+    let site_crl = t.join("site-3.crl");
+    let r = stamp_json(&c.pass, &["site", "crl", "--dir", s(&c.site), "-o", s(&site_crl)]);
+    assert_eq!(
+        (r["number"].as_u64(), r["revoked"].as_u64()),
+        (Some(3), Some(6)),
+        "{r}"
+    );
+    for cert in w.registered.iter().chain(&w.provisional) {
+        openssl_refuses(
+            &[
+                "verify",
+                "-crl_check",
+                "-CAfile",
+                s(&root),
+                "-untrusted",
+                s(&site_ca),
+                "-CRLfile",
+                s(&site_crl),
+                s(cert),
+            ],
+            "certificate revoked",
+        );
+    }
+    // A revoked grant issues nothing more.
+    let refused = stamp(
+        &c.pass,
+        &[
+            "--json",
+            "site",
+            "issue",
+            "--dir",
+            s(&c.site),
+            "--entitlement",
+            "plant-7.1",
+            "--csr",
+            s(&csrs(&t.join("late"), 1)),
+            "-o",
+            s(&t.join("late-out")),
+        ],
+    );
+    let late: serde_json::Value = serde_json::from_slice(&refused.stdout).unwrap();
+    assert_eq!(
+        (late["issued"].as_u64(), late["refused"]["revoked"].as_u64()),
+        (Some(0), Some(1)),
+        "{late}"
+    );
+
+    // The site: the root's next CRL lists the certificates it issued to the site (identity
+    // signing, identity key agreement, issuing CA), so the CA and every device under it fail.
+    stamp_json(
+        &c.pass,
+        &[
+            "hq",
+            "revoke-device",
+            "--dir",
+            s(&c.hq),
+            "--site",
+            "plant-7",
+            "--reason",
+            "compromised",
+        ],
+    );
+    let root_crl = t.join("root-2.crl");
+    let r = stamp_json(
+        &c.pass,
+        &["hq", "crl", "--dir", s(&c.hq), "--days", "1", "-o", s(&root_crl)],
+    );
+    assert_eq!(
+        (r["number"].as_u64(), r["revoked"].as_u64()),
+        (Some(2), Some(3)),
+        "{r}"
+    );
+    openssl_ok(&[
+        "crl",
+        "-in",
+        s(&root_crl),
+        "-CAfile",
+        s(&root),
+        "-verify",
+        "-noout",
+    ]);
+    openssl_refuses(
+        &[
+            "verify",
+            "-crl_check",
+            "-CAfile",
+            s(&root),
+            "-CRLfile",
+            s(&root_crl),
+            s(&site_ca),
+        ],
+        "certificate revoked",
+    );
+    // An empty site CRL would pass the device itself; the root CRL refuses its CA.
+    let empty_site_crl = t.join("site-1.crl");
+    let o = verify_with(&[&empty_site_crl, &root_crl], kept, true);
+    assert!(!o.status.success());
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(text.contains("certificate revoked"), "{text}");
+    // A CRL checked against the wrong issuer fails.
+    openssl_refuses(
+        &[
+            "crl",
+            "-in",
+            s(&root_crl),
+            "-CAfile",
+            s(&site_ca),
+            "-verify",
+            "-noout",
+        ],
+        "CRL issuer",
+    );
+}

@@ -286,7 +286,7 @@ fn stations_provision_over_json_and_est_and_renew() {
     );
     let svc = Service::start(&c, &["--default-entitlement", "plant-7.1"]);
     let root = std::fs::read_to_string(c.root_cert()).unwrap();
-    rt().block_on(async {
+    let renewals = rt().block_on(async {
         let mut conn = connect(&svc.url, &st).await;
         // JSON provision: a certificate, the chain up to the root, the device data.
         let r = provision(&mut conn, "plant-7.1", &p256_csr()).await;
@@ -374,6 +374,45 @@ fn stations_provision_over_json_and_est_and_renew() {
             .await
             .unwrap();
         assert_eq!(r.status, 200, "{r:?}");
+        // HQ revokes device 1; once the site imports the update (the service reloads within
+        // seconds), its renewals are refused and logged as such.
+        let update = c.tmp.path().join("revoke-1.cose");
+        stamp_json(
+            &c.pass,
+            &[
+                "hq",
+                "revoke-device",
+                "--dir",
+                s(&c.hq),
+                "--serial",
+                "1",
+                "--reason",
+                "stolen",
+                "--site-update",
+                s(&update),
+            ],
+        );
+        stamp_json(&c.pass, &["site", "import", "--dir", s(&c.site), s(&update)]);
+        let (mut refused, mut renewed_meanwhile) = (None, 0);
+        for _ in 0..60 {
+            let r = conn
+                .post_json("/api/v1/renew", &serde_json::json!({ "csr": b64(&renew_csr) }))
+                .await
+                .unwrap();
+            if r.status != 200 {
+                refused = Some(r);
+                break;
+            }
+            renewed_meanwhile += 1;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let r = refused.expect("renewals of the revoked device never stopped");
+        assert_eq!(
+            (r.status, r.error.as_deref()),
+            (403, Some("device-revoked")),
+            "{r:?}"
+        );
+        let renewals = 2 + renewed_meanwhile;
         // Hand-out of an HQ-generated key with its secrets.
         let r = conn
             .post_json(
@@ -392,7 +431,14 @@ fn stations_provision_over_json_and_est_and_renew() {
         assert_eq!(st["entitlements"][0]["issued"], 4, "renewals are not counted");
         let m = String::from_utf8(conn.get("/metrics").await.unwrap().body.to_vec()).unwrap();
         assert!(m.contains("stamp_site_issued_total{kind=\"device\"} 4"), "{m}");
-        assert!(m.contains("stamp_site_issued_total{kind=\"renewal\"} 2"), "{m}");
+        assert!(
+            m.contains(&format!("stamp_site_issued_total{{kind=\"renewal\"}} {renewals}")),
+            "{m}"
+        );
+        assert!(
+            m.contains("stamp_site_refused_total{reason=\"device-revoked\"} 1"),
+            "{m}"
+        );
         assert!(
             m.contains("stamp_site_refused_total{reason=\"unknown-device\"} 1"),
             "{m}"
@@ -403,13 +449,14 @@ fn stations_provision_over_json_and_est_and_renew() {
         );
         assert!(m.contains("stamp_site_provision_seconds_count"), "{m}");
         assert_eq!(conn.get("/healthz").await.unwrap().status, 200);
+        renewals
     });
     assert_eq!(svc.stop(), Some(0));
     let renewed = log_events(&c.site)
         .iter()
         .filter(|e| matches!(e, stamp_core::audit::Event::DeviceRenewed(r) if r.device_serial == 1 && r.station == "line-1"))
         .count();
-    assert_eq!(renewed, 2);
+    assert_eq!(renewed, renewals);
     assert_eq!(check_consistent(&c, "plant-7.1"), 4);
 }
 

@@ -81,7 +81,10 @@ impl CrlReport {
         next_update: OffsetDateTime,
         revoked: usize,
     ) -> CrlReport {
-        let text = |t: OffsetDateTime| t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
+        let text = |t: OffsetDateTime| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default()
+        };
         CrlReport {
             number,
             this_update: text(this_update),
@@ -267,7 +270,10 @@ mod tests {
         let mut trailing = der.clone();
         trailing.push(0);
         assert!(matches!(verify(&trailing, &root), Err(CrlError::Malformed)));
-        assert!(matches!(verify(&der[..der.len() - 1], &root), Err(CrlError::Malformed)));
+        assert!(matches!(
+            verify(&der[..der.len() - 1], &root),
+            Err(CrlError::Malformed)
+        ));
         // Every single-bit flip is refused.
         for i in 0..der.len() {
             let mut bad = der.clone();

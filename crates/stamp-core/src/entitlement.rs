@@ -693,14 +693,23 @@ pub fn amend(state: &GrantState, a: &Amend, sequence: u64) -> Result<GrantState,
     }
     if let Some(r) = &a.revoke {
         if next.all_devices_revoked_at.is_some() {
-            return Err(EntitlementError::Invalid("every device of the grant is revoked already"));
+            return Err(EntitlementError::Invalid(
+                "every device of the grant is revoked already",
+            ));
         }
         if r.all {
             next.all_devices_revoked_at = Some(r.revoked_at);
         }
         for s in &r.device_serials {
-            if !next.grant.serial_ranges.iter().any(|g| g.first <= *s && *s <= g.last) {
-                return Err(EntitlementError::Invalid("a revoked device serial is not the grant's"));
+            if !next
+                .grant
+                .serial_ranges
+                .iter()
+                .any(|g| g.first <= *s && *s <= g.last)
+            {
+                return Err(EntitlementError::Invalid(
+                    "a revoked device serial is not the grant's",
+                ));
             }
             if next.revoked_devices.insert(*s, r.revoked_at).is_some() {
                 return Err(EntitlementError::Invalid("a device serial is revoked already"));

@@ -954,9 +954,9 @@ impl Run<'_> {
         }
         match e.action {
             Action::Grant(g) => {
-                self.grants.entry(id.to_owned()).or_insert_with(|| {
-                    GrantTrack::new(GrantState::new(g, sequence))
-                });
+                self.grants
+                    .entry(id.to_owned())
+                    .or_insert_with(|| GrantTrack::new(GrantState::new(g, sequence)));
             }
             Action::Amend(a) => {
                 let target = a.entitlement_id.clone();
