@@ -71,6 +71,7 @@ pub struct Globals {
 }
 
 fn main() -> ExitCode {
+    output::quiet_on_closed_stdout();
     let cli = Cli::parse();
     let globals = Globals {
         json: cli.json,

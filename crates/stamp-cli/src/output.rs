@@ -17,6 +17,29 @@ pub fn emit<T: Serialize>(json: bool, value: &T, text: impl FnOnce()) -> anyhow:
     Ok(())
 }
 
+/// Exit status when standard output was closed by its reader (as a shell reports SIGPIPE).
+pub const CLOSED_STDOUT_EXIT: i32 = 141;
+
+/// Makes a closed standard output (`stamp hq devices | head`) end the process quietly with
+/// [`CLOSED_STDOUT_EXIT`], as command-line tools do, instead of a panic message: Rust ignores
+/// SIGPIPE, so `println!` panics with "failed printing to stdout" on a closed pipe. Whatever the
+/// command did before printing is done (every command prints its result last).
+pub fn quiet_on_closed_stdout() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let p = info.payload();
+        let msg = p
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| p.downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if msg.starts_with("failed printing to stdout") && msg.contains("Broken pipe") {
+            std::process::exit(CLOSED_STDOUT_EXIT);
+        }
+        default(info)
+    }));
+}
+
 /// A failure whose details the command already printed in its report (the JSON report carries
 /// `"ok": false`): exit non-zero without a second JSON object.
 #[derive(Debug)]

@@ -562,3 +562,31 @@ fn json_errors_are_machine_readable() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(v["error"].as_str().unwrap().contains("already enrolled"));
 }
+
+#[test]
+fn a_closed_stdout_ends_the_command_quietly() {
+    let c = ceremony(true);
+    for json in [false, true] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let mut args = vec!["hq", "sites", "--dir", s(&c.hq)];
+        if json {
+            args.insert(0, "--json");
+        }
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_stamp"))
+            .args(&args)
+            .env("STAMP_PASSPHRASE_FILE", &c.pass)
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(!stderr.contains("panicked"), "json {json}: {stderr}");
+        assert_ne!(
+            o.status.code(),
+            Some(0),
+            "json {json}: a failed write is not success"
+        );
+        assert_ne!(o.status.code(), Some(101), "json {json}: {stderr}");
+    }
+}
