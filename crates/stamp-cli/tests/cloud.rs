@@ -1183,3 +1183,152 @@ fn crls_revoke_devices_at_the_site_and_sites_at_the_root_for_openssl() {
         "CRL issuer",
     );
 }
+
+/// A signer in a fresh software key store, for certificates the tests forge.
+fn forge_key(dir: &Path, name: &str) -> Box<dyn stamp_core::key::Signer> {
+    let pass = dir.join("forge-pass");
+    if !pass.exists() {
+        std::fs::write(&pass, "forged keys, not a secret\n").unwrap();
+        std::fs::set_permissions(&pass, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    }
+    let keys = stamp_keys::open_store(
+        dir,
+        stamp_keys::KeyConfig {
+            new_keys: stamp_keys::StoreTarget::File,
+            passphrase: stamp_keys::PassphraseSource::Obtain {
+                file: Some(pass),
+                creating: true,
+            },
+            pkcs11: Default::default(),
+        },
+    );
+    let (_, signer) = keys
+        .generate_signer(name, stamp_core::key::SignatureAlgorithm::EcdsaP256Sha256)
+        .unwrap();
+    signer
+}
+
+/// HQ's OEM root key and certificate, as someone holding them could use them.
+fn hq_root(c: &Ceremony) -> (Vec<u8>, Box<dyn stamp_core::key::Signer>) {
+    let db = rusqlite::Connection::open(c.hq.join("stamp-hq.db")).unwrap();
+    let (key_ref, der): (String, Vec<u8>) = db
+        .query_row(
+            "SELECT key_ref, cert_der FROM own_keys WHERE profile = 'oem-root'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    let keys = stamp_keys::open_store(
+        &c.hq,
+        stamp_keys::KeyConfig {
+            new_keys: stamp_keys::StoreTarget::File,
+            passphrase: stamp_keys::PassphraseSource::Obtain {
+                file: Some(c.pass.clone()),
+                creating: false,
+            },
+            pkcs11: Default::default(),
+        },
+    );
+    let signer = keys
+        .open_signer(&stamp_keys::KeyRef::parse(&key_ref).unwrap())
+        .unwrap();
+    (der, signer)
+}
+
+/// Issue #7's bad input not covered above: a station certificate (the site's CA, another role),
+/// a device's own certificate and key used as a CA, an expired device certificate, and a site
+/// issuing CA signed by the OEM root that HQ never enrolled.
+#[test]
+fn verifier_refuses_the_wrong_kind_of_certificate() {
+    use stamp_core::profile::{self, Holder, Profile, Serial, Validity};
+    let w = world();
+    let c = &w.c;
+    let dir = c.tmp.path().join("wrong-kind");
+    std::fs::create_dir_all(&dir).unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    let write = |name: &str, ders: &[&[u8]]| {
+        let p = dir.join(format!("{name}.pem"));
+        let pem: String = ders.iter().map(|d| stamp_core::cert::to_pem(d)).collect();
+        std::fs::write(&p, pem).unwrap();
+        p
+    };
+    let rogue = RogueSite::open(c);
+
+    // A station certificate of the site: its CA is genuine, its extended key usage is a station's.
+    let st = stamp_json(
+        &c.pass,
+        &[
+            "site",
+            "add-station",
+            "--dir",
+            s(&c.site),
+            "--name",
+            "line-1",
+            "-o",
+            s(&dir.join("st")),
+        ],
+    );
+    let station = PathBuf::from(st["certificate"].as_str().unwrap_or_else(|| panic!("{st}")));
+    let v = refused(&w, &station, "profile-mismatch");
+    assert!(v["detail"].as_str().unwrap().contains("serialNumber"), "{v}");
+
+    // A genuine device's certificate and key used as a CA for another "device" (a thief with
+    // one device's key minting more): the leaf's issuer is no site CA.
+    let genuine_pem = std::fs::read_to_string(&w.registered[0]).unwrap();
+    let genuine = stamp_core::cert::from_pem(&genuine_pem, "CERTIFICATE").unwrap();
+    let device_key = rcgen::KeyPair::from_pem(
+        &std::fs::read_to_string(c.tmp.path().join("a.keys/d0000.key.pem")).unwrap(),
+    )
+    .unwrap();
+    let as_ca = rcgen::Issuer::from_ca_cert_der(&genuine.clone().into(), &device_key).unwrap();
+    let minted_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut p = rcgen::CertificateParams::new(vec![]).unwrap();
+    p.distinguished_name = rcgen::DistinguishedName::new();
+    p.distinguished_name
+        .push(rcgen::DnType::OrganizationName, "Acme Sensors");
+    p.distinguished_name.push(rcgen::DnType::CommonName, "thermo-2");
+    p.distinguished_name
+        .push(rcgen::DnType::CustomDnType(vec![2, 5, 4, 5]), "11");
+    p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let minted = p.signed_by(&minted_key, &as_ca).unwrap();
+    let minted = write("minted", &[minted.der(), &genuine]);
+    refused(&w, &minted, "unknown-issuer");
+
+    // Expired: a device certificate of the site whose validity ended.
+    let old = now - time::Duration::days(i64::from(rogue.grant.device_profile.validity_days) + 2);
+    let expired = rogue.issue(&dir, "expired", serial_of(&w.registered[2]) + 100, old);
+    refused(&w, &expired, "expired");
+
+    // A site issuing CA made with the OEM root's key but never enrolled at HQ.
+    let (root_der, root_signer) = hq_root(c);
+    let ca_key = forge_key(&dir, "unenrolled-ca");
+    let ca_der = profile::issue(
+        Profile::SiteIssuingCa,
+        "Acme Sensors",
+        &Holder::Site(stamp_core::SiteId::new("plant-9").unwrap()),
+        &stamp_core::cert::subject_key(ca_key.algorithm().rcgen(), ca_key.public_key()),
+        Validity::starting(now - time::Duration::minutes(5), time::Duration::days(365)),
+        Serial::from_random([3; 16]),
+        &profile::Issuer {
+            cert_der: &root_der,
+            signer: root_signer.as_ref(),
+        },
+    )
+    .unwrap();
+    let dev_key = forge_key(&dir, "unenrolled-device");
+    let dev = stamp_core::device::issue(
+        &rogue.grant,
+        serial_of(&w.registered[3]),
+        &dev_key.spki_der(),
+        now - time::Duration::minutes(1),
+        Serial::from_random([4; 16]),
+        &profile::Issuer {
+            cert_der: &ca_der,
+            signer: ca_key.as_ref(),
+        },
+    )
+    .unwrap();
+    let unenrolled = write("unenrolled", &[&dev, &ca_der]);
+    let v = refused(&w, &unenrolled, "unknown-issuer");
+    assert!(v["detail"].as_str().unwrap().contains("plant-9"), "{v}");
+}
