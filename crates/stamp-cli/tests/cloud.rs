@@ -987,6 +987,12 @@ fn crls_revoke_devices_at_the_site_and_sites_at_the_root_for_openssl() {
     );
     assert!(r["site_update"]["sequence"].as_u64().is_some(), "{r}");
     stamp_json(&c.pass, &["site", "import", "--dir", s(&c.site), s(&update)]);
+    let st = stamp_json(&c.pass, &["site", "status", "--dir", s(&c.site)]);
+    assert_eq!(
+        st["entitlements"][0]["revoked_devices"],
+        serde_json::json!([serial_of(lost)]),
+        "{st}"
+    );
     let site_crl = t.join("site-2.crl");
     let r = stamp_json(
         &c.pass,

@@ -125,6 +125,10 @@ pub struct GrantStatus {
     pub firmware: Vec<FirmwareInfo>,
     /// Sequence of the last package that touched it.
     pub last_sequence: u64,
+    /// Device serials HQ revoked (each listed in the site's CRL; their renewals are refused).
+    pub revoked_devices: Vec<u64>,
+    /// Whether HQ revoked every device of the grant.
+    pub all_devices_revoked: bool,
 }
 
 /// Checks that every HQ-generated key is a valid key of a type the profile allows, matching the
@@ -230,6 +234,8 @@ fn status_of(st: &GrantState, issued: u64, now: i64) -> GrantStatus {
         device_data: g.device_data.clone(),
         firmware: firmware_of(g),
         last_sequence: st.last_sequence,
+        revoked_devices: st.revoked_devices.keys().copied().collect(),
+        all_devices_revoked: st.all_devices_revoked_at.is_some(),
     }
 }
 

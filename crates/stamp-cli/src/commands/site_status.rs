@@ -80,6 +80,14 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
                     f.version, f.format, f.key, f.sha256
                 );
             }
+            if e.all_devices_revoked {
+                println!("  every device revoked by HQ (see stamp site crl)");
+            } else if !e.revoked_devices.is_empty() {
+                println!(
+                    "  {} device(s) revoked by HQ (see stamp site crl)",
+                    e.revoked_devices.len()
+                );
+            }
         }
     })
 }
