@@ -1318,8 +1318,8 @@ fn demo_runs_the_whole_flow() {
 }
 
 #[test]
-fn entitlements_imported_while_serving_take_effect() {
-    let (c, st) = setup(&["--quota", "100"]);
+fn entitlements_imported_while_serving_take_effect_between_requests() {
+    let (c, st) = setup(&["--quota", "1000"]);
     let svc = Service::start(&c, &[]);
     let amend = |name: &str, args: &[&str]| {
         let pkg = c.tmp.path().join(format!("{name}.cose"));
@@ -1328,37 +1328,82 @@ fn entitlements_imported_while_serving_take_effect() {
         stamp_json(&c.pass, &all);
         stamp_json(&c.pass, &["site", "import", "--dir", s(&c.site), s(&pkg)]);
     };
+    // While the service runs, no other engine may issue for the site.
+    let before = snapshot(&c.site);
+    let csr_dir = c.tmp.path().join("batch");
+    std::fs::create_dir_all(&csr_dir).unwrap();
+    std::fs::write(csr_dir.join("d.der"), p256_csr()).unwrap();
+    stamp_fails(
+        &c.pass,
+        &[
+            "site",
+            "issue",
+            "--dir",
+            s(&c.site),
+            "--entitlement",
+            "plant-7.1",
+            "--csr",
+            s(&csr_dir),
+            "-o",
+            s(&c.tmp.path().join("batch-out")),
+        ],
+        "another stamp process is issuing for this site",
+    );
+    assert_eq!(snapshot(&c.site), before);
+    let url = svc.url.clone();
     rt().block_on(async {
-        let mut conn = connect(&svc.url, &st).await;
-        // Polls until a provision under `ent` answers `want` (the service reloads every 2 s).
-        async fn until(conn: &mut Connection, ent: &str, want: u16) -> Reply {
-            for _ in 0..60 {
-                let r = provision(conn, ent, &p256_csr()).await;
-                if r.status == want && (want == 200 || r.error.as_deref() == Some("suspended")) {
-                    return r;
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            panic!("{ent} never answered {want}");
-        }
+        let mut conn = connect(&url, &st).await;
         assert_eq!(provision(&mut conn, "plant-7.1", &p256_csr()).await.status, 200);
-        // A new grant, imported while the service runs.
+        // A new grant: `site import` returns once the running service has applied it.
         entitle(&c, "e2", &["--quota", "2"]);
-        until(&mut conn, "plant-7.2", 200).await;
+        assert_eq!(provision(&mut conn, "plant-7.2", &p256_csr()).await.status, 200);
         assert_eq!(provision(&mut conn, "plant-7.2", &p256_csr()).await.status, 200);
         let r = provision(&mut conn, "plant-7.2", &p256_csr()).await;
         assert_eq!(r.error.as_deref(), Some("quota-exhausted"));
         // A top-up of the used-up grant: new serials from the new range.
         amend("top-up", &["--entitlement", "plant-7.2", "--add-quota", "2"]);
-        let r = until(&mut conn, "plant-7.2", 200).await;
+        let r = provision(&mut conn, "plant-7.2", &p256_csr()).await;
         let serial = r.json().unwrap()["device_serial"].as_u64().unwrap();
-        assert!(serial > 7, "serial {serial} comes from the new range");
-        // A suspension takes effect without a restart.
-        amend("suspend", &["--entitlement", "plant-7.1", "--suspend"]);
-        let r = until(&mut conn, "plant-7.1", 403).await;
-        assert_eq!(r.error.as_deref(), Some("suspended"));
+        assert!(serial > 1002, "serial {serial} comes from the new range");
     });
+    // A suspension imported while stations keep provisioning: every device is logged before
+    // the suspension's entry or refused after it, so HQ finds nothing issued while suspended.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let (url, st, stop) = (url.clone(), st.clone(), stop.clone());
+        std::thread::spawn(move || {
+            rt().block_on(async {
+                let mut conn = connect(&url, &st).await;
+                let (mut issued, mut suspended) = (0, 0);
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    let r = provision(&mut conn, "plant-7.1", &p256_csr()).await;
+                    match (r.status, r.error.as_deref()) {
+                        (200, _) => issued += 1,
+                        (403, Some("suspended")) => suspended += 1,
+                        other => panic!("{other:?}"),
+                    }
+                }
+                (issued, suspended)
+            })
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    amend("suspend", &["--entitlement", "plant-7.1", "--suspend"]);
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (issued, suspended) = load.join().unwrap();
+    assert!(
+        issued > 0 && suspended > 0,
+        "issued {issued}, refused as suspended {suspended}"
+    );
     assert_eq!(svc.stop(), Some(0));
     check_consistent(&c, "plant-7.1");
     check_consistent(&c, "plant-7.2");
+    let bundle = c.tmp.path().join("b.bundle");
+    stamp_json(
+        &c.pass,
+        &["site", "export-audit", "--dir", s(&c.site), "-o", s(&bundle)],
+    );
+    let r = stamp_json(&c.pass, &["hq", "reconcile", "--dir", s(&c.hq), s(&bundle)]);
+    assert_eq!(r["violations"], serde_json::json!([]), "{r}");
 }

@@ -284,19 +284,26 @@ async fn reload_loop(state: Arc<AppState>, mut stop: watch::Receiver<bool>) {
             () = tokio::time::sleep(Duration::from_secs(secs)) => {}
             () = async { let _ = stop.wait_for(|s| *s).await; } => return,
         }
-        let now = state.store().last_sequence().ok();
-        if now == seen {
-            continue;
-        }
+        // Packages `stamp site import` left for the running engine, then any applied otherwise.
         let st = state.clone();
         let result = tokio::task::spawn_blocking(move || {
-            let site = st.site.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            st.engine.reload(&site)
+            let mut site = st.site.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let applied = st.engine.apply_inbox(&mut site, crate::now())?;
+            if applied > 0 {
+                tracing::info!(applied, "entitlement packages applied from the inbox");
+            }
+            let now = st.store().last_sequence().ok();
+            if now == seen {
+                return Ok((0, now));
+            }
+            st.engine.reload(&site).map(|changed| (changed, now))
         })
         .await;
         match result {
-            Ok(Ok(changed)) => {
-                tracing::info!(changed, sequence = now, "entitlements reloaded");
+            Ok(Ok((changed, now))) => {
+                if now != seen {
+                    tracing::info!(changed, sequence = now, "entitlements reloaded");
+                }
                 seen = now;
             }
             Ok(Err(e)) => tracing::error!(error = %e, "reloading entitlements failed; will retry"),

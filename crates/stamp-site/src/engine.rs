@@ -307,6 +307,10 @@ enum Job {
         record: DeviceRecord,
         reply: mpsc::SyncSender<Result<u64, String>>,
     },
+    /// Answered once every job sent before it is committed (no entry of its own).
+    Barrier {
+        reply: mpsc::SyncSender<Result<u64, String>>,
+    },
 }
 
 /// The provisioning engine of one site.
@@ -322,6 +326,8 @@ pub struct Engine {
     issuing_ca: Vec<u8>,
     root: Vec<u8>,
     rng: SystemRandom,
+    /// The site's engine lock: one engine per site at a time, across processes.
+    _exclusive: crate::inbox::EngineLock,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -332,6 +338,7 @@ impl Engine {
     /// Starts the engine for an installed site: opens the issuing CA key, loads every grant's
     /// state from the database and starts the log writer.
     pub fn start(site: &Site) -> Result<Engine, SiteError> {
+        let exclusive = crate::inbox::EngineLock::try_acquire(&site.dir)?.ok_or(SiteError::EngineBusy)?;
         let store = &site.store;
         let issuing_ca = store
             .certificate(Profile::SiteIssuingCa)?
@@ -391,6 +398,7 @@ impl Engine {
             issuing_ca,
             root,
             rng: SystemRandom::new(),
+            _exclusive: exclusive,
         })
     }
 
@@ -875,34 +883,26 @@ impl Engine {
 
     /// Takes in entitlement packages applied since the engine started (or last reloaded): new
     /// grants are loaded as [`Engine::start`] loads them; amended grants get their new status,
-    /// window, quota and serial ranges while keeping their counters, reservations and rate
-    /// history. Returns how many grants were added or changed.
+    /// window, quota, serial ranges and revocations while keeping their counters, reservations
+    /// and rate history. Returns how many grants were added or changed. While the engine runs,
+    /// packages reach it through its inbox ([`Engine::apply_inbox`]), which calls this under the
+    /// policy lock; this is for packages applied otherwise.
     pub fn reload(&self, site: &Site) -> Result<usize, SiteError> {
-        let states = site.store.grants()?;
-        let mut fresh = Vec::new();
-        {
-            let p = lock(&self.policy);
-            for (state, _) in states {
-                match p.grants.get(&state.grant.entitlement_id) {
-                    Some(g) if g.state.last_sequence == state.last_sequence => {}
-                    _ => fresh.push(state),
-                }
-            }
-        }
-        if fresh.is_empty() {
-            return Ok(0);
-        }
-        // Reopen sealed packages (HQ-generated keys) outside the policy lock.
-        let mut keys = HashMap::new();
-        for st in &fresh {
-            if !st.grant.device_keys.is_empty() {
-                let full = site
-                    .reopen_grant(&st.grant.entitlement_id)?
-                    .ok_or(SiteError::CorruptLog("grant package missing"))?;
-                keys.insert(st.grant.entitlement_id.clone(), full.device_keys);
-            }
-        }
         let mut p = lock(&self.policy);
+        Self::refresh(&mut p, site)
+    }
+
+    fn refresh(p: &mut Policy, site: &Site) -> Result<usize, SiteError> {
+        let fresh: Vec<GrantState> = site
+            .store
+            .grants()?
+            .into_iter()
+            .map(|(state, _)| state)
+            .filter(|state| {
+                !matches!(p.grants.get(&state.grant.entitlement_id),
+                    Some(g) if g.state.last_sequence == state.last_sequence)
+            })
+            .collect();
         let mut changed = 0;
         for state in fresh {
             let id = state.grant.entitlement_id.clone();
@@ -916,19 +916,55 @@ impl Engine {
                 changed += 1;
                 continue;
             }
-            let runtime = GrantRuntime::load(&p.reader, state)?;
-            if let Some(k) = keys.remove(&id) {
+            if !state.grant.device_keys.is_empty() {
+                // A new grant of HQ-generated keys: reopen its sealed package for them.
+                let full = site
+                    .reopen_grant(&id)?
+                    .ok_or(SiteError::CorruptLog("grant package missing"))?;
                 let used: i64 = p.reader.conn().query_row(
                     "SELECT COUNT(*) FROM devices WHERE entitlement_id = ?1 AND hq_key_index IS NOT NULL",
                     [&id],
                     |r| r.get(0),
                 )?;
-                p.hq_keys.insert(id.clone(), (k, used as u64));
+                p.hq_keys.insert(id.clone(), (full.device_keys, used as u64));
             }
+            let runtime = GrantRuntime::load(&p.reader, state)?;
             p.grants.insert(id, runtime);
             changed += 1;
         }
+        // Entries appended outside the engine (a package's) move the log's clock.
+        p.last_time_ms = p.last_time_ms.max(log::head(p.reader.conn())?.last_time_ms);
         Ok(changed)
+    }
+
+    /// Applies the packages `stamp site import` left for this engine (module
+    /// [`inbox`](crate::inbox)), in sequence order, each verified again: under the policy lock,
+    /// once every entry admitted before is committed, so that the log records each package
+    /// between the admissions made under the grant's old terms and those made under its new
+    /// ones. A refused package leaves its reason in the inbox for `stamp site import` to report.
+    /// Returns how many were applied.
+    pub fn apply_inbox(&self, site: &mut Site, now: OffsetDateTime) -> Result<usize, SiteError> {
+        let mut applied = 0;
+        for (sequence, path) in site.queued()? {
+            let result = read_package(&path).and_then(|bytes| {
+                let v = site.verify_entitlement(&bytes, now)?;
+                let mut p = lock(&self.policy);
+                let (reply, rx) = mpsc::sync_channel(1);
+                self.send(Job::Barrier { reply })
+                    .and_then(|()| Self::wait(rx))
+                    .map_err(|e| SiteError::Engine(e.to_string()))?;
+                site.apply_entitlement(v, now)?;
+                Self::refresh(&mut p, site)
+            });
+            match result {
+                Ok(_) => {
+                    site.dequeue(sequence, None)?;
+                    applied += 1;
+                }
+                Err(e) => site.dequeue(sequence, Some(&e.to_string()))?,
+            }
+        }
+        Ok(applied)
     }
 
     /// Whether the audit log failed (the engine then refuses to issue until the site restarts).
@@ -962,6 +998,25 @@ fn csr_refusal(e: CsrError) -> RefusalReason {
 }
 
 /// The writer thread: commits queued entries in groups.
+/// A queued package's bytes (bounded like `stamp site import`'s input).
+fn read_package(path: &std::path::Path) -> Result<Vec<u8>, SiteError> {
+    use std::io::Read;
+    let io = |source| SiteError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .map_err(io)?
+        .take(crate::entitlements::MAX_PACKAGE as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io)?;
+    if bytes.len() > crate::entitlements::MAX_PACKAGE {
+        return Err(io(std::io::Error::other("larger than a package may be")));
+    }
+    Ok(bytes)
+}
+
 fn write_loop(mut store: SiteStore, rx: mpsc::Receiver<Job>, failed: Arc<AtomicBool>) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
@@ -981,7 +1036,10 @@ fn write_loop(mut store: SiteStore, rx: mpsc::Receiver<Job>, failed: Arc<AtomicB
         };
         for (i, job) in batch.into_iter().enumerate() {
             let reply = match job {
-                Job::Device { reply, .. } | Job::Refusal { reply, .. } | Job::Renewal { reply, .. } => reply,
+                Job::Device { reply, .. }
+                | Job::Refusal { reply, .. }
+                | Job::Renewal { reply, .. }
+                | Job::Barrier { reply } => reply,
             };
             let _ = reply.send(result.as_ref().map(|indexes| indexes[i]).map_err(Clone::clone));
         }
@@ -1051,6 +1109,7 @@ fn commit(store: &mut SiteStore, batch: &[Job]) -> Result<Vec<u64>, SiteError> {
                     )?;
                     indexes.push(e.index);
                 }
+                Job::Barrier { .. } => indexes.push(0),
             }
         }
         let mut count =

@@ -60,6 +60,11 @@ impl VerifiedEntitlement {
     pub fn entitlement(&self) -> &Entitlement {
         &self.entitlement
     }
+
+    /// The package's sequence.
+    pub fn sequence(&self) -> u64 {
+        self.entitlement.sequence
+    }
 }
 
 /// A firmware release a grant allows, for people and JSON.
@@ -364,6 +369,39 @@ impl Site {
             package_sha256: hex_lower(&v.sealed_sha256),
             entitlement: status_of(&state, issued, now.unix_timestamp()),
         })
+    }
+}
+
+impl Site {
+    /// The report of a package applied earlier (by this process or the running engine), with
+    /// the grant as it stands now; `None` if no package with that sequence was applied.
+    pub fn applied_report(
+        &self,
+        sequence: u64,
+        now: OffsetDateTime,
+    ) -> Result<Option<ImportReport>, SiteError> {
+        let row: Option<(String, String, Vec<u8>)> = self
+            .store
+            .conn()
+            .query_row(
+                "SELECT entitlement_id, action, sha256 FROM packages WHERE sequence = ?1",
+                [i64::try_from(sequence).unwrap_or(-1)],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()
+            .map_err(crate::sql)?;
+        let Some((id, action, sha256)) = row else {
+            return Ok(None);
+        };
+        let Some((state, issued)) = self.store.grant(&id)? else {
+            return Ok(None);
+        };
+        Ok(Some(ImportReport {
+            sequence,
+            action: if action == "grant" { "grant" } else { "amend" },
+            package_sha256: hex_lower(&sha256),
+            entitlement: status_of(&state, issued, now.unix_timestamp()),
+        }))
     }
 }
 

@@ -8,6 +8,7 @@ pub mod crl;
 pub mod engine;
 pub mod entitlements;
 pub mod export;
+pub mod inbox;
 pub mod log;
 pub mod stations;
 mod store;
@@ -63,6 +64,14 @@ pub enum SiteError {
     /// The stored audit log is inconsistent (disk corruption or tampering).
     #[error("the site's audit log is inconsistent ({0}); do not issue until it is investigated")]
     CorruptLog(&'static str),
+    /// Another engine holds the site's engine lock.
+    #[error(
+        "another stamp process is issuing for this site (the site service, or a site issue or hand-out run); stop it first, or send the requests to the service"
+    )]
+    EngineBusy,
+    /// The provisioning engine failed.
+    #[error("the provisioning engine failed: {0}")]
+    Engine(String),
     /// A CRL could not be made.
     #[error(transparent)]
     Crl(#[from] stamp_core::crl::CrlError),
