@@ -1315,6 +1315,54 @@ fn demo_runs_the_whole_flow() {
         .unwrap()
         .count();
     assert_eq!(devices, 150);
+
+    // The cloud: HQ revoked one device and exported the registry; genuine devices were admitted
+    // by the gateway, and each attacker was refused for its own reason.
+    let cloud = &v["cloud"];
+    assert!(
+        Path::new(cloud["registry"].as_str().unwrap()).is_file(),
+        "{cloud}"
+    );
+    assert_eq!(cloud["registry_devices"], 150, "{cloud}");
+    assert_eq!(cloud["registry_revocations"], 1, "{cloud}");
+    let genuine = cloud["genuine_connected"].as_u64().unwrap();
+    assert!(genuine > 0, "{cloud}");
+    assert_eq!(cloud["admitted"], genuine, "{cloud}");
+    let refused: Vec<(&str, &str)> = cloud["refused"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["attacker"].as_str().unwrap(), r["reason"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        refused,
+        [
+            ("counterfeit", "chain-invalid"),
+            ("clone", "clone"),
+            ("over-range", "serial-out-of-range"),
+            ("revoked", "revoked"),
+        ],
+        "{cloud}"
+    );
+    let revoked = cloud["revoked_serial"].as_u64().unwrap();
+    assert_eq!(cloud["refused"][3]["device_serial"], revoked, "{cloud}");
+    // The clone carries a genuine device's serial; the over-range serial is in no allocated range.
+    let over = cloud["refused"][2]["device_serial"].as_u64().unwrap();
+    for r in v["serial_ranges"].as_array().unwrap() {
+        let (first, last) = (r["first"].as_u64().unwrap(), r["last"].as_u64().unwrap());
+        assert!(!(first..=last).contains(&over), "{over} in {r}");
+        assert!((first..=last).contains(&cloud["refused"][1]["device_serial"].as_u64().unwrap()));
+    }
+    // The attackers' stamps stay on disk: the verifier refuses them on its own too.
+    let clone = Path::new(cloud["attackers_dir"].as_str().unwrap()).join("clone/device.crt");
+    let o = Command::new(assert_cmd::cargo::cargo_bin("stamp"))
+        .args(["--json", "cloud", "verify", "--registry"])
+        .args([cloud["registry"].as_str().unwrap(), s(&clone)])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let verdict: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(verdict["reason"], "clone", "{verdict}");
 }
 
 #[test]

@@ -1,5 +1,7 @@
 //! `stamp demo`: the main job on embedded defaults, narrated.
 
+mod cloud;
+
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -22,7 +24,11 @@ use crate::Globals;
 /// site) and the site verifies and applies it; the site adds a line station and starts its
 /// service on a loopback port; N simulated devices enroll over mutual TLS (EST) and check their
 /// chains; one more device is refused for quota; the service stops; the site exports its audit log
-/// for HQ, and HQ reconciles it. Every file stays in the directory for you to inspect.
+/// for HQ, and HQ reconciles it. Then the cloud: HQ revokes one device and exports the signed
+/// registry; a TLS gateway starts on a loopback port; genuine devices connect with their own keys
+/// and are admitted; a counterfeit (rogue CA), a clone and an over-range device (both signed with
+/// the site's issuing key, as a compromised site could) and the revoked device are each refused
+/// with their reason. Every file stays in the directory for you to inspect.
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// Directory to work in (must not exist, or be empty). Default: a new temporary directory,
@@ -35,8 +41,9 @@ pub struct Args {
     /// The demo site's ID.
     #[arg(long, default_value = "factory-1")]
     site_id: SiteId,
-    /// Devices to make: the entitlement's quota, and the number of simulated devices.
-    #[arg(long, value_name = "N", default_value = "1000", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    /// Devices to make: the entitlement's quota, and the number of simulated devices (at least 2:
+    /// the cloud steps revoke one).
+    #[arg(long, value_name = "N", default_value = "1000", value_parser = clap::value_parser!(u64).range(2..=1_000_000))]
     devices: u64,
     /// Devices enrolling at the same time (one station connection each).
     #[arg(long, value_name = "C", default_value = "32")]
@@ -75,6 +82,7 @@ struct Report {
     audit_bundle: PathBuf,
     audit_log_size: u64,
     reconcile: Reconcile,
+    cloud: cloud::Cloud,
     steps: Vec<Step>,
     seconds: f64,
 }
@@ -416,6 +424,21 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
         n.say(format!("{} violations", reconcile.violations.len()));
     }
 
+    let cloud = cloud::run(
+        &mut n,
+        &cloud::Inputs {
+            dir: &dir,
+            hq_dir: &hq_dir,
+            site_dir: &site_dir,
+            site_id: &a.site_id,
+            entitlement_id: &entitlement_id,
+            root_pin: &pin,
+            devices_dir: &devices_dir,
+            serials: &devices.serials,
+            keys: &|| keys(false),
+        },
+    )?;
+
     let report = Report {
         dir: dir.clone(),
         passphrase_file: pass_file,
@@ -442,6 +465,7 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
         audit_bundle: bundle,
         audit_log_size: export.size,
         reconcile,
+        cloud,
         steps: n.steps,
         seconds: started.elapsed().as_secs_f64(),
     };
@@ -453,6 +477,17 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
             report.devices_issued,
             report.issuance_per_second,
             report.audit_bundle.display()
+        );
+        let c = &report.cloud;
+        println!(
+            "Cloud: {} of {} genuine devices admitted; refused: {}.",
+            c.admitted,
+            c.genuine_connected,
+            c.refused
+                .iter()
+                .map(|r| format!("{} [{}]", r.attacker, r.reason))
+                .collect::<Vec<_>>()
+                .join(", ")
         );
         println!("Everything is in {}; check a device with:", report.dir.display());
         if let Some(serial) = first {
