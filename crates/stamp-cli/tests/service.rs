@@ -1363,6 +1363,35 @@ fn demo_runs_the_whole_flow() {
     assert_eq!(o.status.code(), Some(1));
     let verdict: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(verdict["reason"], "clone", "{verdict}");
+    // The site applied HQ's revocation: its CRL lists the revoked device, and openssl agrees.
+    assert_eq!(cloud["site_crl_report"]["revoked"], 1, "{cloud}");
+    let sites = Path::new(v["dir"].as_str().unwrap()).join("hq/sites");
+    let site_dir = std::fs::read_dir(&sites).unwrap().next().unwrap().unwrap().path();
+    let site_ca = site_dir.join("site-issuing-ca.pem");
+    let crl = cloud["site_crl"].as_str().unwrap();
+    let o = openssl(&["crl", "-in", crl, "-CAfile", s(&site_ca), "-verify", "-noout"]);
+    assert!(
+        o.status.success(),
+        "{site_ca:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let revoked_cert = Path::new(v["devices_dir"].as_str().unwrap()).join(format!("{revoked}/device.crt"));
+    let o = openssl(&[
+        "verify",
+        "-crl_check",
+        "-CAfile",
+        v["root_cert"].as_str().unwrap(),
+        "-untrusted",
+        s(&site_ca),
+        "-CRLfile",
+        crl,
+        s(&revoked_cert),
+    ]);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("certificate revoked")
+            || String::from_utf8_lossy(&o.stderr).contains("certificate revoked")
+    );
 }
 
 #[test]

@@ -60,6 +60,10 @@ pub(super) struct Cloud {
     pub registry_revocations: usize,
     /// The device HQ revoked.
     pub revoked_serial: u64,
+    /// The site CA's CRL listing it (PEM), with its number and size.
+    pub site_crl: PathBuf,
+    /// What the site's CRL holds.
+    pub site_crl_report: stamp_core::crl::CrlReport,
     /// Where the gateway listened.
     pub gateway: String,
     /// The gateway's self-signed certificate (devices' trust anchor for it).
@@ -349,26 +353,59 @@ pub(super) fn run(n: &mut Narrator, inp: &Inputs<'_>) -> anyhow::Result<Cloud> {
         dir: inp.devices_dir.join(serial.to_string()),
     };
 
+    let cloud_dir = inp.dir.join("cloud");
+    std::fs::create_dir_all(&cloud_dir).with_context(|| format!("cannot create {}", cloud_dir.display()))?;
+    let update = cloud_dir.join("revocation-update.cose");
     let revocation = n.step("HQ: revoke one device (reported stolen)", || {
         let mut hq = stamp_hq::Hq::open(inp.hq_dir, (inp.keys)()?)?;
         Ok(hq.revoke(
             &stamp_hq::cloud::RevokeTarget::Serial(revoked_serial),
             REVOKE_REASON,
+            Some(&update),
             now(),
         )?)
     })?;
     n.say(format!(
-        "device {revoked_serial} revoked ({}); verifiers learn it from the next registry",
+        "device {revoked_serial} revoked ({}); verifiers learn it from the next registry, its site from an entitlement update",
         revocation.reason
     ));
+    let site_crl_path = cloud_dir.join("site.crl");
+    let site_crl = n.step(
+        "Site: apply HQ's revocation and publish the site CA's CRL (for X.509 verifiers)",
+        || {
+            let mut site = stamp_site::Site::open(inp.site_dir, (inp.keys)()?)?;
+            let bytes =
+                std::fs::read(&update).with_context(|| format!("cannot read {}", update.display()))?;
+            let verified = site.verify_entitlement(&bytes, now())?;
+            site.apply_entitlement(verified, now())?;
+            let (der, report) = site.crl(7, now())?;
+            super::super::write_crl(&site_crl_path, &der, false)?;
+            // Read back as a verifier would: signed by the site CA, listing the revoked device.
+            let ca = site
+                .store()
+                .certificate(stamp_core::profile::Profile::SiteIssuingCa)?
+                .context("the site has no issuing CA certificate")?;
+            let info = stamp_core::crl::verify(&der, &ca)?;
+            if info.revoked.len() != 1 {
+                bail!(
+                    "the site CRL lists {} certificates, not the revoked device's one",
+                    info.revoked.len()
+                );
+            }
+            Ok(report)
+        },
+    )?;
+    n.say(format!(
+        "CRL number {} lists {} certificate: {}",
+        site_crl.number,
+        site_crl.revoked,
+        site_crl_path.display()
+    ));
 
-    let cloud_dir = inp.dir.join("cloud");
     let registry_path = cloud_dir.join("registry.cose");
     let (reg, exported) = n.step(
         "HQ: export the signed registry for the cloud (site CAs, ranges, genuine devices, revocations)",
         || {
-            std::fs::create_dir_all(&cloud_dir)
-                .with_context(|| format!("cannot create {}", cloud_dir.display()))?;
             let mut hq = stamp_hq::Hq::open(inp.hq_dir, (inp.keys)()?)?;
             let (bytes, report) = hq.export_registry(now())?;
             stamp_store::write_atomic(&registry_path, &bytes, 0o644)?;
@@ -493,6 +530,8 @@ pub(super) fn run(n: &mut Narrator, inp: &Inputs<'_>) -> anyhow::Result<Cloud> {
         registry_devices: devices,
         registry_revocations: revocations,
         revoked_serial,
+        site_crl: site_crl_path,
+        site_crl_report: site_crl,
         gateway: server,
         gateway_cert,
         genuine_connected: genuine.len() as u64,
