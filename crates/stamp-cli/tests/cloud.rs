@@ -695,6 +695,8 @@ fn gateway_admits_genuine_refuses_counterfeit_and_flags_concurrent_use() {
             s(&w.registry),
             "--listen",
             "127.0.0.1:0",
+            "--reload-secs",
+            "1",
         ])
         .args(["--write-server-cert", s(&ca)])
         .stdout(std::process::Stdio::piped())
@@ -801,8 +803,68 @@ fn gateway_admits_genuine_refuses_counterfeit_and_flags_concurrent_use() {
     assert!(held.status.success());
     let first: serde_json::Value = serde_json::from_slice(&held.stdout).unwrap();
     assert!(first.get("flags").is_none(), "{first}");
+
+    // The registry file changes while the gateway runs. A forged one is refused and the
+    // registry in use stays; a newer one from HQ takes effect (a revocation) without a restart;
+    // the older one written back is a rollback and changes nothing.
+    let original = std::fs::read(&w.registry).unwrap();
+    let mut forged = original.clone();
+    let n = forged.len();
+    forged[n / 2] ^= 0x01;
+    std::fs::write(&w.registry, &forged).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let (code, v) = connect(&a_out, "d0000", &a_keys.join("d0000.key.pem"), &[]);
+    assert_eq!(code, Some(0), "{v}");
+    let serial = serial_of(&a_out.join("d0000.crt.pem")).to_string();
+    stamp_json(
+        &w.c.pass,
+        &[
+            "hq",
+            "revoke-device",
+            "--dir",
+            s(&w.c.hq),
+            "--serial",
+            &serial,
+            "--reason",
+            "stolen",
+        ],
+    );
+    stamp_json(
+        &w.c.pass,
+        &[
+            "hq",
+            "export",
+            "--dir",
+            s(&w.c.hq),
+            "--format",
+            "registry",
+            "-o",
+            s(&w.registry),
+        ],
+    );
+    let mut refused = None;
+    for _ in 0..50 {
+        let (code, v) = connect(&a_out, "d0000", &a_keys.join("d0000.key.pem"), &[]);
+        if code != Some(0) {
+            refused = Some(v);
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let v = refused.expect("the newer registry never took effect");
+    assert_eq!(v["reason"], "revoked", "{v}");
+    std::fs::write(&w.registry, &original).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let (code, v) = connect(&a_out, "d0000", &a_keys.join("d0000.key.pem"), &[]);
+    assert_eq!((code, v["reason"].as_str()), (Some(1), Some("revoked")), "{v}");
     drop(gw);
     let log = std::fs::read_to_string(&log).unwrap();
+    assert!(log.contains("registry reloaded"), "{log}");
+    assert_eq!(
+        log.matches("was refused; the registry in use stays").count(),
+        2,
+        "{log}"
+    );
     assert!(
         log.contains("possible counterfeit") && log.contains("unknown-issuer"),
         "{log}"

@@ -1,7 +1,7 @@
 //! The TLS gateway.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use rustls::client::danger::HandshakeSignatureValid;
@@ -124,10 +124,27 @@ impl ServerIdentity {
     }
 }
 
-/// The gateway: a verified registry and the devices connected now.
+/// The gateway: a verified registry (replaceable by a newer one while it runs) and the devices
+/// connected now.
 pub struct Gateway {
-    registry: VerifiedRegistry,
+    registry: RwLock<Arc<VerifiedRegistry>>,
     connected: Mutex<HashMap<[u8; 32], usize>>,
+}
+
+/// Why [`Gateway::replace_registry`] kept the registry it had.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ReplaceError {
+    /// Not newer than the registry in use (a replay or a rollback).
+    #[error("registry sequence {offered} is not newer than sequence {current} in use")]
+    NotNewer {
+        /// The offered registry's sequence.
+        offered: u64,
+        /// The sequence in use.
+        current: u64,
+    },
+    /// Signed under another OEM root.
+    #[error("the registry is under another OEM root than the one in use")]
+    OtherRoot,
 }
 
 /// Removes a connection from the connected set when dropped.
@@ -153,14 +170,45 @@ impl Gateway {
     /// A gateway judging devices with `registry`.
     pub fn new(registry: VerifiedRegistry) -> Self {
         Gateway {
-            registry,
+            registry: RwLock::new(Arc::new(registry)),
             connected: Mutex::new(HashMap::new()),
         }
     }
 
+    /// The registry devices are judged with now.
+    pub fn registry(&self) -> Arc<VerifiedRegistry> {
+        self.registry
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Judges later connections with `newer`, a verified registry under the same OEM root with
+    /// a higher sequence (so revocations and newly reconciled devices take effect without a
+    /// restart); otherwise keeps the one in use. Connections already admitted stay.
+    pub fn replace_registry(&self, newer: VerifiedRegistry) -> Result<(), ReplaceError> {
+        let mut current = self
+            .registry
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if newer.root_sha256() != current.root_sha256() {
+            return Err(ReplaceError::OtherRoot);
+        }
+        if newer.sequence() <= current.sequence() {
+            return Err(ReplaceError::NotNewer {
+                offered: newer.sequence(),
+                current: current.sequence(),
+            });
+        }
+        *current = Arc::new(newer);
+        Ok(())
+    }
+
     /// Judges a device chain: the registry's verdict, and the concurrent-use flag.
     fn admit(&self, chain: &[Vec<u8>]) -> (Reply, Option<Presence<'_>>) {
-        let v = self.registry.check_device(chain, time::OffsetDateTime::now_utc());
+        let v = self
+            .registry()
+            .check_device(chain, time::OffsetDateTime::now_utc());
         let mut reply = Reply {
             admitted: v.genuine,
             standing: serde_json::to_value(v.standing)

@@ -1,7 +1,7 @@
 //! `stamp cloud gateway`
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -13,7 +13,10 @@ use crate::Globals;
 /// (the decision of `stamp cloud verify`, per connection). Each device gets one JSON line with
 /// the verdict; refused devices are disconnected and logged as possible counterfeits; a device
 /// certificate connected twice at once is flagged `concurrent-use`. Logs go to standard error;
-/// the first line on standard output gives the address listened on.
+/// the first line on standard output gives the address listened on. When the registry file
+/// changes, the gateway verifies it and, if it is newer and under the same OEM root, judges later
+/// connections with it (revocations take effect without a restart); a file it refuses is logged
+/// and the registry in use stays.
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// The registry (`stamp hq export --format registry`).
@@ -37,6 +40,9 @@ pub struct Args {
     /// Where to write the self-signed certificate, for devices' --ca.
     #[arg(long, value_name = "FILE", conflicts_with = "server_cert")]
     write_server_cert: Option<PathBuf>,
+    /// How often to look for a new registry in the file, in seconds (0: never).
+    #[arg(long, value_name = "SECONDS", default_value = "10")]
+    reload_secs: u64,
 }
 
 /// Runs `stamp cloud gateway`.
@@ -88,7 +94,47 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
             }
             out.flush()?;
         }
-        gateway::serve(listener, config, Arc::new(Gateway::new(reg))).await?;
+        let gw = Arc::new(Gateway::new(reg));
+        if a.reload_secs > 0 {
+            tokio::spawn(watch_registry(gw.clone(), a.registry.clone(), a.reload_secs));
+        }
+        gateway::serve(listener, config, gw).await?;
         Ok(())
     })
+}
+
+/// The file's identity as far as a reload cares: modification time and length.
+fn stamp_of(path: &Path) -> Option<(std::time::SystemTime, u64)> {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len()))
+}
+
+/// Polls the registry file; verifies a changed one under the OEM root in use and above the
+/// sequence in use, and swaps it in.
+async fn watch_registry(gw: Arc<Gateway>, path: PathBuf, secs: u64) {
+    let mut seen = stamp_of(&path);
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(secs)).await;
+        let now = stamp_of(&path);
+        if now == seen {
+            continue;
+        }
+        seen = now;
+        let current = gw.registry();
+        let pin = hex::encode(current.root_sha256());
+        let loaded = super::cloud_verify::load_registry(&path, Some(&pin), current.sequence() + 1);
+        match loaded.map_err(|e| format!("{e:#}")).and_then(|r| {
+            let (sequence, devices) = (r.sequence(), r.device_count());
+            gw.replace_registry(r)
+                .map(|()| (sequence, devices))
+                .map_err(|e| e.to_string())
+        }) {
+            Ok((sequence, devices)) => tracing::info!(sequence, devices, "registry reloaded"),
+            Err(e) => tracing::warn!(
+                error = %e,
+                sequence = current.sequence(),
+                "registry file changed but was refused; the registry in use stays"
+            ),
+        }
+    }
 }
