@@ -311,6 +311,31 @@ fn verifier_admits_genuine_and_refuses_each_kind_of_fake() {
     let (code, v) = verify(&w, &w.registry, &w.provisional[0], &[]);
     assert_eq!(code, Some(0), "{v}");
     assert_eq!(v["standing"], "provisional", "{v}");
+    // ... for the registry's provisional period (30 days by default), not forever.
+    let day = |d: i64| {
+        (time::OffsetDateTime::now_utc() + time::Duration::days(d))
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap()
+    };
+    let (code, v) = verify(&w, &w.registry, &w.provisional[0], &["--at", &day(29)]);
+    assert_eq!(
+        (code, v["standing"].as_str()),
+        (Some(0), Some("provisional")),
+        "{v}"
+    );
+    let (code, v) = verify(&w, &w.registry, &w.provisional[0], &["--at", &day(31)]);
+    assert_eq!(
+        (code, v["reason"].as_str()),
+        (Some(1), Some("not-reconciled")),
+        "{v}"
+    );
+    // Registered devices are not affected.
+    let (code, v) = verify(&w, &w.registry, &w.registered[0], &["--at", &day(31)]);
+    assert_eq!(
+        (code, v["standing"].as_str()),
+        (Some(0), Some("registered")),
+        "{v}"
+    );
 
     // Counterfeits: a rogue CA; a rogue CA with the site CA's very name.
     refused(&w, &counterfeit(&dir, "rogue", None), "unknown-issuer");

@@ -116,7 +116,19 @@ pub struct Registry {
     pub devices: Vec<RegisteredDevice>,
     /// Revocations.
     pub revocations: Vec<Revocation>,
+    /// Days a device HQ has not reconciled may count as provisional, from its certificate's
+    /// notBefore (at most [`MAX_PROVISIONAL_DAYS`]); after that it is refused (`not-reconciled`).
+    /// 0 or absent: no limit.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub provisional_days: u32,
 }
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// Largest [`Registry::provisional_days`].
+pub const MAX_PROVISIONAL_DAYS: u32 = 3650;
 
 /// A site in the registry.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -328,6 +340,9 @@ pub fn verify(
     }
     if reg.root.as_slice() != root_der.as_slice() {
         return Err(Malformed("the payload's root differs from the signer's"));
+    }
+    if reg.provisional_days > MAX_PROVISIONAL_DAYS {
+        return Err(Malformed("provisional_days is above 3650"));
     }
     VerifiedRegistry::new(reg, root_fp)
 }

@@ -249,7 +249,18 @@ impl Hq {
     }
 
     /// Builds, signs and records the next registry; returns the file's bytes.
-    pub fn export_registry(&mut self, now: OffsetDateTime) -> Result<(Vec<u8>, RegistryReport), HqError> {
+    /// `provisional_days`: how long after issue a device HQ has not reconciled may count as
+    /// provisional (0: no limit; at most [`registry::MAX_PROVISIONAL_DAYS`]).
+    pub fn export_registry(
+        &mut self,
+        provisional_days: u32,
+        now: OffsetDateTime,
+    ) -> Result<(Vec<u8>, RegistryReport), HqError> {
+        if provisional_days > registry::MAX_PROVISIONAL_DAYS {
+            return Err(HqError::Registry(registry::RegistryError::Malformed(
+                "the provisional period is at most 3650 days",
+            )));
+        }
         let store = &self.store;
         let (_, root_der) = store.own_key(Profile::OemRoot)?;
         let c = store.conn();
@@ -306,6 +317,7 @@ impl Hq {
             entitlements,
             devices,
             revocations,
+            provisional_days,
         };
         let (sign_ref, sign_cert) = store.own_key(Profile::HqAuthoritySigning)?;
         let signer = self.keys.open_signer(&KeyRef::parse(&sign_ref)?)?;

@@ -29,6 +29,10 @@ pub struct Args {
     /// Refuse a registry older than this sequence (the newest one this verifier has seen).
     #[arg(long, value_name = "N", default_value = "0")]
     pub min_sequence: u64,
+    /// Decide as of this time instead of now (RFC 3339, or a date): what a verifier would
+    /// have said then, or will say, with this registry.
+    #[arg(long, value_name = "TIME", value_parser = super::args::parse_time)]
+    at: Option<time::OffsetDateTime>,
     /// The device's certificate chain, PEM, device certificate first (or DER, the certificate alone).
     #[arg(value_name = "CERT_CHAIN")]
     chain: PathBuf,
@@ -101,7 +105,7 @@ impl RegistryInfo {
 pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
     let reg = load_registry(&a.registry, a.root_fingerprint.as_deref(), a.min_sequence)?;
     let chain = read_chain(&super::read_bounded(&a.chain, MAX_CHAIN_FILE)?)?;
-    let verdict = reg.check_device(&chain, super::now());
+    let verdict = reg.check_device(&chain, a.at.unwrap_or_else(super::now));
     let out = Output {
         verdict: &verdict,
         registry: RegistryInfo::of(&reg),

@@ -34,6 +34,11 @@ pub struct Args {
     /// Where to write it.
     #[arg(short = 'o', long = "out", value_name = "FILE")]
     out: PathBuf,
+    /// Registry: days after issue that a device HQ has not reconciled yet counts as provisional
+    /// (then `not-reconciled`); 0: no limit. Export and reconcile more often than this.
+    #[arg(long, value_name = "DAYS", default_value = "30",
+          value_parser = clap::value_parser!(u32).range(0..=i64::from(stamp_core::registry::MAX_PROVISIONAL_DAYS)))]
+    provisional_days: u32,
 }
 
 #[derive(serde::Serialize)]
@@ -51,7 +56,7 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
     let written = match a.format {
         Format::Registry => {
             let mut hq = stamp_hq::Hq::open(&a.dir, super::keys(g))?;
-            let (bytes, report) = hq.export_registry(super::now())?;
+            let (bytes, report) = hq.export_registry(a.provisional_days, super::now())?;
             stamp_store::write_atomic(&a.out, &bytes, 0o644)?;
             Written {
                 format: "registry",

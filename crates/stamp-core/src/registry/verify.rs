@@ -74,6 +74,9 @@ pub enum Reason {
     /// Issued before the last audit export HQ reconciled from the site, yet not among HQ's
     /// genuine devices: the site left it out of its log, or HQ found it broke a rule.
     NotInLog,
+    /// Not reconciled by HQ within the registry's provisional period after it was issued: the
+    /// site stopped exporting its log, or the device is not in it.
+    NotReconciled,
 }
 
 impl Reason {
@@ -93,6 +96,7 @@ impl Reason {
             Reason::Revoked => "revoked",
             Reason::Clone => "clone",
             Reason::NotInLog => "not-in-log",
+            Reason::NotReconciled => "not-reconciled",
         }
     }
 }
@@ -429,6 +433,16 @@ impl VerifiedRegistry {
                 format!(
                     "issued before the site's last reconciled export (log size {}) but not among HQ's genuine devices",
                     s.log_size
+                ),
+            ));
+        }
+        let days = self.reg.provisional_days;
+        if days > 0 && now > leaf.validity().not_before.to_datetime() + time::Duration::days(i64::from(days))
+        {
+            return with_ent(Verdict::refused(
+                Reason::NotReconciled,
+                format!(
+                    "issued more than {days} days ago and still not reconciled by HQ (the registry's provisional period)"
                 ),
             ));
         }

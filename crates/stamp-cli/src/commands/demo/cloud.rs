@@ -407,7 +407,7 @@ pub(super) fn run(n: &mut Narrator, inp: &Inputs<'_>) -> anyhow::Result<Cloud> {
         "HQ: export the signed registry for the cloud (site CAs, ranges, genuine devices, revocations)",
         || {
             let mut hq = stamp_hq::Hq::open(inp.hq_dir, (inp.keys)()?)?;
-            let (bytes, report) = hq.export_registry(now())?;
+            let (bytes, report) = hq.export_registry(30, now())?;
             stamp_store::write_atomic(&registry_path, &bytes, 0o644)?;
             // The cloud reads it as any verifier would: the OEM root pinned.
             let reg = stamp_core::registry::verify(&bytes, Some(inp.root_pin), 0, now())?;
