@@ -1392,6 +1392,67 @@ fn demo_runs_the_whole_flow() {
         String::from_utf8_lossy(&o.stdout).contains("certificate revoked")
             || String::from_utf8_lossy(&o.stderr).contains("certificate revoked")
     );
+
+    // The saved stamps replay with `stamp device connect` against a gateway on the registry.
+    use std::io::BufRead;
+    let gw_cert = Path::new(v["dir"].as_str().unwrap()).join("gw.pem");
+    let mut gw = Command::new(assert_cmd::cargo::cargo_bin("stamp"))
+        .args([
+            "--json",
+            "cloud",
+            "gateway",
+            "--registry",
+            cloud["registry"].as_str().unwrap(),
+        ])
+        .args(["--listen", "127.0.0.1:0", "--write-server-cert", s(&gw_cert)])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufReader::new(gw.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let listening: serde_json::Value = serde_json::from_str(&first).unwrap();
+    let port = listening["listening"]
+        .as_str()
+        .unwrap()
+        .rsplit_once(':')
+        .unwrap()
+        .1
+        .to_owned();
+    let connect = |dir: &Path| {
+        let o = Command::new(assert_cmd::cargo::cargo_bin("stamp"))
+            .args([
+                "--json",
+                "device",
+                "connect",
+                "--stamp",
+                s(dir),
+                "--server",
+                &format!("localhost:{port}"),
+            ])
+            .args(["--ca", s(&gw_cert)])
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        (o.status.code(), v)
+    };
+    let genuine_dir = Path::new(v["devices_dir"].as_str().unwrap()).join("1");
+    let (code, answer) = connect(&genuine_dir);
+    let (code2, answer2) = connect(clone.parent().unwrap());
+    let _ = gw.kill();
+    let _ = gw.wait();
+    assert_eq!(
+        (code, answer["standing"].as_str()),
+        (Some(0), Some("registered")),
+        "{answer}"
+    );
+    assert_eq!(
+        (code2, answer2["reason"].as_str()),
+        (Some(1), Some("clone")),
+        "{answer2}"
+    );
 }
 
 #[test]

@@ -13,9 +13,10 @@ use crate::Globals;
 /// chain, and its private key. Prints the gateway's verdict; exit status 0 when admitted, 1 when
 /// refused.
 ///
-/// Layouts of DIR: `cert.pem` (+ `chain.pem`) and `key.pem`; or, with --name NAME, what `stamp
-/// site issue` and `stamp site hand-out` write: `NAME.crt.pem` + `NAME.chain.pem`, and the key in
-/// `NAME.key.pem` or the file given with --key.
+/// Layouts of DIR: `cert.pem` (+ `chain.pem`) and `key.pem`; what `stamp device simulate` (and
+/// the demo) saves per device: `device.crt` + `chain.pem` and `device.key`; or, with --name NAME,
+/// what `stamp site issue` and `stamp site hand-out` write: `NAME.crt.pem` + `NAME.chain.pem`,
+/// and the key in `NAME.key.pem`. --key names the key file in any layout.
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// Directory holding the device's stamp.
@@ -55,6 +56,11 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
             a.dir.join(format!("{n}.crt.pem")),
             a.dir.join(format!("{n}.chain.pem")),
             a.dir.join(format!("{n}.key.pem")),
+        ),
+        None if !a.dir.join("cert.pem").exists() && a.dir.join("device.crt").is_file() => (
+            a.dir.join("device.crt"),
+            a.dir.join("chain.pem"),
+            a.dir.join("device.key"),
         ),
         None => (
             a.dir.join("cert.pem"),
