@@ -160,18 +160,7 @@ impl RogueSite {
                 |r| r.get(0),
             )
             .unwrap();
-        let keys = stamp_keys::open_store(
-            &c.site,
-            stamp_keys::KeyConfig {
-                new_keys: stamp_keys::StoreTarget::File,
-                passphrase: stamp_keys::PassphraseSource::Obtain {
-                    file: Some(c.pass.clone()),
-                    creating: false,
-                },
-                pkcs11: Default::default(),
-            },
-        );
-        let signer = keys
+        let signer = role_keys(c, &c.site)
             .open_signer(&stamp_keys::KeyRef::parse(&key_ref).unwrap())
             .unwrap();
         let hq = rusqlite::Connection::open(c.hq.join("stamp-hq.db")).unwrap();
@@ -1277,28 +1266,25 @@ fn crls_revoke_devices_at_the_site_and_sites_at_the_root_for_openssl() {
     );
 }
 
-/// A signer in a fresh software key store, for certificates the tests forge.
-fn forge_key(dir: &Path, name: &str) -> Box<dyn stamp_core::key::Signer> {
-    let pass = dir.join("forge-pass");
-    if !pass.exists() {
-        std::fs::write(&pass, "forged keys, not a secret\n").unwrap();
-        std::fs::set_permissions(&pass, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-    }
-    let keys = stamp_keys::open_store(
+/// A P-256 key in memory, for certificates the tests forge.
+fn forge_key(name: &str) -> stamp_keys::soft::SoftSigner {
+    stamp_keys::soft::SoftSigner::ephemeral(name, stamp_core::key::SignatureAlgorithm::EcdsaP256Sha256)
+        .unwrap()
+}
+
+/// A role's key store (HQ or site directory), opened with the ceremony's passphrase.
+fn role_keys(c: &Ceremony, dir: &Path) -> stamp_keys::Keys {
+    stamp_keys::open_store(
         dir,
         stamp_keys::KeyConfig {
             new_keys: stamp_keys::StoreTarget::File,
             passphrase: stamp_keys::PassphraseSource::Obtain {
-                file: Some(pass),
-                creating: true,
+                file: Some(c.pass.clone()),
+                creating: false,
             },
             pkcs11: Default::default(),
         },
-    );
-    let (_, signer) = keys
-        .generate_signer(name, stamp_core::key::SignatureAlgorithm::EcdsaP256Sha256)
-        .unwrap();
-    signer
+    )
 }
 
 /// HQ's OEM root key and certificate, as someone holding them could use them.
@@ -1311,18 +1297,7 @@ fn hq_root(c: &Ceremony) -> (Vec<u8>, Box<dyn stamp_core::key::Signer>) {
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .unwrap();
-    let keys = stamp_keys::open_store(
-        &c.hq,
-        stamp_keys::KeyConfig {
-            new_keys: stamp_keys::StoreTarget::File,
-            passphrase: stamp_keys::PassphraseSource::Obtain {
-                file: Some(c.pass.clone()),
-                creating: false,
-            },
-            pkcs11: Default::default(),
-        },
-    );
-    let signer = keys
+    let signer = role_keys(c, &c.hq)
         .open_signer(&stamp_keys::KeyRef::parse(&key_ref).unwrap())
         .unwrap();
     (der, signer)
@@ -1333,6 +1308,7 @@ fn hq_root(c: &Ceremony) -> (Vec<u8>, Box<dyn stamp_core::key::Signer>) {
 /// issuing CA signed by the OEM root that HQ never enrolled.
 #[test]
 fn verifier_refuses_the_wrong_kind_of_certificate() {
+    use stamp_core::key::Signer;
     use stamp_core::profile::{self, Holder, Profile, Serial, Validity};
     let w = world();
     let c = &w.c;
@@ -1394,7 +1370,7 @@ fn verifier_refuses_the_wrong_kind_of_certificate() {
 
     // A site issuing CA made with the OEM root's key but never enrolled at HQ.
     let (root_der, root_signer) = hq_root(c);
-    let ca_key = forge_key(&dir, "unenrolled-ca");
+    let ca_key = forge_key("unenrolled-ca");
     let ca_der = profile::issue(
         Profile::SiteIssuingCa,
         "Acme Sensors",
@@ -1408,7 +1384,7 @@ fn verifier_refuses_the_wrong_kind_of_certificate() {
         },
     )
     .unwrap();
-    let dev_key = forge_key(&dir, "unenrolled-device");
+    let dev_key = forge_key("unenrolled-device");
     let dev = stamp_core::device::issue(
         &rogue.grant,
         serial_of(&w.registered[3]),
@@ -1417,7 +1393,7 @@ fn verifier_refuses_the_wrong_kind_of_certificate() {
         Serial::from_random([4; 16]),
         &profile::Issuer {
             cert_der: &ca_der,
-            signer: ca_key.as_ref(),
+            signer: &ca_key,
         },
     )
     .unwrap();

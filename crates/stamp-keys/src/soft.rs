@@ -194,6 +194,52 @@ impl std::fmt::Debug for SoftSigner {
 }
 
 impl SoftSigner {
+    /// A new key that lives only in memory, for what is signed once and never again (a
+    /// short-lived server certificate, a test's forged CA). `name` is its reference in messages
+    /// (`memory:NAME`).
+    pub fn ephemeral(name: &str, alg: SignatureAlgorithm) -> Result<SoftSigner, KeyStoreError> {
+        Ok(Self::generate_pkcs8(format!("memory:{name}"), alg)?.0)
+    }
+
+    /// A new key, checked pairwise, with its PKCS#8 DER.
+    fn generate_pkcs8(
+        key_ref: String,
+        alg: SignatureAlgorithm,
+    ) -> Result<(SoftSigner, Zeroizing<Vec<u8>>), KeyStoreError> {
+        let gen_err = || KeyStoreError::Generation(key_ref.clone());
+        let der = Zeroizing::new(match alg {
+            SignatureAlgorithm::EcdsaP256Sha256 => {
+                EcdsaKeyPair::generate(&signature::ECDSA_P256_SHA256_ASN1_SIGNING)
+                    .and_then(|k| k.to_pkcs8v1())
+                    .map_err(|_| gen_err())?
+                    .as_ref()
+                    .to_vec()
+            }
+            SignatureAlgorithm::EcdsaP384Sha384 => {
+                EcdsaKeyPair::generate(&signature::ECDSA_P384_SHA384_ASN1_SIGNING)
+                    .and_then(|k| k.to_pkcs8v1())
+                    .map_err(|_| gen_err())?
+                    .as_ref()
+                    .to_vec()
+            }
+            SignatureAlgorithm::Ed25519 => Ed25519KeyPair::generate()
+                .and_then(|k| k.to_pkcs8v1())
+                .map_err(|_| gen_err())?
+                .as_ref()
+                .to_vec(),
+            SignatureAlgorithm::Rsa3072PssSha256 => {
+                let k = RsaKeyPair::generate(KeySize::Rsa3072).map_err(|_| gen_err())?;
+                let der: pkcs8_der::Der = k.as_der().map_err(|_| gen_err())?;
+                der.as_ref().to_vec()
+            }
+        });
+        let signer = SoftSigner::from_pkcs8(key_ref.clone(), alg, &der)?;
+        if !check_signer(&signer) {
+            return Err(gen_err());
+        }
+        Ok((signer, der))
+    }
+
     fn from_pkcs8(key_ref: String, alg: SignatureAlgorithm, der: &[u8]) -> Result<Self, KeyStoreError> {
         let wrong = |found| KeyStoreError::WrongAlgorithm {
             key: key_ref.clone(),
@@ -245,7 +291,11 @@ impl Signer for SoftSigner {
     }
     fn sign(&self, message: &[u8]) -> Result<Vec<u8>, KeyError> {
         let err = || KeyError::Sign {
-            backend: "file",
+            backend: if self.key_ref.starts_with("memory:") {
+                "memory"
+            } else {
+                "file"
+            },
             key: self.key_ref.clone(),
         };
         match &self.key {
@@ -355,37 +405,7 @@ impl KeyStore for SoftKeyStore {
         alg: SignatureAlgorithm,
     ) -> Result<(KeyRef, Box<dyn Signer>), KeyStoreError> {
         let key_ref = Self::new_ref(name);
-        let gen_err = || KeyStoreError::Generation(key_ref.to_string());
-        let der = Zeroizing::new(match alg {
-            SignatureAlgorithm::EcdsaP256Sha256 => {
-                EcdsaKeyPair::generate(&signature::ECDSA_P256_SHA256_ASN1_SIGNING)
-                    .and_then(|k| k.to_pkcs8v1())
-                    .map_err(|_| gen_err())?
-                    .as_ref()
-                    .to_vec()
-            }
-            SignatureAlgorithm::EcdsaP384Sha384 => {
-                EcdsaKeyPair::generate(&signature::ECDSA_P384_SHA384_ASN1_SIGNING)
-                    .and_then(|k| k.to_pkcs8v1())
-                    .map_err(|_| gen_err())?
-                    .as_ref()
-                    .to_vec()
-            }
-            SignatureAlgorithm::Ed25519 => Ed25519KeyPair::generate()
-                .and_then(|k| k.to_pkcs8v1())
-                .map_err(|_| gen_err())?
-                .as_ref()
-                .to_vec(),
-            SignatureAlgorithm::Rsa3072PssSha256 => {
-                let k = RsaKeyPair::generate(KeySize::Rsa3072).map_err(|_| gen_err())?;
-                let der: pkcs8_der::Der = k.as_der().map_err(|_| gen_err())?;
-                der.as_ref().to_vec()
-            }
-        });
-        let signer = SoftSigner::from_pkcs8(key_ref.to_string(), alg, &der)?;
-        if !check_signer(&signer) {
-            return Err(gen_err());
-        }
+        let (signer, der) = SoftSigner::generate_pkcs8(key_ref.to_string(), alg)?;
         self.write_key(&key_ref, &der)?;
         Ok((key_ref, Box::new(signer)))
     }

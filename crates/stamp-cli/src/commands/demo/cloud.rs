@@ -12,15 +12,15 @@ use std::time::Duration;
 
 use anyhow::{bail, ensure, Context};
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
-use aws_lc_rs::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_ASN1_SIGNING};
 use serde::Serialize;
 use stamp_cloud::client::{self, DeviceCredentials};
 use stamp_cloud::gateway::{self, Gateway, ServerIdentity};
 use stamp_core::entitlement::{DeviceKeyType, Grant};
-use stamp_core::key::{KeyError, SignatureAlgorithm, Signer};
+use stamp_core::key::{SignatureAlgorithm, Signer};
 use stamp_core::profile::{self, Holder, Issuer, Profile, Serial, Validity};
 use stamp_core::registry::{Reason, VerifiedRegistry};
 use stamp_core::{cert, SiteId};
+use stamp_keys::soft::SoftSigner;
 use stamp_keys::{KeyConfig, KeyRef, KeyStore};
 
 use super::Narrator;
@@ -139,47 +139,6 @@ struct Attacker {
     stamp: Stamp,
 }
 
-/// A P-256 key in memory: the counterfeiter's own CA keys.
-struct MemSigner {
-    key: EcdsaKeyPair,
-    public: Vec<u8>,
-    rng: SystemRandom,
-}
-
-impl MemSigner {
-    fn generate() -> anyhow::Result<Self> {
-        let key = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_ASN1_SIGNING)
-            .map_err(|_| anyhow::anyhow!("P-256 key generation failed"))?;
-        let public = key.public_key().as_ref().to_vec();
-        Ok(MemSigner {
-            key,
-            public,
-            rng: SystemRandom::new(),
-        })
-    }
-}
-
-impl Signer for MemSigner {
-    fn algorithm(&self) -> SignatureAlgorithm {
-        SignatureAlgorithm::EcdsaP256Sha256
-    }
-    fn public_key(&self) -> &[u8] {
-        &self.public
-    }
-    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, KeyError> {
-        self.key
-            .sign(&self.rng, message)
-            .map(|s| s.as_ref().to_vec())
-            .map_err(|_| KeyError::Sign {
-                backend: "memory",
-                key: "counterfeiter".into(),
-            })
-    }
-    fn key_ref(&self) -> &str {
-        "memory:counterfeiter"
-    }
-}
-
 fn random_serial() -> anyhow::Result<Serial> {
     let mut b = [0u8; 16];
     SystemRandom::new()
@@ -220,14 +179,14 @@ fn forge(
     // 1. A counterfeit: the counterfeiter's own root and issuing CA, named exactly like the OEM's
     //    (the registry is public, so the names are), signing a device certificate with the
     //    product's profile and the serial of a genuine device. Only the signatures differ.
-    let rogue_root_key = MemSigner::generate()?;
+    let rogue_root_key = SoftSigner::ephemeral("rogue-root", SignatureAlgorithm::EcdsaP256Sha256)?;
     let rogue_root = profile::self_signed_root(
         &rogue_root_key,
         reg.org(),
         Validity::starting(now, Profile::OemRoot.default_lifetime()),
         random_serial()?,
     )?;
-    let rogue_ca_key = MemSigner::generate()?;
+    let rogue_ca_key = SoftSigner::ephemeral("rogue-ca", SignatureAlgorithm::EcdsaP256Sha256)?;
     let rogue_ca = profile::issue(
         Profile::SiteIssuingCa,
         reg.org(),
