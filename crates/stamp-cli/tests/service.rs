@@ -690,6 +690,16 @@ fn only_active_stations_of_this_site_are_served() {
             .count(),
         3
     );
+    // The audit log records who could ask for devices: both stations added, line-2 revoked.
+    let stations: Vec<String> = log_events(&c.site)
+        .iter()
+        .filter_map(|e| match e {
+            stamp_core::audit::Event::StationAdded { station, .. } => Some(format!("+{station}")),
+            stamp_core::audit::Event::StationRevoked { station } => Some(format!("-{station}")),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(stations, ["+line-1", "+line-2", "-line-2"]);
     // Station names are never reused; the list shows the revocation.
     let l = stamp_json(&c.pass, &["site", "stations", "--dir", s(&c.site)]);
     assert_eq!(l["stations"][1]["name"], "line-2");
@@ -1309,8 +1319,8 @@ fn demo_runs_the_whole_flow() {
     assert_eq!(v["refused_over_quota"], 1);
     assert!(v["issuance_per_second"].as_f64().unwrap() > 0.0);
     assert!(v["reconcile"].get("ok").is_some() && v["reconcile"]["violations"].is_array());
-    // 1 entitlement applied + 150 issued + 1 refused + the export itself.
-    assert_eq!(v["audit_log_size"], 153);
+    // 1 entitlement applied + 1 station added + 150 issued + 1 refused + the export itself.
+    assert_eq!(v["audit_log_size"], 154);
     let devices = std::fs::read_dir(v["devices_dir"].as_str().unwrap())
         .unwrap()
         .count();

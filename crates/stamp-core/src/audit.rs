@@ -163,6 +163,18 @@ pub enum Event {
         /// The new bundle's ID.
         bundle_id: ByteBuf,
     },
+    /// A line station was added: who may ask the site service for devices.
+    StationAdded {
+        /// The station's name.
+        station: String,
+        /// SHA-256 of its certificate.
+        certificate_sha256: ByteBuf,
+    },
+    /// A line station was revoked.
+    StationRevoked {
+        /// The station's name.
+        station: String,
+    },
 }
 
 /// One audit log entry; its CBOR encoding is the Merkle leaf.

@@ -873,7 +873,9 @@ impl Run<'_> {
                 *self.refusals.entry(reason.code().to_owned()).or_insert(0) += 1;
                 Ok(())
             }
-            Event::ExportMade { .. } => Ok(()),
+            // In the log for the record (who could ask for devices, from when to when); the site
+            // service enforces a revocation per request and logs what it refuses.
+            Event::ExportMade { .. } | Event::StationAdded { .. } | Event::StationRevoked { .. } => Ok(()),
         }
     }
 

@@ -8,6 +8,8 @@
 
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use aws_lc_rs::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_ASN1_SIGNING};
+use serde_bytes::ByteBuf;
+use stamp_core::audit::Event;
 use stamp_core::entitlement::DeviceKeyType;
 use stamp_core::key::SignatureAlgorithm;
 use stamp_core::profile::{self, Holder, Issuer, Profile, Serial, ServiceName, Validity};
@@ -144,10 +146,18 @@ impl Site {
         )?;
         let cert_sha256 = fingerprint::sha256(&der);
         let added = unix_ms(now);
-        self.store.db_mut().write(|tx| {
+        self.store.db_mut().transaction(|tx| {
             tx.execute(
                 "INSERT INTO stations (name, cert_sha256, certificate, added_ms) VALUES (?1, ?2, ?3, ?4)",
                 params![name, cert_sha256.as_slice(), der, added],
+            )?;
+            crate::log::append_one(
+                tx,
+                added,
+                Event::StationAdded {
+                    station: name.to_owned(),
+                    certificate_sha256: ByteBuf::from(cert_sha256.to_vec()),
+                },
             )
             .map(|_| ())
         })?;
@@ -170,10 +180,17 @@ impl Site {
             return Ok(info);
         }
         let when = unix_ms(now);
-        self.store.db_mut().write(|tx| {
+        self.store.db_mut().transaction(|tx| {
             tx.execute(
                 "UPDATE stations SET revoked_ms = ?1 WHERE name = ?2",
                 params![when, name],
+            )?;
+            crate::log::append_one(
+                tx,
+                when,
+                Event::StationRevoked {
+                    station: name.to_owned(),
+                },
             )
             .map(|_| ())
         })?;
