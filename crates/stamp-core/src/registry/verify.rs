@@ -57,7 +57,8 @@ pub enum Reason {
     Expired,
     /// The device certificate (or its CA) is not valid yet.
     NotYetValid,
-    /// The certificate is not a client-authentication end entity (wrong or missing EKU, a CA).
+    /// The certificate is not a client-authentication end entity (an EKU without clientAuth, or
+    /// a CA). A certificate with no EKU at all fails the profile check instead.
     WrongUsage,
     /// The certificate does not match its entitlement's device profile.
     ProfileMismatch,
