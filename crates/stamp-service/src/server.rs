@@ -108,6 +108,9 @@ pub struct AppState {
     pub(crate) config: Config,
     pub(crate) metrics: Metrics,
     pub(crate) cacerts_p7: Vec<u8>,
+    /// The chain's certificates (issuing CA, OEM root) as DER and PEM: encoded once, not per
+    /// answer.
+    pub(crate) chain_pem: Vec<(Vec<u8>, String)>,
     pub(crate) in_flight: Arc<Semaphore>,
     pub(crate) tracker: Arc<Tracker>,
 }
@@ -174,7 +177,14 @@ impl Server {
             addr: config.listen,
             source,
         })?;
-        let cacerts_p7 = crate::pkcs7::certs_only(&[issuing_ca, root])?;
+        let cacerts_p7 = crate::pkcs7::certs_only(&[issuing_ca.clone(), root.clone()])?;
+        let chain_pem = [issuing_ca, root]
+            .into_iter()
+            .map(|der| {
+                let pem = stamp_core::cert::to_pem(&der);
+                (der, pem)
+            })
+            .collect();
         let state = Arc::new(AppState {
             engine,
             site: Mutex::new(site),
@@ -184,6 +194,7 @@ impl Server {
             config,
             metrics: Metrics::default(),
             cacerts_p7,
+            chain_pem,
             tracker: Arc::new(Tracker::default()),
         });
         Ok(Server {
