@@ -1,8 +1,8 @@
 //! The service's routes: the JSON API, EST (RFC 7030), health and metrics.
 //!
 //! Every handler that provisions first authorizes the station (profile, recorded, not revoked;
-//! refusals are logged), then runs the engine on the blocking pool. The engine decides, signs and
-//! makes the event durable in the audit log before anything is returned.
+//! refusals are logged), then runs the engine on the connection's engine thread. The engine
+//! decides, signs and makes the event durable in the audit log before anything is returned.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -203,8 +203,9 @@ async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not-found", "no such endpoint")
 }
 
-/// Runs `f` with the engine on the blocking pool, holding an in-flight permit. The work finishes
-/// even if the client goes away (the future is dropped): an issuance is then logged, not returned.
+/// Runs `f` with the engine on the connection's engine thread (`crate::lanes`; the blocking pool
+/// when it has none), holding an in-flight permit. The work finishes even if the client goes away
+/// (the future is dropped): an issuance is then logged, not returned.
 async fn with_engine<T: Send + 'static>(
     state: &Arc<AppState>,
     f: impl FnOnce(&Engine) -> T + Send + 'static,
@@ -217,14 +218,14 @@ async fn with_engine<T: Send + 'static>(
         .map_err(|_| ApiError::unavailable("shutting down"))?;
     let guard = state.tracker.guard();
     let engine = state.engine.clone();
-    tokio::task::spawn_blocking(move || {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    crate::lanes::run(Box::new(move || {
         let r = f(&engine);
         drop(permit);
         drop(guard);
-        r
-    })
-    .await
-    .map_err(|_| ApiError::unavailable("worker failed"))
+        let _ = tx.send(r);
+    }));
+    rx.await.map_err(|_| ApiError::unavailable("worker failed"))
 }
 
 /// Checks the peer is an active station of this site; a refusal is logged.
