@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use serde_json::json;
-use stamp_bench::{loadavg, quantile_ms, CsrReader};
+use stamp_bench::{loadavg, quantile_ms, CsrReader, ProcStat};
 
 use crate::http1::{contains, Conn};
 
@@ -22,7 +22,13 @@ fn open(addr: &str) -> anyhow::Result<Conn<TcpStream>> {
 }
 
 /// Runs `count` sign requests with `clients` concurrent connections; prints the JSON result.
-pub fn run(addr: &str, csrs: &Path, clients: usize, count: usize) -> anyhow::Result<()> {
+pub fn run(
+    addr: &str,
+    csrs: &Path,
+    clients: usize,
+    count: usize,
+    server_pid: Option<u32>,
+) -> anyhow::Result<()> {
     let ders = CsrReader::read_all(csrs, count)?;
     // Requests are built before the clock starts.
     let requests: Vec<Vec<u8>> = ders
@@ -41,6 +47,7 @@ pub fn run(addr: &str, csrs: &Path, clients: usize, count: usize) -> anyhow::Res
     let latencies: Mutex<Vec<u32>> = Mutex::new(Vec::new());
     let failures: Mutex<Vec<String>> = Mutex::new(Vec::new());
     let load_before = loadavg();
+    let server_before = server_pid.and_then(ProcStat::read);
     let started = Instant::now();
     std::thread::scope(|s| {
         for _ in 0..clients.max(1) {
@@ -87,6 +94,7 @@ pub fn run(addr: &str, csrs: &Path, clients: usize, count: usize) -> anyhow::Res
         }
     });
     let seconds = started.elapsed().as_secs_f64();
+    let server_after = server_pid.and_then(ProcStat::read);
     let failures = failures
         .into_inner()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -97,6 +105,10 @@ pub fn run(addr: &str, csrs: &Path, clients: usize, count: usize) -> anyhow::Res
         .into_inner()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     lat.sort_unstable();
+    let server_cpu = match (&server_before, &server_after) {
+        (Some(b), Some(a)) => Some((a.cpu_seconds - b.cpu_seconds) * 1e6 / (lat.len() as f64).max(1.0)),
+        _ => None,
+    };
     println!(
         "{}",
         json!({
@@ -106,6 +118,8 @@ pub fn run(addr: &str, csrs: &Path, clients: usize, count: usize) -> anyhow::Res
             "per_second": lat.len() as f64 / seconds.max(1e-9),
             "p50_ms": quantile_ms(&lat, 0.50),
             "p99_ms": quantile_ms(&lat, 0.99),
+            "server_cpu_us_per_device": server_cpu,
+            "server_peak_rss_kib": server_after.as_ref().map(|s| s.peak_rss_kib),
             "load_before": load_before,
             "load_after": loadavg(),
         })

@@ -107,6 +107,9 @@ enum Command {
         /// Requests in all (at most the CSRs in the file).
         #[arg(long, default_value = "20000")]
         count: usize,
+        /// cfssl's process ID: its CPU time and peak RSS are reported.
+        #[arg(long)]
+        server_pid: Option<u32>,
     },
     /// stamp's site service (`stamp site serve`, already running): provision a device for every
     /// CSR over mutual TLS and HTTP/1.1 keep-alive, `clients` at once, one connection each.
@@ -177,7 +180,8 @@ fn main() -> anyhow::Result<()> {
             csrs,
             clients,
             count,
-        } => cfssl::run(&addr, &csrs, clients, count),
+            server_pid,
+        } => cfssl::run(&addr, &csrs, clients, count, server_pid),
         Command::Service {
             addr,
             server_name,

@@ -192,11 +192,12 @@ pub fn print(dir: &Path) -> anyhow::Result<()> {
             String::new(),
         );
     }
-    let mut cfssl_rates: Vec<(u64, f64)> = Vec::new();
+    // (clients, devices/s, CPU µs per device of the cfssl process)
+    let mut cfssl_rates: Vec<(u64, f64, Option<f64>)> = Vec::new();
     for (n, name) in cfssl {
         let Some(c) = load(dir, &name) else { continue };
         let rate = num(&c, "per_second").unwrap_or(0.0);
-        cfssl_rates.push((n, rate));
+        cfssl_rates.push((n, rate, num(&c, "server_cpu_us_per_device")));
         t.row(
             &format!(
                 "peer: `cfssl serve` over HTTP/1.1 keep-alive, {n} client{}, same CSRs",
@@ -385,7 +386,7 @@ fn service_rows(
     t: &mut Table,
     raw: f64,
     raw_cpu: f64,
-    cfssl_rates: &[(u64, f64)],
+    cfssl_rates: &[(u64, f64, Option<f64>)],
 ) -> anyhow::Result<Option<(f64, String, String)>> {
     let mut files: Vec<(usize, u64, String, &str)> = std::fs::read_dir(dir)?
         .filter_map(Result::ok)
@@ -412,13 +413,19 @@ fn service_rows(
         let server_cpu = num(&v, "server_cpu_us_per_device");
         let rss = num(&v, "server_peak_rss_kib").unwrap_or(0.0);
         let stations = num(&v, "stations").unwrap_or(0.0);
-        let cfssl = cfssl_rates.iter().find(|(c, _)| *c == n).map(|(_, r)| *r);
+        let cfssl = cfssl_rates.iter().find(|(c, _, _)| *c == n);
         let vs_cfssl = cfssl.map_or_else(
             || "service / cfssl: ? (no cfssl run at this concurrency)".into(),
-            |c| {
+            |(_, c, c_cpu)| {
                 let x = rate / c.max(1e-9);
+                // By CPU: devices per CPU-second of each server process.
+                let by_cpu = match (server_cpu, c_cpu) {
+                    (Some(s), Some(c)) if s > 0.0 => format!(", by CPU {:.2}×", c / s),
+                    _ => String::new(),
+                };
                 format!(
-                    "service / cfssl = **{x:.2}×** ({:.0}% of the 3× target)",
+                    "service / cfssl = **{x:.2}×**{by_cpu} (cfssl {}/s in this run; {:.0}% of the 3× target)",
+                    n0(*c),
                     100.0 * x / SERVICE_VS_CFSSL
                 )
             },
