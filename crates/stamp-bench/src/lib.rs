@@ -270,25 +270,57 @@ impl Fixture {
 
 /// Peak resident set size of this process so far (`VmHWM`), in KiB.
 pub fn peak_rss_kib() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    ProcStat::of("self").map(|s| s.peak_rss_kib)
 }
 
 /// CPU time this process has used so far (user + system, every thread, live or ended), in
-/// seconds, from `/proc/self/stat` (Linux reports it in units of USER_HZ = 100 per second).
+/// seconds.
 pub fn process_cpu_seconds() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
-        return 0.0;
-    };
-    // The command name (field 2) is in parentheses and may hold spaces: count from after it.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // Fields 14 and 15 of the line (utime, stime) are the 12th and 13th after the name.
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    (ticks(11) + ticks(12)) as f64 / 100.0
+    ProcStat::of("self").map_or(0.0, |s| s.cpu_seconds)
+}
+
+/// A process's CPU time and memory, from `/proc`.
+#[derive(Clone, Debug)]
+pub struct ProcStat {
+    /// User + system time of every thread, live or ended, in seconds.
+    pub cpu_seconds: f64,
+    /// Peak resident set size (`VmHWM`), KiB.
+    pub peak_rss_kib: u64,
+    /// Resident set size now (`VmRSS`), KiB.
+    pub rss_kib: u64,
+    /// Threads now.
+    pub threads: u64,
+}
+
+impl ProcStat {
+    /// Another process's figures (`None` if it is gone or not readable).
+    pub fn read(pid: u32) -> Option<ProcStat> {
+        ProcStat::of(&pid.to_string())
+    }
+
+    fn of(pid: &str) -> Option<ProcStat> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // The command name (field 2) is in parentheses and may hold spaces: count from after it.
+        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        // Fields 14 and 15 of the line (utime, stime) are the 12th and 13th after the name;
+        // Linux reports them in units of USER_HZ = 100 per second.
+        let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        Some(ProcStat {
+            cpu_seconds: (ticks(11) + ticks(12)) as f64 / 100.0,
+            peak_rss_kib: field("VmHWM:"),
+            rss_kib: field("VmRSS:"),
+            threads: field("Threads:"),
+        })
+    }
 }
 
 /// The `q`-quantile (0..=1) of sorted microsecond latencies, in milliseconds.

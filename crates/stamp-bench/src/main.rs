@@ -4,7 +4,9 @@
 //! collected objects into the table of BENCHMARKS.md.
 
 mod cfssl;
+mod http1;
 mod report;
+mod service;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -105,6 +107,41 @@ enum Command {
         /// Requests in all (at most the CSRs in the file).
         #[arg(long, default_value = "20000")]
         count: usize,
+        /// cfssl's process ID: its CPU time and peak RSS are reported.
+        #[arg(long)]
+        server_pid: Option<u32>,
+    },
+    /// stamp's site service (`stamp site serve`, already running): provision a device for every
+    /// CSR over mutual TLS and HTTP/1.1 keep-alive, `clients` at once, one connection each.
+    Service {
+        /// The service's address, host:port.
+        #[arg(long)]
+        addr: String,
+        /// The name the service's certificate is checked for.
+        #[arg(long, default_value = "127.0.0.1")]
+        server_name: String,
+        /// A station directory (`stamp site add-station -o DIR`); repeat for more stations, which
+        /// the clients share round robin.
+        #[arg(long = "station", required = true)]
+        stations: Vec<PathBuf>,
+        /// CSR file.
+        #[arg(long)]
+        csrs: PathBuf,
+        /// Concurrent clients, each with its own connection.
+        #[arg(long, default_value = "8")]
+        clients: usize,
+        /// Requests in all (at most the CSRs in the file).
+        #[arg(long, default_value = "20000")]
+        count: usize,
+        /// JSON API or EST.
+        #[arg(long, value_enum, default_value = "json")]
+        protocol: service::Protocol,
+        /// The entitlement (the EST label).
+        #[arg(long)]
+        entitlement: String,
+        /// The service's process ID: its CPU time and peak RSS are reported.
+        #[arg(long)]
+        server_pid: Option<u32>,
     },
     /// Print the table from a directory of results that bench/run collected.
     Report {
@@ -143,7 +180,29 @@ fn main() -> anyhow::Result<()> {
             csrs,
             clients,
             count,
-        } => cfssl::run(&addr, &csrs, clients, count),
+            server_pid,
+        } => cfssl::run(&addr, &csrs, clients, count, server_pid),
+        Command::Service {
+            addr,
+            server_name,
+            stations,
+            csrs,
+            clients,
+            count,
+            protocol,
+            entitlement,
+            server_pid,
+        } => service::run(&service::Options {
+            addr,
+            server_name,
+            stations,
+            csrs,
+            clients,
+            count,
+            protocol,
+            entitlement,
+            server_pid,
+        }),
         Command::Report { dir } => report::print(&dir),
     }
 }

@@ -192,9 +192,12 @@ pub fn print(dir: &Path) -> anyhow::Result<()> {
             String::new(),
         );
     }
+    // (clients, devices/s, CPU µs per device of the cfssl process)
+    let mut cfssl_rates: Vec<(u64, f64, Option<f64>)> = Vec::new();
     for (n, name) in cfssl {
         let Some(c) = load(dir, &name) else { continue };
         let rate = num(&c, "per_second").unwrap_or(0.0);
+        cfssl_rates.push((n, rate, num(&c, "server_cpu_us_per_device")));
         t.row(
             &format!(
                 "peer: `cfssl serve` over HTTP/1.1 keep-alive, {n} client{}, same CSRs",
@@ -224,14 +227,7 @@ pub fn print(dir: &Path) -> anyhow::Result<()> {
             text(&c, "load_before"),
         );
     }
-    t.row(
-        "site service over mTLS (JSON API and EST), 1/8/64 stations",
-        "**pending issue #5** (the site service is not on this branch yet)".into(),
-        String::new(),
-        "stamp service / cfssl: pending".into(),
-        "≥ 3× cfssl, p99 < 5 ms at 64",
-        String::new(),
-    );
+    let peak = service_rows(dir, &mut t, raw, raw_cpu, &cfssl_rates)?;
     let count = meta.get("reconcile_count").and_then(Value::as_f64).unwrap_or(0.0);
     if let Some(e) = load(dir, "bulk-issue.json") {
         let rate = num(&e, "per_second").unwrap_or(0.0);
@@ -338,14 +334,24 @@ pub fn print(dir: &Path) -> anyhow::Result<()> {
                 .into(),
         );
     }
-    t.row(
-        "site service peak RSS under the heaviest load",
-        "**pending issue #5**".into(),
-        String::new(),
-        String::new(),
-        "< 100 MB",
-        String::new(),
-    );
+    match peak {
+        Some((kib, what, load)) => t.row(
+            "site service peak RSS under the heaviest load",
+            format!("{} ({what}; `VmHWM` of the `stamp site serve` process)", mib(kib)),
+            String::new(),
+            pct(kib * 1024.0, 100e6),
+            "< 100 MB",
+            load,
+        ),
+        None => t.row(
+            "site service peak RSS under the heaviest load",
+            "not run (`BENCH_SERVICE_CLIENTS` empty)".into(),
+            String::new(),
+            String::new(),
+            "< 100 MB",
+            String::new(),
+        ),
+    }
 
     println!(
         "stamp benchmarks — {} — commit {} — {} — load at start {}",
@@ -366,4 +372,103 @@ pub fn print(dir: &Path) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// The target for the site service: this many times cfssl's rate at the same concurrency.
+const SERVICE_VS_CFSSL: f64 = 3.0;
+/// The target for the site service's p99 latency at 64 stations, milliseconds.
+const SERVICE_P99_MS: f64 = 5.0;
+
+/// The site service's rows (`service-PROTOCOL-CLIENTS.json`); returns the largest peak RSS seen
+/// (KiB, which run, its load).
+fn service_rows(
+    dir: &Path,
+    t: &mut Table,
+    raw: f64,
+    raw_cpu: f64,
+    cfssl_rates: &[(u64, f64, Option<f64>)],
+) -> anyhow::Result<Option<(f64, String, String)>> {
+    let mut files: Vec<(usize, u64, String, &str)> = std::fs::read_dir(dir)?
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let (proto, n) = name
+                .strip_prefix("service-")?
+                .strip_suffix(".json")?
+                .split_once('-')?;
+            let (order, label) = match proto {
+                "json" => (0, "JSON API"),
+                "est" => (1, "EST"),
+                _ => return None,
+            };
+            Some((order, n.parse().ok()?, name, label))
+        })
+        .collect();
+    files.sort();
+    let mut peak: Option<(f64, String, String)> = None;
+    for (_, n, name, label) in files {
+        let Some(v) = load(dir, &name) else { continue };
+        let rate = num(&v, "per_second").unwrap_or(0.0);
+        let p99 = num(&v, "p99_ms").unwrap_or(0.0);
+        let server_cpu = num(&v, "server_cpu_us_per_device");
+        let rss = num(&v, "server_peak_rss_kib").unwrap_or(0.0);
+        let stations = num(&v, "stations").unwrap_or(0.0);
+        let cfssl = cfssl_rates.iter().find(|(c, _, _)| *c == n);
+        let vs_cfssl = cfssl.map_or_else(
+            || "service / cfssl: ? (no cfssl run at this concurrency)".into(),
+            |(_, c, c_cpu)| {
+                let x = rate / c.max(1e-9);
+                // By CPU: devices per CPU-second of each server process.
+                let by_cpu = match (server_cpu, c_cpu) {
+                    (Some(s), Some(c)) if s > 0.0 => format!(", by CPU {:.2}×", c / s),
+                    _ => String::new(),
+                };
+                format!(
+                    "service / cfssl = **{x:.2}×**{by_cpu} (cfssl {}/s in this run; {:.0}% of the 3× target)",
+                    n0(*c),
+                    100.0 * x / SERVICE_VS_CFSSL
+                )
+            },
+        );
+        let mut ratio = format!(
+            "{} (CPU: {}); {vs_cfssl}",
+            pct(rate, raw),
+            server_cpu.map_or("?".into(), |c| pct(raw_cpu, c))
+        );
+        if n == 64 {
+            ratio.push_str(&format!(
+                "; p99 {:.0}% of {SERVICE_P99_MS:.0} ms",
+                100.0 * p99 / SERVICE_P99_MS
+            ));
+        }
+        let load = text(&v, "load_before");
+        t.row(
+            &format!(
+                "**site service** (`stamp site serve`) over mutual TLS, {label}, {n} concurrent station connection{} ({stations:.0} station certificate{}), keep-alive ({} devices)",
+                if n == 1 { "" } else { "s" },
+                if stations == 1.0 { "" } else { "s" },
+                n0(num(&v, "issued").unwrap_or(0.0))
+            ),
+            format!(
+                "{} devices/s, p50 {:.2} ms, p99 {p99:.2} ms; service CPU {} µs/device (client {:.0}); peak RSS {}",
+                n0(rate),
+                num(&v, "p50_ms").unwrap_or(0.0),
+                server_cpu.map_or("?".into(), |c| format!("{c:.0}")),
+                num(&v, "client_cpu_us_per_device").unwrap_or(0.0),
+                mib(rss)
+            ),
+            n0(raw),
+            ratio,
+            if n == 64 {
+                "≥ 3× cfssl, p99 < 5 ms"
+            } else {
+                "≥ 3× cfssl"
+            },
+            load.clone(),
+        );
+        if peak.as_ref().is_none_or(|(k, _, _)| rss > *k) {
+            peak = Some((rss, format!("{label}, {n} stations"), load));
+        }
+    }
+    Ok(peak)
 }

@@ -1,9 +1,10 @@
 //! The service's routes: the JSON API, EST (RFC 7030), health and metrics.
 //!
 //! Every handler that provisions first authorizes the station (profile, recorded, not revoked;
-//! refusals are logged), then runs the engine on the blocking pool. The engine decides, signs and
-//! makes the event durable in the audit log before anything is returned.
+//! refusals are logged), then runs the engine on the connection's engine thread. The engine
+//! decides, signs and makes the event durable in the audit log before anything is returned.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
@@ -15,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Router};
 use http_body_util::BodyExt;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use stamp_core::audit::RefusalReason;
 use stamp_site::engine::{DeviceStamp, Engine, IssueError};
 use stamp_site::stations::StationStanding;
@@ -203,8 +204,9 @@ async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not-found", "no such endpoint")
 }
 
-/// Runs `f` with the engine on the blocking pool, holding an in-flight permit. The work finishes
-/// even if the client goes away (the future is dropped): an issuance is then logged, not returned.
+/// Runs `f` with the engine on the connection's engine thread (`crate::lanes`; the blocking pool
+/// when it has none), holding an in-flight permit. The work finishes even if the client goes away
+/// (the future is dropped): an issuance is then logged, not returned.
 async fn with_engine<T: Send + 'static>(
     state: &Arc<AppState>,
     f: impl FnOnce(&Engine) -> T + Send + 'static,
@@ -217,14 +219,14 @@ async fn with_engine<T: Send + 'static>(
         .map_err(|_| ApiError::unavailable("shutting down"))?;
     let guard = state.tracker.guard();
     let engine = state.engine.clone();
-    tokio::task::spawn_blocking(move || {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    crate::lanes::run(Box::new(move || {
         let r = f(&engine);
         drop(permit);
         drop(guard);
-        r
-    })
-    .await
-    .map_err(|_| ApiError::unavailable("worker failed"))
+        let _ = tx.send(r);
+    }));
+    rx.await.map_err(|_| ApiError::unavailable("worker failed"))
 }
 
 /// Checks the peer is an active station of this site; a refusal is logged.
@@ -342,16 +344,48 @@ fn pem_cert(der: &[u8]) -> String {
     stamp_core::cert::to_pem(der)
 }
 
-fn stamp_json(stamp: &DeviceStamp) -> serde_json::Value {
-    serde_json::json!({
-        "device_serial": stamp.device_serial,
-        "entitlement_id": stamp.entitlement_id,
-        "product": stamp.product,
-        "certificate": pem_cert(&stamp.certificate),
-        "chain": stamp.chain.iter().map(|c| pem_cert(c)).collect::<Vec<_>>(),
-        "device_data": stamp.device_data,
-        "log_index": stamp.log_index,
-    })
+/// A provisioning answer, serialized straight from the engine's stamp (no intermediate JSON
+/// value); the chain's PEM comes from the service's cache.
+#[derive(Serialize)]
+struct StampReply<'a> {
+    device_serial: u64,
+    entitlement_id: &'a str,
+    product: &'a stamp_core::entitlement::Product,
+    certificate: String,
+    chain: Vec<Cow<'a, str>>,
+    device_data: &'a BTreeMap<String, String>,
+    log_index: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    private_key: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    secrets: Option<BTreeMap<&'a String, String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hq_key_index: Option<u64>,
+}
+
+fn stamp_reply<'a>(state: &'a AppState, stamp: &'a DeviceStamp) -> StampReply<'a> {
+    StampReply {
+        device_serial: stamp.device_serial,
+        entitlement_id: &stamp.entitlement_id,
+        product: &stamp.product,
+        certificate: pem_cert(&stamp.certificate),
+        chain: stamp
+            .chain
+            .iter()
+            .map(|c| {
+                state
+                    .chain_pem
+                    .iter()
+                    .find(|(der, _)| der == c)
+                    .map_or_else(|| Cow::Owned(pem_cert(c)), |(_, pem)| Cow::Borrowed(pem.as_str()))
+            })
+            .collect(),
+        device_data: &stamp.device_data,
+        log_index: stamp.log_index,
+        private_key: None,
+        secrets: None,
+        hq_key_index: None,
+    }
 }
 
 fn with_outcome(mut r: Response, device_serial: u64) -> Response {
@@ -456,7 +490,7 @@ async fn provision(
         let stamp = result.map_err(|e| issue_error(&state, e))?;
         state.metrics.issued(IssuedKind::Device);
         Ok::<_, ApiError>(with_outcome(
-            axum::Json(stamp_json(&stamp)).into_response(),
+            axum::Json(stamp_reply(&state, &stamp)).into_response(),
             stamp.device_serial,
         ))
     }
@@ -483,22 +517,18 @@ async fn hand_out(
         .await?;
         let (stamp, key) = result.map_err(|e| issue_error(&state, e))?;
         state.metrics.issued(IssuedKind::HandOut);
-        let mut v = stamp_json(&stamp);
         let key_pem = zeroize::Zeroizing::new(stamp_core::ceremony::pem("PRIVATE KEY", &key.pkcs8));
-        let secrets: BTreeMap<&String, String> = key
-            .secrets
-            .iter()
-            .map(|(n, s)| (n, hex::encode(s.as_slice())))
-            .collect();
-        if let Some(o) = v.as_object_mut() {
-            o.insert(
-                "private_key".into(),
-                serde_json::Value::String(key_pem.to_string()),
-            );
-            o.insert("secrets".into(), serde_json::json!(secrets));
-            o.insert("hq_key_index".into(), serde_json::json!(key.index));
-        }
-        Ok::<_, ApiError>(with_outcome(axum::Json(v).into_response(), stamp.device_serial))
+        let mut v = stamp_reply(&state, &stamp);
+        v.private_key = Some(key_pem.as_str());
+        v.secrets = Some(
+            key.secrets
+                .iter()
+                .map(|(n, s)| (n, hex::encode(s.as_slice())))
+                .collect(),
+        );
+        v.hq_key_index = Some(key.index);
+        let v = axum::Json(v).into_response();
+        Ok::<_, ApiError>(with_outcome(v, stamp.device_serial))
     }
     .await;
     state.metrics.observe(started.elapsed());
@@ -521,7 +551,7 @@ async fn renew_json(
         let stamp = result.map_err(|e| issue_error(&state, e))?;
         state.metrics.issued(IssuedKind::Renewal);
         Ok::<_, ApiError>(with_outcome(
-            axum::Json(stamp_json(&stamp)).into_response(),
+            axum::Json(stamp_reply(&state, &stamp)).into_response(),
             stamp.device_serial,
         ))
     }

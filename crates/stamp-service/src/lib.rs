@@ -4,13 +4,14 @@
 //! The service is a thin edge around the site's provisioning engine
 //! ([`stamp_site::engine::Engine`]): it authenticates stations (TLS client certificates from this
 //! site's issuing CA, checked against the site's station records), turns HTTP requests into engine
-//! calls on the blocking pool, and maps the engine's stable refusal codes to HTTP statuses. The
+//! calls on a thread of the connection's own (`lanes`), and maps the engine's stable refusal codes to HTTP statuses. The
 //! engine decides, signs and logs durably before anything is returned. docs/service.md describes
 //! the API, EST, error codes, configuration and operations.
 
 pub mod api;
 pub mod client;
 pub mod config;
+mod lanes;
 pub mod metrics;
 pub mod pkcs7;
 pub mod server;

@@ -108,8 +108,12 @@ pub struct AppState {
     pub(crate) config: Config,
     pub(crate) metrics: Metrics,
     pub(crate) cacerts_p7: Vec<u8>,
+    /// The chain's certificates (issuing CA, OEM root) as DER and PEM: encoded once, not per
+    /// answer.
+    pub(crate) chain_pem: Vec<(Vec<u8>, String)>,
     pub(crate) in_flight: Arc<Semaphore>,
     pub(crate) tracker: Arc<Tracker>,
+    pub(crate) lanes: Arc<crate::lanes::Lanes>,
 }
 
 impl AppState {
@@ -174,16 +178,25 @@ impl Server {
             addr: config.listen,
             source,
         })?;
-        let cacerts_p7 = crate::pkcs7::certs_only(&[issuing_ca, root])?;
+        let cacerts_p7 = crate::pkcs7::certs_only(&[issuing_ca.clone(), root.clone()])?;
+        let chain_pem = [issuing_ca, root]
+            .into_iter()
+            .map(|der| {
+                let pem = stamp_core::cert::to_pem(&der);
+                (der, pem)
+            })
+            .collect();
         let state = Arc::new(AppState {
             engine,
             site: Mutex::new(site),
             store: Mutex::new(reader),
             site_id,
             in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
+            lanes: crate::lanes::Lanes::new(config.max_in_flight),
             config,
             metrics: Metrics::default(),
             cacerts_p7,
+            chain_pem,
             tracker: Arc::new(Tracker::default()),
         });
         Ok(Server {
@@ -357,11 +370,13 @@ impl Connection {
             .map(|c| c.as_ref().to_vec());
         let peer = Arc::new(Peer::from_certificate(cert.as_deref(), &state.site_id, addr));
         let timeout = Duration::from_secs(cfg.request_timeout_secs);
+        let lane = crate::lanes::LaneSlot::new(state.lanes.clone());
         let svc_state = state.clone();
         let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
             let router = router.clone();
             let peer = peer.clone();
             let state = svc_state.clone();
+            let lane = lane.clone();
             async move {
                 let started = Instant::now();
                 let method = req.method().clone();
@@ -369,7 +384,8 @@ impl Connection {
                 let est = path.starts_with("/.well-known/est/");
                 let mut req = req.map(axum::body::Body::new);
                 req.extensions_mut().insert(peer.clone());
-                let resp = match tokio::time::timeout(timeout, router.oneshot(req)).await {
+                let handled = crate::lanes::LANE.scope(lane, router.oneshot(req));
+                let resp = match tokio::time::timeout(timeout, handled).await {
                     Ok(Ok(r)) => r,
                     Ok(Err(never)) => match never {},
                     Err(_) => {
