@@ -290,14 +290,39 @@ impl T {
         p
     }
 
-    fn run(&self, bytes: &[u8], json: bool) -> std::process::Output {
-        let p = self.write(bytes);
+    /// Reconciles `bundle` on HQ directory `hq`, with `--threads N` if given.
+    fn reconcile(&self, hq: &Path, bundle: &Path, json: bool, threads: Option<&str>) -> std::process::Output {
         let mut args = vec![];
         if json {
             args.push("--json");
         }
-        args.extend_from_slice(&["hq", "reconcile", "--dir", s(&self.hq), s(&p)]);
+        args.extend_from_slice(&["hq", "reconcile", "--dir", s(hq)]);
+        if let Some(n) = threads {
+            args.extend_from_slice(&["--threads", n]);
+        }
+        args.push(s(bundle));
         stamp(&self.b.pass, &args)
+    }
+
+    /// Reconciles, and checks that the same bundle on a copy of HQ as it was gives the same
+    /// output without the signature pre-check threads (`--threads 0`: every entry handled whole,
+    /// one after another): the same report, or the same first failure.
+    fn run(&self, bytes: &[u8], json: bool) -> std::process::Output {
+        let p = self.write(bytes);
+        let serial = self.tmp.path().join(format!("hq-serial-{}", rand_name()));
+        copy_dir(&self.hq, &serial);
+        let out = self.reconcile(&self.hq, &p, json, None);
+        let one_by_one = self.reconcile(&serial, &p, json, Some("0"));
+        assert_eq!(
+            (lossy(&out.stdout), lossy(&out.stderr), out.status.code()),
+            (
+                lossy(&one_by_one.stdout),
+                lossy(&one_by_one.stderr),
+                one_by_one.status.code()
+            ),
+            "reconciliation with and without pre-check threads differ"
+        );
+        out
     }
 
     /// Reconciles; must be clean (exit 0).
@@ -334,6 +359,16 @@ impl T {
             before,
             "HQ state changed after a rejected bundle ({needle})"
         );
+        // The same first failure without pre-check threads, and with more threads than cores.
+        let threaded = self.reconcile(&self.hq, &p, false, None);
+        for n in ["0", "5"] {
+            let other = self.reconcile(&self.hq, &p, false, Some(n));
+            assert_eq!(
+                (lossy(&other.stderr), other.status.code()),
+                (lossy(&threaded.stderr), threaded.status.code()),
+                "--threads {n} rejects differently"
+            );
+        }
     }
 }
 
