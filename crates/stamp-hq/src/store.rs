@@ -87,6 +87,10 @@ const MIGRATIONS: &[Migration] = &[
     },
     // Revocations and registry exports (version 5), beside the code that uses them.
     crate::cloud::MIGRATION,
+    Migration {
+        version: 6,
+        sql: crate::reconcile::MIGRATION_6_SQL,
+    },
 ];
 
 /// The HQ database.
