@@ -89,6 +89,11 @@ const MIGRATIONS: &[Migration] = &[
     crate::cloud::MIGRATION,
     // The OEM root's CRLs (version 6).
     crate::crl::MIGRATION,
+    // The registry's unused indexes dropped (version 7).
+    Migration {
+        version: 7,
+        sql: crate::reconcile::INDEX_CLEANUP_SQL,
+    },
 ];
 
 /// The HQ database.

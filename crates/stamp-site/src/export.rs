@@ -154,6 +154,11 @@ impl Site {
             .map_err(|_| SiteError::Export("random generator failed".into()))?;
         let origin = origin(&site);
         let now_ms = unix_ms(now);
+        // A log from before the subtree table: store its subtree hashes once, so that the
+        // consistency proof below reads O(log n) rows.
+        if previous.is_some() {
+            self.store.db_mut().transaction(log::backfill_subtrees)?;
+        }
         // The export entry and the checkpoint, durably, before the file is written.
         let (size, root, note) = self.store.db_mut().transaction(|tx| {
             log::append_one(

@@ -10,7 +10,7 @@ use stamp_store::{Database, Migration, StoreError};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-const MIGRATIONS: &[Migration] = &[
+pub(crate) const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 1,
         sql: "
@@ -129,6 +129,24 @@ const MIGRATIONS: &[Migration] = &[
     },
     // The site issuing CA's CRLs (version 5), beside the code that uses them.
     crate::crl::MIGRATION,
+    Migration {
+        version: 6,
+        sql: "
+        -- Hashes of the audit log's perfect Merkle subtrees at levels 4, 8, 12, ... (2^level
+        -- leaves from leaf idx * 2^level), stored as appends complete them: proofs read O(log n)
+        -- rows instead of every leaf (docs/formats/audit.md, site storage).
+        CREATE TABLE log_subtrees (
+            level INTEGER NOT NULL,
+            idx INTEGER NOT NULL,
+            hash BLOB NOT NULL,
+            PRIMARY KEY (level, idx)
+        ) WITHOUT ROWID;
+        -- Entries logged before this table existed, whose subtrees are not stored yet (the next
+        -- export stores them, once: crate::log::backfill_subtrees). 0 for a new log.
+        ALTER TABLE log_state ADD COLUMN subtrees_from INTEGER NOT NULL DEFAULT 0;
+        UPDATE log_state SET subtrees_from = (SELECT COALESCE(MAX(idx) + 1, 0) FROM log_entries);
+    ",
+    },
 ];
 
 pub(crate) fn ts(t: OffsetDateTime) -> String {
