@@ -150,18 +150,109 @@ pub struct HandedOutKey {
     pub index: u64,
 }
 
+/// Every public key the site has certified or admitted (the SPKI SHA-256 of its devices and
+/// renewals, committed or in flight), as a Bloom filter: "absent" is certain, so admission skips
+/// the database lookup for a new key; "maybe" (a key seen before, or about one new key in a
+/// thousand) asks the database (and the in-flight set) as before. Built at start from the
+/// database; a key enters it when it is admitted. Never shrinks: a key admitted and then released
+/// only costs later requests for it a lookup.
+struct KeyFilter {
+    bits: Vec<u64>,
+    /// Bit count minus one (a power of two minus one).
+    mask: u64,
+}
+
+impl KeyFilter {
+    /// Bit positions per key.
+    const PROBES: u64 = 6;
+
+    /// A filter with 16 bits per key for `keys` keys (at least 2^20), rounded up to a power of
+    /// two: about one false "maybe" in a thousand new keys until that many are in it, one in
+    /// fifty at twice as many. 2 MiB for up to 1M keys, 4 MiB for 2M.
+    fn with_capacity(keys: u64) -> KeyFilter {
+        let bits = keys
+            .clamp(1 << 20, 1 << 34)
+            .saturating_mul(16)
+            .next_power_of_two();
+        KeyFilter {
+            bits: vec![0; usize::try_from(bits / 64).unwrap_or(1 << 20)],
+            mask: bits - 1,
+        }
+    }
+
+    /// The bit positions of a key (word, bit mask): double hashing over two 64-bit words of the
+    /// SHA-256, which is uniform.
+    fn probes(mask: u64, h: &[u8; 32]) -> impl Iterator<Item = (usize, u64)> {
+        let word = |from: usize| {
+            h.get(from..from + 8)
+                .and_then(|s| <[u8; 8]>::try_from(s).ok())
+                .map_or(0, u64::from_le_bytes)
+        };
+        let (h1, h2) = (word(0), word(8) | 1);
+        (0..Self::PROBES).map(move |i| {
+            let bit = h1.wrapping_add(i.wrapping_mul(h2)) & mask;
+            ((bit / 64) as usize, 1u64 << (bit % 64))
+        })
+    }
+
+    fn insert(&mut self, h: &[u8; 32]) {
+        for (word, bit) in Self::probes(self.mask, h) {
+            if let Some(w) = self.bits.get_mut(word) {
+                *w |= bit;
+            }
+        }
+    }
+
+    fn may_contain(&self, h: &[u8; 32]) -> bool {
+        Self::probes(self.mask, h).all(|(word, bit)| self.bits.get(word).is_none_or(|w| w & bit != 0))
+    }
+
+    /// Every key in the site's devices and renewals.
+    fn load(reader: &SiteStore) -> Result<KeyFilter, SiteError> {
+        let conn = reader.conn();
+        let n: i64 = conn.query_row(
+            "SELECT (SELECT COUNT(*) FROM devices) + (SELECT COUNT(*) FROM renewals)",
+            [],
+            |r| r.get(0),
+        )?;
+        let mut filter = KeyFilter::with_capacity(u64::try_from(n).unwrap_or(0).saturating_mul(2));
+        let mut stmt =
+            conn.prepare("SELECT spki_sha256 FROM devices UNION ALL SELECT spki_sha256 FROM renewals")?;
+        let mut rows = stmt.query([])?;
+        while let Some(row) = rows.next()? {
+            // Anything but a SHA-256 is a key no admission can ask for.
+            if let Some(k) = row
+                .get_ref(0)?
+                .as_blob()
+                .ok()
+                .and_then(|b| <&[u8; 32]>::try_from(b).ok())
+            {
+                filter.insert(k);
+            }
+        }
+        Ok(filter)
+    }
+}
+
 struct Policy {
     grants: HashMap<String, GrantRuntime>,
     /// HQ-generated keys per grant (from the sealed packages) and how many were handed out.
     hq_keys: HashMap<String, (Vec<HqDeviceKey>, u64)>,
-    pending_keys: HashSet<[u8; 32]>,
+    /// Keys admitted whose entries are not committed yet (the database lookup cannot see them);
+    /// the writer removes them once they are, without taking the policy lock.
+    pending_keys: PendingKeys,
+    /// Every key certified or admitted: lets a new key skip the database lookup.
+    key_filter: KeyFilter,
     last_time_ms: i64,
     reader: SiteStore,
 }
 
 impl Policy {
     fn key_known(&self, spki_sha256: &[u8; 32]) -> Result<bool, SiteError> {
-        if self.pending_keys.contains(spki_sha256) {
+        if !self.key_filter.may_contain(spki_sha256) {
+            return Ok(false);
+        }
+        if lock(&self.pending_keys).contains(spki_sha256) {
             return Ok(true);
         }
         Ok(!self.key_owners(spki_sha256)?.is_empty())
@@ -266,7 +357,8 @@ impl Policy {
                 times.pop_front();
             }
         }
-        self.pending_keys.insert(spki_sha256);
+        lock(&self.pending_keys).insert(spki_sha256);
+        self.key_filter.insert(&spki_sha256);
         self.last_time_ms = time_ms;
         Ok(Ok(Reservation {
             entitlement_id: entitlement_id.to_owned(),
@@ -285,7 +377,7 @@ impl Policy {
                 times.pop_back();
             }
         }
-        self.pending_keys.remove(&r.spki_sha256);
+        lock(&self.pending_keys).remove(&r.spki_sha256);
     }
 }
 
@@ -373,20 +465,24 @@ impl Engine {
             )?;
             hq_keys.insert(id.clone(), (full.device_keys.clone(), used as u64));
         }
+        let key_filter = KeyFilter::load(&reader)?;
         let last_time_ms = log::head(reader.conn())?.last_time_ms;
         let failed = Arc::new(AtomicBool::new(false));
         let (tx, rx) = mpsc::channel::<Job>();
         let writer_store = SiteStore::open(&path)?;
         let writer_failed = failed.clone();
+        let pending_keys = PendingKeys::default();
+        let writer_pending = pending_keys.clone();
         let writer = std::thread::Builder::new()
             .name("stamp-audit-writer".into())
-            .spawn(move || write_loop(writer_store, rx, writer_failed))
+            .spawn(move || write_loop(writer_store, rx, writer_failed, writer_pending))
             .map_err(|source| SiteError::Io { path, source })?;
         Ok(Engine {
             policy: Mutex::new(Policy {
                 grants,
                 hq_keys,
-                pending_keys: HashSet::new(),
+                pending_keys,
+                key_filter,
                 last_time_ms,
                 reader,
             }),
@@ -597,7 +693,6 @@ impl Engine {
         drop(p);
         sent?;
         let log_index = Self::wait(rx)?;
-        lock(&self.policy).pending_keys.remove(&spki_sha256);
         Ok(DeviceStamp {
             entitlement_id: entitlement_id.to_owned(),
             product: grant.product.clone(),
@@ -730,7 +825,6 @@ impl Engine {
         drop(p);
         sent?;
         let log_index = Self::wait(rx)?;
-        lock(&self.policy).pending_keys.remove(&spki_sha256);
         let stamp = DeviceStamp {
             entitlement_id: entitlement_id.to_owned(),
             product: grant.product.clone(),
@@ -804,7 +898,8 @@ impl Engine {
                     .is_some_and(|t| grant.device_profile.key_types.contains(&t))
                 {
                     Err(RefusalReason::KeyTypeNotAllowed)
-                } else if p.pending_keys.contains(&spki_sha256) || owners.iter().any(|o| *o != device_serial)
+                } else if lock(&p.pending_keys).contains(&spki_sha256)
+                    || owners.iter().any(|o| *o != device_serial)
                 {
                     Err(RefusalReason::DuplicateKey)
                 } else {
@@ -848,7 +943,8 @@ impl Engine {
                 ))
             }
         };
-        p.pending_keys.insert(spki_sha256);
+        lock(&p.pending_keys).insert(spki_sha256);
+        p.key_filter.insert(&spki_sha256);
         p.last_time_ms = time_ms;
         let record = DeviceRecord {
             entitlement_id: entitlement_id.clone(),
@@ -866,9 +962,7 @@ impl Engine {
             reply,
         });
         drop(p);
-        let result = sent.and_then(|()| Self::wait(rx));
-        lock(&self.policy).pending_keys.remove(&spki_sha256);
-        let log_index = result?;
+        let log_index = sent.and_then(|()| Self::wait(rx))?;
         Ok(DeviceStamp {
             entitlement_id,
             product: grant.product.clone(),
@@ -997,7 +1091,6 @@ fn csr_refusal(e: CsrError) -> RefusalReason {
     }
 }
 
-/// The writer thread: commits queued entries in groups.
 /// A queued package's bytes (bounded like `stamp site import`'s input).
 fn read_package(path: &std::path::Path) -> Result<Vec<u8>, SiteError> {
     use std::io::Read;
@@ -1017,7 +1110,11 @@ fn read_package(path: &std::path::Path) -> Result<Vec<u8>, SiteError> {
     Ok(bytes)
 }
 
-fn write_loop(mut store: SiteStore, rx: mpsc::Receiver<Job>, failed: Arc<AtomicBool>) {
+/// Keys admitted and not yet committed, shared by admission and the writer.
+type PendingKeys = Arc<Mutex<HashSet<[u8; 32]>>>;
+
+/// The writer thread: commits queued entries in groups.
+fn write_loop(mut store: SiteStore, rx: mpsc::Receiver<Job>, failed: Arc<AtomicBool>, pending: PendingKeys) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -1034,6 +1131,17 @@ fn write_loop(mut store: SiteStore, rx: mpsc::Receiver<Job>, failed: Arc<AtomicB
                 format!("audit log write failed: {e}")
             })
         };
+        if result.is_ok() {
+            // Committed: the database lookup sees these keys from now on.
+            let mut keys = lock(&pending);
+            for job in &batch {
+                if let Job::Device { record, .. } | Job::Renewal { record, .. } = job {
+                    if let Ok(k) = <[u8; 32]>::try_from(record.public_key_sha256.as_slice()) {
+                        keys.remove(&k);
+                    }
+                }
+            }
+        }
         for (i, job) in batch.into_iter().enumerate() {
             let reply = match job {
                 Job::Device { reply, .. }
@@ -1125,6 +1233,28 @@ fn commit(store: &mut SiteStore, batch: &[Job]) -> Result<Vec<u64>, SiteError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_key_filter_never_forgets_a_key_and_rarely_claims_a_new_one() {
+        let key = |i: u64| fingerprint::sha256(&i.to_be_bytes());
+        let mut f = KeyFilter::with_capacity(0);
+        assert_eq!(f.bits.len() * 64, 1 << 24);
+        let n = 200_000u64;
+        for i in 0..n {
+            f.insert(&key(i));
+        }
+        assert!((0..n).all(|i| f.may_contain(&key(i))));
+        let false_maybes = (n..n + 200_000).filter(|i| f.may_contain(&key(*i))).count();
+        assert!(false_maybes < 200, "{false_maybes} of 200,000 new keys");
+        // Far beyond its capacity it still never forgets; it only says "maybe" more often.
+        let mut small = KeyFilter::with_capacity(0);
+        small.mask = (1 << 12) - 1;
+        small.bits.truncate(1 << 6);
+        for i in 0..5_000 {
+            small.insert(&key(i));
+        }
+        assert!((0..5_000).all(|i| small.may_contain(&key(i))));
+    }
 
     #[test]
     fn serials_walk_the_ranges_in_order() {

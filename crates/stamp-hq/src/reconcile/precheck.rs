@@ -140,14 +140,21 @@ pub(super) fn in_order<E>(
         }
         let _stop = StopOnDrop(&shared);
         for bytes in entries {
-            take(next(&shared, bytes, ca))?;
+            take(next(&shared, entries, bytes, ca, window))?;
         }
         Ok(())
     })
 }
 
-/// The reconciling thread's next result: ready, computed by a worker, or computed here.
-fn next(shared: &Shared, bytes: &[u8], ca: &X509Certificate<'_>) -> Prechecked {
+/// The reconciling thread's next result: ready, computed by a worker, or computed here. While
+/// a worker still computes it, this thread computes entries further ahead.
+fn next(
+    shared: &Shared,
+    entries: &[ByteBuf],
+    bytes: &[u8],
+    ca: &X509Certificate<'_>,
+    window: usize,
+) -> Prechecked {
     let mut st = shared.lock();
     loop {
         if let Some(Some(_)) = st.ready.front() {
@@ -174,6 +181,21 @@ fn next(shared: &Shared, bytes: &[u8], ca: &X509Certificate<'_>) -> Prechecked {
                 shared.workers.notify_one();
             }
             return Prechecked::new(bytes, ca);
+        }
+        if st.next < entries.len() && st.next < st.taken + window {
+            // A worker computes this one: compute the next unclaimed one meanwhile, like a
+            // worker, rather than sleep.
+            let index = st.next;
+            st.next += 1;
+            st.ready.push_back(None);
+            drop(st);
+            let pre = entries.get(index).map(|b| Prechecked::new(b, ca));
+            st = shared.lock();
+            let at = index - st.taken;
+            if let (Some(slot), Some(pre)) = (st.ready.get_mut(at), pre) {
+                *slot = Some(pre);
+            }
+            continue;
         }
         st.taker_waits = true;
         st = shared.taker.wait(st).unwrap_or_else(PoisonError::into_inner);
