@@ -43,8 +43,8 @@ use stamp_store::rusqlite::Connection;
 use time::OffsetDateTime;
 use x509_parser::certificate::X509Certificate;
 
-pub(crate) use db::{MIGRATION_6_SQL, MIGRATION_SQL};
 pub use db::{DeviceRecord, Equivocation};
+pub(crate) use db::{MIGRATION_6_SQL, MIGRATION_SQL};
 pub use report::{
     ReconcileReport, TreeHeadSummary, Violation, ViolationKind, MAX_LISTED_ENTRIES, MAX_VIOLATIONS,
 };
