@@ -18,6 +18,14 @@ fn hsm() -> &'static SoftHsm {
     softhsm_with(TOKENS, None)
 }
 
+/// One test at a time: `raw_session` opens its own cryptoki context, and dropping it finalizes
+/// the module for the whole process, which ends every session of a test running beside it
+/// (SoftHSM2 then answers CKR_GENERAL_ERROR).
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn private_key(session: &cryptoki::session::Session, label: &str) -> cryptoki::object::ObjectHandle {
     let found = session
         .find_objects(&[
@@ -53,6 +61,7 @@ fn bool_attr(
 
 #[test]
 fn keys_are_made_in_the_token_and_their_private_values_cannot_be_read() {
+    let _serial = serial();
     let hsm = hsm();
     let store = store(hsm, "keys", USER_PIN);
     let (p256, _) = store
@@ -108,6 +117,7 @@ fn keys_are_made_in_the_token_and_their_private_values_cannot_be_read() {
 
 #[test]
 fn token_signatures_verify_with_aws_lc_and_openssl() {
+    let _serial = serial();
     let hsm = hsm();
     let store = store(hsm, "keys", USER_PIN);
     let dir = tempfile::tempdir().unwrap();
@@ -168,6 +178,7 @@ fn token_signatures_verify_with_aws_lc_and_openssl() {
 
 #[test]
 fn ecdh_in_the_token_agrees_with_software() {
+    let _serial = serial();
     let hsm = hsm();
     let store = store(hsm, "keys", USER_PIN);
     for (name, alg, lc) in [
@@ -207,6 +218,7 @@ fn ecdh_in_the_token_agrees_with_software() {
 
 #[test]
 fn many_threads_sign_at_once_through_the_session_pool() {
+    let _serial = serial();
     let hsm = hsm();
     let store = store(hsm, "keys", USER_PIN);
     let (_, signer) = store
@@ -237,6 +249,7 @@ fn many_threads_sign_at_once_through_the_session_pool() {
 
 #[test]
 fn errors_are_specific() {
+    let _serial = serial();
     let hsm = hsm();
     fn pkcs11<T>(r: Result<T, KeyStoreError>) -> Pkcs11Error {
         match r {
@@ -335,6 +348,7 @@ fn errors_are_specific() {
 
 #[test]
 fn a_failed_ceremony_leaves_no_key_in_the_token() {
+    let _serial = serial();
     let hsm = hsm();
     let dir = tempfile::tempdir().unwrap();
     let cfg = stamp_keys::KeyConfig {
