@@ -96,6 +96,7 @@ fn device_entry(index: u64, cert: &[u8]) -> Entry {
             public_key_sha256: ByteBuf::from(vec![0x5a; 32]),
             station: "line-1".into(),
             hq_key_index: None,
+            possession_proof: None,
         }),
     }
 }

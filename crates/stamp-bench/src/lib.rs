@@ -243,6 +243,7 @@ impl Fixture {
             device_data: BTreeMap::new(),
             device_keys: vec![],
             firmware: vec![],
+            renewal_limit: Default::default(),
         };
         Ok(Fixture {
             ca: Arc::new(ca),

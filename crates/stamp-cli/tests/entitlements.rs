@@ -154,6 +154,7 @@ fn grant(site: &str, seq: u64, not_after: i64) -> Entitlement {
             device_data: BTreeMap::new(),
             device_keys: vec![],
             firmware: vec![],
+            renewal_limit: Default::default(),
         }),
     }
 }

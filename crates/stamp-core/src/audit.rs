@@ -74,9 +74,38 @@ pub enum RefusalReason {
     UnknownDevice,
     /// A renewal names a device HQ revoked (an entitlement update the site applied).
     DeviceRevoked,
+    /// A renewal for a new key without a valid proof that the device holds its current key.
+    PossessionNotProven,
+    /// The device was renewed as often as its grant allows in the period.
+    RenewalLimit,
 }
 
 impl RefusalReason {
+    /// Every reason, in declaration order.
+    pub const ALL: [RefusalReason; 21] = [
+        RefusalReason::MalformedCsr,
+        RefusalReason::BadCsrSignature,
+        RefusalReason::KeyTypeNotAllowed,
+        RefusalReason::WeakKey,
+        RefusalReason::DuplicateKey,
+        RefusalReason::QuotaExhausted,
+        RefusalReason::RateExceeded,
+        RefusalReason::OutsideWindow,
+        RefusalReason::Suspended,
+        RefusalReason::Revoked,
+        RefusalReason::UnknownEntitlement,
+        RefusalReason::StationNotAllowed,
+        RefusalReason::NoKeysLeft,
+        RefusalReason::HqKeysOnly,
+        RefusalReason::Internal,
+        RefusalReason::StationRevoked,
+        RefusalReason::NotAStation,
+        RefusalReason::UnknownDevice,
+        RefusalReason::DeviceRevoked,
+        RefusalReason::PossessionNotProven,
+        RefusalReason::RenewalLimit,
+    ];
+
     /// The stable code.
     pub fn code(self) -> &'static str {
         match self {
@@ -99,6 +128,8 @@ impl RefusalReason {
             RefusalReason::NotAStation => "not-a-station",
             RefusalReason::UnknownDevice => "unknown-device",
             RefusalReason::DeviceRevoked => "device-revoked",
+            RefusalReason::PossessionNotProven => "possession-not-proven",
+            RefusalReason::RenewalLimit => "renewal-limit",
         }
     }
 }
@@ -121,6 +152,11 @@ pub struct DeviceRecord {
     pub station: String,
     /// For an HQ-generated key: its index in the grant's key list.
     pub hq_key_index: Option<u64>,
+    /// A renewal for a new key: the device's proof of possession, a signature with the key of its
+    /// certificate until then ([`crate::device::verify_renewal_proof`]), so HQ can check that the
+    /// device, not only a station, asked. Absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub possession_proof: Option<ByteBuf>,
 }
 
 /// What happened.
@@ -143,7 +179,8 @@ pub enum Event {
     /// An HQ-generated key was handed out with its certificate.
     KeyHandedOut(DeviceRecord),
     /// A device that has a certificate from this site got a new one (EST re-enrollment): same
-    /// subject and device serial, not counted against the quota.
+    /// subject and device serial, not counted against the quota; it supersedes the device's
+    /// certificate until then (one live certificate per serial).
     DeviceRenewed(DeviceRecord),
     /// A request was refused.
     RequestRefused {
@@ -449,6 +486,7 @@ mod tests {
                 public_key_sha256: ByteBuf::from(vec![2; 32]),
                 station: "line-1".into(),
                 hq_key_index: None,
+                possession_proof: None,
             }),
         }
     }
@@ -500,28 +538,7 @@ mod tests {
 
     #[test]
     fn refusal_codes_are_their_serialized_names() {
-        use RefusalReason::*;
-        for r in [
-            MalformedCsr,
-            BadCsrSignature,
-            KeyTypeNotAllowed,
-            WeakKey,
-            DuplicateKey,
-            QuotaExhausted,
-            RateExceeded,
-            OutsideWindow,
-            Suspended,
-            Revoked,
-            UnknownEntitlement,
-            StationNotAllowed,
-            NoKeysLeft,
-            HqKeysOnly,
-            Internal,
-            StationRevoked,
-            NotAStation,
-            UnknownDevice,
-            DeviceRevoked,
-        ] {
+        for r in RefusalReason::ALL {
             assert_eq!(serde_json::to_value(r).unwrap(), r.code());
         }
     }

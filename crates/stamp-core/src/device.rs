@@ -199,6 +199,69 @@ pub fn subject_matches(cert_der: &[u8], subject_der: &[u8]) -> bool {
     }
 }
 
+/// Domain separator of a renewal's proof of possession.
+pub const RENEWAL_PROOF_CONTEXT: &[u8] = b"stamp renewal proof v1\0";
+
+/// Longest proof of possession accepted (an RSA-8192 signature).
+pub const MAX_RENEWAL_PROOF: usize = 1024;
+
+/// What a device signs with its **current** key to ask for a certificate for a new key:
+/// [`RENEWAL_PROOF_CONTEXT`] ‖ SHA-256(current certificate DER) ‖ SHA-256(new SubjectPublicKeyInfo
+/// DER). Naming the current certificate makes a proof good for one renewal only (the next one
+/// has another current certificate); naming the new key binds it to that key alone.
+pub fn renewal_message(current_cert_sha256: &[u8; 32], new_spki_sha256: &[u8; 32]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(RENEWAL_PROOF_CONTEXT.len() + 64);
+    m.extend_from_slice(RENEWAL_PROOF_CONTEXT);
+    m.extend_from_slice(current_cert_sha256);
+    m.extend_from_slice(new_spki_sha256);
+    m
+}
+
+/// Why a proof of possession was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ProofError {
+    /// The renewal asks for a new key and carries no proof.
+    #[error("a renewal for a new key needs a proof of possession signed with the device's current key")]
+    Missing,
+    /// Longer than [`MAX_RENEWAL_PROOF`].
+    #[error("the proof of possession is longer than {MAX_RENEWAL_PROOF} bytes")]
+    TooLarge,
+    /// The current certificate's key is of no type stamp verifies.
+    #[error("the current certificate's key cannot verify a proof")]
+    UnsupportedKey,
+    /// The signature does not verify with the current certificate's key.
+    #[error("the proof of possession does not verify with the device's current key")]
+    BadSignature,
+}
+
+/// Verifies a renewal's proof of possession: `proof` must be a signature over
+/// [`renewal_message`] with the key `current_cert_der` certifies: ECDSA (DER-encoded, SHA-256 for
+/// P-256, SHA-384 for P-384), Ed25519, or RSASSA-PKCS1-v1_5 with SHA-256.
+pub fn verify_renewal_proof(
+    current_cert_der: &[u8],
+    new_spki_sha256: &[u8; 32],
+    proof: &[u8],
+) -> Result<(), ProofError> {
+    use aws_lc_rs::signature::{self, VerificationAlgorithm};
+    if proof.len() > MAX_RENEWAL_PROOF {
+        return Err(ProofError::TooLarge);
+    }
+    let c = cert::parse(current_cert_der).map_err(|_| ProofError::UnsupportedKey)?;
+    let spki = c.public_key();
+    let alg: &'static dyn VerificationAlgorithm =
+        match crate::csr::classify_spki(spki.raw).map_err(|_| ProofError::UnsupportedKey)? {
+            KeyType::P256 => &signature::ECDSA_P256_SHA256_ASN1,
+            KeyType::P384 => &signature::ECDSA_P384_SHA384_ASN1,
+            KeyType::Ed25519 => &signature::ED25519,
+            KeyType::Rsa(_) => &signature::RSA_PKCS1_2048_8192_SHA256,
+        };
+    let message = renewal_message(&crate::fingerprint::sha256(current_cert_der), new_spki_sha256);
+    signature::UnparsedPublicKey::new(alg, spki.subject_public_key.data.as_ref())
+        .verify(&message, proof)
+        .map_err(|_| ProofError::BadSignature)
+}
+
 /// What a checked device certificate says.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DeviceCertInfo {

@@ -242,6 +242,33 @@ pub struct Grant {
     pub device_keys: Vec<HqDeviceKey>,
     /// Firmware releases the site may program under this grant (empty: none named).
     pub firmware: Vec<FirmwareRef>,
+    /// How often one device may be renewed (absent from older packages: the default).
+    #[serde(default)]
+    pub renewal_limit: RenewalLimit,
+}
+
+/// At most `count` renewals of one device in any interval of `period`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RenewalLimit {
+    /// Renewals per device per period (0: devices of this grant cannot be renewed).
+    pub count: u32,
+    /// The period.
+    pub period: RatePeriod,
+}
+
+/// Most renewals per device per period a grant may allow.
+pub const MAX_RENEWALS_PER_PERIOD: u32 = 1000;
+
+impl Default for RenewalLimit {
+    /// Two renewals per device per day: enough to retry a renewal whose answer was lost, too few
+    /// to matter as a way around the quota (a renewal supersedes; it never adds a device).
+    fn default() -> Self {
+        RenewalLimit {
+            count: 2,
+            period: RatePeriod::Day,
+        }
+    }
 }
 
 impl Grant {
@@ -476,6 +503,11 @@ impl Entitlement {
                 }
                 if g.rate_limits.values().any(|n| *n == 0) {
                     return Err(Invalid("a rate limit must allow at least 1 device"));
+                }
+                if g.renewal_limit.count > MAX_RENEWALS_PER_PERIOD {
+                    return Err(Invalid(
+                        "a renewal limit allows at most 1000 renewals per device per period",
+                    ));
                 }
                 if g.not_after <= g.not_before {
                     return Err(Invalid("window ends before it starts"));
@@ -754,6 +786,7 @@ pub(crate) mod tests {
                 device_data: BTreeMap::from([("cloud_endpoint".into(), "mqtts://iot.example:8883".into())]),
                 device_keys: vec![],
                 firmware: vec![],
+                renewal_limit: Default::default(),
             }),
         }
     }

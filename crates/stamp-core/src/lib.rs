@@ -4,6 +4,7 @@
 //! reached only through the [`key::Signer`] and [`key::KeyAgreement`] traits, implemented by the key
 //! layer (`stamp-keys`): a software key store today, a PKCS#11 token later.
 
+pub mod admission;
 pub mod audit;
 pub mod ceremony;
 pub mod cert;

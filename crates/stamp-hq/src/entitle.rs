@@ -9,7 +9,7 @@ use serde_bytes::ByteBuf;
 use stamp_core::csr::{self, KeyType};
 use stamp_core::entitlement::{
     self, Action, Amend, DeviceKeyType, DeviceProfile, Entitlement, FirmwareRef, GrantState, HqDeviceKey,
-    Product, RatePeriod, SerialRange, Status,
+    Product, RatePeriod, RenewalLimit, SerialRange, Status,
 };
 use stamp_core::envelope::{self, Recipient};
 use stamp_core::key::KeyAgreementAlgorithm;
@@ -52,6 +52,8 @@ pub struct GrantRequest {
     /// Firmware releases the site may program, as `VERSION` or `VERSION@FORMAT` (releases recorded
     /// by `stamp hq sign-firmware`).
     pub firmware: Vec<String>,
+    /// How often one device may be renewed.
+    pub renewal_limit: RenewalLimit,
 }
 
 /// Resolves `VERSION` or `VERSION@FORMAT` selectors to recorded releases.
@@ -152,6 +154,8 @@ pub struct EntitlementSummary {
     pub quota: u64,
     /// Rate limits.
     pub rate_limits: BTreeMap<RatePeriod, u64>,
+    /// Renewals per device per period.
+    pub renewal_limit: RenewalLimit,
     /// Window start (RFC 3339).
     pub not_before: String,
     /// Window end (RFC 3339).
@@ -189,6 +193,7 @@ fn summary(site: &str, st: &GrantState) -> EntitlementSummary {
         product: g.product.clone(),
         quota: g.quota,
         rate_limits: g.rate_limits.clone(),
+        renewal_limit: g.renewal_limit,
         not_before: rfc3339(g.not_before),
         not_after: rfc3339(g.not_after),
         serial_ranges: g.serial_ranges.clone(),
@@ -332,6 +337,7 @@ impl Hq {
                     None => vec![],
                 },
                 firmware: firmware.clone(),
+                renewal_limit: req.renewal_limit,
             };
             let e = Entitlement {
                 version: entitlement::VERSION,

@@ -17,12 +17,12 @@
 mod db;
 mod policy;
 mod precheck;
-mod rate;
 mod report;
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
 
+use stamp_core::admission::{Ask, Breach};
 use stamp_core::audit::{
     self, AuditError, BundleChunk, BundleHeader, DeviceRecord as EntryDevice, Entry, Event,
     CHUNK_CONTENT_TYPE, HEADER_CONTENT_TYPE, MAX_ENTRIES_PER_CHUNK, MAX_FRAME,
@@ -44,7 +44,7 @@ use time::OffsetDateTime;
 use x509_parser::certificate::X509Certificate;
 
 pub use db::{DeviceRecord, Equivocation};
-pub(crate) use db::{INDEX_CLEANUP_SQL, MIGRATION_SQL};
+pub(crate) use db::{INDEX_CLEANUP_SQL, LIVE_SQL, MIGRATION_SQL};
 pub use report::{
     ReconcileReport, TreeHeadSummary, Violation, ViolationKind, MAX_LISTED_ENTRIES, MAX_VIOLATIONS,
 };
@@ -78,6 +78,11 @@ impl Default for ReconcileOptions {
         }
     }
 }
+
+/// How far a site's clock may be from HQ's before its entries' times are violations: an entry may
+/// be at most this much earlier than HQ made the package it runs under, or later than the bundle's
+/// arrival at HQ (15 minutes).
+pub const MAX_CLOCK_SKEW_MS: i64 = 15 * 60 * 1000;
 
 /// Key ID HQ's key-agreement key has in every bundle envelope.
 pub const HQ_KEY_ID: &[u8] = b"hq";
@@ -578,6 +583,7 @@ impl Hq {
                 ca: &ca,
                 bundle_id: &header.bundle_id,
                 now: &now_text,
+                now_ms: i64::try_from(now.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX),
                 grants: HashMap::new(),
                 last_sequence: log.as_ref().map_or(0, |l| l.last_sequence),
                 violations: Violations::default(),
@@ -888,6 +894,8 @@ struct Run<'a> {
     ca: &'a X509Certificate<'a>,
     bundle_id: &'a [u8],
     now: &'a str,
+    /// The bundle's arrival at HQ (Unix milliseconds, HQ's clock).
+    now_ms: i64,
     /// Grants the log has applied, loaded as entries refer to them: bounded by the site's grants.
     grants: HashMap<String, GrantTrack>,
     last_sequence: u64,
@@ -901,13 +909,27 @@ struct Run<'a> {
 impl Run<'_> {
     /// `issued` is [`device::verify_issued`] for the entry's certificate, computed ahead.
     fn entry(&mut self, index: u64, entry: Entry, issued: Option<Issued>) -> Result<(), HqError> {
+        if entry.time_ms > self.now_ms.saturating_add(MAX_CLOCK_SKEW_MS) {
+            let (t, now) = (rfc3339_ms(entry.time_ms), rfc3339_ms(self.now_ms));
+            self.violations
+                .add(ViolationKind::TimeInFuture, None, "", index, |n| {
+                    format!("{n} entr(ies) dated after the bundle reached HQ (the first at {t}; HQ's clock {now})")
+                });
+        }
         match entry.event {
             Event::EntitlementApplied {
                 entitlement_id,
                 sequence,
                 action,
                 package_sha256,
-            } => self.applied(index, &entitlement_id, sequence, &action, &package_sha256),
+            } => self.applied(
+                index,
+                entry.time_ms,
+                &entitlement_id,
+                sequence,
+                &action,
+                &package_sha256,
+            ),
             Event::DeviceIssued(d) => self.device(index, entry.time_ms, &d, false, issued),
             Event::KeyHandedOut(d) => self.device(index, entry.time_ms, &d, true, issued),
             Event::DeviceRenewed(d) => self.renewed(index, entry.time_ms, &d, issued),
@@ -943,6 +965,7 @@ impl Run<'_> {
     fn applied(
         &mut self,
         index: u64,
+        time_ms: i64,
         id: &str,
         sequence: u64,
         action: &str,
@@ -989,6 +1012,15 @@ impl Run<'_> {
         }
         self.last_sequence = sequence;
         self.applied += 1;
+        // Times never go back along a log, so an entry that applies a package bounds every later
+        // entry: none can be earlier than HQ made the package (less the allowed skew).
+        let made_ms = e.issued_at.saturating_mul(1000);
+        if time_ms < made_ms.saturating_sub(MAX_CLOCK_SKEW_MS) {
+            let (t, made) = (rfc3339_ms(time_ms), rfc3339_ms(made_ms));
+            v.add(ViolationKind::TimeBeforePackage, Some(id), &group, index, |_| {
+                format!("package {sequence} applied at {t}, before HQ made it at {made}: the site's clock is behind")
+            });
+        }
         if sha256(&sealed).as_slice() != sha {
             v.add(ViolationKind::UnknownPackage, Some(id), &group, index, |_| {
                 format!(
@@ -1028,8 +1060,11 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// A renewal: a new certificate for a device the site issued before. Checked like an issuance
-    /// (issuer, profile, the entry's claims) but not counted against quota or rates.
+    /// A renewal: a new certificate for a device HQ registered from this site, under the same
+    /// grant. Checked like an issuance (issuer, profile, the entry's claims, notBefore), then
+    /// by the grant's rule for renewals; a new key needs the device's proof of possession by its
+    /// live certificate's key, and must be certified nowhere else in this site's logs. A genuine
+    /// renewal becomes the serial's live certificate and supersedes the one before.
     fn renewed(
         &mut self,
         index: u64,
@@ -1040,6 +1075,8 @@ impl Run<'_> {
         let id = short(&d.entitlement_id);
         let mut genuine = true;
         self.load(&d.entitlement_id)?;
+        let site = self.site;
+        let serial = d.device_serial;
         let v = &mut self.violations;
         let mismatch = |what: &'static str, v: &mut Violations| {
             v.add(ViolationKind::CertificateMismatch, Some(&id), what, index, |n| {
@@ -1053,75 +1090,111 @@ impl Run<'_> {
         if d.hq_key_index.is_some() {
             genuine &= mismatch("HQ key index (a renewal has none)", v);
         }
-        match self.grants.get(&d.entitlement_id) {
-            None => {
-                genuine = false;
-                v.add(ViolationKind::UnknownEntitlement, Some(&id), "", index, |n| {
-                    format!("{n} renewal(s) under entitlement {id}, which the site's log never applied")
-                });
+        let live = db::live_device(self.tx, serial)?
+            .filter(|l| l.site_id == site.as_str() && l.entitlement_id == d.entitlement_id);
+        let Some(t) = self.grants.get(&d.entitlement_id) else {
+            v.add(ViolationKind::UnknownEntitlement, Some(&id), "", index, |n| {
+                format!("{n} renewal(s) under entitlement {id}, which the site's log never applied")
+            });
+            return Ok(());
+        };
+        match check_device(&d.certificate, &t.state.grant, self.ca, issued) {
+            Ok(info) => {
+                if info.device_serial != serial {
+                    genuine &= mismatch("device serial", v);
+                }
+                if info.public_key_sha256.as_slice() != d.public_key_sha256.as_slice() {
+                    genuine &= mismatch("public key SHA-256", v);
+                }
+                genuine &= not_before_matches(v, &id, index, time_ms, &info);
             }
-            Some(t) => match check_device(&d.certificate, &t.state.grant, self.ca, issued) {
-                Ok(info) => {
-                    if t.state.status == Status::Revoked {
-                        genuine = false;
-                        v.add(ViolationKind::IssuedWhileRevoked, Some(&id), "", index, |n| {
-                            format!("{n} device(s) renewed after {id} was revoked")
-                        });
-                    } else if t.state.device_revoked_at(d.device_serial).is_some() {
-                        genuine = false;
-                        let serial = d.device_serial;
-                        v.add(
-                            ViolationKind::RenewalOfRevokedDevice,
-                            Some(&id),
-                            &serial.to_string(),
-                            index,
-                            |n| format!("{n} renewal(s) of device serial {serial}, which HQ revoked"),
-                        );
-                    }
-                    if info.device_serial != d.device_serial {
-                        genuine &= mismatch("device serial", v);
-                    }
-                    if info.public_key_sha256.as_slice() != d.public_key_sha256.as_slice() {
-                        genuine &= mismatch("public key SHA-256", v);
-                    }
-                }
-                Err(DeviceCertError::Profile(what)) => {
-                    genuine = false;
-                    v.add(ViolationKind::ProfileMismatch, Some(&id), what, index, |n| {
-                        format!("{n} certificate(s) do not match {id}'s device profile: {what}")
-                    });
-                }
-                Err(e) => {
-                    genuine = false;
-                    let site = self.site;
-                    v.add(ViolationKind::WrongIssuer, Some(&id), "", index, |n| {
-                        format!("{n} certificate(s) not issued by site {site}'s issuing CA ({e})")
-                    });
-                }
-            },
+            Err(e) => genuine &= certificate_refused(v, &id, site, index, e),
         }
-        let site = self.site;
-        let serial = d.device_serial;
-        match db::claim_serial(self.tx, serial, site, &d.entitlement_id, index)? {
-            Some(first) if first.site_id == site.as_str() => {}
-            _ => {
+        let Some(live) = live else {
+            v.add(
+                ViolationKind::RenewalOfUnknownDevice,
+                Some(&id),
+                &serial.to_string(),
+                index,
+                |n| format!("{n} renewal(s) of device serial {serial}, which HQ never registered from site {site} under {id}"),
+            );
+            return Ok(());
+        };
+        let keeps_key = live.public_key_sha256.as_slice() == d.public_key_sha256.as_slice();
+        if !keeps_key {
+            let proven = <[u8; 32]>::try_from(d.public_key_sha256.as_slice()).is_ok_and(|new_key| {
+                d.possession_proof
+                    .as_ref()
+                    .is_some_and(|p| device::verify_renewal_proof(&live.certificate, &new_key, p).is_ok())
+            });
+            if !proven {
                 genuine = false;
                 v.add(
-                    ViolationKind::RenewalOfUnknownDevice,
+                    ViolationKind::PossessionNotProven,
                     Some(&id),
                     &serial.to_string(),
                     index,
-                    |n| format!("{n} renewal(s) of device serial {serial}, which site {site} never issued"),
+                    |n| {
+                        format!(
+                            "{n} renewal(s) of device serial {serial} for a new key without the device's proof of \
+                             possession (a station or the site alone asked)"
+                        )
+                    },
                 );
             }
         }
+        let period_ms = t.state.grant.renewal_limit.period.seconds() * 1000;
+        let before = db::count_renewal(self.tx, serial, time_ms, period_ms)?;
+        for b in t.renew(keeps_key, time_ms, &d.station, None, serial, before) {
+            genuine = false;
+            breach(v, &id, index, "renewed", b);
+        }
+        if !keeps_key && d.public_key_sha256.len() == 32 {
+            genuine &= self.key_unique(d, index, genuine)?;
+        }
         if genuine && db::record_device(self.tx, site, d, time_ms, index, self.bundle_id, self.now)? {
+            db::set_live(self.tx, serial, &d.certificate_sha256)?;
             self.devices_recorded += 1;
         }
         Ok(())
     }
 
-    /// A device-issued or key-handed-out entry.
+    /// Uniqueness of a new key: certified before in this site's logs, it is a violation of this
+    /// site (returns false). Certified first by another site, it is reported, and neither device
+    /// loses its standing: each is its own serial, usable only with the private key, and one
+    /// site must not be able to burn another's devices by logging their public keys first. An
+    /// entry that is no longer `genuine` claims nothing.
+    fn key_unique(&mut self, d: &EntryDevice, index: u64, genuine: bool) -> Result<bool, HqError> {
+        let (site, grant) = (self.site, d.entitlement_id.as_str());
+        let id = short(grant);
+        let first = if genuine {
+            db::claim_public_key(self.tx, &d.public_key_sha256, site, grant, index)?
+        } else {
+            db::public_key_use(self.tx, &d.public_key_sha256)?
+        };
+        let Some(first) = first else {
+            return Ok(true);
+        };
+        let key = hex::encode(&d.public_key_sha256);
+        self.violations
+            .add(ViolationKind::KeyReused, Some(&id), &key, index, |n| {
+                format!(
+                    "public key (SPKI SHA-256 {key}) certified {n} more time(s); first {}",
+                    first_use(&first, site)
+                )
+            });
+        if first.site_id == site.as_str() {
+            self.violations
+                .note_earlier(ViolationKind::KeyReused, first.log_index);
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    /// A device-issued or key-handed-out entry: the grant's rule (as the site applies it), the
+    /// serial in the grant's ranges, the certificate (issuer, profile, notBefore, the entry's
+    /// claims), HQ-generated keys; then uniqueness. Only an entry that breaks nothing claims its
+    /// serial and key: a violating entry can never take them from the device they belong to.
     fn device(
         &mut self,
         index: u64,
@@ -1134,6 +1207,7 @@ impl Run<'_> {
         let id = short(&d.entitlement_id);
         let mut genuine = true;
         self.load(&d.entitlement_id)?;
+        let site = self.site;
         let v = &mut self.violations;
         let mismatch = |what: &'static str, v: &mut Violations| {
             v.add(ViolationKind::CertificateMismatch, Some(&id), what, index, |n| {
@@ -1149,119 +1223,90 @@ impl Run<'_> {
             (false, Some(_)) => genuine &= mismatch("HQ key index (a device's own key has none)", v),
             _ => {}
         }
-        match self.grants.get_mut(&d.entitlement_id) {
-            None => {
+        if d.possession_proof.is_some() {
+            genuine &= mismatch("proof of possession (only a renewal has one)", v);
+        }
+        let Some(t) = self.grants.get_mut(&d.entitlement_id) else {
+            let whose = match db::grant_site(self.tx, &d.entitlement_id)? {
+                Some(s) if s == site.as_str() => "the site's log never applied".to_owned(),
+                Some(s) => format!("HQ made for site {s}"),
+                None => "HQ never made".to_owned(),
+            };
+            v.add(ViolationKind::UnknownEntitlement, Some(&id), "", index, |n| {
+                format!("{n} device(s) issued under entitlement {id}, which {whose}")
+            });
+            return Ok(());
+        };
+        let ask = if handed_out { Ask::HandOut } else { Ask::Issue };
+        let mut in_range = true;
+        for f in t.issue(ask, time_ms, &d.station, None, d.device_serial) {
+            genuine = false;
+            in_range &= f != Finding::SerialOutsideRange;
+            finding(v, &t.state, &id, index, time_ms, f);
+        }
+        // HQ-generated keys: a hand-out names one HQ made for this grant, with its key.
+        if let (true, Some(k)) = (handed_out, d.hq_key_index) {
+            let generated = usize::try_from(k)
+                .ok()
+                .and_then(|k| t.state.grant.device_keys.get(k))
+                .is_some_and(|key| key.spki_sha256.as_slice() == d.public_key_sha256.as_slice());
+            if !generated {
                 genuine = false;
-                let whose = match db::grant_site(self.tx, &d.entitlement_id)? {
-                    Some(s) if s == self.site.as_str() => "the site's log never applied".to_owned(),
-                    Some(s) => format!("HQ made for site {s}"),
-                    None => "HQ never made".to_owned(),
-                };
-                v.add(ViolationKind::UnknownEntitlement, Some(&id), "", index, |n| {
-                    format!("{n} device(s) issued under entitlement {id}, which {whose}")
+                v.add(ViolationKind::UnknownHqKey, Some(&id), &k.to_string(), index, |n| {
+                    format!("{n} hand-out(s) of HQ key {k} of {id} with a public key HQ did not generate as that key")
                 });
             }
-            Some(t) => {
-                for f in t.issue(time_ms, d.device_serial) {
-                    genuine = false;
-                    finding(v, &t.state, &id, index, time_ms, f);
-                }
-                // HQ-generated keys: a hand-out names one HQ made for this grant, with its key; a
-                // grant with HQ-generated keys certifies no device's own key.
-                let hq_keys = &t.state.grant.device_keys;
-                match (handed_out, d.hq_key_index) {
-                    (true, Some(k)) => {
-                        let generated = usize::try_from(k)
-                            .ok()
-                            .and_then(|k| hq_keys.get(k))
-                            .is_some_and(|key| key.spki_sha256.as_slice() == d.public_key_sha256.as_slice());
-                        if !generated {
-                            genuine = false;
-                            v.add(ViolationKind::UnknownHqKey, Some(&id), &k.to_string(), index, |n| {
-                                format!(
-                                    "{n} hand-out(s) of HQ key {k} of {id} with a public key HQ did not generate \
-                                     as that key"
-                                )
-                            });
-                        }
-                    }
-                    (false, _) if !hq_keys.is_empty() => {
-                        genuine = false;
-                        v.add(ViolationKind::OwnKeyUnderHqKeys, Some(&id), "", index, |n| {
-                            format!(
-                                "{n} device(s) certified for their own key under {id}, whose devices get \
-                                 HQ-generated keys"
-                            )
-                        });
-                    }
-                    _ => {}
-                }
-                match check_device(&d.certificate, &t.state.grant, self.ca, issued) {
-                    Ok(info) => {
-                        if info.device_serial != d.device_serial {
-                            genuine &= mismatch("device serial", v);
-                        }
-                        if info.public_key_sha256.as_slice() != d.public_key_sha256.as_slice() {
-                            genuine &= mismatch("public key SHA-256", v);
-                        }
-                    }
-                    Err(DeviceCertError::Profile(what)) => {
-                        genuine = false;
-                        v.add(ViolationKind::ProfileMismatch, Some(&id), what, index, |n| {
-                            format!("{n} certificate(s) do not match {id}'s device profile: {what}")
-                        });
-                    }
-                    Err(e) => {
-                        genuine = false;
-                        let site = self.site;
-                        v.add(ViolationKind::WrongIssuer, Some(&id), "", index, |n| {
-                            format!("{n} certificate(s) not issued by site {site}'s issuing CA ({e})")
-                        });
-                    }
-                }
-            }
         }
-        // Uniqueness, across every bundle of every site: serials, public keys, HQ keys.
+        match check_device(&d.certificate, &t.state.grant, self.ca, issued) {
+            Ok(info) => {
+                if info.device_serial != d.device_serial {
+                    genuine &= mismatch("device serial", v);
+                }
+                if info.public_key_sha256.as_slice() != d.public_key_sha256.as_slice() {
+                    genuine &= mismatch("public key SHA-256", v);
+                }
+                genuine &= not_before_matches(v, &id, index, time_ms, &info);
+            }
+            Err(e) => genuine &= certificate_refused(v, &id, site, index, e),
+        }
+        // Uniqueness, across every bundle of every site: serials, public keys, HQ keys. A serial
+        // outside the grant's ranges is not the grant's to claim (it is reported above).
         let grant = d.entitlement_id.as_str();
-        let site = self.site;
-        if let Some(first) = db::claim_serial(self.tx, d.device_serial, site, grant, index)? {
-            genuine = false;
-            let serial = d.device_serial;
-            v.add(
-                ViolationKind::SerialReused,
-                Some(&id),
-                &serial.to_string(),
-                index,
-                |n| {
-                    format!(
-                        "device serial {serial} issued {n} more time(s); first {}",
-                        first_use(&first, site)
-                    )
-                },
-            );
-            if first.site_id == site.as_str() {
-                v.note_earlier(ViolationKind::SerialReused, first.log_index);
+        let serial = d.device_serial;
+        if in_range {
+            let first = if genuine {
+                db::claim_serial(self.tx, serial, site, grant, index)?
+            } else {
+                db::serial_use(self.tx, serial)?
+            };
+            if let Some(first) = first {
+                genuine = false;
+                v.add(
+                    ViolationKind::SerialReused,
+                    Some(&id),
+                    &serial.to_string(),
+                    index,
+                    |n| {
+                        format!(
+                            "device serial {serial} issued {n} more time(s); first {}",
+                            first_use(&first, site)
+                        )
+                    },
+                );
+                if first.site_id == site.as_str() {
+                    v.note_earlier(ViolationKind::SerialReused, first.log_index);
+                }
             }
         }
         if d.public_key_sha256.len() != 32 {
             genuine &= mismatch("public key SHA-256 (not 32 bytes)", v);
-        } else if let Some(first) = db::claim_public_key(self.tx, &d.public_key_sha256, site, grant, index)? {
-            genuine = false;
-            let key = hex::encode(&d.public_key_sha256);
-            v.add(ViolationKind::KeyReused, Some(&id), &key, index, |n| {
-                format!(
-                    "public key (SPKI SHA-256 {key}) certified {n} more time(s); first {}",
-                    first_use(&first, site)
-                )
-            });
-            if first.site_id == site.as_str() {
-                v.note_earlier(ViolationKind::KeyReused, first.log_index);
-            }
+        } else {
+            genuine &= self.key_unique(d, index, genuine)?;
         }
         if let (true, Some(k)) = (handed_out, d.hq_key_index) {
             if let Some(first) = db::claim_hq_key(self.tx, grant, k, site, index)? {
                 genuine = false;
-                v.add(
+                self.violations.add(
                     ViolationKind::HqKeyReused,
                     Some(&id),
                     &k.to_string(),
@@ -1274,11 +1319,13 @@ impl Run<'_> {
                     },
                 );
                 if first.site_id == site.as_str() {
-                    v.note_earlier(ViolationKind::HqKeyReused, first.log_index);
+                    self.violations
+                        .note_earlier(ViolationKind::HqKeyReused, first.log_index);
                 }
             }
         }
         if genuine && db::record_device(self.tx, site, d, time_ms, index, self.bundle_id, self.now)? {
+            db::set_live(self.tx, serial, &d.certificate_sha256)?;
             self.devices_recorded += 1;
         }
         Ok(())
@@ -1354,6 +1401,37 @@ fn check_device(
     }
 }
 
+/// Whether a certificate's notBefore is its entry's time (the site sets it when it logs the
+/// issuance, to the second); reports it if not.
+fn not_before_matches(
+    v: &mut Violations,
+    id: &str,
+    index: u64,
+    time_ms: i64,
+    info: &device::DeviceCertInfo,
+) -> bool {
+    if info.not_before.unix_timestamp() == time_ms.div_euclid(1000) {
+        return true;
+    }
+    v.add(ViolationKind::NotBeforeMismatch, Some(id), "", index, |n| {
+        format!("{n} certificate(s) of {id} whose notBefore is not their entry's time")
+    });
+    false
+}
+
+/// Reports a certificate that is not the site's or not the grant's profile (returns false).
+fn certificate_refused(v: &mut Violations, id: &str, site: &SiteId, index: u64, e: DeviceCertError) -> bool {
+    match e {
+        DeviceCertError::Profile(what) => v.add(ViolationKind::ProfileMismatch, Some(id), what, index, |n| {
+            format!("{n} certificate(s) do not match {id}'s device profile: {what}")
+        }),
+        e => v.add(ViolationKind::WrongIssuer, Some(id), "", index, |n| {
+            format!("{n} certificate(s) not issued by site {site}'s issuing CA ({e})")
+        }),
+    }
+    false
+}
+
 fn first_use(f: &db::FirstUse, site: &SiteId) -> String {
     if f.site_id == site.as_str() {
         format!("at entry {} ({})", f.log_index, short(&f.entitlement_id))
@@ -1369,37 +1447,7 @@ fn period_name(p: RatePeriod) -> &'static str {
 /// Reports one [`Finding`] of a grant's checks.
 fn finding(v: &mut Violations, st: &GrantState, id: &str, index: u64, time_ms: i64, f: Finding) {
     match f {
-        Finding::NotActive(Status::Revoked) => {
-            v.add(ViolationKind::IssuedWhileRevoked, Some(id), "", index, |n| {
-                format!("{n} device(s) issued after {id} was revoked")
-            })
-        }
-        Finding::NotActive(_) => v.add(ViolationKind::IssuedWhileSuspended, Some(id), "", index, |n| {
-            format!("{n} device(s) issued while {id} was suspended")
-        }),
-        Finding::OutsideWindow {
-            not_before,
-            not_after,
-        } => {
-            let (nb, na) = (
-                rfc3339_ms(not_before.saturating_mul(1000)),
-                rfc3339_ms(not_after.saturating_mul(1000)),
-            );
-            v.add(
-                ViolationKind::OutsideWindow,
-                Some(id),
-                &format!("{not_before}/{not_after}"),
-                index,
-                |n| format!("{n} device(s) issued outside {id}'s production window {nb} to {na}"),
-            )
-        }
-        Finding::OverQuota { quota } => v.add(
-            ViolationKind::OverQuota,
-            Some(id),
-            &quota.to_string(),
-            index,
-            |n| format!("{n} device(s) issued beyond {id}'s quota of {quota}"),
-        ),
+        Finding::Rule(b) => breach(v, id, index, "issued", b),
         Finding::Rate {
             period,
             limit,
@@ -1435,6 +1483,73 @@ fn finding(v: &mut Violations, st: &GrantState, id: &str, index: u64, time_ms: i
                 )
             })
         }
+    }
+}
+
+/// Reports one rule of the grant an entry broke; `done` says what the entries did ("issued",
+/// "renewed").
+fn breach(v: &mut Violations, id: &str, index: u64, done: &str, b: Breach) {
+    match b {
+        Breach::NotActive(Status::Revoked) => {
+            v.add(ViolationKind::IssuedWhileRevoked, Some(id), done, index, |n| {
+                format!("{n} device(s) {done} after {id} was revoked")
+            })
+        }
+        Breach::NotActive(_) => v.add(ViolationKind::IssuedWhileSuspended, Some(id), done, index, |n| {
+            format!("{n} device(s) {done} while {id} was suspended")
+        }),
+        Breach::DeviceRevoked => v.add(ViolationKind::RenewalOfRevokedDevice, Some(id), "", index, |n| {
+            format!("{n} renewal(s) of devices of {id} that HQ revoked")
+        }),
+        Breach::HqKeysOnly => v.add(ViolationKind::OwnKeyUnderHqKeys, Some(id), done, index, |n| {
+            format!(
+                "{n} device(s) {done} for a key of their own under {id}, whose devices get HQ-generated keys"
+            )
+        }),
+        Breach::StationNotAllowed => v.add(ViolationKind::StationNotAllowed, Some(id), done, index, |n| {
+            format!("{n} device(s) {done} for a station {id} does not name")
+        }),
+        Breach::OutsideWindow {
+            not_before,
+            not_after,
+        } => {
+            let (nb, na) = (
+                rfc3339_ms(not_before.saturating_mul(1000)),
+                rfc3339_ms(not_after.saturating_mul(1000)),
+            );
+            v.add(
+                ViolationKind::OutsideWindow,
+                Some(id),
+                &format!("{done}/{not_before}/{not_after}"),
+                index,
+                |n| format!("{n} device(s) {done} outside {id}'s production window {nb} to {na}"),
+            )
+        }
+        Breach::KeyTypeNotAllowed => {
+            v.add(ViolationKind::ProfileMismatch, Some(id), "key type", index, |n| {
+                format!("{n} certificate(s) do not match {id}'s device profile: key type")
+            })
+        }
+        // HQ checks key uniqueness through its claims, across every site.
+        Breach::DuplicateKey => {}
+        Breach::OverQuota { quota } => v.add(
+            ViolationKind::OverQuota,
+            Some(id),
+            &quota.to_string(),
+            index,
+            |n| format!("{n} device(s) issued beyond {id}'s quota of {quota}"),
+        ),
+        // Reported with its episode by `finding`.
+        Breach::Rate { .. } => {}
+        Breach::RenewalLimit { count, period } => {
+            let p = period_name(period);
+            v.add(ViolationKind::RenewalLimit, Some(id), "", index, |n| {
+                format!("{n} renewal(s) beyond {id}'s limit of {count} per device per {p}")
+            })
+        }
+        _ => v.add(ViolationKind::ProfileMismatch, Some(id), "rule", index, |n| {
+            format!("{n} entr(ies) break a rule of {id}")
+        }),
     }
 }
 

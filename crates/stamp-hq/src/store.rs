@@ -94,6 +94,11 @@ const MIGRATIONS: &[Migration] = &[
         version: 7,
         sql: crate::reconcile::INDEX_CLEANUP_SQL,
     },
+    // One live certificate per device serial; renewal times (version 8).
+    Migration {
+        version: 8,
+        sql: crate::reconcile::LIVE_SQL,
+    },
 ];
 
 /// The HQ database.

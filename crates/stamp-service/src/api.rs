@@ -136,6 +136,14 @@ pub fn refusal(reason: RefusalReason) -> (StatusCode, &'static str) {
             "no device certificate of this site has the request's subject",
         ),
         DeviceRevoked => (StatusCode::FORBIDDEN, "HQ revoked this device"),
+        PossessionNotProven => (
+            StatusCode::FORBIDDEN,
+            "a renewal for a new key needs the device's proof of possession, signed with its current key",
+        ),
+        RenewalLimit => (
+            StatusCode::TOO_MANY_REQUESTS,
+            "this device was renewed as often as its entitlement allows in the period",
+        ),
         _ => (StatusCode::INTERNAL_SERVER_ERROR, "the site failed internally"),
     }
 }
@@ -461,6 +469,17 @@ struct HandOutRequest {
 #[serde(deny_unknown_fields)]
 struct RenewRequest {
     csr: String,
+    /// The device's proof of possession, base64 (a renewal for a new key needs it).
+    proof: Option<String>,
+}
+
+/// HTTP header of an EST re-enrollment that carries the device's proof of possession (base64).
+pub const PROOF_HEADER: &str = "stamp-possession-proof";
+
+/// A proof of possession from its base64 text; text that is not base64 (or too long) becomes an
+/// empty proof, which the engine refuses (and logs) as `possession-not-proven`.
+fn proof_bytes(text: &[u8]) -> Vec<u8> {
+    crate::pkcs7::base64_decode(text, stamp_core::device::MAX_RENEWAL_PROOF * 2).unwrap_or_default()
 }
 
 fn entitlement_or_default(state: &AppState, given: Option<String>) -> String {
@@ -547,7 +566,11 @@ async fn renew_json(
         let req: RenewRequest = parse_json(&state, &bytes)?;
         let station = authorize(&state, &peer, None).await?;
         let csr = csr_bytes(&req.csr);
-        let result = with_engine(&state, move |engine| engine.renew(&csr, &station, crate::now())).await?;
+        let proof = req.proof.map(|p| proof_bytes(p.as_bytes()));
+        let result = with_engine(&state, move |engine| {
+            engine.renew(&csr, proof.as_deref(), &station, crate::now())
+        })
+        .await?;
         let stamp = result.map_err(|e| issue_error(&state, e))?;
         state.metrics.issued(IssuedKind::Renewal);
         Ok::<_, ApiError>(with_outcome(
@@ -697,9 +720,10 @@ async fn enroll(
         let entitlement = label.map(|l| bounded_id(&l)).unwrap_or_default();
         let station = authorize(&state, &peer, (!renewal).then_some(entitlement.as_str())).await?;
         let csr = est_csr(&bytes);
+        let proof = headers.get(PROOF_HEADER).map(|v| proof_bytes(v.as_bytes()));
         let result = with_engine(&state, move |engine| {
             if renewal {
-                engine.renew(&csr, &station, crate::now())
+                engine.renew(&csr, proof.as_deref(), &station, crate::now())
             } else {
                 engine.issue(&entitlement, &csr, &station, crate::now())
             }

@@ -6,21 +6,36 @@ use time::OffsetDateTime;
 
 /// Parses `N/minute`, `N/hour` or `N/day`.
 pub fn parse_rate(s: &str) -> Result<(RatePeriod, u64), String> {
+    let (n, period) = parse_per_period(s)?;
+    if n == 0 {
+        return Err("a rate limit must allow at least 1 device".into());
+    }
+    Ok((period, n))
+}
+
+/// `N/PERIOD` for `--renewals`: at most N renewals per device per minute, hour or day (0: none).
+pub fn parse_renewals(s: &str) -> Result<stamp_core::entitlement::RenewalLimit, String> {
+    let (n, period) = parse_per_period(s)?;
+    let count = u32::try_from(n)
+        .ok()
+        .filter(|n| *n <= stamp_core::entitlement::MAX_RENEWALS_PER_PERIOD)
+        .ok_or("at most 1000 renewals per device per period")?;
+    Ok(stamp_core::entitlement::RenewalLimit { count, period })
+}
+
+fn parse_per_period(s: &str) -> Result<(u64, RatePeriod), String> {
     let (n, period) = s.split_once('/').ok_or("expected N/minute, N/hour or N/day")?;
     let n: u64 = n
         .trim()
         .parse()
         .map_err(|_| format!("{n:?} is not a whole number"))?;
-    if n == 0 {
-        return Err("a rate limit must allow at least 1 device".into());
-    }
     let period = match period.trim() {
         "minute" | "min" | "m" => RatePeriod::Minute,
         "hour" | "h" => RatePeriod::Hour,
         "day" | "d" => RatePeriod::Day,
         other => return Err(format!("unknown period {other:?}: use minute, hour or day")),
     };
-    Ok((period, n))
+    Ok((n, period))
 }
 
 /// Parses an RFC 3339 time (`2026-12-01T08:00:00Z`) or a date (`2026-12-01`, midnight UTC).

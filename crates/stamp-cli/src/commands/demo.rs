@@ -292,6 +292,7 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
             )]
             .into_iter()
             .collect(),
+            renewal_limit: Default::default(),
         };
         Ok(hq.entitle(&req, &package, now())?)
     })?;

@@ -8,7 +8,7 @@ use stamp_core::entitlement::{DeviceKeyType, DeviceProfile, Product, RatePeriod}
 use stamp_core::SiteId;
 use stamp_hq::entitle::GrantRequest;
 
-use super::args::{parse_key_value, parse_rate, parse_secret, parse_time, KeyTypeArg};
+use super::args::{parse_key_value, parse_rate, parse_renewals, parse_secret, parse_time, KeyTypeArg};
 use crate::output::emit;
 use crate::Globals;
 
@@ -40,6 +40,10 @@ pub struct Args {
     /// A production rate limit, N per minute, hour or day (repeatable: `--rate 60/minute --rate 20000/day`).
     #[arg(long = "rate", value_name = "N/PERIOD", value_parser = parse_rate)]
     rates: Vec<(RatePeriod, u64)>,
+    /// How often one device may be renewed: at most N renewals per device per minute, hour or day
+    /// (0/day: never). A renewal supersedes the device's certificate; it never adds a device.
+    #[arg(long, value_name = "N/PERIOD", value_parser = parse_renewals, default_value = "2/day")]
+    renewals: stamp_core::entitlement::RenewalLimit,
     /// Start of the production window: RFC 3339 (2026-12-01T08:00:00Z) or a date (2026-12-01). Default: now.
     #[arg(long, value_name = "TIME", value_parser = parse_time)]
     not_before: Option<time::OffsetDateTime>,
@@ -139,6 +143,7 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
             key_type: DeviceKeyType::from(k),
             secrets: a.secrets,
         }),
+        renewal_limit: a.renewals,
     };
     let r = hq.entitle(&req, &a.out, now)?;
     emit(g.json, &r, || {

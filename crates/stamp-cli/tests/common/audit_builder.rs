@@ -226,6 +226,7 @@ impl SiteLog {
             public_key_sha256: ByteBuf::from(sha256(spki).to_vec()),
             station: "line-1".into(),
             hq_key_index,
+            possession_proof: None,
         }
     }
 

@@ -578,6 +578,7 @@ fn grant_of(e: &RegistryEntitlement) -> Grant {
         device_data: BTreeMap::new(),
         device_keys: Vec::new(),
         firmware: Vec::new(),
+        renewal_limit: Default::default(),
     }
 }
 

@@ -1,4 +1,4 @@
-//! Reconciliation's tables (migration 3 in `store.rs`): every query reconciliation makes.
+//! Reconciliation's tables (migrations 4, 7 and 8 in `store.rs`): every query reconciliation makes.
 
 use std::collections::BTreeMap;
 
@@ -114,6 +114,88 @@ pub(crate) const INDEX_CLEANUP_SQL: &str = "
     DROP INDEX IF EXISTS devices_serial;
     DROP INDEX IF EXISTS devices_public_key;
 ";
+
+/// SQL of migration 8: one live certificate per device serial. A renewal HQ accepts supersedes
+/// the certificate it replaces (`devices.superseded_by`); `audit_live` names each serial's live
+/// certificate; `audit_renewals` holds the time of every renewal entry, for the renewal limit.
+/// Existing registries are backfilled: per serial, the certificate logged last is live.
+pub(crate) const LIVE_SQL: &str = "
+    ALTER TABLE devices ADD COLUMN superseded_by BLOB;
+    CREATE TABLE audit_live (
+        device_serial INTEGER PRIMARY KEY,   -- the u64 serial's bits as a signed integer
+        certificate_sha256 BLOB NOT NULL
+    );
+    INSERT OR REPLACE INTO audit_live (device_serial, certificate_sha256)
+        SELECT device_serial, certificate_sha256 FROM devices ORDER BY site_id, log_index;
+    UPDATE devices SET superseded_by =
+        (SELECT l.certificate_sha256 FROM audit_live l WHERE l.device_serial = devices.device_serial)
+        WHERE certificate_sha256 NOT IN (SELECT certificate_sha256 FROM audit_live);
+    CREATE TABLE audit_renewals (
+        device_serial INTEGER NOT NULL,
+        time_ms INTEGER NOT NULL
+    );
+    CREATE INDEX audit_renewals_by_serial ON audit_renewals (device_serial, time_ms);
+";
+
+/// A device's live certificate in the registry.
+pub(crate) struct Live {
+    pub(crate) site_id: String,
+    pub(crate) entitlement_id: String,
+    pub(crate) public_key_sha256: Vec<u8>,
+    pub(crate) certificate: Vec<u8>,
+}
+
+/// The live (genuine, not superseded) certificate of a device serial, if HQ registered one.
+pub(crate) fn live_device(c: &Connection, serial: u64) -> Result<Option<Live>, HqError> {
+    Ok(c.prepare_cached(
+        "SELECT d.site_id, d.entitlement_id, d.public_key_sha256, d.certificate
+         FROM audit_live l JOIN devices d ON d.certificate_sha256 = l.certificate_sha256
+         WHERE l.device_serial = ?1",
+    )?
+    .query_row([serial as i64], |r| {
+        Ok(Live {
+            site_id: r.get(0)?,
+            entitlement_id: r.get(1)?,
+            public_key_sha256: r.get(2)?,
+            certificate: r.get(3)?,
+        })
+    })
+    .optional()?)
+}
+
+/// Makes `certificate_sha256` the live certificate of `serial`; the one before (if any) is
+/// superseded by it.
+pub(crate) fn set_live(c: &Connection, serial: u64, certificate_sha256: &[u8]) -> Result<(), HqError> {
+    c.prepare_cached(
+        "UPDATE devices SET superseded_by = ?2
+         WHERE certificate_sha256 = (SELECT certificate_sha256 FROM audit_live WHERE device_serial = ?1)
+           AND certificate_sha256 != ?2",
+    )?
+    .execute(params![serial as i64, certificate_sha256])?;
+    c.prepare_cached(
+        "INSERT OR REPLACE INTO audit_live (device_serial, certificate_sha256) VALUES (?1, ?2)",
+    )?
+    .execute(params![serial as i64, certificate_sha256])?;
+    Ok(())
+}
+
+/// Records a renewal entry's time and returns how many renewals of `serial` HQ saw less than
+/// `period_ms` before `time_ms` (not counting this one).
+pub(crate) fn count_renewal(
+    c: &Connection,
+    serial: u64,
+    time_ms: i64,
+    period_ms: i64,
+) -> Result<u64, HqError> {
+    let before: i64 = c
+        .prepare_cached("SELECT COUNT(*) FROM audit_renewals WHERE device_serial = ?1 AND time_ms > ?2")?
+        .query_row(params![serial as i64, time_ms.saturating_sub(period_ms)], |r| {
+            r.get(0)
+        })?;
+    c.prepare_cached("INSERT INTO audit_renewals (device_serial, time_ms) VALUES (?1, ?2)")?
+        .execute(params![serial as i64, time_ms])?;
+    Ok(u64::try_from(before).unwrap_or(0))
+}
 
 /// Where HQ's copy of a site's log ends.
 #[derive(Clone, Debug)]
@@ -355,6 +437,24 @@ pub(crate) fn claim_serial(
         "SELECT site_id, entitlement_id, log_index FROM audit_serials WHERE device_serial = ?1",
     )?
     .query_row([key], first_use)
+    .optional()?)
+}
+
+/// Who used a device serial first, if anyone (without claiming it).
+pub(crate) fn serial_use(c: &Connection, serial: u64) -> Result<Option<FirstUse>, HqError> {
+    Ok(c.prepare_cached(
+        "SELECT site_id, entitlement_id, log_index FROM audit_serials WHERE device_serial = ?1",
+    )?
+    .query_row([serial as i64], first_use)
+    .optional()?)
+}
+
+/// Who certified a public key first, if anyone (without claiming it).
+pub(crate) fn public_key_use(c: &Connection, spki_sha256: &[u8]) -> Result<Option<FirstUse>, HqError> {
+    Ok(c.prepare_cached(
+        "SELECT site_id, entitlement_id, log_index FROM audit_public_keys WHERE public_key_sha256 = ?1",
+    )?
+    .query_row([spki_sha256], first_use)
     .optional()?)
 }
 

@@ -1,30 +1,19 @@
-//! The per-grant policy checks, pure: a grant as the site's log has applied it (amendments in
-//! force from their entry onward), its device count and its rate windows.
+//! The per-grant policy checks at HQ: a grant as the site's log has applied it (amendments in
+//! force from their entry onward), its device count and its rate windows, judged entry by entry
+//! with the rule the site itself applies ([`stamp_core::admission::check`]).
 
 use std::collections::BTreeMap;
 
-use stamp_core::entitlement::{GrantState, RatePeriod, Status};
+use stamp_core::admission::{self, Ask, Breach, RateWindow, Request, Usage};
+use stamp_core::entitlement::{DeviceKeyType, GrantState, RatePeriod};
 
-use super::rate::RateWindow;
-
-/// What one issuance broke.
+/// What one entry broke.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Finding {
-    /// Issued while suspended or revoked.
-    NotActive(Status),
-    /// Outside `[not_before, not_after)` (Unix seconds).
-    OutsideWindow {
-        /// Window start.
-        not_before: i64,
-        /// Window end.
-        not_after: i64,
-    },
-    /// The device count went past the quota.
-    OverQuota {
-        /// The quota in force.
-        quota: u64,
-    },
-    /// One too many for a rate limit.
+    /// A rule of the grant (the one rule the site applies).
+    Rule(Breach),
+    /// One too many for a rate limit, with the run of excess issuances it belongs to (for
+    /// grouping in the report).
     Rate {
         /// The period.
         period: RatePeriod,
@@ -33,7 +22,7 @@ pub(crate) enum Finding {
         /// Where the run of excess issuances began: the start of the first interval of the
         /// period's length that held `limit + 1` of them.
         window_start_ms: i64,
-        /// Which run of consecutive excess issuances this belongs to (for grouping).
+        /// Which run of consecutive excess issuances this belongs to.
         episode: u64,
     },
     /// The serial is in none of the grant's ranges.
@@ -90,31 +79,46 @@ impl GrantTrack {
         self.rates.iter().map(|(&p, w)| (p, w.tail())).collect()
     }
 
-    /// Records a device issued at `time_ms` with `serial` and returns every rule it broke.
-    pub(crate) fn issue(&mut self, time_ms: i64, serial: u64) -> Vec<Finding> {
-        let mut found = Vec::new();
+    /// Judges a first certificate (issue or hand-out) logged at `time_ms` with `serial`, counts
+    /// it (the log shows it happened, allowed or not), and returns every rule it broke.
+    pub(crate) fn issue(
+        &mut self,
+        ask: Ask,
+        time_ms: i64,
+        station: &str,
+        key_type: Option<DeviceKeyType>,
+        serial: u64,
+    ) -> Vec<Finding> {
+        let req = Request {
+            ask,
+            time_ms,
+            station,
+            key_type,
+            device_serial: Some(serial),
+            key_known: false,
+        };
+        let usage = Usage {
+            issued: self.issued,
+            rates: &self.rates,
+            device_renewals: 0,
+        };
+        let mut found: Vec<Finding> = admission::check(&self.state, &usage, &req)
+            .into_iter()
+            .filter(|b| !matches!(b, Breach::Rate { .. }))
+            .map(Finding::Rule)
+            .collect();
         self.issued = self.issued.saturating_add(1);
-        let g = &self.state.grant;
-        if self.state.status != Status::Active {
-            found.push(Finding::NotActive(self.state.status));
-        }
-        let t = i128::from(time_ms);
-        if t < i128::from(g.not_before) * 1000 || t >= i128::from(g.not_after) * 1000 {
-            found.push(Finding::OutsideWindow {
-                not_before: g.not_before,
-                not_after: g.not_after,
-            });
-        }
-        if self.issued > g.quota {
-            found.push(Finding::OverQuota { quota: g.quota });
-        }
-        if !g
+        if !self
+            .state
+            .grant
             .serial_ranges
             .iter()
             .any(|r| r.first <= serial && serial <= r.last)
         {
             found.push(Finding::SerialOutsideRange);
         }
+        // The rate windows record every issuance; the rule's rate breaches are these.
+        let limits = &self.state.grant.rate_limits;
         for (&period, window) in &mut self.rates {
             match window.record(time_ms) {
                 Some(start) => {
@@ -124,7 +128,7 @@ impl GrantTrack {
                     });
                     found.push(Finding::Rate {
                         period,
-                        limit: g.rate_limits.get(&period).copied().unwrap_or(0),
+                        limit: limits.get(&period).copied().unwrap_or(0),
                         window_start_ms,
                         episode,
                     });
@@ -136,13 +140,40 @@ impl GrantTrack {
         }
         found
     }
+
+    /// Judges a renewal of `serial` logged at `time_ms`; `device_renewals` is how many renewals
+    /// of it HQ saw less than the renewal limit's period before.
+    pub(crate) fn renew(
+        &self,
+        keeps_key: bool,
+        time_ms: i64,
+        station: &str,
+        key_type: Option<DeviceKeyType>,
+        serial: u64,
+        device_renewals: u64,
+    ) -> Vec<Breach> {
+        let req = Request {
+            ask: Ask::Renew { keeps_key },
+            time_ms,
+            station,
+            key_type,
+            device_serial: Some(serial),
+            key_known: false,
+        };
+        let usage = Usage {
+            issued: self.issued,
+            rates: &self.rates,
+            device_renewals,
+        };
+        admission::check(&self.state, &usage, &req)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
 
-    use stamp_core::entitlement::{self, Amend, DeviceKeyType, DeviceProfile, Grant, Product, SerialRange};
+    use stamp_core::entitlement::{self, Amend, DeviceProfile, Grant, Product, SerialRange, Status};
 
     use super::*;
 
@@ -169,6 +200,7 @@ mod tests {
                 device_data: BTreeMap::new(),
                 device_keys: vec![],
                 firmware: vec![],
+                renewal_limit: Default::default(),
             },
             1,
         )
@@ -177,16 +209,16 @@ mod tests {
     #[test]
     fn each_rule() {
         let mut g = GrantTrack::new(state());
-        assert_eq!(g.issue(100_000, 10), vec![]);
+        assert_eq!(g.issue(Ask::Issue, 100_000, "line-1", None, 10), vec![]);
         assert_eq!(
-            g.issue(99_999, 11),
-            vec![Finding::OutsideWindow {
+            g.issue(Ask::Issue, 99_999, "line-1", None, 11),
+            vec![Finding::Rule(Breach::OutsideWindow {
                 not_before: 100,
                 not_after: 1_000
-            }]
+            })]
         );
         // Third within a minute: rate; serial 13 is outside 10..=12.
-        let f = g.issue(100_500, 13);
+        let f = g.issue(Ask::Issue, 100_500, "line-1", None, 13);
         assert!(f.contains(&Finding::SerialOutsideRange), "{f:?}");
         assert!(
             matches!(
@@ -204,8 +236,11 @@ mod tests {
             "{f:?}"
         );
         // Fourth: over the quota of 3, and still the same rate episode.
-        let f = g.issue(100_600, 12);
-        assert!(f.contains(&Finding::OverQuota { quota: 3 }), "{f:?}");
+        let f = g.issue(Ask::Issue, 100_600, "line-1", None, 12);
+        assert!(
+            f.contains(&Finding::Rule(Breach::OverQuota { quota: 3 })),
+            "{f:?}"
+        );
         assert!(
             f.iter().any(|x| matches!(x, Finding::Rate { episode: 1, .. })),
             "{f:?}"
@@ -213,10 +248,41 @@ mod tests {
         // Window end is exclusive.
         let mut g = GrantTrack::new(state());
         assert!(g
-            .issue(1_000_000, 10)
+            .issue(Ask::Issue, 1_000_000, "line-1", None, 10)
             .iter()
-            .any(|f| matches!(f, Finding::OutsideWindow { .. })));
-        assert_eq!(g.issue(999_999, 11), vec![]);
+            .any(|f| matches!(f, Finding::Rule(Breach::OutsideWindow { .. }))));
+        assert_eq!(g.issue(Ask::Issue, 999_999, "line-1", None, 11), vec![]);
+    }
+
+    #[test]
+    fn stations_key_types_and_renewals_follow_the_sites_rule() {
+        let mut st = state();
+        st.grant.stations = vec!["line-1".into()];
+        let mut g = GrantTrack::new(st);
+        assert_eq!(
+            g.issue(Ask::Issue, 100_000, "line-9", Some(DeviceKeyType::Ed25519), 10),
+            vec![
+                Finding::Rule(Breach::StationNotAllowed),
+                Finding::Rule(Breach::KeyTypeNotAllowed)
+            ]
+        );
+        // Renewals: not counted, limited per device (default 2 a day), inside the window.
+        assert_eq!(g.renew(false, 200_000, "line-1", None, 10, 1), vec![]);
+        assert_eq!(
+            g.renew(false, 200_000, "line-1", None, 10, 2),
+            vec![Breach::RenewalLimit {
+                count: 2,
+                period: RatePeriod::Day
+            }]
+        );
+        assert_eq!(
+            g.renew(true, 2_000_000, "line-1", None, 10, 0),
+            vec![Breach::OutsideWindow {
+                not_before: 100,
+                not_after: 1_000
+            }]
+        );
+        assert_eq!(g.issued, 1);
     }
 
     #[test]
@@ -231,9 +297,12 @@ mod tests {
             status: Some(Status::Suspended),
             revoke: None,
         };
-        assert_eq!(g.issue(200_000, 10), vec![]);
+        assert_eq!(g.issue(Ask::Issue, 200_000, "line-1", None, 10), vec![]);
         g.state = entitlement::amend(&g.state, &suspend, 2).unwrap();
-        assert_eq!(g.issue(300_000, 11), vec![Finding::NotActive(Status::Suspended)]);
+        assert_eq!(
+            g.issue(Ask::Issue, 300_000, "line-1", None, 11),
+            vec![Finding::Rule(Breach::NotActive(Status::Suspended))]
+        );
         let top_up = Amend {
             add_quota: 5,
             add_serial_ranges: vec![SerialRange { first: 50, last: 54 }],
@@ -242,17 +311,21 @@ mod tests {
             ..suspend
         };
         g.state = entitlement::amend(&g.state, &top_up, 3).unwrap();
-        assert_eq!(g.issue(400_000, 12), vec![]);
-        assert_eq!(g.issue(500_000, 50), vec![], "4th device, quota now 8, new range");
+        assert_eq!(g.issue(Ask::Issue, 400_000, "line-1", None, 12), vec![]);
+        assert_eq!(
+            g.issue(Ask::Issue, 500_000, "line-1", None, 50),
+            vec![],
+            "4th device, quota now 8, new range"
+        );
     }
 
     #[test]
     fn counters_and_windows_survive_a_restore() {
         let mut g = GrantTrack::new(state());
-        g.issue(200_000, 10);
-        g.issue(201_000, 11);
+        g.issue(Ask::Issue, 200_000, "line-1", None, 10);
+        g.issue(Ask::Issue, 201_000, "line-1", None, 11);
         let mut again = GrantTrack::restore(g.state.clone(), g.issued, &g.tails());
-        let f = again.issue(202_000, 12);
+        let f = again.issue(Ask::Issue, 202_000, "line-1", None, 12);
         assert!(
             f.iter().any(|x| matches!(
                 x,
@@ -264,7 +337,7 @@ mod tests {
             "{f:?}"
         );
         assert!(again
-            .issue(400_000, 12)
-            .contains(&Finding::OverQuota { quota: 3 }));
+            .issue(Ask::Issue, 400_000, "line-1", None, 12)
+            .contains(&Finding::Rule(Breach::OverQuota { quota: 3 })));
     }
 }

@@ -58,6 +58,21 @@ pub enum ViolationKind {
     PackageOutOfOrder,
     /// An amendment applied to a grant the log never applied, or that cannot apply to it.
     InvalidAmendment,
+    /// A device issued or renewed for a station the grant does not name.
+    StationNotAllowed,
+    /// A renewal for a new key without a valid proof of possession by the device's key until
+    /// then (HQ's registered certificate for the serial).
+    PossessionNotProven,
+    /// More renewals of one device than the grant's renewal limit allows in its period.
+    RenewalLimit,
+    /// An entry earlier than HQ made the package it runs under (less the allowed clock skew):
+    /// the site's clock is behind, or was set back.
+    TimeBeforePackage,
+    /// An entry later than the bundle's arrival at HQ (plus the allowed clock skew): the site's
+    /// clock is ahead.
+    TimeInFuture,
+    /// A certificate whose notBefore is not its entry's time (to the second).
+    NotBeforeMismatch,
 }
 
 impl ViolationKind {
@@ -77,6 +92,12 @@ impl ViolationKind {
             ViolationKind::HqKeyReused => "hq-key-reused",
             ViolationKind::UnknownHqKey => "unknown-hq-key",
             ViolationKind::OwnKeyUnderHqKeys => "own-key-under-hq-keys",
+            ViolationKind::StationNotAllowed => "station-not-allowed",
+            ViolationKind::PossessionNotProven => "possession-not-proven",
+            ViolationKind::RenewalLimit => "renewal-limit",
+            ViolationKind::TimeBeforePackage => "time-before-package",
+            ViolationKind::TimeInFuture => "time-in-future",
+            ViolationKind::NotBeforeMismatch => "not-before-mismatch",
             ViolationKind::WrongIssuer => "wrong-issuer",
             ViolationKind::ProfileMismatch => "profile-mismatch",
             ViolationKind::CertificateMismatch => "certificate-mismatch",
