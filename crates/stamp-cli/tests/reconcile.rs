@@ -1044,8 +1044,10 @@ fn cert_spki(der: &[u8]) -> Vec<u8> {
 
 /// A key-handed-out entry for one of plant-7.6's real hand-outs, naming HQ key `index`.
 fn hand_out(t: &T, log: &mut SiteLog, which: usize, index: u64) -> u64 {
-    let (_, serial, cert) = t.b.hq_keys[which].clone();
-    let spki = cert_spki(&cert);
+    let (_, serial, real) = t.b.hq_keys[which].clone();
+    let spki = cert_spki(&real);
+    // Certified again at this log's time: a certificate's notBefore is its entry's time.
+    let cert = log.certificate(&t.grant("plant-7.6"), serial, &spki, None);
     log.push(Event::KeyHandedOut(SiteLog::record(
         "plant-7.6",
         serial,
@@ -1076,7 +1078,7 @@ fn an_hq_generated_key_handed_out_twice_is_reported() {
     );
     assert_eq!(
         r["devices_recorded"], 2,
-        "the first hand-out of each key is genuine ({second})"
+        "the first hand-out of each key is genuine ({second}): {r:#}"
     );
 }
 
@@ -1366,4 +1368,139 @@ fn the_real_sites_exports_reconcile_clean() {
     assert_eq!(d["count"], 7);
     // Replaying the first is refused.
     stamp_fails(&c.pass, &["hq", "reconcile", "--dir", hq, s(&b1)], "replayed");
+}
+
+// --- renewals ----------------------------------------------------------------------------------
+
+/// A device key that can sign (a renewal's proof of possession needs one): its SPKI and the key.
+fn signing_device_key() -> (Vec<u8>, rcgen::KeyPair) {
+    let k = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    (rcgen::PublicKeyData::subject_public_key_info(&k), k)
+}
+
+/// The device's proof of possession for a renewal from `current` (its certificate) to `new_spki`.
+fn proof(key: &rcgen::KeyPair, current: &[u8], new_spki: &[u8]) -> Vec<u8> {
+    use rcgen::SigningKey as _;
+    let msg = stamp_core::device::renewal_message(
+        &stamp_core::fingerprint::sha256(current),
+        &stamp_core::fingerprint::sha256(new_spki),
+    );
+    key.sign(&msg).unwrap()
+}
+
+/// A renewal entry of `serial` to `spki` with `proof`.
+fn renewal(log: &mut SiteLog, g: &Grant, serial: u64, spki: &[u8], proof: Option<Vec<u8>>) -> (u64, Vec<u8>) {
+    let cert = log.certificate(g, serial, spki, None);
+    let mut r = SiteLog::record(&g.entitlement_id, serial, cert.clone(), spki, None);
+    r.possession_proof = proof.map(ByteBuf::from);
+    (log.push(Event::DeviceRenewed(r)), cert)
+}
+
+#[test]
+fn renewals_need_the_devices_key_obey_the_limit_and_supersede() {
+    let t = T::new();
+    let g = t.grant("plant-7.1");
+    let mut log = t.log_with(1, "plant-7.1");
+    let serial = first_serial(&g);
+    let (k1_spki, k1) = signing_device_key();
+    let first = log.certificate(&g, serial, &k1_spki, None);
+    log.push(Event::DeviceIssued(SiteLog::record(
+        "plant-7.1",
+        serial,
+        first.clone(),
+        &k1_spki,
+        None,
+    )));
+    // The device itself moves to a new key: accepted; it supersedes the first certificate.
+    let (k2_spki, _k2) = signing_device_key();
+    let (_, second) = renewal(&mut log, &g, serial, &k2_spki, Some(proof(&k1, &first, &k2_spki)));
+    // The same key again: no proof needed (the request's own signature is the proof).
+    let (_, again) = renewal(&mut log, &g, serial, &k2_spki, None);
+    // A station (or the site) renews the device to a key of its own, without the device: refused,
+    // and it is the third renewal today (the default limit is 2 a day).
+    let (stolen, _) = renewal(&mut log, &g, serial, &device_spki(), None);
+    // A proof by another key than the device's: refused too.
+    let (k9_spki, k9) = signing_device_key();
+    let (forged, _) = renewal(&mut log, &g, serial, &k9_spki, Some(proof(&k9, &again, &k9_spki)));
+    // A renewal of a serial HQ never registered.
+    let (unknown, _) = renewal(&mut log, &g, serial + 1, &device_spki(), None);
+    let b = log.export();
+    let r = t.violations(&log.seal(&b));
+    assert_eq!(
+        entries(violation(&r, "possession-not-proven")),
+        vec![stolen, forged]
+    );
+    assert_eq!(entries(violation(&r, "renewal-limit")), vec![stolen, forged]);
+    assert_eq!(entries(violation(&r, "renewal-of-unknown-device")), vec![unknown]);
+    assert_eq!(r["devices_recorded"], 3, "{r:#}");
+    // HQ's registry: the serial's live certificate is the device's renewal; the first one is
+    // superseded, and none of the refused ones is there.
+    let d = stamp_json(
+        &t.b.pass,
+        &["hq", "devices", "--dir", s(&t.hq), "--site", "plant-7"],
+    );
+    let listed: Vec<(u64, String, bool)> = d["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| {
+            (
+                x["device_serial"].as_u64().unwrap(),
+                x["certificate_sha256"].as_str().unwrap().to_owned(),
+                x["superseded"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    let hash = |c: &[u8]| hex::encode(stamp_core::fingerprint::sha256(c));
+    assert_eq!(
+        listed,
+        vec![
+            (serial, hash(&first), true),
+            (serial, hash(&second), true),
+            (serial, hash(&again), false)
+        ],
+        "{d:#}"
+    );
+}
+
+#[test]
+fn a_site_clock_behind_hq_or_ahead_and_backdated_certificates_are_reported() {
+    let t = T::new();
+    let g = t.grant("plant-7.1");
+    // The whole log rewritten with the clock a day slow: the package is applied before HQ made it.
+    let mut log = SiteLog::new(t.b.site.clone());
+    log.time_ms -= 86_400_000;
+    t.apply(&mut log, 1, "plant-7.1", "grant");
+    log.device(&g, first_serial(&g));
+    let b = log.export();
+    let r = t.violations(&log.seal(&b));
+    assert_eq!(entries(violation(&r, "time-before-package")), vec![0]);
+
+    // A clock an hour ahead of HQ's.
+    let t = T::new();
+    let mut log = SiteLog::new(t.b.site.clone());
+    log.time_ms += 3_600_000;
+    t.apply(&mut log, 1, "plant-7.1", "grant");
+    let b = log.export();
+    let r = t.violations(&log.seal(&b));
+    assert!(!entries(violation(&r, "time-in-future")).is_empty(), "{r:#}");
+
+    // A certificate dated a minute before its entry (a counterfeit minted earlier, logged later).
+    let t = T::new();
+    let mut log = t.log_with(1, "plant-7.1");
+    let spki = device_spki();
+    log.wait_ms(-60_000);
+    let cert = log.certificate(&g, first_serial(&g), &spki, None);
+    log.wait_ms(60_000);
+    let i = log.push(Event::DeviceIssued(SiteLog::record(
+        "plant-7.1",
+        first_serial(&g),
+        cert,
+        &spki,
+        None,
+    )));
+    let b = log.export();
+    let r = t.violations(&log.seal(&b));
+    assert_eq!(entries(violation(&r, "not-before-mismatch")), vec![i]);
+    assert_eq!(r["devices_recorded"], 0);
 }

@@ -300,6 +300,10 @@ impl Hq {
         }
         let mut devices = Vec::new();
         store.for_each_device(None, |d| {
+            // One live certificate per serial: a renewal HQ accepted replaced this one.
+            if d.superseded {
+                return Ok(());
+            }
             let h = hex::decode(&d.certificate_sha256).unwrap_or_default();
             devices.push(RegisteredDevice(d.device_serial, ByteBuf::from(h)));
             Ok(())
@@ -462,7 +466,7 @@ impl HqStore {
             source,
         };
         self.for_each_device(None, |d| {
-            if is_revoked(&d) {
+            if is_revoked(&d) || d.superseded {
                 return Ok(());
             }
             let product = products.get(&d.entitlement_id).map_or("device", String::as_str);

@@ -910,11 +910,13 @@ impl Run<'_> {
     /// `issued` is [`device::verify_issued`] for the entry's certificate, computed ahead.
     fn entry(&mut self, index: u64, entry: Entry, issued: Option<Issued>) -> Result<(), HqError> {
         if entry.time_ms > self.now_ms.saturating_add(MAX_CLOCK_SKEW_MS) {
-            let (t, now) = (rfc3339_ms(entry.time_ms), rfc3339_ms(self.now_ms));
-            self.violations
-                .add(ViolationKind::TimeInFuture, None, "", index, |n| {
-                    format!("{n} entr(ies) dated after the bundle reached HQ (the first at {t}; HQ's clock {now})")
-                });
+            let t = rfc3339_ms(entry.time_ms);
+            self.violations.add(ViolationKind::TimeInFuture, None, "", index, |n| {
+                format!(
+                    "{n} entr(ies) dated more than 15 minutes after the bundle reached HQ (the first at {t}): \
+                     the site's clock is ahead"
+                )
+            });
         }
         match entry.event {
             Event::EntitlementApplied {

@@ -70,13 +70,14 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
         } else {
             writeln!(
                 out,
-                "{}\t{}\tserial {}\t{}\tcert {}\tentry {}",
+                "{}\t{}\tserial {}\t{}\tcert {}\tentry {}{}",
                 d.site_id,
                 d.entitlement_id,
                 d.device_serial,
                 rfc3339_ms(d.issued_at_ms),
                 d.certificate_sha256,
-                d.log_index
+                d.log_index,
+                if d.superseded { "\tsuperseded" } else { "" }
             )
             .map_err(io)?;
             if a.certificates {

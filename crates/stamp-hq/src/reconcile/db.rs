@@ -527,6 +527,8 @@ pub struct DeviceRecord {
     /// The certificate, DER.
     #[serde(skip)]
     pub certificate: Vec<u8>,
+    /// A renewal HQ accepted replaced it: not the serial's live certificate any more.
+    pub superseded: bool,
 }
 
 /// Adds a genuine device to the registry; false if its certificate was there already.
@@ -568,7 +570,7 @@ pub(crate) fn for_each_device(
 ) -> Result<(), HqError> {
     let mut stmt = c.prepare(
         "SELECT site_id, entitlement_id, device_serial, certificate_sha256, public_key_sha256, issued_at_ms,
-                log_index, certificate
+                log_index, certificate, superseded_by IS NOT NULL
          FROM devices WHERE ?1 IS NULL OR site_id = ?1 ORDER BY site_id, log_index",
     )?;
     let mut rows = stmt.query([site.map(SiteId::as_str)])?;
@@ -582,6 +584,7 @@ pub(crate) fn for_each_device(
             issued_at_ms: r.get(5)?,
             log_index: u(r.get(6)?),
             certificate: r.get(7)?,
+            superseded: r.get(8)?,
         })?;
     }
     Ok(())
