@@ -84,6 +84,8 @@ fn write_bundle(log: &mut SiteLog, grant: &stamp_core::entitlement::Grant, devic
     let first = grant.serial_ranges[0].first;
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get()) as u64;
     let per = devices.div_ceil(threads);
+    // Entry i is logged at t0 + i * step: its certificate is dated so.
+    let (t0, step) = (log.time_ms, log.step_ms);
     let records: Vec<Vec<audit::DeviceRecord>> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..threads)
             .map(|t| {
@@ -92,7 +94,8 @@ fn write_bundle(log: &mut SiteLog, grant: &stamp_core::entitlement::Grant, devic
                     (t * per..((t + 1) * per).min(devices))
                         .map(|i| {
                             let spki = device_spki();
-                            let cert = log.certificate(grant, first + i, &spki, None);
+                            let at = t0 + i as i64 * step;
+                            let cert = log.certificate_at(grant, first + i, &spki, None, at);
                             SiteLog::record(&grant.entitlement_id, first + i, cert, &spki, None)
                         })
                         .collect()

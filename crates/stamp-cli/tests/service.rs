@@ -161,11 +161,39 @@ fn csr_with(
     alg: &'static rcgen::SignatureAlgorithm,
     tweak: impl FnOnce(&mut rcgen::CertificateParams),
 ) -> Vec<u8> {
-    let key = rcgen::KeyPair::generate_for(alg).unwrap();
+    csr_for(&rcgen::KeyPair::generate_for(alg).unwrap(), tweak)
+}
+
+/// A CSR for `key`.
+fn csr_for(key: &rcgen::KeyPair, tweak: impl FnOnce(&mut rcgen::CertificateParams)) -> Vec<u8> {
     let mut p = rcgen::CertificateParams::default();
     p.distinguished_name.push(rcgen::DnType::CommonName, "device");
     tweak(&mut p);
-    p.serialize_request(&key).unwrap().der().to_vec()
+    p.serialize_request(key).unwrap().der().to_vec()
+}
+
+/// The device's proof of possession: its key `key` signs the renewal from its certificate
+/// `current` to the key of `new_csr`.
+fn possession_proof(key: &rcgen::KeyPair, current: &[u8], new_csr: &[u8]) -> String {
+    use rcgen::SigningKey as _;
+    let new_spki = stamp_core::csr::verify(new_csr).unwrap().spki_der().to_vec();
+    let msg = stamp_core::device::renewal_message(
+        &stamp_core::fingerprint::sha256(current),
+        &stamp_core::fingerprint::sha256(&new_spki),
+    );
+    b64(&key.sign(&msg).unwrap())
+}
+
+/// The device serial's subject, as the site issues it (for renewal requests).
+fn device_subject(serial: &'static str) -> impl FnOnce(&mut rcgen::CertificateParams) {
+    move |p: &mut rcgen::CertificateParams| {
+        let mut dn = rcgen::DistinguishedName::new();
+        dn.push(rcgen::DnType::OrganizationName, "Acme Sensors");
+        dn.push(rcgen::DnType::OrganizationalUnitName, "acme-sensors");
+        dn.push(rcgen::DnType::CommonName, "thermo-2");
+        dn.push(rcgen::DnType::CustomDnType(vec![2, 5, 4, 5]), serial);
+        p.distinguished_name = dn;
+    }
 }
 
 fn b64(der: &[u8]) -> String {
@@ -278,7 +306,14 @@ fn write(path: &Path, bytes: &[u8]) -> PathBuf {
 
 #[test]
 fn stations_provision_over_json_and_est_and_renew() {
-    let (c, st) = setup(&["--quota", "10", "--key-types", "p256,ed25519"]);
+    let (c, st) = setup(&[
+        "--quota",
+        "10",
+        "--key-types",
+        "p256,ed25519",
+        "--renewals",
+        "100/day",
+    ]);
     entitle(
         &c,
         "hq",
@@ -289,7 +324,8 @@ fn stations_provision_over_json_and_est_and_renew() {
     let renewals = rt().block_on(async {
         let mut conn = connect(&svc.url, &st).await;
         // JSON provision: a certificate, the chain up to the root, the device data.
-        let r = provision(&mut conn, "plant-7.1", &p256_csr()).await;
+        let k1 = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let r = provision(&mut conn, "plant-7.1", &csr_for(&k1, |_| {})).await;
         assert_eq!(r.status, 200, "{:?}", r);
         let v = r.json().unwrap();
         assert_eq!(v["entitlement_id"], "plant-7.1");
@@ -341,39 +377,53 @@ fn stations_provision_over_json_and_est_and_renew() {
         assert_eq!(r.status, 200);
         assert_eq!(r.content_type, "application/csrattrs");
         // Renewal: the same subject as a certificate this site issued; not counted against quota.
-        let subject = |serial: &'static str| {
-            move |p: &mut rcgen::CertificateParams| {
-                let mut dn = rcgen::DistinguishedName::new();
-                dn.push(rcgen::DnType::OrganizationName, "Acme Sensors");
-                dn.push(rcgen::DnType::OrganizationalUnitName, "acme-sensors");
-                dn.push(rcgen::DnType::CommonName, "thermo-2");
-                dn.push(rcgen::DnType::CustomDnType(vec![2, 5, 4, 5]), serial);
-                p.distinguished_name = dn;
-            }
-        };
+        // Keeping its key, the device's request is its own proof of possession.
         let issued = stamp_core::cert::from_pem(v["certificate"].as_str().unwrap(), "CERTIFICATE").unwrap();
-        let renew_csr = csr_with(&rcgen::PKCS_ECDSA_P256_SHA256, subject("1"));
+        let same_key = csr_for(&k1, device_subject("1"));
         // Check the subject we built matches what the site issued (else the test is wrong).
-        let parsed = stamp_core::csr::verify(&renew_csr).unwrap();
+        let parsed = stamp_core::csr::verify(&same_key).unwrap();
         assert!(
             stamp_core::device::subject_matches(&issued, parsed.subject_der()),
             "{}",
             stamp_core::cert::parse(&issued).unwrap().subject()
         );
-        let r = est_enroll(&mut conn, "/.well-known/est/simplereenroll", &renew_csr).await;
+        let r = est_enroll(&mut conn, "/.well-known/est/simplereenroll", &same_key).await;
         assert_eq!(r.status, 200, "{r:?}");
+        let der = stamp_service::pkcs7::base64_decode(&r.body, 1 << 20).unwrap();
+        let renewed = stamp_service::pkcs7::read_certs_only(&der).unwrap().remove(0);
         let r = est_enroll(
             &mut conn,
             "/.well-known/est/simplereenroll",
-            &csr_with(&rcgen::PKCS_ECDSA_P256_SHA256, subject("9")),
+            &csr_with(&rcgen::PKCS_ECDSA_P256_SHA256, device_subject("9")),
         )
         .await;
         assert_eq!((r.status, r.error.as_deref()), (404, Some("unknown-device")));
+        // A new key: a station alone (no proof, or a proof by the old certificate) cannot renew.
+        let k2 = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let renew_csr = csr_for(&k2, device_subject("1"));
+        for body in [
+            serde_json::json!({ "csr": b64(&renew_csr) }),
+            serde_json::json!({ "csr": b64(&renew_csr), "proof": possession_proof(&k1, &issued, &renew_csr) }),
+            serde_json::json!({ "csr": b64(&renew_csr), "proof": "not base64!" }),
+        ] {
+            let r = conn.post_json("/api/v1/renew", &body).await.unwrap();
+            assert_eq!((r.status, r.error.as_deref()), (403, Some("possession-not-proven")), "{body}");
+        }
+        // The device signs for its new key with its current one (the renewed certificate's).
         let r = conn
-            .post_json("/api/v1/renew", &serde_json::json!({ "csr": b64(&renew_csr) }))
+            .post_json(
+                "/api/v1/renew",
+                &serde_json::json!({ "csr": b64(&renew_csr), "proof": possession_proof(&k1, &renewed, &renew_csr) }),
+            )
             .await
             .unwrap();
         assert_eq!(r.status, 200, "{r:?}");
+        // The old key cannot come back: its certificate is superseded.
+        let r = conn
+            .post_json("/api/v1/renew", &serde_json::json!({ "csr": b64(&same_key) }))
+            .await
+            .unwrap();
+        assert_eq!((r.status, r.error.as_deref()), (403, Some("possession-not-proven")));
         // HQ revokes device 1; once the site imports the update (the service reloads within
         // seconds), its renewals are refused and logged as such.
         let update = c.tmp.path().join("revoke-1.cose");
@@ -440,6 +490,10 @@ fn stations_provision_over_json_and_est_and_renew() {
             "{m}"
         );
         assert!(
+            m.contains("stamp_site_refused_total{reason=\"possession-not-proven\"} 4"),
+            "{m}"
+        );
+        assert!(
             m.contains("stamp_site_refused_total{reason=\"unknown-device\"} 1"),
             "{m}"
         );
@@ -458,6 +512,54 @@ fn stations_provision_over_json_and_est_and_renew() {
         .count();
     assert_eq!(renewed, renewals);
     assert_eq!(check_consistent(&c, "plant-7.1"), 4);
+    // HQ accepts every renewal the site made (proofs checked again) and keeps one live
+    // certificate for device 1.
+    let bundle = c.tmp.path().join("audit.bundle");
+    stamp_json(
+        &c.pass,
+        &["site", "export-audit", "--dir", s(&c.site), "-o", s(&bundle)],
+    );
+    let r = stamp_json(&c.pass, &["hq", "reconcile", "--dir", s(&c.hq), s(&bundle)]);
+    assert_eq!(r["ok"], true, "{r:#}");
+    let d = stamp_json(&c.pass, &["hq", "devices", "--dir", s(&c.hq)]);
+    let live: Vec<&serde_json::Value> = d["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|x| x["device_serial"] == 1 && x["superseded"] == false)
+        .collect();
+    assert_eq!(live.len(), 1, "{d:#}");
+}
+
+#[test]
+fn renewals_are_limited_per_device() {
+    let (c, st) = setup(&["--quota", "2"]);
+    let svc = Service::start(&c, &["--default-entitlement", "plant-7.1"]);
+    rt().block_on(async {
+        let mut conn = connect(&svc.url, &st).await;
+        let k = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        assert_eq!(
+            provision(&mut conn, "plant-7.1", &csr_for(&k, |_| {}))
+                .await
+                .status,
+            200
+        );
+        let again = csr_for(&k, device_subject("1"));
+        // The default limit: two renewals per device per day.
+        for want in [(200, None), (200, None), (429, Some("renewal-limit"))] {
+            let r = conn
+                .post_json("/api/v1/renew", &serde_json::json!({ "csr": b64(&again) }))
+                .await
+                .unwrap();
+            assert_eq!((r.status, r.error.as_deref()), want, "{r:?}");
+        }
+    });
+    assert_eq!(svc.stop(), Some(0));
+    assert!(
+        refusals(&c.site).iter().any(|(r, _)| r == "renewal-limit"),
+        "{:?}",
+        refusals(&c.site)
+    );
 }
 
 #[test]
@@ -1320,7 +1422,10 @@ fn demo_runs_the_whole_flow() {
     assert!(v["issuance_per_second"].as_f64().unwrap() > 0.0);
     assert!(v["reconcile"].get("ok").is_some() && v["reconcile"]["violations"].is_array());
     // 1 entitlement applied + 1 station added + 150 issued + 1 refused + the export itself.
-    assert_eq!(v["audit_log_size"], 154);
+    // 154 entries before, and the renewal clone's refusal.
+    assert_eq!(v["audit_log_size"], 155);
+    assert_eq!(v["renewal_clone"]["reason"], "possession-not-proven", "{v:#}");
+    assert_eq!(v["renewal_clone"]["status"], 403);
     let devices = std::fs::read_dir(v["devices_dir"].as_str().unwrap())
         .unwrap()
         .count();

@@ -1,6 +1,7 @@
 //! `stamp demo`: the main job on embedded defaults, narrated.
 
 mod cloud;
+mod renewal;
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -77,6 +78,8 @@ struct Report {
     devices_requested: u64,
     devices_issued: u64,
     refused_over_quota: u64,
+    /// A station's attempt to renew a genuine device to its own key, refused.
+    renewal_clone: renewal::RenewalClone,
     issuance_per_second: f64,
     latency_ms: stamp_service::simulate::Latency,
     audit_bundle: PathBuf,
@@ -394,6 +397,25 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
     if refused_over_quota != 1 || extra.provisioned != 0 {
         anyhow::bail!("the device over quota was not refused with quota-exhausted");
     }
+    let first_serial = granted.entitlement.serial_ranges.first().map_or(0, |r| r.first);
+    let renewal_clone = n.step(
+        "Attacker on the line: a station renews a genuine device to a key of its own, without the device",
+        || {
+            let cert = devices_dir.join(first_serial.to_string()).join("device.crt");
+            renewal::attempt(&url, &station_dir, &cert, first_serial)
+        },
+    )?;
+    n.say(format!(
+        "device {} keeps its certificate: refused [{}]",
+        renewal_clone.device_serial, renewal_clone.reason
+    ));
+    if renewal_clone.reason != "possession-not-proven" {
+        anyhow::bail!(
+            "the renewal clone was not refused with possession-not-proven (HTTP {}, {:?})",
+            renewal_clone.status,
+            renewal_clone.reason
+        );
+    }
     n.step(
         "Site: stop the service (every acknowledged issuance is in the audit log)",
         || Ok(running.stop()?),
@@ -461,6 +483,7 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
         devices_requested: a.devices,
         devices_issued: devices.provisioned,
         refused_over_quota,
+        renewal_clone,
         issuance_per_second: devices.devices_per_second,
         latency_ms: devices.latency_ms.clone(),
         audit_bundle: bundle,

@@ -195,10 +195,22 @@ impl SiteLog {
         spki: &[u8],
         issuer: Option<(&dyn Signer, &[u8])>,
     ) -> Vec<u8> {
+        self.certificate_at(grant, serial, spki, issuer, self.time_ms)
+    }
+
+    /// The same, dated `time_ms` (a certificate's notBefore is its entry's time).
+    pub fn certificate_at(
+        &self,
+        grant: &Grant,
+        serial: u64,
+        spki: &[u8],
+        issuer: Option<(&dyn Signer, &[u8])>,
+        time_ms: i64,
+    ) -> Vec<u8> {
         let (signer, cert_der) = issuer.unwrap_or((self.keys.issuing.as_ref(), &self.keys.issuing_cert));
         let mut r = [0u8; 16];
         SystemRandom::new().fill(&mut r).unwrap();
-        let now = time::OffsetDateTime::from_unix_timestamp(self.time_ms.div_euclid(1000)).unwrap();
+        let now = time::OffsetDateTime::from_unix_timestamp(time_ms.div_euclid(1000)).unwrap();
         stamp_core::device::issue(
             grant,
             serial,
