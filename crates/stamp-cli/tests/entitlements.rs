@@ -649,7 +649,13 @@ fn bad_packages_are_refused_and_change_nothing() {
         &ka_public(&c.site),
         "plant-7",
     );
-    import_fails(&c, &c.site, &write(&c, "exp.cose", &sealed), "expired");
+    // (sequence 8 while nothing is applied: a gap, refused before its window is looked at)
+    import_fails(
+        &c,
+        &c.site,
+        &write(&c, "exp.cose", &sealed),
+        "packages 1 to 7 are missing: import them first, in order",
+    );
     let mut v2 = grant("plant-7", 9, now() + 86_400);
     v2.version = 2;
     let sealed = seal(
@@ -696,11 +702,89 @@ fn bad_packages_are_refused_and_change_nothing() {
         "malformed entitlement payload",
     );
 
-    // Sequence: 2 applies, then 1 (older) and 2 again (replay) are refused.
+    // Sequence: 2 before 1 is a gap; 1 then 2 apply; then 1 (older) and 2 again (replay) are refused.
+    import_fails(&c, &c.site, &p2, "package 1 is missing: import it first");
+    import(&c, &c.site, &p1);
     import(&c, &c.site, &p2);
     import_fails(&c, &c.site, &p1, "sequence 1 is not above the last applied (2)");
     import_fails(&c, &c.site, &p2, "sequence 2 is not above the last applied (2)");
     let st = stamp_json(&c.pass, &["site", "status", "--dir", s(&c.site)]);
+    assert_eq!(st["entitlements"].as_array().unwrap().len(), 2);
+    assert_eq!(st["entitlements"][1]["entitlement_id"], "plant-7.2");
+
+    // A genuine grant whose window is already over, in its turn (3): applied, so that it leaves
+    // no gap, and it admits nothing.
+    let expired = grant("plant-7", 3, now() - 10).to_cbor();
+    let sealed = seal(
+        &expired,
+        hq_key.as_ref(),
+        vec![hq_cert.clone()],
+        "plant-7",
+        &ka_public(&c.site),
+        "plant-7",
+    );
+    let r = import(&c, &c.site, &write(&c, "exp3.cose", &sealed));
+    assert_eq!(r["sequence"], 3);
+    assert_eq!(r["entitlement"]["in_window"], false);
+}
+
+/// The attacker is the site's owner: HQ suspends a grant (package 2) and then grants another run
+/// (package 3); the site keeps the suspension file away and imports 3. Refused, naming package
+/// 2, the site unchanged (a site that never imports 2 gets nothing new from HQ, and HQ reports
+/// 2 as `package-not-applied`: tests/reconcile.rs); the honest path (2, then 3) applies both.
+#[test]
+fn a_site_cannot_skip_a_suspension_and_apply_the_next_package() {
+    let c = ceremony(true);
+    let p1 = c.tmp.path().join("p1.cose");
+    entitle(&c, "plant-7", "100", &p1);
+    let p2 = c.tmp.path().join("p2.cose");
+    stamp_json(
+        &c.pass,
+        &[
+            "hq",
+            "amend",
+            "--dir",
+            s(&c.hq),
+            "--entitlement",
+            "plant-7.1",
+            "--suspend",
+            "-o",
+            s(&p2),
+        ],
+    );
+    let p3 = c.tmp.path().join("p3.cose");
+    entitle(&c, "plant-7", "50", &p3);
+    let p4 = c.tmp.path().join("p4.cose");
+    stamp_json(
+        &c.pass,
+        &[
+            "hq",
+            "amend",
+            "--dir",
+            s(&c.hq),
+            "--entitlement",
+            "plant-7.1",
+            "--revoke",
+            "-o",
+            s(&p4),
+        ],
+    );
+    import(&c, &c.site, &p1);
+    // Skipping the suspension, and skipping both it and the next grant to reach a revocation's
+    // successor: each refused with the missing sequences named.
+    import_fails(&c, &c.site, &p3, "package 2 is missing: import it first");
+    import_fails(&c, &c.site, &p4, "packages 2 to 3 are missing");
+    let st = stamp_json(&c.pass, &["site", "status", "--dir", s(&c.site)]);
+    assert_eq!(st["last_sequence"], 1);
     assert_eq!(st["entitlements"].as_array().unwrap().len(), 1);
-    assert_eq!(st["entitlements"][0]["entitlement_id"], "plant-7.2");
+
+    // The honest path: in order, every package applies.
+    import(&c, &c.site, &p2);
+    let r = import(&c, &c.site, &p3);
+    assert_eq!(r["entitlement"]["entitlement_id"], "plant-7.3");
+    import(&c, &c.site, &p4);
+    let st = stamp_json(&c.pass, &["site", "status", "--dir", s(&c.site)]);
+    assert_eq!(st["last_sequence"], 4);
+    assert_eq!(st["entitlements"][0]["status"], "revoked");
+    assert_eq!(st["entitlements"][1]["status"], "active");
 }
