@@ -788,3 +788,123 @@ fn a_site_cannot_skip_a_suspension_and_apply_the_next_package() {
     assert_eq!(st["entitlements"][0]["status"], "revoked");
     assert_eq!(st["entitlements"][1]["status"], "active");
 }
+
+/// A lost package is never a dead end: HQ re-exports it, byte-identical, by site and sequence or
+/// by entitlement and sequence; it refuses to overwrite a file unless told, and names what it
+/// cannot find. The site then applies it and goes on.
+#[test]
+fn hq_re_exports_a_sealed_package_byte_identical() {
+    let c = ceremony(true);
+    let p1 = c.tmp.path().join("p1.cose");
+    entitle(&c, "plant-7", "10", &p1);
+    let p2 = c.tmp.path().join("p2.cose");
+    stamp_json(
+        &c.pass,
+        &[
+            "hq",
+            "amend",
+            "--dir",
+            s(&c.hq),
+            "--entitlement",
+            "plant-7.1",
+            "--suspend",
+            "-o",
+            s(&p2),
+        ],
+    );
+    let p3 = c.tmp.path().join("p3.cose");
+    entitle(&c, "plant-7", "10", &p3);
+    let original = std::fs::read(&p2).unwrap();
+    std::fs::remove_file(&p2).unwrap();
+    import(&c, &c.site, &p1);
+    import_fails(&c, &c.site, &p3, "package 2 is missing: import it first");
+
+    let again = c.tmp.path().join("again.cose");
+    let r = stamp_json(
+        &c.pass,
+        &[
+            "hq",
+            "export-package",
+            "--dir",
+            s(&c.hq),
+            "--site",
+            "plant-7",
+            "--sequence",
+            "2",
+            "-o",
+            s(&again),
+        ],
+    );
+    assert_eq!(r["sequence"], 2);
+    assert_eq!(r["entitlement_id"], "plant-7.1");
+    assert_eq!(r["action"], "amend");
+    assert_eq!(std::fs::read(&again).unwrap(), original, "byte-identical");
+    let sha = stamp_core::fingerprint::sha256(&original);
+    assert_eq!(r["sha256"], hex::encode(sha));
+
+    // By entitlement: refuses to overwrite, then overwrites with --force.
+    let by_id = [
+        "hq",
+        "export-package",
+        "--dir",
+        s(&c.hq),
+        "--entitlement",
+        "plant-7.1",
+        "--sequence",
+        "2",
+        "-o",
+        s(&again),
+    ];
+    stamp_fails(&c.pass, &by_id, "already exists; choose another file or give --force");
+    std::fs::write(&again, b"something else").unwrap();
+    let mut forced = by_id.to_vec();
+    forced.push("--force");
+    stamp_json(&c.pass, &forced);
+    assert_eq!(std::fs::read(&again).unwrap(), original);
+    // Unknown sequence, another grant's package, an unknown site, no selector.
+    let x = c.tmp.path().join("x.cose");
+    let base = |sel: &[&'static str]| -> Vec<String> {
+        let mut v: Vec<String> = ["hq", "export-package", "--dir", s(&c.hq), "-o", s(&x)]
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+        v.extend(sel.iter().map(|a| a.to_string()));
+        v
+    };
+    for (sel, needle) in [
+        (
+            &["--site", "plant-7", "--sequence", "9"][..],
+            "HQ never sealed a package with sequence 9 for site plant-7",
+        ),
+        (
+            &["--entitlement", "plant-7.1", "--sequence", "3"][..],
+            "package 3 of site plant-7 is the grant of plant-7.3, not a package of plant-7.1",
+        ),
+        (
+            &["--entitlement", "nope", "--sequence", "1"][..],
+            "no entitlement nope",
+        ),
+        (
+            &["--site", "plant-0", "--sequence", "1"][..],
+            "site plant-0 is not enrolled",
+        ),
+    ] {
+        let args = base(sel);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        stamp_fails(&c.pass, &args, needle);
+        assert!(!x.exists(), "{sel:?}");
+    }
+    let args = base(&["--sequence", "1"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = stamp(&c.pass, &args);
+    assert_eq!(out.status.code(), Some(2), "no selector: a usage error");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--site"));
+    assert!(!x.exists());
+
+    // The site applies the re-exported package, then the next one; a second copy is a replay.
+    import(&c, &c.site, &again);
+    import(&c, &c.site, &p3);
+    import_fails(&c, &c.site, &again, "sequence 2 is not above the last applied (3)");
+    let st = stamp_json(&c.pass, &["site", "status", "--dir", s(&c.site)]);
+    assert_eq!(st["entitlements"][0]["status"], "suspended");
+}
