@@ -855,7 +855,11 @@ fn hq_re_exports_a_sealed_package_byte_identical() {
         "-o",
         s(&again),
     ];
-    stamp_fails(&c.pass, &by_id, "already exists; choose another file or give --force");
+    stamp_fails(
+        &c.pass,
+        &by_id,
+        "already exists; choose another file or give --force",
+    );
     std::fs::write(&again, b"something else").unwrap();
     let mut forced = by_id.to_vec();
     forced.push("--force");
@@ -904,7 +908,12 @@ fn hq_re_exports_a_sealed_package_byte_identical() {
     // The site applies the re-exported package, then the next one; a second copy is a replay.
     import(&c, &c.site, &again);
     import(&c, &c.site, &p3);
-    import_fails(&c, &c.site, &again, "sequence 2 is not above the last applied (3)");
+    import_fails(
+        &c,
+        &c.site,
+        &again,
+        "sequence 2 is not above the last applied (3)",
+    );
     let st = stamp_json(&c.pass, &["site", "status", "--dir", s(&c.site)]);
     assert_eq!(st["entitlements"][0]["status"], "suspended");
 }

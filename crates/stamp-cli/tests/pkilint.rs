@@ -24,11 +24,31 @@ const ALLOWED: &[(&str, &str, &str)] = &[
     // pkilint decodes OID arcs of at most 32 bits; stamp's role EKUs live under the
     // registration-free UUID arc 2.25 (X.667), whose second arc is 128 bits. Valid DER and
     // RFC 5280; kept (docs/formats/certificates.md, "Role OIDs").
-    ("hq-authority-signing.pem", "itu.invalid_asn1_syntax", "UUID arc of the role EKU"),
-    ("hq-authority-key-agreement.pem", "itu.invalid_asn1_syntax", "UUID arc of the role EKU"),
-    ("site-identity-signing.pem", "itu.invalid_asn1_syntax", "UUID arc of the role EKU"),
-    ("site-identity-key-agreement.pem", "itu.invalid_asn1_syntax", "UUID arc of the role EKU"),
-    ("station.pem", "itu.invalid_asn1_syntax", "UUID arc of the role EKU"),
+    (
+        "hq-authority-signing.pem",
+        "itu.invalid_asn1_syntax",
+        "UUID arc of the role EKU",
+    ),
+    (
+        "hq-authority-key-agreement.pem",
+        "itu.invalid_asn1_syntax",
+        "UUID arc of the role EKU",
+    ),
+    (
+        "site-identity-signing.pem",
+        "itu.invalid_asn1_syntax",
+        "UUID arc of the role EKU",
+    ),
+    (
+        "site-identity-key-agreement.pem",
+        "itu.invalid_asn1_syntax",
+        "UUID arc of the role EKU",
+    ),
+    (
+        "station.pem",
+        "itu.invalid_asn1_syntax",
+        "UUID arc of the role EKU",
+    ),
 ];
 
 const HELP: &str = "this test needs pkilint (PyPI): run scripts/test, or at the workspace root \
@@ -97,7 +117,14 @@ fn service_cert(c: &Ceremony, out: &Path) {
         .unwrap()
         .env_remove("STAMP_PASSPHRASE_FILE")
         .env("RUST_LOG", "warn")
-        .args(["--json", "--passphrase-file", s(&c.pass), "site", "serve", "--dir"])
+        .args([
+            "--json",
+            "--passphrase-file",
+            s(&c.pass),
+            "site",
+            "serve",
+            "--dir",
+        ])
         .arg(&c.site)
         .args(["--listen", "127.0.0.1:0", "--write-cert", s(out)])
         .stdin(Stdio::null())
@@ -116,14 +143,10 @@ fn service_cert(c: &Ceremony, out: &Path) {
 
 /// Every profile stamp issues, as PEM files in `dir`.
 fn every_profile(c: &Ceremony) -> Vec<PathBuf> {
-    let mut certs: Vec<PathBuf> = [
-        "oem-root",
-        "hq-authority-signing",
-        "hq-authority-key-agreement",
-    ]
-    .iter()
-    .map(|n| c.hq.join("certs").join(format!("{n}.pem")))
-    .collect();
+    let mut certs: Vec<PathBuf> = ["oem-root", "hq-authority-signing", "hq-authority-key-agreement"]
+        .iter()
+        .map(|n| c.hq.join("certs").join(format!("{n}.pem")))
+        .collect();
     certs.extend(
         [
             "site-identity-signing",
@@ -137,11 +160,23 @@ fn every_profile(c: &Ceremony) -> Vec<PathBuf> {
     let st = c.tmp.path().join("station");
     stamp_json(
         &c.pass,
-        &["site", "add-station", "--dir", s(&c.site), "--name", "line-1", "-o", s(&st)],
+        &[
+            "site",
+            "add-station",
+            "--dir",
+            s(&c.site),
+            "--name",
+            "line-1",
+            "-o",
+            s(&st),
+        ],
     );
     let station = c.tmp.path().join("station.pem");
     let pem = std::fs::read_to_string(st.join("station.crt")).unwrap_or_else(|e| {
-        panic!("{e}: {:?}", std::fs::read_dir(&st).map(|d| d.map(|e| e.unwrap().path()).collect::<Vec<_>>()))
+        panic!(
+            "{e}: {:?}",
+            std::fs::read_dir(&st).map(|d| d.map(|e| e.unwrap().path()).collect::<Vec<_>>())
+        )
     });
     let end = pem.find("-----END CERTIFICATE-----").unwrap() + "-----END CERTIFICATE-----\n".len();
     std::fs::write(&station, &pem[..end.min(pem.len())]).unwrap();
@@ -151,8 +186,18 @@ fn every_profile(c: &Ceremony) -> Vec<PathBuf> {
     stamp_json(
         &c.pass,
         &[
-            "hq", "entitle", "--dir", s(&c.hq), "--site", "plant-7", "--product", "thermo-2", "--quota", "5",
-            "-o", s(&pkg),
+            "hq",
+            "entitle",
+            "--dir",
+            s(&c.hq),
+            "--site",
+            "plant-7",
+            "--product",
+            "thermo-2",
+            "--quota",
+            "5",
+            "-o",
+            s(&pkg),
         ],
     );
     stamp_json(&c.pass, &["site", "import", "--dir", s(&c.site), s(&pkg)]);
@@ -163,16 +208,22 @@ fn every_profile(c: &Ceremony) -> Vec<PathBuf> {
     stamp_json(
         &c.pass,
         &[
-            "site", "issue", "--dir", s(&c.site), "--entitlement", "plant-7.1", "--csr", s(&csrs), "-o",
+            "site",
+            "issue",
+            "--dir",
+            s(&c.site),
+            "--entitlement",
+            "plant-7.1",
+            "--csr",
+            s(&csrs),
+            "-o",
             s(&issued),
         ],
     );
     let device = std::fs::read_dir(&issued)
         .unwrap()
         .map(|e| e.unwrap().path())
-        .find(|p| {
-            std::fs::read_to_string(p).is_ok_and(|t| t.contains("BEGIN CERTIFICATE"))
-        })
+        .find(|p| std::fs::read_to_string(p).is_ok_and(|t| t.contains("BEGIN CERTIFICATE")))
         .unwrap_or_else(|| panic!("no device certificate in {}", issued.display()));
     let dev = c.tmp.path().join("device.pem");
     let pem = std::fs::read_to_string(&device).unwrap();
@@ -225,7 +276,10 @@ fn pkilint_finds_no_errors_in_any_profile() {
     }
     // An allowance nothing needs any more is removed (and its documentation with it).
     for (i, (f, c, why)) in ALLOWED.iter().enumerate() {
-        assert!(seen.contains(&i), "{f}: {c} ({why}) is allowed but pkilint no longer reports it");
+        assert!(
+            seen.contains(&i),
+            "{f}: {c} ({why}) is allowed but pkilint no longer reports it"
+        );
     }
     assert!(
         unexpected.is_empty(),

@@ -323,7 +323,16 @@ impl T {
         let p = self.write(bytes);
         let out = stamp(
             &self.b.pass,
-            &["--json", "hq", "reconcile", "--dir", s(&self.hq), "--package-grace", grace, s(&p)],
+            &[
+                "--json",
+                "hq",
+                "reconcile",
+                "--dir",
+                s(&self.hq),
+                "--package-grace",
+                grace,
+                s(&p),
+            ],
         );
         let v: serde_json::Value = serde_json::from_slice(&out.stdout)
             .unwrap_or_else(|_| panic!("stdout {} stderr {}", lossy(&out.stdout), lossy(&out.stderr)));
@@ -1264,10 +1273,7 @@ fn a_log_that_skips_a_package_is_reported() {
     let r = t.violations(&log.seal(&b));
     let v = violation(&r, "package-skipped");
     assert_eq!(entries(v), vec![k]);
-    assert!(
-        v["detail"].as_str().unwrap().contains("packages 2 to 3"),
-        "{v}"
-    );
+    assert!(v["detail"].as_str().unwrap().contains("packages 2 to 3"), "{v}");
 
     // The honest log, every package in sequence, is clean.
     let t = T::new();
@@ -1306,7 +1312,10 @@ fn packages_not_applied_past_the_grace_are_reported() {
         assert!(entries(v).is_empty());
         let d = v["detail"].as_str().unwrap();
         assert!(
-            d.starts_with(&format!("package {} ({action} of {id}), sealed by HQ at ", seq + 1)),
+            d.starts_with(&format!(
+                "package {} ({action} of {id}), sealed by HQ at ",
+                seq + 1
+            )),
             "{d}"
         );
         assert!(d.contains("grace 0 seconds; the log's last package is 1"), "{d}");
@@ -1316,10 +1325,22 @@ fn packages_not_applied_past_the_grace_are_reported() {
     let p = t.write(&bytes);
     let out = stamp(
         &t.b.pass,
-        &["hq", "reconcile", "--dir", s(&t.hq), "--package-grace", "7 days", s(&p)],
+        &[
+            "hq",
+            "reconcile",
+            "--dir",
+            s(&t.hq),
+            "--package-grace",
+            "7 days",
+            s(&p),
+        ],
     );
     assert_eq!(out.status.code(), Some(2));
-    assert!(lossy(&out.stderr).contains("is not a duration"), "{}", lossy(&out.stderr));
+    assert!(
+        lossy(&out.stderr).contains("is not a duration"),
+        "{}",
+        lossy(&out.stderr)
+    );
 }
 
 #[test]

@@ -1326,8 +1326,14 @@ fn sans(pem: &Path) -> Vec<String> {
         .map(|g| match g {
             x509_parser::extensions::GeneralName::DNSName(d) => format!("dns {d}"),
             x509_parser::extensions::GeneralName::IPAddress(ip) => match ip.len() {
-                4 => format!("ip {}", std::net::Ipv4Addr::from(<[u8; 4]>::try_from(*ip).unwrap())),
-                _ => format!("ip {}", std::net::Ipv6Addr::from(<[u8; 16]>::try_from(*ip).unwrap())),
+                4 => format!(
+                    "ip {}",
+                    std::net::Ipv4Addr::from(<[u8; 4]>::try_from(*ip).unwrap())
+                ),
+                _ => format!(
+                    "ip {}",
+                    std::net::Ipv6Addr::from(<[u8; 16]>::try_from(*ip).unwrap())
+                ),
             },
             other => format!("{other:?}"),
         })

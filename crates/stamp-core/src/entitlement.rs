@@ -902,7 +902,8 @@ pub(crate) mod tests {
         let one = check_next(&e, &s1, 3).unwrap_err();
         assert_eq!(one, EntitlementError::MissingSequence { found: 5, last: 3 });
         assert!(
-            one.to_string().starts_with("package 4 is missing: import it first"),
+            one.to_string()
+                .starts_with("package 4 is missing: import it first"),
             "{one}"
         );
         let many = check_next(&e, &s1, 0).unwrap_err().to_string();

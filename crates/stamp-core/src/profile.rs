@@ -530,7 +530,8 @@ fn is_label(l: &str) -> bool {
     (1..=63).contains(&l.len())
         && !l.starts_with('-')
         && !l.ends_with('-')
-        && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && l.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 /// A lower-case DNS name in preferred name syntax with at least two labels (the last not all
@@ -994,7 +995,14 @@ pub(crate) mod tests {
 
     #[test]
     fn service_names_are_fully_qualified_or_addresses() {
-        for ok in ["site.example", "a.b-c.example", "x1.example", "10.0.0.1", "fe80::1", "S.Example"] {
+        for ok in [
+            "site.example",
+            "a.b-c.example",
+            "x1.example",
+            "10.0.0.1",
+            "fe80::1",
+            "S.Example",
+        ] {
             assert!(ServiceName::parse(ok).is_ok(), "{ok}");
         }
         for bad in [

@@ -1527,6 +1527,16 @@ mod tests {
 
     use super::*;
 
+    #[test]
+    fn spans_read_in_their_largest_whole_unit() {
+        assert_eq!(span(time::Duration::ZERO), "0 seconds");
+        assert_eq!(span(time::Duration::seconds(90)), "90 seconds");
+        assert_eq!(span(time::Duration::minutes(5)), "5 minutes");
+        assert_eq!(span(time::Duration::hours(36)), "36 hours");
+        assert_eq!(span(DEFAULT_PACKAGE_GRACE), "7 days");
+        assert_eq!(ReconcileOptions::default().package_grace, time::Duration::days(7));
+    }
+
     fn header(previous: Option<u64>, first: u64, count: u64, chunks: u64) -> BundleHeader {
         BundleHeader {
             version: audit::VERSION,

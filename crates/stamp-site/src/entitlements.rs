@@ -483,12 +483,18 @@ impl crate::SiteStore {
             let last = u64::try_from(last.unwrap_or(0)).unwrap_or(0);
             if sequence <= last {
                 return Err(SiteError::Import(ImportError::Payload(
-                    EntitlementError::StaleSequence { found: sequence, last },
+                    EntitlementError::StaleSequence {
+                        found: sequence,
+                        last,
+                    },
                 )));
             }
             if sequence != last.saturating_add(1) {
                 return Err(SiteError::Import(ImportError::Payload(
-                    EntitlementError::MissingSequence { found: sequence, last },
+                    EntitlementError::MissingSequence {
+                        found: sequence,
+                        last,
+                    },
                 )));
             }
             tx.execute(
@@ -551,7 +557,10 @@ mod tests {
                 rate_limits: BTreeMap::new(),
                 not_before: 0,
                 not_after: i64::MAX,
-                serial_ranges: vec![SerialRange { first: seq, last: seq }],
+                serial_ranges: vec![SerialRange {
+                    first: seq,
+                    last: seq,
+                }],
                 device_profile: DeviceProfile {
                     validity_days: 1,
                     key_types: vec![DeviceKeyType::P256],
@@ -578,7 +587,14 @@ mod tests {
         .unwrap();
         let now = OffsetDateTime::UNIX_EPOCH;
         let apply = |store: &mut SiteStore, seq: u64| {
-            store.apply_package(seq, "grant", &state(&format!("g{seq}"), seq), &[seq as u8; 32], b"x", now)
+            store.apply_package(
+                seq,
+                "grant",
+                &state(&format!("g{seq}"), seq),
+                &[seq as u8; 32],
+                b"x",
+                now,
+            )
         };
         apply(&mut store, 1).unwrap();
         // 3 before 2: a gap, refused, nothing recorded.

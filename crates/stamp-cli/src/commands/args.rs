@@ -51,7 +51,11 @@ pub fn parse_duration(s: &str) -> Result<time::Duration, String> {
         "m" => n * 60,
         "h" => n * 3600,
         "d" => n * 86_400,
-        _ => return Err(format!("{s:?} is not a duration: use a whole number and s, m, h or d (e.g. 7d)")),
+        _ => {
+            return Err(format!(
+                "{s:?} is not a duration: use a whole number and s, m, h or d (e.g. 7d)"
+            ))
+        }
     };
     Ok(time::Duration::seconds(secs))
 }

@@ -19,7 +19,12 @@ pub struct Args {
     #[arg(long, value_name = "DIR")]
     dir: PathBuf,
     /// The site the package is sealed to.
-    #[arg(long, value_name = "ID", required_unless_present = "entitlement", conflicts_with = "entitlement")]
+    #[arg(
+        long,
+        value_name = "ID",
+        required_unless_present = "entitlement",
+        conflicts_with = "entitlement"
+    )]
     site: Option<SiteId>,
     /// The entitlement the package grants or amends (its site is the entitlement's).
     #[arg(long, value_name = "ID")]
