@@ -1606,6 +1606,44 @@ fn entitlements_imported_while_serving_take_effect_between_requests() {
         issued > 0 && suspended > 0,
         "issued {issued}, refused as suspended {suspended}"
     );
+    // Packages apply strictly in sequence through the running engine too. HQ seals 5 (resume
+    // plant-7.1) and 6 (top up plant-7.2); the site skips 5. `site import` refuses 6 before it
+    // reaches the engine; 6 dropped into the inbox by hand is refused by the engine itself.
+    let seal = |name: &str, args: &[&str]| {
+        let pkg = c.tmp.path().join(format!("{name}.cose"));
+        let mut all = vec!["hq", "amend", "--dir", s(&c.hq), "-o", s(&pkg)];
+        all.extend_from_slice(args);
+        stamp_json(&c.pass, &all);
+        pkg
+    };
+    let p5 = seal("resume", &["--entitlement", "plant-7.1", "--resume"]);
+    let p6 = seal("more", &["--entitlement", "plant-7.2", "--add-quota", "1"]);
+    stamp_fails(
+        &c.pass,
+        &["site", "import", "--dir", s(&c.site), s(&p6)],
+        "package 5 is missing: import it first",
+    );
+    let inbox = c.site.join("inbox");
+    std::fs::create_dir_all(&inbox).unwrap();
+    std::fs::copy(&p6, inbox.join(format!("{:020}.cose", 6))).unwrap();
+    let refused = inbox.join(format!("{:020}.refused.txt", 6));
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !refused.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the engine never decided on package 6"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let why = std::fs::read_to_string(&refused).unwrap();
+    assert!(why.contains("package 5 is missing: import it first"), "{why}");
+    let st = stamp_json(&c.pass, &["site", "status", "--dir", s(&c.site)]);
+    assert_eq!(st["last_sequence"], 4, "{st}");
+    // The honest path: 5, then 6.
+    stamp_json(&c.pass, &["site", "import", "--dir", s(&c.site), s(&p5)]);
+    stamp_json(&c.pass, &["site", "import", "--dir", s(&c.site), s(&p6)]);
+    let st = stamp_json(&c.pass, &["site", "status", "--dir", s(&c.site)]);
+    assert_eq!(st["last_sequence"], 6, "{st}");
     assert_eq!(svc.stop(), Some(0));
     check_consistent(&c, "plant-7.1");
     check_consistent(&c, "plant-7.2");
