@@ -650,7 +650,13 @@ fn bad_packages_are_refused_and_change_nothing() {
         &ka_public(&c.site),
         "plant-7",
     );
-    import_fails(&c, &c.site, &write(&c, "exp.cose", &sealed), "expired");
+    // (sequence 8 while nothing is applied: a gap, refused before its window is looked at)
+    import_fails(
+        &c,
+        &c.site,
+        &write(&c, "exp.cose", &sealed),
+        "packages 1 to 7 are missing: import them first, in order",
+    );
     let mut v2 = grant("plant-7", 9, now() + 86_400);
     v2.version = 2;
     let sealed = seal(
@@ -697,11 +703,218 @@ fn bad_packages_are_refused_and_change_nothing() {
         "malformed entitlement payload",
     );
 
-    // Sequence: 2 applies, then 1 (older) and 2 again (replay) are refused.
+    // Sequence: 2 before 1 is a gap; 1 then 2 apply; then 1 (older) and 2 again (replay) are refused.
+    import_fails(&c, &c.site, &p2, "package 1 is missing: import it first");
+    import(&c, &c.site, &p1);
     import(&c, &c.site, &p2);
     import_fails(&c, &c.site, &p1, "sequence 1 is not above the last applied (2)");
     import_fails(&c, &c.site, &p2, "sequence 2 is not above the last applied (2)");
     let st = stamp_json(&c.pass, &["site", "status", "--dir", s(&c.site)]);
+    assert_eq!(st["entitlements"].as_array().unwrap().len(), 2);
+    assert_eq!(st["entitlements"][1]["entitlement_id"], "plant-7.2");
+
+    // A genuine grant whose window is already over, in its turn (3): applied, so that it leaves
+    // no gap, and it admits nothing.
+    let expired = grant("plant-7", 3, now() - 10).to_cbor();
+    let sealed = seal(
+        &expired,
+        hq_key.as_ref(),
+        vec![hq_cert.clone()],
+        "plant-7",
+        &ka_public(&c.site),
+        "plant-7",
+    );
+    let r = import(&c, &c.site, &write(&c, "exp3.cose", &sealed));
+    assert_eq!(r["sequence"], 3);
+    assert_eq!(r["entitlement"]["in_window"], false);
+}
+
+/// The attacker is the site's owner: HQ suspends a grant (package 2) and then grants another run
+/// (package 3); the site keeps the suspension file away and imports 3. Refused, naming package
+/// 2, the site unchanged (a site that never imports 2 gets nothing new from HQ, and HQ reports
+/// 2 as `package-not-applied`: tests/reconcile.rs); the honest path (2, then 3) applies both.
+#[test]
+fn a_site_cannot_skip_a_suspension_and_apply_the_next_package() {
+    let c = ceremony(true);
+    let p1 = c.tmp.path().join("p1.cose");
+    entitle(&c, "plant-7", "100", &p1);
+    let p2 = c.tmp.path().join("p2.cose");
+    stamp_json(
+        &c.pass,
+        &[
+            "hq",
+            "amend",
+            "--dir",
+            s(&c.hq),
+            "--entitlement",
+            "plant-7.1",
+            "--suspend",
+            "-o",
+            s(&p2),
+        ],
+    );
+    let p3 = c.tmp.path().join("p3.cose");
+    entitle(&c, "plant-7", "50", &p3);
+    let p4 = c.tmp.path().join("p4.cose");
+    stamp_json(
+        &c.pass,
+        &[
+            "hq",
+            "amend",
+            "--dir",
+            s(&c.hq),
+            "--entitlement",
+            "plant-7.1",
+            "--revoke",
+            "-o",
+            s(&p4),
+        ],
+    );
+    import(&c, &c.site, &p1);
+    // Skipping the suspension, and skipping both it and the next grant to reach a revocation's
+    // successor: each refused with the missing sequences named.
+    import_fails(&c, &c.site, &p3, "package 2 is missing: import it first");
+    import_fails(&c, &c.site, &p4, "packages 2 to 3 are missing");
+    let st = stamp_json(&c.pass, &["site", "status", "--dir", s(&c.site)]);
+    assert_eq!(st["last_sequence"], 1);
     assert_eq!(st["entitlements"].as_array().unwrap().len(), 1);
-    assert_eq!(st["entitlements"][0]["entitlement_id"], "plant-7.2");
+
+    // The honest path: in order, every package applies.
+    import(&c, &c.site, &p2);
+    let r = import(&c, &c.site, &p3);
+    assert_eq!(r["entitlement"]["entitlement_id"], "plant-7.3");
+    import(&c, &c.site, &p4);
+    let st = stamp_json(&c.pass, &["site", "status", "--dir", s(&c.site)]);
+    assert_eq!(st["last_sequence"], 4);
+    assert_eq!(st["entitlements"][0]["status"], "revoked");
+    assert_eq!(st["entitlements"][1]["status"], "active");
+}
+
+/// A lost package is never a dead end: HQ re-exports it, byte-identical, by site and sequence or
+/// by entitlement and sequence; it refuses to overwrite a file unless told, and names what it
+/// cannot find. The site then applies it and goes on.
+#[test]
+fn hq_re_exports_a_sealed_package_byte_identical() {
+    let c = ceremony(true);
+    let p1 = c.tmp.path().join("p1.cose");
+    entitle(&c, "plant-7", "10", &p1);
+    let p2 = c.tmp.path().join("p2.cose");
+    stamp_json(
+        &c.pass,
+        &[
+            "hq",
+            "amend",
+            "--dir",
+            s(&c.hq),
+            "--entitlement",
+            "plant-7.1",
+            "--suspend",
+            "-o",
+            s(&p2),
+        ],
+    );
+    let p3 = c.tmp.path().join("p3.cose");
+    entitle(&c, "plant-7", "10", &p3);
+    let original = std::fs::read(&p2).unwrap();
+    std::fs::remove_file(&p2).unwrap();
+    import(&c, &c.site, &p1);
+    import_fails(&c, &c.site, &p3, "package 2 is missing: import it first");
+
+    let again = c.tmp.path().join("again.cose");
+    let r = stamp_json(
+        &c.pass,
+        &[
+            "hq",
+            "export-package",
+            "--dir",
+            s(&c.hq),
+            "--site",
+            "plant-7",
+            "--sequence",
+            "2",
+            "-o",
+            s(&again),
+        ],
+    );
+    assert_eq!(r["sequence"], 2);
+    assert_eq!(r["entitlement_id"], "plant-7.1");
+    assert_eq!(r["action"], "amend");
+    assert_eq!(std::fs::read(&again).unwrap(), original, "byte-identical");
+    let sha = stamp_core::fingerprint::sha256(&original);
+    assert_eq!(r["sha256"], hex::encode(sha));
+
+    // By entitlement: refuses to overwrite, then overwrites with --force.
+    let by_id = [
+        "hq",
+        "export-package",
+        "--dir",
+        s(&c.hq),
+        "--entitlement",
+        "plant-7.1",
+        "--sequence",
+        "2",
+        "-o",
+        s(&again),
+    ];
+    stamp_fails(
+        &c.pass,
+        &by_id,
+        "already exists; choose another file or give --force",
+    );
+    std::fs::write(&again, b"something else").unwrap();
+    let mut forced = by_id.to_vec();
+    forced.push("--force");
+    stamp_json(&c.pass, &forced);
+    assert_eq!(std::fs::read(&again).unwrap(), original);
+    // Unknown sequence, another grant's package, an unknown site, no selector.
+    let x = c.tmp.path().join("x.cose");
+    let base = |sel: &[&'static str]| -> Vec<String> {
+        let mut v: Vec<String> = ["hq", "export-package", "--dir", s(&c.hq), "-o", s(&x)]
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+        v.extend(sel.iter().map(|a| a.to_string()));
+        v
+    };
+    for (sel, needle) in [
+        (
+            &["--site", "plant-7", "--sequence", "9"][..],
+            "HQ never sealed a package with sequence 9 for site plant-7",
+        ),
+        (
+            &["--entitlement", "plant-7.1", "--sequence", "3"][..],
+            "package 3 of site plant-7 is the grant of plant-7.3, not a package of plant-7.1",
+        ),
+        (
+            &["--entitlement", "nope", "--sequence", "1"][..],
+            "no entitlement nope",
+        ),
+        (
+            &["--site", "plant-0", "--sequence", "1"][..],
+            "site plant-0 is not enrolled",
+        ),
+    ] {
+        let args = base(sel);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        stamp_fails(&c.pass, &args, needle);
+        assert!(!x.exists(), "{sel:?}");
+    }
+    let args = base(&["--sequence", "1"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = stamp(&c.pass, &args);
+    assert_eq!(out.status.code(), Some(2), "no selector: a usage error");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--site"));
+    assert!(!x.exists());
+
+    // The site applies the re-exported package, then the next one; a second copy is a replay.
+    import(&c, &c.site, &again);
+    import(&c, &c.site, &p3);
+    import_fails(
+        &c,
+        &c.site,
+        &again,
+        "sequence 2 is not above the last applied (3)",
+    );
+    let st = stamp_json(&c.pass, &["site", "status", "--dir", s(&c.site)]);
+    assert_eq!(st["entitlements"][0]["status"], "suspended");
 }

@@ -251,6 +251,16 @@ fn base() -> &'static Base {
     BASE.get_or_init(build_base)
 }
 
+/// plant-7's packages in the base, by sequence: what each grants or amends.
+const PLANT_7: [(&str, &str); 6] = [
+    ("plant-7.1", "grant"),
+    ("plant-7.2", "grant"),
+    ("plant-7.3", "grant"),
+    ("plant-7.4", "grant"),
+    ("plant-7.4", "amend"),
+    ("plant-7.6", "grant"),
+];
+
 /// One test's own copy of HQ.
 struct T {
     b: &'static Base,
@@ -271,10 +281,14 @@ impl T {
         self.b.grants[id].clone()
     }
 
-    /// plant-7's log, with grant `id` applied from package `seq`.
+    /// plant-7's log, with grant `id` applied from package `seq`, after the packages before it
+    /// (a site applies them strictly in sequence).
     fn log_with(&self, seq: u64, id: &str) -> SiteLog {
+        assert_eq!(PLANT_7[seq as usize - 1], (id, "grant"), "package {seq}");
         let mut log = SiteLog::new(self.b.site.clone());
-        self.apply(&mut log, seq, id, "grant");
+        for (i, (pid, action)) in PLANT_7.iter().enumerate().take(seq as usize) {
+            self.apply(&mut log, i as u64 + 1, pid, action);
+        }
         log
     }
 
@@ -302,6 +316,29 @@ impl T {
         }
         args.push(s(bundle));
         stamp(&self.b.pass, &args)
+    }
+
+    /// Reconciles with `--package-grace GRACE`; must be accepted with violations.
+    fn violations_with_grace(&self, bytes: &[u8], grace: &str) -> serde_json::Value {
+        let p = self.write(bytes);
+        let out = stamp(
+            &self.b.pass,
+            &[
+                "--json",
+                "hq",
+                "reconcile",
+                "--dir",
+                s(&self.hq),
+                "--package-grace",
+                grace,
+                s(&p),
+            ],
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|_| panic!("stdout {} stderr {}", lossy(&out.stdout), lossy(&out.stderr)));
+        assert_eq!(out.status.code(), Some(1), "{v:#}");
+        assert_eq!(v["ok"], false, "{v:#}");
+        v
     }
 
     /// Reconciles, and checks that the same bundle on a copy of HQ as it was gives the same
@@ -974,7 +1011,7 @@ fn issuing_while_suspended_is_reported_from_the_amendment_on() {
     let i = log.device(&g, first_serial(&g) + 1);
     let b = log.export();
     let r = t.violations(&log.seal(&b));
-    assert_eq!(r["entitlements_applied"], 2);
+    assert_eq!(r["entitlements_applied"], 5, "packages 1 to 5, in sequence");
     let v = violation(&r, "issued-while-suspended");
     assert_eq!(entries(v), vec![i]);
     assert_eq!(r["devices_recorded"], 1);
@@ -1203,6 +1240,109 @@ fn unknown_entitlements_and_packages_are_reported() {
     assert_eq!(entries(violation(&r, "unknown-package")), vec![j]);
     assert_eq!(entries(violation(&r, "package-out-of-order")), vec![k]);
     assert_eq!(r["devices_recorded"], 1);
+}
+
+/// The attacker is the site's owner, rewriting its log consistently (entries, Merkle tree,
+/// checkpoint, all signed with the site's keys): it leaves out package 5 (the suspension of
+/// plant-7.4) and applies package 6 after 4, so that HQ would track plant-7.4 as still active.
+/// HQ reports the skip, naming package 5, at the entry that applied 6; skipping two is named as a
+/// range. The devices of grants the skip does not concern are still recorded.
+#[test]
+fn a_log_that_skips_a_package_is_reported() {
+    let t = T::new();
+    let g4 = t.grant("plant-7.4");
+    let mut log = t.log_with(4, "plant-7.4");
+    let k = log.applied(&t.b.packages[&("plant-7".to_owned(), 6)], 6, "plant-7.6", "grant");
+    // Under the grant HQ suspended: HQ's view lacks the suspension, the skip is what tells.
+    log.device(&g4, first_serial(&g4));
+    let b = log.export();
+    let r = t.violations(&log.seal(&b));
+    let v = violation(&r, "package-skipped");
+    assert_eq!(entries(v), vec![k]);
+    let detail = v["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("package 6 applied while package 5 HQ sealed for this site never was"),
+        "{v}"
+    );
+    assert_eq!(r["violations"].as_array().unwrap().len(), 1, "{r:#}");
+
+    // Two skipped: 1, then 4.
+    let t = T::new();
+    let mut log = SiteLog::new(t.b.site.clone());
+    t.apply(&mut log, 1, "plant-7.1", "grant");
+    let k = log.applied(&t.b.packages[&("plant-7".to_owned(), 4)], 4, "plant-7.4", "grant");
+    let b = log.export();
+    let r = t.violations(&log.seal(&b));
+    let v = violation(&r, "package-skipped");
+    assert_eq!(entries(v), vec![k]);
+    assert!(v["detail"].as_str().unwrap().contains("packages 2 to 3"), "{v}");
+
+    // The honest log, every package in sequence, is clean.
+    let t = T::new();
+    let g1 = t.grant("plant-7.1");
+    let mut log = t.log_with(6, "plant-7.6");
+    log.device(&g1, first_serial(&g1));
+    let b = log.export();
+    let r = t.ok(&log.seal(&b));
+    assert_eq!(r["entitlements_applied"], 6);
+}
+
+/// A site that keeps HQ's packages away (never imports them) and exports a log that is correct
+/// in itself: HQ reports every package it sealed that the log has not applied past the grace
+/// period, with no entry behind it; within the grace (the default, 7 days), the same log is clean.
+#[test]
+fn packages_not_applied_past_the_grace_are_reported() {
+    let (mut log, _) = log_with_devices(&T::new(), 2);
+    let b = log.export();
+    let bytes = log.seal(&b);
+    // Within the default grace: clean.
+    T::new().ok(&bytes);
+    // The base's packages were sealed well over a second ago: with no grace, 2 to 6 are late.
+    let t = T::new();
+    let r = t.violations_with_grace(&bytes, "0s");
+    let late: Vec<&serde_json::Value> = r["violations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|v| v["kind"] == "package-not-applied")
+        .collect();
+    assert_eq!(late.len(), 5, "{r:#}");
+    assert_eq!(r["violations"].as_array().unwrap().len(), 5, "{r:#}");
+    for (v, (seq, (id, action))) in late.iter().zip(PLANT_7.iter().enumerate().skip(1)) {
+        assert_eq!(v["entitlement_id"], *id);
+        assert_eq!(v["entry_count"], 0);
+        assert!(entries(v).is_empty());
+        let d = v["detail"].as_str().unwrap();
+        assert!(
+            d.starts_with(&format!(
+                "package {} ({action} of {id}), sealed by HQ at ",
+                seq + 1
+            )),
+            "{d}"
+        );
+        assert!(d.contains("grace 0 seconds; the log's last package is 1"), "{d}");
+        assert!(d.contains("stamp hq export-package"), "{d}");
+    }
+    // A bad grace is a usage error.
+    let p = t.write(&bytes);
+    let out = stamp(
+        &t.b.pass,
+        &[
+            "hq",
+            "reconcile",
+            "--dir",
+            s(&t.hq),
+            "--package-grace",
+            "7 days",
+            s(&p),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        lossy(&out.stderr).contains("is not a duration"),
+        "{}",
+        lossy(&out.stderr)
+    );
 }
 
 #[test]

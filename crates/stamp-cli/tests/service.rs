@@ -1363,7 +1363,8 @@ fn configuration_is_printed_checked_and_applied() {
         &c.tmp.path().join("good.toml"),
         b"default_entitlement = \"plant-7.1\"\nmax_body_bytes = 2048\nserver_names = [\"127.0.0.1\", \"site.example\"]\nlog_format = \"json\"\n",
     );
-    let svc = Service::start(&c, &["--config", s(&good)]);
+    let served = c.tmp.path().join("served.pem");
+    let svc = Service::start(&c, &["--config", s(&good), "--write-cert", s(&served)]);
     rt().block_on(async {
         let mut conn = connect(&svc.url, &st).await;
         let r = est_enroll(&mut conn, "/.well-known/est/simpleenroll", &p256_csr()).await;
@@ -1379,7 +1380,70 @@ fn configuration_is_printed_checked_and_applied() {
             .unwrap();
         assert_eq!(r.status, 413);
     });
-    // The service's certificate names what the configuration says ("localhost" is not in it).
+    // The service's certificate names what the configuration says, and nothing else.
+    assert_eq!(
+        sans(&served),
+        vec!["ip 127.0.0.1".to_owned(), "dns site.example".to_owned()]
+    );
+    // A station reaching it as localhost checks it for the loopback address it reached.
+    localhost_connects(&svc, &st);
+    assert_eq!(svc.stop(), Some(0));
+
+    // The default names: `localhost` stands for the loopback addresses; no single-label dNSName
+    // (pkilint: pkix.invalid_domain_name_syntax) is in the certificate, and stations reaching
+    // the service as localhost or 127.0.0.1 both connect.
+    let served = c.tmp.path().join("served-default.pem");
+    let svc = Service::start(&c, &["--write-cert", s(&served)]);
+    assert_eq!(
+        sans(&served),
+        vec!["ip 127.0.0.1".to_owned(), "ip ::1".to_owned()]
+    );
+    localhost_connects(&svc, &st);
+    rt().block_on(async {
+        let mut conn = connect(&svc.url, &st).await;
+        let r = conn.get("/healthz").await.unwrap();
+        assert_eq!(r.status, 200);
+    });
+    assert_eq!(svc.stop(), Some(0));
+    // A single-label name is refused in the configuration, saying why.
+    let single = write(
+        &c.tmp.path().join("single.toml"),
+        b"server_names = [\"stampsite\"]\n",
+    );
+    stamp_fails(
+        &c.pass,
+        &["site", "serve", "--dir", s(&c.site), "--config", s(&single)],
+        "a single-label name is not a valid dNSName",
+    );
+}
+
+/// The subject alternative names of a PEM certificate, as "dns NAME" or "ip ADDRESS".
+fn sans(pem: &Path) -> Vec<String> {
+    let der = stamp_core::cert::from_pem(&std::fs::read_to_string(pem).unwrap(), "CERTIFICATE").unwrap();
+    let (_, c) = x509_parser::parse_x509_certificate(&der).unwrap();
+    let san = c.subject_alternative_name().unwrap().unwrap();
+    san.value
+        .general_names
+        .iter()
+        .map(|g| match g {
+            x509_parser::extensions::GeneralName::DNSName(d) => format!("dns {d}"),
+            x509_parser::extensions::GeneralName::IPAddress(ip) => match ip.len() {
+                4 => format!(
+                    "ip {}",
+                    std::net::Ipv4Addr::from(<[u8; 4]>::try_from(*ip).unwrap())
+                ),
+                _ => format!(
+                    "ip {}",
+                    std::net::Ipv6Addr::from(<[u8; 16]>::try_from(*ip).unwrap())
+                ),
+            },
+            other => format!("{other:?}"),
+        })
+        .collect()
+}
+
+/// A station connects to `svc` as `https://localhost:PORT` and is served.
+fn localhost_connects(svc: &Service, st: &Path) {
     let root = stamp_core::cert::from_pem(
         &std::fs::read_to_string(st.join("ca.pem")).unwrap(),
         "CERTIFICATE",
@@ -1387,19 +1451,17 @@ fn configuration_is_printed_checked_and_applied() {
     .unwrap();
     let port = svc.url.rsplit(':').next().unwrap().to_owned();
     rt().block_on(async {
-        let id = StationIdentity::load(&st).unwrap();
+        let id = StationIdentity::load(st).unwrap();
         let by_name = Endpoint::new(
             &format!("https://localhost:{port}"),
             &root,
             Some((&id.chain, &id.key_pkcs8)),
         )
         .unwrap();
-        assert!(
-            by_name.connect().await.is_err(),
-            "localhost is not a server name now"
-        );
+        let mut conn = by_name.connect().await.unwrap();
+        let r = conn.get("/healthz").await.unwrap();
+        assert_eq!(r.status, 200, "{r:?}");
     });
-    assert_eq!(svc.stop(), Some(0));
 }
 
 #[test]
@@ -1649,6 +1711,44 @@ fn entitlements_imported_while_serving_take_effect_between_requests() {
         issued > 0 && suspended > 0,
         "issued {issued}, refused as suspended {suspended}"
     );
+    // Packages apply strictly in sequence through the running engine too. HQ seals 5 (resume
+    // plant-7.1) and 6 (top up plant-7.2); the site skips 5. `site import` refuses 6 before it
+    // reaches the engine; 6 dropped into the inbox by hand is refused by the engine itself.
+    let seal = |name: &str, args: &[&str]| {
+        let pkg = c.tmp.path().join(format!("{name}.cose"));
+        let mut all = vec!["hq", "amend", "--dir", s(&c.hq), "-o", s(&pkg)];
+        all.extend_from_slice(args);
+        stamp_json(&c.pass, &all);
+        pkg
+    };
+    let p5 = seal("resume", &["--entitlement", "plant-7.1", "--resume"]);
+    let p6 = seal("more", &["--entitlement", "plant-7.2", "--add-quota", "1"]);
+    stamp_fails(
+        &c.pass,
+        &["site", "import", "--dir", s(&c.site), s(&p6)],
+        "package 5 is missing: import it first",
+    );
+    let inbox = c.site.join("inbox");
+    std::fs::create_dir_all(&inbox).unwrap();
+    std::fs::copy(&p6, inbox.join(format!("{:020}.cose", 6))).unwrap();
+    let refused = inbox.join(format!("{:020}.refused.txt", 6));
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !refused.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the engine never decided on package 6"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let why = std::fs::read_to_string(&refused).unwrap();
+    assert!(why.contains("package 5 is missing: import it first"), "{why}");
+    let st = stamp_json(&c.pass, &["site", "status", "--dir", s(&c.site)]);
+    assert_eq!(st["last_sequence"], 4, "{st}");
+    // The honest path: 5, then 6.
+    stamp_json(&c.pass, &["site", "import", "--dir", s(&c.site), s(&p5)]);
+    stamp_json(&c.pass, &["site", "import", "--dir", s(&c.site), s(&p6)]);
+    let st = stamp_json(&c.pass, &["site", "status", "--dir", s(&c.site)]);
+    assert_eq!(st["last_sequence"], 6, "{st}");
     assert_eq!(svc.stop(), Some(0));
     check_consistent(&c, "plant-7.1");
     check_consistent(&c, "plant-7.2");

@@ -401,6 +401,15 @@ pub enum EntitlementError {
         /// The last applied.
         last: u64,
     },
+    /// Sequence above the next one: packages in between were not applied. A site applies its
+    /// packages strictly in sequence, so that none (a suspension, a revocation) can be skipped.
+    #[error("{}", missing_message(*found, *last))]
+    MissingSequence {
+        /// Its sequence.
+        found: u64,
+        /// The last applied.
+        last: u64,
+    },
     /// The production window is already over.
     #[error("entitlement window ended at {0} (Unix time); it is expired")]
     Expired(i64),
@@ -413,6 +422,21 @@ pub enum EntitlementError {
     /// An amendment to a revoked grant.
     #[error("entitlement {0} is revoked; it cannot be changed")]
     Revoked(String),
+}
+
+/// "package 3 is missing: import it first" (or "packages 3 to 5 are missing: ...").
+fn missing_message(found: u64, last: u64) -> String {
+    let first = last.saturating_add(1);
+    let to = found.saturating_sub(1);
+    if first >= to {
+        format!(
+            "package {first} is missing: import it first (this is package {found}; packages apply strictly in sequence, the last applied is {last})"
+        )
+    } else {
+        format!(
+            "packages {first} to {to} are missing: import them first, in order (this is package {found}; packages apply strictly in sequence, the last applied is {last})"
+        )
+    }
 }
 
 fn short(s: &str) -> bool {
@@ -652,14 +676,13 @@ impl GrantState {
     }
 }
 
-/// Checks a decrypted, well-formed entitlement against the site's state at `now` (Unix seconds):
-/// the site, the sequence, the window. `last_sequence` is the highest sequence applied (0 if none).
-pub fn check_applicable(
-    e: &Entitlement,
-    site: &SiteId,
-    last_sequence: u64,
-    now: i64,
-) -> Result<(), EntitlementError> {
+/// Checks that a decrypted, well-formed entitlement is for `site` and is the next package:
+/// sequence exactly `last_sequence + 1` (`last_sequence` is the highest applied, 0 if none). A
+/// lower one is a replay or a rollback ([`EntitlementError::StaleSequence`]); a higher one skips
+/// packages ([`EntitlementError::MissingSequence`]). This is what a site checks: it applies a
+/// grant whose window is already over (it admits nothing), since refusing it would leave a gap
+/// that no later package could ever close.
+pub fn check_next(e: &Entitlement, site: &SiteId, last_sequence: u64) -> Result<(), EntitlementError> {
     if &e.site_id != site {
         return Err(EntitlementError::WrongSite {
             found: e.site_id.to_string(),
@@ -672,6 +695,24 @@ pub fn check_applicable(
             last: last_sequence,
         });
     }
+    if e.sequence != last_sequence.saturating_add(1) {
+        return Err(EntitlementError::MissingSequence {
+            found: e.sequence,
+            last: last_sequence,
+        });
+    }
+    Ok(())
+}
+
+/// [`check_next`], and that a grant's window is not over at `now` (Unix seconds): what HQ checks
+/// before it seals a package.
+pub fn check_applicable(
+    e: &Entitlement,
+    site: &SiteId,
+    last_sequence: u64,
+    now: i64,
+) -> Result<(), EntitlementError> {
+    check_next(e, site, last_sequence)?;
     if let Action::Grant(g) = &e.action {
         if g.not_after <= now {
             return Err(EntitlementError::Expired(g.not_after));
@@ -876,13 +917,34 @@ pub(crate) mod tests {
             Err(EntitlementError::StaleSequence { .. })
         ));
         assert!(matches!(
-            check_applicable(&e, &SiteId::new("s2").unwrap(), 0, 500),
+            check_applicable(&e, &SiteId::new("s2").unwrap(), 4, 500),
             Err(EntitlementError::WrongSite { .. })
         ));
         assert_eq!(
-            check_applicable(&e, &s1, 0, 10_000),
+            check_applicable(&e, &s1, 4, 10_000),
             Err(EntitlementError::Expired(10_000))
         );
+        // The site applies an expired grant in its turn (it admits nothing).
+        assert!(check_next(&e, &s1, 4).is_ok());
+    }
+
+    #[test]
+    fn a_gap_in_the_sequence_is_refused_naming_what_is_missing() {
+        let e = grant("s1", 5);
+        let s1 = SiteId::new("s1").unwrap();
+        let one = check_next(&e, &s1, 3).unwrap_err();
+        assert_eq!(one, EntitlementError::MissingSequence { found: 5, last: 3 });
+        assert!(
+            one.to_string()
+                .starts_with("package 4 is missing: import it first"),
+            "{one}"
+        );
+        let many = check_next(&e, &s1, 0).unwrap_err().to_string();
+        assert!(
+            many.starts_with("packages 1 to 4 are missing: import them first, in order"),
+            "{many}"
+        );
+        assert!(check_applicable(&e, &s1, 1, 500).is_err());
     }
 
     #[test]

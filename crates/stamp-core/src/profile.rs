@@ -475,22 +475,75 @@ pub enum ServiceName {
 }
 
 impl ServiceName {
-    /// Parses an IP address, or else a DNS name (1-253 characters of a-z, A-Z, 0-9, '-', '.').
+    /// Parses an IP address, or else a DNS name in the preferred name syntax that RFC 5280
+    /// (4.2.1.6) requires of a dNSName: at least two labels of 1-63 characters of a-z, 0-9 and
+    /// '-' (not first or last), 253 characters at most, the last label not all digits.
+    /// Single-label names (`localhost`, `stampsite`) are refused: certificate linters (pkilint)
+    /// report them as an invalid dNSName, and public CAs may not certify them. `localhost` itself
+    /// is written with [`ServiceName::parse_list`], for which it stands for the loopback
+    /// addresses.
     pub fn parse(s: &str) -> Result<Self, ProfileError> {
         if let Ok(ip) = s.parse::<std::net::IpAddr>() {
             return Ok(ServiceName::Ip(ip));
         }
-        let ok = !s.is_empty()
-            && s.len() <= 253
-            && !s.starts_with(['-', '.'])
-            && s.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
-        if ok {
-            Ok(ServiceName::Dns(s.to_ascii_lowercase()))
-        } else {
-            Err(ProfileError::BadServiceName(s.chars().take(64).collect()))
+        let d = s.to_ascii_lowercase();
+        if is_dns_name(&d) {
+            return Ok(ServiceName::Dns(d));
         }
+        let what: String = s.chars().take(64).collect();
+        if !d.is_empty() && !d.contains('.') && is_label(&d) {
+            return Err(ProfileError::BadServiceName(format!(
+                "{what} (a single-label name is not a valid dNSName in a certificate: use a fully qualified name or an IP address; `localhost` stands for 127.0.0.1 and ::1)"
+            )));
+        }
+        Err(ProfileError::BadServiceName(what))
     }
+
+    /// Parses a list of names: each as [`ServiceName::parse`], except `localhost`, which stands
+    /// for the loopback addresses 127.0.0.1 and ::1 (RFC 6761 6.3: it always resolves to them,
+    /// and clients that connect to `localhost` check the certificate for the loopback address
+    /// they reached). Duplicates are dropped, the order kept.
+    pub fn parse_list(names: &[impl AsRef<str>]) -> Result<Vec<Self>, ProfileError> {
+        let mut out: Vec<ServiceName> = Vec::with_capacity(names.len() + 1);
+        for n in names {
+            let n = n.as_ref();
+            let parsed = if n.eq_ignore_ascii_case("localhost") || n.eq_ignore_ascii_case("localhost.") {
+                vec![
+                    ServiceName::Ip(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)),
+                    ServiceName::Ip(std::net::IpAddr::V6(std::net::Ipv6Addr::LOCALHOST)),
+                ]
+            } else {
+                vec![ServiceName::parse(n)?]
+            };
+            for p in parsed {
+                if !out.contains(&p) {
+                    out.push(p);
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// One DNS label: 1-63 characters of a-z, 0-9 and '-', not starting or ending with '-'.
+fn is_label(l: &str) -> bool {
+    (1..=63).contains(&l.len())
+        && !l.starts_with('-')
+        && !l.ends_with('-')
+        && l.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+/// A lower-case DNS name in preferred name syntax with at least two labels (the last not all
+/// digits, so that it cannot be read as an IPv4 address).
+fn is_dns_name(d: &str) -> bool {
+    let labels: Vec<&str> = d.split('.').collect();
+    d.len() <= 253
+        && labels.len() >= 2
+        && labels.iter().all(|l| is_label(l))
+        && labels
+            .last()
+            .is_some_and(|l| !l.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// Issues a site service (TLS server) certificate for `names` (subject alternative names), signed by
@@ -512,6 +565,9 @@ pub fn issue_site_service(
     for n in names {
         sans.push(match n {
             ServiceName::Ip(ip) => rcgen::SanType::IpAddress(*ip),
+            ServiceName::Dns(d) if !is_dns_name(d) => {
+                return Err(ProfileError::BadServiceName(d.chars().take(64).collect()))
+            }
             ServiceName::Dns(d) => rcgen::SanType::DnsName(
                 d.clone()
                     .try_into()
@@ -867,10 +923,9 @@ pub(crate) mod tests {
         let ca_key = TestSigner::new(SignatureAlgorithm::EcdsaP256Sha256);
         let ca = issue_for(Profile::SiteIssuingCa, &root_key, &root_der, &ca_key);
         let key = TestSigner::new(SignatureAlgorithm::EcdsaP256Sha256);
-        let names: Vec<ServiceName> = ["localhost", "127.0.0.1", "Site.Example"]
-            .iter()
-            .map(|n| ServiceName::parse(n).unwrap())
-            .collect();
+        let names = ServiceName::parse_list(&["localhost", "127.0.0.1", "Site.Example"]).unwrap();
+        assert_eq!(names.len(), 3, "{names:?}");
+        assert_eq!(names[1], ServiceName::parse("::1").unwrap());
         assert_eq!(names[2], ServiceName::Dns("site.example".into()));
         let der = issue_site_service(
             "Acme",
@@ -904,14 +959,78 @@ pub(crate) mod tests {
             None,
         )
         .unwrap();
-        for n in ["localhost", "127.0.0.1", "site.example"] {
+        for n in ["127.0.0.1", "::1", "site.example"] {
             ee.verify_is_valid_for_subject_name(&ServerName::try_from(n).unwrap())
                 .unwrap();
         }
-        assert!(ee
-            .verify_is_valid_for_subject_name(&ServerName::try_from("other.example").unwrap())
-            .is_err());
+        // `localhost` is not a dNSName in it (pkilint: pkix.invalid_domain_name_syntax).
+        for n in ["other.example", "localhost"] {
+            assert!(ee
+                .verify_is_valid_for_subject_name(&ServerName::try_from(n).unwrap())
+                .is_err());
+        }
+        let c = crate::cert::parse(&der).unwrap();
+        let san = c.subject_alternative_name().unwrap().unwrap();
+        assert!(!san
+            .value
+            .general_names
+            .iter()
+            .any(|g| matches!(g, x509_parser::extensions::GeneralName::DNSName(d) if !d.contains('.'))));
         assert!(ServiceName::parse("bad name").is_err() && ServiceName::parse("-x").is_err());
+        // A certificate carrying a single-label name cannot be made, even by hand.
+        let err = issue_site_service(
+            "Acme",
+            &SiteId::new("s1").unwrap(),
+            &[ServiceName::Dns("localhost".into())],
+            &crate::cert::subject_key(key.algorithm().rcgen(), key.public_key()),
+            Validity::starting(NOW, Profile::SiteService.default_lifetime()),
+            serial(5),
+            &Issuer {
+                cert_der: &ca,
+                signer: &ca_key,
+            },
+        );
+        assert!(matches!(err, Err(ProfileError::BadServiceName(_))));
+    }
+
+    #[test]
+    fn service_names_are_fully_qualified_or_addresses() {
+        for ok in [
+            "site.example",
+            "a.b-c.example",
+            "x1.example",
+            "10.0.0.1",
+            "fe80::1",
+            "S.Example",
+        ] {
+            assert!(ServiceName::parse(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "localhost",
+            "stampsite",
+            "",
+            "a..example",
+            "-a.example",
+            "a-.example",
+            "a.example.",
+            "a.123",
+            "a_b.example",
+            &format!("{}.example", "a".repeat(64)),
+        ] {
+            assert!(ServiceName::parse(bad).is_err(), "{bad}");
+        }
+        let e = ServiceName::parse("stampsite").unwrap_err().to_string();
+        assert!(e.contains("single-label"), "{e}");
+        let l = ServiceName::parse_list(&["LOCALHOST", "127.0.0.1", "::1", "site.example"]).unwrap();
+        assert_eq!(
+            l,
+            vec![
+                ServiceName::parse("127.0.0.1").unwrap(),
+                ServiceName::parse("::1").unwrap(),
+                ServiceName::Dns("site.example".into())
+            ]
+        );
+        assert!(ServiceName::parse_list(&["stampsite"]).is_err());
     }
 
     #[test]

@@ -429,7 +429,78 @@ impl Hq {
     }
 }
 
+/// A package HQ sealed, as stored: the exact bytes it wrote.
+#[derive(Debug, Clone)]
+pub struct SealedPackage {
+    /// The site it is sealed to.
+    pub site_id: String,
+    /// Its sequence for the site.
+    pub sequence: u64,
+    /// The grant it makes or amends.
+    pub entitlement_id: String,
+    /// `grant` or `amend`.
+    pub action: String,
+    /// When HQ sealed it (RFC 3339, HQ's clock).
+    pub created_at: String,
+    /// The sealed package, byte-identical to the file HQ wrote.
+    pub sealed: Vec<u8>,
+}
+
+/// Which sealed package: by site, or by the grant it makes or amends (whose site it is), and the
+/// sequence.
+#[derive(Debug, Clone, Copy)]
+pub enum PackageSelector<'a> {
+    /// The site's package with this sequence.
+    Site(&'a SiteId, u64),
+    /// The package with this sequence of the grant's site, which must make or amend that grant.
+    Entitlement(&'a str, u64),
+}
+
 impl crate::HqStore {
+    /// A package HQ sealed, byte-identical to the original (HQ keeps every sealed package), so
+    /// that a lost file can be sent again: the site applies packages strictly in sequence and
+    /// cannot go on without it. Sending it twice is harmless (the site refuses a replay).
+    pub fn sealed_package(&self, which: PackageSelector<'_>) -> Result<SealedPackage, HqError> {
+        let (site, sequence, grant) = match which {
+            PackageSelector::Site(site, seq) => {
+                if !self.site_enrolled(site)? {
+                    return Err(HqError::UnknownSite(site.clone()));
+                }
+                (site.as_str().to_owned(), seq, None)
+            }
+            PackageSelector::Entitlement(id, seq) => (self.entitlement(id)?.0, seq, Some(id)),
+        };
+        let row: Option<(String, String, String, Vec<u8>)> = self
+            .conn()
+            .query_row(
+                "SELECT entitlement_id, action, created_at, sealed FROM packages WHERE site_id = ?1 AND sequence = ?2",
+                params![site, i64::try_from(sequence).unwrap_or(-1)],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .optional()?;
+        let Some((entitlement_id, action, created_at, sealed)) = row else {
+            return Err(HqError::UnknownPackage(format!(
+                "HQ never sealed a package with sequence {sequence} for site {site} (see `stamp hq entitlements`: last_sequence)"
+            )));
+        };
+        if let Some(id) = grant {
+            if id != entitlement_id {
+                return Err(HqError::UnknownPackage(format!(
+                    "package {sequence} of site {site} is the {action} of {entitlement_id}, not a package of {}",
+                    id.chars().take(64).collect::<String>()
+                )));
+            }
+        }
+        Ok(SealedPackage {
+            site_id: site,
+            sequence,
+            entitlement_id,
+            action,
+            created_at,
+            sealed,
+        })
+    }
+
     /// A grant's site and state.
     pub fn entitlement(&self, id: &str) -> Result<(String, GrantState), HqError> {
         let row: Option<(String, String)> = self

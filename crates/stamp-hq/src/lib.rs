@@ -75,6 +75,9 @@ pub enum HqError {
     /// No such entitlement.
     #[error("no entitlement {0} at this HQ (see `stamp hq entitlements`)")]
     UnknownEntitlement(String),
+    /// HQ never sealed a package with that sequence for that site (or entitlement).
+    #[error("{0}")]
+    UnknownPackage(String),
     /// The serial number space is used up.
     #[error("cannot allocate that many device serials")]
     SerialsExhausted,

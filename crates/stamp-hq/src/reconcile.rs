@@ -54,10 +54,16 @@ use policy::{Finding, GrantTrack};
 use precheck::Prechecked;
 use report::Violations;
 
-/// How reconciliation uses the machine ([`Hq::reconcile_with_options`]). Neither setting changes
-/// what is checked, recorded or reported.
+/// How reconciliation runs ([`Hq::reconcile_with_options`]). `cache_mib` and `threads` only say
+/// how it uses the machine and never change what is checked, recorded or reported;
+/// `package_grace` is a policy setting.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ReconcileOptions {
+    /// How long after HQ sealed a package for a site (its `created_at` at HQ) the site's
+    /// reconciled log may still not have applied it before HQ reports it as
+    /// [`ViolationKind::PackageNotApplied`], measured by HQ's clock at reconciliation (default
+    /// [`DEFAULT_PACKAGE_GRACE`]).
+    pub package_grace: time::Duration,
     /// SQLite page cache for the reconciliation transaction, in MiB (default 64). A large bundle
     /// is one transaction that inserts into tables keyed by hashes (random pages); SQLite's
     /// default 2 MB cache makes it write the same pages to the WAL again and again (1M entries:
@@ -73,6 +79,7 @@ pub struct ReconcileOptions {
 impl Default for ReconcileOptions {
     fn default() -> Self {
         ReconcileOptions {
+            package_grace: DEFAULT_PACKAGE_GRACE,
             cache_mib: 64,
             threads: None,
         }
@@ -83,6 +90,10 @@ impl Default for ReconcileOptions {
 /// be at most this much earlier than HQ made the package it runs under, or later than the bundle's
 /// arrival at HQ (15 minutes).
 pub const MAX_CLOCK_SKEW_MS: i64 = 15 * 60 * 1000;
+
+/// Default [`ReconcileOptions::package_grace`]: 7 days, time for a file to travel to an offline
+/// site and be imported.
+pub const DEFAULT_PACKAGE_GRACE: time::Duration = time::Duration::days(7);
 
 /// Key ID HQ's key-agreement key has in every bundle envelope.
 pub const HQ_KEY_ID: &[u8] = b"hq";
@@ -617,6 +628,7 @@ impl Hq {
                 last_time_ms: stream.last_time_ms,
                 last_sequence: run.last_sequence,
             };
+            run.unapplied_packages(now, options.package_grace)?;
             run.finish(&header, log.as_ref(), &new_log, cp_size)
         });
         if let Some(c) = cache_before {
@@ -1012,6 +1024,19 @@ impl Run<'_> {
             });
             return Ok(());
         }
+        if sequence > self.last_sequence.saturating_add(1) {
+            let first = self.last_sequence + 1;
+            let skipped = if first == sequence - 1 {
+                format!("package {first}")
+            } else {
+                format!("packages {first} to {}", sequence - 1)
+            };
+            v.add(ViolationKind::PackageSkipped, Some(&short(id)), &group, index, |_| {
+                format!(
+                    "package {sequence} applied while {skipped} HQ sealed for this site never was (a site applies packages strictly in sequence)"
+                )
+            });
+        }
         self.last_sequence = sequence;
         self.applied += 1;
         // Times never go back along a log, so an entry that applies a package bounds every later
@@ -1334,6 +1359,32 @@ impl Run<'_> {
     }
 
     /// Stores the new state and the report.
+    /// Every package HQ sealed for the site above the last one the log applied, sealed more than
+    /// `grace` before `now` (HQ's clock for both): [`ViolationKind::PackageNotApplied`]. Packages
+    /// the log skipped are reported where it skipped them ([`ViolationKind::PackageSkipped`]).
+    fn unapplied_packages(&mut self, now: OffsetDateTime, grace: time::Duration) -> Result<(), HqError> {
+        let rows = db::packages_after(self.tx, self.site, self.last_sequence)?;
+        for (sequence, id, action, created_at) in rows {
+            let created = OffsetDateTime::parse(&created_at, &time::format_description::well_known::Rfc3339)
+                .map_err(|_| reject(Rejection::StoredState("a package's creation time")))?;
+            let age = now - created;
+            if age <= grace {
+                continue;
+            }
+            let last = self.last_sequence;
+            self.violations.add_unlogged(
+                ViolationKind::PackageNotApplied,
+                Some(&short(&id)),
+                format!(
+                    "package {sequence} ({action} of {id}), sealed by HQ at {created_at}, is not applied in the reconciled log {} later (grace {}; the log's last package is {last}): `stamp hq export-package` re-exports it",
+                    span(age),
+                    span(grace)
+                ),
+            );
+        }
+        Ok(())
+    }
+
     fn finish(
         self,
         header: &BundleHeader,
@@ -1385,6 +1436,20 @@ impl Run<'_> {
         )?;
         Ok(report)
     }
+}
+
+/// A duration for people, in its largest whole unit: "8 days", "36 hours", "0 seconds".
+fn span(d: time::Duration) -> String {
+    let (n, unit) = if d.whole_days() >= 2 {
+        (d.whole_days(), "days")
+    } else if d.whole_hours() >= 2 {
+        (d.whole_hours(), "hours")
+    } else if d.whole_minutes() >= 2 {
+        (d.whole_minutes(), "minutes")
+    } else {
+        (d.whole_seconds(), "seconds")
+    };
+    format!("{n} {unit}")
 }
 
 /// What [`device::verify_issued`] returned for a certificate, if computed ahead.
@@ -1578,6 +1643,16 @@ mod tests {
     use stamp_core::audit::TreeHead;
 
     use super::*;
+
+    #[test]
+    fn spans_read_in_their_largest_whole_unit() {
+        assert_eq!(span(time::Duration::ZERO), "0 seconds");
+        assert_eq!(span(time::Duration::seconds(90)), "90 seconds");
+        assert_eq!(span(time::Duration::minutes(5)), "5 minutes");
+        assert_eq!(span(time::Duration::hours(36)), "36 hours");
+        assert_eq!(span(DEFAULT_PACKAGE_GRACE), "7 days");
+        assert_eq!(ReconcileOptions::default().package_grace, time::Duration::days(7));
+    }
 
     fn header(previous: Option<u64>, first: u64, count: u64, chunks: u64) -> BundleHeader {
         BundleHeader {

@@ -148,9 +148,18 @@ impl Endpoint {
             .await
             .map_err(|e| t(format!("cannot connect to {}:{}: {e}", self.host, self.port)))?;
         let _ = tcp.set_nodelay(true);
+        // `localhost` always names the loopback interface (RFC 6761 6.3) and is not a name a
+        // certificate can carry (RFC 5280 dNSName syntax): the service's certificate names the
+        // loopback addresses instead, so check it for the one this connection reached.
+        let server_name = match tcp.peer_addr() {
+            Ok(peer) if is_localhost(&self.host) && peer.ip().is_loopback() => {
+                ServerName::IpAddress(peer.ip().into())
+            }
+            _ => self.server_name.clone(),
+        };
         let tls = self
             .connector
-            .connect(self.server_name.clone(), tcp)
+            .connect(server_name, tcp)
             .await
             .map_err(|e| t(format!("TLS handshake failed: {e}")))?;
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
@@ -164,6 +173,11 @@ impl Endpoint {
             authority: format!("{}:{}", self.host, self.port),
         })
     }
+}
+
+/// Whether `host` is the name `localhost` (any case, with or without the final dot).
+fn is_localhost(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost") || host.eq_ignore_ascii_case("localhost.")
 }
 
 /// An open connection to the service.

@@ -12,8 +12,10 @@ pub const DEFAULT_CONFIG: &str = r#"# stamp site service configuration: stamp si
 # Address and port to listen on (`--listen` overrides it; port 0 picks a free port).
 listen = "127.0.0.1:8443"
 
-# Names stations reach the service by: DNS names or IP addresses. The service's TLS certificate
-# (profile site-service) is issued for them by the site issuing CA, for a fresh key, at every start.
+# Names stations reach the service by: fully qualified DNS names or IP addresses. The service's TLS
+# certificate (profile site-service) is issued for them by the site issuing CA, for a fresh key, at
+# every start. "localhost" stands for 127.0.0.1 and ::1 (a single-label name is not a valid dNSName
+# in a certificate; stamp's clients check a localhost service for the loopback address they reach).
 server_names = ["localhost", "127.0.0.1"]
 
 # Entitlement for EST requests without a label (/.well-known/est/simpleenroll). "" means none:
@@ -179,10 +181,7 @@ impl Config {
 
     /// The server names, parsed.
     pub fn service_names(&self) -> Result<Vec<ServiceName>, ConfigError> {
-        self.server_names
-            .iter()
-            .map(|n| ServiceName::parse(n).map_err(|e| ConfigError::Invalid(e.to_string())))
-            .collect()
+        ServiceName::parse_list(&self.server_names).map_err(|e| ConfigError::Invalid(e.to_string()))
     }
 
     /// The default entitlement, if one is set.

@@ -142,6 +142,8 @@ pub struct Server {
     tls: Arc<rustls::ServerConfig>,
     listener: std::net::TcpListener,
     addr: SocketAddr,
+    /// The service's certificate (DER), issued at start.
+    certificate: Vec<u8>,
 }
 
 impl Server {
@@ -204,7 +206,13 @@ impl Server {
             tls,
             listener,
             addr,
+            certificate: creds.chain.first().cloned().unwrap_or_default(),
         })
+    }
+
+    /// The service's TLS certificate (DER), issued for a fresh key when the server was made.
+    pub fn certificate(&self) -> &[u8] {
+        &self.certificate
     }
 
     /// The bound address (the real port when the configuration said 0).
@@ -221,6 +229,7 @@ impl Server {
             tls,
             listener,
             addr,
+            certificate: _,
         } = self;
         let listener = tokio::net::TcpListener::from_std(listener)
             .map_err(|source| ServiceError::Bind { addr, source })?;

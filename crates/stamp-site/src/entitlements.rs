@@ -249,8 +249,11 @@ impl Site {
     /// envelope's structure and algorithms; the signer's chain to this site's pinned OEM root with
     /// the HQ authority profile (rustls-webpki) and the signature; the (signed) content type; that it
     /// is addressed to this site; decryption with this site's key; the payload; the site ID inside it; the sequence
-    /// (strictly above every package applied before: no replay, no rollback); the window (not over);
-    /// for an amendment, that its target exists and the change is allowed.
+    /// (exactly one above the last package applied: no replay, no rollback, and no package skipped,
+    /// so that a suspension or a revocation cannot be left out; a gap is refused naming the missing
+    /// sequences); for an amendment, that its target exists and the change is allowed. A grant
+    /// whose window is already over is applied in its turn (it admits nothing): refusing it would
+    /// leave a gap no later package could close.
     pub fn verify_entitlement(
         &self,
         bytes: &[u8],
@@ -309,7 +312,7 @@ impl Site {
             .map_err(ImportError::from)?;
         let e = Entitlement::from_cbor(&plaintext).map_err(ImportError::from)?;
         let last = self.store.last_sequence()?;
-        entitlement::check_applicable(&e, &site_id, last, now.unix_timestamp()).map_err(ImportError::from)?;
+        entitlement::check_next(&e, &site_id, last).map_err(ImportError::from)?;
         let amended = match &e.action {
             Action::Grant(g) => {
                 check_hq_keys(g).map_err(ImportError::from)?;
@@ -475,11 +478,22 @@ impl crate::SiteStore {
         let id = state.grant.entitlement_id.clone();
         self.db_mut().transaction(|tx| {
             let last: Option<i64> = tx.query_row("SELECT MAX(sequence) FROM packages", [], |r| r.get(0))?;
-            if last.unwrap_or(0) >= sequence as i64 {
+            // Checked again inside the transaction: a package applied concurrently since it was
+            // verified makes this one stale (or, if ever out of turn, a gap), never applied twice.
+            let last = u64::try_from(last.unwrap_or(0)).unwrap_or(0);
+            if sequence <= last {
                 return Err(SiteError::Import(ImportError::Payload(
                     EntitlementError::StaleSequence {
                         found: sequence,
-                        last: u64::try_from(last.unwrap_or(0)).unwrap_or(0),
+                        last,
+                    },
+                )));
+            }
+            if sequence != last.saturating_add(1) {
+                return Err(SiteError::Import(ImportError::Payload(
+                    EntitlementError::MissingSequence {
+                        found: sequence,
+                        last,
                     },
                 )));
             }
@@ -517,4 +531,84 @@ pub fn grant_statuses(store: &crate::SiteStore, now: OffsetDateTime) -> Result<V
         .iter()
         .map(|(st, issued)| status_of(st, *issued, now.unix_timestamp()))
         .collect())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use stamp_core::entitlement::{DeviceKeyType, DeviceProfile, Grant, Product, SerialRange};
+    use stamp_core::SiteId;
+
+    use super::*;
+    use crate::SiteStore;
+
+    fn state(id: &str, seq: u64) -> GrantState {
+        GrantState::new(
+            Grant {
+                entitlement_id: id.into(),
+                product: Product {
+                    oem_id: "acme".into(),
+                    product_id: "p".into(),
+                    name: "P".into(),
+                },
+                quota: 1,
+                rate_limits: BTreeMap::new(),
+                not_before: 0,
+                not_after: i64::MAX,
+                serial_ranges: vec![SerialRange {
+                    first: seq,
+                    last: seq,
+                }],
+                device_profile: DeviceProfile {
+                    validity_days: 1,
+                    key_types: vec![DeviceKeyType::P256],
+                    organization: "Acme".into(),
+                },
+                stations: vec![],
+                device_data: BTreeMap::new(),
+                device_keys: vec![],
+                firmware: vec![],
+                renewal_limit: Default::default(),
+            },
+            seq,
+        )
+    }
+
+    #[test]
+    fn packages_are_recorded_strictly_in_sequence() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = SiteStore::create(
+            &dir.path().join("site.db"),
+            &SiteId::new("plant-1").unwrap(),
+            &[0; 32],
+            OffsetDateTime::UNIX_EPOCH,
+        )
+        .unwrap();
+        let now = OffsetDateTime::UNIX_EPOCH;
+        let apply = |store: &mut SiteStore, seq: u64| {
+            store.apply_package(
+                seq,
+                "grant",
+                &state(&format!("g{seq}"), seq),
+                &[seq as u8; 32],
+                b"x",
+                now,
+            )
+        };
+        apply(&mut store, 1).unwrap();
+        // 3 before 2: a gap, refused, nothing recorded.
+        let err = apply(&mut store, 3).unwrap_err().to_string();
+        assert!(err.contains("package 2 is missing: import it first"), "{err}");
+        assert_eq!(store.last_sequence().unwrap(), 1);
+        assert!(store.grant("g3").unwrap().is_none());
+        apply(&mut store, 2).unwrap();
+        apply(&mut store, 3).unwrap();
+        // Replay and rollback stay refused.
+        let err = apply(&mut store, 3).unwrap_err().to_string();
+        assert!(err.contains("not above the last applied (3)"), "{err}");
+        assert!(apply(&mut store, 1).is_err());
+        assert_eq!(store.last_sequence().unwrap(), 3);
+    }
 }

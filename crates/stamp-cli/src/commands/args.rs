@@ -51,6 +51,30 @@ pub fn parse_time(s: &str) -> Result<OffsetDateTime, String> {
         })
 }
 
+/// Parses a duration: a whole number and a unit, `s`, `m`, `h` or `d` (`36h`, `7d`, `0s`).
+pub fn parse_duration(s: &str) -> Result<time::Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: i64 = n
+        .parse()
+        .ok()
+        .filter(|n| *n <= 100 * 365 * 86_400)
+        .ok_or_else(|| format!("{s:?} is not a duration: use a whole number and s, m, h or d (e.g. 7d)"))?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        _ => {
+            return Err(format!(
+                "{s:?} is not a duration: use a whole number and s, m, h or d (e.g. 7d)"
+            ))
+        }
+    };
+    Ok(time::Duration::seconds(secs))
+}
+
 /// Parses `KEY=VALUE`.
 pub fn parse_key_value(s: &str) -> Result<(String, String), String> {
     let (k, v) = s.split_once('=').ok_or("expected KEY=VALUE")?;
@@ -105,6 +129,17 @@ impl From<KeyTypeArg> for DeviceKeyType {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("7d").unwrap(), time::Duration::days(7));
+        assert_eq!(parse_duration("36h").unwrap(), time::Duration::hours(36));
+        assert_eq!(parse_duration("15m").unwrap(), time::Duration::minutes(15));
+        assert_eq!(parse_duration("0s").unwrap(), time::Duration::ZERO);
+        for bad in ["", "7", "d", "-1d", "1.5d", "7 days", "7w", "99999999999999d"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn rates_times_and_pairs() {

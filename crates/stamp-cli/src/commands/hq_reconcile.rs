@@ -26,7 +26,9 @@ use crate::Globals;
 /// checked against the entitlements as the log applied them: quota, rate limits (no more than N in
 /// any interval of the period's length, across bundles), production window, suspension and
 /// revocation, serial ranges, serials and public keys never certified twice, HQ-generated keys used
-/// once, every certificate issued by the site's issuing CA with its grant's device profile. Each
+/// once, every certificate issued by the site's issuing CA with its grant's device profile, every
+/// package applied in sequence (`package-skipped` otherwise), and every package HQ sealed for the
+/// site applied by `--package-grace` after HQ sealed it (`package-not-applied` otherwise). Each
 /// violation is reported with the log entries behind it; devices that break no rule are recorded in
 /// HQ's registry of genuine devices (`stamp hq devices`).
 ///
@@ -40,6 +42,12 @@ pub struct Args {
     /// The audit bundle a site exported (`stamp site export-audit`).
     #[arg(value_name = "BUNDLE")]
     bundle: PathBuf,
+    /// How long after HQ sealed a package for the site (HQ's clock) the reconciled log may still
+    /// not have applied it: every package older than that and above the log's last applied one
+    /// is reported as `package-not-applied` (a violation). A number with a unit: `s`, `m`, `h`
+    /// or `d` (e.g. `36h`, `7d`, `0s`).
+    #[arg(long, value_name = "DURATION", default_value = "7d", value_parser = super::args::parse_duration)]
+    package_grace: time::Duration,
     /// SQLite page cache for the reconciliation, in MiB: most of its memory (the rest does not
     /// grow with the bundle); less makes a large bundle slower (more writes), never different.
     #[arg(long, value_name = "MIB", default_value_t = 64)]
@@ -108,6 +116,7 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
         last_tenth: 0,
     };
     let options = ReconcileOptions {
+        package_grace: a.package_grace,
         cache_mib: a.cache_mib,
         threads: a.threads,
     };

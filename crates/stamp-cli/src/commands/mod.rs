@@ -17,6 +17,7 @@ pub mod hq_enroll_site;
 pub mod hq_entitle;
 pub mod hq_entitlements;
 pub mod hq_export;
+pub mod hq_export_package;
 pub mod hq_firmware;
 pub mod hq_firmware_key_digest;
 pub mod hq_init;
@@ -78,6 +79,8 @@ pub enum HqCommand {
     Devices(hq_devices::Args),
     /// Export what the cloud needs: the signed stamp registry, AWS IoT or Azure IoT DPS material.
     Export(hq_export::Args),
+    /// Write again a package HQ sealed, byte-identical, by site or entitlement and sequence.
+    ExportPackage(hq_export_package::Args),
     /// Revoke a device, an entitlement's devices or a site's devices (published in the registry).
     RevokeDevice(hq_revoke_device::Args),
     /// Write a cloud CA-registration verification certificate signed by the OEM root.
@@ -131,6 +134,7 @@ pub fn run_hq(cmd: HqCommand, g: &Globals) -> anyhow::Result<()> {
         HqCommand::Reconcile(a) => hq_reconcile::run(a, g),
         HqCommand::Devices(a) => hq_devices::run(a, g),
         HqCommand::Export(a) => hq_export::run(a, g),
+        HqCommand::ExportPackage(a) => hq_export_package::run(a, g),
         HqCommand::RevokeDevice(a) => hq_revoke_device::run(a, g),
         HqCommand::Crl(a) => hq_crl::run(a, g),
         HqCommand::CloudVerificationCert(a) => hq_cloud_verification_cert::run(a, g),

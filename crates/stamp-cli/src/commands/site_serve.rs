@@ -30,6 +30,10 @@ pub struct Args {
     /// Entitlement for EST requests without a label (overrides the configuration).
     #[arg(long, value_name = "ID")]
     default_entitlement: Option<String>,
+    /// Write the service's TLS certificate (PEM, issued at this start for a fresh key) to FILE
+    /// before serving, e.g. to inspect or lint it.
+    #[arg(long, value_name = "FILE")]
+    write_cert: Option<PathBuf>,
     /// Print the default configuration, every option commented, and exit.
     #[arg(long)]
     print_config: bool,
@@ -94,6 +98,10 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
     let names = config.server_names.clone();
     let server = Server::new(site, config)?;
     let addr = server.local_addr();
+    if let Some(path) = &a.write_cert {
+        let pem = stamp_core::cert::to_pem(server.certificate());
+        stamp_store::write_atomic(path, pem.as_bytes(), 0o644)?;
+    }
     let url = format!("https://{addr}");
     {
         let mut out = std::io::stdout().lock();

@@ -354,6 +354,31 @@ pub(crate) fn package(c: &Connection, site: &SiteId, sequence: u64) -> Result<Op
     .transpose()
 }
 
+/// The packages HQ sealed to `site` above `sequence`, in order: (sequence, entitlement ID,
+/// action, created_at).
+pub(crate) fn packages_after(
+    c: &Connection,
+    site: &SiteId,
+    sequence: u64,
+) -> Result<Vec<(u64, String, String, String)>, HqError> {
+    let seq = i64::try_from(sequence).unwrap_or(i64::MAX);
+    let mut stmt = c.prepare_cached(
+        "SELECT sequence, entitlement_id, action, created_at FROM packages
+         WHERE site_id = ?1 AND sequence > ?2 ORDER BY sequence",
+    )?;
+    let rows = stmt
+        .query_map(params![site.as_str(), seq], |r| {
+            Ok((
+                u64::try_from(r.get::<_, i64>(0)?).unwrap_or(0),
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+            ))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(rows)
+}
+
 /// The site HQ made grant `id` for, if HQ made it.
 pub(crate) fn grant_site(c: &Connection, id: &str) -> Result<Option<String>, HqError> {
     Ok(

@@ -56,6 +56,13 @@ pub enum ViolationKind {
     UnknownPackage,
     /// An entitlement-applied entry whose sequence is not above the last one applied.
     PackageOutOfOrder,
+    /// An entitlement-applied entry for a package more than one above the last one applied: the
+    /// log skipped the packages in between (a site applies them strictly in sequence).
+    PackageSkipped,
+    /// A package HQ sealed for the site that the reconciled log has not applied more than the
+    /// grace period ([`ReconcileOptions::package_grace`](super::ReconcileOptions)) after HQ sealed
+    /// it (HQ's clock for both). No log entry is behind it.
+    PackageNotApplied,
     /// An amendment applied to a grant the log never applied, or that cannot apply to it.
     InvalidAmendment,
     /// A device issued or renewed for a station the grant does not name.
@@ -104,6 +111,8 @@ impl ViolationKind {
             ViolationKind::UnknownEntitlement => "unknown-entitlement",
             ViolationKind::UnknownPackage => "unknown-package",
             ViolationKind::PackageOutOfOrder => "package-out-of-order",
+            ViolationKind::PackageSkipped => "package-skipped",
+            ViolationKind::PackageNotApplied => "package-not-applied",
             ViolationKind::InvalidAmendment => "invalid-amendment",
         }
     }
@@ -216,6 +225,21 @@ impl Violations {
         });
     }
 
+    /// Adds a violation no log entry is behind (e.g. a package the log has not applied).
+    pub(crate) fn add_unlogged(&mut self, kind: ViolationKind, grant: Option<&str>, detail: String) {
+        if self.list.len() >= MAX_VIOLATIONS {
+            self.omitted += 1;
+            return;
+        }
+        self.list.push(Violation {
+            kind,
+            entitlement_id: grant.map(str::to_owned),
+            detail,
+            entries: vec![],
+            entry_count: 0,
+        });
+    }
+
     /// Adds an earlier entry (e.g. the first use of a reused serial) to the last violation
     /// added, without counting it as a new occurrence.
     pub(crate) fn note_earlier(&mut self, kind: ViolationKind, index: u64) {
@@ -277,6 +301,8 @@ mod tests {
             ViolationKind::OverQuota,
             ViolationKind::IssuedWhileSuspended,
             ViolationKind::HqKeyReused,
+            ViolationKind::PackageSkipped,
+            ViolationKind::PackageNotApplied,
         ] {
             assert_eq!(serde_json::to_value(k).unwrap(), k.code());
         }
