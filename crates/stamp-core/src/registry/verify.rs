@@ -360,7 +360,7 @@ impl VerifiedRegistry {
         let Some(serial) = subject_serial(leaf) else {
             return with_site(Verdict::refused(
                 Reason::ProfileMismatch,
-                "the subject has no single decimal serialNumber",
+                "the subject has no single serialNumber in canonical decimal (digits only, no sign, spaces or leading zeros)",
             ));
         };
         let with_serial = |mut v: Verdict| {
@@ -550,17 +550,10 @@ pub fn validate_path(
     .map_err(PathError::Path)
 }
 
-/// The device serial in the subject (`serialNumber`, decimal, no leading zero).
+/// The device serial in the subject: its single `serialNumber`, in canonical decimal
+/// ([`crate::device::canonical_serial`]); anything else is no serial (`profile-mismatch`).
 fn subject_serial(c: &X509Certificate<'_>) -> Option<u64> {
-    let all: Vec<_> = c
-        .subject()
-        .iter_by_oid(&x509_parser::oid_registry::OID_X509_SERIALNUMBER)
-        .filter_map(|a| a.as_str().ok())
-        .collect();
-    match all.as_slice() {
-        [s] if !s.starts_with('0') || *s == "0" => s.parse().ok(),
-        _ => None,
-    }
+    crate::device::serial_in_subject(c.subject().as_raw())
 }
 
 /// The grant fields `device::check` reads, from a registry entitlement.
@@ -609,6 +602,15 @@ mod tests {
     /// identifiers) for serial `n`, issued by `ca` at NOW - 5 days, with the given extended key
     /// usages (none: no extension), built with rcgen.
     fn device_shaped(ca: &Ca, n: u64, ekus: Vec<rcgen::ExtendedKeyUsagePurpose>) -> Vec<u8> {
+        device_shaped_serial(ca, &n.to_string(), ekus)
+    }
+
+    /// [`device_shaped`] with the subject serialNumber written as `serial_text`.
+    fn device_shaped_serial(
+        ca: &Ca,
+        serial_text: &str,
+        ekus: Vec<rcgen::ExtendedKeyUsagePurpose>,
+    ) -> Vec<u8> {
         use rcgen::{
             CertificateParams, DistinguishedName, DnType, DnValue, IsCa, KeyIdMethod, KeyUsagePurpose,
         };
@@ -618,7 +620,7 @@ mod tests {
         dn.push(DnType::CommonName, "thermo-2");
         dn.push(
             DnType::CustomDnType(vec![2, 5, 4, 5]),
-            DnValue::PrintableString(n.to_string().try_into().unwrap()),
+            DnValue::PrintableString(serial_text.try_into().unwrap()),
         );
         let mut p = CertificateParams::default();
         p.distinguished_name = dn;
@@ -1131,6 +1133,25 @@ mod tests {
         }
         assert!(seen.iter().all(|s| *s), "reasons not covered: {seen:?}");
         assert_eq!(standings, (true, true));
+    }
+
+    #[test]
+    fn registry_refuses_non_canonical_subject_serials() {
+        let pki = Pki::new();
+        let reg = pki.verified(&pki.registry());
+        let client = || vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        // The control: serial 4 written canonically is a provisional device of s1.1.
+        let good = device_shaped_serial(&pki.s1, "4", client());
+        let v = reg.check_device(&[good], NOW);
+        assert_verdict("4", &v, Ok(Standing::Provisional));
+        assert_eq!(v.device_serial, Some(4));
+        for bad in ["+4", "04", " 4", "4 ", "", "18446744073709551616", "-4", "4.0"] {
+            let der = device_shaped_serial(&pki.s1, bad, client());
+            let v = reg.check_device(&[der], NOW);
+            assert_verdict(&format!("serialNumber {bad:?}"), &v, Err(Reason::ProfileMismatch));
+            assert_eq!(v.device_serial, None, "{bad:?}");
+            assert!(v.detail.contains("canonical decimal"), "{bad:?}: {}", v.detail);
+        }
     }
 
     #[test]
