@@ -43,8 +43,8 @@ use stamp_store::rusqlite::Connection;
 use time::OffsetDateTime;
 use x509_parser::certificate::X509Certificate;
 
+pub(crate) use db::{frontiers, FRONTIER_SQL, INDEX_CLEANUP_SQL, MIGRATION_SQL};
 pub use db::{DeviceRecord, Equivocation};
-pub(crate) use db::{INDEX_CLEANUP_SQL, MIGRATION_SQL};
 pub use report::{
     ReconcileReport, TreeHeadSummary, Violation, ViolationKind, MAX_LISTED_ENTRIES, MAX_VIOLATIONS,
 };
@@ -928,10 +928,9 @@ impl Run<'_> {
         }
         match db::grant(self.tx, self.site, id)? {
             Some(row) => {
-                self.grants.insert(
-                    id.to_owned(),
-                    GrantTrack::restore(row.state, row.issued, &row.tails),
-                );
+                let mut track = GrantTrack::restore(row.state, row.issued, &row.tails);
+                track.frontier = row.frontier;
+                self.grants.insert(id.to_owned(), track);
                 Ok(true)
             }
             None => Ok(false),
@@ -1162,6 +1161,7 @@ impl Run<'_> {
                 });
             }
             Some(t) => {
+                t.first_issued(d.device_serial);
                 for f in t.issue(time_ms, d.device_serial) {
                     genuine = false;
                     finding(v, &t.state, &id, index, time_ms, f);
@@ -1294,6 +1294,7 @@ impl Run<'_> {
     ) -> Result<ReconcileReport, HqError> {
         for t in self.grants.values() {
             db::save_grant(self.tx, self.site, &t.state, t.issued, &t.tails(), self.now)?;
+            db::save_frontier(self.tx, &t.state.grant.entitlement_id, t.frontier)?;
         }
         let ok = self.violations.is_empty();
         let (violations, violations_omitted) = self.violations.finish();

@@ -94,6 +94,11 @@ const MIGRATIONS: &[Migration] = &[
         version: 7,
         sql: crate::reconcile::INDEX_CLEANUP_SQL,
     },
+    // Each grant's reconciled serial frontier (version 8).
+    Migration {
+        version: 8,
+        sql: crate::reconcile::FRONTIER_SQL,
+    },
 ];
 
 /// The HQ database.
