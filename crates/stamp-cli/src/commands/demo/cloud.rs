@@ -403,7 +403,10 @@ pub(super) fn run(n: &mut Narrator, inp: &Inputs<'_>) -> anyhow::Result<Cloud> {
             Ok(gateway::Running::start(
                 std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
                 config,
-                Arc::new(Gateway::new(reg)),
+                Arc::new(Gateway::new(
+                    reg,
+                    stamp_cloud::state::GatewayState::open(&cloud_dir.join("gateway-state.db"))?,
+                )?),
             )?)
         },
     )?;
