@@ -1756,17 +1756,14 @@ fn start_gateway(w: &World, registry: &Path, state: &Path, name: &str) -> Result
     let running = Running(child);
     let mut first = String::new();
     std::io::BufReader::new(stdout).read_line(&mut first).unwrap();
-    let Ok(v) = serde_json::from_str::<serde_json::Value>(&first) else {
+    let listening = serde_json::from_str::<serde_json::Value>(&first)
+        .ok()
+        .and_then(|v| v["listening"].as_str().map(str::to_owned));
+    let Some(listening) = listening else {
         drop(running);
-        return Err(std::fs::read_to_string(&log).unwrap());
+        return Err(first + &std::fs::read_to_string(&log).unwrap());
     };
-    let port = v["listening"]
-        .as_str()
-        .unwrap()
-        .rsplit_once(':')
-        .unwrap()
-        .1
-        .to_owned();
+    let port = listening.rsplit_once(':').unwrap().1.to_owned();
     Ok(Gw {
         _running: running,
         server: format!("localhost:{port}"),
