@@ -1541,6 +1541,7 @@ fn frontier_not_the_site_clock_decides_not_in_log() {
     // The site owner makes the engine skip the serial: a row in the site's device table the log
     // never got.
     let db = rusqlite::Connection::open(w.c.site.join("stamp-site.db")).unwrap();
+    db.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
     db.execute(
         "INSERT INTO devices (device_serial, entitlement_id, cert_sha256, spki_sha256, certificate, issued_ms, station, log_index)
          VALUES (?1, 'plant-7.1', x'00', x'01', x'00', 0, 'rogue', 0)",
