@@ -1351,6 +1351,7 @@ fn demo_runs_the_whole_flow() {
             ("clone", "clone"),
             ("over-range", "serial-out-of-range"),
             ("revoked", "revoked"),
+            ("provisional-clone", "clone"),
         ],
         "{cloud}"
     );

@@ -273,6 +273,10 @@ impl Gateway {
                 first_seen,
             }) => {
                 let held = hex::encode(public_key_sha256);
+                let first_seen = time::OffsetDateTime::from_unix_timestamp(first_seen)
+                    .ok()
+                    .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+                    .unwrap_or_else(|| first_seen.to_string());
                 tracing::warn!(
                     serial,
                     site = ?v.site_id,

@@ -28,6 +28,8 @@ use super::Narrator;
 
 /// Most genuine devices that connect.
 const GENUINE: usize = 8;
+/// Devices HQ adds to the grant before the registry export (serials above the frontier).
+const MORE_QUOTA: u64 = 10;
 /// Why the demo revokes its device.
 const REVOKE_REASON: &str = "reported stolen; its key may be in other hands";
 
@@ -401,6 +403,40 @@ pub(super) fn run(n: &mut Narrator, inp: &Inputs<'_>) -> anyhow::Result<Cloud> {
         site_crl.number,
         site_crl.revoked,
         site_crl_path.display()
+    ));
+
+    // The grant is used up: every serial HQ allocated is at or below the reconciled frontier, so
+    // nothing can be provisional. HQ grants more, which opens the provisional allowance the
+    // last attacker tries to stretch.
+    let more = cloud_dir.join("more-quota.cose");
+    let added = n.step(
+        "HQ: grant 10 more devices (a new serial range, not used yet); the site applies it",
+        || {
+            let mut hq = stamp_hq::Hq::open(inp.hq_dir, (inp.keys)()?)?;
+            let report = hq.amend(
+                &stamp_hq::entitle::AmendRequest {
+                    entitlement_id: inp.entitlement_id.to_owned(),
+                    add_quota: MORE_QUOTA,
+                    not_before: None,
+                    not_after: None,
+                    status: None,
+                    revoke: None,
+                },
+                &more,
+                now(),
+            )?;
+            drop(hq);
+            let mut site = stamp_site::Site::open(inp.site_dir, (inp.keys)()?)?;
+            let bytes = std::fs::read(&more).with_context(|| format!("cannot read {}", more.display()))?;
+            let verified = site.verify_entitlement(&bytes, now())?;
+            site.apply_entitlement(verified, now())?;
+            Ok(report)
+        },
+    )?;
+    n.say(format!(
+        "package {} adds {MORE_QUOTA} devices: {}",
+        added.sequence,
+        more.display()
     ));
 
     let registry_path = cloud_dir.join("registry.cose");
