@@ -114,8 +114,13 @@ pub fn world() -> World {
     }
 }
 
+/// `stamp cloud verify`, pinned to the ceremony's OEM root unless `extra` pins another or opts out.
 pub fn verify(w: &World, registry: &Path, chain: &Path, extra: &[&str]) -> (Option<i32>, serde_json::Value) {
+    let root = w.c.root_fingerprint();
     let mut args = vec!["--json", "cloud", "verify", "--registry", s(registry)];
+    if !extra.contains(&"--root-fingerprint") && !extra.contains(&"--trust-registry-root") {
+        args.extend(["--root-fingerprint", root.as_str()]);
+    }
     args.extend_from_slice(extra);
     args.push(s(chain));
     let o = stamp(&w.c.pass, &args);
@@ -179,13 +184,81 @@ impl RogueSite {
         }
     }
 
+    /// A device-shaped certificate whose subject serialNumber is `serial_text` verbatim (as the
+    /// site's template would write it, but any text), with a fresh key, valid from now.
+    pub fn issue_serial_text(&self, dir: &Path, name: &str, serial_text: &str) -> PathBuf {
+        struct Rcgen<'a>(&'a dyn stamp_core::key::Signer);
+        impl rcgen::PublicKeyData for Rcgen<'_> {
+            fn der_bytes(&self) -> &[u8] {
+                self.0.public_key()
+            }
+            fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
+                self.0.algorithm().rcgen()
+            }
+        }
+        impl rcgen::SigningKey for Rcgen<'_> {
+            fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, rcgen::Error> {
+                self.0.sign(msg).map_err(|_| rcgen::Error::RemoteKeyError)
+            }
+        }
+        let g = &self.grant;
+        let mut dn = rcgen::DistinguishedName::new();
+        dn.push(
+            rcgen::DnType::OrganizationName,
+            g.device_profile.organization.as_str(),
+        );
+        dn.push(rcgen::DnType::OrganizationalUnitName, g.product.oem_id.as_str());
+        dn.push(rcgen::DnType::CommonName, g.product.product_id.as_str());
+        dn.push(
+            rcgen::DnType::CustomDnType(vec![2, 5, 4, 5]),
+            rcgen::DnValue::PrintableString(serial_text.try_into().unwrap()),
+        );
+        let now = time::OffsetDateTime::now_utc().replace_nanosecond(0).unwrap();
+        let mut p = rcgen::CertificateParams::default();
+        p.distinguished_name = dn;
+        p.not_before = now;
+        p.not_after = now + time::Duration::days(30);
+        p.serial_number = Some(rcgen::SerialNumber::from_slice(&[0x42; 16]));
+        p.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+        p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        p.is_ca = rcgen::IsCa::ExplicitNoCa;
+        p.use_authority_key_identifier_extension = true;
+        p.key_identifier_method = rcgen::KeyIdMethod::Sha256;
+        let issuer =
+            rcgen::Issuer::from_ca_cert_der(&self.ca_der.clone().into(), Rcgen(self.signer.as_ref()))
+                .unwrap();
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let der = p.signed_by(&key, &issuer).unwrap().der().to_vec();
+        let path = dir.join(format!("{name}.crt.pem"));
+        std::fs::write(&path, stamp_core::cert::to_pem(&der)).unwrap();
+        std::fs::write(dir.join(format!("{name}.key.pem")), key.serialize_pem()).unwrap();
+        path
+    }
+
     /// A device certificate for `serial`, with a fresh key, valid from `not_before`.
     pub fn issue(&self, dir: &Path, name: &str, serial: u64, not_before: time::OffsetDateTime) -> PathBuf {
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        self.issue_with_key(
+            dir,
+            name,
+            serial,
+            not_before,
+            &rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap(),
+        )
+    }
+
+    /// [`RogueSite::issue`] for the given key.
+    pub fn issue_with_key(
+        &self,
+        dir: &Path,
+        name: &str,
+        serial: u64,
+        not_before: time::OffsetDateTime,
+        key: &rcgen::KeyPair,
+    ) -> PathBuf {
         let der = stamp_core::device::issue(
             &self.grant,
             serial,
-            &rcgen::PublicKeyData::subject_public_key_info(&key),
+            &rcgen::PublicKeyData::subject_public_key_info(key),
             not_before,
             stamp_core::profile::Serial::from_random([serial as u8 | 1; 16]),
             &stamp_core::profile::Issuer {
@@ -349,13 +422,21 @@ fn verifier_admits_genuine_and_refuses_each_kind_of_fake() {
     // A clone: a registered device's serial with another key.
     let cloned = serial_of(&w.registered[2]);
     refused(&w, &rogue.issue(&dir, "clone", cloned, now), "clone");
-    // In range, unused, dated before the site's last reconciled export: it skipped the log.
+    // In range, unused, above the reconciled serial frontier: provisional whatever notBefore
+    // says (the site's clock decides nothing); the next registry decides (see
+    // frontier_not_the_site_clock_decides_not_in_log).
     let last = serial_of(&w.provisional[1]);
-    refused(
-        &w,
-        &rogue.issue(&dir, "skipped", last + 5, hour_ago),
-        "not-in-log",
-    );
+    for (name, n, nb) in [
+        ("slow-clock", last + 4, now - time::Duration::days(10)),
+        ("hour-ago", last + 5, hour_ago),
+    ] {
+        let (code, v) = verify(&w, &w.registry, &rogue.issue(&dir, name, n, nb), &[]);
+        assert_eq!(
+            (code, v["standing"].as_str()),
+            (Some(0), Some("provisional")),
+            "{name}: {v}"
+        );
+    }
     // Post-dated (not valid yet) is refused by path validation.
     refused(
         &w,
@@ -711,6 +792,8 @@ fn gateway_admits_genuine_refuses_counterfeit_and_flags_concurrent_use() {
             "127.0.0.1:0",
             "--reload-secs",
             "1",
+            "--root-fingerprint",
+            &w.c.root_fingerprint(),
         ])
         .args(["--write-server-cert", s(&ca)])
         .stdout(std::process::Stdio::piped())
@@ -1400,4 +1483,429 @@ fn verifier_refuses_the_wrong_kind_of_certificate() {
     let unenrolled = write("unenrolled", &[&dev, &ca_der]);
     let v = refused(&w, &unenrolled, "unknown-issuer");
     assert!(v["detail"].as_str().unwrap().contains("plant-9"), "{v}");
+}
+
+/// `stamp hq export --format registry` to `out`; returns the report.
+fn export_registry(w: &World, out: &Path) -> serde_json::Value {
+    stamp_json(
+        &w.c.pass,
+        &[
+            "hq",
+            "export",
+            "--dir",
+            s(&w.c.hq),
+            "--format",
+            "registry",
+            "-o",
+            s(out),
+        ],
+    )["registry"]
+        .clone()
+}
+
+/// Exports the site's audit log and reconciles it at HQ; returns the report.
+fn reconcile(w: &World, name: &str) -> serde_json::Value {
+    let b = w.c.tmp.path().join(format!("{name}.bundle"));
+    stamp_json(
+        &w.c.pass,
+        &["site", "export-audit", "--dir", s(&w.c.site), "-o", s(&b)],
+    );
+    stamp_json(&w.c.pass, &["hq", "reconcile", "--dir", s(&w.c.hq), s(&b)])
+}
+
+/// Class 2 of issue 13: coverage comes from the reconciled serial frontier, not the site's clock.
+/// A site owner mints a counterfeit with the site's CA key outside the engine, makes the engine
+/// skip its serial (so the log never holds it) and dates it after the last reconciled export:
+/// once HQ reconciles a later serial, the counterfeit is `not-in-log`, whatever its notBefore.
+#[test]
+fn frontier_not_the_site_clock_decides_not_in_log() {
+    let w = world();
+    let dir = w.c.tmp.path().join("frontier");
+    std::fs::create_dir_all(&dir).unwrap();
+    let rogue = RogueSite::open(&w.c);
+    let last = serial_of(&w.provisional[1]);
+    let skipped = last + 1;
+    let now = time::OffsetDateTime::now_utc();
+    // Dated now (after the reconciled export) and ten days back (a slow clock).
+    let fake_now = rogue.issue(&dir, "fake-now", skipped, now);
+    let fake_slow = rogue.issue(&dir, "fake-slow", skipped, now - time::Duration::days(10));
+    // Above the frontier HQ knows (the 4 reconciled devices), it is provisional for now.
+    for f in [&fake_now, &fake_slow] {
+        let (code, v) = verify(&w, &w.registry, f, &[]);
+        assert_eq!(
+            (code, v["standing"].as_str()),
+            (Some(0), Some("provisional")),
+            "{v}"
+        );
+    }
+    // The site owner makes the engine skip the serial: a row in the site's device table the log
+    // never got.
+    let db = rusqlite::Connection::open(w.c.site.join("stamp-site.db")).unwrap();
+    db.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
+    db.execute(
+        "INSERT INTO devices (device_serial, entitlement_id, cert_sha256, spki_sha256, certificate, issued_ms, station, log_index)
+         VALUES (?1, 'plant-7.1', x'00', x'01', x'00', 0, 'rogue', 0)",
+        [skipped as i64],
+    )
+    .unwrap();
+    drop(db);
+    // The site goes on issuing honestly; HQ reconciles; the frontier passes the skipped serial.
+    let after = issue(&w.c, "c", 1);
+    assert_eq!(serial_of(&after[0]), skipped + 1, "the engine skipped {skipped}");
+    let r = reconcile(&w, "b2");
+    assert_eq!(r["devices_recorded"], 3, "{r}");
+    let reg2 = w.c.tmp.path().join("registry-frontier.cose");
+    let e = export_registry(&w, &reg2);
+    assert_eq!(e["devices"], 7, "{e}");
+    for f in [&fake_now, &fake_slow] {
+        let (code, v) = verify(&w, &reg2, f, &[]);
+        assert_eq!((code, v["reason"].as_str()), (Some(1), Some("not-in-log")), "{v}");
+        assert_eq!(v["device_serial"], skipped, "{v}");
+        assert!(
+            v["detail"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("at or below {}", skipped + 1)),
+            "{v}"
+        );
+    }
+    // The honest devices: registered; a fresh serial above the frontier: provisional.
+    for d in w.registered.iter().chain(&w.provisional).chain(&after) {
+        let (code, v) = verify(&w, &reg2, d, &[]);
+        assert_eq!(
+            (code, v["standing"].as_str()),
+            (Some(0), Some("registered")),
+            "{v}"
+        );
+    }
+    let fresh = rogue.issue(&dir, "fresh", skipped + 3, now);
+    let (code, v) = verify(&w, &reg2, &fresh, &[]);
+    assert_eq!(
+        (code, v["standing"].as_str()),
+        (Some(0), Some("provisional")),
+        "{v}"
+    );
+}
+
+/// Class 3 of issue 13: provisional admission only under an active entitlement.
+#[test]
+fn a_suspended_entitlement_admits_no_provisional_device() {
+    let w = world();
+    let pkg = w.c.tmp.path().join("suspend.cose");
+    stamp_json(
+        &w.c.pass,
+        &[
+            "hq",
+            "amend",
+            "--dir",
+            s(&w.c.hq),
+            "--entitlement",
+            "plant-7.1",
+            "--suspend",
+            "-o",
+            s(&pkg),
+        ],
+    );
+    let reg2 = w.c.tmp.path().join("registry-suspended.cose");
+    export_registry(&w, &reg2);
+    let (code, v) = verify(&w, &reg2, &w.provisional[0], &[]);
+    assert_eq!(
+        (code, v["reason"].as_str()),
+        (Some(1), Some("entitlement-suspended")),
+        "{v}"
+    );
+    // What HQ reconciled stays genuine.
+    let (code, v) = verify(&w, &reg2, &w.registered[0], &[]);
+    assert_eq!(
+        (code, v["standing"].as_str()),
+        (Some(0), Some("registered")),
+        "{v}"
+    );
+}
+
+/// Class 6 of issue 13: a subject serialNumber that is not canonical decimal is no serial.
+#[test]
+fn verifier_refuses_non_canonical_serials() {
+    let w = world();
+    let dir = w.c.tmp.path().join("canonical");
+    std::fs::create_dir_all(&dir).unwrap();
+    let rogue = RogueSite::open(&w.c);
+    let n = serial_of(&w.provisional[1]) + 3;
+    // The control: the same certificate with the serial written canonically is provisional.
+    let good = rogue.issue_serial_text(&dir, "good", &n.to_string());
+    let (code, v) = verify(&w, &w.registry, &good, &[]);
+    assert_eq!(
+        (code, v["standing"].as_str()),
+        (Some(0), Some("provisional")),
+        "{v}"
+    );
+    let registered = serial_of(&w.registered[0]);
+    for (i, text) in [
+        format!("+{n}"),
+        format!("0{n}"),
+        format!(" {n}"),
+        format!("{n} "),
+        String::new(),
+        "18446744073709551616".to_owned(),
+        format!("+{registered}"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let f = rogue.issue_serial_text(&dir, &format!("bad{i}"), text);
+        let (code, v) = verify(&w, &w.registry, &f, &[]);
+        assert_eq!(
+            (code, v["reason"].as_str()),
+            (Some(1), Some("profile-mismatch")),
+            "{text:?}: {v}"
+        );
+        assert!(v["detail"].as_str().unwrap().contains("canonical decimal"), "{v}");
+    }
+}
+
+/// Class 7 of issue 13: the verifier and the gateway pin the OEM root by default.
+#[test]
+fn verifier_and_gateway_refuse_to_run_without_a_pinned_root() {
+    let w = world();
+    let o = stamp(
+        &w.c.pass,
+        &[
+            "cloud",
+            "verify",
+            "--registry",
+            s(&w.registry),
+            s(&w.registered[0]),
+        ],
+    );
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("no OEM root pinned") && err.contains("--root-fingerprint"),
+        "{err}"
+    );
+    // The explicit opt-out runs, loudly.
+    let o = stamp(
+        &w.c.pass,
+        &[
+            "--json",
+            "cloud",
+            "verify",
+            "--trust-registry-root",
+            "--registry",
+            s(&w.registry),
+            s(&w.registered[0]),
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("WARNING: --trust-registry-root"));
+    // Both at once make no sense.
+    let root = w.c.root_fingerprint();
+    let o = stamp(
+        &w.c.pass,
+        &[
+            "cloud",
+            "verify",
+            "--trust-registry-root",
+            "--root-fingerprint",
+            &root,
+            "--registry",
+            s(&w.registry),
+            s(&w.registered[0]),
+        ],
+    );
+    assert!(!o.status.success());
+    // The gateway refuses to start unpinned.
+    let o = stamp(
+        &w.c.pass,
+        &[
+            "cloud",
+            "gateway",
+            "--registry",
+            s(&w.registry),
+            "--listen",
+            "127.0.0.1:0",
+        ],
+    );
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no OEM root pinned"));
+}
+
+/// A gateway process, its address and the certificate devices trust.
+struct Gw {
+    _running: Running,
+    server: String,
+    ca: PathBuf,
+}
+
+/// Starts `stamp cloud gateway` on `registry` with the state file `state`; `Err` with its
+/// standard error if it exits instead of listening.
+fn start_gateway(w: &World, registry: &Path, state: &Path, name: &str) -> Result<Gw, String> {
+    use std::io::BufRead;
+    let tmp = w.c.tmp.path();
+    let ca = tmp.join(format!("{name}.pem"));
+    let log = tmp.join(format!("{name}.log"));
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("stamp"))
+        .args(["--json", "cloud", "gateway", "--registry", s(registry)])
+        .args(["--listen", "127.0.0.1:0", "--reload-secs", "1"])
+        .args(["--root-fingerprint", &w.c.root_fingerprint()])
+        .args(["--state", s(state), "--write-server-cert", s(&ca)])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let running = Running(child);
+    let mut first = String::new();
+    std::io::BufReader::new(stdout).read_line(&mut first).unwrap();
+    let listening = serde_json::from_str::<serde_json::Value>(&first)
+        .ok()
+        .and_then(|v| v["listening"].as_str().map(str::to_owned));
+    let Some(listening) = listening else {
+        drop(running);
+        return Err(first + &std::fs::read_to_string(&log).unwrap());
+    };
+    let port = listening.rsplit_once(':').unwrap().1.to_owned();
+    Ok(Gw {
+        _running: running,
+        server: format!("localhost:{port}"),
+        ca,
+    })
+}
+
+/// `stamp device connect` with the stamp `name` in `dir` (its key `key`).
+fn connect(w: &World, gw: &Gw, cert: &Path, key: &Path) -> (Option<i32>, serde_json::Value) {
+    let dir = cert.parent().unwrap();
+    let name = cert
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .trim_end_matches(".crt.pem");
+    let o = stamp(
+        &w.c.pass,
+        &[
+            "--json",
+            "device",
+            "connect",
+            "--stamp",
+            s(dir),
+            "--name",
+            name,
+            "--key",
+            s(key),
+            "--server",
+            &gw.server,
+            "--ca",
+            s(&gw.ca),
+        ],
+    );
+    let v = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&o.stderr)));
+    (o.status.code(), v)
+}
+
+/// Classes 3 and 7 of issue 13 at the gateway: one public key per provisional serial, kept in the
+/// state file across restarts (twenty certificates sharing one unused serial: the first key holds
+/// it, every other is refused as `clone` and logged); the binding goes once HQ registers the
+/// serial; a restart on an older registry file is a rollback.
+#[test]
+fn gateway_holds_one_key_per_provisional_serial_and_refuses_rollback() {
+    let w = world();
+    let tmp = w.c.tmp.path();
+    let dir = tmp.join("clones");
+    std::fs::create_dir_all(&dir).unwrap();
+    let state = tmp.join("gw-state.db");
+    let rogue = RogueSite::open(&w.c);
+    let unused = serial_of(&w.provisional[1]) + 3;
+    let now = time::OffsetDateTime::now_utc();
+    let fakes: Vec<PathBuf> = (0..20)
+        .map(|i| rogue.issue(&dir, &format!("f{i:02}"), unused, now))
+        .collect();
+    let key_of = |c: &Path| PathBuf::from(c.to_string_lossy().replace(".crt.pem", ".key.pem"));
+    // The registry alone calls each of them provisional.
+    let (code, v) = verify(&w, &w.registry, &fakes[7], &[]);
+    assert_eq!(
+        (code, v["standing"].as_str()),
+        (Some(0), Some("provisional")),
+        "{v}"
+    );
+
+    let gw = start_gateway(&w, &w.registry, &state, "gw1").unwrap();
+    let (code, v) = connect(&w, &gw, &fakes[0], &key_of(&fakes[0]));
+    assert_eq!(
+        (code, v["standing"].as_str()),
+        (Some(0), Some("provisional")),
+        "{v}"
+    );
+    // The first key again: still admitted.
+    let (code, _) = connect(&w, &gw, &fakes[0], &key_of(&fakes[0]));
+    assert_eq!(code, Some(0));
+    for f in &fakes[1..] {
+        let (code, v) = connect(&w, &gw, f, &key_of(f));
+        assert_eq!((code, v["reason"].as_str()), (Some(1), Some("clone")), "{v}");
+        assert!(
+            v["detail"]
+                .as_str()
+                .unwrap()
+                .contains("held by another public key"),
+            "{v}"
+        );
+    }
+    // The honest provisional device (its own serial) is admitted beside them.
+    let honest = &w.provisional[0];
+    let honest_key = tmp.join("b.keys/d0000.key.pem");
+    let (code, v) = connect(&w, &gw, honest, &honest_key);
+    assert_eq!(
+        (code, v["standing"].as_str()),
+        (Some(0), Some("provisional")),
+        "{v}"
+    );
+    drop(gw);
+
+    // Restarted on the same state file: the binding holds.
+    let gw = start_gateway(&w, &w.registry, &state, "gw2").unwrap();
+    let (code, v) = connect(&w, &gw, &fakes[5], &key_of(&fakes[5]));
+    assert_eq!((code, v["reason"].as_str()), (Some(1), Some("clone")), "{v}");
+    let (code, _) = connect(&w, &gw, &fakes[0], &key_of(&fakes[0]));
+    assert_eq!(code, Some(0));
+    drop(gw);
+    let log = std::fs::read_to_string(tmp.join("gw1.log")).unwrap();
+    assert_eq!(log.matches("clone of a provisional serial").count(), 19, "{log}");
+
+    // HQ reconciles the honest device: registered; its binding goes with the newer registry.
+    let r = reconcile(&w, "b2");
+    assert_eq!(r["devices_recorded"], 2, "{r}");
+    let reg2 = tmp.join("registry2.cose");
+    assert_eq!(export_registry(&w, &reg2)["sequence"], 2);
+    let gw = start_gateway(&w, &reg2, &state, "gw3").unwrap();
+    let (code, v) = connect(&w, &gw, honest, &honest_key);
+    assert_eq!(
+        (code, v["standing"].as_str()),
+        (Some(0), Some("registered")),
+        "{v}"
+    );
+    drop(gw);
+    let db = rusqlite::Connection::open(&state).unwrap();
+    let bound: Vec<i64> = db
+        .prepare("SELECT device_serial FROM provisional_bindings ORDER BY device_serial")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(
+        bound,
+        vec![unused as i64],
+        "only the unregistered serial stays bound"
+    );
+    drop(db);
+
+    // A restart on the older registry file is a rollback: the gateway refuses to start.
+    let err = start_gateway(&w, &w.registry, &state, "gw4")
+        .err()
+        .expect("started on an older registry");
+    assert!(
+        err.contains("rollback") && err.contains("sequence 1") && err.contains("2"),
+        "{err}"
+    );
 }

@@ -1518,6 +1518,7 @@ fn demo_runs_the_whole_flow() {
             ("clone", "clone"),
             ("over-range", "serial-out-of-range"),
             ("revoked", "revoked"),
+            ("provisional-clone", "clone"),
         ],
         "{cloud}"
     );
@@ -1535,6 +1536,7 @@ fn demo_runs_the_whole_flow() {
     let o = Command::new(assert_cmd::cargo::cargo_bin("stamp"))
         .args(["--json", "cloud", "verify", "--registry"])
         .args([cloud["registry"].as_str().unwrap(), s(&clone)])
+        .args(["--root-fingerprint", v["root_fingerprint"].as_str().unwrap()])
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(1));
@@ -1582,6 +1584,7 @@ fn demo_runs_the_whole_flow() {
             cloud["registry"].as_str().unwrap(),
         ])
         .args(["--listen", "127.0.0.1:0", "--write-server-cert", s(&gw_cert)])
+        .args(["--root-fingerprint", v["root_fingerprint"].as_str().unwrap()])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()

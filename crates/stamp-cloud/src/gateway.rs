@@ -8,12 +8,13 @@ use rustls::client::danger::HandshakeSignatureValid;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
-use stamp_core::registry::{VerifiedRegistry, MAX_DEVICE_CHAIN};
+use stamp_core::registry::{Reason, Standing, Verdict, VerifiedRegistry, MAX_DEVICE_CHAIN};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
+use crate::state::{Binding, GatewayState, StateError};
 use crate::{CloudError, Reply};
 
 /// Most connections handled at once.
@@ -124,11 +125,13 @@ impl ServerIdentity {
     }
 }
 
-/// The gateway: a verified registry (replaceable by a newer one while it runs) and the devices
-/// connected now.
+/// The gateway: a verified registry (replaceable by a newer one while it runs), its state file
+/// (the highest registry sequence accepted, one public key per provisional serial) and the
+/// device serials connected now.
 pub struct Gateway {
     registry: RwLock<Arc<VerifiedRegistry>>,
-    connected: Mutex<HashMap<[u8; 32], usize>>,
+    state: Mutex<GatewayState>,
+    connected: Mutex<HashMap<u64, usize>>,
 }
 
 /// Why [`Gateway::replace_registry`] kept the registry it had.
@@ -145,12 +148,15 @@ pub enum ReplaceError {
     /// Signed under another OEM root.
     #[error("the registry is under another OEM root than the one in use")]
     OtherRoot,
+    /// The state file refused it or failed.
+    #[error("{0}")]
+    State(String),
 }
 
 /// Removes a connection from the connected set when dropped.
 struct Presence<'a> {
     gw: &'a Gateway,
-    id: [u8; 32],
+    id: u64,
 }
 
 impl Drop for Presence<'_> {
@@ -167,12 +173,22 @@ impl Drop for Presence<'_> {
 }
 
 impl Gateway {
-    /// A gateway judging devices with `registry`.
-    pub fn new(registry: VerifiedRegistry) -> Self {
-        Gateway {
-            registry: RwLock::new(Arc::new(registry)),
-            connected: Mutex::new(HashMap::new()),
+    /// A gateway judging devices with `registry`, remembering in `state`. Refuses a registry
+    /// older than one the state already accepted (a restart on an older file is a rollback) or
+    /// under another OEM root than the state's.
+    pub fn new(registry: VerifiedRegistry, mut state: GatewayState) -> Result<Self, StateError> {
+        let dropped = state.accept_registry(&registry, time::OffsetDateTime::now_utc().unix_timestamp())?;
+        if dropped > 0 {
+            tracing::info!(
+                dropped,
+                "provisional bindings dropped: the registry registers their serials"
+            );
         }
+        Ok(Gateway {
+            registry: RwLock::new(Arc::new(registry)),
+            state: Mutex::new(state),
+            connected: Mutex::new(HashMap::new()),
+        })
     }
 
     /// The registry devices are judged with now.
@@ -200,8 +216,88 @@ impl Gateway {
                 current: current.sequence(),
             });
         }
+        let dropped = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .accept_registry(&newer, time::OffsetDateTime::now_utc().unix_timestamp())
+            .map_err(|e| ReplaceError::State(e.to_string()))?;
+        if dropped > 0 {
+            tracing::info!(
+                dropped,
+                "provisional bindings dropped: the registry registers their serials"
+            );
+        }
         *current = Arc::new(newer);
         Ok(())
+    }
+
+    /// Holds a provisional serial for the verdict's key, or refuses the device as a clone of
+    /// the key that holds it; `None` if admitted.
+    fn bind_provisional(&self, v: &Verdict) -> Option<(String, String)> {
+        let (Some(serial), Some(pk), Some(cert)) = (
+            v.device_serial,
+            v.public_key_sha256.as_deref().and_then(hash32),
+            v.certificate_sha256.as_deref().and_then(hash32),
+        ) else {
+            return Some((
+                "gateway-error".into(),
+                "a provisional verdict without serial or key".into(),
+            ));
+        };
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let bound = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .bind(
+                serial,
+                &pk,
+                &cert,
+                v.site_id.as_deref().unwrap_or(""),
+                v.entitlement_id.as_deref().unwrap_or(""),
+                now,
+            );
+        match bound {
+            Ok(Binding::New) => {
+                tracing::info!(
+                    serial,
+                    public_key = hex::encode(pk),
+                    "provisional serial bound to its first key"
+                );
+                None
+            }
+            Ok(Binding::Same) => None,
+            Ok(Binding::Held {
+                public_key_sha256,
+                first_seen,
+            }) => {
+                let held = hex::encode(public_key_sha256);
+                let first_seen = time::OffsetDateTime::from_unix_timestamp(first_seen)
+                    .ok()
+                    .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+                    .unwrap_or_else(|| first_seen.to_string());
+                tracing::warn!(
+                    serial,
+                    site = ?v.site_id,
+                    certificate = v.certificate_sha256.as_deref().unwrap_or(""),
+                    public_key = hex::encode(pk),
+                    held_by = %held,
+                    "refused device: clone of a provisional serial another key holds"
+                );
+                Some((
+                    Reason::Clone.code().into(),
+                    format!(
+                        "provisional serial {serial} is held by another public key (SPKI SHA-256 {held}, first seen at \
+                         {first_seen}): one key per serial until HQ registers it"
+                    ),
+                ))
+            }
+            Err(e) => {
+                tracing::error!(serial, error = %e, "gateway state failed: provisional device refused");
+                Some(("gateway-error".into(), format!("the gateway's state failed: {e}")))
+            }
+        }
     }
 
     /// Judges a device chain: the registry's verdict, and the concurrent-use flag.
@@ -221,6 +317,15 @@ impl Gateway {
             site_id: v.site_id.clone(),
             flags: Vec::new(),
         };
+        if v.standing == Standing::Provisional {
+            if let Some((reason, detail)) = self.bind_provisional(&v) {
+                reply.admitted = false;
+                reply.standing = "refused".into();
+                reply.reason = Some(reason);
+                reply.detail = detail;
+                return (reply, None);
+            }
+        }
         if !v.genuine {
             tracing::warn!(
                 reason = reply.reason.as_deref().unwrap_or(""),
@@ -232,10 +337,8 @@ impl Gateway {
             );
             return (reply, None);
         }
-        let id = chain
-            .first()
-            .map(|c| stamp_core::fingerprint::sha256(c))
-            .unwrap_or_default();
+        // A genuine verdict always has a serial; the concurrent-use check is keyed by it.
+        let id = v.device_serial.unwrap_or_default();
         let others = match self.connected.lock() {
             Ok(mut m) => {
                 let n = m.entry(id).or_insert(0);
@@ -249,15 +352,19 @@ impl Gateway {
             tracing::warn!(
                 serial = ?v.device_serial,
                 site = ?v.site_id,
-                certificate = hex::encode(id),
+                certificate = v.certificate_sha256.as_deref().unwrap_or(""),
                 connections = others + 1,
-                "device identity in use on more than one connection at once: possible clone"
+                "device serial in use on more than one connection at once: possible clone"
             );
         } else {
             tracing::info!(serial = ?v.device_serial, site = ?v.site_id, standing = %reply.standing, "admitted device");
         }
         (reply, Some(Presence { gw: self, id }))
     }
+}
+
+fn hash32(h: &str) -> Option<[u8; 32]> {
+    hex::decode(h).ok()?.try_into().ok()
 }
 
 /// TLS server configuration requiring a client certificate.

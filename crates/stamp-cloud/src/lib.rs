@@ -10,6 +10,7 @@
 
 pub mod client;
 pub mod gateway;
+pub mod state;
 
 use std::sync::Arc;
 
@@ -31,7 +32,8 @@ pub struct Reply {
     /// The issuing site, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub site_id: Option<String>,
-    /// Warnings: `concurrent-use` when the same device certificate is connected elsewhere.
+    /// Warnings: `concurrent-use` when the same device serial is connected elsewhere (on this
+    /// gateway) at the same time.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub flags: Vec<String>,
 }

@@ -161,13 +161,22 @@ pub fn serial_in_subject(subject_der: &[u8]) -> Option<u64> {
         .filter_map(|a| a.as_str().ok())
         .collect();
     match serials.as_slice() {
-        [s] if !s.is_empty()
-            && (!s.starts_with('0') || *s == "0")
-            && s.bytes().all(|b| b.is_ascii_digit()) =>
-        {
-            s.parse().ok()
-        }
+        [s] => canonical_serial(s),
         _ => None,
+    }
+}
+
+/// A device serial written in canonical decimal, the only way stamp writes one: ASCII digits
+/// only (no sign, no spaces), at least one, no leading zero (except "0" itself), at most
+/// `u64::MAX`. Every reader of a device serial in a subject uses this, so one serial has
+/// exactly one spelling ("+4", "04" or " 4" are not serial 4).
+pub fn canonical_serial(s: &str) -> Option<u64> {
+    let canonical =
+        !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) && (!s.starts_with('0') || s == "0");
+    if canonical {
+        s.parse().ok()
+    } else {
+        None
     }
 }
 
@@ -402,7 +411,7 @@ impl Facts {
             .filter_map(|a| a.as_str().ok())
             .collect();
         let device_serial = match serials.as_slice() {
-            [s] if !s.starts_with('0') || *s == "0" => s.parse().ok(),
+            [s] => canonical_serial(s),
             _ => None,
         };
         let spki = c.public_key().raw;
@@ -710,5 +719,46 @@ mod tests {
         assert_eq!(serial_in_subject(name("01234", org).subject_der()), None);
         assert_eq!(serial_in_subject(name("12a", org).subject_der()), None);
         assert!(!subject_matches(b"junk", same.subject_der()));
+        for bad in [
+            "+1234",
+            " 1234",
+            "1234 ",
+            "",
+            "-0",
+            "+0",
+            "00",
+            "18446744073709551616",
+        ] {
+            assert_eq!(serial_in_subject(name(bad, org).subject_der()), None, "{bad:?}");
+        }
+        assert_eq!(
+            serial_in_subject(name("18446744073709551615", org).subject_der()),
+            Some(u64::MAX)
+        );
+        assert_eq!(serial_in_subject(name("0", org).subject_der()), Some(0));
+    }
+
+    #[test]
+    fn device_serials_are_canonical_decimal_only() {
+        for (s, want) in [
+            ("4", Some(4)),
+            ("0", Some(0)),
+            ("10", Some(10)),
+            ("18446744073709551615", Some(u64::MAX)),
+            ("+4", None),
+            ("-4", None),
+            ("04", None),
+            ("00", None),
+            (" 4", None),
+            ("4 ", None),
+            ("4\n", None),
+            ("", None),
+            ("4a", None),
+            ("\u{0664}", None), // ARABIC-INDIC DIGIT FOUR
+            ("18446744073709551616", None),
+            ("99999999999999999999999", None),
+        ] {
+            assert_eq!(canonical_serial(s), want, "{s:?}");
+        }
     }
 }

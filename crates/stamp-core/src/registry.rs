@@ -1,8 +1,8 @@
 //! The stamp registry: what a cloud verifier needs to decide whether a device is genuine.
 //!
 //! HQ signs it; anyone can check it offline with the OEM root. It holds the OEM root, each site's
-//! issuing CA with how far HQ has reconciled that site's log, each entitlement's product, device
-//! profile and serial ranges, the SHA-256 of every genuine device certificate HQ reconciled, and
+//! issuing CA, each entitlement's product, device profile, serial ranges, status and reconciled
+//! serial frontier, the SHA-256 of every genuine device certificate HQ reconciled, and
 //! revocations. The registry is public: it is signed, not encrypted.
 //!
 //! A registry file is a tagged `COSE_Sign1` (RFC 9052) with ES256, ES384 or EdDSA; its protected
@@ -33,7 +33,7 @@ pub use verify::{validate_path, PathError, PathUsage, Reason, Standing, Verdict,
 /// Value of [`Registry::format`].
 pub const FORMAT: &str = "stamp-registry";
 /// The registry format version this code writes and reads.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 /// Content type in the `COSE_Sign1` protected header.
 pub const CONTENT_TYPE: &str = "application/vnd.stamp.registry+cbor";
 /// Largest registry file accepted (bytes): about five million devices.
@@ -138,11 +138,10 @@ pub struct RegistrySite {
     pub site_id: String,
     /// The site issuing CA certificate (DER), issued by the OEM root.
     pub issuing_ca: ByteBuf,
-    /// Entries of the site's audit log HQ has reconciled.
+    /// Entries of the site's audit log HQ has reconciled (information only: coverage comes
+    /// from each entitlement's [`RegistryEntitlement::serial_frontier`], never from the site's
+    /// clock).
     pub log_size: u64,
-    /// Time (Unix milliseconds, the site's clock) of the last log entry HQ reconciled; 0 if
-    /// none. Every device the site issued before it is in the reconciled log.
-    pub log_covered_ms: i64,
 }
 
 /// An entitlement in the registry: what its devices' certificates must look like.
@@ -159,8 +158,16 @@ pub struct RegistryEntitlement {
     pub device_profile: DeviceProfile,
     /// Device serials HQ allocated to it.
     pub serial_ranges: Vec<SerialRange>,
-    /// Its status at HQ.
+    /// Its status at HQ: only an active entitlement's unreconciled devices may be provisional.
     pub status: Status,
+    /// The reconciled serial frontier: the highest device serial HQ has seen first issued
+    /// (device-issued or key-handed-out entries, not renewals) under this entitlement, within its
+    /// ranges, in the site's reconciled log; absent if none. A site hands serials out in
+    /// ascending order through its ranges, so every serial of the entitlement at or below it was
+    /// handed out before HQ's last reconciled entry: one that is not a registered device is
+    /// refused (`not-in-log`), whatever the site's clock said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial_frontier: Option<u64>,
 }
 
 /// A genuine device: `[device serial, SHA-256 of its certificate]`.
@@ -451,9 +458,9 @@ mod tests {
             fingerprint::sha256(&self.root.der)
         }
 
-        /// Site s1 (HQ reconciled its log up to NOW - 10 days) with entitlements s1.1 (serials
-        /// 1-100) and s1.2 (200-299); site s2 (nothing reconciled) with s2.1 (1000-1100). No
-        /// devices, no revocations, 30 provisional days.
+        /// Site s1 with entitlements s1.1 (serials 1-100, HQ reconciled first issues up to serial
+        /// 3) and s1.2 (200-299, nothing reconciled); site s2 (nothing reconciled) with s2.1
+        /// (1000-1100). No devices, no revocations, 30 provisional days.
         pub(super) fn registry(&self) -> Registry {
             Registry {
                 format: FORMAT.into(),
@@ -467,17 +474,18 @@ mod tests {
                         site_id: "s1".into(),
                         issuing_ca: ByteBuf::from(self.s1.der.clone()),
                         log_size: 3,
-                        log_covered_ms: (NOW - days(10)).unix_timestamp() * 1000,
                     },
                     RegistrySite {
                         site_id: "s2".into(),
                         issuing_ca: ByteBuf::from(self.s2.der.clone()),
                         log_size: 0,
-                        log_covered_ms: 0,
                     },
                 ],
                 entitlements: vec![
-                    entitlement(&grant("s1.1", 1, 100), "s1"),
+                    RegistryEntitlement {
+                        serial_frontier: Some(3),
+                        ..entitlement(&grant("s1.1", 1, 100), "s1")
+                    },
                     entitlement(&grant("s1.2", 200, 299), "s1"),
                     entitlement(&grant("s2.1", 1000, 1100), "s2"),
                 ],
@@ -516,6 +524,7 @@ mod tests {
             device_profile: g.device_profile.clone(),
             serial_ranges: g.serial_ranges.clone(),
             status: Status::Active,
+            serial_frontier: None,
         }
     }
 
@@ -689,7 +698,7 @@ mod tests {
             Err(RegistryError::Rollback { found: 5, minimum: 6 })
         ));
         // Other versions and formats.
-        for version in [0, 2] {
+        for version in [0, 1, 3] {
             let mut r = reg.clone();
             r.version = version;
             assert!(
@@ -859,6 +868,15 @@ mod tests {
         let mut r = reg.clone();
         r.entitlements[0].serial_ranges = vec![SerialRange { first: 5, last: 4 }];
         malformed(check(&pki, &r), "ends before it starts");
+        // A serial frontier outside the entitlement's ranges.
+        for frontier in [0, 101, 200] {
+            let mut r = reg.clone();
+            r.entitlements[0].serial_frontier = Some(frontier);
+            malformed(check(&pki, &r), "frontier");
+        }
+        let mut r = reg.clone();
+        r.entitlements[0].serial_frontier = Some(100);
+        assert!(check(&pki, &r).is_ok());
         // A device hash that is not a SHA-256.
         let mut r = reg.clone();
         r.devices = vec![RegisteredDevice(1, ByteBuf::from(vec![0; 31]))];

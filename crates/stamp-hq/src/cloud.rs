@@ -272,23 +272,24 @@ impl Hq {
             // Site IDs were checked when enrolled.
             let Ok(id) = SiteId::new(&site) else { continue };
             let issuing_ca = store.site_certificate(&id, Profile::SiteIssuingCa)?;
-            let (log_size, last_ms): (i64, i64) = c
-                .query_row(
-                    "SELECT size, last_time_ms FROM audit_sites WHERE site_id = ?1",
-                    [&site],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
+            let log_size: i64 = c
+                .query_row("SELECT size FROM audit_sites WHERE site_id = ?1", [&site], |r| {
+                    r.get(0)
+                })
                 .optional()?
-                .unwrap_or((0, 0));
+                .unwrap_or(0);
             sites.push(RegistrySite {
                 site_id: site,
                 issuing_ca: ByteBuf::from(issuing_ca),
                 log_size: u64::try_from(log_size).unwrap_or(0),
-                log_covered_ms: last_ms,
             });
         }
+        let frontiers = crate::reconcile::frontiers(c)?;
         let mut entitlements = Vec::new();
         for (site, st) in grant_states(store)? {
+            let serial_frontier = frontiers
+                .get(&st.grant.entitlement_id)
+                .and_then(|&f| frontier_within(&st.grant.serial_ranges, f));
             entitlements.push(RegistryEntitlement {
                 entitlement_id: st.grant.entitlement_id.clone(),
                 site_id: site,
@@ -296,6 +297,7 @@ impl Hq {
                 device_profile: st.grant.device_profile.clone(),
                 serial_ranges: st.grant.serial_ranges.clone(),
                 status: st.status,
+                serial_frontier,
             });
         }
         let mut devices = Vec::new();
@@ -366,6 +368,17 @@ impl Hq {
             code, spki_der, now, serial, &issuer,
         )?)
     }
+}
+
+/// The frontier the registry carries for a grant whose log reached `frontier`: the highest serial
+/// of HQ's current ranges at or below it (every one of those was handed out before it), or none
+/// if every range lies above it. Equal to `frontier` unless HQ's ranges changed since.
+fn frontier_within(ranges: &[stamp_core::entitlement::SerialRange], frontier: u64) -> Option<u64> {
+    ranges
+        .iter()
+        .filter(|r| r.first <= frontier)
+        .map(|r| r.last.min(frontier))
+        .max()
 }
 
 fn grant_states(store: &HqStore) -> Result<Vec<(String, GrantState)>, HqError> {
@@ -503,5 +516,26 @@ impl HqStore {
             }
         }
         Ok((ca(None, &root), sites))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use stamp_core::entitlement::SerialRange;
+
+    use super::frontier_within;
+
+    #[test]
+    fn frontier_is_kept_within_hq_ranges() {
+        let r = |first, last| SerialRange { first, last };
+        let ranges = [r(500, 600), r(1, 100)];
+        assert_eq!(frontier_within(&ranges, 42), Some(42));
+        assert_eq!(frontier_within(&ranges, 100), Some(100));
+        // Between the ranges (HQ's ranges changed since): the first range is all handed out.
+        assert_eq!(frontier_within(&ranges, 300), Some(100));
+        assert_eq!(frontier_within(&ranges, 550), Some(550));
+        assert_eq!(frontier_within(&ranges, 900), Some(600));
+        assert_eq!(frontier_within(&[r(10, 20)], 5), None);
+        assert_eq!(frontier_within(&[], 5), None);
     }
 }

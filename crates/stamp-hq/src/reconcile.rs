@@ -43,8 +43,8 @@ use stamp_store::rusqlite::Connection;
 use time::OffsetDateTime;
 use x509_parser::certificate::X509Certificate;
 
+pub(crate) use db::{frontiers, FRONTIER_SQL, INDEX_CLEANUP_SQL, LIVE_SQL, MIGRATION_SQL};
 pub use db::{DeviceRecord, Equivocation};
-pub(crate) use db::{INDEX_CLEANUP_SQL, LIVE_SQL, MIGRATION_SQL};
 pub use report::{
     ReconcileReport, TreeHeadSummary, Violation, ViolationKind, MAX_LISTED_ENTRIES, MAX_VIOLATIONS,
 };
@@ -964,10 +964,9 @@ impl Run<'_> {
         }
         match db::grant(self.tx, self.site, id)? {
             Some(row) => {
-                self.grants.insert(
-                    id.to_owned(),
-                    GrantTrack::restore(row.state, row.issued, &row.tails),
-                );
+                let mut track = GrantTrack::restore(row.state, row.issued, &row.tails);
+                track.frontier = row.frontier;
+                self.grants.insert(id.to_owned(), track);
                 Ok(true)
             }
             None => Ok(false),
@@ -1264,6 +1263,7 @@ impl Run<'_> {
             });
             return Ok(());
         };
+        t.first_issued(d.device_serial);
         let ask = if handed_out { Ask::HandOut } else { Ask::Issue };
         let mut in_range = true;
         for f in t.issue(ask, time_ms, &d.station, None, d.device_serial) {
@@ -1394,6 +1394,7 @@ impl Run<'_> {
     ) -> Result<ReconcileReport, HqError> {
         for t in self.grants.values() {
             db::save_grant(self.tx, self.site, &t.state, t.issued, &t.tails(), self.now)?;
+            db::save_frontier(self.tx, &t.state.grant.entitlement_id, t.frontier)?;
         }
         let ok = self.violations.is_empty();
         let (violations, violations_omitted) = self.violations.finish();

@@ -94,9 +94,14 @@ const MIGRATIONS: &[Migration] = &[
         version: 7,
         sql: crate::reconcile::INDEX_CLEANUP_SQL,
     },
-    // One live certificate per device serial; renewal times (version 8).
+    // Each grant's reconciled serial frontier (version 8).
     Migration {
         version: 8,
+        sql: crate::reconcile::FRONTIER_SQL,
+    },
+    // One live certificate per device serial; renewal times (version 9).
+    Migration {
+        version: 9,
         sql: crate::reconcile::LIVE_SQL,
     },
 ];

@@ -6,13 +6,17 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use stamp_cloud::gateway::{self, Gateway, ServerIdentity};
+use stamp_cloud::state::GatewayState;
 
 use crate::Globals;
 
 /// Run a TLS gateway that requires a device client certificate and admits only genuine devices
 /// (the decision of `stamp cloud verify`, per connection). Each device gets one JSON line with
 /// the verdict; refused devices are disconnected and logged as possible counterfeits; a device
-/// certificate connected twice at once is flagged `concurrent-use`. Logs go to standard error;
+/// serial connected twice at once is flagged `concurrent-use`. A provisional serial is bound to
+/// the first public key seen with it (in the state file); a certificate with that serial and
+/// another key is refused as `clone`. The state file also keeps the highest registry sequence
+/// accepted, so a restart on an older registry file is refused. Logs go to standard error;
 /// the first line on standard output gives the address listened on. When the registry file
 /// changes, the gateway verifies it and, if it is newer and under the same OEM root, judges later
 /// connections with it (revocations take effect without a restart); a file it refuses is logged
@@ -22,9 +26,19 @@ pub struct Args {
     /// The registry (`stamp hq export --format registry`).
     #[arg(long, value_name = "FILE")]
     registry: PathBuf,
-    /// Refuse a registry whose OEM root has another SHA-256.
+    /// The OEM root's SHA-256 (hex, colons allowed): a registry under any other root is
+    /// refused. Required unless --trust-registry-root.
     #[arg(long, value_name = "SHA256")]
     root_fingerprint: Option<String>,
+    /// Trust whatever OEM root the registry file carries, unpinned (a rogue OEM's registry would
+    /// pass): for experiments only; prints a warning.
+    #[arg(long, conflicts_with = "root_fingerprint")]
+    trust_registry_root: bool,
+    /// The gateway's state file (SQLite; created if missing): the highest registry sequence
+    /// accepted and the provisional serials' keys. Default: gateway-state.db beside the
+    /// registry file. Gateways sharing it share one key per provisional serial.
+    #[arg(long, value_name = "FILE")]
+    state: Option<PathBuf>,
     /// Refuse a registry older than this sequence.
     #[arg(long, value_name = "N", default_value = "0")]
     min_sequence: u64,
@@ -53,8 +67,16 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_env("STAMP_LOG").unwrap_or_else(|_| "info".into()),
         )
         .try_init();
-    let reg = super::cloud_verify::load_registry(&a.registry, a.root_fingerprint.as_deref(), a.min_sequence)?;
+    let pin = super::cloud_verify::root_pin(a.root_fingerprint.as_deref(), a.trust_registry_root)?;
+    let reg = super::cloud_verify::load_registry(&a.registry, pin, a.min_sequence)?;
     let info = super::cloud_verify::RegistryInfo::of(&reg);
+    let state_path = a.state.clone().unwrap_or_else(|| default_state(&a.registry));
+    let state = GatewayState::open(&state_path)
+        .with_context(|| format!("cannot open the gateway state file {}", state_path.display()))?;
+    let gw = Arc::new(
+        Gateway::new(reg, state)
+            .with_context(|| format!("registry {} refused by the gateway's state", a.registry.display()))?,
+    );
     let identity = match (&a.server_cert, &a.server_key) {
         (Some(c), Some(k)) => ServerIdentity::from_pem(
             &super::read_bounded(c, 1 << 20)?,
@@ -94,13 +116,21 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
             }
             out.flush()?;
         }
-        let gw = Arc::new(Gateway::new(reg));
         if a.reload_secs > 0 {
             tokio::spawn(watch_registry(gw.clone(), a.registry.clone(), a.reload_secs));
         }
         gateway::serve(listener, config, gw).await?;
         Ok(())
     })
+}
+
+/// `gateway-state.db` in the registry file's directory.
+fn default_state(registry: &Path) -> PathBuf {
+    registry
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .join("gateway-state.db")
 }
 
 /// The file's identity as far as a reload cares: modification time and length.

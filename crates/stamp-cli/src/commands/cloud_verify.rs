@@ -12,20 +12,27 @@ use crate::Globals;
 const MAX_CHAIN_FILE: usize = 64 * 1024;
 
 /// Decide whether a device is genuine, offline, from a stamp registry: the registry's signature
-/// is checked under the OEM root it carries (pin that root with --root-fingerprint), then the
-/// device's chain: issued by an enrolled site's issuing CA under that root for client
-/// authentication, valid now, matching its entitlement's device profile, its serial in a range HQ
-/// allocated to that site, not revoked, and either reconciled by HQ ("registered") or issued after
-/// the site's last reconciled export and contradicted by nothing ("provisional"). Exit status 0:
-/// genuine; 1: refused (the reason code says why; see docs/cloud.md).
+/// is checked under the pinned OEM root (--root-fingerprint, required unless
+/// --trust-registry-root), then the device's chain: issued by an enrolled site's issuing CA under
+/// that root for client authentication, valid now, matching its entitlement's device profile, its
+/// serial in a range HQ allocated to that site, not revoked, and either reconciled by HQ
+/// ("registered") or, under an active entitlement, above the serial frontier HQ reconciled and
+/// contradicted by nothing ("provisional"). Exit status 0: genuine; 1: refused (the reason code
+/// says why; see docs/cloud.md).
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// The registry (`stamp hq export --format registry`).
     #[arg(long, value_name = "FILE")]
     pub registry: PathBuf,
-    /// Refuse a registry whose OEM root has another SHA-256 (hex, colons allowed).
+    /// The OEM root's SHA-256 (hex, colons allowed; `stamp hq init` and `stamp hq export
+    /// --format registry` print it): a registry under any other root is refused. Required unless
+    /// --trust-registry-root.
     #[arg(long, value_name = "SHA256")]
     pub root_fingerprint: Option<String>,
+    /// Trust whatever OEM root the registry file carries, unpinned (a rogue OEM's registry,
+    /// signed under its own root, would pass): for experiments only; prints a warning.
+    #[arg(long, conflicts_with = "root_fingerprint")]
+    pub trust_registry_root: bool,
     /// Refuse a registry older than this sequence (the newest one this verifier has seen).
     #[arg(long, value_name = "N", default_value = "0")]
     pub min_sequence: u64,
@@ -36,6 +43,27 @@ pub struct Args {
     /// The device's certificate chain, PEM, device certificate first (or DER, the certificate alone).
     #[arg(value_name = "CERT_CHAIN")]
     chain: PathBuf,
+}
+
+/// The root pin a verifier runs with: the fingerprint given, or none with the explicit opt-out
+/// (warned about on standard error); without either, an error that says what to do.
+pub fn root_pin(fingerprint: Option<&str>, trust_registry_root: bool) -> anyhow::Result<Option<&str>> {
+    match (fingerprint, trust_registry_root) {
+        (Some(fp), _) => Ok(Some(fp)),
+        (None, true) => {
+            eprintln!(
+                "WARNING: --trust-registry-root: the OEM root is NOT pinned; any registry signed under any \
+                 root is trusted, so a rogue OEM's devices would be admitted. Pin the root with \
+                 --root-fingerprint in production."
+            );
+            Ok(None)
+        }
+        (None, false) => bail!(
+            "no OEM root pinned: give --root-fingerprint SHA256 (the OEM root fingerprint `stamp hq init` \
+             and `stamp hq export --format registry` print, read out of band); a registry under any \
+             other root is then refused. (--trust-registry-root runs unpinned, for experiments only.)"
+        ),
+    }
 }
 
 /// Reads and verifies a registry file.
@@ -103,7 +131,8 @@ impl RegistryInfo {
 
 /// Runs `stamp cloud verify`.
 pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
-    let reg = load_registry(&a.registry, a.root_fingerprint.as_deref(), a.min_sequence)?;
+    let pin = root_pin(a.root_fingerprint.as_deref(), a.trust_registry_root)?;
+    let reg = load_registry(&a.registry, pin, a.min_sequence)?;
     let chain = read_chain(&super::read_bounded(&a.chain, MAX_CHAIN_FILE)?)?;
     let verdict = reg.check_device(&chain, a.at.unwrap_or_else(super::now));
     let out = Output {

@@ -11,7 +11,7 @@ use super::{
     MAX_RANGES, MAX_REVOCATIONS, MAX_SITES,
 };
 use crate::cert;
-use crate::entitlement::Grant;
+use crate::entitlement::{Grant, Status};
 use crate::profile::Profile;
 
 /// A registry whose signature verified: the only value that judges devices.
@@ -35,8 +35,9 @@ pub struct VerifiedRegistry {
 pub enum Standing {
     /// HQ reconciled this very certificate: genuine.
     Registered,
-    /// Issued by an enrolled site inside its allocated range after the last reconciled export,
-    /// and contradicted by nothing: admitted until the next registry says otherwise.
+    /// Issued by an enrolled site under an active entitlement, its serial in range above the
+    /// entitlement's reconciled serial frontier, and contradicted by nothing: admitted until the
+    /// next registry says otherwise (a gateway holds one public key per such serial).
     Provisional,
     /// Refused; see the reason.
     Refused,
@@ -68,12 +69,16 @@ pub enum Reason {
     SiteRevoked,
     /// HQ revoked the entitlement.
     EntitlementRevoked,
+    /// HQ suspended the entitlement: its devices HQ has not reconciled are not admitted
+    /// provisionally (registered ones still are).
+    EntitlementSuspended,
     /// HQ revoked the device (by serial or certificate).
     Revoked,
     /// HQ registered this serial with a different certificate: a clone.
     Clone,
-    /// Issued before the last audit export HQ reconciled from the site, yet not among HQ's
-    /// genuine devices: the site left it out of its log, or HQ found it broke a rule.
+    /// Its serial is at or below its entitlement's reconciled serial frontier (so the site had
+    /// handed it out before the last entry HQ reconciled), yet it is not among HQ's genuine
+    /// devices: the site left it out of its log, or HQ found it broke a rule.
     NotInLog,
     /// Not reconciled by HQ within the registry's provisional period after it was issued: the
     /// site stopped exporting its log, or the device is not in it.
@@ -94,6 +99,7 @@ impl Reason {
             Reason::SerialOutOfRange => "serial-out-of-range",
             Reason::SiteRevoked => "site-revoked",
             Reason::EntitlementRevoked => "entitlement-revoked",
+            Reason::EntitlementSuspended => "entitlement-suspended",
             Reason::Revoked => "revoked",
             Reason::Clone => "clone",
             Reason::NotInLog => "not-in-log",
@@ -126,6 +132,10 @@ pub struct Verdict {
     /// SHA-256 of the device certificate (hex), once read.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub certificate_sha256: Option<String>,
+    /// SHA-256 of the device certificate's SubjectPublicKeyInfo (hex), once read: what a
+    /// gateway binds a provisional serial to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub public_key_sha256: Option<String>,
 }
 
 impl Verdict {
@@ -139,6 +149,7 @@ impl Verdict {
             entitlement_id: None,
             device_serial: None,
             certificate_sha256: None,
+            public_key_sha256: None,
         }
     }
 }
@@ -184,6 +195,13 @@ impl VerifiedRegistry {
                 .ok_or(Malformed("an entitlement names a site not in the registry"))?;
             if e.serial_ranges.iter().any(|r| r.last < r.first) {
                 return Err(Malformed("a serial range ends before it starts"));
+            }
+            if let Some(f) = e.serial_frontier {
+                if !e.serial_ranges.iter().any(|r| (r.first..=r.last).contains(&f)) {
+                    return Err(Malformed(
+                        "a serial frontier is in none of its entitlement's ranges",
+                    ));
+                }
             }
             site_entitlements[*s].push(i);
         }
@@ -278,6 +296,11 @@ impl VerifiedRegistry {
         self.reg.revocations.len()
     }
 
+    /// Whether HQ registered a device with this serial (any certificate).
+    pub fn is_registered(&self, serial: u64) -> bool {
+        !self.registered(serial).is_empty()
+    }
+
     fn registered(&self, serial: u64) -> &[(u64, [u8; 32])] {
         let lo = self.devices.partition_point(|d| d.0 < serial);
         let hi = self.devices.partition_point(|d| d.0 <= serial);
@@ -302,6 +325,7 @@ impl VerifiedRegistry {
         let cert_sha = crate::fingerprint::sha256(leaf_der);
         let mut v = self.judge(leaf_der, &leaf, &cert_sha, now);
         v.certificate_sha256 = Some(hex::encode(cert_sha));
+        v.public_key_sha256 = Some(hex::encode(crate::fingerprint::sha256(leaf.public_key().raw)));
         v
     }
 
@@ -360,7 +384,7 @@ impl VerifiedRegistry {
         let Some(serial) = subject_serial(leaf) else {
             return with_site(Verdict::refused(
                 Reason::ProfileMismatch,
-                "the subject has no single decimal serialNumber",
+                "the subject has no single serialNumber in canonical decimal (digits only, no sign, spaces or leading zeros)",
             ));
         };
         let with_serial = |mut v: Verdict| {
@@ -409,7 +433,8 @@ impl VerifiedRegistry {
         {
             return with_ent(Verdict::refused(Reason::Revoked, format!("device revoked: {r}")));
         }
-        // 6. Registered, a clone, skipped the log, or provisional.
+        // 6. Registered, a clone, skipped the log, or provisional (only for an active
+        // entitlement, above its reconciled serial frontier, within the provisional period).
         let known = self.registered(serial);
         if known.iter().any(|d| &d.1 == cert_sha) {
             return with_ent(Verdict {
@@ -426,16 +451,37 @@ impl VerifiedRegistry {
                 format!("HQ registered serial {serial} with another certificate"),
             ));
         }
-        let not_before_ms = leaf.validity().not_before.timestamp().saturating_mul(1000);
-        // The site sets notBefore when it logs the issuance, truncated to the second.
-        if not_before_ms.saturating_add(1000) < s.log_covered_ms {
+        if let Some(frontier) = e.serial_frontier.filter(|f| serial <= *f) {
             return with_ent(Verdict::refused(
                 Reason::NotInLog,
                 format!(
-                    "issued before the site's last reconciled export (log size {}) but not among HQ's genuine devices",
-                    s.log_size
+                    "serial {serial} is at or below {frontier}, the highest serial HQ reconciled as issued under {} \
+                     (serials are handed out in order), but it is not among HQ's genuine devices: \
+                     the site left it out of its log or HQ found it broke a rule",
+                    e.entitlement_id
                 ),
             ));
+        }
+        match e.status {
+            Status::Active => {}
+            Status::Suspended => {
+                return with_ent(Verdict::refused(
+                    Reason::EntitlementSuspended,
+                    format!(
+                        "entitlement {} is suspended: only devices HQ reconciled are admitted",
+                        e.entitlement_id
+                    ),
+                ))
+            }
+            Status::Revoked => {
+                return with_ent(Verdict::refused(
+                    Reason::EntitlementRevoked,
+                    format!(
+                        "entitlement {} is revoked: no device HQ has not reconciled is admitted",
+                        e.entitlement_id
+                    ),
+                ))
+            }
         }
         let days = self.reg.provisional_days;
         if days > 0 && now > leaf.validity().not_before.to_datetime() + time::Duration::days(i64::from(days))
@@ -451,7 +497,16 @@ impl VerifiedRegistry {
             genuine: true,
             standing: Standing::Provisional,
             reason: None,
-            detail: "issued in range after the site's last reconciled export; not yet reconciled".into(),
+            detail: match e.serial_frontier {
+                Some(f) => format!(
+                    "in range above {f}, the highest serial HQ reconciled under {}; not yet reconciled",
+                    e.entitlement_id
+                ),
+                None => format!(
+                    "in range of {}, under which HQ has reconciled no device yet; not yet reconciled",
+                    e.entitlement_id
+                ),
+            },
             ..Verdict::refused(Reason::Clone, "")
         })
     }
@@ -550,17 +605,10 @@ pub fn validate_path(
     .map_err(PathError::Path)
 }
 
-/// The device serial in the subject (`serialNumber`, decimal, no leading zero).
+/// The device serial in the subject: its single `serialNumber`, in canonical decimal
+/// ([`crate::device::canonical_serial`]); anything else is no serial (`profile-mismatch`).
 fn subject_serial(c: &X509Certificate<'_>) -> Option<u64> {
-    let all: Vec<_> = c
-        .subject()
-        .iter_by_oid(&x509_parser::oid_registry::OID_X509_SERIALNUMBER)
-        .filter_map(|a| a.as_str().ok())
-        .collect();
-    match all.as_slice() {
-        [s] if !s.starts_with('0') || *s == "0" => s.parse().ok(),
-        _ => None,
-    }
+    crate::device::serial_in_subject(c.subject().as_raw())
 }
 
 /// The grant fields `device::check` reads, from a registry entitlement.
@@ -587,13 +635,14 @@ mod tests {
     use time::Duration;
 
     use super::*;
+    use crate::entitlement::SerialRange;
     use crate::fingerprint::sha256;
     use crate::key::{SignatureAlgorithm, Signer};
     use crate::profile::tests::TestSigner;
     use crate::profile::{Holder, ServiceName, Validity};
     use crate::registry::tests::{days, grant, serial, site, Ca, Pki, NOW, P256};
     use crate::registry::Revocation;
-    use crate::registry::{RegisteredDevice, MAX_DEVICE_CHAIN};
+    use crate::registry::{RegisteredDevice, RegistryEntitlement, MAX_DEVICE_CHAIN};
     use crate::SiteId;
     use serde_bytes::ByteBuf;
 
@@ -610,6 +659,15 @@ mod tests {
     /// identifiers) for serial `n`, issued by `ca` at NOW - 5 days, with the given extended key
     /// usages (none: no extension), built with rcgen.
     fn device_shaped(ca: &Ca, n: u64, ekus: Vec<rcgen::ExtendedKeyUsagePurpose>) -> Vec<u8> {
+        device_shaped_serial(ca, &n.to_string(), ekus)
+    }
+
+    /// [`device_shaped`] with the subject serialNumber written as `serial_text`.
+    fn device_shaped_serial(
+        ca: &Ca,
+        serial_text: &str,
+        ekus: Vec<rcgen::ExtendedKeyUsagePurpose>,
+    ) -> Vec<u8> {
         use rcgen::{
             CertificateParams, DistinguishedName, DnType, DnValue, IsCa, KeyIdMethod, KeyUsagePurpose,
         };
@@ -619,7 +677,7 @@ mod tests {
         dn.push(DnType::CommonName, "thermo-2");
         dn.push(
             DnType::CustomDnType(vec![2, 5, 4, 5]),
-            DnValue::PrintableString(n.to_string().try_into().unwrap()),
+            DnValue::PrintableString(serial_text.try_into().unwrap()),
         );
         let mut p = CertificateParams::default();
         p.distinguished_name = dn;
@@ -671,9 +729,10 @@ mod tests {
             Reason::Clone => 11,
             Reason::NotInLog => 12,
             Reason::NotReconciled => 13,
+            Reason::EntitlementSuspended => 14,
         }
     }
-    const REASONS: usize = 14;
+    const REASONS: usize = 15;
 
     type Expect = Result<Standing, Reason>;
     /// A name, the registry, the chain the device presents, when, and the verdict expected.
@@ -708,13 +767,16 @@ mod tests {
         let g11 = grant("s1.1", 1, 100);
         let g12 = grant("s1.2", 200, 299);
         let g21 = grant("s2.1", 1000, 1100);
-        // s1's log is reconciled up to NOW - 10 days.
+        // HQ reconciled s1.1's first issues up to serial 3 (1 is registered).
         let old = NOW - days(20);
         let new = NOW - days(5);
 
         let reg_dev = device(&pki.s1, &g11, 1, old);
-        let prov_dev = device(&pki.s1, &g11, 2, new);
+        let prov_dev = device(&pki.s1, &g11, 6, new);
+        // Serial 3 at the frontier; serial 2 below it, with a fresh notBefore (a site's clock
+        // says nothing about coverage).
         let skipped = device(&pki.s1, &g11, 3, old);
+        let skipped_new = device(&pki.s1, &g11, 2, NOW);
         let clone = device(&pki.s1, &g11, 1, new);
         let last_in_range = device(&pki.s1, &g11, 100, new);
         let past_range = device(&pki.s1, &g11, 101, new);
@@ -797,6 +859,9 @@ mod tests {
             revocation(|r| r.certificate_sha256 = Some(ByteBuf::from(sha256(&revoked_cert).to_vec()))),
         ];
         let revoked = pki.verified(&reg);
+        reg.revocations = Vec::new();
+        reg.entitlements[1].status = crate::entitlement::Status::Suspended;
+        let suspended = pki.verified(&reg);
 
         let one = |d: &Vec<u8>| vec![d.clone()];
         let cases: Vec<Case<'_>> = vec![
@@ -851,9 +916,16 @@ mod tests {
                 Ok(Standing::Registered),
             ),
             (
-                "issued before the reconciled log",
+                "at the reconciled serial frontier, not registered",
                 &clean,
                 one(&skipped),
+                NOW,
+                Err(Reason::NotInLog),
+            ),
+            (
+                "below the frontier, whatever its notBefore",
+                &clean,
+                one(&skipped_new),
                 NOW,
                 Err(Reason::NotInLog),
             ),
@@ -1041,6 +1113,13 @@ mod tests {
                 Err(Reason::EntitlementRevoked),
             ),
             (
+                "s1.2 device, entitlement suspended",
+                &suspended,
+                one(&ent_dev),
+                NOW,
+                Err(Reason::EntitlementSuspended),
+            ),
+            (
                 "serial 7 before revocation",
                 &clean,
                 one(&revoked_serial),
@@ -1135,6 +1214,25 @@ mod tests {
     }
 
     #[test]
+    fn registry_refuses_non_canonical_subject_serials() {
+        let pki = Pki::new();
+        let reg = pki.verified(&pki.registry());
+        let client = || vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        // The control: serial 4 written canonically is a provisional device of s1.1.
+        let good = device_shaped_serial(&pki.s1, "4", client());
+        let v = reg.check_device(&[good], NOW);
+        assert_verdict("4", &v, Ok(Standing::Provisional));
+        assert_eq!(v.device_serial, Some(4));
+        for bad in ["+4", "04", " 4", "4 ", "", "18446744073709551616", "-4", "4.0"] {
+            let der = device_shaped_serial(&pki.s1, bad, client());
+            let v = reg.check_device(&[der], NOW);
+            assert_verdict(&format!("serialNumber {bad:?}"), &v, Err(Reason::ProfileMismatch));
+            assert_eq!(v.device_serial, None, "{bad:?}");
+            assert!(v.detail.contains("canonical decimal"), "{bad:?}: {}", v.detail);
+        }
+    }
+
+    #[test]
     fn registry_verdict_names_what_it_found() {
         let pki = Pki::new();
         let g11 = grant("s1.1", 1, 100);
@@ -1173,28 +1271,77 @@ mod tests {
     }
 
     #[test]
-    fn registry_not_in_log_allows_one_second_of_truncation() {
+    fn registry_serial_frontier_decides_not_in_log() {
         let pki = Pki::new();
-        let g11 = grant("s1.1", 1, 100);
-        let nb = NOW - days(5);
-        let dev = device(&pki.s1, &g11, 42, nb);
-        let nb_ms = nb.unix_timestamp() * 1000;
-        for (covered, want) in [
-            (0, Ok(Standing::Provisional)),
-            (nb_ms, Ok(Standing::Provisional)),
-            (nb_ms + 1000, Ok(Standing::Provisional)),
-            (nb_ms + 1001, Err(Reason::NotInLog)),
-            (NOW.unix_timestamp() * 1000, Err(Reason::NotInLog)),
+        // s1.1 has two ranges, 1-100 and 500-600; serials go in order through them.
+        let mut g11 = grant("s1.1", 1, 100);
+        g11.serial_ranges.push(SerialRange {
+            first: 500,
+            last: 600,
+        });
+        let at = |n| device(&pki.s1, &g11, n, NOW - days(1));
+        let (d42, d43, d100, d500, d501) = (at(42), at(43), at(100), at(500), at(501));
+        for (frontier, dev, n, want) in [
+            (None, &d42, 42, Ok(Standing::Provisional)),
+            (Some(41), &d42, 42, Ok(Standing::Provisional)),
+            (Some(42), &d42, 42, Err(Reason::NotInLog)),
+            (Some(42), &d43, 43, Ok(Standing::Provisional)),
+            (Some(100), &d100, 100, Err(Reason::NotInLog)),
+            (Some(100), &d500, 500, Ok(Standing::Provisional)),
+            (Some(500), &d42, 42, Err(Reason::NotInLog)),
+            (Some(500), &d500, 500, Err(Reason::NotInLog)),
+            (Some(500), &d501, 501, Ok(Standing::Provisional)),
         ] {
             let mut reg = pki.registry();
-            reg.sites[0].log_covered_ms = covered;
-            let v = pki.verified(&reg).check_device(std::slice::from_ref(&dev), NOW);
-            assert_verdict(&format!("log covered to {covered}"), &v, want);
-            // Once registered, it is genuine whatever the log covers.
-            reg.devices = vec![registered(&dev, 42)];
-            let v = pki.verified(&reg).check_device(std::slice::from_ref(&dev), NOW);
+            reg.entitlements[0] = RegistryEntitlement {
+                serial_frontier: frontier,
+                ..crate::registry::tests::entitlement(&g11, "s1")
+            };
+            let v = pki.verified(&reg).check_device(std::slice::from_ref(dev), NOW);
+            assert_verdict(&format!("serial {n}, frontier {frontier:?}"), &v, want);
+            if want.is_err() {
+                assert!(v.detail.contains("at or below"), "{}", v.detail);
+            }
+            // Once registered, it is genuine wherever the frontier is.
+            reg.devices = vec![registered(dev, n)];
+            let v = pki.verified(&reg).check_device(std::slice::from_ref(dev), NOW);
             assert_verdict("registered", &v, Ok(Standing::Registered));
         }
+    }
+
+    #[test]
+    fn registry_provisional_only_for_active_entitlements() {
+        use crate::entitlement::Status;
+        let pki = Pki::new();
+        let g11 = grant("s1.1", 1, 100);
+        let reg_dev = device(&pki.s1, &g11, 1, NOW - days(3));
+        let new_dev = device(&pki.s1, &g11, 50, NOW - days(1));
+        for (status, want_new) in [
+            (Status::Active, Ok(Standing::Provisional)),
+            (Status::Suspended, Err(Reason::EntitlementSuspended)),
+            (Status::Revoked, Err(Reason::EntitlementRevoked)),
+        ] {
+            let mut reg = pki.registry();
+            reg.entitlements[0].status = status;
+            reg.devices = vec![registered(&reg_dev, 1)];
+            let r = pki.verified(&reg);
+            let v = r.check_device(std::slice::from_ref(&new_dev), NOW);
+            assert_verdict(&format!("{status:?}, unreconciled"), &v, want_new);
+            // A device HQ reconciled stays genuine (revoking its devices is a revocation).
+            let v = r.check_device(std::slice::from_ref(&reg_dev), NOW);
+            assert_verdict(&format!("{status:?}, registered"), &v, Ok(Standing::Registered));
+            assert!(r.is_registered(1) && !r.is_registered(50));
+        }
+    }
+
+    #[test]
+    fn registry_verdict_names_the_public_key() {
+        let pki = Pki::new();
+        let g11 = grant("s1.1", 1, 100);
+        let key = TestSigner::new(P256);
+        let dev = device_with_key(&pki.s1, &g11, 50, NOW - days(1), &key);
+        let v = pki.verified(&pki.registry()).check_device(&[dev], NOW);
+        assert_eq!(v.public_key_sha256, Some(hex::encode(sha256(&key.spki_der()))));
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! Reconciliation's tables (migrations 4, 7 and 8 in `store.rs`): every query reconciliation makes.
+//! Reconciliation's tables (migrations 4, 7, 8 and 9 in `store.rs`): every query reconciliation makes.
 
 use std::collections::BTreeMap;
 
@@ -105,6 +105,27 @@ pub(crate) const MIGRATION_SQL: &str = "
     CREATE INDEX devices_public_key ON devices (public_key_sha256);
 ";
 
+/// SQL of migration 8: each grant's reconciled serial frontier (the highest serial within its
+/// ranges of a device-issued or key-handed-out entry of its log; the u64's bits), which the
+/// registry carries so the cloud decides `not-in-log` from serials, not from the site's clock.
+/// Grants reconciled before it get the highest serial first used under them within their
+/// ranges (audit_serials also records a renewal's unknown serial, so this can only be higher
+/// than the exact frontier, refusing more, never admitting more).
+pub(crate) const FRONTIER_SQL: &str = "
+    ALTER TABLE audit_grants ADD COLUMN serial_frontier INTEGER;
+    UPDATE audit_grants SET serial_frontier = (
+        SELECT MAX(s.device_serial) FROM audit_serials s
+        WHERE s.entitlement_id = audit_grants.entitlement_id
+          AND s.site_id = audit_grants.site_id
+          AND s.device_serial >= 0
+          AND EXISTS (
+              SELECT 1 FROM json_each(audit_grants.state_json, '$.grant.serial_ranges') r
+              WHERE s.device_serial >= json_extract(r.value, '$.first')
+                AND s.device_serial <= json_extract(r.value, '$.last')
+          )
+    );
+";
+
 /// SQL of migration 7: the registry's indexes on device serial and on public key go. Nothing
 /// queries them, and every recorded device paid for both (the public-key one on a random page of
 /// a 43 MB index at 1M devices: a 1M-entry reconciliation took 138 s of CPU with them, about
@@ -115,7 +136,7 @@ pub(crate) const INDEX_CLEANUP_SQL: &str = "
     DROP INDEX IF EXISTS devices_public_key;
 ";
 
-/// SQL of migration 8: one live certificate per device serial. A renewal HQ accepts supersedes
+/// SQL of migration 9: one live certificate per device serial. A renewal HQ accepts supersedes
 /// the certificate it replaces (`devices.superseded_by`); `audit_live` names each serial's live
 /// certificate; `audit_renewals` holds the time of every renewal entry, for the renewal limit.
 /// Existing registries are backfilled: per serial, the certificate logged last is live.
@@ -213,6 +234,7 @@ pub(crate) struct GrantRow {
     pub(crate) state: GrantState,
     pub(crate) issued: u64,
     pub(crate) tails: BTreeMap<RatePeriod, Vec<(i64, u64)>>,
+    pub(crate) frontier: Option<u64>,
 }
 
 /// Who used a serial, key or HQ key first.
@@ -389,17 +411,22 @@ pub(crate) fn grant_site(c: &Connection, id: &str) -> Result<Option<String>, HqE
 }
 
 pub(crate) fn grant(c: &Connection, site: &SiteId, id: &str) -> Result<Option<GrantRow>, HqError> {
-    let row: Option<(String, i64, String)> = c
+    let row: Option<(String, i64, String, Option<i64>)> = c
         .prepare_cached(
-            "SELECT state_json, issued, rate_tails_json FROM audit_grants WHERE entitlement_id = ?1 AND site_id = ?2",
+            "SELECT state_json, issued, rate_tails_json, serial_frontier FROM audit_grants
+             WHERE entitlement_id = ?1 AND site_id = ?2",
         )?
-        .query_row(params![id, site.as_str()], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .query_row(params![id, site.as_str()], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })
         .optional()?;
-    row.map(|(state, issued, tails)| {
+    row.map(|(state, issued, tails, frontier)| {
         Ok(GrantRow {
             state: serde_json::from_str(&state)?,
             issued: u(issued),
             tails: serde_json::from_str(&tails)?,
+            // The u64's bits, as in audit_serials.
+            frontier: frontier.map(|f| f as u64),
         })
     })
     .transpose()
@@ -429,6 +456,24 @@ pub(crate) fn save_grant(
         ],
     )?;
     Ok(())
+}
+
+/// Stores a grant's reconciled serial frontier (after [`save_grant`]).
+pub(crate) fn save_frontier(c: &Connection, id: &str, frontier: Option<u64>) -> Result<(), HqError> {
+    c.prepare_cached("UPDATE audit_grants SET serial_frontier = ?2 WHERE entitlement_id = ?1")?
+        .execute(params![id, frontier.map(|f| f as i64)])?;
+    Ok(())
+}
+
+/// Each grant's reconciled serial frontier (grants without one are left out).
+pub(crate) fn frontiers(c: &Connection) -> Result<BTreeMap<String, u64>, HqError> {
+    let mut stmt = c.prepare(
+        "SELECT entitlement_id, serial_frontier FROM audit_grants WHERE serial_frontier IS NOT NULL",
+    )?;
+    let rows = stmt
+        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64)))?
+        .collect::<Result<BTreeMap<_, _>, _>>()?;
+    Ok(rows)
 }
 
 fn first_use(r: &stamp_store::rusqlite::Row<'_>) -> stamp_store::rusqlite::Result<FirstUse> {

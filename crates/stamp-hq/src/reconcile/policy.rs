@@ -41,6 +41,9 @@ pub(crate) struct GrantTrack {
     /// issuance was one.
     open_episode: BTreeMap<RatePeriod, (u64, i64)>,
     episodes: u64,
+    /// The reconciled serial frontier: the highest serial, within the grant's ranges, of a
+    /// device first issued (issued or handed out, never renewed) under it so far.
+    pub(crate) frontier: Option<u64>,
 }
 
 impl GrantTrack {
@@ -71,12 +74,28 @@ impl GrantTrack {
             rates,
             open_episode: BTreeMap::new(),
             episodes: 0,
+            frontier: None,
         }
     }
 
     /// The rate windows' tails, to persist.
     pub(crate) fn tails(&self) -> BTreeMap<RatePeriod, Vec<(i64, u64)>> {
         self.rates.iter().map(|(&p, w)| (p, w.tail())).collect()
+    }
+
+    /// Moves the serial frontier up to `serial`, a device-issued or key-handed-out entry's (not
+    /// a renewal's), if it is in one of the grant's ranges: a serial outside them proves nothing
+    /// about the grant's own serials.
+    pub(crate) fn first_issued(&mut self, serial: u64) {
+        let in_range = self
+            .state
+            .grant
+            .serial_ranges
+            .iter()
+            .any(|r| r.first <= serial && serial <= r.last);
+        if in_range && self.frontier.is_none_or(|f| serial > f) {
+            self.frontier = Some(serial);
+        }
     }
 
     /// Judges a first certificate (issue or hand-out) logged at `time_ms` with `serial`, counts
@@ -204,6 +223,21 @@ mod tests {
             },
             1,
         )
+    }
+
+    #[test]
+    fn frontier_follows_first_issues_in_range() {
+        let mut g = GrantTrack::new(state());
+        assert_eq!(g.frontier, None);
+        g.first_issued(9);
+        g.first_issued(13);
+        assert_eq!(g.frontier, None, "outside 10..=12");
+        g.first_issued(11);
+        assert_eq!(g.frontier, Some(11));
+        g.first_issued(10);
+        assert_eq!(g.frontier, Some(11), "never down");
+        g.first_issued(12);
+        assert_eq!(g.frontier, Some(12));
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! The demo's cloud steps, after HQ has reconciled the site's audit log: HQ revokes one device
 //! and exports the signed registry; the gateway (stamp-cloud) starts in this process on a
 //! loopback port; genuine devices connect with the stamps and keys the simulator saved and are
-//! admitted; a counterfeit, a clone, an over-range device and the revoked device connect over the
-//! same mutual TLS and must each be refused with the reason the verifier gives for that attack.
+//! admitted; a counterfeit, a clone, an over-range device, the revoked device and a second key for
+//! a provisional serial connect over the same mutual TLS and must each be refused with the reason
+//! the verifier or the gateway gives for that attack.
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -27,6 +28,8 @@ use super::Narrator;
 
 /// Most genuine devices that connect.
 const GENUINE: usize = 8;
+/// Devices HQ adds to the grant before the registry export (serials above the frontier).
+const MORE_QUOTA: u64 = 10;
 /// Why the demo revokes its device.
 const REVOKE_REASON: &str = "reported stolen; its key may be in other hands";
 
@@ -81,7 +84,8 @@ pub(super) struct Cloud {
 /// One attacker's connection and the gateway's answer.
 #[derive(Serialize, Clone)]
 pub(super) struct Refusal {
-    /// `counterfeit`, `clone`, `over-range` or `revoked`.
+    /// `counterfeit`, `clone`, `over-range`, `revoked` or `provisional-clone` (after another key
+    /// took the same unused serial provisionally).
     pub attacker: &'static str,
     /// How its certificate was made.
     pub made_by: &'static str,
@@ -137,6 +141,9 @@ struct Attacker {
     serial: u64,
     expected: Reason,
     stamp: Stamp,
+    /// A device with the same serial that connects first and is admitted as provisional: the
+    /// one key the gateway lets a provisional serial have.
+    held_by: Option<Stamp>,
 }
 
 fn random_serial() -> anyhow::Result<Serial> {
@@ -227,6 +234,7 @@ fn forge(
             &[&rogue_ca, &rogue_root],
             &key.pkcs8,
         )?,
+        held_by: None,
     };
 
     // 2 and 3. What only the holder of the site's issuing key can make: a compromised or
@@ -247,6 +255,7 @@ fn forge(
         serial: copied,
         expected: Reason::Clone,
         stamp: Stamp::write(out.join("clone"), &leaf, &site_chain, &key.pkcs8)?,
+        held_by: None,
     };
     // Over-production: the first serial past every range HQ allocated.
     let past = reg
@@ -272,6 +281,7 @@ fn forge(
         serial: past,
         expected: Reason::SerialOutOfRange,
         stamp: Stamp::write(out.join("over-range"), &leaf, &site_chain, &key.pkcs8)?,
+        held_by: None,
     };
     // 4. The revoked device, with its own genuine stamp.
     let revoked = Attacker {
@@ -282,8 +292,42 @@ fn forge(
         stamp: Stamp {
             dir: revoked.dir.clone(),
         },
+        held_by: None,
     };
-    Ok(vec![counterfeit, clone, over, revoked])
+    // 5. Provisional clones: the next unused serial above the grant's reconciled serial frontier
+    //    (what the registry admits provisionally), signed twice with two keys. The first key to
+    //    connect holds the serial at the gateway; the second is refused as a clone.
+    let e = reg
+        .entitlements()
+        .iter()
+        .find(|e| e.entitlement_id == inp.entitlement_id)
+        .with_context(|| format!("no entitlement {} in the registry", inp.entitlement_id))?;
+    let unused = match e.serial_frontier {
+        Some(f) => f.checked_add(1),
+        None => e.serial_ranges.iter().map(|r| r.first).min(),
+    }
+    .filter(|n| e.serial_ranges.iter().any(|r| (r.first..=r.last).contains(n)))
+    .context("no unused serial above the reconciled frontier in the grant's first range")?;
+    let mut provisional = Vec::new();
+    for name in ["provisional-held", "provisional-clone"] {
+        let key = device_key()?;
+        let leaf =
+            stamp_core::device::issue(&grant, unused, &key.spki_der, now, random_serial()?, &site_issuer)?;
+        provisional.push(Stamp::write(out.join(name), &leaf, &site_chain, &key.pkcs8)?);
+    }
+    let [held, second] = <[Stamp; 2]>::try_from(provisional)
+        .map_err(|_| anyhow::anyhow!("two provisional stamps expected"))?;
+    let provisional_clone = Attacker {
+        name: "provisional-clone",
+        made_by:
+            "the site's issuing CA key (a compromised site): an unused serial above the reconciled frontier, \
+                  signed for a second key after a first key took it",
+        serial: unused,
+        expected: Reason::Clone,
+        stamp: second,
+        held_by: Some(held),
+    };
+    Ok(vec![counterfeit, clone, over, revoked, provisional_clone])
 }
 
 /// Connects a device to the gateway.
@@ -361,6 +405,40 @@ pub(super) fn run(n: &mut Narrator, inp: &Inputs<'_>) -> anyhow::Result<Cloud> {
         site_crl_path.display()
     ));
 
+    // The grant is used up: every serial HQ allocated is at or below the reconciled frontier, so
+    // nothing can be provisional. HQ grants more, which opens the provisional allowance the
+    // last attacker tries to stretch.
+    let more = cloud_dir.join("more-quota.cose");
+    let added = n.step(
+        "HQ: grant 10 more devices (a new serial range, not used yet); the site applies it",
+        || {
+            let mut hq = stamp_hq::Hq::open(inp.hq_dir, (inp.keys)()?)?;
+            let report = hq.amend(
+                &stamp_hq::entitle::AmendRequest {
+                    entitlement_id: inp.entitlement_id.to_owned(),
+                    add_quota: MORE_QUOTA,
+                    not_before: None,
+                    not_after: None,
+                    status: None,
+                    revoke: None,
+                },
+                &more,
+                now(),
+            )?;
+            drop(hq);
+            let mut site = stamp_site::Site::open(inp.site_dir, (inp.keys)()?)?;
+            let bytes = std::fs::read(&more).with_context(|| format!("cannot read {}", more.display()))?;
+            let verified = site.verify_entitlement(&bytes, now())?;
+            site.apply_entitlement(verified, now())?;
+            Ok(report)
+        },
+    )?;
+    n.say(format!(
+        "package {} adds {MORE_QUOTA} devices: {}",
+        added.sequence,
+        more.display()
+    ));
+
     let registry_path = cloud_dir.join("registry.cose");
     let (reg, exported) = n.step(
         "HQ: export the signed registry for the cloud (site CAs, ranges, genuine devices, revocations)",
@@ -384,7 +462,7 @@ pub(super) fn run(n: &mut Narrator, inp: &Inputs<'_>) -> anyhow::Result<Cloud> {
 
     let attackers_dir = inp.dir.join("attackers");
     let attackers = n.step(
-        "Attackers: forge a counterfeit under a rogue CA; with the site's issuing key, a clone and an over-range device",
+        "Attackers: forge a counterfeit under a rogue CA; with the site's issuing key, a clone, an over-range device and two keys for one provisional serial",
         || forge(inp, &reg, &stamp_of(revoked_serial), revoked_serial, first, &attackers_dir),
     )?;
     for a in &attackers {
@@ -403,7 +481,10 @@ pub(super) fn run(n: &mut Narrator, inp: &Inputs<'_>) -> anyhow::Result<Cloud> {
             Ok(gateway::Running::start(
                 std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
                 config,
-                Arc::new(Gateway::new(reg)),
+                Arc::new(Gateway::new(
+                    reg,
+                    stamp_cloud::state::GatewayState::open(&cloud_dir.join("gateway-state.db"))?,
+                )?),
             )?)
         },
     )?;
@@ -450,6 +531,18 @@ pub(super) fn run(n: &mut Narrator, inp: &Inputs<'_>) -> anyhow::Result<Cloud> {
         || {
             let mut out = Vec::new();
             for a in &attackers {
+                if let Some(first) = &a.held_by {
+                    let r = connect(&server, &ca_pem, first)?;
+                    if !r.admitted || r.standing != "provisional" {
+                        bail!(
+                            "the first key of serial {} was not admitted as provisional: {} [{}] {}",
+                            a.serial,
+                            r.standing,
+                            r.reason.unwrap_or_default(),
+                            r.detail
+                        );
+                    }
+                }
                 let r = connect(&server, &ca_pem, &a.stamp)?;
                 let reason = r.reason.clone().unwrap_or_default();
                 if r.admitted || reason != a.expected.code() {
