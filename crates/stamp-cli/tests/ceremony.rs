@@ -242,7 +242,9 @@ fn demo_runs_the_ceremony() {
     let ca = v["site_issuing_ca_cert"].as_str().unwrap();
     let out = openssl(&["verify", "-x509_strict", "-CAfile", root, ca]);
     assert!(out.status.success());
-    assert_eq!(v["steps"].as_array().unwrap().len(), 23);
+    // The cloud steps include HQ granting more devices and a site owner hiding a serial from
+    // its log before the registry export; the line steps a renewal clone.
+    assert_eq!(v["steps"].as_array().unwrap().len(), 24);
     assert_eq!(v["quota"], 20);
     assert!(std::path::Path::new(v["entitlement"].as_str().unwrap()).is_file());
 }

@@ -1,9 +1,10 @@
 //! The demo's cloud steps, after HQ has reconciled the site's audit log: HQ revokes one device
 //! and exports the signed registry; the gateway (stamp-cloud) starts in this process on a
 //! loopback port; genuine devices connect with the stamps and keys the simulator saved and are
-//! admitted; a counterfeit, a clone, an over-range device, the revoked device and a second key for
-//! a provisional serial connect over the same mutual TLS and must each be refused with the reason
-//! the verifier or the gateway gives for that attack.
+//! admitted; a counterfeit, a clone, an over-range device, the revoked device, a second key for
+//! a provisional serial and a clock-shifted device for a serial the site hid from its log connect
+//! over the same mutual TLS and must each be refused with the reason the verifier or the gateway
+//! gives for that attack.
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -84,8 +85,9 @@ pub(super) struct Cloud {
 /// One attacker's connection and the gateway's answer.
 #[derive(Serialize, Clone)]
 pub(super) struct Refusal {
-    /// `counterfeit`, `clone`, `over-range`, `revoked` or `provisional-clone` (after another key
-    /// took the same unused serial provisionally).
+    /// `counterfeit`, `clone`, `over-range`, `revoked`, `provisional-clone` (after another key
+    /// took the same unused serial provisionally) or `log-skipped` (a serial the site hid from its
+    /// log, signed with its clock an hour slow).
     pub attacker: &'static str,
     /// How its certificate was made.
     pub made_by: &'static str,
@@ -166,6 +168,7 @@ fn forge(
     revoked: &Stamp,
     revoked_serial: u64,
     copied: u64,
+    skipped: u64,
     out: &Path,
 ) -> anyhow::Result<Vec<Attacker>> {
     let now = super::super::now();
@@ -327,7 +330,127 @@ fn forge(
         stamp: second,
         held_by: Some(held),
     };
-    Ok(vec![counterfeit, clone, over, revoked, provisional_clone])
+    // 6. A clock-shifted counterfeit: the serial the site hid from its engine (so from its log),
+    //    signed with a clock an hour slow, as if made before the site's last export. Coverage
+    //    comes from serials, not clocks: it is below the grant's reconciled serial frontier and
+    //    not a genuine device.
+    let key = device_key()?;
+    let slow = now - time::Duration::hours(1);
+    let leaf = stamp_core::device::issue(
+        &grant,
+        skipped,
+        &key.spki_der,
+        slow,
+        random_serial()?,
+        &site_issuer,
+    )?;
+    let log_skipped = Attacker {
+        name: "log-skipped",
+        made_by: "the site's issuing CA key with the site's clock an hour slow (a compromised site): the serial it \
+                  hid from its engine and its log",
+        serial: skipped,
+        expected: Reason::NotInLog,
+        stamp: Stamp::write(out.join("log-skipped"), &leaf, &site_chain, &key.pkcs8)?,
+        held_by: None,
+    };
+    Ok(vec![
+        counterfeit,
+        clone,
+        over,
+        revoked,
+        provisional_clone,
+        log_skipped,
+    ])
+}
+
+/// What [`skip_a_serial`] did.
+struct Skipped {
+    /// The serial the engine was made to skip.
+    skipped: u64,
+    /// The serial it issued next.
+    issued: u64,
+    /// Devices HQ recorded from the export.
+    recorded: u64,
+}
+
+/// A site owner with the site's database hides the grant's next serial from the engine: a row
+/// in the site's device table that no log entry backs (so the engine goes past it and the log
+/// never holds it). The site then issues one device honestly, exports its log to `bundle`, and
+/// HQ reconciles it.
+fn skip_a_serial(inp: &Inputs<'_>, bundle: &Path) -> anyhow::Result<Skipped> {
+    let now = super::super::now();
+    let site = stamp_site::Site::open(inp.site_dir, (inp.keys)()?)?;
+    let grant: Grant = site
+        .store()
+        .grant(inp.entitlement_id)?
+        .with_context(|| format!("no entitlement {} at the site", inp.entitlement_id))?
+        .0
+        .grant;
+    drop(site);
+    let db_path = inp.site_dir.join("stamp-site.db");
+    let db = stamp_store::rusqlite::Connection::open(&db_path)
+        .with_context(|| format!("cannot open {}", db_path.display()))?;
+    db.busy_timeout(Duration::from_secs(10))?;
+    let max: Option<i64> = db.query_row(
+        "SELECT MAX(device_serial) FROM devices WHERE entitlement_id = ?1",
+        [inp.entitlement_id],
+        |r| r.get(0),
+    )?;
+    let after = max.map(|m| m as u64);
+    let mut ranges = grant.serial_ranges.clone();
+    ranges.sort_by_key(|r| r.first);
+    let skipped = ranges
+        .iter()
+        .find_map(|r| match after {
+            None => Some(r.first),
+            Some(a) if a < r.first => Some(r.first),
+            Some(a) if a < r.last => Some(a + 1),
+            Some(_) => None,
+        })
+        .context("the grant has no serial left to skip")?;
+    let mut spki = [0u8; 32];
+    SystemRandom::new()
+        .fill(&mut spki)
+        .map_err(|_| anyhow::anyhow!("system random generator failed"))?;
+    db.execute(
+        "INSERT INTO devices (device_serial, entitlement_id, cert_sha256, spki_sha256, certificate, issued_ms, station, log_index)
+         VALUES (?1, ?2, x'00', ?3, x'00', ?4, 'line-1', 0)",
+        stamp_store::rusqlite::params![
+            skipped as i64,
+            inp.entitlement_id,
+            spki.as_slice(),
+            stamp_site::unix_ms(now)
+        ],
+    )?;
+    drop(db);
+
+    let mut site = stamp_site::Site::open(inp.site_dir, (inp.keys)()?)?;
+    let engine = stamp_site::engine::Engine::start(&site)?;
+    let device = SoftSigner::ephemeral("device", SignatureAlgorithm::EcdsaP256Sha256)?;
+    let csr = stamp_core::csr::create(&device, "device")?;
+    let issued = engine.issue(inp.entitlement_id, &csr, "line-1", now);
+    engine.shutdown();
+    let issued = issued?.device_serial;
+    ensure!(
+        issued > skipped,
+        "the engine issued serial {issued}, not one past {skipped}"
+    );
+    site.export_audit(bundle, None, now)?;
+    drop(site);
+    let mut hq = stamp_hq::Hq::open(inp.hq_dir, (inp.keys)()?)?;
+    let file = std::fs::File::open(bundle).with_context(|| format!("cannot open {}", bundle.display()))?;
+    let report = hq.reconcile(std::io::BufReader::new(file), now)?;
+    ensure!(
+        report.ok && report.devices_recorded == 1,
+        "HQ's reconciliation of the second export: ok {}, {} device(s) recorded",
+        report.ok,
+        report.devices_recorded
+    );
+    Ok(Skipped {
+        skipped,
+        issued,
+        recorded: report.devices_recorded,
+    })
 }
 
 /// Connects a device to the gateway.
@@ -439,6 +562,16 @@ pub(super) fn run(n: &mut Narrator, inp: &Inputs<'_>) -> anyhow::Result<Cloud> {
         more.display()
     ));
 
+    let bundle2 = cloud_dir.join("audit-2.bundle");
+    let skip = n.step(
+        "Site owner (compromised): hide the next serial from the engine (a device row its log never gets) and go on issuing; HQ reconciles the next export",
+        || skip_a_serial(inp, &bundle2),
+    )?;
+    n.say(format!(
+        "serial {} is missing from the log; the engine issued {} next; HQ recorded {} device(s), so the grant's reconciled serial frontier is {}",
+        skip.skipped, skip.issued, skip.recorded, skip.issued
+    ));
+
     let registry_path = cloud_dir.join("registry.cose");
     let (reg, exported) = n.step(
         "HQ: export the signed registry for the cloud (site CAs, ranges, genuine devices, revocations)",
@@ -462,8 +595,18 @@ pub(super) fn run(n: &mut Narrator, inp: &Inputs<'_>) -> anyhow::Result<Cloud> {
 
     let attackers_dir = inp.dir.join("attackers");
     let attackers = n.step(
-        "Attackers: forge a counterfeit under a rogue CA; with the site's issuing key, a clone, an over-range device and two keys for one provisional serial",
-        || forge(inp, &reg, &stamp_of(revoked_serial), revoked_serial, first, &attackers_dir),
+        "Attackers: forge a counterfeit under a rogue CA; with the site's issuing key, a clone, an over-range device, two keys for one provisional serial and the hidden serial under a slow clock",
+        || {
+            forge(
+                inp,
+                &reg,
+                &stamp_of(revoked_serial),
+                revoked_serial,
+                first,
+                skip.skipped,
+                &attackers_dir,
+            )
+        },
     )?;
     for a in &attackers {
         n.say(format!("{} (serial {}): {}", a.name, a.serial, a.made_by));
