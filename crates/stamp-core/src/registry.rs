@@ -112,8 +112,13 @@ pub struct Registry {
     pub sites: Vec<RegistrySite>,
     /// Every entitlement HQ granted.
     pub entitlements: Vec<RegistryEntitlement>,
-    /// Genuine devices HQ reconciled, as `[device serial, SHA-256 of the certificate]`, by serial.
+    /// Genuine devices HQ reconciled, as `[device serial, SHA-256 of the certificate]`, by serial:
+    /// each serial's one live certificate.
     pub devices: Vec<RegisteredDevice>,
+    /// Certificates of those devices that a renewal HQ reconciled replaced, by serial: refused
+    /// as `superseded`. Absent: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub superseded: Vec<RegisteredDevice>,
     /// Revocations.
     pub revocations: Vec<Revocation>,
     /// Days a device HQ has not reconciled may count as provisional, from its certificate's
@@ -490,6 +495,7 @@ mod tests {
                     entitlement(&grant("s2.1", 1000, 1100), "s2"),
                 ],
                 devices: Vec::new(),
+                superseded: Vec::new(),
                 revocations: Vec::new(),
                 provisional_days: 30,
             }

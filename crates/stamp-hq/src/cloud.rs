@@ -300,17 +300,21 @@ impl Hq {
                 serial_frontier,
             });
         }
-        let mut devices = Vec::new();
+        let (mut devices, mut superseded) = (Vec::new(), Vec::new());
         store.for_each_device(None, |d| {
-            // One live certificate per serial: a renewal HQ accepted replaced this one.
-            if d.superseded {
-                return Ok(());
-            }
-            let h = hex::decode(&d.certificate_sha256).unwrap_or_default();
-            devices.push(RegisteredDevice(d.device_serial, ByteBuf::from(h)));
+            let h = hex::decode(&d.certificate_sha256)
+                .map_err(|_| HqError::CorruptStore("a device's certificate hash is not hex"))?;
+            // One live certificate per serial: a renewal HQ accepted replaced a superseded one.
+            let into = if d.superseded {
+                &mut superseded
+            } else {
+                &mut devices
+            };
+            into.push(RegisteredDevice(d.device_serial, ByteBuf::from(h)));
             Ok(())
         })?;
         devices.sort();
+        superseded.sort();
         let revocations = revocations(store)?;
         let reg = Registry {
             format: registry::FORMAT.to_owned(),
@@ -322,6 +326,7 @@ impl Hq {
             sites,
             entitlements,
             devices,
+            superseded,
             revocations,
             provisional_days,
         };

@@ -112,6 +112,9 @@ pub enum HqError {
     /// Stored JSON could not be read or written.
     #[error("HQ database holds malformed data")]
     Json(#[from] serde_json::Error),
+    /// A stored value is not what HQ writes there.
+    #[error("HQ database holds malformed data: {0}")]
+    CorruptStore(&'static str),
     /// The system random generator failed.
     #[error("the system random number generator failed")]
     Random,

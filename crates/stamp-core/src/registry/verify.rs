@@ -21,6 +21,8 @@ pub struct VerifiedRegistry {
     root_sha256: [u8; 32],
     /// Devices sorted by serial.
     devices: Vec<(u64, [u8; 32])>,
+    /// Superseded certificates (SHA-256), with their serials.
+    superseded: HashMap<[u8; 32], u64>,
     revoked_serials: HashMap<u64, String>,
     revoked_certs: HashMap<[u8; 32], String>,
     revoked_entitlements: HashMap<String, String>,
@@ -72,6 +74,9 @@ pub enum Reason {
     /// HQ suspended the entitlement: its devices HQ has not reconciled are not admitted
     /// provisionally (registered ones still are).
     EntitlementSuspended,
+    /// HQ registered a renewal of this device: this certificate was replaced (one live
+    /// certificate per serial).
+    Superseded,
     /// HQ revoked the device (by serial or certificate).
     Revoked,
     /// HQ registered this serial with a different certificate: a clone.
@@ -100,6 +105,7 @@ impl Reason {
             Reason::SiteRevoked => "site-revoked",
             Reason::EntitlementRevoked => "entitlement-revoked",
             Reason::EntitlementSuspended => "entitlement-suspended",
+            Reason::Superseded => "superseded",
             Reason::Revoked => "revoked",
             Reason::Clone => "clone",
             Reason::NotInLog => "not-in-log",
@@ -210,6 +216,10 @@ impl VerifiedRegistry {
             devices.push((d.0, hash32(&d.1)?));
         }
         devices.sort_unstable();
+        let mut superseded = HashMap::with_capacity(reg.superseded.len());
+        for d in &reg.superseded {
+            superseded.insert(hash32(&d.1)?, d.0);
+        }
         let mut rs = HashMap::new();
         let mut rc = HashMap::new();
         let mut re = HashMap::new();
@@ -239,10 +249,12 @@ impl VerifiedRegistry {
         }
         let mut reg = reg;
         reg.devices = Vec::new(); // kept once, in `devices`
+        reg.superseded = Vec::new(); // and in `superseded`
         Ok(VerifiedRegistry {
             reg,
             root_sha256,
             devices,
+            superseded,
             revoked_serials: rs,
             revoked_certs: rc,
             revoked_entitlements: re,
@@ -446,6 +458,12 @@ impl VerifiedRegistry {
             });
         }
         if !known.is_empty() {
+            if self.superseded.get(cert_sha) == Some(&serial) {
+                return with_ent(Verdict::refused(
+                    Reason::Superseded,
+                    format!("a renewal HQ reconciled replaced this certificate of serial {serial}"),
+                ));
+            }
             return with_ent(Verdict::refused(
                 Reason::Clone,
                 format!("HQ registered serial {serial} with another certificate"),
@@ -730,9 +748,10 @@ mod tests {
             Reason::NotInLog => 12,
             Reason::NotReconciled => 13,
             Reason::EntitlementSuspended => 14,
+            Reason::Superseded => 15,
         }
     }
-    const REASONS: usize = 15;
+    const REASONS: usize = 16;
 
     type Expect = Result<Standing, Reason>;
     /// A name, the registry, the chain the device presents, when, and the verdict expected.
@@ -851,6 +870,10 @@ mod tests {
 
         let mut reg = pki.registry();
         reg.devices = vec![registered(&reg_dev, 1), registered(&revoked_serial, 7)];
+        // `clone` has serial 1 too: listed as superseded, it is refused as such.
+        let mut renewed = reg.clone();
+        renewed.superseded = vec![registered(&clone, 1)];
+        let renewed = pki.verified(&renewed);
         let clean = pki.verified(&reg);
         reg.revocations = vec![
             revocation(|r| r.site_id = Some("s2".into())),
@@ -935,6 +958,13 @@ mod tests {
                 one(&clone),
                 NOW,
                 Err(Reason::Clone),
+            ),
+            (
+                "a certificate a renewal replaced",
+                &renewed,
+                one(&clone),
+                NOW,
+                Err(Reason::Superseded),
             ),
             (
                 "last serial in range",
