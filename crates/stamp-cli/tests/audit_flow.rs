@@ -163,3 +163,114 @@ fn issue_export_reconcile_extend_and_refuse_tampering() {
         "{text}"
     );
 }
+
+/// `stamp` under a shifted clock (libfaketime, installed by scripts/test), `offset` like "+2h".
+fn stamp_at(c: &Ceremony, offset: &str, args: &[&str]) -> std::process::Output {
+    let out = std::process::Command::new("faketime")
+        .args(["-f", offset])
+        .arg(assert_cmd::cargo::cargo_bin("stamp"))
+        .arg("--passphrase-file")
+        .arg(&c.pass)
+        .args(args)
+        .env_remove("STAMP_PASSPHRASE_FILE")
+        .output()
+        .unwrap_or_else(|e| panic!("faketime is required ({e}); run scripts/test, which installs it"));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+fn entitle_five(c: &Ceremony) {
+    let pkg = c.tmp.path().join("e.cose");
+    stamp_json(
+        &c.pass,
+        &[
+            "hq",
+            "entitle",
+            "--dir",
+            s(&c.hq),
+            "--site",
+            "plant-7",
+            "--product",
+            "thermo-2",
+            "--quota",
+            "5",
+            "-o",
+            s(&pkg),
+        ],
+    );
+    stamp_json(&c.pass, &["site", "import", "--dir", s(&c.site), s(&pkg)]);
+}
+
+#[test]
+fn a_site_clock_ahead_of_hq_is_reported_and_one_set_back_cannot_move_the_log_back() {
+    // Ahead: a site whose clock runs two hours fast dates its entries after the bundle reaches HQ.
+    let c = ceremony(true);
+    entitle_five(&c);
+    let dir = csrs(&c.tmp.path().join("ahead"), 3);
+    let out = c.tmp.path().join("ahead-out");
+    stamp_at(
+        &c,
+        "+2h",
+        &[
+            "--json",
+            "site",
+            "issue",
+            "--dir",
+            s(&c.site),
+            "--entitlement",
+            "plant-7.1",
+            "--csr",
+            s(&dir),
+            "-o",
+            s(&out),
+        ],
+    );
+    let bundle = c.tmp.path().join("ahead.bundle");
+    stamp_json(
+        &c.pass,
+        &["site", "export-audit", "--dir", s(&c.site), "-o", s(&bundle)],
+    );
+    let (code, r) = reconcile(&c, &bundle);
+    assert_eq!(code, Some(1), "{r:#}");
+    let v = r["violations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["kind"] == "time-in-future")
+        .unwrap_or_else(|| panic!("{r:#}"));
+    assert!(v["entry_count"].as_u64().unwrap() >= 3, "{v}");
+
+    // Set back two days after the package was applied: the engine never dates an entry before the
+    // last one, so the log cannot go back into an earlier window or rate interval, and every
+    // certificate's notBefore is its entry's time. HQ reconciles it clean.
+    let c = ceremony(true);
+    entitle_five(&c);
+    let dir = csrs(&c.tmp.path().join("behind"), 3);
+    let out = c.tmp.path().join("behind-out");
+    let o = stamp_at(
+        &c,
+        "-2d",
+        &[
+            "--json",
+            "site",
+            "issue",
+            "--dir",
+            s(&c.site),
+            "--entitlement",
+            "plant-7.1",
+            "--csr",
+            s(&dir),
+            "-o",
+            s(&out),
+        ],
+    );
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["issued"], 3, "{v:#}");
+    let bundle = c.tmp.path().join("behind.bundle");
+    stamp_json(
+        &c.pass,
+        &["site", "export-audit", "--dir", s(&c.site), "-o", s(&bundle)],
+    );
+    let (code, r) = reconcile(&c, &bundle);
+    assert_eq!((code, &r["ok"]), (Some(0), &serde_json::json!(true)), "{r:#}");
+}

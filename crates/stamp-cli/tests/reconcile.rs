@@ -1644,3 +1644,38 @@ fn a_site_clock_behind_hq_or_ahead_and_backdated_certificates_are_reported() {
     assert_eq!(entries(violation(&r, "not-before-mismatch")), vec![i]);
     assert_eq!(r["devices_recorded"], 0);
 }
+
+#[test]
+fn one_site_cannot_burn_another_sites_serials_or_keys() {
+    let t = T::new();
+    let g7 = t.grant("plant-7.1");
+    let g9 = t.grant("plant-9.1");
+    let victim_serial = first_serial(&g7);
+    let victim_key = device_spki();
+    // Site plant-9, compromised, logs first: a certificate with plant-7's serial (outside its own
+    // range) and plant-7's device key; then one of its own serials with that key again.
+    let mut bad = SiteLog::new(t.b.other.clone());
+    t.apply(&mut bad, 1, "plant-9.1", "grant");
+    let taken = bad.device_with_key(&g9, victim_serial, &victim_key);
+    let own = bad.device_with_key(&g9, first_serial(&g9), &victim_key);
+    let b = bad.export();
+    let r = t.violations(&bad.seal(&b));
+    assert_eq!(entries(violation(&r, "serial-outside-range")), vec![taken]);
+    // Its in-range device is otherwise clean: it is genuine (plant-9 counts it), and takes the key.
+    assert_eq!(r["devices_recorded"], 1, "{r:#}");
+    assert!(!entries(&r["violations"][0]).contains(&own), "{r:#}");
+    // Then the honest site: its device keeps its serial, and its key stays its own device's.
+    let mut log = t.log_with(1, "plant-7.1");
+    let honest = log.device_with_key(&g7, victim_serial, &victim_key);
+    let b = log.export();
+    let r = t.violations(&log.seal(&b));
+    let v = violation(&r, "key-reused");
+    assert_eq!(entries(v), vec![honest]);
+    assert!(v["detail"].as_str().unwrap().contains("by site plant-9"), "{v}");
+    assert_eq!(
+        r["violations"].as_array().unwrap().len(),
+        1,
+        "only reported: {r:#}"
+    );
+    assert_eq!(r["devices_recorded"], 1, "the honest device stays genuine: {r:#}");
+}
