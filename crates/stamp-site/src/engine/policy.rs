@@ -91,6 +91,9 @@ pub(super) fn serial_after(ranges: &[SerialRange], last: Option<u64>) -> Option<
     }
 }
 
+/// A refusal, with the grant it concerns when known.
+pub(super) type Refusal = (Option<String>, RefusalReason);
+
 /// A request admitted: what [`Policy::commit`] records once its certificate is built.
 pub(super) struct Admitted {
     pub(super) entitlement_id: String,
@@ -242,7 +245,7 @@ impl Policy {
         proof: Option<&[u8]>,
         station: &str,
         time_ms: i64,
-    ) -> Result<Result<(Admitted, Vec<u8>), (Option<String>, RefusalReason)>, SiteError> {
+    ) -> Result<Result<(Admitted, Vec<u8>), Refusal>, SiteError> {
         let spki_sha256 = fingerprint::sha256(csr.spki_der());
         let target = match device::serial_in_subject(csr.subject_der()) {
             Some(serial) => self.live_certificate(serial)?.map(|t| (serial, t)),
