@@ -10,6 +10,7 @@ pub mod ceremony;
 pub mod cert;
 pub mod checkpoint;
 pub mod cloud_ca;
+pub(crate) mod cose;
 pub mod crl;
 pub mod csr;
 pub mod device;

@@ -218,7 +218,7 @@ pub fn sign(reg: &Registry, signer: &dyn Signer, signer_cert: &[u8]) -> Result<V
     ciborium::ser::into_writer(reg, &mut payload)
         .map_err(|_| RegistryError::Signing("CBOR encoding failed"))?;
     let protected = HeaderBuilder::new()
-        .algorithm(envelope::cose_sig_alg(alg))
+        .algorithm(crate::cose::cose_sig_alg(alg))
         .content_type(CONTENT_TYPE.to_owned())
         .value(
             LABEL_X5CHAIN,
@@ -238,15 +238,15 @@ pub fn sign(reg: &Registry, signer: &dyn Signer, signer_cert: &[u8]) -> Result<V
     let tbs = sign1.tbs_data(b"");
     let raw = signer.sign(&tbs)?;
     sign1.signature = match alg {
-        SignatureAlgorithm::EcdsaP256Sha256 => envelope::der_to_fixed(&raw, 32),
-        SignatureAlgorithm::EcdsaP384Sha384 => envelope::der_to_fixed(&raw, 48),
+        SignatureAlgorithm::EcdsaP256Sha256 => crate::cose::der_to_fixed(&raw, 32),
+        SignatureAlgorithm::EcdsaP384Sha384 => crate::cose::der_to_fixed(&raw, 48),
         SignatureAlgorithm::Ed25519 => Some(raw).filter(|s| s.len() == 64),
         SignatureAlgorithm::Rsa3072PssSha256 => None,
     }
     .ok_or(RegistryError::Signing(
         "the signer returned a malformed signature",
     ))?;
-    signature::UnparsedPublicKey::new(envelope::sig_verification(alg), signer.public_key())
+    signature::UnparsedPublicKey::new(crate::cose::sig_verification(alg), signer.public_key())
         .verify(&tbs, &sign1.signature)
         .map_err(|_| RegistryError::Signing("the signature does not verify with the signer's key"))?;
     sign1
@@ -286,7 +286,7 @@ pub fn verify(
     let alg = h
         .alg
         .as_ref()
-        .and_then(envelope::sig_alg_of)
+        .and_then(crate::cose::sig_alg_of)
         .ok_or(Malformed("missing or unsupported signature algorithm"))?;
     if !matches!(&h.content_type, Some(ContentType::Text(t)) if t == CONTENT_TYPE) {
         return Err(Malformed("the content type is not a stamp registry's"));
@@ -323,13 +323,13 @@ pub fn verify(
         now,
     )?;
     let signer = cert::parse(signer_der)?;
-    if sign1.signature.len() != envelope::sig_len(alg) {
+    if sign1.signature.len() != crate::cose::sig_len(alg) {
         return Err(RegistryError::BadSignature);
     }
     let payload = sign1.payload.as_deref().ok_or(Malformed("detached payload"))?;
     let tbs = sign1.tbs_data(b"");
     signature::UnparsedPublicKey::new(
-        envelope::sig_verification(alg),
+        crate::cose::sig_verification(alg),
         signer.public_key().subject_public_key.data.as_ref(),
     )
     .verify(&tbs, &sign1.signature)
@@ -540,7 +540,7 @@ mod tests {
         let mut s = CoseSign1::from_tagged_slice(file).unwrap();
         s.payload = Some(payload);
         let tbs = s.tbs_data(b"");
-        s.signature = envelope::der_to_fixed(&key.sign(&tbs).unwrap(), 32).unwrap();
+        s.signature = crate::cose::der_to_fixed(&key.sign(&tbs).unwrap(), 32).unwrap();
         s.to_tagged_vec().unwrap()
     }
 
@@ -608,7 +608,7 @@ mod tests {
             // The payload is exactly the CBOR registry.
             let s = CoseSign1::from_tagged_slice(&file).unwrap();
             assert_eq!(s.payload.as_deref(), Some(cbor(&reg).as_slice()));
-            assert_eq!(s.signature.len(), envelope::sig_len(alg));
+            assert_eq!(s.signature.len(), crate::cose::sig_len(alg));
         }
     }
 

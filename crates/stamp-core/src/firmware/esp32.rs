@@ -207,8 +207,7 @@ pub fn sign(input: &[u8], signer: &dyn Signer) -> Result<SignedImage, FirmwareEr
             block.extend_from_slice(&[BLOCK_MAGIC, VERSION_ECDSA, 0, 0]);
             block.extend_from_slice(&digest);
             block.extend_from_slice(&material);
-            let rs =
-                crate::envelope::der_to_fixed(&signature, 32).ok_or(FirmwareError::SignerInconsistent)?;
+            let rs = crate::cose::der_to_fixed(&signature, 32).ok_or(FirmwareError::SignerInconsistent)?;
             block.extend(rs[..32].iter().rev());
             block.extend(rs[32..].iter().rev());
             block.resize(BLOCK_CRC_OFFSET, 0);
