@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod pkcs7;
 pub mod server;
 pub mod simulate;
+mod state;
 pub mod tls;
 
 pub use config::Config;

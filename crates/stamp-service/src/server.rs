@@ -4,8 +4,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::http::Request;
@@ -13,16 +12,15 @@ use axum::response::IntoResponse;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use stamp_core::profile::Profile;
-use stamp_core::SiteId;
 use stamp_site::engine::Engine;
-use stamp_site::entitlements::GrantStatus;
 use stamp_site::{Site, SiteError, SiteStore};
-use tokio::sync::{watch, Notify, Semaphore};
+use tokio::sync::{watch, Semaphore};
 use tower::ServiceExt;
 
 use crate::api::{self, ApiError, Outcome, ERROR_HEADER};
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::state::{AppState, TrackGuard, Tracker};
 use crate::tls::{self, Peer};
 
 /// Why the service could not start or run.
@@ -55,85 +53,6 @@ pub enum ServiceError {
     /// The site has no credentials installed.
     #[error("the site has no credentials installed; run `stamp site install` first")]
     NotInstalled,
-}
-
-/// Counts running tasks (connections, engine calls) so a stop can wait for them.
-#[derive(Default)]
-pub struct Tracker {
-    count: AtomicUsize,
-    idle: Notify,
-}
-
-/// One tracked task; dropping it ends the task.
-pub struct TrackGuard(Arc<Tracker>);
-
-impl Drop for TrackGuard {
-    fn drop(&mut self) {
-        if self.0.count.fetch_sub(1, Ordering::SeqCst) == 1 {
-            self.0.idle.notify_waiters();
-        }
-    }
-}
-
-impl Tracker {
-    /// Starts tracking a task.
-    pub fn guard(self: &Arc<Self>) -> TrackGuard {
-        self.count.fetch_add(1, Ordering::SeqCst);
-        TrackGuard(self.clone())
-    }
-
-    /// Waits until no task is tracked.
-    pub async fn idle(&self) {
-        loop {
-            let notified = self.idle.notified();
-            if self.count.load(Ordering::SeqCst) == 0 {
-                return;
-            }
-            notified.await;
-        }
-    }
-
-    /// Tasks running now.
-    pub fn running(&self) -> usize {
-        self.count.load(Ordering::SeqCst)
-    }
-}
-
-/// What every request handler shares.
-pub struct AppState {
-    pub(crate) engine: Arc<Engine>,
-    site: Mutex<Site>,
-    store: Mutex<SiteStore>,
-    pub(crate) site_id: SiteId,
-    pub(crate) config: Config,
-    pub(crate) metrics: Metrics,
-    pub(crate) cacerts_p7: Vec<u8>,
-    /// The chain's certificates (issuing CA, OEM root) as DER and PEM: encoded once, not per
-    /// answer.
-    pub(crate) chain_pem: Vec<(Vec<u8>, String)>,
-    pub(crate) in_flight: Arc<Semaphore>,
-    pub(crate) tracker: Arc<Tracker>,
-    pub(crate) lanes: Arc<crate::lanes::Lanes>,
-}
-
-impl AppState {
-    /// The read connection to the site database (stations, status).
-    pub(crate) fn store(&self) -> MutexGuard<'_, SiteStore> {
-        self.store
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    pub(crate) fn statuses(&self) -> Result<Vec<GrantStatus>, ApiError> {
-        stamp_site::entitlements::grant_statuses(&self.store(), crate::now()).map_err(|e| {
-            tracing::error!(error = %e, "site database read failed");
-            ApiError::unavailable("the site database could not be read")
-        })
-    }
-
-    pub(crate) fn engine_failed(&self) -> bool {
-        self.engine.failed()
-    }
 }
 
 /// A prepared service: engine running, server certificate issued, listener bound.
@@ -339,7 +258,7 @@ struct Connection {
     acceptor: tokio_rustls::TlsAcceptor,
     router: axum::Router,
     stop: watch::Receiver<bool>,
-    guard: crate::server::TrackGuard,
+    guard: TrackGuard,
 }
 
 impl Connection {
