@@ -11,37 +11,10 @@ use stamp_core::registry::{self, RegisteredDevice, Registry, RegistryEntitlement
 use stamp_core::{cert, fingerprint, SiteId};
 use stamp_keys::{KeyRef, KeyStore};
 use stamp_store::rusqlite::{params, OptionalExtension};
-use stamp_store::Migration;
 use time::OffsetDateTime;
 
 use crate::entitle::AmendRequest;
 use crate::{Hq, HqError, HqStore};
-
-/// Revocations and registry exports (schema version 5).
-pub(crate) const MIGRATION: Migration = Migration {
-    version: 5,
-    sql: "
-    -- Revocations HQ publishes in the registry; exactly one selector per row.
-    CREATE TABLE revocations (
-        id INTEGER PRIMARY KEY,
-        device_serial INTEGER,
-        certificate_sha256 BLOB,
-        entitlement_id TEXT,
-        site_id TEXT,
-        reason TEXT NOT NULL,
-        revoked_at INTEGER NOT NULL,
-        CHECK ((device_serial IS NOT NULL) + (certificate_sha256 IS NOT NULL)
-             + (entitlement_id IS NOT NULL) + (site_id IS NOT NULL) = 1)
-    );
-    -- Every registry HQ signed, by sequence (verifiers refuse older sequences).
-    CREATE TABLE registry_exports (
-        sequence INTEGER PRIMARY KEY,
-        sha256 BLOB NOT NULL,
-        devices INTEGER NOT NULL,
-        created_at TEXT NOT NULL
-    );
-",
-};
 
 /// What to revoke.
 #[derive(Clone, Debug)]
