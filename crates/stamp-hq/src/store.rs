@@ -13,8 +13,14 @@ use time::OffsetDateTime;
 
 use crate::HqError;
 
+mod cloud;
+mod entitle;
 mod schema;
 
+pub use cloud::CaCert;
+pub(crate) use cloud::{grant_states, revocations};
+pub(crate) use entitle::summary;
+pub use entitle::{EntitlementSummary, PackageSelector, SealedPackage};
 use schema::MIGRATIONS;
 
 /// The HQ database.
