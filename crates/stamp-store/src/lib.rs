@@ -415,7 +415,10 @@ mod tests {
         assert_eq!(Database::open(&p, M).unwrap().schema_version().unwrap(), 2);
         // The empty list is well formed (version 0).
         let empty = dir.path().join("e.db");
-        assert_eq!(Database::create(&empty, &[]).unwrap().schema_version().unwrap(), 0);
+        assert_eq!(
+            Database::create(&empty, &[]).unwrap().schema_version().unwrap(),
+            0
+        );
     }
 
     #[test]

@@ -210,20 +210,32 @@ mod tests {
 
     #[test]
     fn released_migrations_are_unchanged_and_numbered_by_position() {
+        for (i, m) in MIGRATIONS.iter().enumerate() {
+            assert_eq!(
+                Some(m.version),
+                u32::try_from(i + 1).ok(),
+                "entry {i} of the list"
+            );
+            let sha = hex::encode(stamp_core::fingerprint::sha256(m.sql.as_bytes()));
+            match RELEASED.get(i) {
+                Some((version, pinned)) => {
+                    assert_eq!(m.version, *version);
+                    assert_eq!(
+                        sha, *pinned,
+                        "migration {version} was edited; add a new migration instead"
+                    );
+                }
+                None => panic!(
+                    "migration {} is new: add ({}, \"{sha}\") to RELEASED",
+                    m.version, m.version
+                ),
+            }
+        }
         assert_eq!(
             MIGRATIONS.len(),
             RELEASED.len(),
-            "a new migration needs its hash in RELEASED"
+            "RELEASED pins a migration the list lacks"
         );
-        for (i, (m, (version, sha))) in MIGRATIONS.iter().zip(RELEASED).enumerate() {
-            assert_eq!(m.version as usize, i + 1);
-            assert_eq!(m.version, *version);
-            assert_eq!(
-                hex::encode(stamp_core::fingerprint::sha256(m.sql.as_bytes())),
-                *sha,
-                "migration {version} was edited; add a new migration instead"
-            );
-        }
     }
 
     #[test]
