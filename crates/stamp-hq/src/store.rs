@@ -1,4 +1,8 @@
 //! The HQ database: a narrow, typed interface over SQLite.
+//!
+//! Its whole schema is [`schema`] (one ordered migration list); the queries of the cloud exports
+//! and of entitlements are in `store/cloud.rs` and `store/entitle.rs`. The store depends on no
+//! feature module: they depend on it.
 
 use std::path::Path;
 

@@ -1,4 +1,5 @@
-//! The site database: a narrow, typed interface over SQLite.
+//! The site database: a narrow, typed interface over SQLite. Its whole schema is [`schema`] (one
+//! ordered migration list).
 
 use std::path::Path;
 
