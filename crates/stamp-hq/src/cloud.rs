@@ -1,47 +1,20 @@
 //! What HQ hands the cloud: the signed stamp registry, AWS IoT and Azure IoT DPS material, and
 //! device revocations. Formats: `docs/cloud.md`.
 
-use std::collections::BTreeMap;
-use std::io::Write;
-
 use serde_bytes::ByteBuf;
-use stamp_core::entitlement::{DeviceRevocation, GrantState, Status};
+use stamp_core::entitlement::{DeviceRevocation, Status};
 use stamp_core::profile::{Issuer, Profile};
-use stamp_core::registry::{self, RegisteredDevice, Registry, RegistryEntitlement, RegistrySite, Revocation};
-use stamp_core::{cert, fingerprint, SiteId};
+use stamp_core::registry::{self, RegisteredDevice, Registry, RegistryEntitlement, RegistrySite};
+use stamp_core::{fingerprint, SiteId};
 use stamp_keys::{KeyRef, KeyStore};
 use stamp_store::rusqlite::{params, OptionalExtension};
-use stamp_store::Migration;
 use time::OffsetDateTime;
 
-use crate::entitle::AmendRequest;
-use crate::{Hq, HqError, HqStore};
+pub use crate::store::CaCert;
 
-/// Revocations and registry exports (schema version 5).
-pub(crate) const MIGRATION: Migration = Migration {
-    version: 5,
-    sql: "
-    -- Revocations HQ publishes in the registry; exactly one selector per row.
-    CREATE TABLE revocations (
-        id INTEGER PRIMARY KEY,
-        device_serial INTEGER,
-        certificate_sha256 BLOB,
-        entitlement_id TEXT,
-        site_id TEXT,
-        reason TEXT NOT NULL,
-        revoked_at INTEGER NOT NULL,
-        CHECK ((device_serial IS NOT NULL) + (certificate_sha256 IS NOT NULL)
-             + (entitlement_id IS NOT NULL) + (site_id IS NOT NULL) = 1)
-    );
-    -- Every registry HQ signed, by sequence (verifiers refuse older sequences).
-    CREATE TABLE registry_exports (
-        sequence INTEGER PRIMARY KEY,
-        sha256 BLOB NOT NULL,
-        devices INTEGER NOT NULL,
-        created_at TEXT NOT NULL
-    );
-",
-};
+use crate::entitle::AmendRequest;
+use crate::store::{grant_states, revocations};
+use crate::{Hq, HqError};
 
 /// What to revoke.
 #[derive(Clone, Debug)]
@@ -91,18 +64,6 @@ pub struct RegistryReport {
     pub bytes: usize,
     /// SHA-256 of the file, hex.
     pub sha256: String,
-}
-
-/// A CA certificate for a cloud, PEM with its fingerprint.
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct CaCert {
-    /// The site, for a site issuing CA.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub site_id: Option<String>,
-    /// SHA-256 of the DER, colon hex.
-    pub sha256: String,
-    /// The certificate, PEM.
-    pub pem: String,
 }
 
 impl Hq {
@@ -384,144 +345,6 @@ fn frontier_within(ranges: &[stamp_core::entitlement::SerialRange], frontier: u6
         .filter(|r| r.first <= frontier)
         .map(|r| r.last.min(frontier))
         .max()
-}
-
-fn grant_states(store: &HqStore) -> Result<Vec<(String, GrantState)>, HqError> {
-    let mut stmt = store
-        .conn()
-        .prepare("SELECT site_id, state_json FROM entitlements ORDER BY rowid")?;
-    let rows = stmt
-        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
-        .collect::<Result<Vec<_>, _>>()?;
-    rows.into_iter()
-        .map(|(s, j)| Ok((s, serde_json::from_str(&j)?)))
-        .collect()
-}
-
-fn revocations(store: &HqStore) -> Result<Vec<Revocation>, HqError> {
-    let mut stmt = store.conn().prepare(
-        "SELECT device_serial, certificate_sha256, entitlement_id, site_id, reason, revoked_at FROM revocations ORDER BY id",
-    )?;
-    let rows = stmt
-        .query_map([], |r| {
-            Ok(Revocation {
-                device_serial: r.get::<_, Option<i64>>(0)?.map(|n| n as u64),
-                certificate_sha256: r.get::<_, Option<Vec<u8>>>(1)?.map(ByteBuf::from),
-                entitlement_id: r.get(2)?,
-                site_id: r.get(3)?,
-                reason: r.get(4)?,
-                revoked_at: r.get(5)?,
-            })
-        })?
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(rows)
-}
-
-/// A thing name AWS IoT accepts (`[a-zA-Z0-9:_-]`, at most 128 characters).
-fn thing_name(product_id: &str, serial: u64) -> String {
-    let p: String = product_id
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == ':' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .take(100)
-        .collect();
-    format!("{p}-{serial}")
-}
-
-#[derive(serde::Serialize)]
-#[serde(rename_all = "PascalCase")]
-struct BulkLine<'a> {
-    thing_name: String,
-    serial_number: String,
-    certificate_pem: String,
-    #[serde(rename = "CACertificatePem")]
-    ca_certificate_pem: &'a str,
-    site_id: &'a str,
-    entitlement_id: &'a str,
-    product_id: &'a str,
-}
-
-impl HqStore {
-    /// Writes the AWS IoT bulk registration input: one JSON object per line per registered,
-    /// unrevoked device. Returns the number of lines.
-    pub fn export_aws_bulk(&self, out: &mut dyn Write) -> Result<u64, HqError> {
-        let products: BTreeMap<String, String> = grant_states(self)?
-            .into_iter()
-            .map(|(_, st)| {
-                (
-                    st.grant.entitlement_id.clone(),
-                    st.grant.product.product_id.clone(),
-                )
-            })
-            .collect();
-        let mut cas = BTreeMap::new();
-        for (site, _) in self.sites()? {
-            if let Ok(id) = SiteId::new(&site) {
-                cas.insert(
-                    site,
-                    cert::to_pem(&self.site_certificate(&id, Profile::SiteIssuingCa)?),
-                );
-            }
-        }
-        let revoked = revocations(self)?;
-        let is_revoked = |d: &crate::reconcile::DeviceRecord| {
-            revoked.iter().any(|r| {
-                r.device_serial == Some(d.device_serial)
-                    || r.certificate_sha256.as_ref().map(hex::encode).as_deref()
-                        == Some(&d.certificate_sha256)
-                    || r.entitlement_id.as_deref() == Some(&d.entitlement_id)
-                    || r.site_id.as_deref() == Some(&d.site_id)
-            })
-        };
-        let mut n = 0u64;
-        let io = |source| HqError::Io {
-            path: "<registration file>".into(),
-            source,
-        };
-        self.for_each_device(None, |d| {
-            if is_revoked(&d) || d.superseded {
-                return Ok(());
-            }
-            let product = products.get(&d.entitlement_id).map_or("device", String::as_str);
-            let line = BulkLine {
-                thing_name: thing_name(product, d.device_serial),
-                serial_number: d.device_serial.to_string(),
-                certificate_pem: cert::to_pem(&d.certificate),
-                ca_certificate_pem: cas.get(&d.site_id).map_or("", String::as_str),
-                site_id: &d.site_id,
-                entitlement_id: &d.entitlement_id,
-                product_id: product,
-            };
-            serde_json::to_writer(&mut *out, &line)?;
-            out.write_all(b"\n").map_err(io)?;
-            n += 1;
-            Ok(())
-        })?;
-        Ok(n)
-    }
-
-    /// The OEM root and every site issuing CA, PEM.
-    pub fn cloud_cas(&self) -> Result<(CaCert, Vec<CaCert>), HqError> {
-        let (_, root) = self.own_key(Profile::OemRoot)?;
-        let ca = |site_id, der: &[u8]| CaCert {
-            site_id,
-            sha256: fingerprint::colon_hex(&fingerprint::sha256(der)),
-            pem: cert::to_pem(der),
-        };
-        let mut sites = Vec::new();
-        for (site, _) in self.sites()? {
-            if let Ok(id) = SiteId::new(&site) {
-                let der = self.site_certificate(&id, Profile::SiteIssuingCa)?;
-                sites.push(ca(Some(site), &der));
-            }
-        }
-        Ok((ca(None, &root), sites))
-    }
 }
 
 #[cfg(test)]

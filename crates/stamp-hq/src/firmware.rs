@@ -12,38 +12,10 @@ use stamp_core::profile::{self, Holder, Profile, Validity};
 use stamp_core::{cert, fingerprint};
 use stamp_keys::{KeyRef, KeyStore};
 use stamp_store::rusqlite::{params, OptionalExtension};
-use stamp_store::Migration;
 use time::OffsetDateTime;
 
 use crate::store::{insert_cert, ts};
 use crate::{random_serial, write_pem, Hq, HqError, HqStore};
-
-/// The HQ schema step that adds firmware keys and releases.
-pub(crate) const MIGRATION: Migration = Migration {
-    version: 3,
-    sql: "
-        -- HQ's named firmware-signing keys.
-        CREATE TABLE firmware_keys (
-            name TEXT PRIMARY KEY,
-            key_ref TEXT NOT NULL,
-            algorithm TEXT NOT NULL,
-            cert_der BLOB NOT NULL,
-            created_at TEXT NOT NULL
-        );
-        -- Every signed firmware release; a version is released once per key and format.
-        CREATE TABLE firmware_releases (
-            id INTEGER PRIMARY KEY,
-            version TEXT NOT NULL,
-            format TEXT NOT NULL,
-            key_name TEXT NOT NULL REFERENCES firmware_keys (name),
-            sha256 BLOB NOT NULL,
-            image_digest BLOB NOT NULL,
-            size INTEGER NOT NULL,
-            signed_at TEXT NOT NULL,
-            UNIQUE (format, key_name, version)
-        );
-    ",
-};
 
 /// File name prefix of firmware keys and their certificates (keeps them apart from HQ's own keys).
 const PREFIX: &str = "firmware-";

@@ -45,7 +45,7 @@ use stamp_store::rusqlite::Connection;
 use time::OffsetDateTime;
 use x509_parser::certificate::X509Certificate;
 
-pub(crate) use db::{frontiers, FRONTIER_SQL, INDEX_CLEANUP_SQL, LIVE_SQL, MIGRATION_SQL};
+pub(crate) use db::frontiers;
 pub use db::{DeviceRecord, Equivocation};
 pub use report::{
     ReconcileReport, TreeHeadSummary, Violation, ViolationKind, MAX_LISTED_ENTRIES, MAX_VIOLATIONS,

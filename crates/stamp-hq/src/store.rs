@@ -1,4 +1,8 @@
 //! The HQ database: a narrow, typed interface over SQLite.
+//!
+//! Its whole schema is [`schema`] (one ordered migration list); the queries of the cloud exports
+//! and of entitlements are in `store/cloud.rs` and `store/entitle.rs`. The store depends on no
+//! feature module: they depend on it.
 
 use std::path::Path;
 
@@ -7,104 +11,21 @@ use stamp_core::profile::Profile;
 use stamp_core::SiteId;
 use stamp_keys::KeyRef;
 use stamp_store::rusqlite::{params, OptionalExtension};
-use stamp_store::{Database, Migration, StoreError};
+use stamp_store::{Database, StoreError};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use crate::HqError;
 
-const MIGRATIONS: &[Migration] = &[
-    Migration {
-        version: 1,
-        sql: "
-        CREATE TABLE hq (
-            id INTEGER PRIMARY KEY CHECK (id = 1),
-            org TEXT NOT NULL,
-            created_at TEXT NOT NULL
-        );
-        -- HQ's own keys: where each lives and its certificate.
-        CREATE TABLE own_keys (
-            profile TEXT PRIMARY KEY,
-            key_ref TEXT NOT NULL,
-            algorithm TEXT NOT NULL,
-            cert_der BLOB NOT NULL
-        );
-        -- Every certificate HQ has issued.
-        CREATE TABLE certificates (
-            sha256 BLOB PRIMARY KEY,
-            profile TEXT NOT NULL,
-            site_id TEXT,
-            spki_sha256 BLOB NOT NULL,
-            issued_at TEXT NOT NULL,
-            der BLOB NOT NULL
-        );
-        CREATE INDEX certificates_spki ON certificates (spki_sha256);
-        CREATE TABLE sites (
-            site_id TEXT PRIMARY KEY,
-            request_sha256 BLOB NOT NULL,
-            enrolled_at TEXT NOT NULL
-        );
-    ",
-    },
-    Migration {
-        version: 2,
-        sql: "
-        -- HQ's view of every grant, amendments applied (GrantState as JSON).
-        CREATE TABLE entitlements (
-            entitlement_id TEXT PRIMARY KEY,
-            site_id TEXT NOT NULL REFERENCES sites (site_id),
-            state_json TEXT NOT NULL,
-            created_at TEXT NOT NULL,
-            updated_at TEXT NOT NULL
-        );
-        -- Every sealed package sent to a site, by per-site sequence.
-        CREATE TABLE packages (
-            site_id TEXT NOT NULL REFERENCES sites (site_id),
-            sequence INTEGER NOT NULL,
-            entitlement_id TEXT NOT NULL,
-            action TEXT NOT NULL CHECK (action IN ('grant', 'amend')),
-            payload_cbor BLOB NOT NULL,
-            sealed BLOB NOT NULL,
-            created_at TEXT NOT NULL,
-            PRIMARY KEY (site_id, sequence)
-        );
-        -- Device serial ranges, across all sites; never overlapping.
-        CREATE TABLE serial_allocations (
-            first INTEGER NOT NULL UNIQUE,
-            last INTEGER NOT NULL,
-            entitlement_id TEXT NOT NULL,
-            site_id TEXT NOT NULL,
-            sequence INTEGER NOT NULL,
-            CHECK (last >= first)
-        );
-    ",
-    },
-    // Firmware keys and releases (version 3), defined beside the code that uses them.
-    crate::firmware::MIGRATION,
-    Migration {
-        version: 4,
-        sql: crate::reconcile::MIGRATION_SQL,
-    },
-    // Revocations and registry exports (version 5), beside the code that uses them.
-    crate::cloud::MIGRATION,
-    // The OEM root's CRLs (version 6).
-    crate::crl::MIGRATION,
-    // The registry's unused indexes dropped (version 7).
-    Migration {
-        version: 7,
-        sql: crate::reconcile::INDEX_CLEANUP_SQL,
-    },
-    // Each grant's reconciled serial frontier (version 8).
-    Migration {
-        version: 8,
-        sql: crate::reconcile::FRONTIER_SQL,
-    },
-    // One live certificate per device serial; renewal times (version 9).
-    Migration {
-        version: 9,
-        sql: crate::reconcile::LIVE_SQL,
-    },
-];
+mod cloud;
+mod entitle;
+mod schema;
+
+pub use cloud::CaCert;
+pub(crate) use cloud::{grant_states, revocations};
+pub(crate) use entitle::summary;
+pub use entitle::{EntitlementSummary, PackageSelector, SealedPackage};
+use schema::MIGRATIONS;
 
 /// The HQ database.
 pub struct HqStore {

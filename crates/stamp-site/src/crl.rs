@@ -7,24 +7,9 @@ use stamp_core::fingerprint;
 use stamp_core::profile::Profile;
 use stamp_keys::{KeyRef, KeyStore};
 use stamp_store::rusqlite::params;
-use stamp_store::Migration;
 use time::OffsetDateTime;
 
 use crate::{Site, SiteError};
-
-pub(crate) const MIGRATION: Migration = Migration {
-    version: 5,
-    sql: "
-    -- Every CRL the site issuing CA signed (numbers grow by one).
-    CREATE TABLE crls (
-        number INTEGER PRIMARY KEY,
-        this_update INTEGER NOT NULL,
-        next_update INTEGER NOT NULL,
-        revoked INTEGER NOT NULL,
-        sha256 BLOB NOT NULL
-    );
-",
-};
 
 impl Site {
     /// The certificates of revoked devices with their revocation times (HQ's), in grant order,

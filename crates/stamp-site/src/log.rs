@@ -411,7 +411,8 @@ mod tests {
         // A site database of schema 4 with 3000 entries, written as that version wrote them.
         let n = 3000u64;
         {
-            let db = Database::create(&path, &crate::store::MIGRATIONS[..4]).unwrap();
+            let db =
+                Database::create(&path, &crate::store::MIGRATIONS[..crate::store::BEFORE_SUBTREES]).unwrap();
             let mut frontier = Frontier::new();
             for i in 0..n {
                 let bytes = Entry {

@@ -1,4 +1,5 @@
-//! The site database: a narrow, typed interface over SQLite.
+//! The site database: a narrow, typed interface over SQLite. Its whole schema is [`schema`] (one
+//! ordered migration list).
 
 use std::path::Path;
 
@@ -6,148 +7,15 @@ use stamp_core::profile::Profile;
 use stamp_core::SiteId;
 use stamp_keys::KeyRef;
 use stamp_store::rusqlite::{params, OptionalExtension};
-use stamp_store::{Database, Migration, StoreError};
+use stamp_store::{Database, StoreError};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-pub(crate) const MIGRATIONS: &[Migration] = &[
-    Migration {
-        version: 1,
-        sql: "
-        CREATE TABLE site (
-            id INTEGER PRIMARY KEY CHECK (id = 1),
-            site_id TEXT NOT NULL,
-            request_sha256 BLOB NOT NULL,
-            created_at TEXT NOT NULL,
-            installed_at TEXT
-        );
-        CREATE TABLE own_keys (
-            profile TEXT PRIMARY KEY,
-            key_ref TEXT NOT NULL,
-            algorithm TEXT NOT NULL
-        );
-        -- Certificates from the credentials: the site's own, HQ's and the OEM root.
-        CREATE TABLE certificates (
-            profile TEXT PRIMARY KEY,
-            der BLOB NOT NULL
-        );
-    ",
-    },
-    Migration {
-        version: 2,
-        sql: "
-        -- Every entitlement package applied, by sequence (the primary key refuses a replay).
-        CREATE TABLE packages (
-            sequence INTEGER PRIMARY KEY,
-            entitlement_id TEXT NOT NULL,
-            action TEXT NOT NULL CHECK (action IN ('grant', 'amend')),
-            sha256 BLOB NOT NULL,
-            sealed BLOB NOT NULL,
-            applied_at TEXT NOT NULL
-        );
-        -- Each grant with amendments applied (GrantState as JSON) and devices issued under it.
-        CREATE TABLE entitlements (
-            entitlement_id TEXT PRIMARY KEY,
-            state_json TEXT NOT NULL,
-            issued INTEGER NOT NULL DEFAULT 0,
-            applied_at TEXT NOT NULL,
-            updated_at TEXT NOT NULL
-        );
-    ",
-    },
-    Migration {
-        version: 3,
-        sql: "
-        -- The audit log: each entry's CBOR (the Merkle leaf) and its leaf hash.
-        CREATE TABLE log_entries (
-            idx INTEGER PRIMARY KEY,
-            time_ms INTEGER NOT NULL,
-            entry BLOB NOT NULL,
-            leaf_hash BLOB NOT NULL
-        );
-        -- The Merkle frontier after the last entry (stamp_core::merkle::Frontier bytes).
-        CREATE TABLE log_state (
-            id INTEGER PRIMARY KEY CHECK (id = 1),
-            frontier BLOB NOT NULL,
-            last_time_ms INTEGER NOT NULL
-        );
-        INSERT INTO log_state (id, frontier, last_time_ms) VALUES (1, X'0000000000000000', 0);
-        -- Every device certificate issued; serials and keys are unique across the site.
-        CREATE TABLE devices (
-            device_serial INTEGER PRIMARY KEY,
-            entitlement_id TEXT NOT NULL,
-            cert_sha256 BLOB NOT NULL,
-            spki_sha256 BLOB NOT NULL UNIQUE,
-            certificate BLOB NOT NULL,
-            issued_ms INTEGER NOT NULL,
-            station TEXT NOT NULL,
-            log_index INTEGER NOT NULL,
-            hq_key_index INTEGER
-        );
-        CREATE INDEX devices_by_grant_time ON devices (entitlement_id, issued_ms);
-        -- Signed checkpoints the site made, and its exports.
-        CREATE TABLE checkpoints (
-            size INTEGER PRIMARY KEY,
-            root BLOB NOT NULL,
-            note TEXT NOT NULL,
-            made_ms INTEGER NOT NULL
-        );
-        CREATE TABLE exports (
-            bundle_id BLOB PRIMARY KEY,
-            previous_size INTEGER NOT NULL,
-            size INTEGER NOT NULL,
-            root BLOB NOT NULL,
-            made_ms INTEGER NOT NULL
-        );
-    ",
-    },
-    Migration {
-        version: 4,
-        sql: "
-        -- Line stations: their TLS client certificates, issued by the site issuing CA.
-        CREATE TABLE stations (
-            name TEXT PRIMARY KEY,
-            cert_sha256 BLOB NOT NULL UNIQUE,
-            certificate BLOB NOT NULL,
-            added_ms INTEGER NOT NULL,
-            revoked_ms INTEGER
-        );
-        -- Certificates issued again to devices that had one (EST re-enrollment); not quota.
-        CREATE TABLE renewals (
-            log_index INTEGER PRIMARY KEY,
-            device_serial INTEGER NOT NULL,
-            entitlement_id TEXT NOT NULL,
-            cert_sha256 BLOB NOT NULL,
-            spki_sha256 BLOB NOT NULL,
-            certificate BLOB NOT NULL,
-            issued_ms INTEGER NOT NULL,
-            station TEXT NOT NULL
-        );
-        CREATE INDEX renewals_by_key ON renewals (spki_sha256);
-        CREATE INDEX renewals_by_serial ON renewals (device_serial);
-    ",
-    },
-    // The site issuing CA's CRLs (version 5), beside the code that uses them.
-    crate::crl::MIGRATION,
-    Migration {
-        version: 6,
-        sql: "
-        -- Hashes of the audit log's perfect Merkle subtrees at levels 4, 8, 12, ... (2^level
-        -- leaves from leaf idx * 2^level), stored as appends complete them: proofs read O(log n)
-        -- rows instead of every leaf (docs/formats/audit.md, site storage).
-        CREATE TABLE log_subtrees (
-            level INTEGER NOT NULL,
-            idx INTEGER NOT NULL,
-            hash BLOB NOT NULL,
-            PRIMARY KEY (level, idx)
-        ) WITHOUT ROWID;
-        -- Entries logged before this table existed, whose subtrees are not stored yet (the next
-        -- export stores them, once: crate::log::backfill_subtrees). 0 for a new log.
-        ALTER TABLE log_state ADD COLUMN subtrees_from INTEGER NOT NULL DEFAULT 0;
-        UPDATE log_state SET subtrees_from = (SELECT COALESCE(MAX(idx) + 1, 0) FROM log_entries);
-    ",
-    },
-];
+mod schema;
+
+#[cfg(test)]
+pub(crate) use schema::BEFORE_SUBTREES;
+pub(crate) use schema::MIGRATIONS;
 
 pub(crate) fn ts(t: OffsetDateTime) -> String {
     t.format(&Rfc3339).unwrap_or_default()

@@ -1,8 +1,15 @@
 //! stamp storage: SQLite state databases with schema migrations, and atomic file writes.
 //!
-//! Role crates (HQ, site) define their schema as a list of [`Migration`]s and their own narrow,
-//! typed store on top of the [`rusqlite::Connection`] returned here. Every database runs in WAL mode
-//! with `synchronous = FULL`, so a committed transaction survives power loss.
+//! Role crates (HQ, site) define their schema as one ordered list of [`Migration`]s and their own
+//! narrow, typed store on top of the [`rusqlite::Connection`] returned here. Every database runs in
+//! WAL mode with `synchronous = FULL`, so a committed transaction survives power loss.
+//!
+//! A migration's version is its position in the list (the first is 1), as in cargo's
+//! `util/sqlite.rs`; the database records the last one applied in `PRAGMA user_version`. Opening
+//! refuses a list whose versions are not exactly 1, 2, ..., n in order
+//! ([`StoreError::BadMigrations`]) and a database whose version is past the end of the list
+//! ([`StoreError::TooNew`]). So an entry is never removed, reordered, renumbered or edited once
+//! released: a new schema change is a new entry at the end.
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;
@@ -15,7 +22,9 @@ use rusqlite::Connection;
 /// One step of a schema: applied once, in order, inside a transaction.
 #[derive(Debug, Clone, Copy)]
 pub struct Migration {
-    /// Schema version after this step (1, 2, ...).
+    /// Schema version after this step: its position in the role's list, counting from 1. It is
+    /// written out so that a reader of the list sees the number a database records; opening
+    /// checks that it matches the position.
     pub version: u32,
     /// SQL run to reach it.
     pub sql: &'static str,
@@ -45,6 +54,18 @@ pub enum StoreError {
         found: u32,
         /// The newest this build knows.
         known: u32,
+    },
+    /// The role's migration list is malformed: its versions are not exactly 1, 2, ..., n in list
+    /// order (an entry missing, moved or repeated). A bug in this build of stamp, not in the
+    /// database, which is left untouched.
+    #[error("cannot open {path}: this stamp's schema list is malformed (entry {position} has version {found}, expected {position}); migrations must be numbered 1, 2, 3, ... in list order")]
+    BadMigrations {
+        /// The database.
+        path: PathBuf,
+        /// The entry's position in the list, counting from 1 (the version it should have).
+        position: u32,
+        /// The version it has.
+        found: u32,
     },
     /// A file operation failed.
     #[error("cannot access {path}")]
@@ -83,6 +104,8 @@ impl Database {
     }
 
     fn open_inner(path: &Path, migrations: &[Migration], create: bool) -> Result<Self, StoreError> {
+        // Checked before the file is opened: a malformed list neither creates nor changes a file.
+        let known = check_migrations(path, migrations)?;
         let sql = |source| StoreError::Sqlite {
             path: path.to_owned(),
             source,
@@ -101,7 +124,6 @@ impl Database {
         let current: u32 = conn
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .map_err(sql)?;
-        let known = migrations.iter().map(|m| m.version).max().unwrap_or(0);
         if current > known {
             return Err(StoreError::TooNew {
                 path: path.to_owned(),
@@ -186,6 +208,24 @@ impl Database {
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .map_err(|e| self.err(e))
     }
+}
+
+/// Checks that `migrations` are numbered 1, 2, ..., n in list order; returns n, the newest
+/// version.
+fn check_migrations(path: &Path, migrations: &[Migration]) -> Result<u32, StoreError> {
+    let mut known = 0u32;
+    for m in migrations {
+        let position = known.saturating_add(1);
+        if m.version != position {
+            return Err(StoreError::BadMigrations {
+                path: path.to_owned(),
+                position,
+                found: m.version,
+            });
+        }
+        known = position;
+    }
+    Ok(known)
 }
 
 /// Writes `data` to `path` atomically: a temporary file in the same directory, fsync, rename,
@@ -335,6 +375,67 @@ mod tests {
             Database::open(&dir.path().join("none.db"), M),
             Err(StoreError::Missing(_))
         ));
+    }
+
+    fn step(version: u32) -> Migration {
+        Migration {
+            version,
+            sql: "SELECT 1;",
+        }
+    }
+
+    #[test]
+    fn a_list_not_numbered_by_position_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("s.db");
+        let cases: &[(&str, Vec<Migration>, u32, u32)] = &[
+            ("gap", vec![step(1), step(2), step(4)], 3, 4),
+            ("reorder", vec![step(1), step(3), step(2)], 2, 3),
+            ("duplicate", vec![step(1), step(2), step(2)], 3, 2),
+            ("zero-based", vec![step(0), step(1)], 1, 0),
+        ];
+        for (name, list, at, got) in cases {
+            match Database::create(&p, list) {
+                Err(e @ StoreError::BadMigrations { position, found, .. }) => {
+                    assert_eq!((position, found), (*at, *got), "{name}");
+                    assert!(e.to_string().contains("1, 2, 3"), "{name}: {e}");
+                }
+                other => panic!("{name}: {:?}", other.map(|d| d.path().to_owned())),
+            }
+            assert!(!p.exists(), "{name}: a refused list creates no file");
+        }
+        // An existing database is refused, and left as it was.
+        Database::create(&p, M).unwrap();
+        for (name, list, ..) in cases {
+            assert!(
+                matches!(Database::open(&p, list), Err(StoreError::BadMigrations { .. })),
+                "{name}"
+            );
+        }
+        assert_eq!(Database::open(&p, M).unwrap().schema_version().unwrap(), 2);
+        // The empty list is well formed (version 0).
+        let empty = dir.path().join("e.db");
+        assert_eq!(
+            Database::create(&empty, &[]).unwrap().schema_version().unwrap(),
+            0
+        );
+    }
+
+    #[test]
+    fn a_database_newer_than_the_list_is_refused_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("s.db");
+        let three = [M[0], M[1], step(3)];
+        Database::create(&p, &three).unwrap();
+        for known in [0usize, 1, 2] {
+            match Database::open(&p, &three[..known]) {
+                Err(e @ StoreError::TooNew { found: 3, .. }) => {
+                    assert!(e.to_string().contains("upgrade stamp"), "{e}");
+                }
+                other => panic!("{known}: {:?}", other.map(|d| d.path().to_owned())),
+            }
+        }
+        assert_eq!(Database::open(&p, &three).unwrap().schema_version().unwrap(), 3);
     }
 
     #[test]
