@@ -45,8 +45,8 @@ use stamp_store::rusqlite::Connection;
 use time::OffsetDateTime;
 use x509_parser::certificate::X509Certificate;
 
+pub use crate::store::registry::{DeviceRecord, Equivocation};
 pub(crate) use db::frontiers;
-pub use db::{DeviceRecord, Equivocation};
 pub use report::{
     ReconcileReport, TreeHeadSummary, Violation, ViolationKind, MAX_LISTED_ENTRIES, MAX_VIOLATIONS,
 };
@@ -605,23 +605,6 @@ impl Stream<'_> {
         );
         self.next_index += 1;
         run.entry(index, entry, pre.issued)
-    }
-}
-
-impl crate::HqStore {
-    /// Calls `f` for every genuine device in the registry (of one site, or of all), in site and
-    /// log order, without loading them all.
-    pub fn for_each_device(
-        &self,
-        site: Option<&SiteId>,
-        f: impl FnMut(DeviceRecord) -> Result<(), HqError>,
-    ) -> Result<(), HqError> {
-        db::for_each_device(self.conn(), site, f)
-    }
-
-    /// Equivocation evidence recorded for a site, oldest first.
-    pub fn equivocations(&self, site: &SiteId) -> Result<Vec<Equivocation>, HqError> {
-        db::equivocations(self.conn(), site)
     }
 }
 

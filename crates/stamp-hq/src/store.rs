@@ -19,6 +19,7 @@ use crate::HqError;
 
 mod cloud;
 mod entitle;
+pub(crate) mod registry;
 mod schema;
 
 pub use cloud::CaCert;
