@@ -149,6 +149,47 @@ pub enum HqError {
     },
 }
 
+impl HqError {
+    /// A stable code naming what failed, for scripts (`--json` prints it as `code`); a refused
+    /// bundle or package gives the rejection's own code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            HqError::Key(..) => "key-store",
+            HqError::Store(..) => "store",
+            HqError::Profile(..) => "certificate",
+            HqError::Ceremony(..) => "ceremony",
+            HqError::StoredCert(..) => "stored-certificate",
+            HqError::NotHqDir(..) => "not-hq-dir",
+            HqError::AlreadyEnrolled(..) => "already-enrolled",
+            HqError::KeyReused => "key-reused",
+            HqError::FingerprintMismatch { .. } => "fingerprint-mismatch",
+            HqError::UnknownSite(..) => "unknown-site",
+            HqError::UnknownFirmware(..) => "unknown-firmware",
+            HqError::UnknownEntitlement(..) => "unknown-entitlement",
+            HqError::UnknownPackage(..) => "unknown-package",
+            HqError::SerialsExhausted => "serials-exhausted",
+            HqError::Entitlement(..) => "entitlement",
+            HqError::Envelope(..) => "envelope",
+            HqError::Firmware(..) => "firmware",
+            HqError::UnknownFirmwareKey(..) => "unknown-firmware-key",
+            HqError::FirmwareKeyExists(..) => "firmware-key-exists",
+            HqError::FirmwareReleased { .. } => "firmware-released",
+            HqError::Sql(..) => "store",
+            HqError::Json(..) => "store-corrupt",
+            HqError::CorruptStore(..) => "store-corrupt",
+            HqError::Random => "random-failed",
+            HqError::Rejected(r) => r.code(),
+            HqError::UnknownRevocationTarget(..) => "unknown-revocation-target",
+            HqError::AlreadyRevoked(..) => "already-revoked",
+            HqError::Crl(..) => "crl",
+            HqError::NoSiteUpdate(..) => "no-site-update",
+            HqError::Registry(..) => "registry",
+            HqError::VerificationCert(..) => "verification-cert",
+            HqError::Io { .. } => "io",
+        }
+    }
+}
+
 /// Options of `hq init`.
 #[derive(Debug, Clone)]
 pub struct InitOptions {

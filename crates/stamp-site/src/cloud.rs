@@ -18,21 +18,25 @@ impl Site {
         spki_der: &[u8],
         now: OffsetDateTime,
     ) -> Result<Vec<u8>, SiteError> {
-        let ca_der = self.store.certificate(Profile::SiteIssuingCa)?.ok_or_else(|| {
-            SiteError::VerificationCert("no credentials installed; run `stamp site install` first".into())
-        })?;
+        let ca_der = self
+            .store
+            .certificate(Profile::SiteIssuingCa)?
+            .ok_or(crate::entitlements::ImportError::NotInstalled)?;
         let signer = self
             .keys
             .open_signer(&KeyRef::parse(&self.store.key_ref(Profile::SiteIssuingCa)?)?)?;
         let mut b = [0u8; 16];
-        SystemRandom::new()
-            .fill(&mut b)
-            .map_err(|_| SiteError::VerificationCert("the system random number generator failed".into()))?;
+        SystemRandom::new().fill(&mut b).map_err(|_| SiteError::Random)?;
         let issuer = Issuer {
             cert_der: &ca_der,
             signer: signer.as_ref(),
         };
-        stamp_core::cloud_ca::verification_cert(code, spki_der, now, Serial::from_random(b), &issuer)
-            .map_err(|e| SiteError::VerificationCert(e.to_string()))
+        Ok(stamp_core::cloud_ca::verification_cert(
+            code,
+            spki_der,
+            now,
+            Serial::from_random(b),
+            &issuer,
+        )?)
     }
 }

@@ -44,6 +44,20 @@ pub enum ImportError {
     NotInstalled,
 }
 
+impl ImportError {
+    /// A stable code naming why the package was refused.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ImportError::Envelope(..) => "envelope",
+            ImportError::WrongContentType(..) => "wrong-content-type",
+            ImportError::Signer(..) => "signer",
+            ImportError::NotForThisSite(..) => "not-for-this-site",
+            ImportError::Payload(..) => "payload",
+            ImportError::NotInstalled => "not-installed",
+        }
+    }
+}
+
 /// An entitlement whose signature, chain, address, decryption, sequence, payload and window have
 /// all been checked; only [`Site::verify_entitlement`] makes one, and only it can be applied.
 #[derive(Debug)]

@@ -75,8 +75,26 @@ impl Sealer {
             &[],
             &self.rng,
         )
-        .map_err(|e| SiteError::Export(e.to_string()))
+        .map_err(|e| ExportError::Seal(e).into())
     }
+}
+
+/// Why an audit export failed (nothing was written).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ExportError {
+    /// Sealing a bundle part to HQ failed.
+    #[error("sealing a bundle part to HQ failed")]
+    Seal(#[source] stamp_core::envelope::EnvelopeError),
+    /// Signing the checkpoint failed.
+    #[error("signing the checkpoint failed")]
+    Checkpoint(#[source] stamp_core::checkpoint::CheckpointError),
+    /// The previous export's checkpoint is not in the site's records.
+    #[error("this site made no checkpoint at size {0}")]
+    NoCheckpoint(u64),
+    /// The consistency proof from the previous export could not be made.
+    #[error("the consistency proof could not be made")]
+    Proof(#[source] Box<merkle::GenerateError<SiteError>>),
 }
 
 impl Site {
@@ -132,9 +150,7 @@ impl Site {
                         |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)),
                     )
                     .optional()?
-                    .ok_or(SiteError::Export(format!(
-                        "this site made no checkpoint at size {n}"
-                    )))?,
+                    .ok_or(ExportError::NoCheckpoint(n))?,
             ),
             None => self
                 .store
@@ -148,10 +164,7 @@ impl Site {
         };
         let previous_size = previous.as_ref().map_or(0, |p| p.0);
         let mut bundle_id = [0u8; 16];
-        sealer
-            .rng
-            .fill(&mut bundle_id)
-            .map_err(|_| SiteError::Export("random generator failed".into()))?;
+        sealer.rng.fill(&mut bundle_id).map_err(|_| SiteError::Random)?;
         let origin = origin(&site);
         let now_ms = unix_ms(now);
         // A log from before the subtree table: store its subtree hashes once, so that the
@@ -170,7 +183,7 @@ impl Site {
             let (size, root) = (head.frontier.size(), head.frontier.root());
             let cp = Checkpoint { origin: origin.clone(), size, root, extensions: vec![] };
             let note = checkpoint::sign(&cp, &origin, sealer.signer.as_ref())
-                .map_err(|e| SiteError::Export(e.to_string()))?;
+                .map_err(ExportError::Checkpoint)?;
             tx.execute(
                 "INSERT OR REPLACE INTO checkpoints (size, root, note, made_ms) VALUES (?1, ?2, ?3, ?4)",
                 params![size as i64, root.as_slice(), note, now_ms],
@@ -184,7 +197,7 @@ impl Site {
         let conn = self.store.conn();
         let proof = match &previous {
             Some((n, _)) => merkle::consistency_proof(&StoredLeaves(conn), *n, size)
-                .map_err(|e| SiteError::Export(format!("consistency proof: {e:?}")))?,
+                .map_err(|e| ExportError::Proof(Box::new(e)))?,
             None => vec![],
         };
         let entry_count = size - previous_size;

@@ -70,17 +70,20 @@ pub enum SiteError {
     )]
     EngineBusy,
     /// The provisioning engine failed.
-    #[error("the provisioning engine failed: {0}")]
-    Engine(String),
+    #[error("the provisioning engine failed")]
+    Engine(#[source] Box<engine::IssueError>),
     /// A CRL could not be made.
     #[error(transparent)]
     Crl(#[from] stamp_core::crl::CrlError),
     /// A cloud verification certificate could not be made.
-    #[error("cannot make the cloud verification certificate: {0}")]
-    VerificationCert(String),
+    #[error("cannot make the cloud verification certificate")]
+    VerificationCert(#[from] stamp_core::cloud_ca::VerificationCertError),
     /// An audit export failed.
-    #[error("audit export failed: {0}")]
-    Export(String),
+    #[error("audit export failed")]
+    Export(#[from] export::ExportError),
+    /// The system random number generator failed.
+    #[error("the system random number generator failed")]
+    Random,
     /// A certificate could not be built from its profile.
     #[error(transparent)]
     Profile(#[from] stamp_core::profile::ProfileError),
@@ -98,6 +101,34 @@ pub enum SiteError {
         /// The cause.
         source: std::io::Error,
     },
+}
+
+impl SiteError {
+    /// A stable code naming what failed, for scripts (`--json` prints it as `code`); a refused
+    /// bundle or package gives the rejection's own code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            SiteError::Key(..) => "key-store",
+            SiteError::Store(..) => "store",
+            SiteError::Ceremony(..) => "ceremony",
+            SiteError::NotSiteDir(..) => "not-site-dir",
+            SiteError::AlreadyInstalled(..) => "already-installed",
+            SiteError::Import(e) => e.code(),
+            SiteError::Sql(..) => "store",
+            SiteError::Json(..) => "store-corrupt",
+            SiteError::CorruptLog(..) => "log-corrupt",
+            SiteError::EngineBusy => "engine-busy",
+            SiteError::Engine(..) => "engine-failed",
+            SiteError::Crl(..) => "crl",
+            SiteError::VerificationCert(..) => "verification-cert",
+            SiteError::Export(..) => "export-failed",
+            SiteError::Random => "random-failed",
+            SiteError::Profile(..) => "certificate",
+            SiteError::StationExists(..) => "station-exists",
+            SiteError::UnknownStation(..) => "unknown-station",
+            SiteError::Io { .. } => "io",
+        }
+    }
 }
 
 /// Unix milliseconds of a time.

@@ -130,7 +130,15 @@ fn issue_error(state: &AppState, e: IssueError) -> ApiError {
         }
         other => {
             state.metrics.error("unavailable");
-            tracing::error!(error = %other, "issuance unavailable");
+            // The whole cause chain goes to the log; the station gets the top-level reason.
+            let mut chain = other.to_string();
+            let mut cause = std::error::Error::source(&other);
+            while let Some(c) = cause {
+                chain.push_str(": ");
+                chain.push_str(&c.to_string());
+                cause = c.source();
+            }
+            tracing::error!(error = %chain, code = other.code(), "issuance unavailable");
             ApiError::unavailable(&other.to_string())
         }
     }

@@ -70,9 +70,44 @@ pub enum IssueError {
     /// Refused by policy (and logged).
     #[error("refused: {}", .0.code())]
     Refused(RefusalReason),
-    /// The site cannot issue now (storage or signing failure); nothing was handed out.
-    #[error("the site cannot issue: {0}")]
-    Unavailable(String),
+    /// The audit log failed before this request; the engine issues nothing until the site
+    /// restarts. Nothing was handed out.
+    #[error("the audit log failed earlier; restart the site once its storage is fixed")]
+    LogFailedEarlier,
+    /// Writing this request's log entry failed; the engine stops issuing (fail-stop). Nothing was
+    /// handed out.
+    #[error("the audit log write failed")]
+    LogWrite(#[source] Arc<SiteError>),
+    /// The engine is stopping (or its log writer has stopped).
+    #[error("the engine is shutting down")]
+    ShuttingDown,
+    /// Reading the site's database failed. Nothing was handed out.
+    #[error("reading its database failed")]
+    Store(#[source] SiteError),
+    /// The system random number generator failed.
+    #[error("the system random number generator failed")]
+    Random,
+    /// The request's time cannot be a certificate's.
+    #[error("the clock is out of range")]
+    Clock,
+    /// The grant admitted disappeared before its certificate was built (a bug).
+    #[error("the grant is not loaded")]
+    GrantGone,
+}
+
+impl IssueError {
+    /// A stable code: the refusal's, or why the site is unavailable.
+    pub fn code(&self) -> &'static str {
+        match self {
+            IssueError::Refused(r) => r.code(),
+            IssueError::LogFailedEarlier | IssueError::LogWrite(_) => "log-failed",
+            IssueError::ShuttingDown => "shutting-down",
+            IssueError::Store(_) => "store-failed",
+            IssueError::Random => "random-failed",
+            IssueError::Clock => "clock-out-of-range",
+            IssueError::GrantGone => "internal",
+        }
+    }
 }
 
 /// An HQ-generated key handed out: give it to the device, then forget it.
@@ -219,18 +254,17 @@ impl Engine {
 
     fn send(&self, job: Job) -> Result<(), IssueError> {
         match lock(&self.jobs).as_ref() {
-            Some(tx) => tx
-                .send(job)
-                .map_err(|_| IssueError::Unavailable("the audit log writer stopped".into())),
-            None => Err(IssueError::Unavailable("the engine is shutting down".into())),
+            Some(tx) => tx.send(job).map_err(|_| IssueError::ShuttingDown),
+            None => Err(IssueError::ShuttingDown),
         }
     }
 
-    fn wait(rx: mpsc::Receiver<Result<u64, String>>) -> Result<u64, IssueError> {
+    fn wait(rx: mpsc::Receiver<writer::Written>) -> Result<u64, IssueError> {
         match rx.recv() {
             Ok(Ok(index)) => Ok(index),
-            Ok(Err(e)) => Err(IssueError::Unavailable(e)),
-            Err(_) => Err(IssueError::Unavailable("the audit log writer stopped".into())),
+            Ok(Err(Some(e))) => Err(IssueError::LogWrite(e)),
+            Ok(Err(None)) => Err(IssueError::LogFailedEarlier),
+            Err(_) => Err(IssueError::ShuttingDown),
         }
     }
 
@@ -280,14 +314,10 @@ impl Engine {
 
     fn check_running(&self) -> Result<[u8; 16], IssueError> {
         if self.failed.load(Ordering::SeqCst) {
-            return Err(IssueError::Unavailable(
-                "the audit log failed earlier; restart the site".into(),
-            ));
+            return Err(IssueError::LogFailedEarlier);
         }
         let mut serial = [0u8; 16];
-        self.rng
-            .fill(&mut serial)
-            .map_err(|_| IssueError::Unavailable("random generator failed".into()))?;
+        self.rng.fill(&mut serial).map_err(|_| IssueError::Random)?;
         Ok(serial)
     }
 
@@ -306,10 +336,10 @@ impl Engine {
         serial: [u8; 16],
     ) -> Result<DeviceStamp, IssueError> {
         let Some(grant) = p.grants.get(&a.entitlement_id).map(|g| g.state.grant.clone()) else {
-            return Err(IssueError::Unavailable("grant vanished".into()));
+            return Err(IssueError::GrantGone);
         };
         let at = OffsetDateTime::from_unix_timestamp_nanos(i128::from(a.time_ms) * 1_000_000)
-            .map_err(|_| IssueError::Unavailable("the clock is out of range".into()))?;
+            .map_err(|_| IssueError::Clock)?;
         let cert =
             match self.device_certificate(&grant, a.device_serial, spki_der, at, Serial::from_random(serial))
             {
@@ -410,7 +440,7 @@ impl Engine {
                 Some(spki_sha256),
                 now_ms,
             )),
-            Err(e) => Err(IssueError::Unavailable(e.to_string())),
+            Err(e) => Err(IssueError::Store(e)),
         }
     }
 
@@ -483,7 +513,7 @@ impl Engine {
                 Some(spki_sha256),
                 now_ms,
             )),
-            Err(e) => Err(IssueError::Unavailable(e.to_string())),
+            Err(e) => Err(IssueError::Store(e)),
         }
     }
 
@@ -527,7 +557,7 @@ impl Engine {
                 Some(spki_sha256),
                 now_ms,
             )),
-            Err(e) => Err(IssueError::Unavailable(e.to_string())),
+            Err(e) => Err(IssueError::Store(e)),
         }
     }
 
@@ -602,7 +632,7 @@ impl Engine {
                 let (reply, rx) = mpsc::sync_channel(1);
                 self.send(Job::Barrier { reply })
                     .and_then(|()| Self::wait(rx))
-                    .map_err(|e| SiteError::Engine(e.to_string()))?;
+                    .map_err(|e| SiteError::Engine(Box::new(e)))?;
                 site.apply_entitlement(v, now)?;
                 Self::refresh(&mut p, site)
             });

@@ -16,8 +16,12 @@ use crate::{log, SiteError, SiteStore};
 /// Most log entries committed in one transaction.
 const MAX_BATCH: usize = 1024;
 
-/// What a job's caller is told: the entry's log index, or why the log could not take it.
-pub(super) type Reply = mpsc::SyncSender<Result<u64, String>>;
+/// What a job's caller is told: the entry's log index, or why the log could not take it (the
+/// write's failure, or `None`: the log failed before).
+pub(super) type Written = Result<u64, Option<Arc<SiteError>>>;
+
+/// Where a job's caller waits for its [`Written`].
+pub(super) type Reply = mpsc::SyncSender<Written>;
 
 /// A log write for the writer thread.
 pub(super) enum Job {
@@ -69,11 +73,11 @@ pub(super) fn write_loop(
             }
         }
         let result = if failed.load(Ordering::SeqCst) {
-            Err("the audit log failed earlier; restart the site".to_owned())
+            Err(None)
         } else {
             commit(&mut store, &batch).map_err(|e| {
                 failed.store(true, Ordering::SeqCst);
-                format!("audit log write failed: {e}")
+                Some(Arc::new(e))
             })
         };
         if result.is_ok() {
