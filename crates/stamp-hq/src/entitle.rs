@@ -83,7 +83,10 @@ fn resolve_firmware(store: &crate::HqStore, selectors: &[String]) -> Result<Vec<
                 version: r.version.clone(),
                 format: r.format.clone(),
                 key: r.key.clone(),
-                sha256: ByteBuf::from(hex::decode(&r.sha256).unwrap_or_default()),
+                sha256: ByteBuf::from(
+                    hex::decode(&r.sha256)
+                        .map_err(|_| HqError::CorruptStore("a firmware release's SHA-256 is not hex"))?,
+                ),
             });
         }
     }

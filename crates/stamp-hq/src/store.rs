@@ -37,10 +37,14 @@ pub(crate) fn ts(t: OffsetDateTime) -> String {
     t.format(&Rfc3339).unwrap_or_default()
 }
 
-fn spki_sha256(der: &[u8]) -> Vec<u8> {
+/// SHA-256 of a certificate's SubjectPublicKeyInfo; a certificate HQ cannot read is refused
+/// rather than stored with an empty key hash (that would defeat the key-reuse check).
+fn spki_sha256(der: &[u8]) -> Result<Vec<u8>, stamp_store::rusqlite::Error> {
     x509_spki(der)
         .map(|s| fingerprint::sha256(&s).to_vec())
-        .unwrap_or_default()
+        .ok_or_else(|| {
+            stamp_store::rusqlite::Error::ToSqlConversionFailure("a certificate HQ cannot read".into())
+        })
 }
 
 fn x509_spki(der: &[u8]) -> Option<Vec<u8>> {
@@ -206,7 +210,7 @@ pub(crate) fn insert_cert(
             fingerprint::sha256(der).as_slice(),
             profile.name(),
             site.map(SiteId::as_str),
-            spki_sha256(der),
+            spki_sha256(der)?,
             ts(now),
             der
         ],
