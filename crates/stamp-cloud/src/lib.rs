@@ -8,6 +8,9 @@
 //! device's connection is then closed; an admitted device's stays open until the device closes it
 //! (each line the device sends is answered with `ok`).
 
+// Items are `pub` only where the crate exports them (rustls and webpki do the same).
+#![warn(unreachable_pub)]
+
 pub mod client;
 pub mod gateway;
 pub mod state;

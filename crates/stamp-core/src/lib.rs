@@ -4,6 +4,9 @@
 //! reached only through the [`key::Signer`] and [`key::KeyAgreement`] traits, implemented by the key
 //! layer (`stamp-keys`): a software key store today, a PKCS#11 token later.
 
+// Items are `pub` only where the crate exports them (rustls and webpki do the same).
+#![warn(unreachable_pub)]
+
 pub mod admission;
 pub mod audit;
 pub mod ceremony;

@@ -3,6 +3,9 @@
 //! State lives in an HQ directory: `stamp-hq.db` (SQLite), `keys/` (the key store) and `certs/`
 //! and `sites/<id>/` (PEM copies of every certificate, for people and other tools).
 
+// Items are `pub` only where the crate exports them (rustls and webpki do the same).
+#![warn(unreachable_pub)]
+
 pub mod cloud;
 pub mod crl;
 pub mod entitle;

@@ -10,6 +10,9 @@
 //! Roles use [`open_store`], which makes new keys where [`KeyConfig::new_keys`] says and opens
 //! every key by its reference, so callers never care which backend holds a key.
 
+// Items are `pub` only where the crate exports them (rustls and webpki do the same).
+#![warn(unreachable_pub)]
+
 pub mod device;
 mod dispatch;
 pub mod passphrase;

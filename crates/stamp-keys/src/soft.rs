@@ -465,7 +465,7 @@ impl KeyStore for SoftKeyStore {
 }
 
 mod pkcs8_der {
-    pub type Der = aws_lc_rs::encoding::Pkcs8V1Der<'static>;
+    pub(crate) type Der = aws_lc_rs::encoding::Pkcs8V1Der<'static>;
 }
 
 /// Reads the algorithm of a PKCS#8 key from its AlgorithmIdentifier.

@@ -8,6 +8,9 @@
 //! engine decides, signs and logs durably before anything is returned. docs/service.md describes
 //! the API, EST, error codes, configuration and operations.
 
+// Items are `pub` only where the crate exports them (rustls and webpki do the same).
+#![warn(unreachable_pub)]
+
 pub mod api;
 pub mod client;
 pub mod config;

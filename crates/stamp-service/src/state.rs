@@ -15,13 +15,13 @@ use crate::metrics::Metrics;
 
 /// Counts running tasks (connections, engine calls) so a stop can wait for them.
 #[derive(Default)]
-pub struct Tracker {
+pub(crate) struct Tracker {
     count: AtomicUsize,
     idle: Notify,
 }
 
 /// One tracked task; dropping it ends the task.
-pub struct TrackGuard(Arc<Tracker>);
+pub(crate) struct TrackGuard(Arc<Tracker>);
 
 impl Drop for TrackGuard {
     fn drop(&mut self) {
@@ -33,13 +33,13 @@ impl Drop for TrackGuard {
 
 impl Tracker {
     /// Starts tracking a task.
-    pub fn guard(self: &Arc<Self>) -> TrackGuard {
+    pub(crate) fn guard(self: &Arc<Self>) -> TrackGuard {
         self.count.fetch_add(1, Ordering::SeqCst);
         TrackGuard(self.clone())
     }
 
     /// Waits until no task is tracked.
-    pub async fn idle(&self) {
+    pub(crate) async fn idle(&self) {
         loop {
             let notified = self.idle.notified();
             if self.count.load(Ordering::SeqCst) == 0 {
@@ -50,13 +50,13 @@ impl Tracker {
     }
 
     /// Tasks running now.
-    pub fn running(&self) -> usize {
+    pub(crate) fn running(&self) -> usize {
         self.count.load(Ordering::SeqCst)
     }
 }
 
 /// What every request handler shares.
-pub struct AppState {
+pub(crate) struct AppState {
     pub(crate) engine: Arc<Engine>,
     pub(crate) site: Mutex<Site>,
     pub(crate) store: Mutex<SiteStore>,

@@ -3,6 +3,9 @@
 //! State lives in a site directory: `stamp-site.db` (SQLite), `keys/` (the key store),
 //! `request.json` (a copy of the enrollment request) and, once installed, `certs/`.
 
+// Items are `pub` only where the crate exports them (rustls and webpki do the same).
+#![warn(unreachable_pub)]
+
 pub mod cloud;
 pub mod crl;
 pub mod engine;

@@ -11,6 +11,9 @@
 //! ([`StoreError::TooNew`]). So an entry is never removed, reordered, renumbered or edited once
 //! released: a new schema change is a new entry at the end.
 
+// Items are `pub` only where the crate exports them (rustls and webpki do the same).
+#![warn(unreachable_pub)]
+
 use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;

@@ -41,7 +41,7 @@ pub const PKCS7_CERTS_ONLY: &str = "application/pkcs7-mime; smime-type=certs-onl
 pub const ERROR_HEADER: &str = "stamp-error";
 
 /// The router (state attached).
-pub fn router(state: Arc<AppState>) -> Router {
+pub(crate) fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
