@@ -43,17 +43,17 @@ pub struct Cli {
 enum Command {
     /// Headquarters: the OEM root of trust, the HQ authority, site enrollment.
     #[command(subcommand)]
-    Hq(commands::HqCommand),
+    Hq(commands::hq::HqCommand),
     /// Factory site: keys, enrollment request, credentials.
     #[command(subcommand)]
-    Site(commands::SiteCommand),
+    Site(commands::site::SiteCommand),
     /// Device side: simulate devices enrolling through the site service, and check signed firmware
     /// as a device's bootloader would.
     #[command(subcommand)]
-    Device(commands::DeviceCommand),
+    Device(commands::device::DeviceCommand),
     /// Cloud edge: verify devices against HQ's signed registry.
     #[command(subcommand)]
-    Cloud(commands::CloudCommand),
+    Cloud(commands::cloud::CloudCommand),
     /// Run the whole flow on embedded defaults in a fresh directory and narrate it.
     Demo(commands::demo::Args),
 }
@@ -80,10 +80,10 @@ fn main() -> ExitCode {
         pkcs11_pin_file: cli.pkcs11_pin_file,
     };
     let result = match cli.command {
-        Command::Hq(c) => commands::run_hq(c, &globals),
-        Command::Site(c) => commands::run_site(c, &globals),
-        Command::Device(c) => commands::run_device(c, &globals),
-        Command::Cloud(c) => commands::run_cloud(c, &globals),
+        Command::Hq(c) => commands::hq::run(c, &globals),
+        Command::Site(c) => commands::site::run(c, &globals),
+        Command::Device(c) => commands::device::run(c, &globals),
+        Command::Cloud(c) => commands::cloud::run(c, &globals),
         Command::Demo(a) => commands::demo::run(a, &globals),
     };
     match result {

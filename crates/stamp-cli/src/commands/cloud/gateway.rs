@@ -67,9 +67,9 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_env("STAMP_LOG").unwrap_or_else(|_| "info".into()),
         )
         .try_init();
-    let pin = super::cloud_verify::root_pin(a.root_fingerprint.as_deref(), a.trust_registry_root)?;
-    let reg = super::cloud_verify::load_registry(&a.registry, pin, a.min_sequence)?;
-    let info = super::cloud_verify::RegistryInfo::of(&reg);
+    let pin = crate::commands::cloud::verify::root_pin(a.root_fingerprint.as_deref(), a.trust_registry_root)?;
+    let reg = crate::commands::cloud::verify::load_registry(&a.registry, pin, a.min_sequence)?;
+    let info = crate::commands::cloud::verify::RegistryInfo::of(&reg);
     let state_path = a.state.clone().unwrap_or_else(|| default_state(&a.registry));
     let state = GatewayState::open(&state_path)
         .with_context(|| format!("cannot open the gateway state file {}", state_path.display()))?;
@@ -79,8 +79,8 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
     );
     let identity = match (&a.server_cert, &a.server_key) {
         (Some(c), Some(k)) => ServerIdentity::from_pem(
-            &super::read_bounded(c, 1 << 20)?,
-            &super::read_bounded(k, 1 << 20)?,
+            &crate::commands::read_bounded(c, 1 << 20)?,
+            &crate::commands::read_bounded(k, 1 << 20)?,
         )?,
         _ => {
             let host = a.listen.rsplit_once(':').map_or("localhost", |(h, _)| h);
@@ -152,7 +152,7 @@ async fn watch_registry(gw: Arc<Gateway>, path: PathBuf, secs: u64) {
         seen = now;
         let current = gw.registry();
         let pin = hex::encode(current.root_sha256());
-        let loaded = super::cloud_verify::load_registry(&path, Some(&pin), current.sequence() + 1);
+        let loaded = crate::commands::cloud::verify::load_registry(&path, Some(&pin), current.sequence() + 1);
         match loaded.map_err(|e| format!("{e:#}")).and_then(|r| {
             let (sequence, devices) = (r.sequence(), r.device_count());
             gw.replace_registry(r)

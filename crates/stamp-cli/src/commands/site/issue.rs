@@ -106,7 +106,7 @@ fn stem(p: &Path) -> String {
 pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
     let files = csr_files(&a.csr)?;
     std::fs::create_dir_all(&a.out).with_context(|| format!("cannot create {}", a.out.display()))?;
-    let pass = super::keys(g);
+    let pass = crate::commands::keys(g);
     let site = stamp_site::Site::open(&a.dir, pass)?;
     let engine = Engine::start(&site)?;
     let chain_pem: String = engine
@@ -137,8 +137,8 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
                 let i = next.fetch_add(1, Ordering::SeqCst);
                 let Some(file) = files.get(i) else { break };
                 let outcome = (|| -> anyhow::Result<Result<Issued, String>> {
-                    let bytes = super::read_bounded(file, MAX_CSR_FILE)?;
-                    match engine.issue(&a.entitlement, &csr_der(&bytes), &a.station, super::now()) {
+                    let bytes = crate::commands::read_bounded(file, MAX_CSR_FILE)?;
+                    match engine.issue(&a.entitlement, &csr_der(&bytes), &a.station, crate::commands::now()) {
                         Ok(stamp) => {
                             let name = stem(file);
                             let cert = a.out.join(format!("{name}.crt.pem"));

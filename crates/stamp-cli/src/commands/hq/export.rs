@@ -55,8 +55,8 @@ struct Written {
 pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
     let written = match a.format {
         Format::Registry => {
-            let mut hq = stamp_hq::Hq::open(&a.dir, super::keys(g))?;
-            let (bytes, report) = hq.export_registry(a.provisional_days, super::now())?;
+            let mut hq = stamp_hq::Hq::open(&a.dir, crate::commands::keys(g))?;
+            let (bytes, report) = hq.export_registry(a.provisional_days, crate::commands::now())?;
             stamp_store::write_atomic(&a.out, &bytes, 0o644)?;
             Written {
                 format: "registry",
@@ -73,10 +73,10 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
                     let n = store.export_aws_bulk(&mut buf)?;
                     ("aws-bulk", buf, Some(n))
                 }
-                Format::AwsJitr => ("aws-jitr", json(&super::cloud_formats::aws_jitr(&store)?)?, None),
+                Format::AwsJitr => ("aws-jitr", json(&crate::commands::cloud::formats::aws_jitr(&store)?)?, None),
                 _ => (
                     "azure-dps",
-                    json(&super::cloud_formats::azure_dps(&store)?)?,
+                    json(&crate::commands::cloud::formats::azure_dps(&store)?)?,
                     None,
                 ),
             };

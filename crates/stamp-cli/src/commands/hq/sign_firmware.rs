@@ -96,8 +96,8 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
             "--header-size, --header-reserved, --load-addr and --security-counter apply to mcuboot images only"
         );
     }
-    let image = super::read_bounded(&a.input, MAX_IMAGE_LEN)?;
-    let pass = super::keys(g);
+    let image = crate::commands::read_bounded(&a.input, MAX_IMAGE_LEN)?;
+    let pass = crate::commands::keys(g);
     let mut hq = stamp_hq::Hq::open(&a.dir, pass)?;
     let req = SignRequest {
         key: &a.key,
@@ -111,7 +111,7 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
             security_counter: a.security_counter,
         },
     };
-    let r = hq.sign_firmware(&req, &image, &a.out, super::now())?;
+    let r = hq.sign_firmware(&req, &image, &a.out, crate::commands::now())?;
     emit(g.json, &r, || {
         println!(
             "Signed release {} ({}) with key {}: {}",

@@ -43,7 +43,7 @@ const MAX_PEM: usize = 256 * 1024;
 
 fn read_opt(p: &Path) -> anyhow::Result<Vec<u8>> {
     if p.is_file() {
-        super::read_bounded(p, MAX_PEM)
+        crate::commands::read_bounded(p, MAX_PEM)
     } else {
         Ok(Vec::new())
     }
@@ -72,11 +72,11 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
     if !cert.is_file() {
         bail!("no device certificate at {}", cert.display());
     }
-    let mut chain_pem = super::read_bounded(&cert, MAX_PEM)?;
+    let mut chain_pem = crate::commands::read_bounded(&cert, MAX_PEM)?;
     chain_pem.push(b'\n');
     chain_pem.extend(read_opt(&chain)?);
-    let key_pem = zeroize::Zeroizing::new(super::read_bounded(&key, MAX_PEM)?);
-    let ca = super::read_bounded(&a.ca, MAX_PEM)?;
+    let key_pem = zeroize::Zeroizing::new(crate::commands::read_bounded(&key, MAX_PEM)?);
+    let ca = crate::commands::read_bounded(&a.ca, MAX_PEM)?;
     let reply = client::connect(
         &a.server,
         &ca,

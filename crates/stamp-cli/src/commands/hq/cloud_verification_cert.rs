@@ -48,9 +48,9 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
             "HQ can prove only the OEM root (--ca root); a site issuing CA's key is at its site: run `stamp site cloud-verification-cert` there"
         );
     }
-    let hq = stamp_hq::Hq::open(&a.dir, super::keys(g))?;
+    let hq = stamp_hq::Hq::open(&a.dir, crate::commands::keys(g))?;
     let key = stamp_keys::device::generate(stamp_core::entitlement::DeviceKeyType::P256)?;
-    let der = hq.root_verification_cert(&a.code, &key.spki_der, super::now())?;
+    let der = hq.root_verification_cert(&a.code, &key.spki_der, crate::commands::now())?;
     drop(key);
     write(g, "root", a.code, a.out, &der)
 }

@@ -38,7 +38,7 @@ pub struct Args {
     pub min_sequence: u64,
     /// Decide as of this time instead of now (RFC 3339, or a date): what a verifier would
     /// have said then, or will say, with this registry.
-    #[arg(long, value_name = "TIME", value_parser = super::args::parse_time)]
+    #[arg(long, value_name = "TIME", value_parser = crate::commands::args::parse_time)]
     at: Option<time::OffsetDateTime>,
     /// The device's certificate chain, PEM, device certificate first (or DER, the certificate alone).
     #[arg(value_name = "CERT_CHAIN")]
@@ -75,8 +75,8 @@ pub fn load_registry(path: &Path, pin: Option<&str>, min_sequence: u64) -> anyho
         ),
         None => None,
     };
-    let bytes = super::read_bounded(path, registry::MAX_REGISTRY_LEN)?;
-    registry::verify(&bytes, pin.as_ref(), min_sequence, super::now())
+    let bytes = crate::commands::read_bounded(path, registry::MAX_REGISTRY_LEN)?;
+    registry::verify(&bytes, pin.as_ref(), min_sequence, crate::commands::now())
         .with_context(|| format!("registry {} refused", path.display()))
 }
 
@@ -133,8 +133,8 @@ impl RegistryInfo {
 pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
     let pin = root_pin(a.root_fingerprint.as_deref(), a.trust_registry_root)?;
     let reg = load_registry(&a.registry, pin, a.min_sequence)?;
-    let chain = read_chain(&super::read_bounded(&a.chain, MAX_CHAIN_FILE)?)?;
-    let verdict = reg.check_device(&chain, a.at.unwrap_or_else(super::now));
+    let chain = read_chain(&crate::commands::read_bounded(&a.chain, MAX_CHAIN_FILE)?)?;
+    let verdict = reg.check_device(&chain, a.at.unwrap_or_else(crate::commands::now));
     let out = Output {
         verdict: &verdict,
         registry: RegistryInfo::of(&reg),

@@ -8,7 +8,7 @@ use stamp_core::entitlement::{DeviceKeyType, DeviceProfile, Product, RatePeriod}
 use stamp_core::SiteId;
 use stamp_hq::entitle::GrantRequest;
 
-use super::args::{parse_key_value, parse_rate, parse_renewals, parse_secret, parse_time, KeyTypeArg};
+use crate::commands::args::{parse_key_value, parse_rate, parse_renewals, parse_secret, parse_time, KeyTypeArg};
 use crate::output::emit;
 use crate::Globals;
 
@@ -104,7 +104,7 @@ fn slug(org: &str) -> String {
 
 /// Runs `stamp hq entitle`.
 pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
-    let now = super::now();
+    let now = crate::commands::now();
     let not_before = a.not_before.unwrap_or(now);
     let not_after = a
         .not_after
@@ -115,7 +115,7 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
             bail!("--rate given twice for per-{}", period.name());
         }
     }
-    let mut hq = stamp_hq::Hq::open(&a.dir, super::keys(g))?;
+    let mut hq = stamp_hq::Hq::open(&a.dir, crate::commands::keys(g))?;
     let org = hq.store().org()?;
     let mut key_types: Vec<DeviceKeyType> = a.key_types.into_iter().map(DeviceKeyType::from).collect();
     key_types.sort();
@@ -168,6 +168,6 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
 mod tests {
     #[test]
     fn slug_makes_identifiers() {
-        assert_eq!(super::slug("Acme Sensors, Inc."), "acme-sensors-inc");
+        assert_eq!(crate::commands::slug("Acme Sensors, Inc."), "acme-sensors-inc");
     }
 }

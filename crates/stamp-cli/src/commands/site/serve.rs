@@ -77,7 +77,7 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
     }
     let mut config = match &a.config {
         Some(path) => {
-            let bytes = super::read_bounded(path, MAX_CONFIG)?;
+            let bytes = crate::commands::read_bounded(path, MAX_CONFIG)?;
             let text =
                 String::from_utf8(bytes).with_context(|| format!("{} is not UTF-8", path.display()))?;
             Config::parse(&text).with_context(|| format!("configuration {}", path.display()))?
@@ -93,7 +93,7 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
     config.check()?;
     init_logging(config.log_format);
     let dir = a.dir.context("--dir is required")?;
-    let pass = super::keys(g);
+    let pass = crate::commands::keys(g);
     let site = stamp_site::Site::open(&dir, pass)?;
     let names = config.server_names.clone();
     let server = Server::new(site, config)?;

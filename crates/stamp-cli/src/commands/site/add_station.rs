@@ -76,9 +76,9 @@ pub fn prepare_out_dir(out: &std::path::Path) -> anyhow::Result<()> {
 pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
     stamp_core::profile::check_station_name(&a.name)?;
     prepare_out_dir(&a.out)?;
-    let pass = super::keys(g);
+    let pass = crate::commands::keys(g);
     let mut site = stamp_site::Site::open(&a.dir, pass)?;
-    let creds = site.add_station(&a.name, super::now())?;
+    let creds = site.add_station(&a.name, crate::commands::now())?;
     let (key, certificate, ca) = write_station_files(&a.out, &creds)?;
     let r = Report {
         name: creds.name.clone(),

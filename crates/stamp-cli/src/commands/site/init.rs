@@ -31,8 +31,8 @@ pub struct Args {
 
 /// Runs `stamp site init`.
 pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
-    let keys = super::new_keys(g, a.key_store.clone());
-    let r = stamp_site::init(&a.dir, &a.site_id, keys, &a.out, super::now())?;
+    let keys = crate::commands::new_keys(g, a.key_store.clone());
+    let r = stamp_site::init(&a.dir, &a.site_id, keys, &a.out, crate::commands::now())?;
     emit(g.json, &r, || {
         println!(
             "Created site directory {} for site {}",

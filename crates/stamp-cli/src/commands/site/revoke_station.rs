@@ -19,9 +19,9 @@ pub struct Args {
 
 /// Runs `stamp site revoke-station`.
 pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
-    let pass = super::keys(g);
+    let pass = crate::commands::keys(g);
     let mut site = stamp_site::Site::open(&a.dir, pass)?;
-    let info = site.revoke_station(&a.name, super::now())?;
+    let info = site.revoke_station(&a.name, crate::commands::now())?;
     emit(g.json, &info, || {
         println!("Station {} is revoked", info.name);
     })

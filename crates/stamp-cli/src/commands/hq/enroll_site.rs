@@ -36,7 +36,7 @@ pub struct Args {
 
 /// Runs `stamp hq enroll-site`.
 pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
-    let bytes = super::read_bounded(&a.request, MAX_FILE)?;
+    let bytes = crate::commands::read_bounded(&a.request, MAX_FILE)?;
     let request = stamp_hq::read_request(&bytes)?;
     let short = request.short_fingerprint();
     if a.fingerprint.is_none() && !a.yes {
@@ -46,8 +46,8 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
             "pass --fingerprint FINGERPRINT (or --yes if you compared it some other way)",
         )?;
     }
-    let mut hq = stamp_hq::Hq::open(&a.dir, super::keys(g))?;
-    let r = hq.enroll_site(&request, a.fingerprint.as_deref(), &a.out, super::now())?;
+    let mut hq = stamp_hq::Hq::open(&a.dir, crate::commands::keys(g))?;
+    let r = hq.enroll_site(&request, a.fingerprint.as_deref(), &a.out, crate::commands::now())?;
     emit(g.json, &r, || {
         println!(
             "Enrolled site {} (request fingerprint {})",

@@ -23,9 +23,9 @@ pub struct Args {
 
 /// Runs `stamp site cloud-verification-cert`.
 pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
-    let site = stamp_site::Site::open(&a.dir, super::keys(g))?;
+    let site = stamp_site::Site::open(&a.dir, crate::commands::keys(g))?;
     let key = stamp_keys::device::generate(stamp_core::entitlement::DeviceKeyType::P256)?;
-    let der = site.cloud_verification_cert(&a.code, &key.spki_der, super::now())?;
+    let der = site.cloud_verification_cert(&a.code, &key.spki_der, crate::commands::now())?;
     drop(key);
-    super::hq_cloud_verification_cert::write(g, "site issuing CA", a.code, a.out, &der)
+    crate::commands::hq::cloud_verification_cert::write(g, "site issuing CA", a.code, a.out, &der)
 }

@@ -32,9 +32,9 @@ pub struct Args {
 
 /// Runs `stamp site import`.
 pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
-    let bytes = super::read_bounded(&a.package, MAX_PACKAGE)?;
-    let mut site = stamp_site::Site::open(&a.dir, super::keys(g))?;
-    let now = super::now();
+    let bytes = crate::commands::read_bounded(&a.package, MAX_PACKAGE)?;
+    let mut site = stamp_site::Site::open(&a.dir, crate::commands::keys(g))?;
+    let now = crate::commands::now();
     let verified = site.verify_entitlement(&bytes, now)?;
     let r = match EngineLock::try_acquire(&a.dir)? {
         Some(_lock) => site.apply_entitlement(verified, now)?,
@@ -74,7 +74,7 @@ fn hand_to_engine(
     }
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(a.wait);
     loop {
-        match site.take_outcome(sequence, super::now())? {
+        match site.take_outcome(sequence, crate::commands::now())? {
             Some(Outcome::Applied(r)) => return Ok(*r),
             Some(Outcome::Refused(e)) => bail!("the running engine refused the package: {e}"),
             None if std::time::Instant::now() >= deadline => bail!(

@@ -24,9 +24,9 @@ pub struct Args {
 
 /// Runs `stamp site export-audit`.
 pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
-    let pass = super::keys(g);
+    let pass = crate::commands::keys(g);
     let mut site = stamp_site::Site::open(&a.dir, pass)?;
-    let r = site.export_audit(&a.out, a.since, super::now())?;
+    let r = site.export_audit(&a.out, a.since, crate::commands::now())?;
     emit(g.json, &r, || {
         println!(
             "Exported entries {}..{} ({} entries) to {}",

@@ -46,7 +46,7 @@ pub struct Args {
     /// not have applied it: every package older than that and above the log's last applied one
     /// is reported as `package-not-applied` (a violation). A number with a unit: `s`, `m`, `h`
     /// or `d` (e.g. `36h`, `7d`, `0s`).
-    #[arg(long, value_name = "DURATION", default_value = "7d", value_parser = super::args::parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "7d", value_parser = crate::commands::args::parse_duration)]
     package_grace: time::Duration,
     /// SQLite page cache for the reconciliation, in MiB: most of its memory (the rest does not
     /// grow with the bundle); less makes a large bundle slower (more writes), never different.
@@ -107,7 +107,7 @@ impl ProgressLine {
 
 /// Runs `stamp hq reconcile`.
 pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
-    let pass = super::keys(g);
+    let pass = crate::commands::keys(g);
     let mut hq = stamp_hq::Hq::open(&a.dir, pass)?;
     let file = File::open(&a.bundle).with_context(|| format!("cannot open {}", a.bundle.display()))?;
     let mut progress = ProgressLine {
@@ -122,7 +122,7 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
     };
     let report = hq.reconcile_with_options(
         BufReader::with_capacity(1 << 16, file),
-        super::now(),
+        crate::commands::now(),
         options,
         &mut |p| progress.update(p),
     )?;

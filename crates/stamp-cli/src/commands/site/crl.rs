@@ -28,9 +28,9 @@ pub struct Args {
 
 /// Runs `stamp site crl`.
 pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
-    let mut site = stamp_site::Site::open(&a.dir, super::keys(g))?;
-    let (crl, r) = site.crl(a.days, super::now())?;
-    super::write_crl(&a.out, &crl, a.der)?;
+    let mut site = stamp_site::Site::open(&a.dir, crate::commands::keys(g))?;
+    let (crl, r) = site.crl(a.days, crate::commands::now())?;
+    crate::commands::write_crl(&a.out, &crl, a.der)?;
     emit(g.json, &r, || {
         println!(
             "Site issuing CA CRL number {} lists {} certificate(s); next update by {}",

@@ -42,7 +42,7 @@ pub struct Args {
 
 /// Runs `stamp hq init`.
 pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
-    let keys = super::new_keys(g, a.key_store.clone());
+    let keys = crate::commands::new_keys(g, a.key_store.clone());
     let opts = InitOptions {
         org: a.org,
         root_algorithm: match a.root_key {
@@ -50,7 +50,7 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
             RootKey::P256 => SignatureAlgorithm::EcdsaP256Sha256,
         },
     };
-    let r = stamp_hq::init(&a.dir, &opts, keys, super::now())?;
+    let r = stamp_hq::init(&a.dir, &opts, keys, crate::commands::now())?;
     emit(g.json, &r, || {
         println!("Created HQ directory {} for {}", r.dir.display(), r.org);
         println!("Keys in: {}", a.key_store);

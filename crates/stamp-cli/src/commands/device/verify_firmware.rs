@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use stamp_core::firmware::{esp32, mcuboot, FirmwareKey, Version, MAX_IMAGE_LEN};
 
-use super::hq_sign_firmware::FormatArg;
+use crate::commands::hq::sign_firmware::FormatArg;
 use crate::output::emit;
 use crate::Globals;
 
@@ -34,10 +34,10 @@ pub struct Args {
 
 /// Runs `stamp device verify-firmware`.
 pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
-    let pem = super::read_bounded(&a.key, 16 * 1024)?;
+    let pem = crate::commands::read_bounded(&a.key, 16 * 1024)?;
     let key = FirmwareKey::from_pem(&String::from_utf8_lossy(&pem))
         .with_context(|| format!("cannot use {} as a firmware key", a.key.display()))?;
-    let image = super::read_bounded(&a.image, MAX_IMAGE_LEN)?;
+    let image = crate::commands::read_bounded(&a.image, MAX_IMAGE_LEN)?;
     let what = format!("{} is not a valid signed image for this key", a.image.display());
     let result = match a.format {
         FormatArg::Mcuboot => {

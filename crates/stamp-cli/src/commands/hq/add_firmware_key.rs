@@ -51,10 +51,10 @@ pub struct Args {
 
 /// Runs `stamp hq add-firmware-key`.
 pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
-    let mut keys = super::keys(g);
+    let mut keys = crate::commands::keys(g);
     keys.new_keys = a.key_store;
     let mut hq = stamp_hq::Hq::open(&a.dir, keys)?;
-    let r = hq.add_firmware_key(&a.name, a.algorithm.into(), super::now())?;
+    let r = hq.add_firmware_key(&a.name, a.algorithm.into(), crate::commands::now())?;
     emit(g.json, &r, || {
         println!(
             "Created firmware key {} ({}; signs {})",

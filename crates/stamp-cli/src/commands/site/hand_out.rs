@@ -60,7 +60,7 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
     builder
         .create(&a.out)
         .with_context(|| format!("cannot create {}", a.out.display()))?;
-    let pass = super::keys(g);
+    let pass = crate::commands::keys(g);
     let site = stamp_site::Site::open(&a.dir, pass)?;
     let engine = Engine::start(&site)?;
     let chain_pem: String = engine
@@ -71,7 +71,7 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
     let mut handed = Vec::new();
     let mut refused = None;
     for _ in 0..a.count {
-        match engine.hand_out(&a.entitlement, &a.station, super::now()) {
+        match engine.hand_out(&a.entitlement, &a.station, crate::commands::now()) {
             Ok((stamp, key)) => {
                 let base = a.out.join(stamp.device_serial.to_string());
                 let key_path = base.with_extension("key.pem");

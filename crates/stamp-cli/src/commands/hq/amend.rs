@@ -6,7 +6,7 @@ use anyhow::bail;
 use stamp_core::entitlement::Status;
 use stamp_hq::entitle::AmendRequest;
 
-use super::args::parse_time;
+use crate::commands::args::parse_time;
 use crate::output::emit;
 use crate::Globals;
 
@@ -57,7 +57,7 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
             "nothing to change: give --add-quota, --not-before, --not-after, --suspend, --resume or --revoke"
         );
     }
-    let mut hq = stamp_hq::Hq::open(&a.dir, super::keys(g))?;
+    let mut hq = stamp_hq::Hq::open(&a.dir, crate::commands::keys(g))?;
     let req = AmendRequest {
         entitlement_id: a.entitlement,
         add_quota: a.add_quota,
@@ -66,7 +66,7 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
         status,
         revoke: None,
     };
-    let r = hq.amend(&req, &a.out, super::now())?;
+    let r = hq.amend(&req, &a.out, crate::commands::now())?;
     emit(g.json, &r, || {
         let e = &r.entitlement;
         println!(

@@ -53,8 +53,8 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
         (None, None, None, Some(s)) => RevokeTarget::Site(s),
         _ => bail!("give exactly one of --serial, --cert-sha256, --entitlement, --site"),
     };
-    let mut hq = stamp_hq::Hq::open(&a.dir, super::keys(g))?;
-    let r = hq.revoke(&target, &a.reason, a.site_update.as_deref(), super::now())?;
+    let mut hq = stamp_hq::Hq::open(&a.dir, crate::commands::keys(g))?;
+    let r = hq.revoke(&target, &a.reason, a.site_update.as_deref(), crate::commands::now())?;
     emit(g.json, &r, || {
         println!(
             "Revoked {} ({}); {} revocations recorded",

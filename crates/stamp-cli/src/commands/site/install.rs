@@ -39,9 +39,9 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
         },
         None => None,
     };
-    let bytes = super::read_bounded(&a.credentials, MAX_FILE)?;
-    let mut site = stamp_site::Site::open(&a.dir, super::keys(g))?;
-    let now = super::now();
+    let bytes = crate::commands::read_bounded(&a.credentials, MAX_FILE)?;
+    let mut site = stamp_site::Site::open(&a.dir, crate::commands::keys(g))?;
+    let now = crate::commands::now();
     let creds = site.verify_credentials(&bytes, pin.as_ref(), now)?;
     if pin.is_none() && !a.yes {
         eprintln!("OEM root SHA-256 fingerprint: {}", creds.root_fingerprint);

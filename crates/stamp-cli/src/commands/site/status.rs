@@ -35,7 +35,7 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
         site_id: store.site_id()?.to_string(),
         installed: store.installed()?,
         last_sequence: store.last_sequence()?,
-        entitlements: stamp_site::entitlements::grant_statuses(&store, super::now())?,
+        entitlements: stamp_site::entitlements::grant_statuses(&store, crate::commands::now())?,
     };
     emit(g.json, &s, || {
         println!(

@@ -27,9 +27,9 @@ pub struct Args {
 
 /// Runs `stamp hq crl`.
 pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
-    let mut hq = stamp_hq::Hq::open(&a.dir, super::keys(g))?;
-    let (crl, r) = hq.root_crl(a.days, super::now())?;
-    super::write_crl(&a.out, &crl, a.der)?;
+    let mut hq = stamp_hq::Hq::open(&a.dir, crate::commands::keys(g))?;
+    let (crl, r) = hq.root_crl(a.days, crate::commands::now())?;
+    crate::commands::write_crl(&a.out, &crl, a.der)?;
     emit(g.json, &r, || {
         println!(
             "OEM root CRL number {} lists {} certificate(s); next update by {}",
