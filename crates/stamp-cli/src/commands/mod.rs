@@ -87,3 +87,45 @@ pub fn write_crl(path: &Path, crl_der: &[u8], der: bool) -> anyhow::Result<()> {
     stamp_store::write_atomic(path, &bytes, 0o644)?;
     Ok(())
 }
+
+/// A role's database, as the listing commands open it straight from the role's directory (no
+/// keys needed): [`open_store`] opens either.
+pub trait RoleStore: Sized {
+    /// The database's file name in the role directory.
+    const DB_FILE: &'static str;
+    /// The error for a directory that holds no such database (the role's own message).
+    fn not_role_dir(dir: &Path) -> anyhow::Error;
+    /// Opens the database file.
+    fn open_file(db: &Path) -> anyhow::Result<Self>;
+}
+
+impl RoleStore for stamp_hq::HqStore {
+    const DB_FILE: &'static str = stamp_hq::DB_FILE;
+    fn not_role_dir(dir: &Path) -> anyhow::Error {
+        stamp_hq::HqError::NotHqDir(dir.to_owned()).into()
+    }
+    fn open_file(db: &Path) -> anyhow::Result<Self> {
+        Ok(Self::open(db)?)
+    }
+}
+
+impl RoleStore for stamp_site::SiteStore {
+    const DB_FILE: &'static str = stamp_site::DB_FILE;
+    fn not_role_dir(dir: &Path) -> anyhow::Error {
+        stamp_site::SiteError::NotSiteDir(dir.to_owned()).into()
+    }
+    fn open_file(db: &Path) -> anyhow::Result<Self> {
+        Ok(Self::open(db)?)
+    }
+}
+
+/// Opens the database of the HQ or site directory `dir` (`let store: HqStore =
+/// open_store(&a.dir)?`); a directory without one is refused with the role's "not an HQ/site
+/// directory" error.
+pub fn open_store<S: RoleStore>(dir: &Path) -> anyhow::Result<S> {
+    let db = dir.join(S::DB_FILE);
+    if !db.is_file() {
+        return Err(S::not_role_dir(dir));
+    }
+    S::open_file(&db)
+}

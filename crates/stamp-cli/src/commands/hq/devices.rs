@@ -42,11 +42,7 @@ fn rfc3339_ms(ms: i64) -> String {
 
 /// Runs `stamp hq devices`.
 pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
-    let db = a.dir.join(stamp_hq::DB_FILE);
-    if !db.is_file() {
-        return Err(stamp_hq::HqError::NotHqDir(a.dir).into());
-    }
-    let store = stamp_hq::HqStore::open(&db)?;
+    let store: stamp_hq::HqStore = crate::commands::open_store(&a.dir)?;
     let json = g.json;
     let mut out = BufWriter::new(std::io::stdout().lock());
     let mut count = 0u64;

@@ -20,11 +20,7 @@ pub struct Args {
 
 /// Runs `stamp hq entitlements`.
 pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
-    let db = a.dir.join(stamp_hq::DB_FILE);
-    if !db.is_file() {
-        return Err(stamp_hq::HqError::NotHqDir(a.dir).into());
-    }
-    let store = stamp_hq::HqStore::open(&db)?;
+    let store: stamp_hq::HqStore = crate::commands::open_store(&a.dir)?;
     let list = store.entitlements(a.site.as_ref())?;
     emit(g.json, &serde_json::json!({ "entitlements": list }), || {
         if list.is_empty() {

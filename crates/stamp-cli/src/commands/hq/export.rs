@@ -66,7 +66,7 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
             }
         }
         f => {
-            let store = open_store(&a.dir)?;
+            let store: stamp_hq::HqStore = crate::commands::open_store(&a.dir)?;
             let (name, data, lines) = match f {
                 Format::AwsBulk => {
                     let mut buf = Vec::new();
@@ -115,12 +115,4 @@ fn json<T: serde::Serialize>(v: &T) -> anyhow::Result<Vec<u8>> {
     let mut out = serde_json::to_vec_pretty(v)?;
     out.write_all(b"\n")?;
     Ok(out)
-}
-
-fn open_store(dir: &std::path::Path) -> anyhow::Result<stamp_hq::HqStore> {
-    let db = dir.join(stamp_hq::DB_FILE);
-    if !db.is_file() {
-        return Err(stamp_hq::HqError::NotHqDir(dir.to_owned()).into());
-    }
-    Ok(stamp_hq::HqStore::open(&db)?)
 }

@@ -53,11 +53,7 @@ struct Report {
 
 /// Runs `stamp hq export-package`.
 pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
-    let db = a.dir.join(stamp_hq::DB_FILE);
-    if !db.is_file() {
-        return Err(stamp_hq::HqError::NotHqDir(a.dir).into());
-    }
-    let store = stamp_hq::HqStore::open(&db)?;
+    let store: stamp_hq::HqStore = crate::commands::open_store(&a.dir)?;
     let which = match (&a.site, &a.entitlement) {
         (Some(site), _) => PackageSelector::Site(site, a.sequence),
         (None, Some(id)) => PackageSelector::Entitlement(id, a.sequence),

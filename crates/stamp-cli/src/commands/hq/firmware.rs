@@ -16,11 +16,7 @@ pub struct Args {
 
 /// Runs `stamp hq firmware`.
 pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
-    let db = a.dir.join(stamp_hq::DB_FILE);
-    if !db.is_file() {
-        return Err(stamp_hq::HqError::NotHqDir(a.dir).into());
-    }
-    let store = stamp_hq::HqStore::open(&db)?;
+    let store: stamp_hq::HqStore = crate::commands::open_store(&a.dir)?;
     let keys = stamp_hq::firmware::keys(&a.dir, &store)?;
     let releases = stamp_hq::firmware::releases(&store)?;
     emit(

@@ -25,11 +25,7 @@ pub struct Args {
 
 /// Runs `stamp hq firmware-key-digest`.
 pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
-    let db = a.dir.join(stamp_hq::DB_FILE);
-    if !db.is_file() {
-        return Err(stamp_hq::HqError::NotHqDir(a.dir).into());
-    }
-    let store = stamp_hq::HqStore::open(&db)?;
+    let store: stamp_hq::HqStore = crate::commands::open_store(&a.dir)?;
     let key = stamp_hq::firmware::public_key(&store, &a.key)?;
     let digest = esp32::public_key_digest(&key)?;
     stamp_store::write_atomic(&a.out, &digest, 0o644)?;

@@ -23,11 +23,7 @@ struct Site {
 
 /// Runs `stamp hq sites`.
 pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
-    let db = a.dir.join(stamp_hq::DB_FILE);
-    if !db.is_file() {
-        return Err(stamp_hq::HqError::NotHqDir(a.dir).into());
-    }
-    let store = stamp_hq::HqStore::open(&db)?;
+    let store: stamp_hq::HqStore = crate::commands::open_store(&a.dir)?;
     let sites: Vec<Site> = store
         .sites()?
         .into_iter()

@@ -15,11 +15,7 @@ pub struct Args {
 
 /// Runs `stamp site stations`.
 pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
-    let db = a.dir.join(stamp_site::DB_FILE);
-    if !db.is_file() {
-        return Err(stamp_site::SiteError::NotSiteDir(a.dir).into());
-    }
-    let store = stamp_site::SiteStore::open(&db)?;
+    let store: stamp_site::SiteStore = crate::commands::open_store(&a.dir)?;
     let stations = store.stations()?;
     emit(g.json, &serde_json::json!({ "stations": stations }), || {
         if stations.is_empty() {

@@ -26,11 +26,7 @@ struct Status {
 
 /// Runs `stamp site status`.
 pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
-    let db = a.dir.join(stamp_site::DB_FILE);
-    if !db.is_file() {
-        return Err(stamp_site::SiteError::NotSiteDir(a.dir).into());
-    }
-    let store = stamp_site::SiteStore::open(&db)?;
+    let store: stamp_site::SiteStore = crate::commands::open_store(&a.dir)?;
     let s = Status {
         site_id: store.site_id()?.to_string(),
         installed: store.installed()?,
