@@ -3,8 +3,14 @@
 //! A thin binary: it parses the command line, reads files, asks for confirmation, calls the role
 //! crates and prints results (text, or one JSON object with `--json`).
 
-mod commands;
+// Standard output is written only through `output` (`emit`, `outln!`), whose writes return their
+// errors: `println!` would panic on a closed pipe.
+#![deny(clippy::print_stdout)]
+
+// Declared first so its `outln!` and `out!` are in scope in `commands`.
+#[macro_use]
 mod output;
+mod commands;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -71,7 +77,6 @@ pub struct Globals {
 }
 
 fn main() -> ExitCode {
-    output::quiet_on_closed_stdout();
     let cli = Cli::parse();
     let globals = Globals {
         json: cli.json,
@@ -88,6 +93,8 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader of stdout went away (`stamp hq devices | head -1`): stop quietly.
+        Err(e) if output::is_closed_stdout(&e) => ExitCode::SUCCESS,
         Err(e) => {
             output::error(globals.json, &e);
             ExitCode::FAILURE

@@ -5,39 +5,61 @@ use std::io::{IsTerminal, Write};
 use anyhow::bail;
 use serde::Serialize;
 
-/// Prints `value` as JSON when `json`, otherwise runs `text`.
-pub fn emit<T: Serialize>(json: bool, value: &T, text: impl FnOnce()) -> anyhow::Result<()> {
+/// Prints `value` as JSON when `json`, otherwise runs `text` (which prints with [`outln!`]).
+pub fn emit<T: Serialize>(
+    json: bool,
+    value: &T,
+    text: impl FnOnce() -> std::io::Result<()>,
+) -> anyhow::Result<()> {
     if json {
         let mut out = std::io::stdout().lock();
         serde_json::to_writer_pretty(&mut out, value)?;
         writeln!(out)?;
     } else {
-        text();
+        text()?;
     }
     Ok(())
 }
 
-/// Exit status when standard output was closed by its reader (as a shell reports SIGPIPE).
-pub const CLOSED_STDOUT_EXIT: i32 = 141;
+/// Writes `args` to standard output, returning the write error (`println!` would panic on it).
+pub fn write_stdout(args: std::fmt::Arguments<'_>, newline: bool) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    out.write_fmt(args)?;
+    if newline {
+        out.write_all(b"\n")?;
+    }
+    Ok(())
+}
 
-/// Makes a closed standard output (`stamp hq devices | head`) end the process quietly with
-/// [`CLOSED_STDOUT_EXIT`], as command-line tools do, instead of a panic message: Rust ignores
-/// SIGPIPE, so `println!` panics with "failed printing to stdout" on a closed pipe. Whatever the
-/// command did before printing is done (every command prints its result last).
-pub fn quiet_on_closed_stdout() {
-    let default = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        let p = info.payload();
-        let msg = p
-            .downcast_ref::<String>()
-            .map(String::as_str)
-            .or_else(|| p.downcast_ref::<&str>().copied())
-            .unwrap_or("");
-        if msg.starts_with("failed printing to stdout") && msg.contains("Broken pipe") {
-            std::process::exit(CLOSED_STDOUT_EXIT);
-        }
-        default(info)
-    }));
+/// `println!` that returns the [`std::io::Result`] of the write instead of panicking, so a closed
+/// standard output reaches [`is_closed_stdout`] as an error.
+macro_rules! outln {
+    () => {
+        $crate::output::write_stdout(format_args!(""), true)
+    };
+    ($($arg:tt)*) => {
+        $crate::output::write_stdout(format_args!($($arg)*), true)
+    };
+}
+
+/// `print!` that returns the [`std::io::Result`] of the write, like [`outln!`].
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::output::write_stdout(format_args!($($arg)*), false)
+    };
+}
+
+/// Whether `e` is, or was caused by, a write to a standard output its reader closed
+/// (`stamp hq devices | head`): [`std::io::ErrorKind::BrokenPipe`] anywhere in the error chain.
+/// Rust ignores SIGPIPE, so such writes fail with `EPIPE`; the command-line convention (as
+/// ripgrep's) is to stop quietly with success, as whatever the command did before printing is
+/// done (every command prints its result last).
+pub fn is_closed_stdout(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 /// A failure whose details the command already printed in its report (the JSON report carries

@@ -495,15 +495,15 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
     };
     let first = devices.serials.first().copied();
     emit(g.json, &report, || {
-        println!(
+        outln!(
             "Done in {:.1} s: {} devices provisioned ({:.0}/s), 1 refused over quota, audit bundle {}.",
             report.seconds,
             report.devices_issued,
             report.issuance_per_second,
             report.audit_bundle.display()
-        );
+        )?;
         let c = &report.cloud;
-        println!(
+        outln!(
             "Cloud: {} of {} genuine devices admitted; refused: {}.",
             c.admitted,
             c.genuine_connected,
@@ -512,16 +512,17 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
                 .map(|r| format!("{} [{}]", r.attacker, r.reason))
                 .collect::<Vec<_>>()
                 .join(", ")
-        );
-        println!("Everything is in {}; check a device with:", report.dir.display());
+        )?;
+        outln!("Everything is in {}; check a device with:", report.dir.display())?;
         if let Some(serial) = first {
             let d = report.devices_dir.join(serial.to_string());
-            println!(
+            outln!(
                 "  openssl verify -x509_strict -purpose sslclient -CAfile {} -untrusted {} {}",
                 report.root_cert.display(),
                 report.site_issuing_ca_cert.display(),
                 d.join("device.crt").display()
-            );
+            )?;
         }
+        Ok(())
     })
 }

@@ -140,21 +140,23 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
         registry: RegistryInfo::of(&reg),
     };
     emit(g.json, &out, || {
-        println!(
+        outln!(
             "Registry {} under OEM root {}",
-            out.registry.sequence, out.registry.root_fingerprint
-        );
+            out.registry.sequence,
+            out.registry.root_fingerprint
+        )?;
         match verdict.reason {
-            None => println!(
+            None => outln!(
                 "GENUINE ({:?}): serial {} of {} at site {}: {}",
                 verdict.standing,
                 verdict.device_serial.unwrap_or_default(),
                 verdict.entitlement_id.as_deref().unwrap_or("?"),
                 verdict.site_id.as_deref().unwrap_or("?"),
                 verdict.detail
-            ),
-            Some(r) => println!("REFUSED [{}]: {}", r.code(), verdict.detail),
+            )?,
+            Some(r) => outln!("REFUSED [{}]: {}", r.code(), verdict.detail)?,
         }
+        Ok(())
     })?;
     match verdict.reason {
         None => Ok(()),

@@ -88,7 +88,7 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
     )?;
     emit(g.json, &reply, || {
         if reply.admitted {
-            println!(
+            outln!(
                 "ADMITTED ({}): serial {} of site {}{}",
                 reply.standing,
                 reply.device_serial.unwrap_or_default(),
@@ -98,14 +98,15 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
                 } else {
                     format!(" [flags: {}]", reply.flags.join(", "))
                 }
-            );
+            )?;
         } else {
-            println!(
+            outln!(
                 "REFUSED [{}]: {}",
                 reply.reason.as_deref().unwrap_or("?"),
                 reply.detail
-            );
+            )?;
         }
+        Ok(())
     })?;
     if reply.admitted {
         Ok(())

@@ -80,21 +80,29 @@ pub fn run_with_progress(opts: &SimulateOptions, quiet: bool) -> anyhow::Result<
 }
 
 /// Prints a report's summary lines.
-pub fn print_summary(r: &SimulationReport) {
-    println!(
+pub fn print_summary(r: &SimulationReport) -> std::io::Result<()> {
+    outln!(
         "Provisioned {} of {} devices in {:.2} s ({:.0} devices/s) over {:?}",
-        r.provisioned, r.requested, r.seconds, r.devices_per_second, r.protocol
-    );
+        r.provisioned,
+        r.requested,
+        r.seconds,
+        r.devices_per_second,
+        r.protocol
+    )?;
     for (code, n) in &r.refused {
-        println!("  refused ({code}): {n}");
+        outln!("  refused ({code}): {n}")?;
     }
     for (kind, n) in &r.failed {
-        println!("  failed ({kind}): {n}");
+        outln!("  failed ({kind}): {n}")?;
     }
-    println!(
+    outln!(
         "  latency per device: p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
-        r.latency_ms.p50, r.latency_ms.p90, r.latency_ms.p99, r.latency_ms.max
-    );
+        r.latency_ms.p50,
+        r.latency_ms.p90,
+        r.latency_ms.p99,
+        r.latency_ms.max
+    )?;
+    Ok(())
 }
 
 /// Runs `stamp device simulate`.
@@ -119,8 +127,9 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
     };
     let r = run_with_progress(&opts, g.json)?;
     emit(g.json, &r, || {
-        print_summary(&r);
-        println!("Stamps in {}", r.out_dir.display());
+        print_summary(&r)?;
+        outln!("Stamps in {}", r.out_dir.display())?;
+        Ok(())
     })?;
     if r.provisioned < r.requested {
         return Err(crate::output::AlreadyReported(format!(

@@ -60,18 +60,19 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
         }
     };
     emit(g.json, &result, || {
-        println!(
+        outln!(
             "OK: {} is signed by {} ({})",
             a.image.display(),
             a.key.display(),
             key.algorithm().name()
-        );
+        )?;
         let img = &result["image"];
         if let Some(v) = img.get("version").and_then(|v| v.as_str()) {
-            println!("Version: {v}");
+            outln!("Version: {v}")?;
         }
         if let Some(v) = img.get("secure_version").and_then(|v| v.as_u64()) {
-            println!("secure_version: {v}");
+            outln!("secure_version: {v}")?;
         }
+        Ok(())
     })
 }

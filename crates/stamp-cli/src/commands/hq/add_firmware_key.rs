@@ -56,19 +56,20 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
     let mut hq = stamp_hq::Hq::open(&a.dir, keys)?;
     let r = hq.add_firmware_key(&a.name, a.algorithm.into(), crate::commands::now())?;
     emit(g.json, &r, || {
-        println!(
+        outln!(
             "Created firmware key {} ({}; signs {})",
             r.name,
             r.algorithm,
             r.formats.join(", ")
-        );
-        println!("Certificate: {}", r.certificate.display());
-        println!("Public key:  {}", r.public_key.display());
+        )?;
+        outln!("Certificate: {}", r.certificate.display())?;
+        outln!("Public key:  {}", r.public_key.display())?;
         if let Some(h) = &r.mcuboot_key_hash {
-            println!("MCUboot key hash:                {h}");
+            outln!("MCUboot key hash:                {h}")?;
         }
         if let Some(d) = &r.esp32_sbv2_key_digest {
-            println!("ESP32 Secure Boot V2 key digest: {d}");
+            outln!("ESP32 Secure Boot V2 key digest: {d}")?;
         }
+        Ok(())
     })
 }

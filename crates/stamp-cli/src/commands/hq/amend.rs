@@ -69,17 +69,20 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
     let r = hq.amend(&req, &a.out, crate::commands::now())?;
     emit(g.json, &r, || {
         let e = &r.entitlement;
-        println!(
+        outln!(
             "Amended {} for site {} (sequence {})",
-            e.entitlement_id, e.site_id, r.sequence
-        );
-        println!(
+            e.entitlement_id,
+            e.site_id,
+            r.sequence
+        )?;
+        outln!(
             "  status {}, quota {}, window {} to {}",
             e.status.name(),
             e.quota,
             e.not_before,
             e.not_after
-        );
-        println!("Sealed package for the site: {}", r.package.display());
+        )?;
+        outln!("Sealed package for the site: {}", r.package.display())?;
+        Ok(())
     })
 }

@@ -65,14 +65,13 @@ pub fn write(g: &Globals, ca: &str, code: String, out: PathBuf, der: &[u8]) -> a
         sha256: stamp_core::fingerprint::cert_sha256(der),
     };
     emit(g.json, &w, || {
-        println!(
+        outln!(
             "Verification certificate for {} (CN={}) written to {}",
             w.ca,
             w.code,
             w.out.display()
-        );
-        println!(
-            "Its key was thrown away: the certificate proves possession of the CA key and nothing else."
-        );
+        )?;
+        outln!("Its key was thrown away: the certificate proves possession of the CA key and nothing else.")?;
+        Ok(())
     })
 }

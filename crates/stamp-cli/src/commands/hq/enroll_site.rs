@@ -49,14 +49,16 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
     let mut hq = stamp_hq::Hq::open(&a.dir, crate::commands::keys(g))?;
     let r = hq.enroll_site(&request, a.fingerprint.as_deref(), &a.out, crate::commands::now())?;
     emit(g.json, &r, || {
-        println!(
+        outln!(
             "Enrolled site {} (request fingerprint {})",
-            r.site_id, r.request_fingerprint
-        );
-        println!("Credentials for the site: {}", r.credentials.display());
-        println!(
+            r.site_id,
+            r.request_fingerprint
+        )?;
+        outln!("Credentials for the site: {}", r.credentials.display())?;
+        outln!(
             "Site issuing CA certificate: {}",
             r.site_issuing_ca_cert.display()
-        );
+        )?;
+        Ok(())
     })
 }

@@ -8,7 +8,9 @@ use stamp_core::entitlement::{DeviceKeyType, DeviceProfile, Product, RatePeriod}
 use stamp_core::SiteId;
 use stamp_hq::entitle::GrantRequest;
 
-use crate::commands::args::{parse_key_value, parse_rate, parse_renewals, parse_secret, parse_time, KeyTypeArg};
+use crate::commands::args::{
+    parse_key_value, parse_rate, parse_renewals, parse_secret, parse_time, KeyTypeArg,
+};
 use crate::output::emit;
 use crate::Globals;
 
@@ -148,19 +150,25 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
     let r = hq.entitle(&req, &a.out, now)?;
     emit(g.json, &r, || {
         let e = &r.entitlement;
-        println!(
+        outln!(
             "Entitlement {} for site {} (sequence {})",
-            e.entitlement_id, e.site_id, r.sequence
-        );
-        println!(
+            e.entitlement_id,
+            e.site_id,
+            r.sequence
+        )?;
+        outln!(
             "  product {} ({}/{}), quota {}",
-            e.product.name, e.product.oem_id, e.product.product_id, e.quota
-        );
+            e.product.name,
+            e.product.oem_id,
+            e.product.product_id,
+            e.quota
+        )?;
         for s in &e.serial_ranges {
-            println!("  device serials {}..={}", s.first, s.last);
+            outln!("  device serials {}..={}", s.first, s.last)?;
         }
-        println!("  window {} to {}", e.not_before, e.not_after);
-        println!("Sealed package for the site: {}", r.package.display());
+        outln!("  window {} to {}", e.not_before, e.not_after)?;
+        outln!("Sealed package for the site: {}", r.package.display())?;
+        Ok(())
     })
 }
 

@@ -24,7 +24,7 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
     let list = store.entitlements(a.site.as_ref())?;
     emit(g.json, &serde_json::json!({ "entitlements": list }), || {
         if list.is_empty() {
-            println!("No entitlements.");
+            outln!("No entitlements.")?;
         }
         for e in &list {
             let ranges: Vec<String> = e
@@ -32,7 +32,7 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
                 .iter()
                 .map(|r| format!("{}..={}", r.first, r.last))
                 .collect();
-            println!(
+            outln!(
                 "{}\tsite {}\t{}\t{}/{}\tquota {}\tserials {}\t{} to {}",
                 e.entitlement_id,
                 e.site_id,
@@ -43,7 +43,8 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
                 ranges.join(","),
                 e.not_before,
                 e.not_after
-            );
+            )?;
         }
+        Ok(())
     })
 }

@@ -73,7 +73,11 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
                     let n = store.export_aws_bulk(&mut buf)?;
                     ("aws-bulk", buf, Some(n))
                 }
-                Format::AwsJitr => ("aws-jitr", json(&crate::commands::cloud::formats::aws_jitr(&store)?)?, None),
+                Format::AwsJitr => (
+                    "aws-jitr",
+                    json(&crate::commands::cloud::formats::aws_jitr(&store)?)?,
+                    None,
+                ),
                 _ => (
                     "azure-dps",
                     json(&crate::commands::cloud::formats::azure_dps(&store)?)?,
@@ -91,7 +95,7 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
     };
     emit(g.json, &written, || match (&written.registry, written.lines) {
         (Some(r), _) => {
-            println!(
+            outln!(
                 "Registry {} written to {} ({} bytes): {} sites, {} entitlements, {} devices, {} revocations",
                 r.sequence,
                 written.out.display(),
@@ -100,14 +104,14 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
                 r.entitlements,
                 r.devices,
                 r.revocations
-            );
-            println!(
+            )?;
+            outln!(
                 "OEM root fingerprint (pin it in verifiers): {}",
                 r.root_fingerprint
-            );
+            )
         }
-        (None, Some(n)) => println!("{} devices written to {}", n, written.out.display()),
-        _ => println!("{} material written to {}", written.format, written.out.display()),
+        (None, Some(n)) => outln!("{} devices written to {}", n, written.out.display()),
+        _ => outln!("{} material written to {}", written.format, written.out.display()),
     })
 }
 

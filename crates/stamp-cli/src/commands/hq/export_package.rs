@@ -77,7 +77,7 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
         created_at: p.created_at,
     };
     emit(g.json, &r, || {
-        println!(
+        outln!(
             "Wrote package {} of site {} ({} of {}, sealed {}) to {}",
             r.sequence,
             r.site_id,
@@ -85,7 +85,8 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
             r.entitlement_id,
             r.created_at,
             r.package.display()
-        );
-        println!("  SHA-256 {}", r.sha256);
+        )?;
+        outln!("  SHA-256 {}", r.sha256)?;
+        Ok(())
     })
 }

@@ -24,26 +24,31 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
         &serde_json::json!({ "keys": keys, "releases": releases }),
         || {
             if keys.is_empty() {
-                println!("No firmware keys.");
+                outln!("No firmware keys.")?;
             }
             for k in &keys {
-                println!(
+                outln!(
                     "key {}\t{}\t{}\tpublic key {}",
                     k.name,
                     k.algorithm,
                     k.formats.join(","),
                     k.public_key.display()
-                );
+                )?;
             }
             if releases.is_empty() {
-                println!("No releases.");
+                outln!("No releases.")?;
             }
             for r in &releases {
-                println!(
+                outln!(
                     "release {}\t{}\tkey {}\tsha256 {}\t{}",
-                    r.version, r.format, r.key, r.sha256, r.signed_at
-                );
+                    r.version,
+                    r.format,
+                    r.key,
+                    r.sha256,
+                    r.signed_at
+                )?;
             }
+            Ok(())
         },
     )
 }

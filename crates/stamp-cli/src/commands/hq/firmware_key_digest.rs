@@ -34,8 +34,9 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
         g.json,
         &serde_json::json!({ "key": a.key, "digest": hex, "out": a.out }),
         || {
-            println!("ESP32 Secure Boot V2 key digest of {}: {hex}", a.key);
-            println!("Written to {}", a.out.display());
+            outln!("ESP32 Secure Boot V2 key digest of {}: {hex}", a.key)?;
+            outln!("Written to {}", a.out.display())?;
+            Ok(())
         },
     )
 }

@@ -52,18 +52,19 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
     };
     let r = stamp_hq::init(&a.dir, &opts, keys, crate::commands::now())?;
     emit(g.json, &r, || {
-        println!("Created HQ directory {} for {}", r.dir.display(), r.org);
-        println!("Keys in: {}", a.key_store);
-        println!("OEM root certificate:  {}", r.root_cert.display());
-        println!(
+        outln!("Created HQ directory {} for {}", r.dir.display(), r.org)?;
+        outln!("Keys in: {}", a.key_store)?;
+        outln!("OEM root certificate:  {}", r.root_cert.display())?;
+        outln!(
             "HQ authority (signing): {}",
             r.hq_authority_signing_cert.display()
-        );
-        println!(
+        )?;
+        outln!(
             "HQ authority (key agreement): {}",
             r.hq_authority_key_agreement_cert.display()
-        );
-        println!("OEM root SHA-256 fingerprint (give this to every site):");
-        println!("  {}", r.root_fingerprint);
+        )?;
+        outln!("OEM root SHA-256 fingerprint (give this to every site):")?;
+        outln!("  {}", r.root_fingerprint)?;
+        Ok(())
     })
 }

@@ -139,48 +139,51 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_text(r: &ReconcileReport) {
-    println!(
+fn print_text(r: &ReconcileReport) -> std::io::Result<()> {
+    outln!(
         "Bundle {} from site {}: entries {} to {} ({} entries)",
         r.bundle_id,
         r.site_id,
         r.first_index,
         (r.first_index + r.entries).saturating_sub(1),
         r.entries
-    );
+    )?;
     match &r.previous {
-        Some(p) => println!("  extends the log from size {} (root {})", p.size, p.root),
-        None => println!("  the site's first bundle"),
+        Some(p) => outln!("  extends the log from size {} (root {})", p.size, p.root)?,
+        None => outln!("  the site's first bundle")?,
     }
-    println!(
+    outln!(
         "  checkpoint accepted: size {}, root {}",
-        r.checkpoint.size, r.checkpoint.root
-    );
-    println!(
+        r.checkpoint.size,
+        r.checkpoint.root
+    )?;
+    outln!(
         "  devices issued {}, recorded as genuine {}; entitlement packages applied {}",
-        r.devices_issued, r.devices_recorded, r.entitlements_applied
-    );
+        r.devices_issued,
+        r.devices_recorded,
+        r.entitlements_applied
+    )?;
     if !r.refusals_by_reason.is_empty() {
         let list: Vec<String> = r
             .refusals_by_reason
             .iter()
             .map(|(k, n)| format!("{k} {n}"))
             .collect();
-        println!("  refused requests: {}", list.join(", "));
+        outln!("  refused requests: {}", list.join(", "))?;
     }
     if r.ok {
-        println!("OK: every entry kept the site's entitlements.");
-        return;
+        outln!("OK: every entry kept the site's entitlements.")?;
+        return Ok(());
     }
     let total = r.violations.len() as u64 + r.violations_omitted;
-    println!("VIOLATIONS: {total}");
+    outln!("VIOLATIONS: {total}")?;
     for v in &r.violations {
         let grant = v
             .entitlement_id
             .as_deref()
             .map(|g| format!(" [{g}]"))
             .unwrap_or_default();
-        println!("  {}{grant}: {}", v.kind, v.detail);
+        outln!("  {}{grant}: {}", v.kind, v.detail)?;
         let list: Vec<String> = v.entries.iter().map(u64::to_string).collect();
         let more = v.entry_count.saturating_sub(v.entries.len() as u64);
         let more = if more > 0 {
@@ -188,12 +191,13 @@ fn print_text(r: &ReconcileReport) {
         } else {
             String::new()
         };
-        println!("    entries: {}{more}", list.join(", "));
+        outln!("    entries: {}{more}", list.join(", "))?;
     }
     if r.violations_omitted > 0 {
-        println!("  ... and {} more violations not listed", r.violations_omitted);
+        outln!("  ... and {} more violations not listed", r.violations_omitted)?;
     }
-    println!(
+    outln!(
         "The checkpoint was accepted and genuine devices recorded; the violations above need investigating."
-    );
+    )?;
+    Ok(())
 }

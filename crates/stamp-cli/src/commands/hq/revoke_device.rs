@@ -54,24 +54,32 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
         _ => bail!("give exactly one of --serial, --cert-sha256, --entitlement, --site"),
     };
     let mut hq = stamp_hq::Hq::open(&a.dir, crate::commands::keys(g))?;
-    let r = hq.revoke(&target, &a.reason, a.site_update.as_deref(), crate::commands::now())?;
+    let r = hq.revoke(
+        &target,
+        &a.reason,
+        a.site_update.as_deref(),
+        crate::commands::now(),
+    )?;
     emit(g.json, &r, || {
-        println!(
+        outln!(
             "Revoked {} ({}); {} revocations recorded",
-            r.revoked, r.reason, r.revocations
-        );
-        println!("Export a new registry for verifiers: stamp hq export --format registry");
+            r.revoked,
+            r.reason,
+            r.revocations
+        )?;
+        outln!("Export a new registry for verifiers: stamp hq export --format registry")?;
         match &r.site_update {
-            Some(p) => println!(
+            Some(p) => outln!(
                 "Entitlement update for site {} (sequence {}): {}; the site applies it with stamp site import",
                 p.entitlement.site_id,
                 p.sequence,
                 p.package.display()
-            ),
+            )?,
             None if matches!(target, RevokeTarget::Site(_)) => {
-                println!("Publish a new OEM root CRL for X.509 verifiers: stamp hq crl")
+                outln!("Publish a new OEM root CRL for X.509 verifiers: stamp hq crl")?
             }
-            None => println!("To revoke the certificates at the site (its CRL), add --site-update FILE"),
+            None => outln!("To revoke the certificates at the site (its CRL), add --site-update FILE")?,
         }
+        Ok(())
     })
 }

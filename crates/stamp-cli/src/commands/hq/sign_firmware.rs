@@ -113,19 +113,20 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
     };
     let r = hq.sign_firmware(&req, &image, &a.out, crate::commands::now())?;
     emit(g.json, &r, || {
-        println!(
+        outln!(
             "Signed release {} ({}) with key {}: {}",
             r.release.version,
             r.release.format,
             r.release.key,
             r.output.display()
-        );
-        println!("SHA-256 of the signed image: {}", r.release.sha256);
-        println!("Signed digest:               {}", r.release.image_digest);
+        )?;
+        outln!("SHA-256 of the signed image: {}", r.release.sha256)?;
+        outln!("Signed digest:               {}", r.release.image_digest)?;
         if let Some(sv) = r.secure_version {
-            println!("ESP-IDF secure_version:      {sv}");
+            outln!("ESP-IDF secure_version:      {sv}")?;
         }
-        println!("Verify with: {}", r.public_key.display());
+        outln!("Verify with: {}", r.public_key.display())?;
+        Ok(())
     })
 }
 

@@ -31,10 +31,11 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
         .collect();
     emit(g.json, &serde_json::json!({ "sites": sites }), || {
         if sites.is_empty() {
-            println!("No sites enrolled.");
+            outln!("No sites enrolled.")?;
         }
         for s in &sites {
-            println!("{}\tenrolled {}", s.site_id, s.enrolled_at);
+            outln!("{}\tenrolled {}", s.site_id, s.enrolled_at)?;
         }
+        Ok(())
     })
 }

@@ -88,12 +88,14 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
         ca,
     };
     emit(g.json, &r, || {
-        println!(
+        outln!(
             "Station {} added (certificate SHA-256 {})",
-            r.name, r.certificate_sha256
-        );
-        println!("  key         {} (give it to the station only)", r.key.display());
-        println!("  certificate {}", r.certificate.display());
-        println!("  trusts      {} (OEM root)", r.ca.display());
+            r.name,
+            r.certificate_sha256
+        )?;
+        outln!("  key         {} (give it to the station only)", r.key.display())?;
+        outln!("  certificate {}", r.certificate.display())?;
+        outln!("  trusts      {} (OEM root)", r.ca.display())?;
+        Ok(())
     })
 }

@@ -32,10 +32,13 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
     let (crl, r) = site.crl(a.days, crate::commands::now())?;
     crate::commands::write_crl(&a.out, &crl, a.der)?;
     emit(g.json, &r, || {
-        println!(
+        outln!(
             "Site issuing CA CRL number {} lists {} certificate(s); next update by {}",
-            r.number, r.revoked, r.next_update
-        );
-        println!("Written to {}", a.out.display());
+            r.number,
+            r.revoked,
+            r.next_update
+        )?;
+        outln!("Written to {}", a.out.display())?;
+        Ok(())
     })
 }

@@ -28,13 +28,14 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
     let mut site = stamp_site::Site::open(&a.dir, pass)?;
     let r = site.export_audit(&a.out, a.since, crate::commands::now())?;
     emit(g.json, &r, || {
-        println!(
+        outln!(
             "Exported entries {}..{} ({} entries) to {}",
             r.previous_size,
             r.size,
             r.entries,
             r.bundle.display()
-        );
-        println!("Checkpoint: log size {}, root {}", r.size, r.root);
+        )?;
+        outln!("Checkpoint: log size {}, root {}", r.size, r.root)?;
+        Ok(())
     })
 }

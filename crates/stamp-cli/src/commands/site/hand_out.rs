@@ -117,19 +117,20 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
         refused,
     };
     emit(g.json, &report, || {
-        println!(
+        outln!(
             "Handed out {} of {} keys under {}",
             report.handed_out.len(),
             report.requested,
             report.entitlement
-        );
+        )?;
         if let Some(r) = &report.refused {
-            println!("  then refused: {r}");
+            outln!("  then refused: {r}")?;
         }
-        println!(
+        outln!(
             "Keys, certificates and stamps in {} (delete the keys once programmed)",
             a.out.display()
-        );
+        )?;
+        Ok(())
     })?;
     if let Some(r) = report.refused {
         return Err(crate::output::AlreadyReported(format!("refused: {r}")).into());

@@ -42,11 +42,13 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
     };
     emit(g.json, &r, || {
         let e = &r.entitlement;
-        println!(
+        outln!(
             "Applied {} of {} (sequence {})",
-            r.action, e.entitlement_id, r.sequence
-        );
-        println!(
+            r.action,
+            e.entitlement_id,
+            r.sequence
+        )?;
+        outln!(
             "  {} ({}/{}): {}, quota {}, window {} to {}",
             e.product_name,
             e.oem_id,
@@ -55,7 +57,8 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
             e.quota,
             e.not_before,
             e.not_after
-        );
+        )?;
+        Ok(())
     })
 }
 

@@ -34,16 +34,17 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
     let keys = crate::commands::new_keys(g, a.key_store.clone());
     let r = stamp_site::init(&a.dir, &a.site_id, keys, &a.out, crate::commands::now())?;
     emit(g.json, &r, || {
-        println!(
+        outln!(
             "Created site directory {} for site {}",
             r.dir.display(),
             r.site_id
-        );
-        println!("Keys in: {}", a.key_store);
-        println!("Request for HQ: {}", r.request.display());
-        println!(
+        )?;
+        outln!("Keys in: {}", a.key_store)?;
+        outln!("Request for HQ: {}", r.request.display())?;
+        outln!(
             "Request fingerprint (read this out to HQ): {}",
             r.request_fingerprint
-        );
+        )?;
+        Ok(())
     })
 }

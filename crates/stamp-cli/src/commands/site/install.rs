@@ -52,10 +52,11 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
     }
     let r = site.install(&creds, now)?;
     emit(g.json, &r, || {
-        println!("Installed credentials for site {}", r.site_id);
-        println!("OEM root fingerprint: {}", r.root_fingerprint);
+        outln!("Installed credentials for site {}", r.site_id)?;
+        outln!("OEM root fingerprint: {}", r.root_fingerprint)?;
         for (name, path) in &r.certs {
-            println!("  {name}: {}", path.display());
+            outln!("  {name}: {}", path.display())?;
         }
+        Ok(())
     })
 }

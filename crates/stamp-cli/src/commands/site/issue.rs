@@ -138,7 +138,12 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
                 let Some(file) = files.get(i) else { break };
                 let outcome = (|| -> anyhow::Result<Result<Issued, String>> {
                     let bytes = crate::commands::read_bounded(file, MAX_CSR_FILE)?;
-                    match engine.issue(&a.entitlement, &csr_der(&bytes), &a.station, crate::commands::now()) {
+                    match engine.issue(
+                        &a.entitlement,
+                        &csr_der(&bytes),
+                        &a.station,
+                        crate::commands::now(),
+                    ) {
                         Ok(stamp) => {
                             let name = stem(file);
                             let cert = a.out.join(format!("{name}.crt.pem"));
@@ -217,17 +222,22 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
         devices,
     };
     emit(g.json, &report, || {
-        println!(
+        outln!(
             "Issued {} of {} devices under {} in {:.2} s ({:.0}/s)",
-            report.issued, report.requested, report.entitlement, report.seconds, report.per_second
-        );
+            report.issued,
+            report.requested,
+            report.entitlement,
+            report.seconds,
+            report.per_second
+        )?;
         for (code, n) in &report.refused {
-            println!("  refused ({code}): {n}");
+            outln!("  refused ({code}): {n}")?;
         }
         if report.failed > 0 {
-            println!("  not processed: {}", report.failed);
+            outln!("  not processed: {}", report.failed)?;
         }
-        println!("Certificates and stamps in {}", a.out.display());
+        outln!("Certificates and stamps in {}", a.out.display())?;
+        Ok(())
     })?;
     if let Some(e) = fatal {
         return Err(e.context("issuance stopped"));

@@ -23,6 +23,7 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
     let mut site = stamp_site::Site::open(&a.dir, pass)?;
     let info = site.revoke_station(&a.name, crate::commands::now())?;
     emit(g.json, &info, || {
-        println!("Station {} is revoked", info.name);
+        outln!("Station {} is revoked", info.name)?;
+        Ok(())
     })
 }

@@ -72,7 +72,7 @@ async fn stop_signal() {
 /// Runs `stamp site serve`.
 pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
     if a.print_config {
-        print!("{DEFAULT_CONFIG}");
+        out!("{DEFAULT_CONFIG}")?;
         return Ok(());
     }
     let mut config = match &a.config {

@@ -19,7 +19,7 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
     let stations = store.stations()?;
     emit(g.json, &serde_json::json!({ "stations": stations }), || {
         if stations.is_empty() {
-            println!("No stations; add one with `stamp site add-station`.");
+            outln!("No stations; add one with `stamp site add-station`.")?;
         }
         for s in &stations {
             let state = if s.revoked_ms.is_some() {
@@ -27,7 +27,8 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
             } else {
                 "active"
             };
-            println!("{:<24} {state:<8} {}", s.name, s.cert_sha256);
+            outln!("{:<24} {state:<8} {}", s.name, s.cert_sha256)?;
         }
+        Ok(())
     })
 }

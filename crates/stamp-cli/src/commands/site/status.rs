@@ -34,7 +34,7 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
         entitlements: stamp_site::entitlements::grant_statuses(&store, crate::commands::now())?,
     };
     emit(g.json, &s, || {
-        println!(
+        outln!(
             "Site {} ({})",
             s.site_id,
             if s.installed {
@@ -42,9 +42,9 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
             } else {
                 "not yet installed"
             }
-        );
+        )?;
         if s.entitlements.is_empty() {
-            println!("No entitlements.");
+            outln!("No entitlements.")?;
         }
         for e in &s.entitlements {
             let rates: Vec<String> = e
@@ -52,7 +52,7 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
                 .iter()
                 .map(|(p, n)| format!("{n}/{}", p.name()))
                 .collect();
-            println!(
+            outln!(
                 "{}\t{}\t{}/{}\tissued {} of {} ({} left)\trate {}\t{} to {}{}",
                 e.entitlement_id,
                 e.status.name(),
@@ -69,21 +69,25 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
                 e.not_before,
                 e.not_after,
                 if e.in_window { "" } else { " (outside window)" }
-            );
+            )?;
             for f in &e.firmware {
-                println!(
+                outln!(
                     "  firmware {} ({}, key {}, sha256 {})",
-                    f.version, f.format, f.key, f.sha256
-                );
+                    f.version,
+                    f.format,
+                    f.key,
+                    f.sha256
+                )?;
             }
             if e.all_devices_revoked {
-                println!("  every device revoked by HQ (see stamp site crl)");
+                outln!("  every device revoked by HQ (see stamp site crl)")?;
             } else if !e.revoked_devices.is_empty() {
-                println!(
+                outln!(
                     "  {} device(s) revoked by HQ (see stamp site crl)",
                     e.revoked_devices.len()
-                );
+                )?;
             }
         }
+        Ok(())
     })
 }

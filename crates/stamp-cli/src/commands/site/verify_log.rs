@@ -23,7 +23,8 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
         g.json,
         &serde_json::json!({ "ok": true, "size": size, "root": root }),
         || {
-            println!("Audit log OK: {size} entries, root {root}");
+            outln!("Audit log OK: {size} entries, root {root}")?;
+            Ok(())
         },
     )
 }
