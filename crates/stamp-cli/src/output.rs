@@ -13,7 +13,8 @@ pub fn emit<T: Serialize>(
 ) -> anyhow::Result<()> {
     if json {
         let mut out = std::io::stdout().lock();
-        serde_json::to_writer_pretty(&mut out, value)?;
+        // `io::Error::from` gives back a write's own error (serde_json's `source()` skips it).
+        serde_json::to_writer_pretty(&mut out, value).map_err(std::io::Error::from)?;
         writeln!(out)?;
     } else {
         text()?;
@@ -56,9 +57,14 @@ macro_rules! out {
 /// done (every command prints its result last).
 pub fn is_closed_stdout(e: &anyhow::Error) -> bool {
     e.chain().any(|cause| {
-        cause
-            .downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+        let kind = match cause.downcast_ref::<std::io::Error>() {
+            Some(io) => Some(io.kind()),
+            // serde_json's `source()` skips the io::Error it wraps.
+            None => cause
+                .downcast_ref::<serde_json::Error>()
+                .and_then(serde_json::Error::io_error_kind),
+        };
+        kind == Some(std::io::ErrorKind::BrokenPipe)
     })
 }
 
@@ -106,5 +112,34 @@ pub fn confirm(question: &str, how_to_skip: &str) -> anyhow::Result<()> {
         Ok(())
     } else {
         bail!("not confirmed; nothing was changed")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_closed_stdout;
+    use anyhow::Context;
+
+    fn broken_pipe() -> std::io::Error {
+        std::io::Error::from(std::io::ErrorKind::BrokenPipe)
+    }
+
+    #[test]
+    fn a_broken_pipe_anywhere_in_the_chain_is_a_closed_stdout() {
+        let direct = anyhow::Error::from(broken_pipe());
+        assert!(is_closed_stdout(&direct));
+        let wrapped = Err::<(), _>(broken_pipe())
+            .context("cannot write the report")
+            .unwrap_err();
+        assert!(is_closed_stdout(&wrapped));
+        let json = anyhow::Error::from(serde_json::Error::io(broken_pipe()));
+        assert!(is_closed_stdout(&json));
+    }
+
+    #[test]
+    fn other_errors_are_not() {
+        let other = anyhow::Error::from(std::io::Error::from(std::io::ErrorKind::PermissionDenied));
+        assert!(!is_closed_stdout(&other));
+        assert!(!is_closed_stdout(&anyhow::anyhow!("Broken pipe")));
     }
 }

@@ -176,6 +176,6 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
 mod tests {
     #[test]
     fn slug_makes_identifiers() {
-        assert_eq!(crate::commands::slug("Acme Sensors, Inc."), "acme-sensors-inc");
+        assert_eq!(super::slug("Acme Sensors, Inc."), "acme-sensors-inc");
     }
 }
