@@ -93,8 +93,9 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        // The reader of stdout went away (`stamp hq devices | head -1`): stop quietly.
-        Err(e) if output::is_closed_stdout(&e) => ExitCode::SUCCESS,
+        // The reader of stdout went away (`stamp hq devices | head -1`): stop quietly, with the
+        // status a shell reports for a process ended by SIGPIPE (the pipeline's is head's).
+        Err(e) if output::is_closed_stdout(&e) => ExitCode::from(output::CLOSED_STDOUT_EXIT),
         Err(e) => {
             output::error(globals.json, &e);
             ExitCode::FAILURE

@@ -50,11 +50,15 @@ macro_rules! out {
     };
 }
 
+/// Exit status when standard output was closed by its reader (as a shell reports SIGPIPE): the
+/// command's work is done but its report was not delivered, so it is not plain success.
+pub const CLOSED_STDOUT_EXIT: u8 = 141;
+
 /// Whether `e` is, or was caused by, a write to a standard output its reader closed
 /// (`stamp hq devices | head`): [`std::io::ErrorKind::BrokenPipe`] anywhere in the error chain.
-/// Rust ignores SIGPIPE, so such writes fail with `EPIPE`; the command-line convention (as
-/// ripgrep's) is to stop quietly with success, as whatever the command did before printing is
-/// done (every command prints its result last).
+/// Rust ignores SIGPIPE, so such writes fail with `EPIPE`; `main` then stops quietly, without an
+/// error report, with [`CLOSED_STDOUT_EXIT`]. Whatever the command did before printing is done
+/// (every command prints its result last).
 pub fn is_closed_stdout(e: &anyhow::Error) -> bool {
     e.chain().any(|cause| {
         let kind = match cause.downcast_ref::<std::io::Error>() {
