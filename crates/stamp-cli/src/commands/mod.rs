@@ -99,25 +99,28 @@ pub trait RoleStore: Sized {
     fn open_file(db: &Path) -> anyhow::Result<Self>;
 }
 
-impl RoleStore for stamp_hq::HqStore {
-    const DB_FILE: &'static str = stamp_hq::DB_FILE;
-    fn not_role_dir(dir: &Path) -> anyhow::Error {
-        stamp_hq::HqError::NotHqDir(dir.to_owned()).into()
-    }
-    fn open_file(db: &Path) -> anyhow::Result<Self> {
-        Ok(Self::open(db)?)
-    }
+/// Implements [`RoleStore`] for a role's store type, its database file name and its "not a role
+/// directory" error variant.
+macro_rules! role_store {
+    ($store:ty, $db_file:path, $not_dir:path) => {
+        impl RoleStore for $store {
+            const DB_FILE: &'static str = $db_file;
+            fn not_role_dir(dir: &Path) -> anyhow::Error {
+                $not_dir(dir.to_owned()).into()
+            }
+            fn open_file(db: &Path) -> anyhow::Result<Self> {
+                Ok(Self::open(db)?)
+            }
+        }
+    };
 }
 
-impl RoleStore for stamp_site::SiteStore {
-    const DB_FILE: &'static str = stamp_site::DB_FILE;
-    fn not_role_dir(dir: &Path) -> anyhow::Error {
-        stamp_site::SiteError::NotSiteDir(dir.to_owned()).into()
-    }
-    fn open_file(db: &Path) -> anyhow::Result<Self> {
-        Ok(Self::open(db)?)
-    }
-}
+role_store!(stamp_hq::HqStore, stamp_hq::DB_FILE, stamp_hq::HqError::NotHqDir);
+role_store!(
+    stamp_site::SiteStore,
+    stamp_site::DB_FILE,
+    stamp_site::SiteError::NotSiteDir
+);
 
 /// Opens the database of the HQ or site directory `dir` (`let store: HqStore =
 /// open_store(&a.dir)?`); a directory without one is refused with the role's "not an HQ/site
