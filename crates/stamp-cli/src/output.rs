@@ -12,7 +12,7 @@ pub fn emit<T: Serialize>(
     text: impl FnOnce() -> std::io::Result<()>,
 ) -> anyhow::Result<()> {
     if json {
-        let mut out = std::io::stdout().lock();
+        let mut out = stdout();
         // `io::Error::from` gives back a write's own error (serde_json's `source()` skips it).
         serde_json::to_writer_pretty(&mut out, value).map_err(std::io::Error::from)?;
         writeln!(out)?;
@@ -22,9 +22,52 @@ pub fn emit<T: Serialize>(
     Ok(())
 }
 
+/// Standard output, locked, for the commands that write it themselves: a write that fails because
+/// the reader closed it returns a [`std::io::ErrorKind::BrokenPipe`] error that carries
+/// [`ClosedStdout`], which [`is_closed_stdout`] recognises (a broken pipe to a peer's socket does not
+/// carry it, and stays an error).
+pub fn stdout() -> Stdout {
+    Stdout(std::io::stdout().lock())
+}
+
+/// See [`stdout`].
+pub struct Stdout(std::io::StdoutLock<'static>);
+
+/// Marks a write error as standard output closed by its reader.
+#[derive(Debug)]
+pub struct ClosedStdout;
+
+impl std::fmt::Display for ClosedStdout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("standard output was closed by its reader")
+    }
+}
+
+impl std::error::Error for ClosedStdout {}
+
+fn mark(e: std::io::Error) -> std::io::Error {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::io::Error::new(std::io::ErrorKind::BrokenPipe, ClosedStdout)
+    } else {
+        e
+    }
+}
+
+impl Write for Stdout {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write(buf).map_err(mark)
+    }
+    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        self.0.write_all(buf).map_err(mark)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush().map_err(mark)
+    }
+}
+
 /// Writes `args` to standard output, returning the write error (`println!` would panic on it).
 pub fn write_stdout(args: std::fmt::Arguments<'_>, newline: bool) -> std::io::Result<()> {
-    let mut out = std::io::stdout().lock();
+    let mut out = stdout();
     out.write_fmt(args)?;
     if newline {
         out.write_all(b"\n")?;
@@ -55,20 +98,17 @@ macro_rules! out {
 pub const CLOSED_STDOUT_EXIT: u8 = 141;
 
 /// Whether `e` is, or was caused by, a write to a standard output its reader closed
-/// (`stamp hq devices | head`): [`std::io::ErrorKind::BrokenPipe`] anywhere in the error chain.
-/// Rust ignores SIGPIPE, so such writes fail with `EPIPE`; `main` then stops quietly, without an
+/// (`stamp hq devices | head`): a [`std::io::ErrorKind::BrokenPipe`] error from [`stdout`]
+/// (carrying [`ClosedStdout`]) anywhere in the error chain. Rust ignores SIGPIPE, so such writes
+/// fail with `EPIPE`; `main` then stops quietly, without an
 /// error report, with [`CLOSED_STDOUT_EXIT`]. Whatever the command did before printing is done
 /// (every command prints its result last).
 pub fn is_closed_stdout(e: &anyhow::Error) -> bool {
     e.chain().any(|cause| {
-        let kind = match cause.downcast_ref::<std::io::Error>() {
-            Some(io) => Some(io.kind()),
-            // serde_json's `source()` skips the io::Error it wraps.
-            None => cause
-                .downcast_ref::<serde_json::Error>()
-                .and_then(serde_json::Error::io_error_kind),
-        };
-        kind == Some(std::io::ErrorKind::BrokenPipe)
+        cause.downcast_ref::<std::io::Error>().is_some_and(|io| {
+            io.kind() == std::io::ErrorKind::BrokenPipe
+                && io.get_ref().is_some_and(|inner| inner.is::<ClosedStdout>())
+        })
     })
 }
 
@@ -121,11 +161,11 @@ pub fn confirm(question: &str, how_to_skip: &str) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::is_closed_stdout;
+    use super::{is_closed_stdout, mark};
     use anyhow::Context;
 
     fn broken_pipe() -> std::io::Error {
-        std::io::Error::from(std::io::ErrorKind::BrokenPipe)
+        mark(std::io::Error::from(std::io::ErrorKind::BrokenPipe))
     }
 
     #[test]
@@ -136,7 +176,7 @@ mod tests {
             .context("cannot write the report")
             .unwrap_err();
         assert!(is_closed_stdout(&wrapped));
-        let json = anyhow::Error::from(serde_json::Error::io(broken_pipe()));
+        let json = anyhow::Error::from(std::io::Error::from(serde_json::Error::io(broken_pipe())));
         assert!(is_closed_stdout(&json));
     }
 
@@ -145,5 +185,8 @@ mod tests {
         let other = anyhow::Error::from(std::io::Error::from(std::io::ErrorKind::PermissionDenied));
         assert!(!is_closed_stdout(&other));
         assert!(!is_closed_stdout(&anyhow::anyhow!("Broken pipe")));
+        // A peer that closed its socket is a failure, not a closed stdout.
+        let socket = anyhow::Error::from(std::io::Error::from(std::io::ErrorKind::BrokenPipe));
+        assert!(!is_closed_stdout(&socket));
     }
 }

@@ -103,7 +103,7 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
             .with_context(|| format!("cannot listen on {}", a.listen))?;
         let addr = listener.local_addr()?;
         {
-            let mut out = std::io::stdout().lock();
+            let mut out = crate::output::stdout();
             if g.json {
                 let v = serde_json::json!({"listening": addr.to_string(), "registry": info});
                 writeln!(out, "{v}")?;

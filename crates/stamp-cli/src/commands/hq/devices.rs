@@ -44,7 +44,7 @@ fn rfc3339_ms(ms: i64) -> String {
 pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
     let store: stamp_hq::HqStore = crate::commands::open_store(&a.dir)?;
     let json = g.json;
-    let mut out = BufWriter::new(std::io::stdout().lock());
+    let mut out = BufWriter::new(crate::output::stdout());
     let mut count = 0u64;
     if json {
         write!(out, "{{\"devices\": [")?;

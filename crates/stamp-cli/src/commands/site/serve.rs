@@ -104,7 +104,7 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
     }
     let url = format!("https://{addr}");
     {
-        let mut out = std::io::stdout().lock();
+        let mut out = crate::output::stdout();
         if g.json {
             let v = serde_json::json!({ "listening": addr.to_string(), "url": url, "server_names": names });
             writeln!(out, "{v}")?;
