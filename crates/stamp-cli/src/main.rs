@@ -3,8 +3,14 @@
 //! A thin binary: it parses the command line, reads files, asks for confirmation, calls the role
 //! crates and prints results (text, or one JSON object with `--json`).
 
-mod commands;
+// Standard output is written only through `output` (`emit`, `outln!`), whose writes return their
+// errors: `println!` would panic on a closed pipe.
+#![deny(clippy::print_stdout)]
+
+// Declared first so its `outln!` and `out!` are in scope in `commands`.
+#[macro_use]
 mod output;
+mod commands;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -43,17 +49,17 @@ pub struct Cli {
 enum Command {
     /// Headquarters: the OEM root of trust, the HQ authority, site enrollment.
     #[command(subcommand)]
-    Hq(commands::HqCommand),
+    Hq(commands::hq::HqCommand),
     /// Factory site: keys, enrollment request, credentials.
     #[command(subcommand)]
-    Site(commands::SiteCommand),
+    Site(commands::site::SiteCommand),
     /// Device side: simulate devices enrolling through the site service, and check signed firmware
     /// as a device's bootloader would.
     #[command(subcommand)]
-    Device(commands::DeviceCommand),
+    Device(commands::device::DeviceCommand),
     /// Cloud edge: verify devices against HQ's signed registry.
     #[command(subcommand)]
-    Cloud(commands::CloudCommand),
+    Cloud(commands::cloud::CloudCommand),
     /// Run the whole flow on embedded defaults in a fresh directory and narrate it.
     Demo(commands::demo::Args),
 }
@@ -71,7 +77,6 @@ pub struct Globals {
 }
 
 fn main() -> ExitCode {
-    output::quiet_on_closed_stdout();
     let cli = Cli::parse();
     let globals = Globals {
         json: cli.json,
@@ -80,14 +85,17 @@ fn main() -> ExitCode {
         pkcs11_pin_file: cli.pkcs11_pin_file,
     };
     let result = match cli.command {
-        Command::Hq(c) => commands::run_hq(c, &globals),
-        Command::Site(c) => commands::run_site(c, &globals),
-        Command::Device(c) => commands::run_device(c, &globals),
-        Command::Cloud(c) => commands::run_cloud(c, &globals),
+        Command::Hq(c) => commands::hq::run(c, &globals),
+        Command::Site(c) => commands::site::run(c, &globals),
+        Command::Device(c) => commands::device::run(c, &globals),
+        Command::Cloud(c) => commands::cloud::run(c, &globals),
         Command::Demo(a) => commands::demo::run(a, &globals),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader of stdout went away (`stamp hq devices | head -1`): stop quietly, with the
+        // status a shell reports for a process ended by SIGPIPE (the pipeline's is head's).
+        Err(e) if output::is_closed_stdout(&e) => ExitCode::from(output::CLOSED_STDOUT_EXIT),
         Err(e) => {
             output::error(globals.json, &e);
             ExitCode::FAILURE

@@ -5,39 +5,111 @@ use std::io::{IsTerminal, Write};
 use anyhow::bail;
 use serde::Serialize;
 
-/// Prints `value` as JSON when `json`, otherwise runs `text`.
-pub fn emit<T: Serialize>(json: bool, value: &T, text: impl FnOnce()) -> anyhow::Result<()> {
+/// Prints `value` as JSON when `json`, otherwise runs `text` (which prints with [`outln!`]).
+pub fn emit<T: Serialize>(
+    json: bool,
+    value: &T,
+    text: impl FnOnce() -> std::io::Result<()>,
+) -> anyhow::Result<()> {
     if json {
-        let mut out = std::io::stdout().lock();
-        serde_json::to_writer_pretty(&mut out, value)?;
+        let mut out = stdout();
+        // `io::Error::from` gives back a write's own error (serde_json's `source()` skips it).
+        serde_json::to_writer_pretty(&mut out, value).map_err(std::io::Error::from)?;
         writeln!(out)?;
     } else {
-        text();
+        text()?;
     }
     Ok(())
 }
 
-/// Exit status when standard output was closed by its reader (as a shell reports SIGPIPE).
-pub const CLOSED_STDOUT_EXIT: i32 = 141;
+/// Standard output, locked, for the commands that write it themselves: a write that fails because
+/// the reader closed it returns a [`std::io::ErrorKind::BrokenPipe`] error that carries
+/// [`ClosedStdout`], which [`is_closed_stdout`] recognises (a broken pipe to a peer's socket does not
+/// carry it, and stays an error).
+pub fn stdout() -> Stdout {
+    Stdout(std::io::stdout().lock())
+}
 
-/// Makes a closed standard output (`stamp hq devices | head`) end the process quietly with
-/// [`CLOSED_STDOUT_EXIT`], as command-line tools do, instead of a panic message: Rust ignores
-/// SIGPIPE, so `println!` panics with "failed printing to stdout" on a closed pipe. Whatever the
-/// command did before printing is done (every command prints its result last).
-pub fn quiet_on_closed_stdout() {
-    let default = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        let p = info.payload();
-        let msg = p
-            .downcast_ref::<String>()
-            .map(String::as_str)
-            .or_else(|| p.downcast_ref::<&str>().copied())
-            .unwrap_or("");
-        if msg.starts_with("failed printing to stdout") && msg.contains("Broken pipe") {
-            std::process::exit(CLOSED_STDOUT_EXIT);
-        }
-        default(info)
-    }));
+/// See [`stdout`].
+pub struct Stdout(std::io::StdoutLock<'static>);
+
+/// Marks a write error as standard output closed by its reader.
+#[derive(Debug)]
+pub struct ClosedStdout;
+
+impl std::fmt::Display for ClosedStdout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("standard output was closed by its reader")
+    }
+}
+
+impl std::error::Error for ClosedStdout {}
+
+fn mark(e: std::io::Error) -> std::io::Error {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::io::Error::new(std::io::ErrorKind::BrokenPipe, ClosedStdout)
+    } else {
+        e
+    }
+}
+
+impl Write for Stdout {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write(buf).map_err(mark)
+    }
+    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        self.0.write_all(buf).map_err(mark)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush().map_err(mark)
+    }
+}
+
+/// Writes `args` to standard output, returning the write error (`println!` would panic on it).
+pub fn write_stdout(args: std::fmt::Arguments<'_>, newline: bool) -> std::io::Result<()> {
+    let mut out = stdout();
+    out.write_fmt(args)?;
+    if newline {
+        out.write_all(b"\n")?;
+    }
+    Ok(())
+}
+
+/// `println!` that returns the [`std::io::Result`] of the write instead of panicking, so a closed
+/// standard output reaches [`is_closed_stdout`] as an error.
+macro_rules! outln {
+    () => {
+        $crate::output::write_stdout(format_args!(""), true)
+    };
+    ($($arg:tt)*) => {
+        $crate::output::write_stdout(format_args!($($arg)*), true)
+    };
+}
+
+/// `print!` that returns the [`std::io::Result`] of the write, like [`outln!`].
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::output::write_stdout(format_args!($($arg)*), false)
+    };
+}
+
+/// Exit status when standard output was closed by its reader (as a shell reports SIGPIPE): the
+/// command's work is done but its report was not delivered, so it is not plain success.
+pub const CLOSED_STDOUT_EXIT: u8 = 141;
+
+/// Whether `e` is, or was caused by, a write to a standard output its reader closed
+/// (`stamp hq devices | head`): a [`std::io::ErrorKind::BrokenPipe`] error from [`stdout`]
+/// (carrying [`ClosedStdout`]) anywhere in the error chain. Rust ignores SIGPIPE, so such writes
+/// fail with `EPIPE`; `main` then stops quietly, without an
+/// error report, with [`CLOSED_STDOUT_EXIT`]. Whatever the command did before printing is done
+/// (every command prints its result last).
+pub fn is_closed_stdout(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause.downcast_ref::<std::io::Error>().is_some_and(|io| {
+            io.kind() == std::io::ErrorKind::BrokenPipe
+                && io.get_ref().is_some_and(|inner| inner.is::<ClosedStdout>())
+        })
+    })
 }
 
 /// A failure whose details the command already printed in its report (the JSON report carries
@@ -84,5 +156,37 @@ pub fn confirm(question: &str, how_to_skip: &str) -> anyhow::Result<()> {
         Ok(())
     } else {
         bail!("not confirmed; nothing was changed")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{is_closed_stdout, mark};
+    use anyhow::Context;
+
+    fn broken_pipe() -> std::io::Error {
+        mark(std::io::Error::from(std::io::ErrorKind::BrokenPipe))
+    }
+
+    #[test]
+    fn a_broken_pipe_anywhere_in_the_chain_is_a_closed_stdout() {
+        let direct = anyhow::Error::from(broken_pipe());
+        assert!(is_closed_stdout(&direct));
+        let wrapped = Err::<(), _>(broken_pipe())
+            .context("cannot write the report")
+            .unwrap_err();
+        assert!(is_closed_stdout(&wrapped));
+        let json = anyhow::Error::from(std::io::Error::from(serde_json::Error::io(broken_pipe())));
+        assert!(is_closed_stdout(&json));
+    }
+
+    #[test]
+    fn other_errors_are_not() {
+        let other = anyhow::Error::from(std::io::Error::from(std::io::ErrorKind::PermissionDenied));
+        assert!(!is_closed_stdout(&other));
+        assert!(!is_closed_stdout(&anyhow::anyhow!("Broken pipe")));
+        // A peer that closed its socket is a failure, not a closed stdout.
+        let socket = anyhow::Error::from(std::io::Error::from(std::io::ErrorKind::BrokenPipe));
+        assert!(!is_closed_stdout(&socket));
     }
 }

@@ -322,10 +322,10 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
     let station = n.step(
         "Site: add line station line-1 (its TLS key and station certificate)",
         || {
-            super::site_add_station::prepare_out_dir(&station_dir)?;
+            super::site::add_station::prepare_out_dir(&station_dir)?;
             let mut site = stamp_site::Site::open(&site_dir, keys(false)?)?;
             let creds = site.add_station("line-1", now())?;
-            super::site_add_station::write_station_files(&station_dir, &creds)?;
+            super::site::add_station::write_station_files(&station_dir, &creds)?;
             Ok(creds.name.clone())
         },
     )?;
@@ -366,7 +366,7 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
     };
     let devices = n.step(
         "Line: devices make their keys and CSRs and enroll over mutual TLS (EST)",
-        || super::device_simulate::run_with_progress(&sim(a.devices, devices_dir.clone()), g.json),
+        || super::device::simulate::run_with_progress(&sim(a.devices, devices_dir.clone()), g.json),
     )?;
     n.say(format!(
         "{} of {} devices provisioned at {:.0} devices/s (latency p50 {:.1} ms, p99 {:.1} ms); stamps in {}",
@@ -387,7 +387,7 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
         );
     }
     let extra = n.step("Line: one device more than the quota asks too", || {
-        super::device_simulate::run_with_progress(&sim(1, dir.join("devices-over-quota")), true)
+        super::device::simulate::run_with_progress(&sim(1, dir.join("devices-over-quota")), true)
     })?;
     let refused_over_quota = extra.refused.get("quota-exhausted").copied().unwrap_or(0);
     n.say(format!(
@@ -495,15 +495,15 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
     };
     let first = devices.serials.first().copied();
     emit(g.json, &report, || {
-        println!(
+        outln!(
             "Done in {:.1} s: {} devices provisioned ({:.0}/s), 1 refused over quota, audit bundle {}.",
             report.seconds,
             report.devices_issued,
             report.issuance_per_second,
             report.audit_bundle.display()
-        );
+        )?;
         let c = &report.cloud;
-        println!(
+        outln!(
             "Cloud: {} of {} genuine devices admitted; refused: {}.",
             c.admitted,
             c.genuine_connected,
@@ -512,16 +512,17 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
                 .map(|r| format!("{} [{}]", r.attacker, r.reason))
                 .collect::<Vec<_>>()
                 .join(", ")
-        );
-        println!("Everything is in {}; check a device with:", report.dir.display());
+        )?;
+        outln!("Everything is in {}; check a device with:", report.dir.display())?;
         if let Some(serial) = first {
             let d = report.devices_dir.join(serial.to_string());
-            println!(
+            outln!(
                 "  openssl verify -x509_strict -purpose sslclient -CAfile {} -untrusted {} {}",
                 report.root_cert.display(),
                 report.site_issuing_ca_cert.display(),
                 d.join("device.crt").display()
-            );
+            )?;
         }
+        Ok(())
     })
 }
