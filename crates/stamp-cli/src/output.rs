@@ -125,18 +125,45 @@ impl std::fmt::Display for AlreadyReported {
 
 impl std::error::Error for AlreadyReported {}
 
-/// Reports an error: `{"error": ..., "causes": [...]}` on stdout with `--json`, else on stderr.
+/// The stable code of the first error in the chain that has one (HQ, site, engine, package and
+/// bundle errors), for scripts.
+pub fn code(e: &anyhow::Error) -> Option<&'static str> {
+    e.chain().find_map(|c| {
+        if let Some(x) = c.downcast_ref::<stamp_hq::HqError>() {
+            Some(x.code())
+        } else if let Some(x) = c.downcast_ref::<stamp_site::SiteError>() {
+            Some(x.code())
+        } else if let Some(x) = c.downcast_ref::<stamp_site::engine::IssueError>() {
+            Some(x.code())
+        } else if let Some(x) = c.downcast_ref::<stamp_site::entitlements::ImportError>() {
+            Some(x.code())
+        } else {
+            c.downcast_ref::<stamp_hq::reconcile::Rejection>()
+                .map(|x| x.code())
+        }
+    })
+}
+
+/// Reports an error: `{"error": ..., "code": ..., "causes": [...]}` on stdout with `--json` (`code`
+/// when the error has a stable one), else on stderr, the code in parentheses.
 pub fn error(json: bool, e: &anyhow::Error) {
     if json && e.downcast_ref::<AlreadyReported>().is_some() {
         return;
     }
+    let code = code(e);
     if json {
         let causes: Vec<String> = e.chain().skip(1).map(ToString::to_string).collect();
-        let v = serde_json::json!({ "error": e.to_string(), "causes": causes });
+        let mut v = serde_json::json!({ "error": e.to_string(), "causes": causes });
+        if let Some(c) = code {
+            v["code"] = serde_json::Value::from(c);
+        }
         // A reader that went away (`stamp ... --json | head`) is not worth a panic.
         let _ = writeln!(std::io::stdout().lock(), "{v}");
     } else {
-        eprintln!("error: {e}");
+        match code {
+            Some(c) => eprintln!("error: {e} ({c})"),
+            None => eprintln!("error: {e}"),
+        }
         for cause in e.chain().skip(1) {
             eprintln!("  caused by: {cause}");
         }

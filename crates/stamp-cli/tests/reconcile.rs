@@ -694,6 +694,36 @@ fn a_replayed_bundle_is_rejected() {
     t.rejected(&bytes, "already reconciled: replayed bundle");
     // Re-sealed (new envelopes, same content): still a replay.
     t.rejected(&log.seal(&b), "replayed bundle");
+    // Scripts read the stable code: in the JSON error, and in parentheses in the text.
+    let p = t.write(&bytes);
+    let out = stamp(
+        &t.b.pass,
+        &["--json", "hq", "reconcile", "--dir", s(&t.hq), s(&p)],
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (out.status.code(), &v["code"]),
+        (Some(1), &serde_json::json!("replayed")),
+        "{v}"
+    );
+    let out = stamp(&t.b.pass, &["hq", "reconcile", "--dir", s(&t.hq), s(&p)]);
+    assert!(
+        lossy(&out.stderr).lines().next().unwrap().ends_with("(replayed)"),
+        "{}",
+        lossy(&out.stderr)
+    );
+    let out = stamp(
+        &t.b.pass,
+        &[
+            "--json",
+            "hq",
+            "devices",
+            "--dir",
+            s(&t.tmp.path().join("nowhere")),
+        ],
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["code"], "not-hq-dir", "{v}");
 }
 
 #[test]
