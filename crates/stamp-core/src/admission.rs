@@ -430,4 +430,226 @@ mod tests {
         let w = RateWindow::restore(2, MINUTE, &[(5, 1), (3, 4), (7, 0), (9, 5)]);
         assert_eq!(w.tail(), vec![(9, 2)]);
     }
+
+    // --- the rule --------------------------------------------------------------------------------
+
+    use crate::entitlement::{
+        self, Amend, DeviceProfile, Grant, HqDeviceKey, Product, RenewalLimit, SerialRange,
+    };
+
+    fn grant() -> GrantState {
+        GrantState::new(
+            Grant {
+                entitlement_id: "s.1".into(),
+                product: Product {
+                    oem_id: "acme".into(),
+                    product_id: "p".into(),
+                    name: "P".into(),
+                },
+                quota: 2,
+                rate_limits: BTreeMap::from([(RatePeriod::Minute, 1)]),
+                not_before: 100,
+                not_after: 1_000,
+                serial_ranges: vec![SerialRange { first: 10, last: 11 }],
+                device_profile: DeviceProfile {
+                    validity_days: 1,
+                    key_types: vec![DeviceKeyType::P256],
+                    organization: "Acme".into(),
+                },
+                stations: vec!["line-1".into()],
+                device_data: BTreeMap::new(),
+                device_keys: vec![],
+                firmware: vec![],
+                renewal_limit: RenewalLimit::default(),
+            },
+            1,
+        )
+    }
+
+    fn ask(ask: Ask, time_ms: i64) -> Request<'static> {
+        Request {
+            ask,
+            time_ms,
+            station: "line-1",
+            key_type: Some(DeviceKeyType::P256),
+            device_serial: Some(10),
+            key_known: false,
+        }
+    }
+
+    fn usage(rates: &BTreeMap<RatePeriod, RateWindow>, issued: u64, renewals: u64) -> Usage<'_> {
+        Usage {
+            issued,
+            rates,
+            device_renewals: renewals,
+        }
+    }
+
+    #[test]
+    fn a_clean_request_breaks_nothing_and_each_rule_is_its_own_breach() {
+        let g = grant();
+        let none = rate_windows(&g.grant.rate_limits);
+        assert_eq!(check(&g, &usage(&none, 0, 0), &ask(Ask::Issue, 200_000)), vec![]);
+        let mut r = ask(Ask::Issue, 200_000);
+        r.station = "line-9";
+        assert_eq!(
+            check(&g, &usage(&none, 0, 0), &r),
+            vec![Breach::StationNotAllowed]
+        );
+        let mut r = ask(Ask::Issue, 200_000);
+        r.key_type = Some(DeviceKeyType::Ed25519);
+        assert_eq!(
+            check(&g, &usage(&none, 0, 0), &r),
+            vec![Breach::KeyTypeNotAllowed]
+        );
+        // Unknown to the caller: checked elsewhere (HQ's profile check).
+        r.key_type = None;
+        assert_eq!(check(&g, &usage(&none, 0, 0), &r), vec![]);
+        let mut r = ask(Ask::Issue, 200_000);
+        r.key_known = true;
+        assert_eq!(check(&g, &usage(&none, 0, 0), &r), vec![Breach::DuplicateKey]);
+        assert_eq!(
+            check(&g, &usage(&none, 2, 0), &ask(Ask::Issue, 200_000)),
+            vec![Breach::OverQuota { quota: 2 }]
+        );
+        for t in [99_999, 1_000_000] {
+            assert_eq!(
+                check(&g, &usage(&none, 0, 0), &ask(Ask::Issue, t)),
+                vec![Breach::OutsideWindow {
+                    not_before: 100,
+                    not_after: 1_000
+                }],
+                "{t}"
+            );
+        }
+        let mut busy = rate_windows(&g.grant.rate_limits);
+        for w in busy.values_mut() {
+            w.record(150_000);
+        }
+        assert_eq!(
+            check(&g, &usage(&busy, 1, 0), &ask(Ask::HandOut, 200_000)),
+            vec![Breach::Rate {
+                period: RatePeriod::Minute,
+                limit: 1,
+                window_start_ms: 150_000
+            }]
+        );
+        assert_eq!(check(&g, &usage(&busy, 1, 0), &ask(Ask::Issue, 210_000)), vec![]);
+    }
+
+    #[test]
+    fn breaches_come_in_the_order_the_site_refuses_them() {
+        let g = entitlement::amend(
+            &grant(),
+            &Amend {
+                entitlement_id: "s.1".into(),
+                add_quota: 0,
+                add_serial_ranges: vec![],
+                not_before: None,
+                not_after: None,
+                status: Some(Status::Suspended),
+                revoke: None,
+            },
+            2,
+        )
+        .unwrap();
+        let none = rate_windows(&g.grant.rate_limits);
+        let mut r = ask(Ask::Issue, 2_000_000);
+        r.station = "line-9";
+        r.key_known = true;
+        assert_eq!(
+            check(&g, &usage(&none, 5, 0), &r),
+            vec![
+                Breach::NotActive(Status::Suspended),
+                Breach::StationNotAllowed,
+                Breach::OutsideWindow {
+                    not_before: 100,
+                    not_after: 1_000
+                },
+                Breach::DuplicateKey,
+                Breach::OverQuota { quota: 2 },
+            ]
+        );
+        assert_eq!(
+            Breach::NotActive(Status::Suspended).refusal(),
+            RefusalReason::Suspended
+        );
+        assert_eq!(
+            Breach::NotActive(Status::Revoked).refusal(),
+            RefusalReason::Revoked
+        );
+    }
+
+    #[test]
+    fn renewals_skip_quota_and_rates_but_obey_the_rest_and_their_limit() {
+        let g = grant();
+        let mut busy = rate_windows(&g.grant.rate_limits);
+        for w in busy.values_mut() {
+            w.record(199_000);
+        }
+        let renew = |keeps_key| ask(Ask::Renew { keeps_key }, 200_000);
+        // Quota used up and the rate window full: a renewal adds no device.
+        assert_eq!(check(&g, &usage(&busy, 2, 1), &renew(false)), vec![]);
+        assert_eq!(
+            check(&g, &usage(&busy, 2, 2), &renew(true)),
+            vec![Breach::RenewalLimit {
+                count: 2,
+                period: RatePeriod::Day
+            }]
+        );
+        assert_eq!(
+            check(
+                &g,
+                &usage(&busy, 0, 0),
+                &ask(Ask::Renew { keeps_key: true }, 5_000_000)
+            ),
+            vec![Breach::OutsideWindow {
+                not_before: 100,
+                not_after: 1_000
+            }]
+        );
+        // A device HQ revoked, and a grant of HQ-generated keys moving a device to its own key.
+        let mut revoked = g.clone();
+        revoked.revoked_devices = BTreeMap::from([(10, 0)]);
+        assert_eq!(
+            check(&revoked, &usage(&busy, 0, 0), &renew(true)),
+            vec![Breach::DeviceRevoked]
+        );
+        let mut hq = g.clone();
+        hq.grant.device_keys = vec![HqDeviceKey {
+            spki_sha256: serde_bytes::ByteBuf::from(vec![0u8; 32]),
+            private_key: serde_bytes::ByteBuf::new(),
+            secrets: BTreeMap::new(),
+        }];
+        assert_eq!(
+            check(&hq, &usage(&busy, 0, 0), &renew(false)),
+            vec![Breach::HqKeysOnly]
+        );
+        assert_eq!(check(&hq, &usage(&busy, 0, 0), &renew(true)), vec![]);
+        assert_eq!(
+            check(&hq, &usage(&busy, 0, 0), &ask(Ask::Issue, 200_000)).first(),
+            Some(&Breach::HqKeysOnly)
+        );
+    }
+
+    #[test]
+    fn exceeded_at_is_what_record_would_say() {
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for _ in 0..200 {
+            let (limit, period) = (1 + next() % 5, 1 + (next() % 40) as i64);
+            let mut w = RateWindow::new(limit, period);
+            let mut t = 0i64;
+            for _ in 0..50 {
+                t += (next() % 9) as i64;
+                let predicted = w.exceeded_at(t);
+                assert_eq!(predicted, w.record(t), "limit {limit} period {period} at {t}");
+            }
+        }
+    }
 }

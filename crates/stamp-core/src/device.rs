@@ -761,4 +761,62 @@ mod tests {
             assert_eq!(canonical_serial(s), want, "{s:?}");
         }
     }
+
+    #[test]
+    fn a_renewal_proof_is_the_current_keys_signature_for_this_certificate_and_key_only() {
+        let (ca_key, ca_der) = issuing_ca();
+        let mut g = grant();
+        g.device_profile.key_types = vec![
+            crate::entitlement::DeviceKeyType::P256,
+            crate::entitlement::DeviceKeyType::Ed25519,
+        ];
+        for alg in [SignatureAlgorithm::EcdsaP256Sha256, SignatureAlgorithm::Ed25519] {
+            let device = TestSigner::new(alg);
+            let current = issue(
+                &g,
+                7,
+                &device.spki_der(),
+                NOW,
+                Serial::from_random([3; 16]),
+                &Issuer {
+                    cert_der: &ca_der,
+                    signer: &ca_key,
+                },
+            )
+            .unwrap();
+            let new_key = crate::fingerprint::sha256(&TestSigner::new(alg).spki_der());
+            let other_key = crate::fingerprint::sha256(b"another key");
+            let msg = renewal_message(&crate::fingerprint::sha256(&current), &new_key);
+            let proof = device.sign(&msg).unwrap();
+            assert_eq!(
+                verify_renewal_proof(&current, &new_key, &proof),
+                Ok(()),
+                "{alg:?}"
+            );
+            // Another new key, another signer, a flipped bit, an oversized proof: refused.
+            assert_eq!(
+                verify_renewal_proof(&current, &other_key, &proof),
+                Err(ProofError::BadSignature)
+            );
+            let stranger = TestSigner::new(alg).sign(&msg).unwrap();
+            assert_eq!(
+                verify_renewal_proof(&current, &new_key, &stranger),
+                Err(ProofError::BadSignature)
+            );
+            let mut bent = proof.clone();
+            bent[10] ^= 1;
+            assert_eq!(
+                verify_renewal_proof(&current, &new_key, &bent),
+                Err(ProofError::BadSignature)
+            );
+            assert_eq!(
+                verify_renewal_proof(&current, &new_key, &[0; MAX_RENEWAL_PROOF + 1]),
+                Err(ProofError::TooLarge)
+            );
+            assert_eq!(
+                verify_renewal_proof(b"junk", &new_key, &proof),
+                Err(ProofError::UnsupportedKey)
+            );
+        }
+    }
 }
