@@ -34,7 +34,6 @@ use coset::{
 };
 use zeroize::Zeroizing;
 
-use crate::cose::{cose_sig_alg, der_to_fixed, sig_alg_of, sig_len, sig_verification};
 use crate::key::{KeyAgreement, KeyAgreementAlgorithm, KeyError, SignatureAlgorithm, Signer};
 use crate::MAX_CERT_DER;
 
@@ -247,7 +246,7 @@ fn seal_inner(
         Value::Array(signer_chain_der.iter().map(|c| Value::Bytes(c.clone())).collect())
     };
     let protected = HeaderBuilder::new()
-        .algorithm(cose_sig_alg(alg))
+        .algorithm(alg.cose())
         .content_type(content_type.to_owned())
         .value(LABEL_X5CHAIN, x5chain)
         .build();
@@ -258,17 +257,15 @@ fn seal_inner(
         signature: Vec::new(),
     };
     let tbs = sign1.tbs_data(external_aad);
-    let der_or_raw = signer.sign(&tbs)?;
-    sign1.signature = match alg {
-        SignatureAlgorithm::EcdsaP256Sha256 => der_to_fixed(&der_or_raw, 32),
-        SignatureAlgorithm::EcdsaP384Sha384 => der_to_fixed(&der_or_raw, 48),
-        SignatureAlgorithm::Ed25519 => Some(der_or_raw).filter(|s| s.len() == 64),
-        SignatureAlgorithm::Rsa3072PssSha256 => None,
-    }
-    .ok_or(Crypto("the signer returned a malformed signature"))?;
+    let malformed = Crypto("the signer returned a malformed signature");
+    sign1.signature = match signer.sign_fixed(&tbs) {
+        Ok(s) if s.len() == alg.fixed_signature_len() => s,
+        Ok(_) | Err(KeyError::MalformedSignature { .. }) => return Err(malformed),
+        Err(e) => return Err(e.into()),
+    };
     // A key backend that signs with another key than it reports (or a faulty signature) is
     // caught here rather than at the recipient.
-    signature::UnparsedPublicKey::new(sig_verification(alg), signer.public_key())
+    signature::UnparsedPublicKey::new(alg.fixed_verification(), signer.public_key())
         .verify(&tbs, &sign1.signature)
         .map_err(|_| Crypto("the signer's signature does not verify with its public key"))?;
     sign1.to_tagged_vec().map_err(|_| Crypto("CBOR encoding failed"))
@@ -512,7 +509,9 @@ pub fn parse(bytes: &[u8], max_len: usize) -> Result<SignedEnvelope, EnvelopeErr
     }
     let header = &sign1.protected.header;
     let alg = match &header.alg {
-        Some(a) => sig_alg_of(a).ok_or(EnvelopeError::UnsupportedAlgorithm("signature"))?,
+        Some(a) => {
+            SignatureAlgorithm::from_cose(a).ok_or(EnvelopeError::UnsupportedAlgorithm("signature"))?
+        }
         None => return Err(Malformed("no algorithm in the COSE_Sign1 protected header")),
     };
     let content_type = match &header.content_type {
@@ -542,7 +541,7 @@ pub fn parse(bytes: &[u8], max_len: usize) -> Result<SignedEnvelope, EnvelopeErr
         .payload
         .as_deref()
         .ok_or(Malformed("the COSE_Sign1 payload is detached"))?;
-    if sign1.signature.len() != sig_len(alg) {
+    if sign1.signature.len() != alg.fixed_signature_len() {
         return Err(Malformed("the signature has the wrong length for its algorithm"));
     }
     let encrypted = parse_encrypt(payload)?;
@@ -766,7 +765,7 @@ impl SignedEnvelope {
             return Err(EnvelopeError::SignerNotChainLeaf);
         }
         let tbs = self.sign1.tbs_data(external_aad);
-        signature::UnparsedPublicKey::new(sig_verification(self.alg), signer_public_key)
+        signature::UnparsedPublicKey::new(self.alg.fixed_verification(), signer_public_key)
             .verify(&tbs, &self.sign1.signature)
             .map_err(|_| EnvelopeError::BadSignature)?;
         Ok(VerifiedEnvelope {

@@ -134,6 +134,17 @@ impl TestSigner {
     }
 }
 
+impl std::fmt::Debug for TestSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "TestSigner({}, {})",
+            Signer::key_ref(self),
+            Signer::algorithm(self).name()
+        )
+    }
+}
+
 impl Signer for TestSigner {
     fn algorithm(&self) -> SignatureAlgorithm {
         self.alg
@@ -175,6 +186,17 @@ impl TestKa {
     fn pkcs8(&self) -> Vec<u8> {
         let der: Pkcs8V1Der<'static> = self.key.as_der().unwrap();
         der.as_ref().to_vec()
+    }
+}
+
+impl std::fmt::Debug for TestKa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "TestKa({}, {})",
+            KeyAgreement::key_ref(self),
+            KeyAgreement::algorithm(self).name()
+        )
     }
 }
 
