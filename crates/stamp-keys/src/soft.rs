@@ -527,6 +527,65 @@ mod tests {
         }
     }
 
+    /// `text` shows none of `secret`: no 8-byte run of it, in hex (either case) or as Rust's
+    /// `Debug` of a byte slice.
+    fn shows_nothing_of(text: &str, secret: &[u8]) -> bool {
+        secret.windows(8).all(|w| {
+            let hex: String = w.iter().map(|b| format!("{b:02x}")).collect();
+            let list = format!("{w:?}");
+            !text.contains(&hex)
+                && !text.contains(&hex.to_uppercase())
+                && !text.contains(&list[1..list.len() - 1])
+        })
+    }
+
+    #[test]
+    fn sign_fixed_verifies_with_the_fixed_algorithms() {
+        let msg = b"a COSE Sig_structure";
+        for alg in SignatureAlgorithm::ALL {
+            let signer = SoftSigner::ephemeral("fixed", alg).unwrap();
+            let fixed = signer.sign_fixed(msg).unwrap();
+            assert_eq!(fixed.len(), alg.fixed_signature_len(), "{alg:?}");
+            let fixed_alg: &dyn signature::VerificationAlgorithm = match alg {
+                SignatureAlgorithm::EcdsaP256Sha256 => &signature::ECDSA_P256_SHA256_FIXED,
+                SignatureAlgorithm::EcdsaP384Sha384 => &signature::ECDSA_P384_SHA384_FIXED,
+                SignatureAlgorithm::Ed25519 => &signature::ED25519,
+                SignatureAlgorithm::Rsa3072PssSha256 => &signature::RSA_PSS_2048_8192_SHA256,
+            };
+            signature::UnparsedPublicKey::new(fixed_alg, signer.public_key())
+                .verify(msg, &fixed)
+                .unwrap();
+            assert!(stamp_core::key::verify_fixed_signature(
+                alg,
+                signer.public_key(),
+                msg,
+                &fixed
+            ));
+        }
+    }
+
+    #[test]
+    fn debug_names_the_key_and_shows_no_private_key_bytes() {
+        for alg in SignatureAlgorithm::ALL {
+            let (signer, pkcs8) = SoftSigner::generate_pkcs8("file:keys/dbg.key".into(), alg).unwrap();
+            let shown = format!("{signer:?} {signer:#?}");
+            assert!(
+                shown.starts_with(&format!("SoftSigner(file:keys/dbg.key, {})", alg.name())),
+                "{shown}"
+            );
+            assert!(shows_nothing_of(&shown, &pkcs8), "{alg:?}: {shown}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path(), "correct horse");
+        for alg in [KeyAgreementAlgorithm::EcdhP256, KeyAgreementAlgorithm::EcdhP384] {
+            let (r, ka) = s.generate_key_agreement(alg.name(), alg).unwrap();
+            let shown = format!("{ka:?}");
+            assert_eq!(shown, format!("SoftKeyAgreement({r}, {})", alg.name()));
+            let pkcs8 = s.read_key(&r).unwrap();
+            assert!(shows_nothing_of(&shown, &pkcs8), "{alg:?}: {shown}");
+        }
+    }
+
     #[test]
     fn key_agreement_round_trip_and_agree() {
         let dir = tempfile::tempdir().unwrap();
