@@ -153,12 +153,47 @@ pub enum KeyAgreementAlgorithm {
 }
 
 impl KeyAgreementAlgorithm {
+    /// Every algorithm, in declaration order.
+    pub const ALL: [KeyAgreementAlgorithm; 2] =
+        [KeyAgreementAlgorithm::EcdhP256, KeyAgreementAlgorithm::EcdhP384];
+
     /// The SubjectPublicKeyInfo of a key-agreement key is that of an EC key on the same curve, so the
     /// rcgen algorithm of the matching ECDSA curve describes its public key.
     pub fn rcgen_public_key(self) -> &'static rcgen::SignatureAlgorithm {
         match self {
             KeyAgreementAlgorithm::EcdhP256 => &rcgen::PKCS_ECDSA_P256_SHA256,
             KeyAgreementAlgorithm::EcdhP384 => &rcgen::PKCS_ECDSA_P384_SHA384,
+        }
+    }
+
+    /// The aws-lc-rs key-agreement algorithm.
+    pub fn agreement(self) -> &'static aws_lc_rs::agreement::Algorithm {
+        match self {
+            KeyAgreementAlgorithm::EcdhP256 => &aws_lc_rs::agreement::ECDH_P256,
+            KeyAgreementAlgorithm::EcdhP384 => &aws_lc_rs::agreement::ECDH_P384,
+        }
+    }
+
+    /// The size in bytes of a field element (and of a scalar, and of the shared secret) of the
+    /// curve.
+    pub fn field_len(self) -> usize {
+        match self {
+            KeyAgreementAlgorithm::EcdhP256 => 32,
+            KeyAgreementAlgorithm::EcdhP384 => 48,
+        }
+    }
+
+    /// The length of the raw public key [`KeyAgreement::public_key`] returns (an uncompressed
+    /// point: `0x04 || x || y`).
+    pub fn public_key_len(self) -> usize {
+        1 + 2 * self.field_len()
+    }
+
+    /// The COSE curve (RFC 9053) of the key.
+    pub(crate) fn cose_curve(self) -> coset::iana::EllipticCurve {
+        match self {
+            KeyAgreementAlgorithm::EcdhP256 => coset::iana::EllipticCurve::P_256,
+            KeyAgreementAlgorithm::EcdhP384 => coset::iana::EllipticCurve::P_384,
         }
     }
 
@@ -473,6 +508,14 @@ mod tests {
             SignatureAlgorithm::from_cose(&coset::Algorithm::Assigned(coset::iana::Algorithm::ES512)),
             None
         );
+        for alg in KeyAgreementAlgorithm::ALL {
+            let key = aws_lc_rs::agreement::PrivateKey::generate(alg.agreement()).unwrap();
+            let public = key.compute_public_key().unwrap();
+            assert_eq!(public.as_ref().len(), alg.public_key_len(), "{alg:?}");
+            assert_eq!(alg.field_len(), (alg.public_key_len() - 1) / 2);
+        }
+        let [a, b] = KeyAgreementAlgorithm::ALL;
+        assert_ne!(a.cose_curve(), b.cose_curve());
     }
 
     #[test]

@@ -169,16 +169,9 @@ struct TestKa {
     public: Vec<u8>,
 }
 
-fn lc(alg: KeyAgreementAlgorithm) -> &'static agreement::Algorithm {
-    match alg {
-        KeyAgreementAlgorithm::EcdhP256 => &agreement::ECDH_P256,
-        KeyAgreementAlgorithm::EcdhP384 => &agreement::ECDH_P384,
-    }
-}
-
 impl TestKa {
     fn new(alg: KeyAgreementAlgorithm) -> Self {
-        let key = agreement::PrivateKey::generate(lc(alg)).unwrap();
+        let key = agreement::PrivateKey::generate(alg.agreement()).unwrap();
         let public = key.compute_public_key().unwrap().as_ref().to_vec();
         TestKa { alg, key, public }
     }
@@ -210,7 +203,7 @@ impl KeyAgreement for TestKa {
     fn agree(&self, peer: &[u8]) -> Result<SharedSecret, KeyError> {
         agreement::agree(
             &self.key,
-            agreement::UnparsedPublicKey::new(lc(self.alg), peer),
+            agreement::UnparsedPublicKey::new(self.alg.agreement(), peer),
             KeyError::BadPeerKey(self.alg.name()),
             |s| Ok(Zeroizing::new(s.to_vec())),
         )

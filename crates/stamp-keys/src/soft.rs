@@ -329,13 +329,6 @@ impl std::fmt::Debug for SoftKeyAgreement {
     }
 }
 
-fn lc_agreement_alg(alg: KeyAgreementAlgorithm) -> &'static agreement::Algorithm {
-    match alg {
-        KeyAgreementAlgorithm::EcdhP256 => &agreement::ECDH_P256,
-        KeyAgreementAlgorithm::EcdhP384 => &agreement::ECDH_P384,
-    }
-}
-
 impl SoftKeyAgreement {
     fn from_private(
         key_ref: String,
@@ -364,7 +357,7 @@ impl KeyAgreement for SoftKeyAgreement {
         &self.public
     }
     fn agree(&self, peer_public_key: &[u8]) -> Result<SharedSecret, KeyError> {
-        let peer = agreement::UnparsedPublicKey::new(lc_agreement_alg(self.alg), peer_public_key);
+        let peer = agreement::UnparsedPublicKey::new(self.alg.agreement(), peer_public_key);
         agreement::agree(&self.key, peer, KeyError::BadPeerKey(self.alg.name()), |secret| {
             Ok(Zeroizing::new(secret.to_vec()))
         })
@@ -384,7 +377,7 @@ fn check_signer(s: &dyn Signer) -> bool {
 
 /// Pairwise consistency check for a new key-agreement key: agree with an ephemeral key both ways.
 fn check_key_agreement(k: &dyn KeyAgreement) -> bool {
-    let alg = lc_agreement_alg(k.algorithm());
+    let alg = k.algorithm().agreement();
     let Ok(eph) = agreement::PrivateKey::generate(alg) else {
         return false;
     };
@@ -417,7 +410,7 @@ impl KeyStore for SoftKeyStore {
     ) -> Result<(KeyRef, Box<dyn KeyAgreement>), KeyStoreError> {
         let key_ref = Self::new_ref(name);
         let gen_err = || KeyStoreError::Generation(key_ref.to_string());
-        let private = agreement::PrivateKey::generate(lc_agreement_alg(alg)).map_err(|_| gen_err())?;
+        let private = agreement::PrivateKey::generate(alg.agreement()).map_err(|_| gen_err())?;
         let der: pkcs8_der::Der = private.as_der().map_err(|_| gen_err())?;
         let der = Zeroizing::new(der.as_ref().to_vec());
         let key = SoftKeyAgreement::from_private(key_ref.to_string(), alg, private)?;
@@ -449,13 +442,12 @@ impl KeyStore for SoftKeyStore {
                 })
             }
         };
-        let private =
-            agreement::PrivateKey::from_private_key_der(lc_agreement_alg(alg), &der).map_err(|_| {
-                KeyStoreError::NotAKeyFile {
-                    path: self.path_of(key).unwrap_or_default(),
-                    why: "malformed EC key",
-                }
-            })?;
+        let private = agreement::PrivateKey::from_private_key_der(alg.agreement(), &der).map_err(|_| {
+            KeyStoreError::NotAKeyFile {
+                path: self.path_of(key).unwrap_or_default(),
+                why: "malformed EC key",
+            }
+        })?;
         Ok(Box::new(SoftKeyAgreement::from_private(
             key.to_string(),
             alg,

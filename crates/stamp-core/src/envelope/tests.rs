@@ -88,7 +88,7 @@ struct TestKa {
 
 impl TestKa {
     fn new(alg: KeyAgreementAlgorithm) -> Self {
-        let key = agreement::PrivateKey::generate(lc_agreement(alg)).unwrap();
+        let key = agreement::PrivateKey::generate(alg.agreement()).unwrap();
         let public = key.compute_public_key().unwrap().as_ref().to_vec();
         TestKa { alg, key, public }
     }
@@ -122,7 +122,7 @@ impl KeyAgreement for TestKa {
         &self.public
     }
     fn agree(&self, peer: &[u8]) -> Result<crate::key::SharedSecret, KeyError> {
-        let peer = agreement::UnparsedPublicKey::new(lc_agreement(self.alg), peer);
+        let peer = agreement::UnparsedPublicKey::new(self.alg.agreement(), peer);
         agreement::agree(&self.key, peer, KeyError::BadPeerKey(self.alg.name()), |s| {
             Ok(Zeroizing::new(s.to_vec()))
         })

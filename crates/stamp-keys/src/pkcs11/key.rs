@@ -164,13 +164,6 @@ impl std::fmt::Debug for Pkcs11KeyAgreement {
     }
 }
 
-fn lc_agreement_alg(alg: KeyAgreementAlgorithm) -> &'static agreement::Algorithm {
-    match alg {
-        KeyAgreementAlgorithm::EcdhP256 => &agreement::ECDH_P256,
-        KeyAgreementAlgorithm::EcdhP384 => &agreement::ECDH_P384,
-    }
-}
-
 impl KeyAgreement for Pkcs11KeyAgreement {
     fn algorithm(&self) -> KeyAgreementAlgorithm {
         self.alg
@@ -180,14 +173,14 @@ impl KeyAgreement for Pkcs11KeyAgreement {
     }
     fn agree(&self, peer_public_key: &[u8]) -> Result<SharedSecret, KeyError> {
         // Check the point here, so a bad point is reported as such whatever the token says.
-        let lc_alg = lc_agreement_alg(self.alg);
+        let lc_alg = self.alg.agreement();
         let parsed =
             agreement::ParsedPublicKey::try_from(&agreement::UnparsedPublicKey::new(lc_alg, peer_public_key));
-        let uncompressed = peer_public_key.len() == Kind::Agree(self.alg).public_len();
+        let uncompressed = peer_public_key.len() == self.alg.public_key_len();
         if parsed.is_err() || !uncompressed {
             return Err(KeyError::BadPeerKey(self.alg.name()));
         }
-        let len = (Kind::Agree(self.alg).public_len() - 1) / 2;
+        let len = self.alg.field_len();
         let template = [
             Attribute::Class(ObjectClass::SECRET_KEY),
             Attribute::KeyType(KeyType::GENERIC_SECRET),
@@ -302,7 +295,7 @@ impl Opened {
             alg,
             public: self.public.clone(),
         };
-        let lc = lc_agreement_alg(alg);
+        let lc = alg.agreement();
         let eph = agreement::PrivateKey::generate(lc).map_err(|_| KeyError::BadPeerKey(alg.name()))?;
         let eph_pub = eph
             .compute_public_key()
