@@ -519,6 +519,17 @@ mod tests {
     }
 
     #[test]
+    fn debug_names_the_key_and_its_algorithm_only() {
+        for alg in SignatureAlgorithm::ALL {
+            let key = TestSigner::new(alg);
+            let want = format!("TestSigner(test:key, {})", alg.name());
+            assert_eq!(format!("{key:?}"), want);
+            // The adapter shows what the signer shows, nothing more.
+            assert_eq!(format!("{:?}", RcgenSigner(&key)), format!("RcgenSigner({want})"));
+        }
+    }
+
+    #[test]
     fn one_rcgen_adapter_serves_borrowed_and_shared_signers() {
         use rcgen::{PublicKeyData, SigningKey};
         let key: std::sync::Arc<dyn Signer> =
