@@ -42,6 +42,17 @@ impl MemSigner {
     }
 }
 
+impl std::fmt::Debug for MemSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "MemSigner({}, {})",
+            Signer::key_ref(self),
+            Signer::algorithm(self).name()
+        )
+    }
+}
+
 impl Signer for MemSigner {
     fn algorithm(&self) -> SignatureAlgorithm {
         SignatureAlgorithm::EcdsaP256Sha256
@@ -80,6 +91,17 @@ impl MemKeyAgreement {
             .as_ref()
             .to_vec();
         Ok(MemKeyAgreement { key, public })
+    }
+}
+
+impl std::fmt::Debug for MemKeyAgreement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "MemKeyAgreement({}, {})",
+            KeyAgreement::key_ref(self),
+            KeyAgreement::algorithm(self).name()
+        )
     }
 }
 

@@ -602,6 +602,17 @@ mod tests {
         }
     }
 
+    impl std::fmt::Debug for TestSigner {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(
+                f,
+                "TestSigner({}, {})",
+                Signer::key_ref(self),
+                Signer::algorithm(self).name()
+            )
+        }
+    }
+
     impl Signer for TestSigner {
         fn algorithm(&self) -> SignatureAlgorithm {
             match &self.key {
@@ -625,6 +636,17 @@ mod tests {
 
     /// A signer that claims one key and signs with another.
     struct Impostor(TestSigner, TestSigner);
+
+    impl std::fmt::Debug for Impostor {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(
+                f,
+                "Impostor({}, {})",
+                Signer::key_ref(self),
+                Signer::algorithm(self).name()
+            )
+        }
+    }
 
     impl Signer for Impostor {
         fn algorithm(&self) -> SignatureAlgorithm {

@@ -1,58 +1,10 @@
-//! What COSE (RFC 9052/9053) says about stamp's signature algorithms, shared by every COSE
-//! structure stamp writes or reads (sealed envelopes, the registry, ESP32 signature blocks' key
-//! handling): the algorithm identifiers, signature lengths and verification algorithms, and the
-//! conversion of a DER ECDSA signature (what X.509 signers return) into COSE's fixed-length
-//! `r || s` (RFC 9053 section 2.1).
-
-use aws_lc_rs::signature;
-use coset::iana;
-use coset::RegisteredLabelWithPrivate;
-
-use crate::key::SignatureAlgorithm;
-
-/// The COSE algorithm of a signature algorithm.
-pub(crate) fn cose_sig_alg(alg: SignatureAlgorithm) -> iana::Algorithm {
-    match alg {
-        SignatureAlgorithm::EcdsaP256Sha256 => iana::Algorithm::ES256,
-        SignatureAlgorithm::EcdsaP384Sha384 => iana::Algorithm::ES384,
-        SignatureAlgorithm::Ed25519 => iana::Algorithm::EdDSA,
-        SignatureAlgorithm::Rsa3072PssSha256 => iana::Algorithm::PS256,
-    }
-}
-
-/// The signature algorithm of a COSE algorithm, where stamp signs with it (never RSA).
-pub(crate) fn sig_alg_of(alg: &coset::Algorithm) -> Option<SignatureAlgorithm> {
-    match alg {
-        RegisteredLabelWithPrivate::Assigned(iana::Algorithm::ES256) => {
-            Some(SignatureAlgorithm::EcdsaP256Sha256)
-        }
-        RegisteredLabelWithPrivate::Assigned(iana::Algorithm::ES384) => {
-            Some(SignatureAlgorithm::EcdsaP384Sha384)
-        }
-        RegisteredLabelWithPrivate::Assigned(iana::Algorithm::EdDSA) => Some(SignatureAlgorithm::Ed25519),
-        _ => None,
-    }
-}
-
-/// Length of a COSE signature (ECDSA: fixed-length r || s).
-pub(crate) fn sig_len(alg: SignatureAlgorithm) -> usize {
-    match alg {
-        SignatureAlgorithm::EcdsaP256Sha256 => 64,
-        SignatureAlgorithm::EcdsaP384Sha384 => 96,
-        SignatureAlgorithm::Ed25519 => 64,
-        SignatureAlgorithm::Rsa3072PssSha256 => 384,
-    }
-}
-
-/// How to verify a COSE signature (ECDSA in its fixed-length form).
-pub(crate) fn sig_verification(alg: SignatureAlgorithm) -> &'static dyn signature::VerificationAlgorithm {
-    match alg {
-        SignatureAlgorithm::EcdsaP256Sha256 => &signature::ECDSA_P256_SHA256_FIXED,
-        SignatureAlgorithm::EcdsaP384Sha384 => &signature::ECDSA_P384_SHA384_FIXED,
-        SignatureAlgorithm::Ed25519 => &signature::ED25519,
-        SignatureAlgorithm::Rsa3072PssSha256 => &signature::RSA_PSS_2048_8192_SHA256,
-    }
-}
+//! The conversion of a DER ECDSA signature (what X.509 signers return) into the fixed-length
+//! `r || s` of COSE (RFC 9053 section 2.1) and ESP32 signature blocks, behind the default
+//! [`Signer::sign_fixed`](crate::key::Signer::sign_fixed).
+//!
+//! The per-algorithm facts COSE needs (algorithm identifiers, signature lengths, verification
+//! algorithms) are methods of [`SignatureAlgorithm`](crate::key::SignatureAlgorithm), with the
+//! rest of each algorithm's facts.
 
 /// Converts a DER `Ecdsa-Sig-Value` to the fixed-length `r || s` of COSE (RFC 9053 section 2.1),
 /// each integer left-padded to `n` bytes. Refuses anything but minimal DER.

@@ -18,7 +18,7 @@ use x509_parser::extensions::ParsedExtension;
 use crate::cert::{self, CertError};
 use crate::csr::KeyType;
 use crate::entitlement::{DeviceKeyType, Grant};
-use crate::key::{RcgenSigner, SharedRcgenSigner, Signer};
+use crate::key::{RcgenSigner, Signer};
 use crate::profile::{Issuer, ProfileError, Serial};
 
 /// The device key type of a checked subject key, if the profile names it.
@@ -84,7 +84,7 @@ pub fn issue(
 /// the certificate [`issue`] makes.
 pub struct DeviceIssuer {
     ca_not_after: OffsetDateTime,
-    issuer: rcgen::Issuer<'static, SharedRcgenSigner>,
+    issuer: rcgen::Issuer<'static, RcgenSigner<std::sync::Arc<dyn Signer>>>,
 }
 
 impl DeviceIssuer {
@@ -93,8 +93,7 @@ impl DeviceIssuer {
         let (_, ca) =
             x509_parser::parse_x509_certificate(ca_cert_der).map_err(|_| ProfileError::BadIssuer)?;
         let ca_not_after = ca.validity().not_after.to_datetime();
-        let issuer =
-            rcgen::Issuer::from_ca_cert_der(&ca_cert_der.to_vec().into(), SharedRcgenSigner(signer))?;
+        let issuer = rcgen::Issuer::from_ca_cert_der(&ca_cert_der.to_vec().into(), RcgenSigner(signer))?;
         Ok(DeviceIssuer { ca_not_after, issuer })
     }
 

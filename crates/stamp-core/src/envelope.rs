@@ -34,7 +34,6 @@ use coset::{
 };
 use zeroize::Zeroizing;
 
-use crate::cose::{cose_sig_alg, der_to_fixed, sig_alg_of, sig_len, sig_verification};
 use crate::key::{KeyAgreement, KeyAgreementAlgorithm, KeyError, SignatureAlgorithm, Signer};
 use crate::MAX_CERT_DER;
 
@@ -137,30 +136,6 @@ pub struct Recipient<'a> {
     pub recipient_id: &'a [u8],
 }
 
-// --- algorithm tables -------------------------------------------------------------------------
-
-fn lc_agreement(alg: KeyAgreementAlgorithm) -> &'static agreement::Algorithm {
-    match alg {
-        KeyAgreementAlgorithm::EcdhP256 => &agreement::ECDH_P256,
-        KeyAgreementAlgorithm::EcdhP384 => &agreement::ECDH_P384,
-    }
-}
-
-fn cose_curve(alg: KeyAgreementAlgorithm) -> iana::EllipticCurve {
-    match alg {
-        KeyAgreementAlgorithm::EcdhP256 => iana::EllipticCurve::P_256,
-        KeyAgreementAlgorithm::EcdhP384 => iana::EllipticCurve::P_384,
-    }
-}
-
-/// Size of a field element (and of a scalar) of the curve, in bytes.
-fn field_len(alg: KeyAgreementAlgorithm) -> usize {
-    match alg {
-        KeyAgreementAlgorithm::EcdhP256 => 32,
-        KeyAgreementAlgorithm::EcdhP384 => 48,
-    }
-}
-
 // --- sealing ----------------------------------------------------------------------------------
 
 /// Seals `plaintext` for `recipient` and signs it.
@@ -247,7 +222,7 @@ fn seal_inner(
         Value::Array(signer_chain_der.iter().map(|c| Value::Bytes(c.clone())).collect())
     };
     let protected = HeaderBuilder::new()
-        .algorithm(cose_sig_alg(alg))
+        .algorithm(alg.cose())
         .content_type(content_type.to_owned())
         .value(LABEL_X5CHAIN, x5chain)
         .build();
@@ -258,17 +233,15 @@ fn seal_inner(
         signature: Vec::new(),
     };
     let tbs = sign1.tbs_data(external_aad);
-    let der_or_raw = signer.sign(&tbs)?;
-    sign1.signature = match alg {
-        SignatureAlgorithm::EcdsaP256Sha256 => der_to_fixed(&der_or_raw, 32),
-        SignatureAlgorithm::EcdsaP384Sha384 => der_to_fixed(&der_or_raw, 48),
-        SignatureAlgorithm::Ed25519 => Some(der_or_raw).filter(|s| s.len() == 64),
-        SignatureAlgorithm::Rsa3072PssSha256 => None,
-    }
-    .ok_or(Crypto("the signer returned a malformed signature"))?;
+    let malformed = Crypto("the signer returned a malformed signature");
+    sign1.signature = match signer.sign_fixed(&tbs) {
+        Ok(s) if s.len() == alg.fixed_signature_len() => s,
+        Ok(_) | Err(KeyError::MalformedSignature { .. }) => return Err(malformed),
+        Err(e) => return Err(e.into()),
+    };
     // A key backend that signs with another key than it reports (or a faulty signature) is
     // caught here rather than at the recipient.
-    signature::UnparsedPublicKey::new(sig_verification(alg), signer.public_key())
+    signature::UnparsedPublicKey::new(alg.fixed_verification(), signer.public_key())
         .verify(&tbs, &sign1.signature)
         .map_err(|_| Crypto("the signer's signature does not verify with its public key"))?;
     sign1.to_tagged_vec().map_err(|_| Crypto("CBOR encoding failed"))
@@ -282,7 +255,7 @@ fn encrypt_to(
     rng: &dyn SecureRandom,
 ) -> Result<Vec<u8>, EnvelopeError> {
     let ka = recipient.alg;
-    let n = field_len(ka);
+    let n = ka.field_len();
 
     // Ephemeral key pair and shared secret with the recipient's static key.
     let ephemeral = ephemeral_key(ka, rng)?;
@@ -295,7 +268,7 @@ fn encrypt_to(
     }
     let shared = agreement::agree(
         &ephemeral,
-        agreement::UnparsedPublicKey::new(lc_agreement(ka), recipient.public_key),
+        agreement::UnparsedPublicKey::new(ka.agreement(), recipient.public_key),
         InvalidInput("the recipient public key is not a valid point of its curve"),
         |secret| Ok(Zeroizing::new(secret.to_vec())),
     )?;
@@ -320,7 +293,7 @@ fn encrypt_to(
         return Err(Crypto("AES key wrap returned an unexpected length"));
     }
     let ephemeral_key =
-        CoseKeyBuilder::new_ec2_pub_key(cose_curve(ka), point[1..1 + n].to_vec(), point[1 + n..].to_vec())
+        CoseKeyBuilder::new_ec2_pub_key(ka.cose_curve(), point[1..1 + n].to_vec(), point[1 + n..].to_vec())
             .build()
             .to_cbor_value()
             .map_err(|_| Crypto("CBOR encoding failed"))?;
@@ -363,11 +336,11 @@ fn ephemeral_key(
     alg: KeyAgreementAlgorithm,
     rng: &dyn SecureRandom,
 ) -> Result<agreement::PrivateKey, EnvelopeError> {
-    let mut scalar = Zeroizing::new(vec![0u8; field_len(alg)]);
+    let mut scalar = Zeroizing::new(vec![0u8; alg.field_len()]);
     for _ in 0..EPHEMERAL_KEY_ATTEMPTS {
         rng.fill(&mut scalar)
             .map_err(|_| Crypto("random generator failed"))?;
-        if let Ok(key) = agreement::PrivateKey::from_private_key(lc_agreement(alg), &scalar) {
+        if let Ok(key) = agreement::PrivateKey::from_private_key(alg.agreement(), &scalar) {
             return Ok(key);
         }
     }
@@ -512,7 +485,9 @@ pub fn parse(bytes: &[u8], max_len: usize) -> Result<SignedEnvelope, EnvelopeErr
     }
     let header = &sign1.protected.header;
     let alg = match &header.alg {
-        Some(a) => sig_alg_of(a).ok_or(EnvelopeError::UnsupportedAlgorithm("signature"))?,
+        Some(a) => {
+            SignatureAlgorithm::from_cose(a).ok_or(EnvelopeError::UnsupportedAlgorithm("signature"))?
+        }
         None => return Err(Malformed("no algorithm in the COSE_Sign1 protected header")),
     };
     let content_type = match &header.content_type {
@@ -542,7 +517,7 @@ pub fn parse(bytes: &[u8], max_len: usize) -> Result<SignedEnvelope, EnvelopeErr
         .payload
         .as_deref()
         .ok_or(Malformed("the COSE_Sign1 payload is detached"))?;
-    if sign1.signature.len() != sig_len(alg) {
+    if sign1.signature.len() != alg.fixed_signature_len() {
         return Err(Malformed("the signature has the wrong length for its algorithm"));
     }
     let encrypted = parse_encrypt(payload)?;
@@ -686,16 +661,15 @@ fn parse_ephemeral_key(value: Value) -> Result<(KeyAgreementAlgorithm, Vec<u8>),
     if key.params.len() != 3 {
         return Err(Malformed("the ephemeral key must have exactly crv, x and y"));
     }
-    let alg = match param(iana::Ec2KeyParameter::Crv) {
-        Some(Value::Integer(i)) if i64::try_from(*i).ok() == Some(iana::EllipticCurve::P_256.to_i64()) => {
-            KeyAgreementAlgorithm::EcdhP256
-        }
-        Some(Value::Integer(i)) if i64::try_from(*i).ok() == Some(iana::EllipticCurve::P_384.to_i64()) => {
-            KeyAgreementAlgorithm::EcdhP384
-        }
-        _ => return Err(EnvelopeError::UnsupportedAlgorithm("ephemeral key curve")),
+    let crv = match param(iana::Ec2KeyParameter::Crv) {
+        Some(Value::Integer(i)) => i64::try_from(*i).ok(),
+        _ => None,
     };
-    let n = field_len(alg);
+    let alg = KeyAgreementAlgorithm::ALL
+        .into_iter()
+        .find(|a| crv == Some(a.cose_curve().to_i64()))
+        .ok_or(EnvelopeError::UnsupportedAlgorithm("ephemeral key curve"))?;
+    let n = alg.field_len();
     let (x, y) = match (param(iana::Ec2KeyParameter::X), param(iana::Ec2KeyParameter::Y)) {
         (Some(Value::Bytes(x)), Some(Value::Bytes(y))) if x.len() == n && y.len() == n => (x, y),
         _ => {
@@ -708,7 +682,7 @@ fn parse_ephemeral_key(value: Value) -> Result<(KeyAgreementAlgorithm, Vec<u8>),
     point.push(0x04);
     point.extend_from_slice(x);
     point.extend_from_slice(y);
-    agreement::ParsedPublicKey::try_from(agreement::UnparsedPublicKey::new(lc_agreement(alg), &point))
+    agreement::ParsedPublicKey::try_from(agreement::UnparsedPublicKey::new(alg.agreement(), &point))
         .map_err(|_| Malformed("the ephemeral key is not a point on its curve"))?;
     Ok((alg, point))
 }
@@ -766,7 +740,7 @@ impl SignedEnvelope {
             return Err(EnvelopeError::SignerNotChainLeaf);
         }
         let tbs = self.sign1.tbs_data(external_aad);
-        signature::UnparsedPublicKey::new(sig_verification(self.alg), signer_public_key)
+        signature::UnparsedPublicKey::new(self.alg.fixed_verification(), signer_public_key)
             .verify(&tbs, &self.sign1.signature)
             .map_err(|_| EnvelopeError::BadSignature)?;
         Ok(VerifiedEnvelope {

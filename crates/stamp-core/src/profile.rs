@@ -653,6 +653,17 @@ pub(crate) mod tests {
         }
     }
 
+    impl std::fmt::Debug for TestSigner {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(
+                f,
+                "TestSigner({}, {})",
+                Signer::key_ref(self),
+                Signer::algorithm(self).name()
+            )
+        }
+    }
+
     impl Signer for TestSigner {
         fn algorithm(&self) -> SignatureAlgorithm {
             match self {

@@ -218,7 +218,7 @@ pub fn sign(reg: &Registry, signer: &dyn Signer, signer_cert: &[u8]) -> Result<V
     ciborium::ser::into_writer(reg, &mut payload)
         .map_err(|_| RegistryError::Signing("CBOR encoding failed"))?;
     let protected = HeaderBuilder::new()
-        .algorithm(crate::cose::cose_sig_alg(alg))
+        .algorithm(alg.cose())
         .content_type(CONTENT_TYPE.to_owned())
         .value(
             LABEL_X5CHAIN,
@@ -236,17 +236,13 @@ pub fn sign(reg: &Registry, signer: &dyn Signer, signer_cert: &[u8]) -> Result<V
         signature: Vec::new(),
     };
     let tbs = sign1.tbs_data(b"");
-    let raw = signer.sign(&tbs)?;
-    sign1.signature = match alg {
-        SignatureAlgorithm::EcdsaP256Sha256 => crate::cose::der_to_fixed(&raw, 32),
-        SignatureAlgorithm::EcdsaP384Sha384 => crate::cose::der_to_fixed(&raw, 48),
-        SignatureAlgorithm::Ed25519 => Some(raw).filter(|s| s.len() == 64),
-        SignatureAlgorithm::Rsa3072PssSha256 => None,
-    }
-    .ok_or(RegistryError::Signing(
-        "the signer returned a malformed signature",
-    ))?;
-    signature::UnparsedPublicKey::new(crate::cose::sig_verification(alg), signer.public_key())
+    let malformed = RegistryError::Signing("the signer returned a malformed signature");
+    sign1.signature = match signer.sign_fixed(&tbs) {
+        Ok(s) if s.len() == alg.fixed_signature_len() => s,
+        Ok(_) | Err(KeyError::MalformedSignature { .. }) => return Err(malformed),
+        Err(e) => return Err(e.into()),
+    };
+    signature::UnparsedPublicKey::new(alg.fixed_verification(), signer.public_key())
         .verify(&tbs, &sign1.signature)
         .map_err(|_| RegistryError::Signing("the signature does not verify with the signer's key"))?;
     sign1
@@ -286,7 +282,7 @@ pub fn verify(
     let alg = h
         .alg
         .as_ref()
-        .and_then(crate::cose::sig_alg_of)
+        .and_then(SignatureAlgorithm::from_cose)
         .ok_or(Malformed("missing or unsupported signature algorithm"))?;
     if !matches!(&h.content_type, Some(ContentType::Text(t)) if t == CONTENT_TYPE) {
         return Err(Malformed("the content type is not a stamp registry's"));
@@ -323,13 +319,13 @@ pub fn verify(
         now,
     )?;
     let signer = cert::parse(signer_der)?;
-    if sign1.signature.len() != crate::cose::sig_len(alg) {
+    if sign1.signature.len() != alg.fixed_signature_len() {
         return Err(RegistryError::BadSignature);
     }
     let payload = sign1.payload.as_deref().ok_or(Malformed("detached payload"))?;
     let tbs = sign1.tbs_data(b"");
     signature::UnparsedPublicKey::new(
-        crate::cose::sig_verification(alg),
+        alg.fixed_verification(),
         signer.public_key().subject_public_key.data.as_ref(),
     )
     .verify(&tbs, &sign1.signature)
@@ -540,7 +536,7 @@ mod tests {
         let mut s = CoseSign1::from_tagged_slice(file).unwrap();
         s.payload = Some(payload);
         let tbs = s.tbs_data(b"");
-        s.signature = crate::cose::der_to_fixed(&key.sign(&tbs).unwrap(), 32).unwrap();
+        s.signature = key.sign_fixed(&tbs).unwrap();
         s.to_tagged_vec().unwrap()
     }
 
@@ -608,7 +604,7 @@ mod tests {
             // The payload is exactly the CBOR registry.
             let s = CoseSign1::from_tagged_slice(&file).unwrap();
             assert_eq!(s.payload.as_deref(), Some(cbor(&reg).as_slice()));
-            assert_eq!(s.signature.len(), crate::cose::sig_len(alg));
+            assert_eq!(s.signature.len(), alg.fixed_signature_len());
         }
     }
 

@@ -13,6 +13,17 @@ use stamp_core::merkle::{leaf_hash, Frontier};
 
 struct Ed(Ed25519KeyPair, Vec<u8>);
 
+impl std::fmt::Debug for Ed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Ed({}, {})",
+            Signer::key_ref(self),
+            Signer::algorithm(self).name()
+        )
+    }
+}
+
 impl Signer for Ed {
     fn algorithm(&self) -> SignatureAlgorithm {
         SignatureAlgorithm::Ed25519

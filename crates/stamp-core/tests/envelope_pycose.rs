@@ -134,6 +134,17 @@ impl TestSigner {
     }
 }
 
+impl std::fmt::Debug for TestSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "TestSigner({}, {})",
+            Signer::key_ref(self),
+            Signer::algorithm(self).name()
+        )
+    }
+}
+
 impl Signer for TestSigner {
     fn algorithm(&self) -> SignatureAlgorithm {
         self.alg
@@ -158,16 +169,9 @@ struct TestKa {
     public: Vec<u8>,
 }
 
-fn lc(alg: KeyAgreementAlgorithm) -> &'static agreement::Algorithm {
-    match alg {
-        KeyAgreementAlgorithm::EcdhP256 => &agreement::ECDH_P256,
-        KeyAgreementAlgorithm::EcdhP384 => &agreement::ECDH_P384,
-    }
-}
-
 impl TestKa {
     fn new(alg: KeyAgreementAlgorithm) -> Self {
-        let key = agreement::PrivateKey::generate(lc(alg)).unwrap();
+        let key = agreement::PrivateKey::generate(alg.agreement()).unwrap();
         let public = key.compute_public_key().unwrap().as_ref().to_vec();
         TestKa { alg, key, public }
     }
@@ -175,6 +179,17 @@ impl TestKa {
     fn pkcs8(&self) -> Vec<u8> {
         let der: Pkcs8V1Der<'static> = self.key.as_der().unwrap();
         der.as_ref().to_vec()
+    }
+}
+
+impl std::fmt::Debug for TestKa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "TestKa({}, {})",
+            KeyAgreement::key_ref(self),
+            KeyAgreement::algorithm(self).name()
+        )
     }
 }
 
@@ -188,7 +203,7 @@ impl KeyAgreement for TestKa {
     fn agree(&self, peer: &[u8]) -> Result<SharedSecret, KeyError> {
         agreement::agree(
             &self.key,
-            agreement::UnparsedPublicKey::new(lc(self.alg), peer),
+            agreement::UnparsedPublicKey::new(self.alg.agreement(), peer),
             KeyError::BadPeerKey(self.alg.name()),
             |s| Ok(Zeroizing::new(s.to_vec())),
         )

@@ -74,6 +74,17 @@ impl TestSigner {
     }
 }
 
+impl std::fmt::Debug for TestSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "TestSigner({}, {})",
+            Signer::key_ref(self),
+            Signer::algorithm(self).name()
+        )
+    }
+}
+
 impl Signer for TestSigner {
     fn algorithm(&self) -> SignatureAlgorithm {
         match self.key {

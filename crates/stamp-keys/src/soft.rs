@@ -329,13 +329,6 @@ impl std::fmt::Debug for SoftKeyAgreement {
     }
 }
 
-fn lc_agreement_alg(alg: KeyAgreementAlgorithm) -> &'static agreement::Algorithm {
-    match alg {
-        KeyAgreementAlgorithm::EcdhP256 => &agreement::ECDH_P256,
-        KeyAgreementAlgorithm::EcdhP384 => &agreement::ECDH_P384,
-    }
-}
-
 impl SoftKeyAgreement {
     fn from_private(
         key_ref: String,
@@ -364,7 +357,7 @@ impl KeyAgreement for SoftKeyAgreement {
         &self.public
     }
     fn agree(&self, peer_public_key: &[u8]) -> Result<SharedSecret, KeyError> {
-        let peer = agreement::UnparsedPublicKey::new(lc_agreement_alg(self.alg), peer_public_key);
+        let peer = agreement::UnparsedPublicKey::new(self.alg.agreement(), peer_public_key);
         agreement::agree(&self.key, peer, KeyError::BadPeerKey(self.alg.name()), |secret| {
             Ok(Zeroizing::new(secret.to_vec()))
         })
@@ -384,7 +377,7 @@ fn check_signer(s: &dyn Signer) -> bool {
 
 /// Pairwise consistency check for a new key-agreement key: agree with an ephemeral key both ways.
 fn check_key_agreement(k: &dyn KeyAgreement) -> bool {
-    let alg = lc_agreement_alg(k.algorithm());
+    let alg = k.algorithm().agreement();
     let Ok(eph) = agreement::PrivateKey::generate(alg) else {
         return false;
     };
@@ -417,7 +410,7 @@ impl KeyStore for SoftKeyStore {
     ) -> Result<(KeyRef, Box<dyn KeyAgreement>), KeyStoreError> {
         let key_ref = Self::new_ref(name);
         let gen_err = || KeyStoreError::Generation(key_ref.to_string());
-        let private = agreement::PrivateKey::generate(lc_agreement_alg(alg)).map_err(|_| gen_err())?;
+        let private = agreement::PrivateKey::generate(alg.agreement()).map_err(|_| gen_err())?;
         let der: pkcs8_der::Der = private.as_der().map_err(|_| gen_err())?;
         let der = Zeroizing::new(der.as_ref().to_vec());
         let key = SoftKeyAgreement::from_private(key_ref.to_string(), alg, private)?;
@@ -449,13 +442,12 @@ impl KeyStore for SoftKeyStore {
                 })
             }
         };
-        let private =
-            agreement::PrivateKey::from_private_key_der(lc_agreement_alg(alg), &der).map_err(|_| {
-                KeyStoreError::NotAKeyFile {
-                    path: self.path_of(key).unwrap_or_default(),
-                    why: "malformed EC key",
-                }
-            })?;
+        let private = agreement::PrivateKey::from_private_key_der(alg.agreement(), &der).map_err(|_| {
+            KeyStoreError::NotAKeyFile {
+                path: self.path_of(key).unwrap_or_default(),
+                why: "malformed EC key",
+            }
+        })?;
         Ok(Box::new(SoftKeyAgreement::from_private(
             key.to_string(),
             alg,
@@ -524,6 +516,65 @@ mod tests {
                 b"m",
                 &sig
             ));
+        }
+    }
+
+    /// `text` shows none of `secret`: no 8-byte run of it, in hex (either case) or as Rust's
+    /// `Debug` of a byte slice.
+    fn shows_nothing_of(text: &str, secret: &[u8]) -> bool {
+        secret.windows(8).all(|w| {
+            let hex: String = w.iter().map(|b| format!("{b:02x}")).collect();
+            let list = format!("{w:?}");
+            !text.contains(&hex)
+                && !text.contains(&hex.to_uppercase())
+                && !text.contains(&list[1..list.len() - 1])
+        })
+    }
+
+    #[test]
+    fn sign_fixed_verifies_with_the_fixed_algorithms() {
+        let msg = b"a COSE Sig_structure";
+        for alg in SignatureAlgorithm::ALL {
+            let signer = SoftSigner::ephemeral("fixed", alg).unwrap();
+            let fixed = signer.sign_fixed(msg).unwrap();
+            assert_eq!(fixed.len(), alg.fixed_signature_len(), "{alg:?}");
+            let fixed_alg: &dyn signature::VerificationAlgorithm = match alg {
+                SignatureAlgorithm::EcdsaP256Sha256 => &signature::ECDSA_P256_SHA256_FIXED,
+                SignatureAlgorithm::EcdsaP384Sha384 => &signature::ECDSA_P384_SHA384_FIXED,
+                SignatureAlgorithm::Ed25519 => &signature::ED25519,
+                SignatureAlgorithm::Rsa3072PssSha256 => &signature::RSA_PSS_2048_8192_SHA256,
+            };
+            signature::UnparsedPublicKey::new(fixed_alg, signer.public_key())
+                .verify(msg, &fixed)
+                .unwrap();
+            assert!(stamp_core::key::verify_fixed_signature(
+                alg,
+                signer.public_key(),
+                msg,
+                &fixed
+            ));
+        }
+    }
+
+    #[test]
+    fn debug_names_the_key_and_shows_no_private_key_bytes() {
+        for alg in SignatureAlgorithm::ALL {
+            let (signer, pkcs8) = SoftSigner::generate_pkcs8("file:keys/dbg.key".into(), alg).unwrap();
+            let shown = format!("{signer:?} {signer:#?}");
+            assert!(
+                shown.starts_with(&format!("SoftSigner(file:keys/dbg.key, {})", alg.name())),
+                "{shown}"
+            );
+            assert!(shows_nothing_of(&shown, &pkcs8), "{alg:?}: {shown}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path(), "correct horse");
+        for alg in [KeyAgreementAlgorithm::EcdhP256, KeyAgreementAlgorithm::EcdhP384] {
+            let (r, ka) = s.generate_key_agreement(alg.name(), alg).unwrap();
+            let shown = format!("{ka:?}");
+            assert_eq!(shown, format!("SoftKeyAgreement({r}, {})", alg.name()));
+            let pkcs8 = s.read_key(&r).unwrap();
+            assert!(shows_nothing_of(&shown, &pkcs8), "{alg:?}: {shown}");
         }
     }
 

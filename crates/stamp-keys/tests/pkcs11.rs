@@ -177,6 +177,52 @@ fn token_signatures_verify_with_aws_lc_and_openssl() {
 }
 
 #[test]
+fn token_sign_fixed_is_r_s_and_verifies_with_the_fixed_algorithms() {
+    use aws_lc_rs::signature::{self, UnparsedPublicKey, VerificationAlgorithm};
+    let _serial = serial();
+    let hsm = hsm();
+    let store = store(hsm, "keys", USER_PIN);
+    let msg = b"a COSE Sig_structure";
+    for (name, alg) in [
+        ("fixed-p256", SignatureAlgorithm::EcdsaP256Sha256),
+        ("fixed-p384", SignatureAlgorithm::EcdsaP384Sha384),
+        ("fixed-ed25519", SignatureAlgorithm::Ed25519),
+    ] {
+        let (r, signer) = store.generate_signer(name, alg).unwrap();
+        let fixed_alg: &dyn VerificationAlgorithm = match alg {
+            SignatureAlgorithm::EcdsaP256Sha256 => &signature::ECDSA_P256_SHA256_FIXED,
+            SignatureAlgorithm::EcdsaP384Sha384 => &signature::ECDSA_P384_SHA384_FIXED,
+            SignatureAlgorithm::Ed25519 => &signature::ED25519,
+            SignatureAlgorithm::Rsa3072PssSha256 => panic!("RSA keys are not made in tokens"),
+        };
+        let fixed = signer.sign_fixed(msg).unwrap();
+        assert_eq!(fixed.len(), alg.fixed_signature_len(), "{name}");
+        UnparsedPublicKey::new(fixed_alg, signer.public_key())
+            .verify(msg, &fixed)
+            .unwrap_or_else(|_| panic!("{name}: the fixed signature does not verify"));
+        assert!(UnparsedPublicKey::new(fixed_alg, signer.public_key())
+            .verify(b"other", &fixed)
+            .is_err());
+        // The DER form still verifies as X.509 expects it.
+        let der = signer.sign(msg).unwrap();
+        assert!(verify_signature(alg, signer.public_key(), msg, &der), "{name}");
+
+        // Debug names the key; a token's private key never leaves it, and the PIN is not shown.
+        let shown = format!("{signer:?} {signer:#?}");
+        assert!(
+            shown.starts_with(&format!("Pkcs11Signer({r}, {})", alg.name())),
+            "{shown}"
+        );
+        assert!(!shown.contains(USER_PIN) && !shown.contains(SO_PIN), "{shown}");
+    }
+    let (r, ka) = store
+        .generate_key_agreement("fixed-ecdh", KeyAgreementAlgorithm::EcdhP256)
+        .unwrap();
+    let shown = format!("{ka:?}");
+    assert_eq!(shown, format!("Pkcs11KeyAgreement({r}, ecdh-p256)"));
+}
+
+#[test]
 fn ecdh_in_the_token_agrees_with_software() {
     let _serial = serial();
     let hsm = hsm();

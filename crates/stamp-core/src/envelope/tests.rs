@@ -1,6 +1,7 @@
 //! Tests of sealed envelopes: round trips, every layout and algorithm check, and bounds.
 
 use super::*;
+use crate::cose::der_to_fixed;
 use crate::profile::{self_signed_root, Serial, Validity};
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{EcdsaKeyPair, Ed25519KeyPair, KeyPair};
@@ -49,6 +50,17 @@ impl TestSigner {
     }
 }
 
+impl std::fmt::Debug for TestSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "TestSigner({}, {})",
+            Signer::key_ref(self),
+            Signer::algorithm(self).name()
+        )
+    }
+}
+
 impl Signer for TestSigner {
     fn algorithm(&self) -> SignatureAlgorithm {
         self.alg
@@ -76,7 +88,7 @@ struct TestKa {
 
 impl TestKa {
     fn new(alg: KeyAgreementAlgorithm) -> Self {
-        let key = agreement::PrivateKey::generate(lc_agreement(alg)).unwrap();
+        let key = agreement::PrivateKey::generate(alg.agreement()).unwrap();
         let public = key.compute_public_key().unwrap().as_ref().to_vec();
         TestKa { alg, key, public }
     }
@@ -91,6 +103,17 @@ impl TestKa {
     }
 }
 
+impl std::fmt::Debug for TestKa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "TestKa({}, {})",
+            KeyAgreement::key_ref(self),
+            KeyAgreement::algorithm(self).name()
+        )
+    }
+}
+
 impl KeyAgreement for TestKa {
     fn algorithm(&self) -> KeyAgreementAlgorithm {
         self.alg
@@ -99,7 +122,7 @@ impl KeyAgreement for TestKa {
         &self.public
     }
     fn agree(&self, peer: &[u8]) -> Result<crate::key::SharedSecret, KeyError> {
-        let peer = agreement::UnparsedPublicKey::new(lc_agreement(self.alg), peer);
+        let peer = agreement::UnparsedPublicKey::new(self.alg.agreement(), peer);
         agreement::agree(&self.key, peer, KeyError::BadPeerKey(self.alg.name()), |s| {
             Ok(Zeroizing::new(s.to_vec()))
         })
@@ -542,12 +565,7 @@ fn mutate(
     sign1_edit(&mut sign1);
     sign1.protected.original_data = None;
     let tbs = sign1.tbs_data(b"");
-    let sig = f.signer.sign(&tbs).unwrap();
-    sign1.signature = match f.signer.alg {
-        SignatureAlgorithm::EcdsaP256Sha256 => der_to_fixed(&sig, 32).unwrap(),
-        SignatureAlgorithm::EcdsaP384Sha384 => der_to_fixed(&sig, 48).unwrap(),
-        SignatureAlgorithm::Ed25519 | SignatureAlgorithm::Rsa3072PssSha256 => sig,
-    };
+    sign1.signature = f.signer.sign_fixed(&tbs).unwrap();
     sign1.to_tagged_vec().unwrap()
 }
 
@@ -963,6 +981,17 @@ fn sealing_refuses_bad_input() {
 
 /// A signer whose backend signs with another key than it reports.
 struct LyingSigner(TestSigner, TestSigner);
+
+impl std::fmt::Debug for LyingSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "LyingSigner({}, {})",
+            Signer::key_ref(self),
+            Signer::algorithm(self).name()
+        )
+    }
+}
 
 impl Signer for LyingSigner {
     fn algorithm(&self) -> SignatureAlgorithm {

@@ -188,8 +188,13 @@ pub fn sign(input: &[u8], signer: &dyn Signer) -> Result<SignedImage, FirmwareEr
     bytes.extend_from_slice(input);
     bytes.resize(input.len().div_ceil(SECTOR_LEN) * SECTOR_LEN, 0xff);
     let digest = sha256(&bytes);
-    let signature = signer.sign(&bytes)?;
-    if !key.verify(&bytes, &signature) {
+    // Both block versions carry fixed-size signatures: RSA-PSS as the modulus-sized integer,
+    // ECDSA as r || s (each reversed below).
+    let signature = signer.sign_fixed(&bytes).map_err(|e| match e {
+        crate::key::KeyError::MalformedSignature { .. } => FirmwareError::SignerInconsistent,
+        other => other.into(),
+    })?;
+    if !key.verify_fixed(&bytes, &signature) {
         return Err(FirmwareError::SignerInconsistent);
     }
     let mut block = Vec::with_capacity(BLOCK_LEN);
@@ -207,9 +212,11 @@ pub fn sign(input: &[u8], signer: &dyn Signer) -> Result<SignedImage, FirmwareEr
             block.extend_from_slice(&[BLOCK_MAGIC, VERSION_ECDSA, 0, 0]);
             block.extend_from_slice(&digest);
             block.extend_from_slice(&material);
-            let rs = crate::cose::der_to_fixed(&signature, 32).ok_or(FirmwareError::SignerInconsistent)?;
-            block.extend(rs[..32].iter().rev());
-            block.extend(rs[32..].iter().rev());
+            if signature.len() != 64 {
+                return Err(FirmwareError::SignerInconsistent);
+            }
+            block.extend(signature[..32].iter().rev());
+            block.extend(signature[32..].iter().rev());
             block.resize(BLOCK_CRC_OFFSET, 0);
         }
     }
@@ -348,12 +355,7 @@ pub fn verify(
         _ => {
             let mut rs: Vec<u8> = block.signature[..32].iter().rev().copied().collect();
             rs.extend(block.signature[32..].iter().rev());
-            aws_lc_rs::signature::UnparsedPublicKey::new(
-                &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED,
-                key.raw(),
-            )
-            .verify(data, &rs)
-            .is_ok()
+            key.verify_fixed(data, &rs)
         }
     };
     if !ok {

@@ -319,6 +319,11 @@ impl FirmwareKey {
         crate::key::verify_signature(self.alg, &self.raw, message, signature)
     }
 
+    /// [`FirmwareKey::verify`] for a signature in its fixed-size form (ECDSA `r || s`).
+    pub(crate) fn verify_fixed(&self, message: &[u8], signature: &[u8]) -> bool {
+        crate::key::verify_fixed_signature(self.alg, &self.raw, message, signature)
+    }
+
     /// The RSA modulus and exponent (big-endian), for RSA keys.
     pub(crate) fn rsa_components(&self) -> Option<(&[u8], &[u8])> {
         self.rsa.as_ref().map(|(n, e)| (n.as_slice(), e.as_slice()))

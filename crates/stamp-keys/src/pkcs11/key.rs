@@ -83,33 +83,24 @@ impl std::fmt::Debug for Pkcs11Signer {
     }
 }
 
-impl Signer for Pkcs11Signer {
-    fn algorithm(&self) -> SignatureAlgorithm {
-        self.alg
-    }
-    fn public_key(&self) -> &[u8] {
-        &self.public
-    }
-    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, KeyError> {
-        let (data, field_len) = match self.alg {
-            SignatureAlgorithm::EcdsaP256Sha256 => {
-                (digest::digest(&digest::SHA256, message).as_ref().to_vec(), 32)
-            }
-            SignatureAlgorithm::EcdsaP384Sha384 => {
-                (digest::digest(&digest::SHA384, message).as_ref().to_vec(), 48)
-            }
-            SignatureAlgorithm::Ed25519 => (message.to_vec(), 32),
-            SignatureAlgorithm::Rsa3072PssSha256 => {
+impl Pkcs11Signer {
+    /// Signs with the token and returns its signature as the token gives it: Ed25519's 64 bytes,
+    /// or ECDSA's fixed-length `r || s` (checked to be of the curve's length).
+    fn sign_raw(&self, message: &[u8]) -> Result<Vec<u8>, KeyError> {
+        let (data, mechanism) = match (self.alg, self.alg.ecdsa_digest()) {
+            (SignatureAlgorithm::Ed25519, _) => (
+                message.to_vec(),
+                Mechanism::Eddsa(EddsaParams::new(EddsaSignatureScheme::Pure)),
+            ),
+            // CKM_ECDSA signs a digest the caller has made.
+            (_, Some(hash)) => (digest::digest(hash, message).as_ref().to_vec(), Mechanism::Ecdsa),
+            (_, None) => {
                 return Err(KeyError::Backend {
                     backend: "pkcs11",
                     key: self.key.key_ref.clone(),
                     reason: "RSA keys are not supported by stamp's PKCS#11 backend".into(),
                 })
             }
-        };
-        let mechanism = match self.alg {
-            SignatureAlgorithm::Ed25519 => Mechanism::Eddsa(EddsaParams::new(EddsaSignatureScheme::Pure)),
-            _ => Mechanism::Ecdsa,
         };
         // Signing is idempotent: a retry after a reconnect cannot do anything twice.
         let raw = self
@@ -120,16 +111,40 @@ impl Signer for Pkcs11Signer {
                 s.sign(&mechanism, h, &data)
             })
             .map_err(|e| self.key.key_error(e))?;
-        let bad_length = || KeyError::Backend {
+        if raw.len() != self.alg.fixed_signature_len() {
+            return Err(self.bad_length(raw.len()));
+        }
+        Ok(raw)
+    }
+
+    fn bad_length(&self, len: usize) -> KeyError {
+        KeyError::Backend {
             backend: "pkcs11",
             key: self.key.key_ref.clone(),
-            reason: format!("the token returned a {}-byte signature", raw.len()),
-        };
-        match self.alg {
-            SignatureAlgorithm::Ed25519 if raw.len() == 64 => Ok(raw),
-            SignatureAlgorithm::Ed25519 => Err(bad_length()),
-            _ => ecdsa_der(&raw, field_len).ok_or_else(bad_length),
+            reason: format!("the token returned a {len}-byte signature"),
         }
+    }
+}
+
+impl Signer for Pkcs11Signer {
+    fn algorithm(&self) -> SignatureAlgorithm {
+        self.alg
+    }
+    fn public_key(&self) -> &[u8] {
+        &self.public
+    }
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, KeyError> {
+        let raw = self.sign_raw(message)?;
+        match self.alg.ecdsa_scalar_len() {
+            // sign_raw checked the length, so the conversion cannot fail.
+            Some(n) => ecdsa_der(&raw, n).ok_or_else(|| self.bad_length(raw.len())),
+            None => Ok(raw),
+        }
+    }
+    /// The token's signature as it comes: ECDSA is already `r || s` (PKCS#11 section 2.3.1), so
+    /// it is not DER-encoded only for COSE to decode it again.
+    fn sign_fixed(&self, message: &[u8]) -> Result<Vec<u8>, KeyError> {
+        self.sign_raw(message)
     }
     fn key_ref(&self) -> &str {
         &self.key.key_ref
@@ -149,13 +164,6 @@ impl std::fmt::Debug for Pkcs11KeyAgreement {
     }
 }
 
-fn lc_agreement_alg(alg: KeyAgreementAlgorithm) -> &'static agreement::Algorithm {
-    match alg {
-        KeyAgreementAlgorithm::EcdhP256 => &agreement::ECDH_P256,
-        KeyAgreementAlgorithm::EcdhP384 => &agreement::ECDH_P384,
-    }
-}
-
 impl KeyAgreement for Pkcs11KeyAgreement {
     fn algorithm(&self) -> KeyAgreementAlgorithm {
         self.alg
@@ -165,14 +173,14 @@ impl KeyAgreement for Pkcs11KeyAgreement {
     }
     fn agree(&self, peer_public_key: &[u8]) -> Result<SharedSecret, KeyError> {
         // Check the point here, so a bad point is reported as such whatever the token says.
-        let lc_alg = lc_agreement_alg(self.alg);
+        let lc_alg = self.alg.agreement();
         let parsed =
             agreement::ParsedPublicKey::try_from(&agreement::UnparsedPublicKey::new(lc_alg, peer_public_key));
-        let uncompressed = peer_public_key.len() == Kind::Agree(self.alg).public_len();
+        let uncompressed = peer_public_key.len() == self.alg.public_key_len();
         if parsed.is_err() || !uncompressed {
             return Err(KeyError::BadPeerKey(self.alg.name()));
         }
-        let len = (Kind::Agree(self.alg).public_len() - 1) / 2;
+        let len = self.alg.field_len();
         let template = [
             Attribute::Class(ObjectClass::SECRET_KEY),
             Attribute::KeyType(KeyType::GENERIC_SECRET),
@@ -287,7 +295,7 @@ impl Opened {
             alg,
             public: self.public.clone(),
         };
-        let lc = lc_agreement_alg(alg);
+        let lc = alg.agreement();
         let eph = agreement::PrivateKey::generate(lc).map_err(|_| KeyError::BadPeerKey(alg.name()))?;
         let eph_pub = eph
             .compute_public_key()

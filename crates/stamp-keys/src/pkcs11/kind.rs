@@ -33,10 +33,10 @@ impl Kind {
 
     /// Length of the raw public key: an uncompressed point, or 32 bytes for Ed25519.
     pub(crate) fn public_len(self) -> usize {
-        match self.ec_params() {
-            P256_PARAMS => 65,
-            P384_PARAMS => 97,
-            _ => 32,
+        match self {
+            // RSA never gets here (see `ec_params`).
+            Kind::Sign(a) => a.public_key_len().unwrap_or(0),
+            Kind::Agree(a) => a.public_key_len(),
         }
     }
 
