@@ -210,17 +210,11 @@ impl Run<'_> {
         let site = self.site;
         let serial = d.device_serial;
         let v = &mut self.violations;
-        let mismatch = |what: &'static str, v: &mut Violations| {
-            v.add(ViolationKind::CertificateMismatch, Some(&id), what, index, |n| {
-                format!("{n} entr(ies) whose {what} disagree with the certificate or the entry's kind")
-            });
-            false
-        };
         if sha256(&d.certificate).as_slice() != d.certificate_sha256.as_slice() {
-            genuine &= mismatch("certificate SHA-256", v);
+            genuine &= mismatch(v, &id, index, "certificate SHA-256");
         }
         if d.hq_key_index.is_some() {
-            genuine &= mismatch("HQ key index (a renewal has none)", v);
+            genuine &= mismatch(v, &id, index, "HQ key index (a renewal has none)");
         }
         let live = db::live_device(self.tx, serial)?
             .filter(|l| l.site_id == site.as_str() && l.entitlement_id == d.entitlement_id);
@@ -233,10 +227,10 @@ impl Run<'_> {
         match check_device(&d.certificate, &t.state.grant, self.ca, issued) {
             Ok(info) => {
                 if info.device_serial != serial {
-                    genuine &= mismatch("device serial", v);
+                    genuine &= mismatch(v, &id, index, "device serial");
                 }
                 if info.public_key_sha256.as_slice() != d.public_key_sha256.as_slice() {
-                    genuine &= mismatch("public key SHA-256", v);
+                    genuine &= mismatch(v, &id, index, "public key SHA-256");
                 }
                 genuine &= not_before_matches(v, &id, index, time_ms, &info);
             }
@@ -341,22 +335,18 @@ impl Run<'_> {
         self.load(&d.entitlement_id)?;
         let site = self.site;
         let v = &mut self.violations;
-        let mismatch = |what: &'static str, v: &mut Violations| {
-            v.add(ViolationKind::CertificateMismatch, Some(&id), what, index, |n| {
-                format!("{n} entr(ies) whose {what} disagree with the certificate or the entry's kind")
-            });
-            false
-        };
         if sha256(&d.certificate).as_slice() != d.certificate_sha256.as_slice() {
-            genuine &= mismatch("certificate SHA-256", v);
+            genuine &= mismatch(v, &id, index, "certificate SHA-256");
         }
         match (handed_out, d.hq_key_index) {
-            (true, None) => genuine &= mismatch("HQ key index (missing)", v),
-            (false, Some(_)) => genuine &= mismatch("HQ key index (a device's own key has none)", v),
+            (true, None) => genuine &= mismatch(v, &id, index, "HQ key index (missing)"),
+            (false, Some(_)) => {
+                genuine &= mismatch(v, &id, index, "HQ key index (a device's own key has none)")
+            }
             _ => {}
         }
         if d.possession_proof.is_some() {
-            genuine &= mismatch("proof of possession (only a renewal has one)", v);
+            genuine &= mismatch(v, &id, index, "proof of possession (only a renewal has one)");
         }
         let Some(t) = self.grants.get_mut(&d.entitlement_id) else {
             let whose = match db::grant_site(self.tx, &d.entitlement_id)? {
@@ -393,10 +383,10 @@ impl Run<'_> {
         match check_device(&d.certificate, &t.state.grant, self.ca, issued) {
             Ok(info) => {
                 if info.device_serial != d.device_serial {
-                    genuine &= mismatch("device serial", v);
+                    genuine &= mismatch(v, &id, index, "device serial");
                 }
                 if info.public_key_sha256.as_slice() != d.public_key_sha256.as_slice() {
-                    genuine &= mismatch("public key SHA-256", v);
+                    genuine &= mismatch(v, &id, index, "public key SHA-256");
                 }
                 genuine &= not_before_matches(v, &id, index, time_ms, &info);
             }
@@ -432,7 +422,7 @@ impl Run<'_> {
             }
         }
         if d.public_key_sha256.len() != 32 {
-            genuine &= mismatch("public key SHA-256 (not 32 bytes)", v);
+            genuine &= mismatch(v, &id, index, "public key SHA-256 (not 32 bytes)");
         } else {
             genuine &= self.key_unique(d, index, genuine)?;
         }
@@ -577,6 +567,14 @@ pub(super) fn check_device(
         Some(issued) => device::check_issued(der, grant, ca, issued),
         None => device::check(der, grant, ca),
     }
+}
+
+/// Reports an entry whose claims disagree with its certificate or its kind (returns false).
+pub(super) fn mismatch(v: &mut Violations, id: &str, index: u64, what: &'static str) -> bool {
+    v.add(ViolationKind::CertificateMismatch, Some(id), what, index, |n| {
+        format!("{n} entr(ies) whose {what} disagree with the certificate or the entry's kind")
+    });
+    false
 }
 
 /// Whether a certificate's notBefore is its entry's time (the site sets it when it logs the
