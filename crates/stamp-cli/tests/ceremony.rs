@@ -1,11 +1,8 @@
 //! The enrollment ceremony through the real binary, checked with openssl.
-#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod common;
 
 use std::path::PathBuf;
 
-use common::*;
+use crate::common::*;
 use x509_parser::prelude::*;
 
 fn all_cert_paths(c: &Ceremony) -> Vec<(String, PathBuf)> {
@@ -114,7 +111,7 @@ fn full_ceremony_and_openssl_verifies_every_certificate() {
     ]);
     assert_eq!(key_pub.stdout, cert_pub.stdout);
     // HQ lists the site.
-    let sites = stamp_json(&c.pass, &["hq", "sites", "--dir", s(&c.hq)]);
+    let sites = stamp(&c.pass).hq("sites").dir(&c.hq).json();
     assert_eq!(sites["sites"][0]["site_id"], "plant-7");
 }
 

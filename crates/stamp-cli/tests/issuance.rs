@@ -1,14 +1,11 @@
 //! Device issuance at the site through the real binary: policy, CSR handling, concurrency and a
 //! crash in the middle of issuing.
-#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod common;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 
 /// A CSR for a fresh key of the given rcgen algorithm, with optional requested SANs/extensions.
 fn csr(
@@ -52,8 +49,8 @@ fn entitled(extra: &[&str]) -> Ceremony {
         s(&pkg),
     ];
     args.extend_from_slice(extra);
-    stamp_json(&c.pass, &args);
-    stamp_json(&c.pass, &["site", "import", "--dir", s(&c.site), s(&pkg)]);
+    stamp(&c.pass).args(&args).json();
+    stamp(&c.pass).site("import").dir(&c.site).arg(&pkg).json();
     c
 }
 
@@ -76,7 +73,7 @@ fn issue(c: &Ceremony, name: &str, csrs: &[Vec<u8>], extra: &[&str]) -> serde_js
         s(&out),
     ];
     args.extend_from_slice(extra);
-    let o = stamp(&c.pass, &args);
+    let o = stamp(&c.pass).args(&args).output();
     let v: serde_json::Value = serde_json::from_slice(&o.stdout)
         .unwrap_or_else(|_| panic!("no JSON: {}", String::from_utf8_lossy(&o.stderr)));
     assert_eq!(
@@ -168,15 +165,15 @@ fn issues_within_quota_and_openssl_verifies_every_device() {
         );
     }
     // The stamp names the device data.
-    let stamp: serde_json::Value =
+    let device_stamp: serde_json::Value =
         serde_json::from_slice(&std::fs::read(v["devices"][0]["stamp"].as_str().unwrap()).unwrap()).unwrap();
-    assert_eq!(stamp["entitlement_id"], "plant-7.1");
+    assert_eq!(device_stamp["entitlement_id"], "plant-7.1");
     // Status counts, refusals are logged, the log verifies.
-    let st = stamp_json(&c.pass, &["site", "status", "--dir", s(&c.site)]);
+    let st = stamp(&c.pass).site("status").dir(&c.site).json();
     assert_eq!(st["entitlements"][0]["issued"], 6);
     assert_eq!(st["entitlements"][0]["remaining"], 0);
     assert_eq!(log_reasons(&c.site), vec!["quota-exhausted", "quota-exhausted"]);
-    let log = stamp_json(&c.pass, &["site", "verify-log", "--dir", s(&c.site)]);
+    let log = stamp(&c.pass).site("verify-log").dir(&c.site).json();
     assert_eq!(log["size"], 1 + 6 + 2, "entitlement applied, 6 issued, 2 refused");
 }
 
@@ -232,22 +229,13 @@ fn bad_requests_are_refused_with_their_reason_and_logged() {
     // An entitlement the site does not have.
     let dir = c.tmp.path().join("x-csrs");
     write_csrs(&dir, &[p256()]);
-    let o = stamp(
-        &c.pass,
-        &[
-            "--json",
-            "site",
-            "issue",
-            "--dir",
-            s(&c.site),
-            "--entitlement",
-            "nope.9",
-            "--csr",
-            s(&dir),
-            "-o",
-            s(&c.tmp.path().join("x")),
-        ],
-    );
+    let o = stamp(&c.pass)
+        .arg("--json")
+        .site("issue")
+        .dir(&c.site)
+        .args(&["--entitlement", "nope.9", "--csr", s(&dir)])
+        .args(&["-o", s(&c.tmp.path().join("x"))])
+        .output();
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["refused"]["unknown-entitlement"], 1);
     assert_eq!(
@@ -272,21 +260,14 @@ fn rate_window_and_suspension_are_enforced() {
     assert_eq!(v["refused"]["rate-exceeded"], 2);
     // Suspended.
     let pkg = c.tmp.path().join("s.cose");
-    stamp_json(
-        &c.pass,
-        &[
-            "hq",
-            "amend",
-            "--dir",
-            s(&c.hq),
-            "--entitlement",
-            "plant-7.1",
-            "--suspend",
-            "-o",
-            s(&pkg),
-        ],
-    );
-    stamp_json(&c.pass, &["site", "import", "--dir", s(&c.site), s(&pkg)]);
+    stamp(&c.pass)
+        .hq("amend")
+        .dir(&c.hq)
+        .args(&["--entitlement", "plant-7.1"])
+        .arg("--suspend")
+        .args(&["-o", s(&pkg)])
+        .json();
+    stamp(&c.pass).site("import").dir(&c.site).arg(&pkg).json();
     let v = issue(&c, "susp", &[p256()], &[]);
     assert_eq!(v["refused"]["suspended"], 1);
     // Outside the window: a grant that starts tomorrow.
@@ -294,44 +275,22 @@ fn rate_window_and_suspension_are_enforced() {
         .date()
         .to_string();
     let pkg = c.tmp.path().join("w.cose");
-    stamp_json(
-        &c.pass,
-        &[
-            "hq",
-            "entitle",
-            "--dir",
-            s(&c.hq),
-            "--site",
-            "plant-7",
-            "--product",
-            "p",
-            "--quota",
-            "5",
-            "--not-before",
-            &later,
-            "-o",
-            s(&pkg),
-        ],
-    );
-    stamp_json(&c.pass, &["site", "import", "--dir", s(&c.site), s(&pkg)]);
+    stamp(&c.pass)
+        .hq("entitle")
+        .dir(&c.hq)
+        .args(&["--site", "plant-7", "--product", "p", "--quota", "5"])
+        .args(&["--not-before", &later, "-o", s(&pkg)])
+        .json();
+    stamp(&c.pass).site("import").dir(&c.site).arg(&pkg).json();
     let dir = c.tmp.path().join("w-csrs");
     write_csrs(&dir, &[p256()]);
-    let o = stamp(
-        &c.pass,
-        &[
-            "--json",
-            "site",
-            "issue",
-            "--dir",
-            s(&c.site),
-            "--entitlement",
-            "plant-7.3",
-            "--csr",
-            s(&dir),
-            "-o",
-            s(&c.tmp.path().join("w-out")),
-        ],
-    );
+    let o = stamp(&c.pass)
+        .arg("--json")
+        .site("issue")
+        .dir(&c.site)
+        .args(&["--entitlement", "plant-7.3", "--csr", s(&dir)])
+        .args(&["-o", s(&c.tmp.path().join("w-out"))])
+        .output();
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["refused"]["outside-window"], 1, "{v}");
 }
@@ -350,7 +309,7 @@ fn concurrent_requests_never_over_issue() {
         .map(|d| d["device_serial"].as_u64().unwrap())
         .collect();
     assert_eq!(serials, (1..=25).collect::<HashSet<u64>>());
-    stamp_json(&c.pass, &["site", "verify-log", "--dir", s(&c.site)]);
+    stamp(&c.pass).site("verify-log").dir(&c.site).json();
 }
 
 #[test]
@@ -389,7 +348,7 @@ fn a_site_killed_mid_issuance_loses_nothing_it_returned() {
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     // The log verifies; every certificate written out is in it; the quota holds.
-    let log = stamp_json(&c.pass, &["site", "verify-log", "--dir", s(&c.site)]);
+    let log = stamp(&c.pass).site("verify-log").dir(&c.site).json();
     let db = rusqlite::Connection::open(c.site.join("stamp-site.db")).unwrap();
     let logged: HashSet<Vec<u8>> = {
         let mut stmt = db.prepare("SELECT cert_sha256 FROM devices").unwrap();
@@ -437,48 +396,22 @@ fn a_site_killed_mid_issuance_loses_nothing_it_returned() {
 fn hq_generated_keys_are_handed_out_once_and_never_stored_in_clear() {
     let c = ceremony(true);
     let pkg = c.tmp.path().join("k.cose");
-    let r = stamp_json(
-        &c.pass,
-        &[
-            "hq",
-            "entitle",
-            "--dir",
-            s(&c.hq),
-            "--site",
-            "plant-7",
-            "--product",
-            "lock-1",
-            "--quota",
-            "3",
-            "--hq-keys",
-            "ed25519",
-            "--key-types",
-            "ed25519",
-            "--secret",
-            "flash-key:32",
-            "-o",
-            s(&pkg),
-        ],
-    );
+    let r = stamp(&c.pass)
+        .hq("entitle")
+        .dir(&c.hq)
+        .args(&["--site", "plant-7", "--product", "lock-1", "--quota", "3"])
+        .args(&["--hq-keys", "ed25519", "--key-types", "ed25519"])
+        .args(&["--secret", "flash-key:32", "-o", s(&pkg)])
+        .json();
     assert_eq!(r["entitlement"]["quota"], 3);
-    stamp_json(&c.pass, &["site", "import", "--dir", s(&c.site), s(&pkg)]);
+    stamp(&c.pass).site("import").dir(&c.site).arg(&pkg).json();
     let out = c.tmp.path().join("keys");
-    let o = stamp(
-        &c.pass,
-        &[
-            "--json",
-            "site",
-            "hand-out",
-            "--dir",
-            s(&c.site),
-            "--entitlement",
-            "plant-7.1",
-            "--count",
-            "4",
-            "-o",
-            s(&out),
-        ],
-    );
+    let o = stamp(&c.pass)
+        .arg("--json")
+        .site("hand-out")
+        .dir(&c.site)
+        .args(&["--entitlement", "plant-7.1", "--count", "4", "-o", s(&out)])
+        .output();
     assert_eq!(o.status.code(), Some(1));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["handed_out"].as_array().unwrap().len(), 3);
@@ -524,22 +457,12 @@ fn hq_generated_keys_are_handed_out_once_and_never_stored_in_clear() {
     let v = issue(&c, "own", &[csr(&rcgen::PKCS_ED25519, |_| {})], &[]);
     assert_eq!(v["refused"]["hq-keys-only"], 1);
     // HQ refuses to top up a key grant.
-    stamp_fails(
-        &c.pass,
-        &[
-            "hq",
-            "amend",
-            "--dir",
-            s(&c.hq),
-            "--entitlement",
-            "plant-7.1",
-            "--add-quota",
-            "5",
-            "-o",
-            s(&c.tmp.path().join("x.cose")),
-        ],
-        "cannot be topped up",
-    );
+    stamp(&c.pass)
+        .hq("amend")
+        .dir(&c.hq)
+        .args(&["--entitlement", "plant-7.1", "--add-quota", "5"])
+        .args(&["-o", s(&c.tmp.path().join("x.cose"))])
+        .fails("cannot be topped up");
 }
 
 #[test]
@@ -547,82 +470,35 @@ fn an_entitlement_names_the_firmware_the_site_may_program() {
     let c = ceremony(true);
     let image = c.tmp.path().join("app.bin");
     std::fs::write(&image, vec![0x5au8; 4096]).unwrap();
-    stamp_json(
-        &c.pass,
-        &[
-            "hq",
-            "add-firmware-key",
-            "--dir",
-            s(&c.hq),
-            "--name",
-            "main",
-            "--algorithm",
-            "ecdsa-p256",
-        ],
-    );
+    stamp(&c.pass)
+        .hq("add-firmware-key")
+        .dir(&c.hq)
+        .args(&["--name", "main", "--algorithm", "ecdsa-p256"])
+        .json();
     let signed = c.tmp.path().join("app.signed.bin");
-    stamp_json(
-        &c.pass,
-        &[
-            "hq",
-            "sign-firmware",
-            "--dir",
-            s(&c.hq),
-            "--key",
-            "main",
-            "--format",
-            "mcuboot",
-            "--version",
-            "1.4.2",
-            s(&image),
-            "-o",
-            s(&signed),
-        ],
-    );
+    stamp(&c.pass)
+        .hq("sign-firmware")
+        .dir(&c.hq)
+        .args(&["--key", "main", "--format", "mcuboot"])
+        .args(&["--version", "1.4.2", s(&image), "-o", s(&signed)])
+        .json();
     let pkg = c.tmp.path().join("e.cose");
     // An unknown release is refused at HQ.
-    stamp_fails(
-        &c.pass,
-        &[
-            "hq",
-            "entitle",
-            "--dir",
-            s(&c.hq),
-            "--site",
-            "plant-7",
-            "--product",
-            "p",
-            "--quota",
-            "2",
-            "--firmware",
-            "9.9.9",
-            "-o",
-            s(&pkg),
-        ],
-        "no firmware release 9.9.9",
-    );
-    stamp_json(
-        &c.pass,
-        &[
-            "hq",
-            "entitle",
-            "--dir",
-            s(&c.hq),
-            "--site",
-            "plant-7",
-            "--product",
-            "p",
-            "--quota",
-            "2",
-            "--firmware",
-            "1.4.2@mcuboot",
-            "-o",
-            s(&pkg),
-        ],
-    );
-    stamp_json(&c.pass, &["site", "import", "--dir", s(&c.site), s(&pkg)]);
+    stamp(&c.pass)
+        .hq("entitle")
+        .dir(&c.hq)
+        .args(&["--site", "plant-7", "--product", "p", "--quota", "2"])
+        .args(&["--firmware", "9.9.9", "-o", s(&pkg)])
+        .fails("no firmware release 9.9.9");
+    stamp(&c.pass)
+        .hq("entitle")
+        .dir(&c.hq)
+        .args(&["--site", "plant-7", "--product", "p", "--quota", "2"])
+        .args(&["--firmware", "1.4.2@mcuboot", "-o", s(&pkg)])
+        .json();
+    stamp(&c.pass).site("import").dir(&c.site).arg(&pkg).json();
     let digest = hex::encode(stamp_core::fingerprint::sha256(&std::fs::read(&signed).unwrap()));
-    let st = stamp_json(&c.pass, &["site", "status", "--dir", s(&c.site)]);
+    let st = stamp(&c.pass).site("status").dir(&c.site).json();
     let fw = &st["entitlements"][0]["firmware"][0];
     assert_eq!(fw["version"], "1.4.2+0");
     assert_eq!(fw["format"], "mcuboot");

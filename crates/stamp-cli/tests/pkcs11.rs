@@ -2,15 +2,12 @@
 //! the enrollment ceremony and an entitlement work, openssl accepts the certificates, the keys are
 //! sensitive and non-extractable in the token, no passphrase is ever needed, and each failure is a
 //! clear error that leaves nothing behind.
-#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command as StdCommand, Output};
 
 use assert_cmd::Command;
-use common::{passphrase_file, s};
+use crate::common::{secret_file, s};
 
 const USER_PIN: &str = "1234";
 const SO_PIN: &str = "12345678";
@@ -55,7 +52,7 @@ impl Hsm {
                 .unwrap_or_else(|e| panic!("cannot run softhsm2-util ({e}). {HOW}"));
             assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         }
-        let pin = passphrase_file(tmp.path(), "pin", USER_PIN);
+        let pin = secret_file(tmp.path(), "pin", USER_PIN);
         Hsm { tmp, conf, pin }
     }
 
@@ -197,7 +194,7 @@ fn ceremony_and_entitlement_with_every_role_key_in_a_token() {
     let certs = install["certs"].as_object().unwrap();
     assert_eq!(certs.len(), 6);
     for (name, path) in certs {
-        let out = common::openssl(&[
+        let out = crate::common::openssl(&[
             "verify",
             "-x509_strict",
             "-CAfile",
@@ -295,7 +292,7 @@ fn ceremony_and_entitlement_with_every_role_key_in_a_token() {
     let ca = install["certs"]["site-issuing-ca"].as_str().unwrap();
     for d in issued["devices"].as_array().unwrap() {
         let cert = d["certificate"].as_str().unwrap();
-        let v = common::openssl(&[
+        let v = crate::common::openssl(&[
             "verify",
             "-x509_strict",
             "-CAfile",
@@ -320,7 +317,7 @@ fn demo_runs_with_its_keys_in_a_token() {
     let report = hsm.stamp_json(&["demo", "--dir", s(&dir), "--key-store", "pkcs11:token=demo"]);
     let root = report["root_cert"].as_str().unwrap();
     let ca = report["site_issuing_ca_cert"].as_str().unwrap();
-    let out = common::openssl(&["verify", "-x509_strict", "-CAfile", root, ca]);
+    let out = crate::common::openssl(&["verify", "-x509_strict", "-CAfile", root, ca]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(private_keys(&hsm.objects("demo")).len(), 6);
 }
@@ -343,14 +340,14 @@ fn token_errors_are_clear_and_leave_nothing_behind() {
     let run = |args: &[String]| hsm.stamp(&args.iter().map(String::as_str).collect::<Vec<_>>());
 
     // Wrong PIN.
-    let wrong = passphrase_file(hsm.tmp.path(), "wrong-pin", "9999");
+    let wrong = secret_file(hsm.tmp.path(), "wrong-pin", "9999");
     let args = init("hq1", "pkcs11:token=errors");
     let out = hsm.stamp_with_pin(&wrong, &args.iter().map(String::as_str).collect::<Vec<_>>());
     fails(&out, "wrong PIN for PKCS#11 token \"errors\"");
     assert!(!hsm.path("hq1").exists());
 
     // A PIN file others can read.
-    let loose = passphrase_file(hsm.tmp.path(), "loose-pin", USER_PIN);
+    let loose = secret_file(hsm.tmp.path(), "loose-pin", USER_PIN);
     std::fs::set_permissions(&loose, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
     let out = hsm.stamp_with_pin(&loose, &args.iter().map(String::as_str).collect::<Vec<_>>());
     fails(&out, "is readable by group or others");

@@ -8,16 +8,13 @@
 //! one, else `python3`, must import it. Without it this test FAILS (it never skips): `scripts/test`
 //! installs tests/requirements.txt, or run `python3 -m venv .venv && .venv/bin/pip install -r
 //! tests/requirements.txt` at the workspace root.
-#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod common;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use crate::common::*;
 use assert_cmd::cargo::CommandCargoExt;
-use common::*;
 
 /// Findings of severity ERROR or FATAL that are expected, as (profile file, pkilint code, why).
 const ALLOWED: &[(&str, &str, &str)] = &[
@@ -158,19 +155,11 @@ fn every_profile(c: &Ceremony) -> Vec<PathBuf> {
     );
     // A station.
     let st = c.tmp.path().join("station");
-    stamp_json(
-        &c.pass,
-        &[
-            "site",
-            "add-station",
-            "--dir",
-            s(&c.site),
-            "--name",
-            "line-1",
-            "-o",
-            s(&st),
-        ],
-    );
+    stamp(&c.pass)
+        .site("add-station")
+        .dir(&c.site)
+        .args(&["--name", "line-1", "-o", s(&st)])
+        .json();
     let station = c.tmp.path().join("station.pem");
     let pem = std::fs::read_to_string(st.join("station.crt")).unwrap_or_else(|e| {
         panic!(
@@ -183,43 +172,23 @@ fn every_profile(c: &Ceremony) -> Vec<PathBuf> {
     certs.push(station);
     // A device, under a grant.
     let pkg = c.tmp.path().join("e.cose");
-    stamp_json(
-        &c.pass,
-        &[
-            "hq",
-            "entitle",
-            "--dir",
-            s(&c.hq),
-            "--site",
-            "plant-7",
-            "--product",
-            "thermo-2",
-            "--quota",
-            "5",
-            "-o",
-            s(&pkg),
-        ],
-    );
-    stamp_json(&c.pass, &["site", "import", "--dir", s(&c.site), s(&pkg)]);
+    stamp(&c.pass)
+        .hq("entitle")
+        .dir(&c.hq)
+        .args(&["--site", "plant-7", "--product", "thermo-2", "--quota", "5"])
+        .args(&["-o", s(&pkg)])
+        .json();
+    stamp(&c.pass).site("import").dir(&c.site).arg(&pkg).json();
     let csrs = c.tmp.path().join("csrs");
     std::fs::create_dir_all(&csrs).unwrap();
     std::fs::write(csrs.join("dev0.der"), csr()).unwrap();
     let issued = c.tmp.path().join("issued");
-    stamp_json(
-        &c.pass,
-        &[
-            "site",
-            "issue",
-            "--dir",
-            s(&c.site),
-            "--entitlement",
-            "plant-7.1",
-            "--csr",
-            s(&csrs),
-            "-o",
-            s(&issued),
-        ],
-    );
+    stamp(&c.pass)
+        .site("issue")
+        .dir(&c.site)
+        .args(&["--entitlement", "plant-7.1", "--csr", s(&csrs)])
+        .args(&["-o", s(&issued)])
+        .json();
     let device = std::fs::read_dir(&issued)
         .unwrap()
         .map(|e| e.unwrap().path())

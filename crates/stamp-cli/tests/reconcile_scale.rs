@@ -7,19 +7,14 @@
 //! fills as the registry grows, and these bundles are too small to fill it); everything else
 //! must not grow at all, and that is what the comparison checks. `bench/run` measures the default
 //! at 1M entries.
-#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-#[path = "common/audit_builder.rs"]
-mod audit_builder;
-mod common;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use audit_builder::*;
-use common::*;
+use crate::common::audit_builder::*;
+use crate::common::*;
 use stamp_core::audit::{self, Event};
 
 /// Peak resident memory (VmHWM, KiB) of a running process, while it still runs.
@@ -126,24 +121,13 @@ fn write_bundle(log: &mut SiteLog, grant: &stamp_core::entitlement::Grant, devic
 fn a_bundle_six_times_larger_reconciles_in_the_same_memory() {
     let c = ceremony(true);
     let pkg = c.tmp.path().join("grant.cose");
-    stamp_json(
-        &c.pass,
-        &[
-            "hq",
-            "entitle",
-            "--dir",
-            s(&c.hq),
-            "--site",
-            "plant-7",
-            "--product",
-            "thermo-2",
-            "--quota",
-            "200000",
-            "-o",
-            s(&pkg),
-        ],
-    );
-    stamp_json(&c.pass, &["site", "import", "--dir", s(&c.site), s(&pkg)]);
+    stamp(&c.pass)
+        .hq("entitle")
+        .dir(&c.hq)
+        .args(&["--site", "plant-7", "--product", "thermo-2"])
+        .args(&["--quota", "200000", "-o", s(&pkg)])
+        .json();
+    stamp(&c.pass).site("import").dir(&c.site).arg(&pkg).json();
     let grant = stamp_site::SiteStore::open(&c.site.join("stamp-site.db"))
         .unwrap()
         .grant("plant-7.1")
@@ -191,10 +175,11 @@ fn a_bundle_six_times_larger_reconciles_in_the_same_memory() {
         "peak memory grew with the entries: {small} KiB for 8k entries, {large} KiB for 48k"
     );
     // The registry has them all.
-    let d = stamp_json(
-        &c.pass,
-        &["hq", "devices", "--dir", s(&c.hq), "--site", "plant-7"],
-    );
+    let d = stamp(&c.pass)
+        .hq("devices")
+        .dir(&c.hq)
+        .args(&["--site", "plant-7"])
+        .json();
     assert_eq!(d["count"], 49_152);
 }
 

@@ -1,14 +1,5 @@
 //! The site service through the real binary: `stamp site serve` in a child process, stations
 //! talking to it over mutual TLS, EST and the JSON API, bad input, crashes and the simulator.
-#![allow(
-    missing_docs,
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::type_complexity
-)]
-
-mod common;
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::{BufRead, BufReader};
@@ -17,8 +8,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::common::*;
 use base64::Engine as _;
-use common::*;
 use stamp_service::client::{Connection, Endpoint, Reply, StationIdentity};
 
 // ---- helpers ----------------------------------------------------------------------------------
@@ -125,25 +116,17 @@ fn entitle(c: &Ceremony, name: &str, extra: &[&str]) {
         s(&pkg),
     ];
     args.extend_from_slice(extra);
-    stamp_json(&c.pass, &args);
-    stamp_json(&c.pass, &["site", "import", "--dir", s(&c.site), s(&pkg)]);
+    stamp(&c.pass).args(&args).json();
+    stamp(&c.pass).site("import").dir(&c.site).arg(&pkg).json();
 }
 
 fn add_station(c: &Ceremony, site: &Path, name: &str, dir: &str) -> PathBuf {
     let out = c.tmp.path().join(dir);
-    let v = stamp_json(
-        &c.pass,
-        &[
-            "site",
-            "add-station",
-            "--dir",
-            s(site),
-            "--name",
-            name,
-            "-o",
-            s(&out),
-        ],
-    );
+    let v = stamp(&c.pass)
+        .site("add-station")
+        .dir(site)
+        .args(&["--name", name, "-o", s(&out)])
+        .json();
     assert_eq!(v["name"], name);
     out
 }
@@ -277,7 +260,7 @@ fn devices_in_db(site: &Path) -> BTreeMap<u64, Vec<u8>> {
 
 /// The log verifies, and the devices table, the log and the status agree.
 fn check_consistent(c: &Ceremony, entitlement: &str) -> usize {
-    let log = stamp_json(&c.pass, &["site", "verify-log", "--dir", s(&c.site)]);
+    let log = stamp(&c.pass).site("verify-log").dir(&c.site).json();
     assert_eq!(log["ok"], true);
     assert_eq!(
         devices_in_db(&c.site),
@@ -285,7 +268,7 @@ fn check_consistent(c: &Ceremony, entitlement: &str) -> usize {
         "devices table and log agree"
     );
     let in_log = issued_in_log_of(&c.site, Some(entitlement));
-    let st = stamp_json(&c.pass, &["site", "status", "--dir", s(&c.site)]);
+    let st = stamp(&c.pass).site("status").dir(&c.site).json();
     let ent = st["entitlements"]
         .as_array()
         .unwrap()
@@ -427,22 +410,8 @@ fn stations_provision_over_json_and_est_and_renew() {
         // HQ revokes device 1; once the site imports the update (the service reloads within
         // seconds), its renewals are refused and logged as such.
         let update = c.tmp.path().join("revoke-1.cose");
-        stamp_json(
-            &c.pass,
-            &[
-                "hq",
-                "revoke-device",
-                "--dir",
-                s(&c.hq),
-                "--serial",
-                "1",
-                "--reason",
-                "stolen",
-                "--site-update",
-                s(&update),
-            ],
-        );
-        stamp_json(&c.pass, &["site", "import", "--dir", s(&c.site), s(&update)]);
+        stamp(&c.pass).hq("revoke-device").dir(&c.hq).args(&["--serial", "1", "--reason", "stolen"]).args(&["--site-update", s(&update)]).json();
+        stamp(&c.pass).site("import").dir(&c.site).arg(&update).json();
         let (mut refused, mut renewed_meanwhile) = (None, 0);
         for _ in 0..60 {
             let r = conn
@@ -515,13 +484,14 @@ fn stations_provision_over_json_and_est_and_renew() {
     // HQ accepts every renewal the site made (proofs checked again) and keeps one live
     // certificate for device 1.
     let bundle = c.tmp.path().join("audit.bundle");
-    stamp_json(
-        &c.pass,
-        &["site", "export-audit", "--dir", s(&c.site), "-o", s(&bundle)],
-    );
-    let r = stamp_json(&c.pass, &["hq", "reconcile", "--dir", s(&c.hq), s(&bundle)]);
+    stamp(&c.pass)
+        .site("export-audit")
+        .dir(&c.site)
+        .args(&["-o", s(&bundle)])
+        .json();
+    let r = stamp(&c.pass).hq("reconcile").dir(&c.hq).arg(&bundle).json();
     assert_eq!(r["ok"], true, "{r:#}");
-    let d = stamp_json(&c.pass, &["hq", "devices", "--dir", s(&c.hq)]);
+    let d = stamp(&c.pass).hq("devices").dir(&c.hq).json();
     let live: Vec<&serde_json::Value> = d["devices"]
         .as_array()
         .unwrap()
@@ -676,45 +646,24 @@ fn only_active_stations_of_this_site_are_served() {
     let site8 = c.tmp.path().join("site8");
     let req8 = c.tmp.path().join("req8.json");
     let creds8 = c.tmp.path().join("creds8.json");
-    let init8 = stamp_json(
-        &c.pass,
-        &[
-            "site",
-            "init",
-            "--dir",
-            s(&site8),
-            "--site-id",
-            "plant-8",
-            "-o",
-            s(&req8),
-        ],
-    );
-    stamp_json(
-        &c.pass,
-        &[
-            "hq",
-            "enroll-site",
-            "--dir",
-            s(&c.hq),
-            s(&req8),
-            "-o",
-            s(&creds8),
-            "--fingerprint",
-            init8["request_fingerprint"].as_str().unwrap(),
-        ],
-    );
-    stamp_json(
-        &c.pass,
-        &[
-            "site",
-            "install",
-            "--dir",
-            s(&site8),
-            s(&creds8),
-            "--root-fingerprint",
-            &c.root_fingerprint(),
-        ],
-    );
+    let init8 = stamp(&c.pass)
+        .site("init")
+        .dir(&site8)
+        .args(&["--site-id", "plant-8", "-o", s(&req8)])
+        .json();
+    stamp(&c.pass)
+        .hq("enroll-site")
+        .dir(&c.hq)
+        .arg(&req8)
+        .args(&["-o", s(&creds8)])
+        .args(&["--fingerprint", init8["request_fingerprint"].as_str().unwrap()])
+        .json();
+    stamp(&c.pass)
+        .site("install")
+        .dir(&site8)
+        .arg(&creds8)
+        .args(&["--root-fingerprint", &c.root_fingerprint()])
+        .json();
     let foreign = add_station(&c, &site8, "line-1", "st-foreign");
     let svc = Service::start(&c, &[]);
     let root = std::fs::read(st.join("ca.pem")).unwrap();
@@ -762,10 +711,11 @@ fn only_active_stations_of_this_site_are_served() {
         // Revoke line-2 while the service runs: its next request is refused.
         let mut conn2 = connect(&svc.url, &st2).await;
         assert_eq!(provision(&mut conn2, "plant-7.1", &p256_csr()).await.status, 200);
-        stamp_json(
-            &c.pass,
-            &["site", "revoke-station", "--dir", s(&c.site), "--name", "line-2"],
-        );
+        stamp(&c.pass)
+            .site("revoke-station")
+            .dir(&c.site)
+            .args(&["--name", "line-2"])
+            .json();
         let r = provision(&mut conn2, "plant-7.1", &p256_csr()).await;
         assert_eq!((r.status, r.error.as_deref()), (403, Some("station-revoked")));
         let r = est_enroll(&mut conn2, "/.well-known/est/plant-7.1/simpleenroll", &p256_csr()).await;
@@ -803,37 +753,19 @@ fn only_active_stations_of_this_site_are_served() {
         .collect();
     assert_eq!(stations, ["+line-1", "+line-2", "-line-2"]);
     // Station names are never reused; the list shows the revocation.
-    let l = stamp_json(&c.pass, &["site", "stations", "--dir", s(&c.site)]);
+    let l = stamp(&c.pass).site("stations").dir(&c.site).json();
     assert_eq!(l["stations"][1]["name"], "line-2");
     assert!(l["stations"][1]["revoked_ms"].is_i64());
-    stamp_fails(
-        &c.pass,
-        &[
-            "site",
-            "add-station",
-            "--dir",
-            s(&c.site),
-            "--name",
-            "line-2",
-            "-o",
-            s(&c.tmp.path().join("x")),
-        ],
-        "exists already",
-    );
-    stamp_fails(
-        &c.pass,
-        &[
-            "site",
-            "add-station",
-            "--dir",
-            s(&c.site),
-            "--name",
-            "Line 3",
-            "-o",
-            s(&c.tmp.path().join("y")),
-        ],
-        "invalid station name",
-    );
+    stamp(&c.pass)
+        .site("add-station")
+        .dir(&c.site)
+        .args(&["--name", "line-2", "-o", s(&c.tmp.path().join("x"))])
+        .fails("exists already");
+    stamp(&c.pass)
+        .site("add-station")
+        .dir(&c.site)
+        .args(&["--name", "Line 3", "-o", s(&c.tmp.path().join("y"))])
+        .fails("invalid station name");
     check_consistent(&c, "plant-7.1");
 }
 
@@ -868,25 +800,16 @@ fn station_files_are_what_a_station_needs() {
     let b = openssl(&["x509", "-in", s(&st.join("station.crt")), "-noout", "-pubkey"]).stdout;
     assert_eq!(a, b);
     // A directory that already holds a station key is refused before anything changes.
-    stamp_fails(
-        &c.pass,
-        &[
-            "site",
-            "add-station",
-            "--dir",
-            s(&c.site),
-            "--name",
-            "line-9",
-            "-o",
-            s(&st),
-        ],
-        "already holds a station key",
-    );
-    stamp_fails(
-        &c.pass,
-        &["site", "revoke-station", "--dir", s(&c.site), "--name", "nope"],
-        "no station named",
-    );
+    stamp(&c.pass)
+        .site("add-station")
+        .dir(&c.site)
+        .args(&["--name", "line-9", "-o", s(&st)])
+        .fails("already holds a station key");
+    stamp(&c.pass)
+        .site("revoke-station")
+        .dir(&c.site)
+        .args(&["--name", "nope"])
+        .fails("no station named");
 }
 
 #[test]
@@ -1251,27 +1174,12 @@ fn the_simulator_provisions_thousands_over_est_and_json() {
         ("est", "p384", "20"),
     ] {
         let out = c.tmp.path().join(format!("devices-{protocol}-{key}"));
-        let v = stamp_json(
-            &c.pass,
-            &[
-                "device",
-                "simulate",
-                "--server",
-                &svc.url,
-                "--station",
-                s(&st),
-                "--count",
-                n,
-                "--concurrency",
-                "16",
-                "--protocol",
-                protocol,
-                "--key",
-                key,
-                "-o",
-                s(&out),
-            ],
-        );
+        let v = stamp(&c.pass)
+            .device("simulate")
+            .args(&["--server", &svc.url, "--station", s(&st), "--count", n])
+            .args(&["--concurrency", "16", "--protocol", protocol, "--key", key])
+            .args(&["-o", s(&out)])
+            .json();
         let n: u64 = n.parse().unwrap();
         assert_eq!(v["provisioned"], n, "{v}");
         assert!(v["latency_ms"]["p99"].as_f64().unwrap() > 0.0);
@@ -1307,24 +1215,12 @@ fn the_simulator_provisions_thousands_over_est_and_json() {
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     }
     // Over quota: the simulator reports the refusals and fails.
-    let o = stamp(
-        &c.pass,
-        &[
-            "--json",
-            "device",
-            "simulate",
-            "--server",
-            &svc.url,
-            "--station",
-            s(&st),
-            "--count",
-            "100",
-            "--protocol",
-            "json",
-            "-o",
-            s(&c.tmp.path().join("over")),
-        ],
-    );
+    let o = stamp(&c.pass)
+        .arg("--json")
+        .device("simulate")
+        .args(&["--server", &svc.url, "--station", s(&st), "--count", "100"])
+        .args(&["--protocol", "json", "-o", s(&c.tmp.path().join("over"))])
+        .output();
     assert_eq!(o.status.code(), Some(1));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["provisioned"], 2100 - total);
@@ -1347,17 +1243,17 @@ fn configuration_is_printed_checked_and_applied() {
     );
     let (c, st) = setup(&["--quota", "3"]);
     let bad = write(&c.tmp.path().join("bad.toml"), b"max_body_bytes = \"big\"\n");
-    stamp_fails(
-        &c.pass,
-        &["site", "serve", "--dir", s(&c.site), "--config", s(&bad)],
-        "invalid configuration",
-    );
+    stamp(&c.pass)
+        .site("serve")
+        .dir(&c.site)
+        .args(&["--config", s(&bad)])
+        .fails("invalid configuration");
     let unknown = write(&c.tmp.path().join("unknown.toml"), b"lisen = \"127.0.0.1:1\"\n");
-    stamp_fails(
-        &c.pass,
-        &["site", "serve", "--dir", s(&c.site), "--config", s(&unknown)],
-        "unknown field",
-    );
+    stamp(&c.pass)
+        .site("serve")
+        .dir(&c.site)
+        .args(&["--config", s(&unknown)])
+        .fails("unknown field");
     // A config with a default entitlement, a small body limit and a name list.
     let good = write(
         &c.tmp.path().join("good.toml"),
@@ -1410,11 +1306,11 @@ fn configuration_is_printed_checked_and_applied() {
         &c.tmp.path().join("single.toml"),
         b"server_names = [\"stampsite\"]\n",
     );
-    stamp_fails(
-        &c.pass,
-        &["site", "serve", "--dir", s(&c.site), "--config", s(&single)],
-        "a single-label name is not a valid dNSName",
-    );
+    stamp(&c.pass)
+        .site("serve")
+        .dir(&c.site)
+        .args(&["--config", s(&single)])
+        .fails("a single-label name is not a valid dNSName");
 }
 
 /// The subject alternative names of a PEM certificate, as "dns NAME" or "ip ADDRESS".
@@ -1645,30 +1541,20 @@ fn entitlements_imported_while_serving_take_effect_between_requests() {
         let pkg = c.tmp.path().join(format!("{name}.cose"));
         let mut all = vec!["hq", "amend", "--dir", s(&c.hq), "-o", s(&pkg)];
         all.extend_from_slice(args);
-        stamp_json(&c.pass, &all);
-        stamp_json(&c.pass, &["site", "import", "--dir", s(&c.site), s(&pkg)]);
+        stamp(&c.pass).args(&all).json();
+        stamp(&c.pass).site("import").dir(&c.site).arg(&pkg).json();
     };
     // While the service runs, no other engine may issue for the site.
     let before = snapshot(&c.site);
     let csr_dir = c.tmp.path().join("batch");
     std::fs::create_dir_all(&csr_dir).unwrap();
     std::fs::write(csr_dir.join("d.der"), p256_csr()).unwrap();
-    stamp_fails(
-        &c.pass,
-        &[
-            "site",
-            "issue",
-            "--dir",
-            s(&c.site),
-            "--entitlement",
-            "plant-7.1",
-            "--csr",
-            s(&csr_dir),
-            "-o",
-            s(&c.tmp.path().join("batch-out")),
-        ],
-        "another stamp process is issuing for this site",
-    );
+    stamp(&c.pass)
+        .site("issue")
+        .dir(&c.site)
+        .args(&["--entitlement", "plant-7.1", "--csr", s(&csr_dir)])
+        .args(&["-o", s(&c.tmp.path().join("batch-out"))])
+        .fails("another stamp process is issuing for this site");
     assert_eq!(snapshot(&c.site), before);
     let url = svc.url.clone();
     rt().block_on(async {
@@ -1723,16 +1609,16 @@ fn entitlements_imported_while_serving_take_effect_between_requests() {
         let pkg = c.tmp.path().join(format!("{name}.cose"));
         let mut all = vec!["hq", "amend", "--dir", s(&c.hq), "-o", s(&pkg)];
         all.extend_from_slice(args);
-        stamp_json(&c.pass, &all);
+        stamp(&c.pass).args(&all).json();
         pkg
     };
     let p5 = seal("resume", &["--entitlement", "plant-7.1", "--resume"]);
     let p6 = seal("more", &["--entitlement", "plant-7.2", "--add-quota", "1"]);
-    stamp_fails(
-        &c.pass,
-        &["site", "import", "--dir", s(&c.site), s(&p6)],
-        "package 5 is missing: import it first",
-    );
+    stamp(&c.pass)
+        .site("import")
+        .dir(&c.site)
+        .arg(&p6)
+        .fails("package 5 is missing: import it first");
     let inbox = c.site.join("inbox");
     std::fs::create_dir_all(&inbox).unwrap();
     std::fs::copy(&p6, inbox.join(format!("{:020}.cose", 6))).unwrap();
@@ -1747,21 +1633,22 @@ fn entitlements_imported_while_serving_take_effect_between_requests() {
     }
     let why = std::fs::read_to_string(&refused).unwrap();
     assert!(why.contains("package 5 is missing: import it first"), "{why}");
-    let st = stamp_json(&c.pass, &["site", "status", "--dir", s(&c.site)]);
+    let st = stamp(&c.pass).site("status").dir(&c.site).json();
     assert_eq!(st["last_sequence"], 4, "{st}");
     // The honest path: 5, then 6.
-    stamp_json(&c.pass, &["site", "import", "--dir", s(&c.site), s(&p5)]);
-    stamp_json(&c.pass, &["site", "import", "--dir", s(&c.site), s(&p6)]);
-    let st = stamp_json(&c.pass, &["site", "status", "--dir", s(&c.site)]);
+    stamp(&c.pass).site("import").dir(&c.site).arg(&p5).json();
+    stamp(&c.pass).site("import").dir(&c.site).arg(&p6).json();
+    let st = stamp(&c.pass).site("status").dir(&c.site).json();
     assert_eq!(st["last_sequence"], 6, "{st}");
     assert_eq!(svc.stop(), Some(0));
     check_consistent(&c, "plant-7.1");
     check_consistent(&c, "plant-7.2");
     let bundle = c.tmp.path().join("b.bundle");
-    stamp_json(
-        &c.pass,
-        &["site", "export-audit", "--dir", s(&c.site), "-o", s(&bundle)],
-    );
-    let r = stamp_json(&c.pass, &["hq", "reconcile", "--dir", s(&c.hq), s(&bundle)]);
+    stamp(&c.pass)
+        .site("export-audit")
+        .dir(&c.site)
+        .args(&["-o", s(&bundle)])
+        .json();
+    let r = stamp(&c.pass).hq("reconcile").dir(&c.hq).arg(&bundle).json();
     assert_eq!(r["violations"], serde_json::json!([]), "{r}");
 }

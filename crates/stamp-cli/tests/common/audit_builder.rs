@@ -2,13 +2,7 @@
 //! docs/formats/audit.md specifies, with the core functions the site uses (`stamp_core::audit`,
 //! `envelope::seal`, `checkpoint::sign`, `device::issue`, `merkle`) and a real site's keys. Tests
 //! then tamper with the parts or the frames to check what HQ detects.
-#![allow(
-    dead_code,
-    missing_docs,
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic
-)]
+#![allow(dead_code)]
 
 use std::path::Path;
 use std::sync::Arc;
