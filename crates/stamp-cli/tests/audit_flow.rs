@@ -2,25 +2,12 @@
 //! under quota and refuses beyond it, exports; HQ reconciles to a clean report; a later export
 //! extends the first; tampered or replayed real bundles are rejected and HQ is left unchanged.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::common::*;
 
-fn csrs(dir: &Path, n: usize) -> PathBuf {
-    std::fs::create_dir_all(dir).unwrap();
-    for i in 0..n {
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let csr = rcgen::CertificateParams::new(vec![])
-            .unwrap()
-            .serialize_request(&key)
-            .unwrap();
-        std::fs::write(dir.join(format!("d{i:04}.der")), csr.der()).unwrap();
-    }
-    dir.to_owned()
-}
-
 fn issue(c: &Ceremony, name: &str, n: usize) -> serde_json::Value {
-    let dir = csrs(&c.tmp.path().join(name), n);
+    let dir = write_csr_dir(&c.tmp.path().join(name), n, false);
     let out = c.tmp.path().join(format!("{name}-out"));
     let o = stamp(&c.pass)
         .arg("--json")
@@ -151,23 +138,12 @@ fn stamp_at(c: &Ceremony, offset: &str, args: &[&str]) -> std::process::Output {
     out
 }
 
-fn entitle_five(c: &Ceremony) {
-    let pkg = c.tmp.path().join("e.cose");
-    stamp(&c.pass)
-        .hq("entitle")
-        .dir(&c.hq)
-        .args(&["--site", "plant-7", "--product", "thermo-2", "--quota", "5"])
-        .args(&["-o", s(&pkg)])
-        .json();
-    stamp(&c.pass).site("import").dir(&c.site).arg(&pkg).json();
-}
-
 #[test]
 fn a_site_clock_ahead_of_hq_is_reported_and_one_set_back_cannot_move_the_log_back() {
     // Ahead: a site whose clock runs two hours fast dates its entries after the bundle reaches HQ.
     let c = ceremony(true);
-    entitle_five(&c);
-    let dir = csrs(&c.tmp.path().join("ahead"), 3);
+    c.entitle("e", &["--quota", "5"]);
+    let dir = write_csr_dir(&c.tmp.path().join("ahead"), 3, false);
     let out = c.tmp.path().join("ahead-out");
     stamp_at(
         &c,
@@ -206,8 +182,8 @@ fn a_site_clock_ahead_of_hq_is_reported_and_one_set_back_cannot_move_the_log_bac
     // last one, so the log cannot go back into an earlier window or rate interval, and every
     // certificate's notBefore is its entry's time. HQ reconciles it clean.
     let c = ceremony(true);
-    entitle_five(&c);
-    let dir = csrs(&c.tmp.path().join("behind"), 3);
+    c.entitle("e", &["--quota", "5"]);
+    let dir = write_csr_dir(&c.tmp.path().join("behind"), 3, false);
     let out = c.tmp.path().join("behind-out");
     let o = stamp_at(
         &c,

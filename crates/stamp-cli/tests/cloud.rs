@@ -16,25 +16,9 @@ pub struct World {
     pub provisional: Vec<PathBuf>,
 }
 
-fn csrs(dir: &Path, n: usize) -> PathBuf {
-    std::fs::create_dir_all(dir).unwrap();
-    for i in 0..n {
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let csr = rcgen::CertificateParams::new(vec![])
-            .unwrap()
-            .serialize_request(&key)
-            .unwrap();
-        std::fs::write(dir.join(format!("d{i:04}.der")), csr.der()).unwrap();
-        let keys = dir.with_extension("keys");
-        std::fs::create_dir_all(&keys).unwrap();
-        std::fs::write(keys.join(format!("d{i:04}.key.pem")), key.serialize_pem()).unwrap();
-    }
-    dir.to_owned()
-}
-
 /// Issues `n` devices; returns their certificate files (keys are beside the CSRs).
 pub fn issue(c: &Ceremony, name: &str, n: usize) -> Vec<PathBuf> {
-    let dir = csrs(&c.tmp.path().join(name), n);
+    let dir = write_csr_dir(&c.tmp.path().join(name), n, true);
     let out = c.tmp.path().join(format!("{name}-out"));
     stamp(&c.pass)
         .site("issue")
@@ -1070,7 +1054,7 @@ fn crls_revoke_devices_at_the_site_and_sites_at_the_root_for_openssl() {
         .site("issue")
         .dir(&c.site)
         .args(&["--entitlement", "plant-7.1"])
-        .args(&["--csr", s(&csrs(&t.join("late"), 1))])
+        .args(&["--csr", s(&write_csr_dir(&t.join("late"), 1, true))])
         .args(&["-o", s(&t.join("late-out"))])
         .output();
     let late: serde_json::Value = serde_json::from_slice(&refused.stdout).unwrap();

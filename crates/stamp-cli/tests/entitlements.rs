@@ -36,33 +36,6 @@ fn ka_public(site: &Path) -> Vec<u8> {
     cert.public_key().subject_public_key.data.to_vec()
 }
 
-/// A site enrolled and installed beside the ceremony's.
-fn second_site(c: &Ceremony, id: &str) -> PathBuf {
-    let dir = c.tmp.path().join(id);
-    let req = c.tmp.path().join(format!("{id}-req.json"));
-    let creds = c.tmp.path().join(format!("{id}-creds.json"));
-    stamp(&c.pass)
-        .site("init")
-        .dir(&dir)
-        .args(&["--site-id", id, "-o", s(&req)])
-        .json();
-    stamp(&c.pass)
-        .hq("enroll-site")
-        .dir(&c.hq)
-        .arg(&req)
-        .args(&["-o", s(&creds)])
-        .arg("--yes")
-        .json();
-    let fp = c.root_fingerprint();
-    stamp(&c.pass)
-        .site("install")
-        .dir(&dir)
-        .arg(&creds)
-        .args(&["--root-fingerprint", &fp])
-        .json();
-    dir
-}
-
 fn entitle(c: &Ceremony, site: &str, quota: &str, out: &Path) -> serde_json::Value {
     stamp(&c.pass)
         .hq("entitle")
@@ -163,7 +136,7 @@ fn now() -> i64 {
 #[test]
 fn entitle_import_amend_and_status() {
     let c = ceremony(true);
-    let other = second_site(&c, "plant-9");
+    let other = c.second_site("plant-9");
     let p1 = c.tmp.path().join("p1.cose");
     let r1 = entitle(&c, "plant-7", "1000", &p1);
     assert_eq!(r1["sequence"], 1);
@@ -380,7 +353,7 @@ fn pycose_verifies_and_decrypts_a_real_package() {
 #[test]
 fn bad_packages_are_refused_and_change_nothing() {
     let c = ceremony(true);
-    let other = second_site(&c, "plant-9");
+    let other = c.second_site("plant-9");
     let p1 = c.tmp.path().join("p1.cose");
     let p2 = c.tmp.path().join("p2.cose");
     entitle(&c, "plant-7", "100", &p1);

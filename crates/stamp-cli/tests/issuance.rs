@@ -7,50 +7,14 @@ use std::process::Command;
 
 use crate::common::*;
 
-/// A CSR for a fresh key of the given rcgen algorithm, with optional requested SANs/extensions.
-fn csr(
-    alg: &'static rcgen::SignatureAlgorithm,
-    tweak: impl FnOnce(&mut rcgen::CertificateParams),
-) -> Vec<u8> {
-    let key = rcgen::KeyPair::generate_for(alg).unwrap();
-    let mut params = rcgen::CertificateParams::new(vec![]).unwrap();
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "device");
-    tweak(&mut params);
-    params.serialize_request(&key).unwrap().der().to_vec()
-}
-
 fn p256() -> Vec<u8> {
-    csr(&rcgen::PKCS_ECDSA_P256_SHA256, |_| {})
-}
-
-fn write_csrs(dir: &Path, csrs: &[Vec<u8>]) {
-    std::fs::create_dir_all(dir).unwrap();
-    for (i, c) in csrs.iter().enumerate() {
-        std::fs::write(dir.join(format!("dev{i:05}.der")), c).unwrap();
-    }
+    csr_der_with(&rcgen::PKCS_ECDSA_P256_SHA256, |_| {})
 }
 
 /// Ceremony, then an entitlement with `extra` options imported at the site.
 fn entitled(extra: &[&str]) -> Ceremony {
     let c = ceremony(true);
-    let pkg = c.tmp.path().join("e.cose");
-    let mut args = vec![
-        "hq",
-        "entitle",
-        "--dir",
-        s(&c.hq),
-        "--site",
-        "plant-7",
-        "--product",
-        "thermo-2",
-        "-o",
-        s(&pkg),
-    ];
-    args.extend_from_slice(extra);
-    stamp(&c.pass).args(&args).json();
-    stamp(&c.pass).site("import").dir(&c.site).arg(&pkg).json();
+    c.entitle("e", extra);
     c
 }
 
@@ -105,10 +69,10 @@ fn issues_within_quota_and_openssl_verifies_every_device() {
     let c = entitled(&["--quota", "6", "--key-types", "p256,ed25519,rsa2048"]);
     let csrs = vec![
         p256(),
-        csr(&rcgen::PKCS_ED25519, |_| {}),
-        csr(&rcgen::PKCS_RSA_SHA256, |_| {}),
+        csr_der_with(&rcgen::PKCS_ED25519, |_| {}),
+        csr_der_with(&rcgen::PKCS_RSA_SHA256, |_| {}),
         // Asks to be a CA with keyCertSign, extra SANs and an unknown critical extension: ignored.
-        csr(&rcgen::PKCS_ECDSA_P256_SHA256, |p| {
+        csr_der_with(&rcgen::PKCS_ECDSA_P256_SHA256, |p| {
             p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
             p.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign];
             p.subject_alt_names = vec![rcgen::SanType::DnsName("evil.example".try_into().unwrap())];
@@ -211,7 +175,7 @@ fn bad_requests_are_refused_with_their_reason_and_logged() {
         ("garbage", b"not a csr".to_vec(), "malformed-csr"),
         (
             "p384",
-            csr(&rcgen::PKCS_ECDSA_P384_SHA384, |_| {}),
+            csr_der_with(&rcgen::PKCS_ECDSA_P384_SHA384, |_| {}),
             "key-type-not-allowed",
         ),
         ("weak", rsa1024, "weak-key"),
@@ -454,7 +418,7 @@ fn hq_generated_keys_are_handed_out_once_and_never_stored_in_clear() {
         assert!(!site_db.windows(32).any(|w| w == secret.as_slice()));
     }
     // Devices of this grant cannot bring their own keys.
-    let v = issue(&c, "own", &[csr(&rcgen::PKCS_ED25519, |_| {})], &[]);
+    let v = issue(&c, "own", &[csr_der_with(&rcgen::PKCS_ED25519, |_| {})], &[]);
     assert_eq!(v["refused"]["hq-keys-only"], 1);
     // HQ refuses to top up a key grant.
     stamp(&c.pass)

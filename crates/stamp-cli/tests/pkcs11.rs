@@ -6,8 +6,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command as StdCommand, Output};
 
+use crate::common::{s, secret_file};
 use assert_cmd::Command;
-use crate::common::{secret_file, s};
 
 const USER_PIN: &str = "1234";
 const SO_PIN: &str = "12345678";

@@ -98,16 +98,6 @@ fn lint(cert: &Path) -> Vec<(String, String)> {
     found
 }
 
-/// A device CSR (P-256).
-fn csr() -> Vec<u8> {
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "device");
-    params.serialize_request(&key).unwrap().der().to_vec()
-}
-
 /// The site service's certificate, as `stamp site serve --write-cert` writes it.
 fn service_cert(c: &Ceremony, out: &Path) {
     let mut child = Command::cargo_bin("stamp")
@@ -181,7 +171,11 @@ fn every_profile(c: &Ceremony) -> Vec<PathBuf> {
     stamp(&c.pass).site("import").dir(&c.site).arg(&pkg).json();
     let csrs = c.tmp.path().join("csrs");
     std::fs::create_dir_all(&csrs).unwrap();
-    std::fs::write(csrs.join("dev0.der"), csr()).unwrap();
+    std::fs::write(
+        csrs.join("dev0.der"),
+        csr_der_with(&rcgen::PKCS_ECDSA_P256_SHA256, |_| {}),
+    )
+    .unwrap();
     let issued = c.tmp.path().join("issued");
     stamp(&c.pass)
         .site("issue")

@@ -51,35 +51,9 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-fn second_site(c: &Ceremony, id: &str) -> PathBuf {
-    let dir = c.tmp.path().join(id);
-    let req = c.tmp.path().join(format!("{id}-req.json"));
-    let creds = c.tmp.path().join(format!("{id}-creds.json"));
-    stamp(&c.pass)
-        .site("init")
-        .dir(&dir)
-        .args(&["--site-id", id, "-o", s(&req)])
-        .json();
-    stamp(&c.pass)
-        .hq("enroll-site")
-        .dir(&c.hq)
-        .arg(&req)
-        .args(&["-o", s(&creds)])
-        .arg("--yes")
-        .json();
-    let fp = c.root_fingerprint();
-    stamp(&c.pass)
-        .site("install")
-        .dir(&dir)
-        .arg(&creds)
-        .args(&["--root-fingerprint", &fp])
-        .json();
-    dir
-}
-
 fn build_base() -> Base {
     let c = ceremony(true);
-    let other_dir = second_site(&c, "plant-9");
+    let other_dir = c.second_site("plant-9");
     let mut packages = HashMap::new();
     let mut package = |site: &str, seq: u64, site_dir: &Path, args: &[&str]| {
         let out = c.tmp.path().join(format!("{site}-{seq}.cose"));
@@ -1345,18 +1319,6 @@ fn violations_do_not_stop_the_log_and_the_report_is_bounded() {
 
 // --- end to end with the real site -------------------------------------------------------------
 
-fn p256_csrs(dir: &Path, n: usize) {
-    std::fs::create_dir_all(dir).unwrap();
-    for i in 0..n {
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let csr = rcgen::CertificateParams::new(vec![])
-            .unwrap()
-            .serialize_request(&key)
-            .unwrap();
-        std::fs::write(dir.join(format!("d{i}.der")), csr.der()).unwrap();
-    }
-}
-
 /// HQ entitles, the site issues under quota and refuses beyond it, hands out HQ-generated keys,
 /// exports; HQ reconciles to a clean report; again after a top-up, from where it left off.
 #[test]
@@ -1406,7 +1368,7 @@ fn the_real_sites_exports_reconcile_clean() {
         "b.cose",
     );
     let csrs = tmp.join("csrs");
-    p256_csrs(&csrs, 4);
+    write_csr_dir(&csrs, 4, false);
     let issue = |dir: &Path, out: &str| {
         stamp(&c.pass)
             .arg("--json")
@@ -1447,7 +1409,7 @@ fn the_real_sites_exports_reconcile_clean() {
         "c.cose",
     );
     let more = tmp.join("more");
-    p256_csrs(&more, 2);
+    write_csr_dir(&more, 2, false);
     let o = issue(&more, "out2");
     assert!(o.status.success(), "{}", lossy(&o.stdout));
     let b2 = tmp.join("b2.bundle");

@@ -100,24 +100,10 @@ fn setup(extra: &[&str]) -> (Ceremony, PathBuf) {
 }
 
 fn entitle(c: &Ceremony, name: &str, extra: &[&str]) {
-    let pkg = c.tmp.path().join(format!("{name}.cose"));
-    let mut args = vec![
-        "hq",
-        "entitle",
-        "--dir",
-        s(&c.hq),
-        "--site",
-        "plant-7",
-        "--product",
-        "thermo-2",
-        "--device-data",
-        "cloud=mqtts://iot.example:8883",
-        "-o",
-        s(&pkg),
-    ];
-    args.extend_from_slice(extra);
-    stamp(&c.pass).args(&args).json();
-    stamp(&c.pass).site("import").dir(&c.site).arg(&pkg).json();
+    c.entitle(
+        name,
+        &[&["--device-data", "cloud=mqtts://iot.example:8883"], extra].concat(),
+    );
 }
 
 fn add_station(c: &Ceremony, site: &Path, name: &str, dir: &str) -> PathBuf {
@@ -137,22 +123,7 @@ async fn connect(url: &str, station: &Path) -> Connection {
 }
 
 fn p256_csr() -> Vec<u8> {
-    csr_with(&rcgen::PKCS_ECDSA_P256_SHA256, |_| {})
-}
-
-fn csr_with(
-    alg: &'static rcgen::SignatureAlgorithm,
-    tweak: impl FnOnce(&mut rcgen::CertificateParams),
-) -> Vec<u8> {
-    csr_for(&rcgen::KeyPair::generate_for(alg).unwrap(), tweak)
-}
-
-/// A CSR for `key`.
-fn csr_for(key: &rcgen::KeyPair, tweak: impl FnOnce(&mut rcgen::CertificateParams)) -> Vec<u8> {
-    let mut p = rcgen::CertificateParams::default();
-    p.distinguished_name.push(rcgen::DnType::CommonName, "device");
-    tweak(&mut p);
-    p.serialize_request(key).unwrap().der().to_vec()
+    csr_der_with(&rcgen::PKCS_ECDSA_P256_SHA256, |_| {})
 }
 
 /// The device's proof of possession: its key `key` signs the renewal from its certificate
@@ -308,7 +279,7 @@ fn stations_provision_over_json_and_est_and_renew() {
         let mut conn = connect(&svc.url, &st).await;
         // JSON provision: a certificate, the chain up to the root, the device data.
         let k1 = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let r = provision(&mut conn, "plant-7.1", &csr_for(&k1, |_| {})).await;
+        let r = provision(&mut conn, "plant-7.1", &csr_der_for(&k1, |_| {})).await;
         assert_eq!(r.status, 200, "{:?}", r);
         let v = r.json().unwrap();
         assert_eq!(v["entitlement_id"], "plant-7.1");
@@ -346,7 +317,7 @@ fn stations_provision_over_json_and_est_and_renew() {
             "/.well-known/est/plant-7.1/simpleenroll",
             "/.well-known/est/simpleenroll",
         ] {
-            let r = est_enroll(&mut conn, path, &csr_with(&rcgen::PKCS_ED25519, |_| {})).await;
+            let r = est_enroll(&mut conn, path, &csr_der_with(&rcgen::PKCS_ED25519, |_| {})).await;
             assert_eq!(r.status, 200, "{path}: {r:?}");
             assert_eq!(r.content_type, "application/pkcs7-mime; smime-type=certs-only");
             let der = stamp_service::pkcs7::base64_decode(&r.body, 1 << 20).unwrap();
@@ -362,7 +333,7 @@ fn stations_provision_over_json_and_est_and_renew() {
         // Renewal: the same subject as a certificate this site issued; not counted against quota.
         // Keeping its key, the device's request is its own proof of possession.
         let issued = stamp_core::cert::from_pem(v["certificate"].as_str().unwrap(), "CERTIFICATE").unwrap();
-        let same_key = csr_for(&k1, device_subject("1"));
+        let same_key = csr_der_for(&k1, device_subject("1"));
         // Check the subject we built matches what the site issued (else the test is wrong).
         let parsed = stamp_core::csr::verify(&same_key).unwrap();
         assert!(
@@ -377,13 +348,13 @@ fn stations_provision_over_json_and_est_and_renew() {
         let r = est_enroll(
             &mut conn,
             "/.well-known/est/simplereenroll",
-            &csr_with(&rcgen::PKCS_ECDSA_P256_SHA256, device_subject("9")),
+            &csr_der_with(&rcgen::PKCS_ECDSA_P256_SHA256, device_subject("9")),
         )
         .await;
         assert_eq!((r.status, r.error.as_deref()), (404, Some("unknown-device")));
         // A new key: a station alone (no proof, or a proof by the old certificate) cannot renew.
         let k2 = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let renew_csr = csr_for(&k2, device_subject("1"));
+        let renew_csr = csr_der_for(&k2, device_subject("1"));
         for body in [
             serde_json::json!({ "csr": b64(&renew_csr) }),
             serde_json::json!({ "csr": b64(&renew_csr), "proof": possession_proof(&k1, &issued, &renew_csr) }),
@@ -509,12 +480,12 @@ fn renewals_are_limited_per_device() {
         let mut conn = connect(&svc.url, &st).await;
         let k = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
         assert_eq!(
-            provision(&mut conn, "plant-7.1", &csr_for(&k, |_| {}))
+            provision(&mut conn, "plant-7.1", &csr_der_for(&k, |_| {}))
                 .await
                 .status,
             200
         );
-        let again = csr_for(&k, device_subject("1"));
+        let again = csr_der_for(&k, device_subject("1"));
         // The default limit: two renewals per device per day.
         for want in [(200, None), (200, None), (429, Some("renewal-limit"))] {
             let r = conn
@@ -878,7 +849,7 @@ fn bad_requests_are_refused_with_stable_codes() {
             (
                 "key type",
                 post(
-                    serde_json::to_vec(&serde_json::json!({"entitlement": "plant-7.1", "csr": b64(&csr_with(&rcgen::PKCS_ECDSA_P384_SHA384, |_| {}))})).unwrap(),
+                    serde_json::to_vec(&serde_json::json!({"entitlement": "plant-7.1", "csr": b64(&csr_der_with(&rcgen::PKCS_ECDSA_P384_SHA384, |_| {}))})).unwrap(),
                     "application/json",
                 ),
                 422,

@@ -19,13 +19,17 @@ pub fn csr_der_with(
     alg: &'static rcgen::SignatureAlgorithm,
     tweak: impl FnOnce(&mut rcgen::CertificateParams),
 ) -> Vec<u8> {
-    let key = rcgen::KeyPair::generate_for(alg).unwrap();
-    let mut params = rcgen::CertificateParams::new(vec![]).unwrap();
+    csr_der_for(&rcgen::KeyPair::generate_for(alg).unwrap(), tweak)
+}
+
+/// A DER CSR with subject CN=device for `key`, after `tweak` adjusts its parameters.
+pub fn csr_der_for(key: &rcgen::KeyPair, tweak: impl FnOnce(&mut rcgen::CertificateParams)) -> Vec<u8> {
+    let mut params = rcgen::CertificateParams::default();
     params
         .distinguished_name
         .push(rcgen::DnType::CommonName, "device");
     tweak(&mut params);
-    params.serialize_request(&key).unwrap().der().to_vec()
+    params.serialize_request(key).unwrap().der().to_vec()
 }
 
 /// Writes `n` P-256 CSRs `d0000.der`, `d0001.der`, ... into `dir` (created); with `keep_keys`,

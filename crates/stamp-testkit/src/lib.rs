@@ -17,7 +17,7 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-pub use csr::{csr_der, csr_der_with, write_csr_dir, write_csrs};
+pub use csr::{csr_der, csr_der_for, csr_der_with, write_csr_dir, write_csrs};
 pub use keys::{MemKeyAgreement, MemSigner};
 
 /// Writes `text` and a newline to a new file `dir/name` with mode 0600 (as stamp demands of

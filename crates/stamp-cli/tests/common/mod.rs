@@ -5,4 +5,4 @@
 pub mod audit_builder;
 
 pub use stamp_testkit::cli::*;
-pub use stamp_testkit::{csr_der, csr_der_with, secret_file, write_csr_dir, write_csrs};
+pub use stamp_testkit::{csr_der, csr_der_for, csr_der_with, secret_file, write_csr_dir, write_csrs};
