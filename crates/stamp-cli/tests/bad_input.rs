@@ -221,7 +221,7 @@ fn wrong_passphrase_and_readable_key_files_are_refused() {
     let short = secret_file(c.tmp.path(), "short", "abc");
     stamp(&short)
         .hq("init")
-        .dir(&c.tmp.path().join("hq2"))
+        .dir(c.tmp.path().join("hq2"))
         .args(&["--org", "X"])
         .fails("too short");
     assert!(!c.tmp.path().join("hq2").exists());
@@ -280,7 +280,7 @@ fn files_of_the_wrong_kind_are_refused() {
     // A bad site ID is a usage error (exit code 2), caught before anything is created.
     let out3 = stamp(&c.pass)
         .site("init")
-        .dir(&c.tmp.path().join("s3"))
+        .dir(c.tmp.path().join("s3"))
         .args(&["--site-id", "Bad ID", "-o", s(&out)])
         .output();
     assert_eq!(out3.status.code(), Some(2));
