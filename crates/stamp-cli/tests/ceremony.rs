@@ -228,13 +228,11 @@ fn every_certificate_has_its_profile() {
 fn demo_runs_the_ceremony() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("demo");
-    let out = assert_cmd::Command::cargo_bin("stamp")
-        .unwrap()
-        .args(["demo", "--json", "--dir", s(&dir), "--devices", "20"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = stamp_bare()
+        .arg("demo")
+        .dir(&dir)
+        .args(&["--devices", "20"])
+        .json();
     let root = v["root_cert"].as_str().unwrap();
     let ca = v["site_issuing_ca_cert"].as_str().unwrap();
     let out = openssl(&["verify", "-x509_strict", "-CAfile", root, ca]);

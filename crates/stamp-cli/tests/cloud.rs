@@ -632,21 +632,20 @@ fn gateway_admits_genuine_refuses_counterfeit_and_flags_concurrent_use() {
     let tmp = w.c.tmp.path();
     let ca = tmp.join("gateway.pem");
     let log = tmp.join("gateway.log");
-    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("stamp"))
-        .args([
-            "--json",
-            "cloud",
-            "gateway",
+    let mut child = stamp_bare()
+        .arg("--json")
+        .cloud("gateway")
+        .args(&[
             "--registry",
             s(&w.registry),
             "--listen",
             "127.0.0.1:0",
             "--reload-secs",
             "1",
-            "--root-fingerprint",
-            &w.c.root_fingerprint(),
         ])
-        .args(["--write-server-cert", s(&ca)])
+        .args(&["--root-fingerprint", &w.c.root_fingerprint()])
+        .args(&["--write-server-cert", s(&ca)])
+        .command()
         .stdout(std::process::Stdio::piped())
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
@@ -661,23 +660,13 @@ fn gateway_admits_genuine_refuses_counterfeit_and_flags_concurrent_use() {
     let server = format!("localhost:{port}");
 
     let connect = |dir: &Path, name: &str, key: &Path, extra: &[&str]| {
-        let mut args = vec![
-            "--json",
-            "device",
-            "connect",
-            "--stamp",
-            s(dir),
-            "--name",
-            name,
-            "--key",
-            s(key),
-            "--server",
-            &server,
-            "--ca",
-            s(&ca),
-        ];
-        args.extend_from_slice(extra);
-        let o = stamp(&w.c.pass).args(&args).output();
+        let o = stamp(&w.c.pass)
+            .arg("--json")
+            .device("connect")
+            .args(&["--stamp", s(dir), "--name", name, "--key", s(key)])
+            .args(&["--server", &server, "--ca", s(&ca)])
+            .args(extra)
+            .output();
         let v: serde_json::Value = serde_json::from_slice(&o.stdout)
             .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&o.stderr)));
         (o.status.code(), v)
@@ -721,25 +710,13 @@ fn gateway_admits_genuine_refuses_counterfeit_and_flags_concurrent_use() {
     let (code, v) = connect(&fakes, "clone", &fakes.join("clone.key.pem"), &[]);
     assert_eq!((code, v["reason"].as_str()), (Some(1), Some("clone")), "{v}");
     // The same device twice at once: the second connection is flagged.
-    let holder = std::process::Command::new(assert_cmd::cargo::cargo_bin("stamp"))
-        .args([
-            "--passphrase-file",
-            s(&w.c.pass),
-            "--json",
-            "device",
-            "connect",
-            "--stamp",
-            s(&a_out),
-        ])
-        .args([
-            "--name",
-            "d0002",
-            "--key",
-            s(&a_keys.join("d0002.key.pem")),
-            "--server",
-            &server,
-        ])
-        .args(["--ca", s(&ca), "--hold", "4"])
+    let holder = stamp(&w.c.pass)
+        .arg("--json")
+        .device("connect")
+        .args(&["--stamp", s(&a_out), "--name", "d0002"])
+        .args(&["--key", s(&a_keys.join("d0002.key.pem")), "--server", &server])
+        .args(&["--ca", s(&ca), "--hold", "4"])
+        .command()
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -1477,11 +1454,20 @@ fn start_gateway(w: &World, registry: &Path, state: &Path, name: &str) -> Result
     let tmp = w.c.tmp.path();
     let ca = tmp.join(format!("{name}.pem"));
     let log = tmp.join(format!("{name}.log"));
-    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("stamp"))
-        .args(["--json", "cloud", "gateway", "--registry", s(registry)])
-        .args(["--listen", "127.0.0.1:0", "--reload-secs", "1"])
-        .args(["--root-fingerprint", &w.c.root_fingerprint()])
-        .args(["--state", s(state), "--write-server-cert", s(&ca)])
+    let mut child = stamp_bare()
+        .arg("--json")
+        .cloud("gateway")
+        .args(&[
+            "--registry",
+            s(registry),
+            "--listen",
+            "127.0.0.1:0",
+            "--reload-secs",
+            "1",
+        ])
+        .args(&["--root-fingerprint", &w.c.root_fingerprint()])
+        .args(&["--state", s(state), "--write-server-cert", s(&ca)])
+        .command()
         .stdout(std::process::Stdio::piped())
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()

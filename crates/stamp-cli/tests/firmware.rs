@@ -138,23 +138,13 @@ impl Hq {
         out: &Path,
         extra: &[&str],
     ) -> serde_json::Value {
-        let mut args = vec![
-            "hq",
-            "sign-firmware",
-            "--dir",
-            s(&self.dir),
-            "--key",
-            key,
-            "--format",
-            format,
-            "--version",
-            version,
-            s(input),
-            "-o",
-            s(out),
-        ];
-        args.extend_from_slice(extra);
-        stamp(&self.pass).args(&args).json()
+        stamp(&self.pass)
+            .hq("sign-firmware")
+            .dir(&self.dir)
+            .args(&["--key", key, "--format", format, "--version", version])
+            .args(&[s(input), "-o", s(out)])
+            .args(extra)
+            .json()
     }
 
     /// The key's private key, decrypted by openssl (for the vendor tools' own signing).

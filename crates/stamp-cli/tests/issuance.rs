@@ -3,7 +3,6 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use crate::common::*;
 
@@ -23,21 +22,13 @@ fn issue(c: &Ceremony, name: &str, csrs: &[Vec<u8>], extra: &[&str]) -> serde_js
     let dir = c.tmp.path().join(format!("{name}-csrs"));
     write_csrs(&dir, csrs);
     let out = c.tmp.path().join(format!("{name}-out"));
-    let mut args = vec![
-        "--json",
-        "site",
-        "issue",
-        "--dir",
-        s(&c.site),
-        "--entitlement",
-        "plant-7.1",
-        "--csr",
-        s(&dir),
-        "-o",
-        s(&out),
-    ];
-    args.extend_from_slice(extra);
-    let o = stamp(&c.pass).args(&args).output();
+    let o = stamp(&c.pass)
+        .arg("--json")
+        .site("issue")
+        .dir(&c.site)
+        .args(&["--entitlement", "plant-7.1", "--csr", s(&dir), "-o", s(&out)])
+        .args(extra)
+        .output();
     let v: serde_json::Value = serde_json::from_slice(&o.stdout)
         .unwrap_or_else(|_| panic!("no JSON: {}", String::from_utf8_lossy(&o.stderr)));
     assert_eq!(
@@ -283,19 +274,20 @@ fn a_site_killed_mid_issuance_loses_nothing_it_returned() {
     let dir = c.tmp.path().join("kill-csrs");
     write_csrs(&dir, &csrs);
     let out = c.tmp.path().join("kill-out");
-    let bin = assert_cmd::cargo::cargo_bin("stamp");
-    let mut child = Command::new(&bin)
-        .args([
-            "--passphrase-file",
-            s(&c.pass),
-            "site",
-            "issue",
-            "--dir",
-            s(&c.site),
+    let mut child = stamp(&c.pass)
+        .site("issue")
+        .dir(&c.site)
+        .args(&[
             "--entitlement",
             "plant-7.1",
+            "--csr",
+            s(&dir),
+            "-o",
+            s(&out),
+            "--jobs",
+            "4",
         ])
-        .args(["--csr", s(&dir), "-o", s(&out), "--jobs", "4"])
+        .command()
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()

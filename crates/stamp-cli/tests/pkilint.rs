@@ -14,7 +14,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use crate::common::*;
-use assert_cmd::cargo::CommandCargoExt;
 
 /// Findings of severity ERROR or FATAL that are expected, as (profile file, pkilint code, why).
 const ALLOWED: &[(&str, &str, &str)] = &[
@@ -100,20 +99,13 @@ fn lint(cert: &Path) -> Vec<(String, String)> {
 
 /// The site service's certificate, as `stamp site serve --write-cert` writes it.
 fn service_cert(c: &Ceremony, out: &Path) {
-    let mut child = Command::cargo_bin("stamp")
-        .unwrap()
-        .env_remove("STAMP_PASSPHRASE_FILE")
+    let mut child = stamp(&c.pass)
         .env("RUST_LOG", "warn")
-        .args([
-            "--json",
-            "--passphrase-file",
-            s(&c.pass),
-            "site",
-            "serve",
-            "--dir",
-        ])
-        .arg(&c.site)
-        .args(["--listen", "127.0.0.1:0", "--write-cert", s(out)])
+        .arg("--json")
+        .site("serve")
+        .dir(&c.site)
+        .args(&["--listen", "127.0.0.1:0", "--write-cert", s(out)])
+        .command()
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

@@ -57,10 +57,12 @@ fn build_base() -> Base {
     let mut packages = HashMap::new();
     let mut package = |site: &str, seq: u64, site_dir: &Path, args: &[&str]| {
         let out = c.tmp.path().join(format!("{site}-{seq}.cose"));
-        let mut all = vec!["hq"];
-        all.extend_from_slice(args);
-        all.extend_from_slice(&["--dir", s(&c.hq), "-o", s(&out)]);
-        let r = stamp(&c.pass).args(&all).json();
+        let r = stamp(&c.pass)
+            .arg("hq")
+            .args(args)
+            .dir(&c.hq)
+            .args(&["-o", s(&out)])
+            .json();
         assert_eq!(r["sequence"], seq);
         stamp(&c.pass).site("import").dir(site_dir).arg(&out).json();
         packages.insert((site.to_owned(), seq), out);
@@ -1329,10 +1331,12 @@ fn the_real_sites_exports_reconcile_clean() {
     let tmp = c.tmp.path();
     let entitle = |args: &[&str], name: &str| {
         let pkg = tmp.join(name);
-        let mut all = vec!["hq"];
-        all.extend_from_slice(args);
-        all.extend_from_slice(&["--dir", hq, "-o", s(&pkg)]);
-        stamp(&c.pass).args(&all).json();
+        stamp(&c.pass)
+            .arg("hq")
+            .args(args)
+            .dir(hq)
+            .args(&["-o", s(&pkg)])
+            .json();
         stamp(&c.pass).site("import").dir(site).arg(&pkg).json();
     };
     entitle(

@@ -10,7 +10,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use crate::common::audit_builder::*;
@@ -29,20 +29,13 @@ fn vm_hwm(pid: u32) -> Option<u64> {
 /// Runs `stamp hq reconcile --json` on `bundle`, sampling its peak memory until it exits.
 fn reconcile_measured(pass: &Path, hq: &Path, bundle: &Path) -> (serde_json::Value, u64, Duration) {
     let started = Instant::now();
-    let mut child = Command::new(assert_cmd::cargo::cargo_bin("stamp"))
-        .env_remove("STAMP_PASSPHRASE_FILE")
-        .args([
-            "--passphrase-file",
-            s(pass),
-            "--json",
-            "hq",
-            "reconcile",
-            "--cache-mib",
-            "2",
-            "--dir",
-            s(hq),
-            s(bundle),
-        ])
+    let mut child = stamp(pass)
+        .arg("--json")
+        .hq("reconcile")
+        .args(&["--cache-mib", "2"])
+        .dir(hq)
+        .arg(bundle)
+        .command()
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -22,21 +22,15 @@ struct Service {
 
 impl Service {
     fn start(c: &Ceremony, extra: &[&str]) -> Service {
-        let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("stamp"));
-        cmd.env_remove("STAMP_PASSPHRASE_FILE")
+        let mut cmd = stamp(&c.pass)
             .env("RUST_LOG", "warn")
-            .args([
-                "--json",
-                "--passphrase-file",
-                s(&c.pass),
-                "site",
-                "serve",
-                "--dir",
-            ])
-            .arg(&c.site)
-            .args(["--listen", "127.0.0.1:0"])
+            .arg("--json")
+            .site("serve")
+            .dir(&c.site)
+            .args(&["--listen", "127.0.0.1:0"])
             .args(extra)
-            .stdin(Stdio::null())
+            .command();
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         let mut child = cmd.spawn().unwrap();
@@ -1202,10 +1196,7 @@ fn the_simulator_provisions_thousands_over_est_and_json() {
 
 #[test]
 fn configuration_is_printed_checked_and_applied() {
-    let o = Command::new(assert_cmd::cargo::cargo_bin("stamp"))
-        .args(["site", "serve", "--print-config"])
-        .output()
-        .unwrap();
+    let o = stamp_bare().site("serve").arg("--print-config").output();
     assert!(o.status.success());
     let text = String::from_utf8(o.stdout).unwrap();
     assert_eq!(
@@ -1335,13 +1326,11 @@ fn localhost_connects(svc: &Service, st: &Path) {
 fn demo_runs_the_whole_flow() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("demo");
-    let out = Command::new(assert_cmd::cargo::cargo_bin("stamp"))
-        .env_remove("STAMP_PASSPHRASE_FILE")
-        .args(["demo", "--json", "--dir", s(&dir), "--devices", "150"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = stamp_bare()
+        .arg("demo")
+        .dir(&dir)
+        .args(&["--devices", "150"])
+        .json();
     for key in ["dir", "root_cert", "entitlement", "audit_bundle"] {
         assert!(Path::new(v[key].as_str().unwrap()).exists(), "{key}");
     }
@@ -1402,14 +1391,12 @@ fn demo_runs_the_whole_flow() {
     }
     // The attackers' stamps stay on disk: the verifier refuses them on its own too.
     let clone = Path::new(cloud["attackers_dir"].as_str().unwrap()).join("clone/device.crt");
-    let o = Command::new(assert_cmd::cargo::cargo_bin("stamp"))
-        .args(["--json", "cloud", "verify", "--registry"])
-        .args([cloud["registry"].as_str().unwrap(), s(&clone)])
-        .args(["--root-fingerprint", v["root_fingerprint"].as_str().unwrap()])
-        .output()
-        .unwrap();
-    assert_eq!(o.status.code(), Some(1));
-    let verdict: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let (code, verdict) = stamp_bare()
+        .cloud("verify")
+        .args(&["--registry", cloud["registry"].as_str().unwrap(), s(&clone)])
+        .args(&["--root-fingerprint", v["root_fingerprint"].as_str().unwrap()])
+        .code_json();
+    assert_eq!(code, Some(1), "{verdict}");
     assert_eq!(verdict["reason"], "clone", "{verdict}");
     // The site applied HQ's revocation: its CRL lists the revoked device, and openssl agrees.
     assert_eq!(cloud["site_crl_report"]["revoked"], 1, "{cloud}");
@@ -1444,16 +1431,13 @@ fn demo_runs_the_whole_flow() {
     // The saved stamps replay with `stamp device connect` against a gateway on the registry.
     use std::io::BufRead;
     let gw_cert = Path::new(v["dir"].as_str().unwrap()).join("gw.pem");
-    let mut gw = Command::new(assert_cmd::cargo::cargo_bin("stamp"))
-        .args([
-            "--json",
-            "cloud",
-            "gateway",
-            "--registry",
-            cloud["registry"].as_str().unwrap(),
-        ])
-        .args(["--listen", "127.0.0.1:0", "--write-server-cert", s(&gw_cert)])
-        .args(["--root-fingerprint", v["root_fingerprint"].as_str().unwrap()])
+    let mut gw = stamp_bare()
+        .arg("--json")
+        .cloud("gateway")
+        .args(&["--registry", cloud["registry"].as_str().unwrap()])
+        .args(&["--listen", "127.0.0.1:0", "--write-server-cert", s(&gw_cert)])
+        .args(&["--root-fingerprint", v["root_fingerprint"].as_str().unwrap()])
+        .command()
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -1471,19 +1455,18 @@ fn demo_runs_the_whole_flow() {
         .1
         .to_owned();
     let connect = |dir: &Path| {
-        let o = Command::new(assert_cmd::cargo::cargo_bin("stamp"))
-            .args([
-                "--json",
-                "device",
-                "connect",
+        let o = stamp_bare()
+            .arg("--json")
+            .device("connect")
+            .args(&[
                 "--stamp",
                 s(dir),
                 "--server",
                 &format!("localhost:{port}"),
+                "--ca",
+                s(&gw_cert),
             ])
-            .args(["--ca", s(&gw_cert)])
-            .output()
-            .unwrap();
+            .output();
         let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
         (o.status.code(), v)
     };
@@ -1510,9 +1493,12 @@ fn entitlements_imported_while_serving_take_effect_between_requests() {
     let svc = Service::start(&c, &[]);
     let amend = |name: &str, args: &[&str]| {
         let pkg = c.tmp.path().join(format!("{name}.cose"));
-        let mut all = vec!["hq", "amend", "--dir", s(&c.hq), "-o", s(&pkg)];
-        all.extend_from_slice(args);
-        stamp(&c.pass).args(&all).json();
+        stamp(&c.pass)
+            .hq("amend")
+            .dir(&c.hq)
+            .args(&["-o", s(&pkg)])
+            .args(args)
+            .json();
         stamp(&c.pass).site("import").dir(&c.site).arg(&pkg).json();
     };
     // While the service runs, no other engine may issue for the site.
@@ -1578,9 +1564,12 @@ fn entitlements_imported_while_serving_take_effect_between_requests() {
     // reaches the engine; 6 dropped into the inbox by hand is refused by the engine itself.
     let seal = |name: &str, args: &[&str]| {
         let pkg = c.tmp.path().join(format!("{name}.cose"));
-        let mut all = vec!["hq", "amend", "--dir", s(&c.hq), "-o", s(&pkg)];
-        all.extend_from_slice(args);
-        stamp(&c.pass).args(&all).json();
+        stamp(&c.pass)
+            .hq("amend")
+            .dir(&c.hq)
+            .args(&["-o", s(&pkg)])
+            .args(args)
+            .json();
         pkg
     };
     let p5 = seal("resume", &["--entitlement", "plant-7.1", "--resume"]);

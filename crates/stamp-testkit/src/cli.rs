@@ -15,9 +15,10 @@ use std::process::Output;
 /// One run of `stamp --passphrase-file PASS ARGS...` being put together.
 #[must_use = "a command does nothing until run with json(), output(), fails() or code()"]
 pub struct Stamp {
-    pass: PathBuf,
+    pass: Option<PathBuf>,
     args: Vec<OsString>,
     envs: Vec<(OsString, OsString)>,
+    removed: Vec<OsString>,
     stdin: Vec<u8>,
 }
 
@@ -25,9 +26,22 @@ pub struct Stamp {
 /// `STAMP_PASSPHRASE_FILE`); its stdin is empty.
 pub fn stamp(pass: &Path) -> Stamp {
     Stamp {
-        pass: pass.to_owned(),
+        pass: Some(pass.to_owned()),
         args: Vec::new(),
         envs: Vec::new(),
+        removed: Vec::new(),
+        stdin: Vec::new(),
+    }
+}
+
+/// Starts a `stamp` command given no passphrase at all (for commands that need none: `demo`,
+/// `cloud`, `device`), not even through `STAMP_PASSPHRASE_FILE`.
+pub fn stamp_bare() -> Stamp {
+    Stamp {
+        pass: None,
+        args: Vec::new(),
+        envs: Vec::new(),
+        removed: Vec::new(),
         stdin: Vec::new(),
     }
 }
@@ -68,6 +82,11 @@ impl Stamp {
         self.envs.push((k.as_ref().to_owned(), v.as_ref().to_owned()));
         self
     }
+    /// An environment variable the run must not see.
+    pub fn env_remove(mut self, k: impl AsRef<OsStr>) -> Self {
+        self.removed.push(k.as_ref().to_owned());
+        self
+    }
     /// What the run reads on stdin.
     pub fn stdin(mut self, bytes: impl Into<Vec<u8>>) -> Self {
         self.stdin = bytes.into();
@@ -78,17 +97,29 @@ impl Stamp {
         format!("{:?}", self.args)
     }
 
-    /// Runs it and returns what it did, whatever that was.
-    pub fn output(self) -> Output {
-        let mut cmd = assert_cmd::Command::cargo_bin("stamp").unwrap();
-        cmd.env_remove("STAMP_PASSPHRASE_FILE")
-            .arg("--passphrase-file")
-            .arg(&self.pass)
-            .args(&self.args);
+    /// The command as a `std::process::Command`, for runs a test spawns and watches (servers,
+    /// runs it kills); stdin, stdout and stderr are the caller's to set.
+    pub fn command(self) -> std::process::Command {
+        let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("stamp"));
+        cmd.env_remove("STAMP_PASSPHRASE_FILE");
+        for k in &self.removed {
+            cmd.env_remove(k);
+        }
+        if let Some(pass) = &self.pass {
+            cmd.arg("--passphrase-file").arg(pass);
+        }
+        cmd.args(&self.args);
         for (k, v) in &self.envs {
             cmd.env(k, v);
         }
-        cmd.write_stdin(self.stdin);
+        cmd
+    }
+
+    /// Runs it and returns what it did, whatever that was.
+    pub fn output(self) -> Output {
+        let stdin = self.stdin.clone();
+        let mut cmd = assert_cmd::Command::from_std(self.command());
+        cmd.write_stdin(stdin);
         cmd.output().unwrap()
     }
 
