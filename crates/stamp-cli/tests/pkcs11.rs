@@ -381,7 +381,7 @@ fn a_token_without_ecdh_is_reported_and_the_keys_made_before_are_removed() {
     let out = hsm
         .cmd()
         .hq("init")
-        .dir(&hsm.path("hq"))
+        .dir(hsm.path("hq"))
         .args(&["--org", "Acme", "--key-store", "pkcs11:token=ecdsa-only"])
         .output();
     fails(&out, "does not support CKM_ECDH1_DERIVE");
