@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 use crate::common::audit_builder::*;
 use crate::common::*;
 use serde_bytes::ByteBuf;
-use stamp_core::audit::{self, Event, RefusalReason, CHUNK_CONTENT_TYPE, HEADER_CONTENT_TYPE};
+use stamp_core::audit::{self, Event, RefusalReason, CHUNK_CONTENT_TYPE};
 use stamp_core::entitlement::Grant;
 use stamp_core::SiteId;
 
@@ -766,17 +766,8 @@ fn a_wrong_signer_is_rejected() {
     let b = log.export();
     let k = &t.b.site;
     // Signed with the site's issuing CA key and certificate: not a site identity certificate.
-    let seal = |ct: &str, pt: &[u8]| {
-        log.seal_part_with(
-            ct,
-            pt,
-            k.issuing.as_ref(),
-            std::slice::from_ref(&k.issuing_cert),
-            &k.hq_ka_public,
-        )
-    };
-    let mut frames = vec![seal(HEADER_CONTENT_TYPE, &b.header.to_cbor())];
-    frames.extend(b.chunks.iter().map(|c| seal(CHUNK_CONTENT_TYPE, &c.to_cbor())));
+    let issuing = std::slice::from_ref(&k.issuing_cert);
+    let frames = log.frames_with(&b, k.issuing.as_ref(), issuing, &k.hq_ka_public);
     t.rejected(
         &file(&frames),
         "HQ never issued to a site as its identity (wrong signer)",
@@ -788,17 +779,12 @@ fn a_wrong_signer_is_rejected() {
     t.rejected(&file(&env), "frame 1 is not a valid sealed envelope");
     // Another site's identity signing plant-7's bundle (recipient ID plant-7).
     let o = &t.b.other;
-    let seal = |ct: &str, pt: &[u8]| {
-        log.seal_part_with(
-            ct,
-            pt,
-            o.identity.as_ref(),
-            std::slice::from_ref(&o.identity_cert),
-            &k.hq_ka_public,
-        )
-    };
-    let mut frames = vec![seal(HEADER_CONTENT_TYPE, &b.header.to_cbor())];
-    frames.extend(b.chunks.iter().map(|c| seal(CHUNK_CONTENT_TYPE, &c.to_cbor())));
+    let frames = log.frames_with(
+        &b,
+        o.identity.as_ref(),
+        std::slice::from_ref(&o.identity_cert),
+        &k.hq_ka_public,
+    );
     t.rejected(
         &file(&frames),
         "not encrypted to HQ's key-agreement key (key ID \"hq\") for site plant-9",
@@ -820,8 +806,8 @@ fn a_bundle_not_encrypted_to_hq_is_rejected() {
             &k.site_ka_public,
         )
     };
-    let mut frames = vec![seal(HEADER_CONTENT_TYPE, &b.header.to_cbor())];
-    frames.extend(b.chunks.iter().map(|c| seal(CHUNK_CONTENT_TYPE, &c.to_cbor())));
+    let identity = std::slice::from_ref(&k.identity_cert);
+    let frames = log.frames_with(&b, k.identity.as_ref(), identity, &k.site_ka_public);
     t.rejected(
         &file(&frames),
         "frame 1 is not encrypted to HQ's key-agreement key",
