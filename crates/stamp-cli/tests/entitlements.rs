@@ -359,6 +359,9 @@ fn bad_packages_are_refused_and_change_nothing() {
     entitle(&c, "plant-7", "100", &p1);
     entitle(&c, "plant-7", "100", &p2);
     let bytes = std::fs::read(&p2).unwrap();
+    // Importing `bytes` as `name` must fail with `needle` and change nothing at the site.
+    let refuse =
+        |name: &str, bytes: &[u8], needle: &str| import_fails(&c, &c.site, &write(&c, name, bytes), needle);
 
     // A flipped bit anywhere: header, ciphertext, tag, signature.
     let n = bytes.len();
@@ -383,30 +386,20 @@ fn bad_packages_are_refused_and_change_nothing() {
         import_fails(&c, &c.site, &f, "refused");
     }
     // Truncated, trailing bytes, oversized, empty, a file of another kind.
-    import_fails(
-        &c,
-        &c.site,
-        &write(&c, "t.cose", &bytes[..n - 1]),
-        "entitlement package refused",
-    );
+    refuse("t.cose", &bytes[..n - 1], "entitlement package refused");
     let mut t = bytes.clone();
     t.push(0);
-    import_fails(&c, &c.site, &write(&c, "t.cose", &t), "bytes follow the envelope");
+    refuse("t.cose", &t, "bytes follow the envelope");
     let big = vec![0u8; stamp_site::entitlements::MAX_PACKAGE + 1];
-    import_fails(&c, &c.site, &write(&c, "big.cose", &big), "larger than");
-    import_fails(
-        &c,
-        &c.site,
-        &write(&c, "e.cose", b""),
-        "entitlement package refused",
-    );
+    refuse("big.cose", &big, "larger than");
+    refuse("e.cose", b"", "entitlement package refused");
     import_fails(&c, &c.site, &c.credentials, "entitlement package refused");
 
     // An algorithm changed in the signed header (ES256 -> -6): refused, no downgrade.
     let pos = bytes.windows(3).position(|w| w == [0x01, 0x26, 0x03]).unwrap();
     let mut m = bytes.clone();
     m[pos + 1] = 0x25;
-    import_fails(&c, &c.site, &write(&c, "alg.cose", &m), "unsupported");
+    refuse("alg.cose", &m, "unsupported");
 
     // Encrypted but unsigned: the inner COSE_Encrypt alone.
     let outer: ciborium::Value = ciborium::from_reader(bytes.as_slice()).unwrap();
@@ -419,12 +412,7 @@ fn bad_packages_are_refused_and_change_nothing() {
     let ciborium::Value::Bytes(inner) = &items[2] else {
         panic!()
     };
-    import_fails(
-        &c,
-        &c.site,
-        &write(&c, "unsigned.cose", inner),
-        "entitlement package refused",
-    );
+    refuse("unsigned.cose", inner, "entitlement package refused");
 
     // Spliced: package 1's signature and headers around package 2's content.
     let o1: ciborium::Value = ciborium::from_reader(std::fs::read(&p1).unwrap().as_slice()).unwrap();
@@ -441,12 +429,7 @@ fn bad_packages_are_refused_and_change_nothing() {
         &mut spliced,
     )
     .unwrap();
-    import_fails(
-        &c,
-        &c.site,
-        &write(&c, "spliced.cose", &spliced),
-        "signature does not verify",
-    );
+    refuse("spliced.cose", &spliced, "signature does not verify");
 
     // Addressed to another site.
     let q = c.tmp.path().join("q.cose");
@@ -456,6 +439,17 @@ fn bad_packages_are_refused_and_change_nothing() {
     // Sealed to another site's key, but labelled for this one.
     let hq_key = signer(&c.hq, &c.pass, "hq-authority-signing");
     let hq_cert = pem_der(&c.hq.join("certs/hq-authority-signing.pem"));
+    // A payload sealed as HQ seals it for plant-7: HQ's key and certificate, plant-7's key.
+    let hq_sealed = |payload: &[u8]| {
+        seal(
+            payload,
+            hq_key.as_ref(),
+            vec![hq_cert.clone()],
+            "plant-7",
+            &ka_public(&c.site),
+            "plant-7",
+        )
+    };
     let g = grant("plant-7", 7, now() + 86_400).to_cbor();
     let wrong_key = seal(
         &g,
@@ -465,12 +459,7 @@ fn bad_packages_are_refused_and_change_nothing() {
         &ka_public(&other),
         "plant-7",
     );
-    import_fails(
-        &c,
-        &c.site,
-        &write(&c, "wk.cose", &wrong_key),
-        "not addressed to this recipient",
-    );
+    refuse("wk.cose", &wrong_key, "not addressed to this recipient");
     // Sealed for another recipient ID with this site's key.
     let wrong_id = seal(
         &g,
@@ -480,12 +469,7 @@ fn bad_packages_are_refused_and_change_nothing() {
         &ka_public(&c.site),
         "plant-9",
     );
-    import_fails(
-        &c,
-        &c.site,
-        &write(&c, "wid.cose", &wrong_id),
-        "not addressed to this recipient",
-    );
+    refuse("wid.cose", &wrong_id, "not addressed to this recipient");
 
     // Signed by the site's own identity key: right root, wrong role.
     let site_key = signer(&c.site, &c.pass, "site-identity-signing");
@@ -498,10 +482,9 @@ fn bad_packages_are_refused_and_change_nothing() {
         &ka_public(&c.site),
         "plant-7",
     );
-    import_fails(
-        &c,
-        &c.site,
-        &write(&c, "forged.cose", &forged),
+    refuse(
+        "forged.cose",
+        &forged,
         "does not match the hq-authority-signing profile",
     );
     // Signed by another OEM's HQ authority: does not chain to this site's root.
@@ -521,75 +504,26 @@ fn bad_packages_are_refused_and_change_nothing() {
         &ka_public(&c.site),
         "plant-7",
     );
-    import_fails(
-        &c,
-        &c.site,
-        &write(&c, "rogue.cose", &rogue_pkg),
-        "does not chain to the OEM root",
-    );
+    refuse("rogue.cose", &rogue_pkg, "does not chain to the OEM root");
 
     // Genuine HQ signature, bad payloads: expired, unknown version, another site inside.
     let expired = grant("plant-7", 8, now() - 10).to_cbor();
-    let sealed = seal(
-        &expired,
-        hq_key.as_ref(),
-        vec![hq_cert.clone()],
-        "plant-7",
-        &ka_public(&c.site),
-        "plant-7",
-    );
+    let sealed = hq_sealed(&expired);
     // (sequence 8 while nothing is applied: a gap, refused before its window is looked at)
-    import_fails(
-        &c,
-        &c.site,
-        &write(&c, "exp.cose", &sealed),
+    refuse(
+        "exp.cose",
+        &sealed,
         "packages 1 to 7 are missing: import them first, in order",
     );
     let mut v2 = grant("plant-7", 9, now() + 86_400);
     v2.version = 2;
-    let sealed = seal(
-        &v2.to_cbor(),
-        hq_key.as_ref(),
-        vec![hq_cert.clone()],
-        "plant-7",
-        &ka_public(&c.site),
-        "plant-7",
-    );
-    import_fails(
-        &c,
-        &c.site,
-        &write(&c, "v2.cose", &sealed),
-        "unsupported entitlement version 2",
-    );
+    let sealed = hq_sealed(&v2.to_cbor());
+    refuse("v2.cose", &sealed, "unsupported entitlement version 2");
     let inner_other = grant("plant-9", 10, now() + 86_400).to_cbor();
-    let sealed = seal(
-        &inner_other,
-        hq_key.as_ref(),
-        vec![hq_cert.clone()],
-        "plant-7",
-        &ka_public(&c.site),
-        "plant-7",
-    );
-    import_fails(
-        &c,
-        &c.site,
-        &write(&c, "io.cose", &sealed),
-        "entitlement is for site plant-9",
-    );
-    let sealed = seal(
-        b"not cbor",
-        hq_key.as_ref(),
-        vec![hq_cert.clone()],
-        "plant-7",
-        &ka_public(&c.site),
-        "plant-7",
-    );
-    import_fails(
-        &c,
-        &c.site,
-        &write(&c, "junk.cose", &sealed),
-        "malformed entitlement payload",
-    );
+    let sealed = hq_sealed(&inner_other);
+    refuse("io.cose", &sealed, "entitlement is for site plant-9");
+    let sealed = hq_sealed(b"not cbor");
+    refuse("junk.cose", &sealed, "malformed entitlement payload");
 
     // Sequence: 2 before 1 is a gap; 1 then 2 apply; then 1 (older) and 2 again (replay) are refused.
     import_fails(&c, &c.site, &p2, "package 1 is missing: import it first");
@@ -604,14 +538,7 @@ fn bad_packages_are_refused_and_change_nothing() {
     // A genuine grant whose window is already over, in its turn (3): applied, so that it leaves
     // no gap, and it admits nothing.
     let expired = grant("plant-7", 3, now() - 10).to_cbor();
-    let sealed = seal(
-        &expired,
-        hq_key.as_ref(),
-        vec![hq_cert.clone()],
-        "plant-7",
-        &ka_public(&c.site),
-        "plant-7",
-    );
+    let sealed = hq_sealed(&expired);
     let r = import(&c, &c.site, &write(&c, "exp3.cose", &sealed));
     assert_eq!(r["sequence"], 3);
     assert_eq!(r["entitlement"]["in_window"], false);
