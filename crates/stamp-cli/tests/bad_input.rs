@@ -63,13 +63,7 @@ fn flip_in_pem(pem_text: &str, from_end: usize) -> String {
 fn tampered_request_is_refused() {
     let c = ceremony(false);
     // A fresh site to make requests from (the first is enrolled already).
-    let site2 = c.tmp.path().join("site2");
-    let req2 = c.tmp.path().join("req2.json");
-    stamp(&c.pass)
-        .site("init")
-        .dir(&site2)
-        .args(&["--site-id", "plant-8", "-o", s(&req2)])
-        .json();
+    let (_, req2) = c.init_site("plant-8", "site2");
     let bad = c.tmp.path().join("bad.json");
 
     // Re-addressed to another site ID: the binding signature breaks.
@@ -132,26 +126,14 @@ fn a_site_id_is_enrolled_once() {
     let c = ceremony(false);
     enroll_fails(&c, &c.request, "site plant-7 is already enrolled");
     // Same site ID, new keys: still refused.
-    let again = c.tmp.path().join("site-again");
-    let req = c.tmp.path().join("again.json");
-    stamp(&c.pass)
-        .site("init")
-        .dir(&again)
-        .args(&["--site-id", "plant-7", "-o", s(&req)])
-        .json();
+    let (_, req) = c.init_site("plant-7", "site-again");
     enroll_fails(&c, &req, "site plant-7 is already enrolled");
 }
 
 #[test]
 fn fingerprint_must_match_and_be_confirmed() {
     let c = ceremony(false);
-    let site2 = c.tmp.path().join("site2");
-    let req2 = c.tmp.path().join("req2.json");
-    stamp(&c.pass)
-        .site("init")
-        .dir(&site2)
-        .args(&["--site-id", "plant-8", "-o", s(&req2)])
-        .json();
+    let (_, req2) = c.init_site("plant-8", "site2");
     let before = snapshot(&c.hq);
     let out = c.tmp.path().join("c2.json");
     stamp(&c.pass)
@@ -174,13 +156,7 @@ fn fingerprint_must_match_and_be_confirmed() {
 #[test]
 fn wrong_passphrase_and_readable_key_files_are_refused() {
     let c = ceremony(false);
-    let site2 = c.tmp.path().join("site2");
-    let req2 = c.tmp.path().join("req2.json");
-    stamp(&c.pass)
-        .site("init")
-        .dir(&site2)
-        .args(&["--site-id", "plant-8", "-o", s(&req2)])
-        .json();
+    let (_, req2) = c.init_site("plant-8", "site2");
     let wrong = secret_file(c.tmp.path(), "wrong", "not the passphrase");
     let before = snapshot(&c.hq);
     let out = c.tmp.path().join("c2.json");
@@ -385,22 +361,10 @@ fn tampered_credentials_are_refused() {
 fn credentials_for_other_keys_or_sites_are_refused() {
     let c = ceremony(false);
     // Same site ID, different keys (a re-initialised or impostor site).
-    let twin = c.tmp.path().join("twin");
-    stamp(&c.pass)
-        .site("init")
-        .dir(&twin)
-        .args(&["--site-id", "plant-7"])
-        .args(&["-o", s(&c.tmp.path().join("t.json"))])
-        .json();
+    let (twin, _) = c.init_site("plant-7", "twin");
     install_fails(&c, &twin, &c.credentials, &[], "is not for this site's key");
     // Another site's credentials.
-    let other = c.tmp.path().join("other");
-    stamp(&c.pass)
-        .site("init")
-        .dir(&other)
-        .args(&["--site-id", "plant-9"])
-        .args(&["-o", s(&c.tmp.path().join("o.json"))])
-        .json();
+    let (other, _) = c.init_site("plant-9", "other");
     install_fails(
         &c,
         &other,

@@ -237,17 +237,24 @@ impl Ceremony {
         stamp(&self.pass)
     }
 
-    /// A site `id` initialised, enrolled (`--yes`) and installed beside plant-7; returns its
-    /// directory.
-    pub fn second_site(&self, id: &str) -> PathBuf {
-        let dir = self.tmp.path().join(id);
-        let req = self.tmp.path().join(format!("{id}-req.json"));
-        let creds = self.tmp.path().join(format!("{id}-creds.json"));
+    /// `site init` of a site `id` in the directory `name` of the temp directory, its enrolment
+    /// request written beside it as `NAME-req.json`; returns both paths.
+    pub fn init_site(&self, id: &str, name: &str) -> (PathBuf, PathBuf) {
+        let dir = self.tmp.path().join(name);
+        let req = self.tmp.path().join(format!("{name}-req.json"));
         self.stamp()
             .site("init")
             .dir(&dir)
             .args(&["--site-id", id, "-o", s(&req)])
             .json();
+        (dir, req)
+    }
+
+    /// A site `id` initialised, enrolled (`--yes`) and installed beside plant-7; returns its
+    /// directory.
+    pub fn second_site(&self, id: &str) -> PathBuf {
+        let (dir, req) = self.init_site(id, id);
+        let creds = self.tmp.path().join(format!("{id}-creds.json"));
         self.stamp()
             .hq("enroll-site")
             .dir(&self.hq)
