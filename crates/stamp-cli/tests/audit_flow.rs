@@ -1,54 +1,31 @@
 //! Issue #4 end to end through the real binary with real bundles: HQ entitles, the site issues
 //! under quota and refuses beyond it, exports; HQ reconciles to a clean report; a later export
 //! extends the first; tampered or replayed real bundles are rejected and HQ is left unchanged.
-#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use std::path::Path;
 
-use std::path::{Path, PathBuf};
-
-use common::*;
-
-fn csrs(dir: &Path, n: usize) -> PathBuf {
-    std::fs::create_dir_all(dir).unwrap();
-    for i in 0..n {
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let csr = rcgen::CertificateParams::new(vec![])
-            .unwrap()
-            .serialize_request(&key)
-            .unwrap();
-        std::fs::write(dir.join(format!("d{i:04}.der")), csr.der()).unwrap();
-    }
-    dir.to_owned()
-}
+use crate::common::*;
 
 fn issue(c: &Ceremony, name: &str, n: usize) -> serde_json::Value {
-    let dir = csrs(&c.tmp.path().join(name), n);
+    let dir = write_csr_dir(&c.tmp.path().join(name), n, false);
     let out = c.tmp.path().join(format!("{name}-out"));
-    let o = stamp(
-        &c.pass,
-        &[
-            "--json",
-            "site",
-            "issue",
-            "--dir",
-            s(&c.site),
-            "--entitlement",
-            "plant-7.1",
-            "--csr",
-            s(&dir),
-            "-o",
-            s(&out),
-        ],
-    );
+    let o = stamp(&c.pass)
+        .arg("--json")
+        .site("issue")
+        .dir(&c.site)
+        .args(&["--entitlement", "plant-7.1", "--csr", s(&dir)])
+        .args(&["-o", s(&out)])
+        .output();
     serde_json::from_slice(&o.stdout).unwrap()
 }
 
 fn reconcile(c: &Ceremony, bundle: &Path) -> (Option<i32>, serde_json::Value) {
-    let o = stamp(
-        &c.pass,
-        &["--json", "hq", "reconcile", "--dir", s(&c.hq), s(bundle)],
-    );
+    let o = stamp(&c.pass)
+        .arg("--json")
+        .hq("reconcile")
+        .dir(&c.hq)
+        .arg(bundle)
+        .output();
     (
         o.status.code(),
         serde_json::from_slice(&o.stdout).unwrap_or(serde_json::Value::Null),
@@ -59,33 +36,23 @@ fn reconcile(c: &Ceremony, bundle: &Path) -> (Option<i32>, serde_json::Value) {
 fn issue_export_reconcile_extend_and_refuse_tampering() {
     let c = ceremony(true);
     let pkg = c.tmp.path().join("e.cose");
-    stamp_json(
-        &c.pass,
-        &[
-            "hq",
-            "entitle",
-            "--dir",
-            s(&c.hq),
-            "--site",
-            "plant-7",
-            "--product",
-            "thermo-2",
-            "--quota",
-            "12",
-            "-o",
-            s(&pkg),
-        ],
-    );
-    stamp_json(&c.pass, &["site", "import", "--dir", s(&c.site), s(&pkg)]);
+    stamp(&c.pass)
+        .hq("entitle")
+        .dir(&c.hq)
+        .args(&["--site", "plant-7", "--product", "thermo-2"])
+        .args(&["--quota", "12", "-o", s(&pkg)])
+        .json();
+    stamp(&c.pass).site("import").dir(&c.site).arg(&pkg).json();
     let v = issue(&c, "a", 15);
     assert_eq!(v["issued"], 12);
     assert_eq!(v["refused"]["quota-exhausted"], 3);
 
     let b1 = c.tmp.path().join("b1.bundle");
-    let e1 = stamp_json(
-        &c.pass,
-        &["site", "export-audit", "--dir", s(&c.site), "-o", s(&b1)],
-    );
+    let e1 = stamp(&c.pass)
+        .site("export-audit")
+        .dir(&c.site)
+        .args(&["-o", s(&b1)])
+        .json();
     assert_eq!(e1["previous_size"], 0);
     let (code, r1) = reconcile(&c, &b1);
     assert_eq!(code, Some(0), "{r1}");
@@ -95,29 +62,21 @@ fn issue_export_reconcile_extend_and_refuse_tampering() {
 
     // A top-up, more devices, a second export that extends the first.
     let pkg2 = c.tmp.path().join("e2.cose");
-    stamp_json(
-        &c.pass,
-        &[
-            "hq",
-            "amend",
-            "--dir",
-            s(&c.hq),
-            "--entitlement",
-            "plant-7.1",
-            "--add-quota",
-            "4",
-            "-o",
-            s(&pkg2),
-        ],
-    );
-    stamp_json(&c.pass, &["site", "import", "--dir", s(&c.site), s(&pkg2)]);
+    stamp(&c.pass)
+        .hq("amend")
+        .dir(&c.hq)
+        .args(&["--entitlement", "plant-7.1", "--add-quota", "4"])
+        .args(&["-o", s(&pkg2)])
+        .json();
+    stamp(&c.pass).site("import").dir(&c.site).arg(&pkg2).json();
     let v = issue(&c, "b", 4);
     assert_eq!(v["issued"], 4);
     let b2 = c.tmp.path().join("b2.bundle");
-    let e2 = stamp_json(
-        &c.pass,
-        &["site", "export-audit", "--dir", s(&c.site), "-o", s(&b2)],
-    );
+    let e2 = stamp(&c.pass)
+        .site("export-audit")
+        .dir(&c.site)
+        .args(&["-o", s(&b2)])
+        .json();
     assert_eq!(e2["previous_size"], e1["size"]);
 
     // Tampered copies of the real bundle are rejected, HQ unchanged: a flipped byte at several
@@ -152,7 +111,7 @@ fn issue_export_reconcile_extend_and_refuse_tampering() {
     assert_eq!(code, Some(1), "a replayed bundle is refused");
     assert_eq!(snapshot(&c.hq), before);
     // HQ's registry has every genuine device.
-    let devices = stamp_json(&c.pass, &["hq", "devices", "--dir", s(&c.hq)]);
+    let devices = stamp(&c.pass).hq("devices").dir(&c.hq).json();
     let text = devices.to_string();
     assert_eq!(
         devices["devices"]
@@ -179,34 +138,12 @@ fn stamp_at(c: &Ceremony, offset: &str, args: &[&str]) -> std::process::Output {
     out
 }
 
-fn entitle_five(c: &Ceremony) {
-    let pkg = c.tmp.path().join("e.cose");
-    stamp_json(
-        &c.pass,
-        &[
-            "hq",
-            "entitle",
-            "--dir",
-            s(&c.hq),
-            "--site",
-            "plant-7",
-            "--product",
-            "thermo-2",
-            "--quota",
-            "5",
-            "-o",
-            s(&pkg),
-        ],
-    );
-    stamp_json(&c.pass, &["site", "import", "--dir", s(&c.site), s(&pkg)]);
-}
-
 #[test]
 fn a_site_clock_ahead_of_hq_is_reported_and_one_set_back_cannot_move_the_log_back() {
     // Ahead: a site whose clock runs two hours fast dates its entries after the bundle reaches HQ.
     let c = ceremony(true);
-    entitle_five(&c);
-    let dir = csrs(&c.tmp.path().join("ahead"), 3);
+    c.entitle("e", &["--quota", "5"]);
+    let dir = write_csr_dir(&c.tmp.path().join("ahead"), 3, false);
     let out = c.tmp.path().join("ahead-out");
     stamp_at(
         &c,
@@ -226,10 +163,11 @@ fn a_site_clock_ahead_of_hq_is_reported_and_one_set_back_cannot_move_the_log_bac
         ],
     );
     let bundle = c.tmp.path().join("ahead.bundle");
-    stamp_json(
-        &c.pass,
-        &["site", "export-audit", "--dir", s(&c.site), "-o", s(&bundle)],
-    );
+    stamp(&c.pass)
+        .site("export-audit")
+        .dir(&c.site)
+        .args(&["-o", s(&bundle)])
+        .json();
     let (code, r) = reconcile(&c, &bundle);
     assert_eq!(code, Some(1), "{r:#}");
     let v = r["violations"]
@@ -244,8 +182,8 @@ fn a_site_clock_ahead_of_hq_is_reported_and_one_set_back_cannot_move_the_log_bac
     // last one, so the log cannot go back into an earlier window or rate interval, and every
     // certificate's notBefore is its entry's time. HQ reconciles it clean.
     let c = ceremony(true);
-    entitle_five(&c);
-    let dir = csrs(&c.tmp.path().join("behind"), 3);
+    c.entitle("e", &["--quota", "5"]);
+    let dir = write_csr_dir(&c.tmp.path().join("behind"), 3, false);
     let out = c.tmp.path().join("behind-out");
     let o = stamp_at(
         &c,
@@ -267,10 +205,11 @@ fn a_site_clock_ahead_of_hq_is_reported_and_one_set_back_cannot_move_the_log_bac
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["issued"], 3, "{v:#}");
     let bundle = c.tmp.path().join("behind.bundle");
-    stamp_json(
-        &c.pass,
-        &["site", "export-audit", "--dir", s(&c.site), "-o", s(&bundle)],
-    );
+    stamp(&c.pass)
+        .site("export-audit")
+        .dir(&c.site)
+        .args(&["-o", s(&bundle)])
+        .json();
     let (code, r) = reconcile(&c, &bundle);
     assert_eq!((code, &r["ok"]), (Some(0), &serde_json::json!(true)), "{r:#}");
 }

@@ -1,31 +1,21 @@
 //! Every bad input to the ceremony: a specific error, exit code 1, and state left exactly as it was.
-#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use common::*;
+use crate::common::*;
 
 /// Enrolling `request` must fail with `needle` and change nothing at HQ, leaving no credentials.
 fn enroll_fails(c: &Ceremony, request: &Path, needle: &str) {
     let before = snapshot(&c.hq);
     let out = c.tmp.path().join("refused-credentials.json");
-    stamp_fails(
-        &c.pass,
-        &[
-            "hq",
-            "enroll-site",
-            "--dir",
-            s(&c.hq),
-            s(request),
-            "-o",
-            s(&out),
-            "--yes",
-        ],
-        needle,
-    );
+    stamp(&c.pass)
+        .hq("enroll-site")
+        .dir(&c.hq)
+        .arg(request)
+        .args(&["-o", s(&out)])
+        .arg("--yes")
+        .fails(needle);
     assert_eq!(
         snapshot(&c.hq),
         before,
@@ -46,7 +36,7 @@ fn install_fails(c: &Ceremony, site: &Path, creds: &Path, extra: &[&str], needle
     } else {
         args.extend_from_slice(extra);
     }
-    stamp_fails(&c.pass, &args, needle);
+    stamp(&c.pass).args(&args).fails(needle);
     assert_eq!(
         snapshot(site),
         before,
@@ -73,21 +63,7 @@ fn flip_in_pem(pem_text: &str, from_end: usize) -> String {
 fn tampered_request_is_refused() {
     let c = ceremony(false);
     // A fresh site to make requests from (the first is enrolled already).
-    let site2 = c.tmp.path().join("site2");
-    let req2 = c.tmp.path().join("req2.json");
-    stamp_json(
-        &c.pass,
-        &[
-            "site",
-            "init",
-            "--dir",
-            s(&site2),
-            "--site-id",
-            "plant-8",
-            "-o",
-            s(&req2),
-        ],
-    );
+    let (_, req2) = c.init_site("plant-8", "site2");
     let bad = c.tmp.path().join("bad.json");
 
     // Re-addressed to another site ID: the binding signature breaks.
@@ -136,19 +112,13 @@ fn tampered_request_is_refused() {
     enroll_fails(&c, &bad, "larger than");
     // The untouched request still enrolls afterwards.
     let creds2 = c.tmp.path().join("creds2.json");
-    stamp_json(
-        &c.pass,
-        &[
-            "hq",
-            "enroll-site",
-            "--dir",
-            s(&c.hq),
-            s(&req2),
-            "-o",
-            s(&creds2),
-            "--yes",
-        ],
-    );
+    stamp(&c.pass)
+        .hq("enroll-site")
+        .dir(&c.hq)
+        .arg(&req2)
+        .args(&["-o", s(&creds2)])
+        .arg("--yes")
+        .json();
 }
 
 #[test]
@@ -156,65 +126,29 @@ fn a_site_id_is_enrolled_once() {
     let c = ceremony(false);
     enroll_fails(&c, &c.request, "site plant-7 is already enrolled");
     // Same site ID, new keys: still refused.
-    let again = c.tmp.path().join("site-again");
-    let req = c.tmp.path().join("again.json");
-    stamp_json(
-        &c.pass,
-        &[
-            "site",
-            "init",
-            "--dir",
-            s(&again),
-            "--site-id",
-            "plant-7",
-            "-o",
-            s(&req),
-        ],
-    );
+    let (_, req) = c.init_site("plant-7", "site-again");
     enroll_fails(&c, &req, "site plant-7 is already enrolled");
 }
 
 #[test]
 fn fingerprint_must_match_and_be_confirmed() {
     let c = ceremony(false);
-    let site2 = c.tmp.path().join("site2");
-    let req2 = c.tmp.path().join("req2.json");
-    stamp_json(
-        &c.pass,
-        &[
-            "site",
-            "init",
-            "--dir",
-            s(&site2),
-            "--site-id",
-            "plant-8",
-            "-o",
-            s(&req2),
-        ],
-    );
+    let (_, req2) = c.init_site("plant-8", "site2");
     let before = snapshot(&c.hq);
     let out = c.tmp.path().join("c2.json");
-    stamp_fails(
-        &c.pass,
-        &[
-            "hq",
-            "enroll-site",
-            "--dir",
-            s(&c.hq),
-            s(&req2),
-            "-o",
-            s(&out),
-            "--fingerprint",
-            "0000-0000-0000-0000-0000",
-        ],
-        "does not match the expected",
-    );
+    stamp(&c.pass)
+        .hq("enroll-site")
+        .dir(&c.hq)
+        .arg(&req2)
+        .args(&["-o", s(&out), "--fingerprint", "0000-0000-0000-0000-0000"])
+        .fails("does not match the expected");
     // No terminal to confirm on and neither --fingerprint nor --yes.
-    stamp_fails(
-        &c.pass,
-        &["hq", "enroll-site", "--dir", s(&c.hq), s(&req2), "-o", s(&out)],
-        "--fingerprint",
-    );
+    stamp(&c.pass)
+        .hq("enroll-site")
+        .dir(&c.hq)
+        .arg(&req2)
+        .args(&["-o", s(&out)])
+        .fails("--fingerprint");
     assert_eq!(snapshot(&c.hq), before);
     assert!(!out.exists());
 }
@@ -222,85 +156,50 @@ fn fingerprint_must_match_and_be_confirmed() {
 #[test]
 fn wrong_passphrase_and_readable_key_files_are_refused() {
     let c = ceremony(false);
-    let site2 = c.tmp.path().join("site2");
-    let req2 = c.tmp.path().join("req2.json");
-    stamp_json(
-        &c.pass,
-        &[
-            "site",
-            "init",
-            "--dir",
-            s(&site2),
-            "--site-id",
-            "plant-8",
-            "-o",
-            s(&req2),
-        ],
-    );
-    let wrong = passphrase_file(c.tmp.path(), "wrong", "not the passphrase");
+    let (_, req2) = c.init_site("plant-8", "site2");
+    let wrong = secret_file(c.tmp.path(), "wrong", "not the passphrase");
     let before = snapshot(&c.hq);
     let out = c.tmp.path().join("c2.json");
-    stamp_fails(
-        &wrong,
-        &[
-            "hq",
-            "enroll-site",
-            "--dir",
-            s(&c.hq),
-            s(&req2),
-            "-o",
-            s(&out),
-            "--yes",
-        ],
-        "wrong passphrase",
-    );
+    stamp(&wrong)
+        .hq("enroll-site")
+        .dir(&c.hq)
+        .arg(&req2)
+        .args(&["-o", s(&out)])
+        .arg("--yes")
+        .fails("wrong passphrase");
     assert_eq!(snapshot(&c.hq), before);
     assert!(!out.exists());
 
     let key = c.hq.join("keys/oem-root.key");
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
     let before = snapshot(&c.hq);
-    stamp_fails(
-        &c.pass,
-        &[
-            "hq",
-            "enroll-site",
-            "--dir",
-            s(&c.hq),
-            s(&req2),
-            "-o",
-            s(&out),
-            "--yes",
-        ],
-        "readable by group or others",
-    );
+    stamp(&c.pass)
+        .hq("enroll-site")
+        .dir(&c.hq)
+        .arg(&req2)
+        .args(&["-o", s(&out)])
+        .arg("--yes")
+        .fails("readable by group or others");
     assert_eq!(snapshot(&c.hq), before);
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
 
     // A passphrase file others can read is refused too.
-    let loose = passphrase_file(c.tmp.path(), "loose", "demo passphrase 1");
+    let loose = secret_file(c.tmp.path(), "loose", "demo passphrase 1");
     std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o644)).unwrap();
-    stamp_fails(
-        &loose,
-        &[
-            "hq",
-            "enroll-site",
-            "--dir",
-            s(&c.hq),
-            s(&req2),
-            "-o",
-            s(&out),
-            "--yes",
-        ],
-        "passphrase file",
-    );
+    stamp(&loose)
+        .hq("enroll-site")
+        .dir(&c.hq)
+        .arg(&req2)
+        .args(&["-o", s(&out)])
+        .arg("--yes")
+        .fails("passphrase file");
     // A new key store needs a passphrase of at least 8 characters.
-    let short = passphrase_file(c.tmp.path(), "short", "abc");
-    stamp_fails(
-        &short,
-        &["hq", "init", "--dir", s(&c.tmp.path().join("hq2")), "--org", "X"],
-        "too short",
-    );
+    let short = secret_file(c.tmp.path(), "short", "abc");
+    stamp(&short)
+        .hq("init")
+        .dir(c.tmp.path().join("hq2"))
+        .args(&["--org", "X"])
+        .fails("too short");
     assert!(!c.tmp.path().join("hq2").exists());
 }
 
@@ -325,72 +224,41 @@ fn files_of_the_wrong_kind_are_refused() {
         "this is a stamp.site-request file, expected a stamp.site-credentials file",
     );
     // A missing file.
-    stamp_fails(
-        &c.pass,
-        &[
-            "hq",
-            "enroll-site",
-            "--dir",
-            s(&c.hq),
-            "/nonexistent",
-            "-o",
-            s(&out),
-            "--yes",
-        ],
-        "cannot open /nonexistent",
-    );
+    stamp(&c.pass)
+        .hq("enroll-site")
+        .dir(&c.hq)
+        .arg("/nonexistent")
+        .args(&["-o", s(&out)])
+        .arg("--yes")
+        .fails("cannot open /nonexistent");
     // Not an HQ / site directory.
-    stamp_fails(
-        &c.pass,
-        &[
-            "hq",
-            "enroll-site",
-            "--dir",
-            s(&c.site),
-            s(&c.request),
-            "-o",
-            s(&out),
-            "--yes",
-        ],
-        "is not a stamp HQ directory",
-    );
+    stamp(&c.pass)
+        .hq("enroll-site")
+        .dir(&c.site)
+        .arg(&c.request)
+        .args(&["-o", s(&out)])
+        .arg("--yes")
+        .fails("is not a stamp HQ directory");
     install_fails(&c, &c.hq, &c.credentials, &[], "is not a stamp site directory");
     // Directories that exist are never overwritten.
     let before = snapshot(&c.hq);
-    stamp_fails(
-        &c.pass,
-        &["hq", "init", "--dir", s(&c.hq), "--org", "Other"],
-        "not empty",
-    );
+    stamp(&c.pass)
+        .hq("init")
+        .dir(&c.hq)
+        .args(&["--org", "Other"])
+        .fails("not empty");
     assert_eq!(snapshot(&c.hq), before);
-    stamp_fails(
-        &c.pass,
-        &[
-            "site",
-            "init",
-            "--dir",
-            s(&c.site),
-            "--site-id",
-            "plant-7",
-            "-o",
-            s(&out),
-        ],
-        "not empty",
-    );
+    stamp(&c.pass)
+        .site("init")
+        .dir(&c.site)
+        .args(&["--site-id", "plant-7", "-o", s(&out)])
+        .fails("not empty");
     // A bad site ID is a usage error (exit code 2), caught before anything is created.
-    let out3 = stamp(
-        &c.pass,
-        &[
-            "site",
-            "init",
-            "--dir",
-            s(&c.tmp.path().join("s3")),
-            "--site-id",
-            "Bad ID",
-            "-o",
-            s(&out),
-        ],
-    );
+    let out3 = stamp(&c.pass)
+        .site("init")
+        .dir(c.tmp.path().join("s3"))
+        .args(&["--site-id", "Bad ID", "-o", s(&out)])
+        .output();
     assert_eq!(out3.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out3.stderr).contains("invalid site ID"));
     assert!(!c.tmp.path().join("s3").exists());
@@ -425,10 +293,11 @@ fn tampered_credentials_are_refused() {
     );
     // Another root: a second HQ signs nothing here, its root pinned wrongly.
     let other_hq = c.tmp.path().join("hq-other");
-    let other = stamp_json(
-        &c.pass,
-        &["hq", "init", "--dir", s(&other_hq), "--org", "Acme Sensors"],
-    );
+    let other = stamp(&c.pass)
+        .hq("init")
+        .dir(&other_hq)
+        .args(&["--org", "Acme Sensors"])
+        .json();
     let other_root = std::fs::read_to_string(other["root_cert"].as_str().unwrap()).unwrap();
     edit_json(&c.credentials, &bad, |v| {
         v["oem_root"] = other_root.clone().into()
@@ -472,18 +341,12 @@ fn tampered_credentials_are_refused() {
     );
     // After all that, the genuine credentials install.
     let fp = c.root_fingerprint();
-    stamp_json(
-        &c.pass,
-        &[
-            "site",
-            "install",
-            "--dir",
-            s(&c.site),
-            s(&c.credentials),
-            "--root-fingerprint",
-            &fp,
-        ],
-    );
+    stamp(&c.pass)
+        .site("install")
+        .dir(&c.site)
+        .arg(&c.credentials)
+        .args(&["--root-fingerprint", &fp])
+        .json();
     // ...once.
     install_fails(
         &c,
@@ -498,36 +361,10 @@ fn tampered_credentials_are_refused() {
 fn credentials_for_other_keys_or_sites_are_refused() {
     let c = ceremony(false);
     // Same site ID, different keys (a re-initialised or impostor site).
-    let twin = c.tmp.path().join("twin");
-    stamp_json(
-        &c.pass,
-        &[
-            "site",
-            "init",
-            "--dir",
-            s(&twin),
-            "--site-id",
-            "plant-7",
-            "-o",
-            s(&c.tmp.path().join("t.json")),
-        ],
-    );
+    let (twin, _) = c.init_site("plant-7", "twin");
     install_fails(&c, &twin, &c.credentials, &[], "is not for this site's key");
     // Another site's credentials.
-    let other = c.tmp.path().join("other");
-    stamp_json(
-        &c.pass,
-        &[
-            "site",
-            "init",
-            "--dir",
-            s(&other),
-            "--site-id",
-            "plant-9",
-            "-o",
-            s(&c.tmp.path().join("o.json")),
-        ],
-    );
+    let (other, _) = c.init_site("plant-9", "other");
     install_fails(
         &c,
         &other,
@@ -544,20 +381,14 @@ fn credentials_for_other_keys_or_sites_are_refused() {
 #[test]
 fn json_errors_are_machine_readable() {
     let c = ceremony(false);
-    let out = stamp(
-        &c.pass,
-        &[
-            "--json",
-            "hq",
-            "enroll-site",
-            "--dir",
-            s(&c.hq),
-            s(&c.request),
-            "-o",
-            "/tmp/x",
-            "--yes",
-        ],
-    );
+    let out = stamp(&c.pass)
+        .arg("--json")
+        .hq("enroll-site")
+        .dir(&c.hq)
+        .arg(&c.request)
+        .args(&["-o", "/tmp/x"])
+        .arg("--yes")
+        .output();
     assert_eq!(out.status.code(), Some(1));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(v["error"].as_str().unwrap().contains("already enrolled"));

@@ -1,14 +1,11 @@
 //! A closed standard output (`stamp hq devices | head -1`) ends the real binary quietly: no panic
 //! message, no error report, what the command did before printing is done, and the status is 141
 //! (as a shell reports SIGPIPE; the pipeline's own status is head's, 0).
-#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod common;
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-use common::{passphrase_file, s};
+use crate::common::{s, secret_file};
 
 /// Runs stamp with `--passphrase-file pass` and `args`, its stdout a pipe whose reading end is
 /// already closed, so its first write to stdout fails with `EPIPE`.
@@ -49,7 +46,7 @@ fn assert_quiet_stop(args: &[&str], out: &Output) {
 #[test]
 fn closed_stdout_ends_quietly() {
     let tmp = tempfile::tempdir().unwrap();
-    let pass = passphrase_file(tmp.path(), "pass", "correct horse battery staple");
+    let pass = secret_file(tmp.path(), "pass", "correct horse battery staple");
     let hq = tmp.path().join("hq");
 
     // The command's work is done before its report fails to print.
@@ -80,7 +77,7 @@ fn closed_stdout_ends_quietly() {
 #[test]
 fn head_in_a_shell_pipeline_sees_a_quiet_exit() {
     let tmp = tempfile::tempdir().unwrap();
-    let pass = passphrase_file(tmp.path(), "pass", "correct horse battery staple");
+    let pass = secret_file(tmp.path(), "pass", "correct horse battery staple");
     let hq = tmp.path().join("hq");
     let stamp = assert_cmd::cargo::cargo_bin("stamp");
     let rc = tmp.path().join("rc");

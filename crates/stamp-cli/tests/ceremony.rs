@@ -1,11 +1,8 @@
 //! The enrollment ceremony through the real binary, checked with openssl.
-#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod common;
 
 use std::path::PathBuf;
 
-use common::*;
+use crate::common::*;
 use x509_parser::prelude::*;
 
 fn all_cert_paths(c: &Ceremony) -> Vec<(String, PathBuf)> {
@@ -114,7 +111,7 @@ fn full_ceremony_and_openssl_verifies_every_certificate() {
     ]);
     assert_eq!(key_pub.stdout, cert_pub.stdout);
     // HQ lists the site.
-    let sites = stamp_json(&c.pass, &["hq", "sites", "--dir", s(&c.hq)]);
+    let sites = stamp(&c.pass).hq("sites").dir(&c.hq).json();
     assert_eq!(sites["sites"][0]["site_id"], "plant-7");
 }
 
@@ -231,13 +228,11 @@ fn every_certificate_has_its_profile() {
 fn demo_runs_the_ceremony() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("demo");
-    let out = assert_cmd::Command::cargo_bin("stamp")
-        .unwrap()
-        .args(["demo", "--json", "--dir", s(&dir), "--devices", "20"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = stamp_bare()
+        .arg("demo")
+        .dir(&dir)
+        .args(&["--devices", "20"])
+        .json();
     let root = v["root_cert"].as_str().unwrap();
     let ca = v["site_issuing_ca_cert"].as_str().unwrap();
     let out = openssl(&["verify", "-x509_strict", "-CAfile", root, ca]);

@@ -1,14 +1,11 @@
 //! Entitlements through the real binary: HQ seals, the site verifies and applies; every bad
 //! package is refused with a specific error and leaves the site exactly as it was.
-#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use crate::common::*;
 use aws_lc_rs::rand::SystemRandom;
-use common::*;
 use stamp_core::entitlement::{
     Action, DeviceKeyType, DeviceProfile, Entitlement, Grant, Product, SerialRange, VERSION,
 };
@@ -39,78 +36,25 @@ fn ka_public(site: &Path) -> Vec<u8> {
     cert.public_key().subject_public_key.data.to_vec()
 }
 
-/// A site enrolled and installed beside the ceremony's.
-fn second_site(c: &Ceremony, id: &str) -> PathBuf {
-    let dir = c.tmp.path().join(id);
-    let req = c.tmp.path().join(format!("{id}-req.json"));
-    let creds = c.tmp.path().join(format!("{id}-creds.json"));
-    stamp_json(
-        &c.pass,
-        &["site", "init", "--dir", s(&dir), "--site-id", id, "-o", s(&req)],
-    );
-    stamp_json(
-        &c.pass,
-        &[
-            "hq",
-            "enroll-site",
-            "--dir",
-            s(&c.hq),
-            s(&req),
-            "-o",
-            s(&creds),
-            "--yes",
-        ],
-    );
-    let fp = c.root_fingerprint();
-    stamp_json(
-        &c.pass,
-        &[
-            "site",
-            "install",
-            "--dir",
-            s(&dir),
-            s(&creds),
-            "--root-fingerprint",
-            &fp,
-        ],
-    );
-    dir
-}
-
 fn entitle(c: &Ceremony, site: &str, quota: &str, out: &Path) -> serde_json::Value {
-    stamp_json(
-        &c.pass,
-        &[
-            "hq",
-            "entitle",
-            "--dir",
-            s(&c.hq),
-            "--site",
-            site,
-            "--product",
-            "thermo-2",
-            "--quota",
-            quota,
-            "--rate",
-            "60/minute",
-            "--rate",
-            "20000/day",
-            "--device-data",
-            "cloud_endpoint=mqtts://iot.example:8883",
-            "-o",
-            s(out),
-        ],
-    )
+    stamp(&c.pass)
+        .hq("entitle")
+        .dir(&c.hq)
+        .args(&["--site", site, "--product", "thermo-2", "--quota", quota])
+        .args(&["--rate", "60/minute", "--rate", "20000/day"])
+        .args(&["--device-data", "cloud_endpoint=mqtts://iot.example:8883"])
+        .args(&["-o", s(out)])
+        .json()
 }
 
 fn import(c: &Ceremony, site: &Path, pkg: &Path) -> serde_json::Value {
-    stamp_json(&c.pass, &["site", "import", "--dir", s(site), s(pkg)])
+    stamp(&c.pass).site("import").dir(site).arg(pkg).json()
 }
 
 /// Importing must fail with `needle` and leave the site directory byte-for-byte unchanged.
 fn import_fails(c: &Ceremony, site: &Path, pkg: &Path, needle: &str) {
     let before = snapshot(site);
-    stamp_fails(&c.pass, &["site", "import", "--dir", s(site), s(pkg)], needle);
+    stamp(&c.pass).site("import").dir(site).arg(pkg).fails(needle);
     assert_eq!(
         snapshot(site),
         before,
@@ -192,7 +136,7 @@ fn now() -> i64 {
 #[test]
 fn entitle_import_amend_and_status() {
     let c = ceremony(true);
-    let other = second_site(&c, "plant-9");
+    let other = c.second_site("plant-9");
     let p1 = c.tmp.path().join("p1.cose");
     let r1 = entitle(&c, "plant-7", "1000", &p1);
     assert_eq!(r1["sequence"], 1);
@@ -207,7 +151,7 @@ fn entitle_import_amend_and_status() {
     let applied = import(&c, &c.site, &p1);
     assert_eq!(applied["action"], "grant");
     import(&c, &other, &q1);
-    let st = stamp_json(&c.pass, &["site", "status", "--dir", s(&c.site)]);
+    let st = stamp(&c.pass).site("status").dir(&c.site).json();
     let e = &st["entitlements"][0];
     assert_eq!(e["entitlement_id"], "plant-7.1");
     assert_eq!(e["status"], "active");
@@ -221,62 +165,37 @@ fn entitle_import_amend_and_status() {
 
     // Top up, then shorten the window, then suspend: each a new package, applied in order.
     let p2 = c.tmp.path().join("p2.cose");
-    let r2 = stamp_json(
-        &c.pass,
-        &[
-            "hq",
-            "amend",
-            "--dir",
-            s(&c.hq),
-            "--entitlement",
-            "plant-7.1",
-            "--add-quota",
-            "500",
-            "-o",
-            s(&p2),
-        ],
-    );
+    let r2 = stamp(&c.pass)
+        .hq("amend")
+        .dir(&c.hq)
+        .args(&["--entitlement", "plant-7.1", "--add-quota", "500"])
+        .args(&["-o", s(&p2)])
+        .json();
     assert_eq!(r2["entitlement"]["quota"], 1500);
     assert_eq!(
         r2["entitlement"]["serial_ranges"][1]["first"], 1051,
         "after plant-9's range"
     );
     let p3 = c.tmp.path().join("p3.cose");
-    stamp_json(
-        &c.pass,
-        &[
-            "hq",
-            "amend",
-            "--dir",
-            s(&c.hq),
-            "--entitlement",
-            "plant-7.1",
-            "--not-after",
-            "2030-01-01",
-            "-o",
-            s(&p3),
-        ],
-    );
+    stamp(&c.pass)
+        .hq("amend")
+        .dir(&c.hq)
+        .args(&["--entitlement", "plant-7.1", "--not-after", "2030-01-01"])
+        .args(&["-o", s(&p3)])
+        .json();
     let p4 = c.tmp.path().join("p4.cose");
-    stamp_json(
-        &c.pass,
-        &[
-            "hq",
-            "amend",
-            "--dir",
-            s(&c.hq),
-            "--entitlement",
-            "plant-7.1",
-            "--suspend",
-            "-o",
-            s(&p4),
-        ],
-    );
+    stamp(&c.pass)
+        .hq("amend")
+        .dir(&c.hq)
+        .args(&["--entitlement", "plant-7.1"])
+        .arg("--suspend")
+        .args(&["-o", s(&p4)])
+        .json();
     // Out of order: sequence 3 before 2 is fine only in order; applying 3 then 2 refuses 2.
     import(&c, &c.site, &p2);
     import(&c, &c.site, &p3);
     import(&c, &c.site, &p4);
-    let st = stamp_json(&c.pass, &["site", "status", "--dir", s(&c.site)]);
+    let st = stamp(&c.pass).site("status").dir(&c.site).json();
     let e = &st["entitlements"][0];
     assert_eq!(e["status"], "suspended");
     assert_eq!(e["quota"], 1500);
@@ -285,42 +204,27 @@ fn entitle_import_amend_and_status() {
 
     // Revoked is final, at HQ too.
     let p5 = c.tmp.path().join("p5.cose");
-    stamp_json(
-        &c.pass,
-        &[
-            "hq",
-            "amend",
-            "--dir",
-            s(&c.hq),
-            "--entitlement",
-            "plant-7.1",
-            "--revoke",
-            "-o",
-            s(&p5),
-        ],
-    );
+    stamp(&c.pass)
+        .hq("amend")
+        .dir(&c.hq)
+        .args(&["--entitlement", "plant-7.1"])
+        .arg("--revoke")
+        .args(&["-o", s(&p5)])
+        .json();
     import(&c, &c.site, &p5);
     let hq_before = snapshot(&c.hq);
     let p6 = c.tmp.path().join("p6.cose");
-    stamp_fails(
-        &c.pass,
-        &[
-            "hq",
-            "amend",
-            "--dir",
-            s(&c.hq),
-            "--entitlement",
-            "plant-7.1",
-            "--resume",
-            "-o",
-            s(&p6),
-        ],
-        "is revoked",
-    );
+    stamp(&c.pass)
+        .hq("amend")
+        .dir(&c.hq)
+        .args(&["--entitlement", "plant-7.1"])
+        .arg("--resume")
+        .args(&["-o", s(&p6)])
+        .fails("is revoked");
     assert_eq!(snapshot(&c.hq), hq_before);
     assert!(!p6.exists());
 
-    let list = stamp_json(&c.pass, &["hq", "entitlements", "--dir", s(&c.hq)]);
+    let list = stamp(&c.pass).hq("entitlements").dir(&c.hq).json();
     assert_eq!(list["entitlements"].as_array().unwrap().len(), 2);
     assert_eq!(list["entitlements"][0]["status"], "revoked");
 }
@@ -343,7 +247,7 @@ fn hq_refuses_bad_entitlement_requests_without_changing_anything() {
     let run = |extra: &[&str], needle: &str| {
         let mut args = base.to_vec();
         args.extend_from_slice(extra);
-        stamp_fails(&c.pass, &args, needle);
+        stamp(&c.pass).args(&args).fails(needle);
         assert_eq!(snapshot(&c.hq), before);
         assert!(!out.exists());
     };
@@ -369,35 +273,18 @@ fn hq_refuses_bad_entitlement_requests_without_changing_anything() {
         ],
         "expired",
     );
-    stamp_fails(
-        &c.pass,
-        &[
-            "hq",
-            "amend",
-            "--dir",
-            s(&c.hq),
-            "--entitlement",
-            "nope.1",
-            "--suspend",
-            "-o",
-            s(&out),
-        ],
-        "no entitlement nope.1",
-    );
-    stamp_fails(
-        &c.pass,
-        &[
-            "hq",
-            "amend",
-            "--dir",
-            s(&c.hq),
-            "--entitlement",
-            "nope.1",
-            "-o",
-            s(&out),
-        ],
-        "nothing to change",
-    );
+    stamp(&c.pass)
+        .hq("amend")
+        .dir(&c.hq)
+        .args(&["--entitlement", "nope.1"])
+        .arg("--suspend")
+        .args(&["-o", s(&out)])
+        .fails("no entitlement nope.1");
+    stamp(&c.pass)
+        .hq("amend")
+        .dir(&c.hq)
+        .args(&["--entitlement", "nope.1", "-o", s(&out)])
+        .fails("nothing to change");
     assert_eq!(snapshot(&c.hq), before);
 }
 
@@ -466,12 +353,15 @@ fn pycose_verifies_and_decrypts_a_real_package() {
 #[test]
 fn bad_packages_are_refused_and_change_nothing() {
     let c = ceremony(true);
-    let other = second_site(&c, "plant-9");
+    let other = c.second_site("plant-9");
     let p1 = c.tmp.path().join("p1.cose");
     let p2 = c.tmp.path().join("p2.cose");
     entitle(&c, "plant-7", "100", &p1);
     entitle(&c, "plant-7", "100", &p2);
     let bytes = std::fs::read(&p2).unwrap();
+    // Importing `bytes` as `name` must fail with `needle` and change nothing at the site.
+    let refuse =
+        |name: &str, bytes: &[u8], needle: &str| import_fails(&c, &c.site, &write(&c, name, bytes), needle);
 
     // A flipped bit anywhere: header, ciphertext, tag, signature.
     let n = bytes.len();
@@ -496,30 +386,20 @@ fn bad_packages_are_refused_and_change_nothing() {
         import_fails(&c, &c.site, &f, "refused");
     }
     // Truncated, trailing bytes, oversized, empty, a file of another kind.
-    import_fails(
-        &c,
-        &c.site,
-        &write(&c, "t.cose", &bytes[..n - 1]),
-        "entitlement package refused",
-    );
+    refuse("t.cose", &bytes[..n - 1], "entitlement package refused");
     let mut t = bytes.clone();
     t.push(0);
-    import_fails(&c, &c.site, &write(&c, "t.cose", &t), "bytes follow the envelope");
+    refuse("t.cose", &t, "bytes follow the envelope");
     let big = vec![0u8; stamp_site::entitlements::MAX_PACKAGE + 1];
-    import_fails(&c, &c.site, &write(&c, "big.cose", &big), "larger than");
-    import_fails(
-        &c,
-        &c.site,
-        &write(&c, "e.cose", b""),
-        "entitlement package refused",
-    );
+    refuse("big.cose", &big, "larger than");
+    refuse("e.cose", b"", "entitlement package refused");
     import_fails(&c, &c.site, &c.credentials, "entitlement package refused");
 
     // An algorithm changed in the signed header (ES256 -> -6): refused, no downgrade.
     let pos = bytes.windows(3).position(|w| w == [0x01, 0x26, 0x03]).unwrap();
     let mut m = bytes.clone();
     m[pos + 1] = 0x25;
-    import_fails(&c, &c.site, &write(&c, "alg.cose", &m), "unsupported");
+    refuse("alg.cose", &m, "unsupported");
 
     // Encrypted but unsigned: the inner COSE_Encrypt alone.
     let outer: ciborium::Value = ciborium::from_reader(bytes.as_slice()).unwrap();
@@ -532,12 +412,7 @@ fn bad_packages_are_refused_and_change_nothing() {
     let ciborium::Value::Bytes(inner) = &items[2] else {
         panic!()
     };
-    import_fails(
-        &c,
-        &c.site,
-        &write(&c, "unsigned.cose", inner),
-        "entitlement package refused",
-    );
+    refuse("unsigned.cose", inner, "entitlement package refused");
 
     // Spliced: package 1's signature and headers around package 2's content.
     let o1: ciborium::Value = ciborium::from_reader(std::fs::read(&p1).unwrap().as_slice()).unwrap();
@@ -554,12 +429,7 @@ fn bad_packages_are_refused_and_change_nothing() {
         &mut spliced,
     )
     .unwrap();
-    import_fails(
-        &c,
-        &c.site,
-        &write(&c, "spliced.cose", &spliced),
-        "signature does not verify",
-    );
+    refuse("spliced.cose", &spliced, "signature does not verify");
 
     // Addressed to another site.
     let q = c.tmp.path().join("q.cose");
@@ -569,6 +439,17 @@ fn bad_packages_are_refused_and_change_nothing() {
     // Sealed to another site's key, but labelled for this one.
     let hq_key = signer(&c.hq, &c.pass, "hq-authority-signing");
     let hq_cert = pem_der(&c.hq.join("certs/hq-authority-signing.pem"));
+    // A payload sealed as HQ seals it for plant-7: HQ's key and certificate, plant-7's key.
+    let hq_sealed = |payload: &[u8]| {
+        seal(
+            payload,
+            hq_key.as_ref(),
+            vec![hq_cert.clone()],
+            "plant-7",
+            &ka_public(&c.site),
+            "plant-7",
+        )
+    };
     let g = grant("plant-7", 7, now() + 86_400).to_cbor();
     let wrong_key = seal(
         &g,
@@ -578,12 +459,7 @@ fn bad_packages_are_refused_and_change_nothing() {
         &ka_public(&other),
         "plant-7",
     );
-    import_fails(
-        &c,
-        &c.site,
-        &write(&c, "wk.cose", &wrong_key),
-        "not addressed to this recipient",
-    );
+    refuse("wk.cose", &wrong_key, "not addressed to this recipient");
     // Sealed for another recipient ID with this site's key.
     let wrong_id = seal(
         &g,
@@ -593,12 +469,7 @@ fn bad_packages_are_refused_and_change_nothing() {
         &ka_public(&c.site),
         "plant-9",
     );
-    import_fails(
-        &c,
-        &c.site,
-        &write(&c, "wid.cose", &wrong_id),
-        "not addressed to this recipient",
-    );
+    refuse("wid.cose", &wrong_id, "not addressed to this recipient");
 
     // Signed by the site's own identity key: right root, wrong role.
     let site_key = signer(&c.site, &c.pass, "site-identity-signing");
@@ -611,18 +482,18 @@ fn bad_packages_are_refused_and_change_nothing() {
         &ka_public(&c.site),
         "plant-7",
     );
-    import_fails(
-        &c,
-        &c.site,
-        &write(&c, "forged.cose", &forged),
+    refuse(
+        "forged.cose",
+        &forged,
         "does not match the hq-authority-signing profile",
     );
     // Signed by another OEM's HQ authority: does not chain to this site's root.
     let rogue = c.tmp.path().join("rogue-hq");
-    stamp_json(
-        &c.pass,
-        &["hq", "init", "--dir", s(&rogue), "--org", "Acme Sensors"],
-    );
+    stamp(&c.pass)
+        .hq("init")
+        .dir(&rogue)
+        .args(&["--org", "Acme Sensors"])
+        .json();
     let rogue_key = signer(&rogue, &c.pass, "hq-authority-signing");
     let rogue_cert = pem_der(&rogue.join("certs/hq-authority-signing.pem"));
     let rogue_pkg = seal(
@@ -633,75 +504,26 @@ fn bad_packages_are_refused_and_change_nothing() {
         &ka_public(&c.site),
         "plant-7",
     );
-    import_fails(
-        &c,
-        &c.site,
-        &write(&c, "rogue.cose", &rogue_pkg),
-        "does not chain to the OEM root",
-    );
+    refuse("rogue.cose", &rogue_pkg, "does not chain to the OEM root");
 
     // Genuine HQ signature, bad payloads: expired, unknown version, another site inside.
     let expired = grant("plant-7", 8, now() - 10).to_cbor();
-    let sealed = seal(
-        &expired,
-        hq_key.as_ref(),
-        vec![hq_cert.clone()],
-        "plant-7",
-        &ka_public(&c.site),
-        "plant-7",
-    );
+    let sealed = hq_sealed(&expired);
     // (sequence 8 while nothing is applied: a gap, refused before its window is looked at)
-    import_fails(
-        &c,
-        &c.site,
-        &write(&c, "exp.cose", &sealed),
+    refuse(
+        "exp.cose",
+        &sealed,
         "packages 1 to 7 are missing: import them first, in order",
     );
     let mut v2 = grant("plant-7", 9, now() + 86_400);
     v2.version = 2;
-    let sealed = seal(
-        &v2.to_cbor(),
-        hq_key.as_ref(),
-        vec![hq_cert.clone()],
-        "plant-7",
-        &ka_public(&c.site),
-        "plant-7",
-    );
-    import_fails(
-        &c,
-        &c.site,
-        &write(&c, "v2.cose", &sealed),
-        "unsupported entitlement version 2",
-    );
+    let sealed = hq_sealed(&v2.to_cbor());
+    refuse("v2.cose", &sealed, "unsupported entitlement version 2");
     let inner_other = grant("plant-9", 10, now() + 86_400).to_cbor();
-    let sealed = seal(
-        &inner_other,
-        hq_key.as_ref(),
-        vec![hq_cert.clone()],
-        "plant-7",
-        &ka_public(&c.site),
-        "plant-7",
-    );
-    import_fails(
-        &c,
-        &c.site,
-        &write(&c, "io.cose", &sealed),
-        "entitlement is for site plant-9",
-    );
-    let sealed = seal(
-        b"not cbor",
-        hq_key.as_ref(),
-        vec![hq_cert.clone()],
-        "plant-7",
-        &ka_public(&c.site),
-        "plant-7",
-    );
-    import_fails(
-        &c,
-        &c.site,
-        &write(&c, "junk.cose", &sealed),
-        "malformed entitlement payload",
-    );
+    let sealed = hq_sealed(&inner_other);
+    refuse("io.cose", &sealed, "entitlement is for site plant-9");
+    let sealed = hq_sealed(b"not cbor");
+    refuse("junk.cose", &sealed, "malformed entitlement payload");
 
     // Sequence: 2 before 1 is a gap; 1 then 2 apply; then 1 (older) and 2 again (replay) are refused.
     import_fails(&c, &c.site, &p2, "package 1 is missing: import it first");
@@ -709,21 +531,14 @@ fn bad_packages_are_refused_and_change_nothing() {
     import(&c, &c.site, &p2);
     import_fails(&c, &c.site, &p1, "sequence 1 is not above the last applied (2)");
     import_fails(&c, &c.site, &p2, "sequence 2 is not above the last applied (2)");
-    let st = stamp_json(&c.pass, &["site", "status", "--dir", s(&c.site)]);
+    let st = stamp(&c.pass).site("status").dir(&c.site).json();
     assert_eq!(st["entitlements"].as_array().unwrap().len(), 2);
     assert_eq!(st["entitlements"][1]["entitlement_id"], "plant-7.2");
 
     // A genuine grant whose window is already over, in its turn (3): applied, so that it leaves
     // no gap, and it admits nothing.
     let expired = grant("plant-7", 3, now() - 10).to_cbor();
-    let sealed = seal(
-        &expired,
-        hq_key.as_ref(),
-        vec![hq_cert.clone()],
-        "plant-7",
-        &ka_public(&c.site),
-        "plant-7",
-    );
+    let sealed = hq_sealed(&expired);
     let r = import(&c, &c.site, &write(&c, "exp3.cose", &sealed));
     assert_eq!(r["sequence"], 3);
     assert_eq!(r["entitlement"]["in_window"], false);
@@ -739,43 +554,29 @@ fn a_site_cannot_skip_a_suspension_and_apply_the_next_package() {
     let p1 = c.tmp.path().join("p1.cose");
     entitle(&c, "plant-7", "100", &p1);
     let p2 = c.tmp.path().join("p2.cose");
-    stamp_json(
-        &c.pass,
-        &[
-            "hq",
-            "amend",
-            "--dir",
-            s(&c.hq),
-            "--entitlement",
-            "plant-7.1",
-            "--suspend",
-            "-o",
-            s(&p2),
-        ],
-    );
+    stamp(&c.pass)
+        .hq("amend")
+        .dir(&c.hq)
+        .args(&["--entitlement", "plant-7.1"])
+        .arg("--suspend")
+        .args(&["-o", s(&p2)])
+        .json();
     let p3 = c.tmp.path().join("p3.cose");
     entitle(&c, "plant-7", "50", &p3);
     let p4 = c.tmp.path().join("p4.cose");
-    stamp_json(
-        &c.pass,
-        &[
-            "hq",
-            "amend",
-            "--dir",
-            s(&c.hq),
-            "--entitlement",
-            "plant-7.1",
-            "--revoke",
-            "-o",
-            s(&p4),
-        ],
-    );
+    stamp(&c.pass)
+        .hq("amend")
+        .dir(&c.hq)
+        .args(&["--entitlement", "plant-7.1"])
+        .arg("--revoke")
+        .args(&["-o", s(&p4)])
+        .json();
     import(&c, &c.site, &p1);
     // Skipping the suspension, and skipping both it and the next grant to reach a revocation's
     // successor: each refused with the missing sequences named.
     import_fails(&c, &c.site, &p3, "package 2 is missing: import it first");
     import_fails(&c, &c.site, &p4, "packages 2 to 3 are missing");
-    let st = stamp_json(&c.pass, &["site", "status", "--dir", s(&c.site)]);
+    let st = stamp(&c.pass).site("status").dir(&c.site).json();
     assert_eq!(st["last_sequence"], 1);
     assert_eq!(st["entitlements"].as_array().unwrap().len(), 1);
 
@@ -784,7 +585,7 @@ fn a_site_cannot_skip_a_suspension_and_apply_the_next_package() {
     let r = import(&c, &c.site, &p3);
     assert_eq!(r["entitlement"]["entitlement_id"], "plant-7.3");
     import(&c, &c.site, &p4);
-    let st = stamp_json(&c.pass, &["site", "status", "--dir", s(&c.site)]);
+    let st = stamp(&c.pass).site("status").dir(&c.site).json();
     assert_eq!(st["last_sequence"], 4);
     assert_eq!(st["entitlements"][0]["status"], "revoked");
     assert_eq!(st["entitlements"][1]["status"], "active");
@@ -799,20 +600,13 @@ fn hq_re_exports_a_sealed_package_byte_identical() {
     let p1 = c.tmp.path().join("p1.cose");
     entitle(&c, "plant-7", "10", &p1);
     let p2 = c.tmp.path().join("p2.cose");
-    stamp_json(
-        &c.pass,
-        &[
-            "hq",
-            "amend",
-            "--dir",
-            s(&c.hq),
-            "--entitlement",
-            "plant-7.1",
-            "--suspend",
-            "-o",
-            s(&p2),
-        ],
-    );
+    stamp(&c.pass)
+        .hq("amend")
+        .dir(&c.hq)
+        .args(&["--entitlement", "plant-7.1"])
+        .arg("--suspend")
+        .args(&["-o", s(&p2)])
+        .json();
     let p3 = c.tmp.path().join("p3.cose");
     entitle(&c, "plant-7", "10", &p3);
     let original = std::fs::read(&p2).unwrap();
@@ -821,21 +615,11 @@ fn hq_re_exports_a_sealed_package_byte_identical() {
     import_fails(&c, &c.site, &p3, "package 2 is missing: import it first");
 
     let again = c.tmp.path().join("again.cose");
-    let r = stamp_json(
-        &c.pass,
-        &[
-            "hq",
-            "export-package",
-            "--dir",
-            s(&c.hq),
-            "--site",
-            "plant-7",
-            "--sequence",
-            "2",
-            "-o",
-            s(&again),
-        ],
-    );
+    let r = stamp(&c.pass)
+        .hq("export-package")
+        .dir(&c.hq)
+        .args(&["--site", "plant-7", "--sequence", "2", "-o", s(&again)])
+        .json();
     assert_eq!(r["sequence"], 2);
     assert_eq!(r["entitlement_id"], "plant-7.1");
     assert_eq!(r["action"], "amend");
@@ -856,15 +640,13 @@ fn hq_re_exports_a_sealed_package_byte_identical() {
         "-o",
         s(&again),
     ];
-    stamp_fails(
-        &c.pass,
-        &by_id,
-        "already exists; choose another file or give --force",
-    );
+    stamp(&c.pass)
+        .args(&by_id)
+        .fails("already exists; choose another file or give --force");
     std::fs::write(&again, b"something else").unwrap();
     let mut forced = by_id.to_vec();
     forced.push("--force");
-    stamp_json(&c.pass, &forced);
+    stamp(&c.pass).args(&forced).json();
     assert_eq!(std::fs::read(&again).unwrap(), original);
     // Unknown sequence, another grant's package, an unknown site, no selector.
     let x = c.tmp.path().join("x.cose");
@@ -896,12 +678,12 @@ fn hq_re_exports_a_sealed_package_byte_identical() {
     ] {
         let args = base(sel);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        stamp_fails(&c.pass, &args, needle);
+        stamp(&c.pass).args(&args).fails(needle);
         assert!(!x.exists(), "{sel:?}");
     }
     let args = base(&["--sequence", "1"]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let out = stamp(&c.pass, &args);
+    let out = stamp(&c.pass).args(&args).output();
     assert_eq!(out.status.code(), Some(2), "no selector: a usage error");
     assert!(String::from_utf8_lossy(&out.stderr).contains("--site"));
     assert!(!x.exists());
@@ -915,6 +697,6 @@ fn hq_re_exports_a_sealed_package_byte_identical() {
         &again,
         "sequence 2 is not above the last applied (3)",
     );
-    let st = stamp_json(&c.pass, &["site", "status", "--dir", s(&c.site)]);
+    let st = stamp(&c.pass).site("status").dir(&c.site).json();
     assert_eq!(st["entitlements"][0]["status"], "suspended");
 }

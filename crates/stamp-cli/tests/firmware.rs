@@ -1,14 +1,11 @@
 //! Code signing through the real binary, cross-checked with the vendors' own tools: MCUboot's
 //! `imgtool` and Espressif's `espsecure` (installed from PyPI by `scripts/test`, which installs
 //! tests/requirements.txt). A missing tool fails the test, never skips it.
-#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::*;
+use crate::common::*;
 
 /// Runs `python3 -m MODULE ARGS`; panics with how to install the tool when it is missing.
 fn py_tool(module: &str, args: &[&str]) -> Output {
@@ -80,7 +77,7 @@ fn stamp_accepts(pass: &Path, format: &str, key: &Path, image: &Path, min: Optio
         args.extend(["--min-version", m]);
     }
     args.push(s(image));
-    let out = stamp(pass, &args);
+    let out = stamp(pass).args(&args).output();
     if !out.status.success() {
         assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     }
@@ -104,9 +101,13 @@ struct Hq {
 impl Hq {
     fn new() -> Self {
         let tmp = tempfile::tempdir().unwrap();
-        let pass = passphrase_file(tmp.path(), "pass", "firmware test passphrase");
+        let pass = secret_file(tmp.path(), "pass", "firmware test passphrase");
         let dir = tmp.path().join("hq");
-        stamp_json(&pass, &["hq", "init", "--dir", s(&dir), "--org", "Acme Sensors"]);
+        stamp(&pass)
+            .hq("init")
+            .dir(&dir)
+            .args(&["--org", "Acme Sensors"])
+            .json();
         Hq { tmp, pass, dir }
     }
 
@@ -121,19 +122,11 @@ impl Hq {
     }
 
     fn add_key(&self, name: &str, alg: &str) -> serde_json::Value {
-        stamp_json(
-            &self.pass,
-            &[
-                "hq",
-                "add-firmware-key",
-                "--dir",
-                s(&self.dir),
-                "--name",
-                name,
-                "--algorithm",
-                alg,
-            ],
-        )
+        stamp(&self.pass)
+            .hq("add-firmware-key")
+            .dir(&self.dir)
+            .args(&["--name", name, "--algorithm", alg])
+            .json()
     }
 
     fn sign(
@@ -145,23 +138,13 @@ impl Hq {
         out: &Path,
         extra: &[&str],
     ) -> serde_json::Value {
-        let mut args = vec![
-            "hq",
-            "sign-firmware",
-            "--dir",
-            s(&self.dir),
-            "--key",
-            key,
-            "--format",
-            format,
-            "--version",
-            version,
-            s(input),
-            "-o",
-            s(out),
-        ];
-        args.extend_from_slice(extra);
-        stamp_json(&self.pass, &args)
+        stamp(&self.pass)
+            .hq("sign-firmware")
+            .dir(&self.dir)
+            .args(&["--key", key, "--format", format, "--version", version])
+            .args(&[s(input), "-o", s(out)])
+            .args(extra)
+            .json()
     }
 
     /// The key's private key, decrypted by openssl (for the vendor tools' own signing).
@@ -221,18 +204,10 @@ fn mcuboot_images_pass_imgtool_and_stamp_and_tampering_fails_both() {
         assert_eq!(r["sha256"].as_str().unwrap(), sha256_hex(&bytes));
         assert!(imgtool_accepts(&pk, &out), "{alg}: imgtool refused stamp's image");
         assert!(stamp_accepts(&hq.pass, "mcuboot", &pk, &out, Some("1.4.2")));
-        let v = stamp_json(
-            &hq.pass,
-            &[
-                "device",
-                "verify-firmware",
-                "--format",
-                "mcuboot",
-                "--key",
-                s(&pk),
-                s(&out),
-            ],
-        );
+        let v = stamp(&hq.pass)
+            .device("verify-firmware")
+            .args(&["--format", "mcuboot", "--key", s(&pk), s(&out)])
+            .json();
         assert_eq!(v["image"]["version"], "1.4.2+77");
         assert_eq!(v["image"]["image_hash"], r["image_digest"]);
 
@@ -334,18 +309,10 @@ fn stamp_and_imgtool_build_the_same_images() {
     ]);
     assert!(o.status.success(), "{}", text(&o));
     assert_eq!(std::fs::read(&mine).unwrap(), std::fs::read(&theirs).unwrap());
-    let v = stamp_json(
-        &hq.pass,
-        &[
-            "device",
-            "verify-firmware",
-            "--format",
-            "mcuboot",
-            "--key",
-            s(&pubkey(&key)),
-            s(&mine),
-        ],
-    );
+    let v = stamp(&hq.pass)
+        .device("verify-firmware")
+        .args(&["--format", "mcuboot", "--key", s(&pubkey(&key)), s(&mine)])
+        .json();
     assert_eq!(v["image"]["security_counter"], 42);
     assert_eq!(v["image"]["load_addr"], 0x2000_0000);
 
@@ -401,19 +368,11 @@ fn esp32_images_pass_espsecure_and_stamp_and_tampering_fails_both() {
         let pk = pubkey(key);
         // The eFuse digest: stamp's file, stamp's JSON and espsecure agree.
         let digest_file = hq.path(&format!("{name}.digest"));
-        let d = stamp_json(
-            &hq.pass,
-            &[
-                "hq",
-                "firmware-key-digest",
-                "--dir",
-                s(&hq.dir),
-                "--key",
-                name,
-                "-o",
-                s(&digest_file),
-            ],
-        );
+        let d = stamp(&hq.pass)
+            .hq("firmware-key-digest")
+            .dir(&hq.dir)
+            .args(&["--key", name, "-o", s(&digest_file)])
+            .json();
         let theirs = hq.path(&format!("{name}.espsecure.digest"));
         let o = espsecure(&["digest-sbv2-public-key", "--keyfile", s(&pk), "-o", s(&theirs)]);
         assert!(o.status.success(), "{}", text(&o));
@@ -506,42 +465,22 @@ fn esp32_images_pass_espsecure_and_stamp_and_tampering_fails_both() {
     ]);
     assert!(o.status.success(), "{}", text(&o));
     for (i, key) in keys.iter().enumerate() {
-        let v = stamp_json(
-            &hq.pass,
-            &[
-                "device",
-                "verify-firmware",
-                "--format",
-                "esp32-sbv2",
-                "--key",
-                s(&pubkey(key)),
-                s(&multi),
-            ],
-        );
+        let v = stamp(&hq.pass)
+            .device("verify-firmware")
+            .args(&["--format", "esp32-sbv2"])
+            .args(&["--key", s(&pubkey(key)), s(&multi)])
+            .json();
         assert_eq!(v["image"]["block"], i);
     }
     // Ed25519 has no ESP32 signature block.
     let ed = hq.add_key("ed", "ed25519");
     assert!(ed["esp32_sbv2_key_digest"].is_null());
-    stamp_fails(
-        &hq.pass,
-        &[
-            "hq",
-            "sign-firmware",
-            "--dir",
-            s(&hq.dir),
-            "--key",
-            "ed",
-            "--format",
-            "esp32-sbv2",
-            "--version",
-            "1",
-            s(&app),
-            "-o",
-            s(&hq.path("x.bin")),
-        ],
-        "cannot sign esp32-sbv2",
-    );
+    stamp(&hq.pass)
+        .hq("sign-firmware")
+        .dir(&hq.dir)
+        .args(&["--key", "ed", "--format", "esp32-sbv2"])
+        .args(&["--version", "1", s(&app), "-o", s(&hq.path("x.bin"))])
+        .fails("cannot sign esp32-sbv2");
     assert!(!hq.path("x.bin").exists());
 }
 
@@ -566,76 +505,33 @@ fn releases_are_recorded_listed_and_never_reissued() {
     let b = hq.sign("app", "esp32-sbv2", "1.0.0", &app, &hq.path("b.bin"), &[]);
     hq.sign("app", "mcuboot", "1.0.1", &app, &hq.path("c.bin"), &[]);
     let before = snapshot(&hq.dir);
-    stamp_fails(
-        &hq.pass,
-        &[
-            "hq",
-            "sign-firmware",
-            "--dir",
-            s(&hq.dir),
-            "--key",
-            "app",
-            "--format",
-            "mcuboot",
-            "--version",
-            "1.0.0",
-            s(&app),
-            "-o",
-            s(&hq.path("again.bin")),
-        ],
-        "already released",
-    );
-    stamp_fails(
-        &hq.pass,
-        &[
-            "hq",
-            "sign-firmware",
-            "--dir",
-            s(&hq.dir),
-            "--key",
-            "nope",
-            "--format",
-            "mcuboot",
-            "--version",
-            "9",
-            s(&app),
-            "-o",
-            s(&hq.path("again.bin")),
-        ],
-        "no firmware key",
-    );
-    stamp_fails(
-        &hq.pass,
-        &[
-            "hq",
-            "add-firmware-key",
-            "--dir",
-            s(&hq.dir),
-            "--name",
-            "app",
-            "--algorithm",
-            "ed25519",
-        ],
-        "already exists",
-    );
-    stamp_fails(
-        &hq.pass,
-        &[
-            "hq",
-            "add-firmware-key",
-            "--dir",
-            s(&hq.dir),
-            "--name",
-            "../x",
-            "--algorithm",
-            "ed25519",
-        ],
-        "invalid firmware key name",
-    );
+    stamp(&hq.pass)
+        .hq("sign-firmware")
+        .dir(&hq.dir)
+        .args(&["--key", "app", "--format", "mcuboot"])
+        .args(&["--version", "1.0.0", s(&app)])
+        .args(&["-o", s(&hq.path("again.bin"))])
+        .fails("already released");
+    stamp(&hq.pass)
+        .hq("sign-firmware")
+        .dir(&hq.dir)
+        .args(&["--key", "nope", "--format", "mcuboot"])
+        .args(&["--version", "9", s(&app), "-o", s(&hq.path("again.bin"))])
+        .fails("no firmware key");
+    stamp(&hq.pass)
+        .hq("add-firmware-key")
+        .dir(&hq.dir)
+        .args(&["--name", "app", "--algorithm", "ed25519"])
+        .fails("already exists");
+    stamp(&hq.pass)
+        .hq("add-firmware-key")
+        .dir(&hq.dir)
+        .args(&["--name", "../x", "--algorithm", "ed25519"])
+        .fails("invalid firmware key name");
     assert_eq!(snapshot(&hq.dir), before, "a refused command changed HQ");
     assert!(!hq.path("again.bin").exists());
 
-    let list = stamp_json(&hq.pass, &["hq", "firmware", "--dir", s(&hq.dir)]);
+    let list = stamp(&hq.pass).hq("firmware").dir(&hq.dir).json();
     let keys = list["keys"].as_array().unwrap();
     assert_eq!(keys.len(), 1);
     assert_eq!(keys[0]["algorithm"], "ecdsa-p256");
@@ -653,7 +549,7 @@ fn releases_are_recorded_listed_and_never_reissued() {
     assert_eq!(rel[1]["image_digest"], b["image_digest"]);
     assert_eq!(rel[2]["version"], "1.0.1+0");
     // Text output too.
-    let out = stamp(&hq.pass, &["hq", "firmware", "--dir", s(&hq.dir)]);
+    let out = stamp(&hq.pass).hq("firmware").dir(&hq.dir).output();
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("release 1.0.1+0\tmcuboot\tkey app"));
 }
@@ -669,7 +565,7 @@ fn bad_inputs_are_refused_with_clear_errors() {
     let v = |args: &[&str], needle: &str| {
         let mut all = vec!["device", "verify-firmware"];
         all.extend_from_slice(args);
-        stamp_fails(&hq.pass, &all, needle);
+        stamp(&hq.pass).args(&all).fails(needle);
     };
     v(
         &["--format", "mcuboot", "--key", s(&app), s(&signed)],
@@ -702,7 +598,7 @@ fn bad_inputs_are_refused_with_clear_errors() {
     let sf = |args: &[&str], needle: &str| {
         let mut all = vec!["hq", "sign-firmware", "--dir", s(&hq.dir), "--key", "k"];
         all.extend_from_slice(args);
-        stamp_fails(&hq.pass, &all, needle);
+        stamp(&hq.pass).args(&all).fails(needle);
     };
     let out = hq.path("o.bin");
     sf(
@@ -743,23 +639,11 @@ fn bad_inputs_are_refused_with_clear_errors() {
     );
     assert!(!out.exists());
     // A usage error (a version that does not parse) exits 2.
-    let o = stamp(
-        &hq.pass,
-        &[
-            "hq",
-            "sign-firmware",
-            "--dir",
-            s(&hq.dir),
-            "--key",
-            "k",
-            "--format",
-            "mcuboot",
-            "--version",
-            "1.2.3.4",
-            s(&app),
-            "-o",
-            s(&out),
-        ],
-    );
+    let o = stamp(&hq.pass)
+        .hq("sign-firmware")
+        .dir(&hq.dir)
+        .args(&["--key", "k", "--format", "mcuboot"])
+        .args(&["--version", "1.2.3.4", s(&app), "-o", s(&out)])
+        .output();
     assert_eq!(o.status.code(), Some(2));
 }

@@ -1,59 +1,19 @@
 //! Device issuance at the site through the real binary: policy, CSR handling, concurrency and a
 //! crash in the middle of issuing.
-#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod common;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use common::*;
-
-/// A CSR for a fresh key of the given rcgen algorithm, with optional requested SANs/extensions.
-fn csr(
-    alg: &'static rcgen::SignatureAlgorithm,
-    tweak: impl FnOnce(&mut rcgen::CertificateParams),
-) -> Vec<u8> {
-    let key = rcgen::KeyPair::generate_for(alg).unwrap();
-    let mut params = rcgen::CertificateParams::new(vec![]).unwrap();
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "device");
-    tweak(&mut params);
-    params.serialize_request(&key).unwrap().der().to_vec()
-}
+use crate::common::*;
 
 fn p256() -> Vec<u8> {
-    csr(&rcgen::PKCS_ECDSA_P256_SHA256, |_| {})
-}
-
-fn write_csrs(dir: &Path, csrs: &[Vec<u8>]) {
-    std::fs::create_dir_all(dir).unwrap();
-    for (i, c) in csrs.iter().enumerate() {
-        std::fs::write(dir.join(format!("dev{i:05}.der")), c).unwrap();
-    }
+    csr_der_with(&rcgen::PKCS_ECDSA_P256_SHA256, |_| {})
 }
 
 /// Ceremony, then an entitlement with `extra` options imported at the site.
 fn entitled(extra: &[&str]) -> Ceremony {
     let c = ceremony(true);
-    let pkg = c.tmp.path().join("e.cose");
-    let mut args = vec![
-        "hq",
-        "entitle",
-        "--dir",
-        s(&c.hq),
-        "--site",
-        "plant-7",
-        "--product",
-        "thermo-2",
-        "-o",
-        s(&pkg),
-    ];
-    args.extend_from_slice(extra);
-    stamp_json(&c.pass, &args);
-    stamp_json(&c.pass, &["site", "import", "--dir", s(&c.site), s(&pkg)]);
+    c.entitle("e", extra);
     c
 }
 
@@ -62,21 +22,13 @@ fn issue(c: &Ceremony, name: &str, csrs: &[Vec<u8>], extra: &[&str]) -> serde_js
     let dir = c.tmp.path().join(format!("{name}-csrs"));
     write_csrs(&dir, csrs);
     let out = c.tmp.path().join(format!("{name}-out"));
-    let mut args = vec![
-        "--json",
-        "site",
-        "issue",
-        "--dir",
-        s(&c.site),
-        "--entitlement",
-        "plant-7.1",
-        "--csr",
-        s(&dir),
-        "-o",
-        s(&out),
-    ];
-    args.extend_from_slice(extra);
-    let o = stamp(&c.pass, &args);
+    let o = stamp(&c.pass)
+        .arg("--json")
+        .site("issue")
+        .dir(&c.site)
+        .args(&["--entitlement", "plant-7.1", "--csr", s(&dir), "-o", s(&out)])
+        .args(extra)
+        .output();
     let v: serde_json::Value = serde_json::from_slice(&o.stdout)
         .unwrap_or_else(|_| panic!("no JSON: {}", String::from_utf8_lossy(&o.stderr)));
     assert_eq!(
@@ -108,10 +60,10 @@ fn issues_within_quota_and_openssl_verifies_every_device() {
     let c = entitled(&["--quota", "6", "--key-types", "p256,ed25519,rsa2048"]);
     let csrs = vec![
         p256(),
-        csr(&rcgen::PKCS_ED25519, |_| {}),
-        csr(&rcgen::PKCS_RSA_SHA256, |_| {}),
+        csr_der_with(&rcgen::PKCS_ED25519, |_| {}),
+        csr_der_with(&rcgen::PKCS_RSA_SHA256, |_| {}),
         // Asks to be a CA with keyCertSign, extra SANs and an unknown critical extension: ignored.
-        csr(&rcgen::PKCS_ECDSA_P256_SHA256, |p| {
+        csr_der_with(&rcgen::PKCS_ECDSA_P256_SHA256, |p| {
             p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
             p.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign];
             p.subject_alt_names = vec![rcgen::SanType::DnsName("evil.example".try_into().unwrap())];
@@ -168,15 +120,15 @@ fn issues_within_quota_and_openssl_verifies_every_device() {
         );
     }
     // The stamp names the device data.
-    let stamp: serde_json::Value =
+    let device_stamp: serde_json::Value =
         serde_json::from_slice(&std::fs::read(v["devices"][0]["stamp"].as_str().unwrap()).unwrap()).unwrap();
-    assert_eq!(stamp["entitlement_id"], "plant-7.1");
+    assert_eq!(device_stamp["entitlement_id"], "plant-7.1");
     // Status counts, refusals are logged, the log verifies.
-    let st = stamp_json(&c.pass, &["site", "status", "--dir", s(&c.site)]);
+    let st = stamp(&c.pass).site("status").dir(&c.site).json();
     assert_eq!(st["entitlements"][0]["issued"], 6);
     assert_eq!(st["entitlements"][0]["remaining"], 0);
     assert_eq!(log_reasons(&c.site), vec!["quota-exhausted", "quota-exhausted"]);
-    let log = stamp_json(&c.pass, &["site", "verify-log", "--dir", s(&c.site)]);
+    let log = stamp(&c.pass).site("verify-log").dir(&c.site).json();
     assert_eq!(log["size"], 1 + 6 + 2, "entitlement applied, 6 issued, 2 refused");
 }
 
@@ -214,7 +166,7 @@ fn bad_requests_are_refused_with_their_reason_and_logged() {
         ("garbage", b"not a csr".to_vec(), "malformed-csr"),
         (
             "p384",
-            csr(&rcgen::PKCS_ECDSA_P384_SHA384, |_| {}),
+            csr_der_with(&rcgen::PKCS_ECDSA_P384_SHA384, |_| {}),
             "key-type-not-allowed",
         ),
         ("weak", rsa1024, "weak-key"),
@@ -232,22 +184,13 @@ fn bad_requests_are_refused_with_their_reason_and_logged() {
     // An entitlement the site does not have.
     let dir = c.tmp.path().join("x-csrs");
     write_csrs(&dir, &[p256()]);
-    let o = stamp(
-        &c.pass,
-        &[
-            "--json",
-            "site",
-            "issue",
-            "--dir",
-            s(&c.site),
-            "--entitlement",
-            "nope.9",
-            "--csr",
-            s(&dir),
-            "-o",
-            s(&c.tmp.path().join("x")),
-        ],
-    );
+    let o = stamp(&c.pass)
+        .arg("--json")
+        .site("issue")
+        .dir(&c.site)
+        .args(&["--entitlement", "nope.9", "--csr", s(&dir)])
+        .args(&["-o", s(&c.tmp.path().join("x"))])
+        .output();
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["refused"]["unknown-entitlement"], 1);
     assert_eq!(
@@ -272,21 +215,14 @@ fn rate_window_and_suspension_are_enforced() {
     assert_eq!(v["refused"]["rate-exceeded"], 2);
     // Suspended.
     let pkg = c.tmp.path().join("s.cose");
-    stamp_json(
-        &c.pass,
-        &[
-            "hq",
-            "amend",
-            "--dir",
-            s(&c.hq),
-            "--entitlement",
-            "plant-7.1",
-            "--suspend",
-            "-o",
-            s(&pkg),
-        ],
-    );
-    stamp_json(&c.pass, &["site", "import", "--dir", s(&c.site), s(&pkg)]);
+    stamp(&c.pass)
+        .hq("amend")
+        .dir(&c.hq)
+        .args(&["--entitlement", "plant-7.1"])
+        .arg("--suspend")
+        .args(&["-o", s(&pkg)])
+        .json();
+    stamp(&c.pass).site("import").dir(&c.site).arg(&pkg).json();
     let v = issue(&c, "susp", &[p256()], &[]);
     assert_eq!(v["refused"]["suspended"], 1);
     // Outside the window: a grant that starts tomorrow.
@@ -294,44 +230,22 @@ fn rate_window_and_suspension_are_enforced() {
         .date()
         .to_string();
     let pkg = c.tmp.path().join("w.cose");
-    stamp_json(
-        &c.pass,
-        &[
-            "hq",
-            "entitle",
-            "--dir",
-            s(&c.hq),
-            "--site",
-            "plant-7",
-            "--product",
-            "p",
-            "--quota",
-            "5",
-            "--not-before",
-            &later,
-            "-o",
-            s(&pkg),
-        ],
-    );
-    stamp_json(&c.pass, &["site", "import", "--dir", s(&c.site), s(&pkg)]);
+    stamp(&c.pass)
+        .hq("entitle")
+        .dir(&c.hq)
+        .args(&["--site", "plant-7", "--product", "p", "--quota", "5"])
+        .args(&["--not-before", &later, "-o", s(&pkg)])
+        .json();
+    stamp(&c.pass).site("import").dir(&c.site).arg(&pkg).json();
     let dir = c.tmp.path().join("w-csrs");
     write_csrs(&dir, &[p256()]);
-    let o = stamp(
-        &c.pass,
-        &[
-            "--json",
-            "site",
-            "issue",
-            "--dir",
-            s(&c.site),
-            "--entitlement",
-            "plant-7.3",
-            "--csr",
-            s(&dir),
-            "-o",
-            s(&c.tmp.path().join("w-out")),
-        ],
-    );
+    let o = stamp(&c.pass)
+        .arg("--json")
+        .site("issue")
+        .dir(&c.site)
+        .args(&["--entitlement", "plant-7.3", "--csr", s(&dir)])
+        .args(&["-o", s(&c.tmp.path().join("w-out"))])
+        .output();
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["refused"]["outside-window"], 1, "{v}");
 }
@@ -350,7 +264,7 @@ fn concurrent_requests_never_over_issue() {
         .map(|d| d["device_serial"].as_u64().unwrap())
         .collect();
     assert_eq!(serials, (1..=25).collect::<HashSet<u64>>());
-    stamp_json(&c.pass, &["site", "verify-log", "--dir", s(&c.site)]);
+    stamp(&c.pass).site("verify-log").dir(&c.site).json();
 }
 
 #[test]
@@ -360,19 +274,20 @@ fn a_site_killed_mid_issuance_loses_nothing_it_returned() {
     let dir = c.tmp.path().join("kill-csrs");
     write_csrs(&dir, &csrs);
     let out = c.tmp.path().join("kill-out");
-    let bin = assert_cmd::cargo::cargo_bin("stamp");
-    let mut child = Command::new(&bin)
-        .args([
-            "--passphrase-file",
-            s(&c.pass),
-            "site",
-            "issue",
-            "--dir",
-            s(&c.site),
+    let mut child = stamp(&c.pass)
+        .site("issue")
+        .dir(&c.site)
+        .args(&[
             "--entitlement",
             "plant-7.1",
+            "--csr",
+            s(&dir),
+            "-o",
+            s(&out),
+            "--jobs",
+            "4",
         ])
-        .args(["--csr", s(&dir), "-o", s(&out), "--jobs", "4"])
+        .command()
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -389,7 +304,7 @@ fn a_site_killed_mid_issuance_loses_nothing_it_returned() {
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     // The log verifies; every certificate written out is in it; the quota holds.
-    let log = stamp_json(&c.pass, &["site", "verify-log", "--dir", s(&c.site)]);
+    let log = stamp(&c.pass).site("verify-log").dir(&c.site).json();
     let db = rusqlite::Connection::open(c.site.join("stamp-site.db")).unwrap();
     let logged: HashSet<Vec<u8>> = {
         let mut stmt = db.prepare("SELECT cert_sha256 FROM devices").unwrap();
@@ -437,48 +352,22 @@ fn a_site_killed_mid_issuance_loses_nothing_it_returned() {
 fn hq_generated_keys_are_handed_out_once_and_never_stored_in_clear() {
     let c = ceremony(true);
     let pkg = c.tmp.path().join("k.cose");
-    let r = stamp_json(
-        &c.pass,
-        &[
-            "hq",
-            "entitle",
-            "--dir",
-            s(&c.hq),
-            "--site",
-            "plant-7",
-            "--product",
-            "lock-1",
-            "--quota",
-            "3",
-            "--hq-keys",
-            "ed25519",
-            "--key-types",
-            "ed25519",
-            "--secret",
-            "flash-key:32",
-            "-o",
-            s(&pkg),
-        ],
-    );
+    let r = stamp(&c.pass)
+        .hq("entitle")
+        .dir(&c.hq)
+        .args(&["--site", "plant-7", "--product", "lock-1", "--quota", "3"])
+        .args(&["--hq-keys", "ed25519", "--key-types", "ed25519"])
+        .args(&["--secret", "flash-key:32", "-o", s(&pkg)])
+        .json();
     assert_eq!(r["entitlement"]["quota"], 3);
-    stamp_json(&c.pass, &["site", "import", "--dir", s(&c.site), s(&pkg)]);
+    stamp(&c.pass).site("import").dir(&c.site).arg(&pkg).json();
     let out = c.tmp.path().join("keys");
-    let o = stamp(
-        &c.pass,
-        &[
-            "--json",
-            "site",
-            "hand-out",
-            "--dir",
-            s(&c.site),
-            "--entitlement",
-            "plant-7.1",
-            "--count",
-            "4",
-            "-o",
-            s(&out),
-        ],
-    );
+    let o = stamp(&c.pass)
+        .arg("--json")
+        .site("hand-out")
+        .dir(&c.site)
+        .args(&["--entitlement", "plant-7.1", "--count", "4", "-o", s(&out)])
+        .output();
     assert_eq!(o.status.code(), Some(1));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["handed_out"].as_array().unwrap().len(), 3);
@@ -521,25 +410,15 @@ fn hq_generated_keys_are_handed_out_once_and_never_stored_in_clear() {
         assert!(!site_db.windows(32).any(|w| w == secret.as_slice()));
     }
     // Devices of this grant cannot bring their own keys.
-    let v = issue(&c, "own", &[csr(&rcgen::PKCS_ED25519, |_| {})], &[]);
+    let v = issue(&c, "own", &[csr_der_with(&rcgen::PKCS_ED25519, |_| {})], &[]);
     assert_eq!(v["refused"]["hq-keys-only"], 1);
     // HQ refuses to top up a key grant.
-    stamp_fails(
-        &c.pass,
-        &[
-            "hq",
-            "amend",
-            "--dir",
-            s(&c.hq),
-            "--entitlement",
-            "plant-7.1",
-            "--add-quota",
-            "5",
-            "-o",
-            s(&c.tmp.path().join("x.cose")),
-        ],
-        "cannot be topped up",
-    );
+    stamp(&c.pass)
+        .hq("amend")
+        .dir(&c.hq)
+        .args(&["--entitlement", "plant-7.1", "--add-quota", "5"])
+        .args(&["-o", s(&c.tmp.path().join("x.cose"))])
+        .fails("cannot be topped up");
 }
 
 #[test]
@@ -547,82 +426,35 @@ fn an_entitlement_names_the_firmware_the_site_may_program() {
     let c = ceremony(true);
     let image = c.tmp.path().join("app.bin");
     std::fs::write(&image, vec![0x5au8; 4096]).unwrap();
-    stamp_json(
-        &c.pass,
-        &[
-            "hq",
-            "add-firmware-key",
-            "--dir",
-            s(&c.hq),
-            "--name",
-            "main",
-            "--algorithm",
-            "ecdsa-p256",
-        ],
-    );
+    stamp(&c.pass)
+        .hq("add-firmware-key")
+        .dir(&c.hq)
+        .args(&["--name", "main", "--algorithm", "ecdsa-p256"])
+        .json();
     let signed = c.tmp.path().join("app.signed.bin");
-    stamp_json(
-        &c.pass,
-        &[
-            "hq",
-            "sign-firmware",
-            "--dir",
-            s(&c.hq),
-            "--key",
-            "main",
-            "--format",
-            "mcuboot",
-            "--version",
-            "1.4.2",
-            s(&image),
-            "-o",
-            s(&signed),
-        ],
-    );
+    stamp(&c.pass)
+        .hq("sign-firmware")
+        .dir(&c.hq)
+        .args(&["--key", "main", "--format", "mcuboot"])
+        .args(&["--version", "1.4.2", s(&image), "-o", s(&signed)])
+        .json();
     let pkg = c.tmp.path().join("e.cose");
     // An unknown release is refused at HQ.
-    stamp_fails(
-        &c.pass,
-        &[
-            "hq",
-            "entitle",
-            "--dir",
-            s(&c.hq),
-            "--site",
-            "plant-7",
-            "--product",
-            "p",
-            "--quota",
-            "2",
-            "--firmware",
-            "9.9.9",
-            "-o",
-            s(&pkg),
-        ],
-        "no firmware release 9.9.9",
-    );
-    stamp_json(
-        &c.pass,
-        &[
-            "hq",
-            "entitle",
-            "--dir",
-            s(&c.hq),
-            "--site",
-            "plant-7",
-            "--product",
-            "p",
-            "--quota",
-            "2",
-            "--firmware",
-            "1.4.2@mcuboot",
-            "-o",
-            s(&pkg),
-        ],
-    );
-    stamp_json(&c.pass, &["site", "import", "--dir", s(&c.site), s(&pkg)]);
+    stamp(&c.pass)
+        .hq("entitle")
+        .dir(&c.hq)
+        .args(&["--site", "plant-7", "--product", "p", "--quota", "2"])
+        .args(&["--firmware", "9.9.9", "-o", s(&pkg)])
+        .fails("no firmware release 9.9.9");
+    stamp(&c.pass)
+        .hq("entitle")
+        .dir(&c.hq)
+        .args(&["--site", "plant-7", "--product", "p", "--quota", "2"])
+        .args(&["--firmware", "1.4.2@mcuboot", "-o", s(&pkg)])
+        .json();
+    stamp(&c.pass).site("import").dir(&c.site).arg(&pkg).json();
     let digest = hex::encode(stamp_core::fingerprint::sha256(&std::fs::read(&signed).unwrap()));
-    let st = stamp_json(&c.pass, &["site", "status", "--dir", s(&c.site)]);
+    let st = stamp(&c.pass).site("status").dir(&c.site).json();
     let fw = &st["entitlements"][0]["firmware"][0];
     assert_eq!(fw["version"], "1.4.2+0");
     assert_eq!(fw["format"], "mcuboot");

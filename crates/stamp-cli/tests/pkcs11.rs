@@ -2,15 +2,12 @@
 //! the enrollment ceremony and an entitlement work, openssl accepts the certificates, the keys are
 //! sensitive and non-extractable in the token, no passphrase is ever needed, and each failure is a
 //! clear error that leaves nothing behind.
-#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command as StdCommand, Output};
 
+use crate::common::{s, secret_file, stamp_bare, Stamp};
 use assert_cmd::Command;
-use common::{passphrase_file, s};
 
 const USER_PIN: &str = "1234";
 const SO_PIN: &str = "12345678";
@@ -55,7 +52,7 @@ impl Hsm {
                 .unwrap_or_else(|e| panic!("cannot run softhsm2-util ({e}). {HOW}"));
             assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         }
-        let pin = passphrase_file(tmp.path(), "pin", USER_PIN);
+        let pin = secret_file(tmp.path(), "pin", USER_PIN);
         Hsm { tmp, conf, pin }
     }
 
@@ -63,36 +60,20 @@ impl Hsm {
         self.tmp.path().join(p)
     }
 
-    /// `stamp` with this SoftHSM2, the module from the environment variable, the PIN file, and
-    /// no passphrase anywhere (no file, no variable, no terminal).
-    fn stamp(&self, args: &[&str]) -> Output {
-        self.stamp_with_pin(&self.pin, args)
-    }
-
-    fn stamp_with_pin(&self, pin: &Path, args: &[&str]) -> Output {
-        let mut cmd = Command::cargo_bin("stamp").unwrap();
-        cmd.env_remove("STAMP_PASSPHRASE_FILE")
+    /// `stamp` with this SoftHSM2, the module from the environment variable, the PIN file `pin`,
+    /// and no passphrase anywhere (no file, no variable, no terminal).
+    fn cmd_with_pin(&self, pin: &Path) -> Stamp {
+        stamp_bare()
             .env_remove("STAMP_PKCS11_PIN_FILE")
             .env("SOFTHSM2_CONF", &self.conf)
             .env("STAMP_PKCS11_MODULE", module())
             .arg("--pkcs11-pin-file")
             .arg(pin)
-            .args(args);
-        cmd.write_stdin(Vec::new());
-        cmd.output().unwrap()
     }
 
-    fn stamp_json(&self, args: &[&str]) -> serde_json::Value {
-        let mut all = vec!["--json"];
-        all.extend_from_slice(args);
-        let out = self.stamp(&all);
-        assert!(
-            out.status.success(),
-            "stamp {args:?} failed:\nstdout: {}\nstderr: {}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
+    /// `stamp` with this SoftHSM2 and its PIN file.
+    fn cmd(&self) -> Stamp {
+        self.cmd_with_pin(&self.pin)
     }
 
     /// pkcs11-tool's listing of a token's objects (an independent reader of the token).
@@ -148,56 +129,44 @@ fn ceremony_and_entitlement_with_every_role_key_in_a_token() {
         hsm.path("credentials.json"),
         hsm.path("entitlement.cbor"),
     );
-    let hq_init = hsm.stamp_json(&[
-        "hq",
-        "init",
-        "--dir",
-        s(&hq),
-        "--org",
-        "Acme Sensors",
-        "--key-store",
-        "pkcs11:token=stamp-hq",
-    ]);
-    let site_init = hsm.stamp_json(&[
-        "site",
-        "init",
-        "--dir",
-        s(&site),
-        "--site-id",
-        "plant-7",
-        "-o",
-        s(&request),
-        "--key-store",
-        "pkcs11:token=stamp-site",
-    ]);
+    let hq_init = hsm
+        .cmd()
+        .hq("init")
+        .dir(&hq)
+        .args(&["--org", "Acme Sensors"])
+        .args(&["--key-store", "pkcs11:token=stamp-hq"])
+        .json();
+    let site_init = hsm
+        .cmd()
+        .site("init")
+        .dir(&site)
+        .args(&["--site-id", "plant-7", "-o", s(&request)])
+        .args(&["--key-store", "pkcs11:token=stamp-site"])
+        .json();
     let fp = site_init["request_fingerprint"].as_str().unwrap();
-    hsm.stamp_json(&[
-        "hq",
-        "enroll-site",
-        "--dir",
-        s(&hq),
-        s(&request),
-        "-o",
-        s(&credentials),
-        "--fingerprint",
-        fp,
-    ]);
-    let install = hsm.stamp_json(&[
-        "site",
-        "install",
-        "--dir",
-        s(&site),
-        s(&credentials),
-        "--root-fingerprint",
-        hq_init["root_fingerprint"].as_str().unwrap(),
-    ]);
+    hsm.cmd()
+        .hq("enroll-site")
+        .dir(&hq)
+        .arg(&request)
+        .args(&["-o", s(&credentials), "--fingerprint", fp])
+        .json();
+    let install = hsm
+        .cmd()
+        .site("install")
+        .dir(&site)
+        .arg(&credentials)
+        .args(&[
+            "--root-fingerprint",
+            hq_init["root_fingerprint"].as_str().unwrap(),
+        ])
+        .json();
 
     // openssl accepts every certificate, signed by keys that never left the tokens.
     let root = PathBuf::from(hq_init["root_cert"].as_str().unwrap());
     let certs = install["certs"].as_object().unwrap();
     assert_eq!(certs.len(), 6);
     for (name, path) in certs {
-        let out = common::openssl(&[
+        let out = crate::common::openssl(&[
             "verify",
             "-x509_strict",
             "-CAfile",
@@ -249,21 +218,13 @@ fn ceremony_and_entitlement_with_every_role_key_in_a_token() {
 
     // An entitlement: sealed with HQ's signing key in its token, opened with the site's
     // key-agreement key in its token (ECDH inside the token).
-    hsm.stamp_json(&[
-        "hq",
-        "entitle",
-        "--dir",
-        s(&hq),
-        "--site",
-        "plant-7",
-        "--product",
-        "thermostat-2",
-        "--quota",
-        "1000",
-        "-o",
-        s(&package),
-    ]);
-    let imported = hsm.stamp_json(&["site", "import", "--dir", s(&site), s(&package)]);
+    hsm.cmd()
+        .hq("entitle")
+        .dir(&hq)
+        .args(&["--site", "plant-7", "--product", "thermostat-2"])
+        .args(&["--quota", "1000", "-o", s(&package)])
+        .json();
+    let imported = hsm.cmd().site("import").dir(&site).arg(&package).json();
     assert!(imported.to_string().contains("thermostat-2"), "{imported}");
 
     // Devices issued with the issuing CA key in the token; the audit bundle signed with the site
@@ -279,23 +240,18 @@ fn ceremony_and_entitlement_with_every_role_key_in_a_token() {
         std::fs::write(csrs.join(format!("d{i}.der")), csr.der()).unwrap();
     }
     let out = hsm.path("devices");
-    let issued = hsm.stamp_json(&[
-        "site",
-        "issue",
-        "--dir",
-        s(&site),
-        "--entitlement",
-        "plant-7.1",
-        "--csr",
-        s(&csrs),
-        "-o",
-        s(&out),
-    ]);
+    let issued = hsm
+        .cmd()
+        .site("issue")
+        .dir(&site)
+        .args(&["--entitlement", "plant-7.1", "--csr", s(&csrs)])
+        .args(&["-o", s(&out)])
+        .json();
     assert_eq!(issued["issued"], 3);
     let ca = install["certs"]["site-issuing-ca"].as_str().unwrap();
     for d in issued["devices"].as_array().unwrap() {
         let cert = d["certificate"].as_str().unwrap();
-        let v = common::openssl(&[
+        let v = crate::common::openssl(&[
             "verify",
             "-x509_strict",
             "-CAfile",
@@ -307,8 +263,12 @@ fn ceremony_and_entitlement_with_every_role_key_in_a_token() {
         assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
     }
     let bundle = hsm.path("audit.bundle");
-    hsm.stamp_json(&["site", "export-audit", "--dir", s(&site), "-o", s(&bundle)]);
-    let report = hsm.stamp_json(&["hq", "reconcile", "--dir", s(&hq), s(&bundle)]);
+    hsm.cmd()
+        .site("export-audit")
+        .dir(&site)
+        .args(&["-o", s(&bundle)])
+        .json();
+    let report = hsm.cmd().hq("reconcile").dir(&hq).arg(&bundle).json();
     assert_eq!(report["ok"], true, "{report}");
     assert_eq!(report["devices_recorded"], 3, "{report}");
 }
@@ -317,10 +277,14 @@ fn ceremony_and_entitlement_with_every_role_key_in_a_token() {
 fn demo_runs_with_its_keys_in_a_token() {
     let hsm = Hsm::new(&["demo"], None);
     let dir = hsm.path("demo");
-    let report = hsm.stamp_json(&["demo", "--dir", s(&dir), "--key-store", "pkcs11:token=demo"]);
+    let report = hsm
+        .cmd()
+        .arg("demo")
+        .args(&["--dir", s(&dir), "--key-store", "pkcs11:token=demo"])
+        .json();
     let root = report["root_cert"].as_str().unwrap();
     let ca = report["site_issuing_ca_cert"].as_str().unwrap();
-    let out = common::openssl(&["verify", "-x509_strict", "-CAfile", root, ca]);
+    let out = crate::common::openssl(&["verify", "-x509_strict", "-CAfile", root, ca]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(private_keys(&hsm.objects("demo")).len(), 6);
 }
@@ -340,19 +304,29 @@ fn token_errors_are_clear_and_leave_nothing_behind() {
             store.to_owned(),
         ]
     };
-    let run = |args: &[String]| hsm.stamp(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let run = |args: &[String]| {
+        hsm.cmd()
+            .args(&args.iter().map(String::as_str).collect::<Vec<_>>())
+            .output()
+    };
 
     // Wrong PIN.
-    let wrong = passphrase_file(hsm.tmp.path(), "wrong-pin", "9999");
+    let wrong = secret_file(hsm.tmp.path(), "wrong-pin", "9999");
     let args = init("hq1", "pkcs11:token=errors");
-    let out = hsm.stamp_with_pin(&wrong, &args.iter().map(String::as_str).collect::<Vec<_>>());
+    let out = hsm
+        .cmd_with_pin(&wrong)
+        .args(&args.iter().map(String::as_str).collect::<Vec<_>>())
+        .output();
     fails(&out, "wrong PIN for PKCS#11 token \"errors\"");
     assert!(!hsm.path("hq1").exists());
 
     // A PIN file others can read.
-    let loose = passphrase_file(hsm.tmp.path(), "loose-pin", USER_PIN);
+    let loose = secret_file(hsm.tmp.path(), "loose-pin", USER_PIN);
     std::fs::set_permissions(&loose, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
-    let out = hsm.stamp_with_pin(&loose, &args.iter().map(String::as_str).collect::<Vec<_>>());
+    let out = hsm
+        .cmd_with_pin(&loose)
+        .args(&args.iter().map(String::as_str).collect::<Vec<_>>())
+        .output();
     fails(&out, "is readable by group or others");
 
     // No such token.
@@ -404,16 +378,12 @@ fn a_token_without_ecdh_is_reported_and_the_keys_made_before_are_removed() {
     // SoftHSM2 configured to offer ECDSA only: the root and authority signing keys can be made,
     // the authority key-agreement key cannot.
     let hsm = Hsm::new(&["ecdsa-only"], Some("CKM_ECDSA,CKM_EC_KEY_PAIR_GEN"));
-    let out = hsm.stamp(&[
-        "hq",
-        "init",
-        "--dir",
-        s(&hsm.path("hq")),
-        "--org",
-        "Acme",
-        "--key-store",
-        "pkcs11:token=ecdsa-only",
-    ]);
+    let out = hsm
+        .cmd()
+        .hq("init")
+        .dir(hsm.path("hq"))
+        .args(&["--org", "Acme", "--key-store", "pkcs11:token=ecdsa-only"])
+        .output();
     fails(&out, "does not support CKM_ECDH1_DERIVE");
     assert!(!hsm.path("hq").exists());
     assert!(

@@ -8,16 +8,12 @@
 //! one, else `python3`, must import it. Without it this test FAILS (it never skips): `scripts/test`
 //! installs tests/requirements.txt, or run `python3 -m venv .venv && .venv/bin/pip install -r
 //! tests/requirements.txt` at the workspace root.
-#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod common;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use assert_cmd::cargo::CommandCargoExt;
-use common::*;
+use crate::common::*;
 
 /// Findings of severity ERROR or FATAL that are expected, as (profile file, pkilint code, why).
 const ALLOWED: &[(&str, &str, &str)] = &[
@@ -101,32 +97,15 @@ fn lint(cert: &Path) -> Vec<(String, String)> {
     found
 }
 
-/// A device CSR (P-256).
-fn csr() -> Vec<u8> {
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "device");
-    params.serialize_request(&key).unwrap().der().to_vec()
-}
-
 /// The site service's certificate, as `stamp site serve --write-cert` writes it.
 fn service_cert(c: &Ceremony, out: &Path) {
-    let mut child = Command::cargo_bin("stamp")
-        .unwrap()
-        .env_remove("STAMP_PASSPHRASE_FILE")
+    let mut child = stamp(&c.pass)
         .env("RUST_LOG", "warn")
-        .args([
-            "--json",
-            "--passphrase-file",
-            s(&c.pass),
-            "site",
-            "serve",
-            "--dir",
-        ])
-        .arg(&c.site)
-        .args(["--listen", "127.0.0.1:0", "--write-cert", s(out)])
+        .arg("--json")
+        .site("serve")
+        .dir(&c.site)
+        .args(&["--listen", "127.0.0.1:0", "--write-cert", s(out)])
+        .command()
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -158,19 +137,11 @@ fn every_profile(c: &Ceremony) -> Vec<PathBuf> {
     );
     // A station.
     let st = c.tmp.path().join("station");
-    stamp_json(
-        &c.pass,
-        &[
-            "site",
-            "add-station",
-            "--dir",
-            s(&c.site),
-            "--name",
-            "line-1",
-            "-o",
-            s(&st),
-        ],
-    );
+    stamp(&c.pass)
+        .site("add-station")
+        .dir(&c.site)
+        .args(&["--name", "line-1", "-o", s(&st)])
+        .json();
     let station = c.tmp.path().join("station.pem");
     let pem = std::fs::read_to_string(st.join("station.crt")).unwrap_or_else(|e| {
         panic!(
@@ -183,43 +154,27 @@ fn every_profile(c: &Ceremony) -> Vec<PathBuf> {
     certs.push(station);
     // A device, under a grant.
     let pkg = c.tmp.path().join("e.cose");
-    stamp_json(
-        &c.pass,
-        &[
-            "hq",
-            "entitle",
-            "--dir",
-            s(&c.hq),
-            "--site",
-            "plant-7",
-            "--product",
-            "thermo-2",
-            "--quota",
-            "5",
-            "-o",
-            s(&pkg),
-        ],
-    );
-    stamp_json(&c.pass, &["site", "import", "--dir", s(&c.site), s(&pkg)]);
+    stamp(&c.pass)
+        .hq("entitle")
+        .dir(&c.hq)
+        .args(&["--site", "plant-7", "--product", "thermo-2", "--quota", "5"])
+        .args(&["-o", s(&pkg)])
+        .json();
+    stamp(&c.pass).site("import").dir(&c.site).arg(&pkg).json();
     let csrs = c.tmp.path().join("csrs");
     std::fs::create_dir_all(&csrs).unwrap();
-    std::fs::write(csrs.join("dev0.der"), csr()).unwrap();
+    std::fs::write(
+        csrs.join("dev0.der"),
+        csr_der_with(&rcgen::PKCS_ECDSA_P256_SHA256, |_| {}),
+    )
+    .unwrap();
     let issued = c.tmp.path().join("issued");
-    stamp_json(
-        &c.pass,
-        &[
-            "site",
-            "issue",
-            "--dir",
-            s(&c.site),
-            "--entitlement",
-            "plant-7.1",
-            "--csr",
-            s(&csrs),
-            "-o",
-            s(&issued),
-        ],
-    );
+    stamp(&c.pass)
+        .site("issue")
+        .dir(&c.site)
+        .args(&["--entitlement", "plant-7.1", "--csr", s(&csrs)])
+        .args(&["-o", s(&issued)])
+        .json();
     let device = std::fs::read_dir(&issued)
         .unwrap()
         .map(|e| e.unwrap().path())

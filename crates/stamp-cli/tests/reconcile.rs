@@ -2,20 +2,15 @@
 //! (test support in common/audit_builder.rs, with a real site's keys and real entitlements), then
 //! `stamp hq reconcile`. Every tampered bundle is rejected with a specific error and leaves HQ
 //! unchanged (except equivocation evidence); every policy breach is reported with its entries.
-#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-#[path = "common/audit_builder.rs"]
-mod audit_builder;
-mod common;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use audit_builder::*;
-use common::*;
+use crate::common::audit_builder::*;
+use crate::common::*;
 use serde_bytes::ByteBuf;
-use stamp_core::audit::{self, Event, RefusalReason, CHUNK_CONTENT_TYPE, HEADER_CONTENT_TYPE};
+use stamp_core::audit::{self, Event, RefusalReason, CHUNK_CONTENT_TYPE};
 use stamp_core::entitlement::Grant;
 use stamp_core::SiteId;
 
@@ -56,55 +51,20 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-fn second_site(c: &Ceremony, id: &str) -> PathBuf {
-    let dir = c.tmp.path().join(id);
-    let req = c.tmp.path().join(format!("{id}-req.json"));
-    let creds = c.tmp.path().join(format!("{id}-creds.json"));
-    stamp_json(
-        &c.pass,
-        &["site", "init", "--dir", s(&dir), "--site-id", id, "-o", s(&req)],
-    );
-    stamp_json(
-        &c.pass,
-        &[
-            "hq",
-            "enroll-site",
-            "--dir",
-            s(&c.hq),
-            s(&req),
-            "-o",
-            s(&creds),
-            "--yes",
-        ],
-    );
-    let fp = c.root_fingerprint();
-    stamp_json(
-        &c.pass,
-        &[
-            "site",
-            "install",
-            "--dir",
-            s(&dir),
-            s(&creds),
-            "--root-fingerprint",
-            &fp,
-        ],
-    );
-    dir
-}
-
 fn build_base() -> Base {
     let c = ceremony(true);
-    let other_dir = second_site(&c, "plant-9");
+    let other_dir = c.second_site("plant-9");
     let mut packages = HashMap::new();
     let mut package = |site: &str, seq: u64, site_dir: &Path, args: &[&str]| {
         let out = c.tmp.path().join(format!("{site}-{seq}.cose"));
-        let mut all = vec!["hq"];
-        all.extend_from_slice(args);
-        all.extend_from_slice(&["--dir", s(&c.hq), "-o", s(&out)]);
-        let r = stamp_json(&c.pass, &all);
+        let r = stamp(&c.pass)
+            .arg("hq")
+            .args(args)
+            .dir(&c.hq)
+            .args(&["-o", s(&out)])
+            .json();
         assert_eq!(r["sequence"], seq);
-        stamp_json(&c.pass, &["site", "import", "--dir", s(site_dir), s(&out)]);
+        stamp(&c.pass).site("import").dir(site_dir).arg(&out).json();
         packages.insert((site.to_owned(), seq), out);
     };
     let entitle = ["entitle", "--site", "plant-7", "--product", "thermo-2"];
@@ -159,21 +119,12 @@ fn build_base() -> Base {
         ],
     );
     let handout = c.tmp.path().join("handout");
-    let h = stamp_json(
-        &c.pass,
-        &[
-            "site",
-            "hand-out",
-            "--dir",
-            s(&c.site),
-            "--entitlement",
-            "plant-7.6",
-            "--count",
-            "2",
-            "-o",
-            s(&handout),
-        ],
-    );
+    let h = stamp(&c.pass)
+        .site("hand-out")
+        .dir(&c.site)
+        .args(&["--entitlement", "plant-7.6", "--count", "2"])
+        .args(&["-o", s(&handout)])
+        .json();
     let hq_keys: Vec<(u64, u64, Vec<u8>)> = h["handed_out"]
         .as_array()
         .unwrap()
@@ -315,25 +266,18 @@ impl T {
             args.extend_from_slice(&["--threads", n]);
         }
         args.push(s(bundle));
-        stamp(&self.b.pass, &args)
+        stamp(&self.b.pass).args(&args).output()
     }
 
     /// Reconciles with `--package-grace GRACE`; must be accepted with violations.
     fn violations_with_grace(&self, bytes: &[u8], grace: &str) -> serde_json::Value {
         let p = self.write(bytes);
-        let out = stamp(
-            &self.b.pass,
-            &[
-                "--json",
-                "hq",
-                "reconcile",
-                "--dir",
-                s(&self.hq),
-                "--package-grace",
-                grace,
-                s(&p),
-            ],
-        );
+        let out = stamp(&self.b.pass)
+            .arg("--json")
+            .hq("reconcile")
+            .dir(&self.hq)
+            .args(&["--package-grace", grace, s(&p)])
+            .output();
         let v: serde_json::Value = serde_json::from_slice(&out.stdout)
             .unwrap_or_else(|_| panic!("stdout {} stderr {}", lossy(&out.stdout), lossy(&out.stderr)));
         assert_eq!(out.status.code(), Some(1), "{v:#}");
@@ -386,11 +330,11 @@ impl T {
     fn rejected(&self, bytes: &[u8], needle: &str) {
         let before = snapshot(&self.hq);
         let p = self.write(bytes);
-        stamp_fails(
-            &self.b.pass,
-            &["hq", "reconcile", "--dir", s(&self.hq), s(&p)],
-            needle,
-        );
+        stamp(&self.b.pass)
+            .hq("reconcile")
+            .dir(&self.hq)
+            .arg(&p)
+            .fails(needle);
         assert_eq!(
             snapshot(&self.hq),
             before,
@@ -478,10 +422,11 @@ fn clean_bundle_is_accepted_and_its_devices_recorded() {
     assert_eq!(r["violations"], serde_json::json!([]));
 
     // The registry lists the genuine devices.
-    let d = stamp_json(
-        &t.b.pass,
-        &["hq", "devices", "--dir", s(&t.hq), "--site", "plant-7"],
-    );
+    let d = stamp(&t.b.pass)
+        .hq("devices")
+        .dir(&t.hq)
+        .args(&["--site", "plant-7"])
+        .json();
     assert_eq!(d["count"], 5);
     let serials: Vec<u64> = d["devices"]
         .as_array()
@@ -492,13 +437,18 @@ fn clean_bundle_is_accepted_and_its_devices_recorded() {
     assert_eq!(serials, (0..5).map(|i| first_serial(&g) + i).collect::<Vec<_>>());
     assert_eq!(d["devices"][0]["entitlement_id"], "plant-7.1");
     assert_eq!(d["devices"][0]["log_index"], 1);
-    let none = stamp_json(
-        &t.b.pass,
-        &["hq", "devices", "--dir", s(&t.hq), "--site", "plant-9"],
-    );
+    let none = stamp(&t.b.pass)
+        .hq("devices")
+        .dir(&t.hq)
+        .args(&["--site", "plant-9"])
+        .json();
     assert_eq!(none["count"], 0);
     // Certificates in PEM, which openssl reads.
-    let out = stamp(&t.b.pass, &["hq", "devices", "--dir", s(&t.hq), "--certificates"]);
+    let out = stamp(&t.b.pass)
+        .hq("devices")
+        .dir(&t.hq)
+        .arg("--certificates")
+        .output();
     assert!(out.status.success());
     let text = lossy(&out.stdout);
     assert_eq!(text.matches("BEGIN CERTIFICATE").count(), 5, "{text}");
@@ -518,7 +468,7 @@ fn text_report_and_help_explain_the_outcome() {
         "{text}"
     );
 
-    let help = stamp(&t.b.pass, &["hq", "reconcile", "--help"]);
+    let help = stamp(&t.b.pass).hq("reconcile").arg("--help").output();
     let help = lossy(&help.stdout);
     for needle in ["REJECTS", "equivocation", "accepted", "Exit status"] {
         assert!(help.contains(needle), "--help lacks {needle}:\n{help}");
@@ -542,7 +492,7 @@ fn second_bundle_extends_the_first() {
     assert_eq!(r["checkpoint"]["size"], 12);
     assert_eq!(r["devices_recorded"], 5);
     assert_eq!(r["entitlements_applied"], 0);
-    let d = stamp_json(&t.b.pass, &["hq", "devices", "--dir", s(&t.hq)]);
+    let d = stamp(&t.b.pass).hq("devices").dir(&t.hq).json();
     assert_eq!(d["count"], 9);
 }
 
@@ -696,33 +646,25 @@ fn a_replayed_bundle_is_rejected() {
     t.rejected(&log.seal(&b), "replayed bundle");
     // Scripts read the stable code: in the JSON error, and in parentheses in the text.
     let p = t.write(&bytes);
-    let out = stamp(
-        &t.b.pass,
-        &["--json", "hq", "reconcile", "--dir", s(&t.hq), s(&p)],
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (code, v) = stamp(&t.b.pass)
+        .arg("--json")
+        .hq("reconcile")
+        .dir(&t.hq)
+        .arg(s(&p))
+        .code_json();
     assert_eq!(
-        (out.status.code(), &v["code"]),
+        (code, &v["code"]),
         (Some(1), &serde_json::json!("replayed")),
         "{v}"
     );
-    let out = stamp(&t.b.pass, &["hq", "reconcile", "--dir", s(&t.hq), s(&p)]);
-    assert!(
-        lossy(&out.stderr).lines().next().unwrap().ends_with("(replayed)"),
-        "{}",
-        lossy(&out.stderr)
-    );
-    let out = stamp(
-        &t.b.pass,
-        &[
-            "--json",
-            "hq",
-            "devices",
-            "--dir",
-            s(&t.tmp.path().join("nowhere")),
-        ],
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let out = stamp(&t.b.pass).hq("reconcile").dir(&t.hq).arg(s(&p)).output();
+    let text = lossy(&out.stderr);
+    assert!(text.lines().next().unwrap().ends_with("(replayed)"), "{text}");
+    let (_, v) = stamp(&t.b.pass)
+        .arg("--json")
+        .hq("devices")
+        .dir(t.tmp.path().join("nowhere"))
+        .code_json();
     assert_eq!(v["code"], "not-hq-dir", "{v}");
 }
 
@@ -799,11 +741,11 @@ fn equivocation_is_rejected_and_both_checkpoints_kept() {
     assert_eq!(fb.header.entry_count, b1.header.entry_count);
     let before = snapshot(&t.hq);
     let p = t.write(&fork.seal(&fb));
-    stamp_fails(
-        &t.b.pass,
-        &["hq", "reconcile", "--dir", s(&t.hq), s(&p)],
-        "EQUIVOCATION: site plant-7 signed two different roots for log size 5",
-    );
+    stamp(&t.b.pass)
+        .hq("reconcile")
+        .dir(&t.hq)
+        .arg(&p)
+        .fails("EQUIVOCATION: site plant-7 signed two different roots for log size 5");
     assert_ne!(snapshot(&t.hq), before, "the evidence is recorded");
     let store = stamp_hq::HqStore::open(&t.hq.join(stamp_hq::DB_FILE)).unwrap();
     let ev = store.equivocations(&SiteId::new("plant-7").unwrap()).unwrap();
@@ -818,11 +760,11 @@ fn equivocation_is_rejected_and_both_checkpoints_kept() {
     fork.device(&g, first_serial(&g) + 13);
     let fb2 = fork.export();
     let p2 = t.write(&fork.seal(&fb2));
-    stamp_fails(
-        &t.b.pass,
-        &["hq", "reconcile", "--dir", s(&t.hq), s(&p2)],
-        "EQUIVOCATION",
-    );
+    stamp(&t.b.pass)
+        .hq("reconcile")
+        .dir(&t.hq)
+        .arg(&p2)
+        .fails("EQUIVOCATION");
     let store = stamp_hq::HqStore::open(&t.hq.join(stamp_hq::DB_FILE)).unwrap();
     assert_eq!(
         store
@@ -846,17 +788,8 @@ fn a_wrong_signer_is_rejected() {
     let b = log.export();
     let k = &t.b.site;
     // Signed with the site's issuing CA key and certificate: not a site identity certificate.
-    let seal = |ct: &str, pt: &[u8]| {
-        log.seal_part_with(
-            ct,
-            pt,
-            k.issuing.as_ref(),
-            std::slice::from_ref(&k.issuing_cert),
-            &k.hq_ka_public,
-        )
-    };
-    let mut frames = vec![seal(HEADER_CONTENT_TYPE, &b.header.to_cbor())];
-    frames.extend(b.chunks.iter().map(|c| seal(CHUNK_CONTENT_TYPE, &c.to_cbor())));
+    let issuing = std::slice::from_ref(&k.issuing_cert);
+    let frames = log.frames_with(&b, k.issuing.as_ref(), issuing, &k.hq_ka_public);
     t.rejected(
         &file(&frames),
         "HQ never issued to a site as its identity (wrong signer)",
@@ -868,17 +801,12 @@ fn a_wrong_signer_is_rejected() {
     t.rejected(&file(&env), "frame 1 is not a valid sealed envelope");
     // Another site's identity signing plant-7's bundle (recipient ID plant-7).
     let o = &t.b.other;
-    let seal = |ct: &str, pt: &[u8]| {
-        log.seal_part_with(
-            ct,
-            pt,
-            o.identity.as_ref(),
-            std::slice::from_ref(&o.identity_cert),
-            &k.hq_ka_public,
-        )
-    };
-    let mut frames = vec![seal(HEADER_CONTENT_TYPE, &b.header.to_cbor())];
-    frames.extend(b.chunks.iter().map(|c| seal(CHUNK_CONTENT_TYPE, &c.to_cbor())));
+    let frames = log.frames_with(
+        &b,
+        o.identity.as_ref(),
+        std::slice::from_ref(&o.identity_cert),
+        &k.hq_ka_public,
+    );
     t.rejected(
         &file(&frames),
         "not encrypted to HQ's key-agreement key (key ID \"hq\") for site plant-9",
@@ -900,8 +828,8 @@ fn a_bundle_not_encrypted_to_hq_is_rejected() {
             &k.site_ka_public,
         )
     };
-    let mut frames = vec![seal(HEADER_CONTENT_TYPE, &b.header.to_cbor())];
-    frames.extend(b.chunks.iter().map(|c| seal(CHUNK_CONTENT_TYPE, &c.to_cbor())));
+    let identity = std::slice::from_ref(&k.identity_cert);
+    let frames = log.frames_with(&b, k.identity.as_ref(), identity, &k.site_ka_public);
     t.rejected(
         &file(&frames),
         "frame 1 is not encrypted to HQ's key-agreement key",
@@ -1355,18 +1283,11 @@ fn packages_not_applied_past_the_grace_are_reported() {
     }
     // A bad grace is a usage error.
     let p = t.write(&bytes);
-    let out = stamp(
-        &t.b.pass,
-        &[
-            "hq",
-            "reconcile",
-            "--dir",
-            s(&t.hq),
-            "--package-grace",
-            "7 days",
-            s(&p),
-        ],
-    );
+    let out = stamp(&t.b.pass)
+        .hq("reconcile")
+        .dir(&t.hq)
+        .args(&["--package-grace", "7 days", s(&p)])
+        .output();
     assert_eq!(out.status.code(), Some(2));
     assert!(
         lossy(&out.stderr).contains("is not a duration"),
@@ -1408,18 +1329,6 @@ fn violations_do_not_stop_the_log_and_the_report_is_bounded() {
 
 // --- end to end with the real site -------------------------------------------------------------
 
-fn p256_csrs(dir: &Path, n: usize) {
-    std::fs::create_dir_all(dir).unwrap();
-    for i in 0..n {
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let csr = rcgen::CertificateParams::new(vec![])
-            .unwrap()
-            .serialize_request(&key)
-            .unwrap();
-        std::fs::write(dir.join(format!("d{i}.der")), csr.der()).unwrap();
-    }
-}
-
 /// HQ entitles, the site issues under quota and refuses beyond it, hands out HQ-generated keys,
 /// exports; HQ reconciles to a clean report; again after a top-up, from where it left off.
 #[test]
@@ -1430,11 +1339,13 @@ fn the_real_sites_exports_reconcile_clean() {
     let tmp = c.tmp.path();
     let entitle = |args: &[&str], name: &str| {
         let pkg = tmp.join(name);
-        let mut all = vec!["hq"];
-        all.extend_from_slice(args);
-        all.extend_from_slice(&["--dir", hq, "-o", s(&pkg)]);
-        stamp_json(&c.pass, &all);
-        stamp_json(&c.pass, &["site", "import", "--dir", site, s(&pkg)]);
+        stamp(&c.pass)
+            .arg("hq")
+            .args(args)
+            .dir(hq)
+            .args(&["-o", s(&pkg)])
+            .json();
+        stamp(&c.pass).site("import").dir(site).arg(&pkg).json();
     };
     entitle(
         &[
@@ -1469,49 +1380,35 @@ fn the_real_sites_exports_reconcile_clean() {
         "b.cose",
     );
     let csrs = tmp.join("csrs");
-    p256_csrs(&csrs, 4);
+    write_csr_dir(&csrs, 4, false);
     let issue = |dir: &Path, out: &str| {
-        stamp(
-            &c.pass,
-            &[
-                "--json",
-                "site",
-                "issue",
-                "--dir",
-                site,
-                "--entitlement",
-                "plant-7.1",
-                "--csr",
-                s(dir),
-                "-o",
-                s(&tmp.join(out)),
-            ],
-        )
+        stamp(&c.pass)
+            .arg("--json")
+            .site("issue")
+            .dir(site)
+            .args(&["--entitlement", "plant-7.1", "--csr", s(dir)])
+            .args(&["-o", s(&tmp.join(out))])
+            .output()
     };
     let o = issue(&csrs, "out1");
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["issued"], 3, "{v}");
-    let o = stamp(
-        &c.pass,
-        &[
-            "--json",
-            "site",
-            "hand-out",
-            "--dir",
-            site,
-            "--entitlement",
-            "plant-7.2",
-            "--count",
-            "2",
-            "-o",
-            s(&tmp.join("keys")),
-        ],
-    );
+    let o = stamp(&c.pass)
+        .arg("--json")
+        .site("hand-out")
+        .dir(site)
+        .args(&["--entitlement", "plant-7.2", "--count", "2"])
+        .args(&["-o", s(&tmp.join("keys"))])
+        .output();
     assert!(o.status.success(), "{}", lossy(&o.stdout));
 
     let b1 = tmp.join("b1.bundle");
-    stamp_json(&c.pass, &["site", "export-audit", "--dir", site, "-o", s(&b1)]);
-    let r = stamp_json(&c.pass, &["hq", "reconcile", "--dir", hq, s(&b1)]);
+    stamp(&c.pass)
+        .site("export-audit")
+        .dir(site)
+        .args(&["-o", s(&b1)])
+        .json();
+    let r = stamp(&c.pass).hq("reconcile").dir(hq).arg(&b1).json();
     assert_eq!(r["ok"], true, "{r:#}");
     assert_eq!(r["devices_issued"], 5);
     assert_eq!(r["devices_recorded"], 5);
@@ -1524,20 +1421,24 @@ fn the_real_sites_exports_reconcile_clean() {
         "c.cose",
     );
     let more = tmp.join("more");
-    p256_csrs(&more, 2);
+    write_csr_dir(&more, 2, false);
     let o = issue(&more, "out2");
     assert!(o.status.success(), "{}", lossy(&o.stdout));
     let b2 = tmp.join("b2.bundle");
-    stamp_json(&c.pass, &["site", "export-audit", "--dir", site, "-o", s(&b2)]);
-    let r2 = stamp_json(&c.pass, &["hq", "reconcile", "--dir", hq, s(&b2)]);
+    stamp(&c.pass)
+        .site("export-audit")
+        .dir(site)
+        .args(&["-o", s(&b2)])
+        .json();
+    let r2 = stamp(&c.pass).hq("reconcile").dir(hq).arg(&b2).json();
     assert_eq!(r2["ok"], true, "{r2:#}");
     assert_eq!(r2["previous"]["size"], r["checkpoint"]["size"]);
     assert_eq!(r2["devices_recorded"], 2);
     assert_eq!(r2["entitlements_applied"], 1);
-    let d = stamp_json(&c.pass, &["hq", "devices", "--dir", hq]);
+    let d = stamp(&c.pass).hq("devices").dir(hq).json();
     assert_eq!(d["count"], 7);
     // Replaying the first is refused.
-    stamp_fails(&c.pass, &["hq", "reconcile", "--dir", hq, s(&b1)], "replayed");
+    stamp(&c.pass).hq("reconcile").dir(hq).arg(&b1).fails("replayed");
 }
 
 // --- renewals ----------------------------------------------------------------------------------
@@ -1605,10 +1506,11 @@ fn renewals_need_the_devices_key_obey_the_limit_and_supersede() {
     assert_eq!(r["devices_recorded"], 3, "{r:#}");
     // HQ's registry: the serial's live certificate is the device's renewal; the first one is
     // superseded, and none of the refused ones is there.
-    let d = stamp_json(
-        &t.b.pass,
-        &["hq", "devices", "--dir", s(&t.hq), "--site", "plant-7"],
-    );
+    let d = stamp(&t.b.pass)
+        .hq("devices")
+        .dir(&t.hq)
+        .args(&["--site", "plant-7"])
+        .json();
     let listed: Vec<(u64, String, bool)> = d["devices"]
         .as_array()
         .unwrap()

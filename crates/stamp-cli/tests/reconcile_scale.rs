@@ -7,19 +7,14 @@
 //! fills as the registry grows, and these bundles are too small to fill it); everything else
 //! must not grow at all, and that is what the comparison checks. `bench/run` measures the default
 //! at 1M entries.
-#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-#[path = "common/audit_builder.rs"]
-mod audit_builder;
-mod common;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use audit_builder::*;
-use common::*;
+use crate::common::audit_builder::*;
+use crate::common::*;
 use stamp_core::audit::{self, Event};
 
 /// Peak resident memory (VmHWM, KiB) of a running process, while it still runs.
@@ -34,20 +29,13 @@ fn vm_hwm(pid: u32) -> Option<u64> {
 /// Runs `stamp hq reconcile --json` on `bundle`, sampling its peak memory until it exits.
 fn reconcile_measured(pass: &Path, hq: &Path, bundle: &Path) -> (serde_json::Value, u64, Duration) {
     let started = Instant::now();
-    let mut child = Command::new(assert_cmd::cargo::cargo_bin("stamp"))
-        .env_remove("STAMP_PASSPHRASE_FILE")
-        .args([
-            "--passphrase-file",
-            s(pass),
-            "--json",
-            "hq",
-            "reconcile",
-            "--cache-mib",
-            "2",
-            "--dir",
-            s(hq),
-            s(bundle),
-        ])
+    let mut child = stamp(pass)
+        .arg("--json")
+        .hq("reconcile")
+        .args(&["--cache-mib", "2"])
+        .dir(hq)
+        .arg(bundle)
+        .command()
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -126,24 +114,13 @@ fn write_bundle(log: &mut SiteLog, grant: &stamp_core::entitlement::Grant, devic
 fn a_bundle_six_times_larger_reconciles_in_the_same_memory() {
     let c = ceremony(true);
     let pkg = c.tmp.path().join("grant.cose");
-    stamp_json(
-        &c.pass,
-        &[
-            "hq",
-            "entitle",
-            "--dir",
-            s(&c.hq),
-            "--site",
-            "plant-7",
-            "--product",
-            "thermo-2",
-            "--quota",
-            "200000",
-            "-o",
-            s(&pkg),
-        ],
-    );
-    stamp_json(&c.pass, &["site", "import", "--dir", s(&c.site), s(&pkg)]);
+    stamp(&c.pass)
+        .hq("entitle")
+        .dir(&c.hq)
+        .args(&["--site", "plant-7", "--product", "thermo-2"])
+        .args(&["--quota", "200000", "-o", s(&pkg)])
+        .json();
+    stamp(&c.pass).site("import").dir(&c.site).arg(&pkg).json();
     let grant = stamp_site::SiteStore::open(&c.site.join("stamp-site.db"))
         .unwrap()
         .grant("plant-7.1")
@@ -191,10 +168,11 @@ fn a_bundle_six_times_larger_reconciles_in_the_same_memory() {
         "peak memory grew with the entries: {small} KiB for 8k entries, {large} KiB for 48k"
     );
     // The registry has them all.
-    let d = stamp_json(
-        &c.pass,
-        &["hq", "devices", "--dir", s(&c.hq), "--site", "plant-7"],
-    );
+    let d = stamp(&c.pass)
+        .hq("devices")
+        .dir(&c.hq)
+        .args(&["--site", "plant-7"])
+        .json();
     assert_eq!(d["count"], 49_152);
 }
 

@@ -1,14 +1,5 @@
 //! The site service through the real binary: `stamp site serve` in a child process, stations
 //! talking to it over mutual TLS, EST and the JSON API, bad input, crashes and the simulator.
-#![allow(
-    missing_docs,
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::type_complexity
-)]
-
-mod common;
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::{BufRead, BufReader};
@@ -17,8 +8,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::common::*;
 use base64::Engine as _;
-use common::*;
 use stamp_service::client::{Connection, Endpoint, Reply, StationIdentity};
 
 // ---- helpers ----------------------------------------------------------------------------------
@@ -31,21 +22,15 @@ struct Service {
 
 impl Service {
     fn start(c: &Ceremony, extra: &[&str]) -> Service {
-        let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("stamp"));
-        cmd.env_remove("STAMP_PASSPHRASE_FILE")
+        let mut cmd = stamp(&c.pass)
             .env("RUST_LOG", "warn")
-            .args([
-                "--json",
-                "--passphrase-file",
-                s(&c.pass),
-                "site",
-                "serve",
-                "--dir",
-            ])
-            .arg(&c.site)
-            .args(["--listen", "127.0.0.1:0"])
+            .arg("--json")
+            .site("serve")
+            .dir(&c.site)
+            .args(&["--listen", "127.0.0.1:0"])
             .args(extra)
-            .stdin(Stdio::null())
+            .command();
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         let mut child = cmd.spawn().unwrap();
@@ -109,41 +94,19 @@ fn setup(extra: &[&str]) -> (Ceremony, PathBuf) {
 }
 
 fn entitle(c: &Ceremony, name: &str, extra: &[&str]) {
-    let pkg = c.tmp.path().join(format!("{name}.cose"));
-    let mut args = vec![
-        "hq",
-        "entitle",
-        "--dir",
-        s(&c.hq),
-        "--site",
-        "plant-7",
-        "--product",
-        "thermo-2",
-        "--device-data",
-        "cloud=mqtts://iot.example:8883",
-        "-o",
-        s(&pkg),
-    ];
-    args.extend_from_slice(extra);
-    stamp_json(&c.pass, &args);
-    stamp_json(&c.pass, &["site", "import", "--dir", s(&c.site), s(&pkg)]);
+    c.entitle(
+        name,
+        &[&["--device-data", "cloud=mqtts://iot.example:8883"], extra].concat(),
+    );
 }
 
 fn add_station(c: &Ceremony, site: &Path, name: &str, dir: &str) -> PathBuf {
     let out = c.tmp.path().join(dir);
-    let v = stamp_json(
-        &c.pass,
-        &[
-            "site",
-            "add-station",
-            "--dir",
-            s(site),
-            "--name",
-            name,
-            "-o",
-            s(&out),
-        ],
-    );
+    let v = stamp(&c.pass)
+        .site("add-station")
+        .dir(site)
+        .args(&["--name", name, "-o", s(&out)])
+        .json();
     assert_eq!(v["name"], name);
     out
 }
@@ -154,22 +117,7 @@ async fn connect(url: &str, station: &Path) -> Connection {
 }
 
 fn p256_csr() -> Vec<u8> {
-    csr_with(&rcgen::PKCS_ECDSA_P256_SHA256, |_| {})
-}
-
-fn csr_with(
-    alg: &'static rcgen::SignatureAlgorithm,
-    tweak: impl FnOnce(&mut rcgen::CertificateParams),
-) -> Vec<u8> {
-    csr_for(&rcgen::KeyPair::generate_for(alg).unwrap(), tweak)
-}
-
-/// A CSR for `key`.
-fn csr_for(key: &rcgen::KeyPair, tweak: impl FnOnce(&mut rcgen::CertificateParams)) -> Vec<u8> {
-    let mut p = rcgen::CertificateParams::default();
-    p.distinguished_name.push(rcgen::DnType::CommonName, "device");
-    tweak(&mut p);
-    p.serialize_request(key).unwrap().der().to_vec()
+    csr_der_with(&rcgen::PKCS_ECDSA_P256_SHA256, |_| {})
 }
 
 /// The device's proof of possession: its key `key` signs the renewal from its certificate
@@ -277,7 +225,7 @@ fn devices_in_db(site: &Path) -> BTreeMap<u64, Vec<u8>> {
 
 /// The log verifies, and the devices table, the log and the status agree.
 fn check_consistent(c: &Ceremony, entitlement: &str) -> usize {
-    let log = stamp_json(&c.pass, &["site", "verify-log", "--dir", s(&c.site)]);
+    let log = stamp(&c.pass).site("verify-log").dir(&c.site).json();
     assert_eq!(log["ok"], true);
     assert_eq!(
         devices_in_db(&c.site),
@@ -285,7 +233,7 @@ fn check_consistent(c: &Ceremony, entitlement: &str) -> usize {
         "devices table and log agree"
     );
     let in_log = issued_in_log_of(&c.site, Some(entitlement));
-    let st = stamp_json(&c.pass, &["site", "status", "--dir", s(&c.site)]);
+    let st = stamp(&c.pass).site("status").dir(&c.site).json();
     let ent = st["entitlements"]
         .as_array()
         .unwrap()
@@ -325,7 +273,7 @@ fn stations_provision_over_json_and_est_and_renew() {
         let mut conn = connect(&svc.url, &st).await;
         // JSON provision: a certificate, the chain up to the root, the device data.
         let k1 = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let r = provision(&mut conn, "plant-7.1", &csr_for(&k1, |_| {})).await;
+        let r = provision(&mut conn, "plant-7.1", &csr_der_for(&k1, |_| {})).await;
         assert_eq!(r.status, 200, "{:?}", r);
         let v = r.json().unwrap();
         assert_eq!(v["entitlement_id"], "plant-7.1");
@@ -363,7 +311,7 @@ fn stations_provision_over_json_and_est_and_renew() {
             "/.well-known/est/plant-7.1/simpleenroll",
             "/.well-known/est/simpleenroll",
         ] {
-            let r = est_enroll(&mut conn, path, &csr_with(&rcgen::PKCS_ED25519, |_| {})).await;
+            let r = est_enroll(&mut conn, path, &csr_der_with(&rcgen::PKCS_ED25519, |_| {})).await;
             assert_eq!(r.status, 200, "{path}: {r:?}");
             assert_eq!(r.content_type, "application/pkcs7-mime; smime-type=certs-only");
             let der = stamp_service::pkcs7::base64_decode(&r.body, 1 << 20).unwrap();
@@ -379,7 +327,7 @@ fn stations_provision_over_json_and_est_and_renew() {
         // Renewal: the same subject as a certificate this site issued; not counted against quota.
         // Keeping its key, the device's request is its own proof of possession.
         let issued = stamp_core::cert::from_pem(v["certificate"].as_str().unwrap(), "CERTIFICATE").unwrap();
-        let same_key = csr_for(&k1, device_subject("1"));
+        let same_key = csr_der_for(&k1, device_subject("1"));
         // Check the subject we built matches what the site issued (else the test is wrong).
         let parsed = stamp_core::csr::verify(&same_key).unwrap();
         assert!(
@@ -394,13 +342,13 @@ fn stations_provision_over_json_and_est_and_renew() {
         let r = est_enroll(
             &mut conn,
             "/.well-known/est/simplereenroll",
-            &csr_with(&rcgen::PKCS_ECDSA_P256_SHA256, device_subject("9")),
+            &csr_der_with(&rcgen::PKCS_ECDSA_P256_SHA256, device_subject("9")),
         )
         .await;
         assert_eq!((r.status, r.error.as_deref()), (404, Some("unknown-device")));
         // A new key: a station alone (no proof, or a proof by the old certificate) cannot renew.
         let k2 = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let renew_csr = csr_for(&k2, device_subject("1"));
+        let renew_csr = csr_der_for(&k2, device_subject("1"));
         for body in [
             serde_json::json!({ "csr": b64(&renew_csr) }),
             serde_json::json!({ "csr": b64(&renew_csr), "proof": possession_proof(&k1, &issued, &renew_csr) }),
@@ -427,22 +375,8 @@ fn stations_provision_over_json_and_est_and_renew() {
         // HQ revokes device 1; once the site imports the update (the service reloads within
         // seconds), its renewals are refused and logged as such.
         let update = c.tmp.path().join("revoke-1.cose");
-        stamp_json(
-            &c.pass,
-            &[
-                "hq",
-                "revoke-device",
-                "--dir",
-                s(&c.hq),
-                "--serial",
-                "1",
-                "--reason",
-                "stolen",
-                "--site-update",
-                s(&update),
-            ],
-        );
-        stamp_json(&c.pass, &["site", "import", "--dir", s(&c.site), s(&update)]);
+        stamp(&c.pass).hq("revoke-device").dir(&c.hq).args(&["--serial", "1", "--reason", "stolen"]).args(&["--site-update", s(&update)]).json();
+        stamp(&c.pass).site("import").dir(&c.site).arg(&update).json();
         let (mut refused, mut renewed_meanwhile) = (None, 0);
         for _ in 0..60 {
             let r = conn
@@ -515,13 +449,14 @@ fn stations_provision_over_json_and_est_and_renew() {
     // HQ accepts every renewal the site made (proofs checked again) and keeps one live
     // certificate for device 1.
     let bundle = c.tmp.path().join("audit.bundle");
-    stamp_json(
-        &c.pass,
-        &["site", "export-audit", "--dir", s(&c.site), "-o", s(&bundle)],
-    );
-    let r = stamp_json(&c.pass, &["hq", "reconcile", "--dir", s(&c.hq), s(&bundle)]);
+    stamp(&c.pass)
+        .site("export-audit")
+        .dir(&c.site)
+        .args(&["-o", s(&bundle)])
+        .json();
+    let r = stamp(&c.pass).hq("reconcile").dir(&c.hq).arg(&bundle).json();
     assert_eq!(r["ok"], true, "{r:#}");
-    let d = stamp_json(&c.pass, &["hq", "devices", "--dir", s(&c.hq)]);
+    let d = stamp(&c.pass).hq("devices").dir(&c.hq).json();
     let live: Vec<&serde_json::Value> = d["devices"]
         .as_array()
         .unwrap()
@@ -539,12 +474,12 @@ fn renewals_are_limited_per_device() {
         let mut conn = connect(&svc.url, &st).await;
         let k = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
         assert_eq!(
-            provision(&mut conn, "plant-7.1", &csr_for(&k, |_| {}))
+            provision(&mut conn, "plant-7.1", &csr_der_for(&k, |_| {}))
                 .await
                 .status,
             200
         );
-        let again = csr_for(&k, device_subject("1"));
+        let again = csr_der_for(&k, device_subject("1"));
         // The default limit: two renewals per device per day.
         for want in [(200, None), (200, None), (429, Some("renewal-limit"))] {
             let r = conn
@@ -676,45 +611,24 @@ fn only_active_stations_of_this_site_are_served() {
     let site8 = c.tmp.path().join("site8");
     let req8 = c.tmp.path().join("req8.json");
     let creds8 = c.tmp.path().join("creds8.json");
-    let init8 = stamp_json(
-        &c.pass,
-        &[
-            "site",
-            "init",
-            "--dir",
-            s(&site8),
-            "--site-id",
-            "plant-8",
-            "-o",
-            s(&req8),
-        ],
-    );
-    stamp_json(
-        &c.pass,
-        &[
-            "hq",
-            "enroll-site",
-            "--dir",
-            s(&c.hq),
-            s(&req8),
-            "-o",
-            s(&creds8),
-            "--fingerprint",
-            init8["request_fingerprint"].as_str().unwrap(),
-        ],
-    );
-    stamp_json(
-        &c.pass,
-        &[
-            "site",
-            "install",
-            "--dir",
-            s(&site8),
-            s(&creds8),
-            "--root-fingerprint",
-            &c.root_fingerprint(),
-        ],
-    );
+    let init8 = stamp(&c.pass)
+        .site("init")
+        .dir(&site8)
+        .args(&["--site-id", "plant-8", "-o", s(&req8)])
+        .json();
+    stamp(&c.pass)
+        .hq("enroll-site")
+        .dir(&c.hq)
+        .arg(&req8)
+        .args(&["-o", s(&creds8)])
+        .args(&["--fingerprint", init8["request_fingerprint"].as_str().unwrap()])
+        .json();
+    stamp(&c.pass)
+        .site("install")
+        .dir(&site8)
+        .arg(&creds8)
+        .args(&["--root-fingerprint", &c.root_fingerprint()])
+        .json();
     let foreign = add_station(&c, &site8, "line-1", "st-foreign");
     let svc = Service::start(&c, &[]);
     let root = std::fs::read(st.join("ca.pem")).unwrap();
@@ -762,10 +676,11 @@ fn only_active_stations_of_this_site_are_served() {
         // Revoke line-2 while the service runs: its next request is refused.
         let mut conn2 = connect(&svc.url, &st2).await;
         assert_eq!(provision(&mut conn2, "plant-7.1", &p256_csr()).await.status, 200);
-        stamp_json(
-            &c.pass,
-            &["site", "revoke-station", "--dir", s(&c.site), "--name", "line-2"],
-        );
+        stamp(&c.pass)
+            .site("revoke-station")
+            .dir(&c.site)
+            .args(&["--name", "line-2"])
+            .json();
         let r = provision(&mut conn2, "plant-7.1", &p256_csr()).await;
         assert_eq!((r.status, r.error.as_deref()), (403, Some("station-revoked")));
         let r = est_enroll(&mut conn2, "/.well-known/est/plant-7.1/simpleenroll", &p256_csr()).await;
@@ -803,37 +718,19 @@ fn only_active_stations_of_this_site_are_served() {
         .collect();
     assert_eq!(stations, ["+line-1", "+line-2", "-line-2"]);
     // Station names are never reused; the list shows the revocation.
-    let l = stamp_json(&c.pass, &["site", "stations", "--dir", s(&c.site)]);
+    let l = stamp(&c.pass).site("stations").dir(&c.site).json();
     assert_eq!(l["stations"][1]["name"], "line-2");
     assert!(l["stations"][1]["revoked_ms"].is_i64());
-    stamp_fails(
-        &c.pass,
-        &[
-            "site",
-            "add-station",
-            "--dir",
-            s(&c.site),
-            "--name",
-            "line-2",
-            "-o",
-            s(&c.tmp.path().join("x")),
-        ],
-        "exists already",
-    );
-    stamp_fails(
-        &c.pass,
-        &[
-            "site",
-            "add-station",
-            "--dir",
-            s(&c.site),
-            "--name",
-            "Line 3",
-            "-o",
-            s(&c.tmp.path().join("y")),
-        ],
-        "invalid station name",
-    );
+    stamp(&c.pass)
+        .site("add-station")
+        .dir(&c.site)
+        .args(&["--name", "line-2", "-o", s(&c.tmp.path().join("x"))])
+        .fails("exists already");
+    stamp(&c.pass)
+        .site("add-station")
+        .dir(&c.site)
+        .args(&["--name", "Line 3", "-o", s(&c.tmp.path().join("y"))])
+        .fails("invalid station name");
     check_consistent(&c, "plant-7.1");
 }
 
@@ -868,25 +765,16 @@ fn station_files_are_what_a_station_needs() {
     let b = openssl(&["x509", "-in", s(&st.join("station.crt")), "-noout", "-pubkey"]).stdout;
     assert_eq!(a, b);
     // A directory that already holds a station key is refused before anything changes.
-    stamp_fails(
-        &c.pass,
-        &[
-            "site",
-            "add-station",
-            "--dir",
-            s(&c.site),
-            "--name",
-            "line-9",
-            "-o",
-            s(&st),
-        ],
-        "already holds a station key",
-    );
-    stamp_fails(
-        &c.pass,
-        &["site", "revoke-station", "--dir", s(&c.site), "--name", "nope"],
-        "no station named",
-    );
+    stamp(&c.pass)
+        .site("add-station")
+        .dir(&c.site)
+        .args(&["--name", "line-9", "-o", s(&st)])
+        .fails("already holds a station key");
+    stamp(&c.pass)
+        .site("revoke-station")
+        .dir(&c.site)
+        .args(&["--name", "nope"])
+        .fails("no station named");
 }
 
 #[test]
@@ -955,7 +843,7 @@ fn bad_requests_are_refused_with_stable_codes() {
             (
                 "key type",
                 post(
-                    serde_json::to_vec(&serde_json::json!({"entitlement": "plant-7.1", "csr": b64(&csr_with(&rcgen::PKCS_ECDSA_P384_SHA384, |_| {}))})).unwrap(),
+                    serde_json::to_vec(&serde_json::json!({"entitlement": "plant-7.1", "csr": b64(&csr_der_with(&rcgen::PKCS_ECDSA_P384_SHA384, |_| {}))})).unwrap(),
                     "application/json",
                 ),
                 422,
@@ -1251,27 +1139,12 @@ fn the_simulator_provisions_thousands_over_est_and_json() {
         ("est", "p384", "20"),
     ] {
         let out = c.tmp.path().join(format!("devices-{protocol}-{key}"));
-        let v = stamp_json(
-            &c.pass,
-            &[
-                "device",
-                "simulate",
-                "--server",
-                &svc.url,
-                "--station",
-                s(&st),
-                "--count",
-                n,
-                "--concurrency",
-                "16",
-                "--protocol",
-                protocol,
-                "--key",
-                key,
-                "-o",
-                s(&out),
-            ],
-        );
+        let v = stamp(&c.pass)
+            .device("simulate")
+            .args(&["--server", &svc.url, "--station", s(&st), "--count", n])
+            .args(&["--concurrency", "16", "--protocol", protocol, "--key", key])
+            .args(&["-o", s(&out)])
+            .json();
         let n: u64 = n.parse().unwrap();
         assert_eq!(v["provisioned"], n, "{v}");
         assert!(v["latency_ms"]["p99"].as_f64().unwrap() > 0.0);
@@ -1307,24 +1180,12 @@ fn the_simulator_provisions_thousands_over_est_and_json() {
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     }
     // Over quota: the simulator reports the refusals and fails.
-    let o = stamp(
-        &c.pass,
-        &[
-            "--json",
-            "device",
-            "simulate",
-            "--server",
-            &svc.url,
-            "--station",
-            s(&st),
-            "--count",
-            "100",
-            "--protocol",
-            "json",
-            "-o",
-            s(&c.tmp.path().join("over")),
-        ],
-    );
+    let o = stamp(&c.pass)
+        .arg("--json")
+        .device("simulate")
+        .args(&["--server", &svc.url, "--station", s(&st), "--count", "100"])
+        .args(&["--protocol", "json", "-o", s(&c.tmp.path().join("over"))])
+        .output();
     assert_eq!(o.status.code(), Some(1));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["provisioned"], 2100 - total);
@@ -1335,10 +1196,7 @@ fn the_simulator_provisions_thousands_over_est_and_json() {
 
 #[test]
 fn configuration_is_printed_checked_and_applied() {
-    let o = Command::new(assert_cmd::cargo::cargo_bin("stamp"))
-        .args(["site", "serve", "--print-config"])
-        .output()
-        .unwrap();
+    let o = stamp_bare().site("serve").arg("--print-config").output();
     assert!(o.status.success());
     let text = String::from_utf8(o.stdout).unwrap();
     assert_eq!(
@@ -1347,17 +1205,17 @@ fn configuration_is_printed_checked_and_applied() {
     );
     let (c, st) = setup(&["--quota", "3"]);
     let bad = write(&c.tmp.path().join("bad.toml"), b"max_body_bytes = \"big\"\n");
-    stamp_fails(
-        &c.pass,
-        &["site", "serve", "--dir", s(&c.site), "--config", s(&bad)],
-        "invalid configuration",
-    );
+    stamp(&c.pass)
+        .site("serve")
+        .dir(&c.site)
+        .args(&["--config", s(&bad)])
+        .fails("invalid configuration");
     let unknown = write(&c.tmp.path().join("unknown.toml"), b"lisen = \"127.0.0.1:1\"\n");
-    stamp_fails(
-        &c.pass,
-        &["site", "serve", "--dir", s(&c.site), "--config", s(&unknown)],
-        "unknown field",
-    );
+    stamp(&c.pass)
+        .site("serve")
+        .dir(&c.site)
+        .args(&["--config", s(&unknown)])
+        .fails("unknown field");
     // A config with a default entitlement, a small body limit and a name list.
     let good = write(
         &c.tmp.path().join("good.toml"),
@@ -1410,11 +1268,11 @@ fn configuration_is_printed_checked_and_applied() {
         &c.tmp.path().join("single.toml"),
         b"server_names = [\"stampsite\"]\n",
     );
-    stamp_fails(
-        &c.pass,
-        &["site", "serve", "--dir", s(&c.site), "--config", s(&single)],
-        "a single-label name is not a valid dNSName",
-    );
+    stamp(&c.pass)
+        .site("serve")
+        .dir(&c.site)
+        .args(&["--config", s(&single)])
+        .fails("a single-label name is not a valid dNSName");
 }
 
 /// The subject alternative names of a PEM certificate, as "dns NAME" or "ip ADDRESS".
@@ -1468,13 +1326,11 @@ fn localhost_connects(svc: &Service, st: &Path) {
 fn demo_runs_the_whole_flow() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("demo");
-    let out = Command::new(assert_cmd::cargo::cargo_bin("stamp"))
-        .env_remove("STAMP_PASSPHRASE_FILE")
-        .args(["demo", "--json", "--dir", s(&dir), "--devices", "150"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = stamp_bare()
+        .arg("demo")
+        .dir(&dir)
+        .args(&["--devices", "150"])
+        .json();
     for key in ["dir", "root_cert", "entitlement", "audit_bundle"] {
         assert!(Path::new(v[key].as_str().unwrap()).exists(), "{key}");
     }
@@ -1535,14 +1391,12 @@ fn demo_runs_the_whole_flow() {
     }
     // The attackers' stamps stay on disk: the verifier refuses them on its own too.
     let clone = Path::new(cloud["attackers_dir"].as_str().unwrap()).join("clone/device.crt");
-    let o = Command::new(assert_cmd::cargo::cargo_bin("stamp"))
-        .args(["--json", "cloud", "verify", "--registry"])
-        .args([cloud["registry"].as_str().unwrap(), s(&clone)])
-        .args(["--root-fingerprint", v["root_fingerprint"].as_str().unwrap()])
-        .output()
-        .unwrap();
-    assert_eq!(o.status.code(), Some(1));
-    let verdict: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let (code, verdict) = stamp_bare()
+        .cloud("verify")
+        .args(&["--registry", cloud["registry"].as_str().unwrap(), s(&clone)])
+        .args(&["--root-fingerprint", v["root_fingerprint"].as_str().unwrap()])
+        .code_json();
+    assert_eq!(code, Some(1), "{verdict}");
     assert_eq!(verdict["reason"], "clone", "{verdict}");
     // The site applied HQ's revocation: its CRL lists the revoked device, and openssl agrees.
     assert_eq!(cloud["site_crl_report"]["revoked"], 1, "{cloud}");
@@ -1577,16 +1431,13 @@ fn demo_runs_the_whole_flow() {
     // The saved stamps replay with `stamp device connect` against a gateway on the registry.
     use std::io::BufRead;
     let gw_cert = Path::new(v["dir"].as_str().unwrap()).join("gw.pem");
-    let mut gw = Command::new(assert_cmd::cargo::cargo_bin("stamp"))
-        .args([
-            "--json",
-            "cloud",
-            "gateway",
-            "--registry",
-            cloud["registry"].as_str().unwrap(),
-        ])
-        .args(["--listen", "127.0.0.1:0", "--write-server-cert", s(&gw_cert)])
-        .args(["--root-fingerprint", v["root_fingerprint"].as_str().unwrap()])
+    let mut gw = stamp_bare()
+        .arg("--json")
+        .cloud("gateway")
+        .args(&["--registry", cloud["registry"].as_str().unwrap()])
+        .args(&["--listen", "127.0.0.1:0", "--write-server-cert", s(&gw_cert)])
+        .args(&["--root-fingerprint", v["root_fingerprint"].as_str().unwrap()])
+        .command()
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -1604,19 +1455,18 @@ fn demo_runs_the_whole_flow() {
         .1
         .to_owned();
     let connect = |dir: &Path| {
-        let o = Command::new(assert_cmd::cargo::cargo_bin("stamp"))
-            .args([
-                "--json",
-                "device",
-                "connect",
+        let o = stamp_bare()
+            .arg("--json")
+            .device("connect")
+            .args(&[
                 "--stamp",
                 s(dir),
                 "--server",
                 &format!("localhost:{port}"),
+                "--ca",
+                s(&gw_cert),
             ])
-            .args(["--ca", s(&gw_cert)])
-            .output()
-            .unwrap();
+            .output();
         let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
         (o.status.code(), v)
     };
@@ -1643,32 +1493,25 @@ fn entitlements_imported_while_serving_take_effect_between_requests() {
     let svc = Service::start(&c, &[]);
     let amend = |name: &str, args: &[&str]| {
         let pkg = c.tmp.path().join(format!("{name}.cose"));
-        let mut all = vec!["hq", "amend", "--dir", s(&c.hq), "-o", s(&pkg)];
-        all.extend_from_slice(args);
-        stamp_json(&c.pass, &all);
-        stamp_json(&c.pass, &["site", "import", "--dir", s(&c.site), s(&pkg)]);
+        stamp(&c.pass)
+            .hq("amend")
+            .dir(&c.hq)
+            .args(&["-o", s(&pkg)])
+            .args(args)
+            .json();
+        stamp(&c.pass).site("import").dir(&c.site).arg(&pkg).json();
     };
     // While the service runs, no other engine may issue for the site.
     let before = snapshot(&c.site);
     let csr_dir = c.tmp.path().join("batch");
     std::fs::create_dir_all(&csr_dir).unwrap();
     std::fs::write(csr_dir.join("d.der"), p256_csr()).unwrap();
-    stamp_fails(
-        &c.pass,
-        &[
-            "site",
-            "issue",
-            "--dir",
-            s(&c.site),
-            "--entitlement",
-            "plant-7.1",
-            "--csr",
-            s(&csr_dir),
-            "-o",
-            s(&c.tmp.path().join("batch-out")),
-        ],
-        "another stamp process is issuing for this site",
-    );
+    stamp(&c.pass)
+        .site("issue")
+        .dir(&c.site)
+        .args(&["--entitlement", "plant-7.1", "--csr", s(&csr_dir)])
+        .args(&["-o", s(&c.tmp.path().join("batch-out"))])
+        .fails("another stamp process is issuing for this site");
     assert_eq!(snapshot(&c.site), before);
     let url = svc.url.clone();
     rt().block_on(async {
@@ -1721,18 +1564,21 @@ fn entitlements_imported_while_serving_take_effect_between_requests() {
     // reaches the engine; 6 dropped into the inbox by hand is refused by the engine itself.
     let seal = |name: &str, args: &[&str]| {
         let pkg = c.tmp.path().join(format!("{name}.cose"));
-        let mut all = vec!["hq", "amend", "--dir", s(&c.hq), "-o", s(&pkg)];
-        all.extend_from_slice(args);
-        stamp_json(&c.pass, &all);
+        stamp(&c.pass)
+            .hq("amend")
+            .dir(&c.hq)
+            .args(&["-o", s(&pkg)])
+            .args(args)
+            .json();
         pkg
     };
     let p5 = seal("resume", &["--entitlement", "plant-7.1", "--resume"]);
     let p6 = seal("more", &["--entitlement", "plant-7.2", "--add-quota", "1"]);
-    stamp_fails(
-        &c.pass,
-        &["site", "import", "--dir", s(&c.site), s(&p6)],
-        "package 5 is missing: import it first",
-    );
+    stamp(&c.pass)
+        .site("import")
+        .dir(&c.site)
+        .arg(&p6)
+        .fails("package 5 is missing: import it first");
     let inbox = c.site.join("inbox");
     std::fs::create_dir_all(&inbox).unwrap();
     std::fs::copy(&p6, inbox.join(format!("{:020}.cose", 6))).unwrap();
@@ -1747,21 +1593,22 @@ fn entitlements_imported_while_serving_take_effect_between_requests() {
     }
     let why = std::fs::read_to_string(&refused).unwrap();
     assert!(why.contains("package 5 is missing: import it first"), "{why}");
-    let st = stamp_json(&c.pass, &["site", "status", "--dir", s(&c.site)]);
+    let st = stamp(&c.pass).site("status").dir(&c.site).json();
     assert_eq!(st["last_sequence"], 4, "{st}");
     // The honest path: 5, then 6.
-    stamp_json(&c.pass, &["site", "import", "--dir", s(&c.site), s(&p5)]);
-    stamp_json(&c.pass, &["site", "import", "--dir", s(&c.site), s(&p6)]);
-    let st = stamp_json(&c.pass, &["site", "status", "--dir", s(&c.site)]);
+    stamp(&c.pass).site("import").dir(&c.site).arg(&p5).json();
+    stamp(&c.pass).site("import").dir(&c.site).arg(&p6).json();
+    let st = stamp(&c.pass).site("status").dir(&c.site).json();
     assert_eq!(st["last_sequence"], 6, "{st}");
     assert_eq!(svc.stop(), Some(0));
     check_consistent(&c, "plant-7.1");
     check_consistent(&c, "plant-7.2");
     let bundle = c.tmp.path().join("b.bundle");
-    stamp_json(
-        &c.pass,
-        &["site", "export-audit", "--dir", s(&c.site), "-o", s(&bundle)],
-    );
-    let r = stamp_json(&c.pass, &["hq", "reconcile", "--dir", s(&c.hq), s(&bundle)]);
+    stamp(&c.pass)
+        .site("export-audit")
+        .dir(&c.site)
+        .args(&["-o", s(&bundle)])
+        .json();
+    let r = stamp(&c.pass).hq("reconcile").dir(&c.hq).arg(&bundle).json();
     assert_eq!(r["violations"], serde_json::json!([]), "{r}");
 }

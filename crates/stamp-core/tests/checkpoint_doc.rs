@@ -4,40 +4,12 @@
 
 use std::path::PathBuf;
 
-use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use stamp_core::checkpoint::{self, Checkpoint};
-use stamp_core::key::{KeyError, SignatureAlgorithm, Signer};
+use stamp_core::key::{SignatureAlgorithm, Signer};
 use stamp_core::merkle::{leaf_hash, Frontier};
-
-struct Ed(Ed25519KeyPair, Vec<u8>);
-
-impl std::fmt::Debug for Ed {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "Ed({}, {})",
-            Signer::key_ref(self),
-            Signer::algorithm(self).name()
-        )
-    }
-}
-
-impl Signer for Ed {
-    fn algorithm(&self) -> SignatureAlgorithm {
-        SignatureAlgorithm::Ed25519
-    }
-    fn public_key(&self) -> &[u8] {
-        &self.1
-    }
-    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, KeyError> {
-        Ok(self.0.sign(message).as_ref().to_vec())
-    }
-    fn key_ref(&self) -> &str {
-        "doc"
-    }
-}
+use stamp_testkit::MemSigner;
 
 fn doc() -> String {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../docs/formats/checkpoint.md");
@@ -80,9 +52,7 @@ fn documented_examples_are_what_stamp_produces_and_verifies() {
         .expect("key block");
     let name = field(key, "key name:");
     let seed = hex::decode(field(key, "seed:")).unwrap();
-    let pair = Ed25519KeyPair::from_seed_unchecked(&seed).unwrap();
-    let public = pair.public_key().as_ref().to_vec();
-    let signer = Ed(pair, public);
+    let signer = MemSigner::ed25519_from_seed(&seed).with_key_ref("doc");
     assert_eq!(hex::encode(signer.public_key()), field(key, "public key:"));
     let alg = SignatureAlgorithm::Ed25519;
     assert_eq!(

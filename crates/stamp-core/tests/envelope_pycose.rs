@@ -9,16 +9,11 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use aws_lc_rs::agreement;
-use aws_lc_rs::encoding::{AsDer, Pkcs8V1Der};
 use aws_lc_rs::rand::SystemRandom;
-use aws_lc_rs::signature::{self, EcdsaKeyPair, Ed25519KeyPair, KeyPair};
 use stamp_core::envelope::{self, EnvelopeError, Recipient};
-use stamp_core::key::{
-    KeyAgreement, KeyAgreementAlgorithm, KeyError, SharedSecret, SignatureAlgorithm, Signer,
-};
+use stamp_core::key::{KeyAgreement, KeyAgreementAlgorithm, SignatureAlgorithm, Signer};
 use stamp_core::profile::{self_signed_root, Serial, Validity};
-use zeroize::Zeroizing;
+use stamp_testkit::{MemKeyAgreement, MemSigner};
 
 const HELP: &str = "this test needs python3 with pycose 1.1.0 and cbor2 5.x: run `scripts/test` (the \
     README's test command, which installs tests/requirements.txt), or \
@@ -72,144 +67,21 @@ fn write(dir: &Path, name: &str, bytes: impl AsRef<[u8]>) -> String {
     path.to_str().unwrap().to_owned()
 }
 
-enum TestKey {
-    Ecdsa(EcdsaKeyPair),
-    Ed25519(Ed25519KeyPair),
+/// A self-signed certificate for `signer`'s key.
+fn cert(signer: &MemSigner, serial: u8) -> Vec<u8> {
+    let validity = Validity::starting(
+        time::macros::datetime!(2026-01-01 0:00 UTC),
+        time::Duration::days(365),
+    );
+    self_signed_root(signer, "Test OEM", validity, Serial::from_random([serial; 16])).unwrap()
 }
 
-struct TestSigner {
-    alg: SignatureAlgorithm,
-    key: TestKey,
-    public: Vec<u8>,
-    pkcs8: Vec<u8>,
-}
-
-impl TestSigner {
-    fn new(alg: SignatureAlgorithm) -> Self {
-        let (key, pkcs8) = match alg {
-            SignatureAlgorithm::EcdsaP256Sha256 | SignatureAlgorithm::EcdsaP384Sha384 => {
-                let a = if alg == SignatureAlgorithm::EcdsaP256Sha256 {
-                    &signature::ECDSA_P256_SHA256_ASN1_SIGNING
-                } else {
-                    &signature::ECDSA_P384_SHA384_ASN1_SIGNING
-                };
-                let k = EcdsaKeyPair::generate(a).unwrap();
-                let der = k.to_pkcs8v1().unwrap().as_ref().to_vec();
-                (TestKey::Ecdsa(k), der)
-            }
-            SignatureAlgorithm::Ed25519 => {
-                let k = Ed25519KeyPair::generate().unwrap();
-                let der = k.to_pkcs8v1().unwrap().as_ref().to_vec();
-                (TestKey::Ed25519(k), der)
-            }
-            other => panic!("no COSE test key for {other:?}"),
-        };
-        let public = match &key {
-            TestKey::Ecdsa(k) => k.public_key().as_ref().to_vec(),
-            TestKey::Ed25519(k) => k.public_key().as_ref().to_vec(),
-        };
-        TestSigner {
-            alg,
-            key,
-            public,
-            pkcs8,
-        }
-    }
-
-    fn cert(&self, serial: u8) -> Vec<u8> {
-        let validity = Validity::starting(
-            time::macros::datetime!(2026-01-01 0:00 UTC),
-            time::Duration::days(365),
-        );
-        self_signed_root(self, "Test OEM", validity, Serial::from_random([serial; 16])).unwrap()
-    }
-
-    fn cose_name(&self) -> &'static str {
-        match self.alg {
-            SignatureAlgorithm::EcdsaP256Sha256 => "ES256",
-            SignatureAlgorithm::EcdsaP384Sha384 => "ES384",
-            SignatureAlgorithm::Ed25519 => "EdDSA",
-            other => panic!("no COSE name for {other:?}"),
-        }
-    }
-}
-
-impl std::fmt::Debug for TestSigner {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "TestSigner({}, {})",
-            Signer::key_ref(self),
-            Signer::algorithm(self).name()
-        )
-    }
-}
-
-impl Signer for TestSigner {
-    fn algorithm(&self) -> SignatureAlgorithm {
-        self.alg
-    }
-    fn public_key(&self) -> &[u8] {
-        &self.public
-    }
-    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, KeyError> {
-        match &self.key {
-            TestKey::Ecdsa(k) => Ok(k.sign(&SystemRandom::new(), message).unwrap().as_ref().to_vec()),
-            TestKey::Ed25519(k) => Ok(k.sign(message).as_ref().to_vec()),
-        }
-    }
-    fn key_ref(&self) -> &str {
-        "test-signer"
-    }
-}
-
-struct TestKa {
-    alg: KeyAgreementAlgorithm,
-    key: agreement::PrivateKey,
-    public: Vec<u8>,
-}
-
-impl TestKa {
-    fn new(alg: KeyAgreementAlgorithm) -> Self {
-        let key = agreement::PrivateKey::generate(alg.agreement()).unwrap();
-        let public = key.compute_public_key().unwrap().as_ref().to_vec();
-        TestKa { alg, key, public }
-    }
-
-    fn pkcs8(&self) -> Vec<u8> {
-        let der: Pkcs8V1Der<'static> = self.key.as_der().unwrap();
-        der.as_ref().to_vec()
-    }
-}
-
-impl std::fmt::Debug for TestKa {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "TestKa({}, {})",
-            KeyAgreement::key_ref(self),
-            KeyAgreement::algorithm(self).name()
-        )
-    }
-}
-
-impl KeyAgreement for TestKa {
-    fn algorithm(&self) -> KeyAgreementAlgorithm {
-        self.alg
-    }
-    fn public_key(&self) -> &[u8] {
-        &self.public
-    }
-    fn agree(&self, peer: &[u8]) -> Result<SharedSecret, KeyError> {
-        agreement::agree(
-            &self.key,
-            agreement::UnparsedPublicKey::new(self.alg.agreement(), peer),
-            KeyError::BadPeerKey(self.alg.name()),
-            |s| Ok(Zeroizing::new(s.to_vec())),
-        )
-    }
-    fn key_ref(&self) -> &str {
-        "test-ka"
+fn cose_name(signer: &MemSigner) -> &'static str {
+    match signer.algorithm() {
+        SignatureAlgorithm::EcdsaP256Sha256 => "ES256",
+        SignatureAlgorithm::EcdsaP384Sha384 => "ES384",
+        SignatureAlgorithm::Ed25519 => "EdDSA",
+        other => panic!("no COSE name for {other:?}"),
     }
 }
 
@@ -230,19 +102,19 @@ fn pycose_opens_what_stamp_seals() {
     require_pycose();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let other = TestSigner::new(SignatureAlgorithm::EcdsaP256Sha256);
+    let other = MemSigner::new(SignatureAlgorithm::EcdsaP256Sha256);
     for (i, (sig, ka)) in SIGS
         .iter()
         .flat_map(|s| KAS.iter().map(move |k| (*s, *k)))
         .enumerate()
     {
-        let signer = TestSigner::new(sig);
-        let recipient = TestKa::new(ka);
+        let signer = MemSigner::new(sig);
+        let recipient = MemKeyAgreement::new(ka);
         // Alternate one-certificate chains (x5chain as a bstr) and two (an array), and an empty and
         // a non-empty external_aad.
-        let mut chain = vec![signer.cert(1)];
+        let mut chain = vec![cert(&signer, 1)];
         if i % 2 == 1 {
-            chain.push(other.cert(2));
+            chain.push(cert(&other, 2));
         }
         let aad: &[u8] = if i % 3 == 0 { b"" } else { b"audit-bundle-v1" };
         let plain = plaintext(300 + i);
@@ -253,7 +125,7 @@ fn pycose_opens_what_stamp_seals() {
             &chain,
             &Recipient {
                 alg: ka,
-                public_key: &recipient.public,
+                public_key: recipient.public_key(),
                 key_id: KID,
                 recipient_id: SITE,
             },
@@ -316,17 +188,17 @@ fn stamp_opens_what_pycose_seals() {
     require_pycose();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let other = TestSigner::new(SignatureAlgorithm::EcdsaP384Sha384);
+    let other = MemSigner::new(SignatureAlgorithm::EcdsaP384Sha384);
     for (i, (sig, ka)) in SIGS
         .iter()
         .flat_map(|s| KAS.iter().map(move |k| (*s, *k)))
         .enumerate()
     {
-        let signer = TestSigner::new(sig);
-        let recipient = TestKa::new(ka);
-        let mut chain = vec![write(d, "leaf.der", signer.cert(3))];
+        let signer = MemSigner::new(sig);
+        let recipient = MemKeyAgreement::new(ka);
+        let mut chain = vec![write(d, "leaf.der", cert(&signer, 3))];
         if i % 2 == 0 {
-            chain.push(write(d, "ca.der", other.cert(4)));
+            chain.push(write(d, "ca.der", cert(&other, 4)));
         }
         let aad: &[u8] = if i % 3 == 1 { b"" } else { b"entitlement-v1" };
         let plain = plaintext(100 + i);
@@ -336,9 +208,9 @@ fn stamp_opens_what_pycose_seals() {
             "--plaintext".into(),
             write(d, "plain.bin", &plain),
             "--alg".into(),
-            signer.cose_name().into(),
+            cose_name(&signer).into(),
             "--signer-key".into(),
-            write(d, "signer-key.pem", pem("PRIVATE KEY", &signer.pkcs8)),
+            write(d, "signer-key.pem", pem("PRIVATE KEY", signer.pkcs8())),
             "--content-type".into(),
             CT.into(),
             "--recipient-key".into(),
@@ -369,13 +241,13 @@ fn stamp_opens_what_pycose_seals() {
         assert_eq!(parsed.content_type(), CT);
         assert_eq!(parsed.key_id(), KID);
         assert_eq!(parsed.chain().len(), chain.len());
-        let verified = parsed.verify(sig, &signer.public, aad).unwrap();
+        let verified = parsed.verify(sig, signer.public_key(), aad).unwrap();
         let opened = verified.open(&recipient, SITE).unwrap();
         assert_eq!(opened.as_slice(), plain.as_slice(), "{case}");
 
         let wrong_id = envelope::parse(&bytes, MAX)
             .unwrap()
-            .verify(sig, &signer.public, aad)
+            .verify(sig, signer.public_key(), aad)
             .unwrap()
             .open(&recipient, b"shenzhen-2");
         assert!(matches!(wrong_id, Err(EnvelopeError::NotAddressedToUs)), "{case}");

@@ -7,11 +7,10 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-use aws_lc_rs::rand::SystemRandom;
-use aws_lc_rs::signature::{EcdsaKeyPair, Ed25519KeyPair, KeyPair, ECDSA_P256_SHA256_ASN1_SIGNING};
 use stamp_core::checkpoint::{self, Checkpoint};
-use stamp_core::key::{KeyError, SignatureAlgorithm, Signer};
+use stamp_core::key::{SignatureAlgorithm, Signer};
 use stamp_core::merkle::{leaf_hash, Frontier};
+use stamp_testkit::MemSigner;
 
 fn script() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/signed_note/verify_note.py")
@@ -41,69 +40,6 @@ fn python(args: &[&str], note: &[u8]) -> (i32, String) {
 
 fn json(s: &str) -> serde_json::Value {
     serde_json::from_str(s).unwrap()
-}
-
-enum Key {
-    Ecdsa(EcdsaKeyPair),
-    Ed25519(Ed25519KeyPair),
-}
-
-struct TestSigner {
-    key: Key,
-    public: Vec<u8>,
-}
-
-impl TestSigner {
-    fn new(alg: SignatureAlgorithm) -> Self {
-        match alg {
-            SignatureAlgorithm::Ed25519 => {
-                let k = Ed25519KeyPair::generate().unwrap();
-                TestSigner {
-                    public: k.public_key().as_ref().to_vec(),
-                    key: Key::Ed25519(k),
-                }
-            }
-            _ => {
-                let k = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_ASN1_SIGNING).unwrap();
-                TestSigner {
-                    public: k.public_key().as_ref().to_vec(),
-                    key: Key::Ecdsa(k),
-                }
-            }
-        }
-    }
-}
-
-impl std::fmt::Debug for TestSigner {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "TestSigner({}, {})",
-            Signer::key_ref(self),
-            Signer::algorithm(self).name()
-        )
-    }
-}
-
-impl Signer for TestSigner {
-    fn algorithm(&self) -> SignatureAlgorithm {
-        match self.key {
-            Key::Ecdsa(_) => SignatureAlgorithm::EcdsaP256Sha256,
-            Key::Ed25519(_) => SignatureAlgorithm::Ed25519,
-        }
-    }
-    fn public_key(&self) -> &[u8] {
-        &self.public
-    }
-    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, KeyError> {
-        Ok(match &self.key {
-            Key::Ecdsa(k) => k.sign(&SystemRandom::new(), message).unwrap().as_ref().to_vec(),
-            Key::Ed25519(k) => k.sign(message).as_ref().to_vec(),
-        })
-    }
-    fn key_ref(&self) -> &str {
-        "test"
-    }
 }
 
 /// The Python verifier must itself agree with published notes, or agreeing with it proves nothing.
@@ -159,7 +95,7 @@ fn python_verifies_stamp_checkpoints_signed_with_ecdsa_p256_and_ed25519() {
     };
     let name = "factory-7.example.com/stamp/audit";
     for alg in [SignatureAlgorithm::EcdsaP256Sha256, SignatureAlgorithm::Ed25519] {
-        let signer = TestSigner::new(alg);
+        let signer = MemSigner::new(alg).with_key_ref("test");
         let note = checkpoint::sign(&cp, name, &signer).unwrap();
         let vkey = checkpoint::verifier_key(name, alg, signer.public_key()).unwrap();
         let key_hex = hex::encode(signer.public_key());
@@ -179,7 +115,7 @@ fn python_verifies_stamp_checkpoints_signed_with_ecdsa_p256_and_ed25519() {
         let altered = note.replacen("\n1000\n", "\n1001\n", 1);
         assert_ne!(altered, note);
         assert_eq!(python(&args, altered.as_bytes()).0, 1, "{}", alg.name());
-        let other = checkpoint::sign(&cp, name, &TestSigner::new(alg)).unwrap();
+        let other = checkpoint::sign(&cp, name, &MemSigner::new(alg).with_key_ref("test")).unwrap();
         assert_eq!(python(&args, other.as_bytes()).0, 1, "{}", alg.name());
     }
 }

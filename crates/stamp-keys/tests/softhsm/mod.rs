@@ -8,8 +8,6 @@
     clippy::panic
 )]
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
@@ -99,18 +97,9 @@ pub fn store(hsm: &SoftHsm, token: &str, pin: &str) -> Pkcs11Store {
     )
 }
 
-/// Writes a 0600 file.
-pub fn secret_file(dir: &Path, name: &str, text: &str) -> PathBuf {
-    let p = dir.join(name);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&p)
-        .unwrap();
-    writeln!(f, "{text}").unwrap();
-    p
-}
+/// Writes a 0600 file (stamp-testkit's, shared with the CLI tests).
+#[allow(unused_imports)]
+pub use stamp_testkit::secret_file;
 
 /// A cryptoki session of this process on the token labelled `label`, logged in: an independent
 /// look at what the store made.

@@ -1,0 +1,35 @@
+//! Test support shared by stamp's tests (not published): one in-memory [`Signer`] and
+//! [`KeyAgreement`], CSR makers, a 0600 secret-file writer, and, in [`cli`], a command builder for
+//! the real `stamp` binary with the ceremony, second-site and entitlement set-ups the CLI tests
+//! share.
+//!
+//! Everything here panics on failure: it is test code, and a failed set-up must fail the test.
+//!
+//! [`Signer`]: stamp_core::key::Signer
+//! [`KeyAgreement`]: stamp_core::key::KeyAgreement
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+pub mod cli;
+mod csr;
+mod keys;
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+pub use csr::{csr_der, csr_der_for, csr_der_with, write_csr_dir, write_csrs};
+pub use keys::{MemKeyAgreement, MemSigner};
+
+/// Writes `text` and a newline to a new file `dir/name` with mode 0600 (as stamp demands of
+/// passphrase files); panics if the file exists.
+pub fn secret_file(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&p)
+        .unwrap();
+    writeln!(f, "{text}").unwrap();
+    p
+}
