@@ -646,12 +646,7 @@ fn a_replayed_bundle_is_rejected() {
     t.rejected(&log.seal(&b), "replayed bundle");
     // Scripts read the stable code: in the JSON error, and in parentheses in the text.
     let p = t.write(&bytes);
-    let (code, v) = stamp(&t.b.pass)
-        .arg("--json")
-        .hq("reconcile")
-        .dir(&t.hq)
-        .arg(s(&p))
-        .code_json();
+    let (code, v) = stamp(&t.b.pass).hq("reconcile").dir(&t.hq).arg(s(&p)).code_json();
     assert_eq!(
         (code, &v["code"]),
         (Some(1), &serde_json::json!("replayed")),
@@ -661,7 +656,6 @@ fn a_replayed_bundle_is_rejected() {
     let text = lossy(&out.stderr);
     assert!(text.lines().next().unwrap().ends_with("(replayed)"), "{text}");
     let (_, v) = stamp(&t.b.pass)
-        .arg("--json")
         .hq("devices")
         .dir(t.tmp.path().join("nowhere"))
         .code_json();

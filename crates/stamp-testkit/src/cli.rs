@@ -1,7 +1,7 @@
 //! Running the real `stamp` binary: a command builder in the style of ripgrep's `TestCommand`, and
 //! the set-ups the CLI tests share (a ceremony, a second site, an imported entitlement).
 //!
-//! ```ignore
+//! ```text
 //! let c = ceremony(true);
 //! let r = stamp(&c.pass).hq("entitle").dir(&c.hq).args(&["--site", "plant-7"]).json();
 //! stamp(&c.pass).site("import").dir(&c.site).arg(&pkg).fails("signature");
