@@ -20,7 +20,7 @@ use rustls::{ClientConfig, ClientConnection, StreamOwned};
 use rustls_pki_types::ServerName;
 use serde_json::json;
 use stamp_bench::{loadavg, process_cpu_seconds, quantile_ms, CsrReader, ProcStat};
-use stamp_service::client::StationIdentity;
+use stamp_station::client::StationIdentity;
 
 use crate::http1::{contains, Conn};
 
@@ -83,7 +83,7 @@ fn build_requests(o: &Options, ders: &[Vec<u8>]) -> Vec<Vec<u8>> {
         .map(|der| {
             let (path, content_type, body) = match o.protocol {
                 Protocol::Json => {
-                    let b64 = stamp_service::pkcs7::base64_lines(der).replace("\r\n", "");
+                    let b64 = stamp_core::pkcs7::base64_lines(der).replace("\r\n", "");
                     (
                         "/api/v1/provision".to_owned(),
                         "application/json",
@@ -93,7 +93,7 @@ fn build_requests(o: &Options, ders: &[Vec<u8>]) -> Vec<Vec<u8>> {
                 Protocol::Est => (
                     format!("/.well-known/est/{ent}/simpleenroll"),
                     "application/pkcs10",
-                    stamp_service::pkcs7::base64_lines(der),
+                    stamp_core::pkcs7::base64_lines(der),
                 ),
             };
             format!(
@@ -124,7 +124,7 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
         .iter()
         .map(|dir| {
             let id = StationIdentity::load(dir)?;
-            Ok(stamp_service::tls::client_config(
+            Ok(stamp_station::client_config(
                 &id.root,
                 Some((&id.chain, &id.key_pkcs8)),
             )?)

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use crate::common::*;
 use base64::Engine as _;
-use stamp_service::client::{Connection, Endpoint, Reply, StationIdentity};
+use stamp_station::client::{Connection, Endpoint, Reply, StationIdentity};
 
 // ---- helpers ----------------------------------------------------------------------------------
 
@@ -162,7 +162,7 @@ async fn est_enroll(conn: &mut Connection, path: &str, csr: &[u8]) -> Reply {
         hyper::Method::POST,
         path,
         Some("application/pkcs10"),
-        stamp_service::pkcs7::base64_lines(csr).into_bytes(),
+        stamp_core::pkcs7::base64_lines(csr).into_bytes(),
     )
     .await
     .unwrap()
@@ -314,13 +314,13 @@ fn stations_provision_over_json_and_est_and_renew() {
             let r = est_enroll(&mut conn, path, &csr_der_with(&rcgen::PKCS_ED25519, |_| {})).await;
             assert_eq!(r.status, 200, "{path}: {r:?}");
             assert_eq!(r.content_type, "application/pkcs7-mime; smime-type=certs-only");
-            let der = stamp_service::pkcs7::base64_decode(&r.body, 1 << 20).unwrap();
-            assert_eq!(stamp_service::pkcs7::read_certs_only(&der).unwrap().len(), 1);
+            let der = stamp_core::pkcs7::base64_decode(&r.body, 1 << 20).unwrap();
+            assert_eq!(stamp_core::pkcs7::read_certs_only(&der).unwrap().len(), 1);
         }
         // cacerts: issuing CA and root; csrattrs: the allowed algorithms.
         let r = conn.get("/.well-known/est/cacerts").await.unwrap();
-        let der = stamp_service::pkcs7::base64_decode(&r.body, 1 << 20).unwrap();
-        assert_eq!(stamp_service::pkcs7::read_certs_only(&der).unwrap().len(), 2);
+        let der = stamp_core::pkcs7::base64_decode(&r.body, 1 << 20).unwrap();
+        assert_eq!(stamp_core::pkcs7::read_certs_only(&der).unwrap().len(), 2);
         let r = conn.get("/.well-known/est/plant-7.1/csrattrs").await.unwrap();
         assert_eq!(r.status, 200);
         assert_eq!(r.content_type, "application/csrattrs");
@@ -337,8 +337,8 @@ fn stations_provision_over_json_and_est_and_renew() {
         );
         let r = est_enroll(&mut conn, "/.well-known/est/simplereenroll", &same_key).await;
         assert_eq!(r.status, 200, "{r:?}");
-        let der = stamp_service::pkcs7::base64_decode(&r.body, 1 << 20).unwrap();
-        let renewed = stamp_service::pkcs7::read_certs_only(&der).unwrap().remove(0);
+        let der = stamp_core::pkcs7::base64_decode(&r.body, 1 << 20).unwrap();
+        let renewed = stamp_core::pkcs7::read_certs_only(&der).unwrap().remove(0);
         let r = est_enroll(
             &mut conn,
             "/.well-known/est/simplereenroll",

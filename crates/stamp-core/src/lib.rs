@@ -24,6 +24,7 @@ pub mod firmware;
 pub mod key;
 pub mod merkle;
 pub mod oid;
+pub mod pkcs7;
 pub mod profile;
 pub mod registry;
 pub mod site_id;

@@ -1,5 +1,5 @@
 //! stamp's site service: line stations provision devices over mutual TLS, with a JSON API and EST
-//! (RFC 7030); and a device simulator that drives it like a production line.
+//! (RFC 7030). The stations' side (client, device simulator) is the `stamp-station` crate.
 //!
 //! The service is a thin edge around the site's provisioning engine
 //! ([`stamp_site::engine::Engine`]): it authenticates stations (TLS client certificates from this
@@ -12,13 +12,10 @@
 #![warn(unreachable_pub)]
 
 pub mod api;
-pub mod client;
 pub mod config;
 mod lanes;
 pub mod metrics;
-pub mod pkcs7;
 pub mod server;
-pub mod simulate;
 mod state;
 pub mod tls;
 

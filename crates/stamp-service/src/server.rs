@@ -46,7 +46,7 @@ pub enum ServiceError {
     },
     /// A certificate could not be encoded.
     #[error(transparent)]
-    Pkcs7(#[from] crate::pkcs7::Pkcs7Error),
+    Pkcs7(#[from] stamp_core::pkcs7::Pkcs7Error),
     /// The service's thread ended abnormally.
     #[error("the site service thread crashed")]
     Crashed,
@@ -99,7 +99,7 @@ impl Server {
             addr: config.listen,
             source,
         })?;
-        let cacerts_p7 = crate::pkcs7::certs_only(&[issuing_ca.clone(), root.clone()])?;
+        let cacerts_p7 = stamp_core::pkcs7::certs_only(&[issuing_ca.clone(), root.clone()])?;
         let chain_pem = [issuing_ca, root]
             .into_iter()
             .map(|der| {

@@ -1,10 +1,9 @@
-//! TLS configurations (rustls with the aws-lc-rs provider) for the service and its clients.
+//! The service's TLS configuration (rustls with the aws-lc-rs provider) and the peer it verified.
 
 use std::sync::Arc;
 
-use rustls::client::WebPkiServerVerifier;
 use rustls::server::WebPkiClientVerifier;
-use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use rustls::{RootCertStore, ServerConfig};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use stamp_core::oid::RoleEku;
 use stamp_core::profile::Profile;
@@ -46,32 +45,6 @@ pub fn server_config(
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(verifier)
         .with_single_cert(certs, key)?;
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(cfg))
-}
-
-/// A client's TLS configuration: trusts `root` (the OEM root) for the server and, when given,
-/// presents `identity` (certificate chain and PKCS#8 key).
-pub fn client_config(
-    root: &[u8],
-    identity: Option<(&[Vec<u8>], &[u8])>,
-) -> Result<Arc<ClientConfig>, TlsError> {
-    let provider = provider();
-    let mut roots = RootCertStore::empty();
-    roots.add(CertificateDer::from(root.to_vec()))?;
-    let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .build()
-        .map_err(|e| TlsError::Verifier(e.to_string()))?;
-    let builder = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_webpki_verifier(verifier);
-    let mut cfg = match identity {
-        Some((chain, key)) => builder.with_client_auth_cert(
-            chain.iter().map(|c| CertificateDer::from(c.clone())).collect(),
-            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.to_vec())),
-        )?,
-        None => builder.with_no_client_auth(),
-    };
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
 }

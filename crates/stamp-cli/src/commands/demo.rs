@@ -81,7 +81,7 @@ struct Report {
     /// A station's attempt to renew a genuine device to its own key, refused.
     renewal_clone: renewal::RenewalClone,
     issuance_per_second: f64,
-    latency_ms: stamp_service::simulate::Latency,
+    latency_ms: stamp_station::simulate::Latency,
     audit_bundle: PathBuf,
     audit_log_size: u64,
     reconcile: Reconcile,
@@ -354,13 +354,13 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
     ));
 
     let devices_dir = dir.join("devices");
-    let sim = |count: u64, out: PathBuf| stamp_service::simulate::SimulateOptions {
+    let sim = |count: u64, out: PathBuf| stamp_station::simulate::SimulateOptions {
         server: url.clone(),
         station_dir: station_dir.clone(),
         count,
         concurrency: a.concurrency,
-        key: stamp_service::simulate::SimKey::P256,
-        protocol: stamp_service::simulate::Protocol::Est,
+        key: stamp_station::simulate::SimKey::P256,
+        protocol: stamp_station::simulate::Protocol::Est,
         entitlement: Some(entitlement_id.clone()),
         out_dir: out,
     };

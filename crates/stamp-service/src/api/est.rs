@@ -17,7 +17,7 @@ pub(super) fn est_body(content_type: &'static str, der: &[u8]) -> Response {
                 "base64",
             ),
         ],
-        crate::pkcs7::base64_lines(der),
+        stamp_core::pkcs7::base64_lines(der),
     )
         .into_response()
 }
@@ -59,7 +59,7 @@ pub(super) async fn csrattrs_for(state: &Arc<AppState>, peer: &Peer, label: Opti
             .est(true)
             .into_response();
     };
-    match crate::pkcs7::csr_attrs(&g.grant.device_profile.key_types) {
+    match stamp_core::pkcs7::csr_attrs(&g.grant.device_profile.key_types) {
         Ok(der) => est_body("application/csrattrs", &der),
         Err(e) => ApiError::unavailable(&e.to_string()).est(true).into_response(),
     }
@@ -87,7 +87,7 @@ pub(super) fn check_pkcs10(state: &AppState, headers: &HeaderMap) -> Result<(), 
 /// A base64 PKCS#10 body; a body that is not base64 is passed on as it is (refused and logged as
 /// malformed-csr by the engine).
 pub(super) fn est_csr(body: &[u8]) -> Vec<u8> {
-    crate::pkcs7::base64_decode(body, stamp_core::csr::MAX_CSR_DER * 2).unwrap_or_else(|| body.to_vec())
+    stamp_core::pkcs7::base64_decode(body, stamp_core::csr::MAX_CSR_DER * 2).unwrap_or_else(|| body.to_vec())
 }
 
 pub(super) async fn est_enroll(
@@ -159,7 +159,7 @@ pub(super) async fn enroll(
         } else {
             IssuedKind::Device
         });
-        let der = crate::pkcs7::certs_only(std::slice::from_ref(&stamp.certificate))
+        let der = stamp_core::pkcs7::certs_only(std::slice::from_ref(&stamp.certificate))
             .map_err(|e| ApiError::unavailable(&e.to_string()))?;
         Ok::<_, ApiError>(with_outcome(
             est_body(PKCS7_CERTS_ONLY, &der),

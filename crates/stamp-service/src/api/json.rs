@@ -34,7 +34,7 @@ pub const PROOF_HEADER: &str = "stamp-possession-proof";
 /// A proof of possession from its base64 text; text that is not base64 (or too long) becomes an
 /// empty proof, which the engine refuses (and logs) as `possession-not-proven`.
 pub(super) fn proof_bytes(text: &[u8]) -> Vec<u8> {
-    crate::pkcs7::base64_decode(text, stamp_core::device::MAX_RENEWAL_PROOF * 2).unwrap_or_default()
+    stamp_core::pkcs7::base64_decode(text, stamp_core::device::MAX_RENEWAL_PROOF * 2).unwrap_or_default()
 }
 
 pub(super) fn entitlement_or_default(state: &AppState, given: Option<String>) -> String {

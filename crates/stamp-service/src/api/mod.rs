@@ -209,7 +209,7 @@ fn csr_bytes(text: &str) -> Vec<u8> {
             _ => Vec::new(),
         };
     }
-    crate::pkcs7::base64_decode(t.as_bytes(), stamp_core::csr::MAX_CSR_DER * 2).unwrap_or_default()
+    stamp_core::pkcs7::base64_decode(t.as_bytes(), stamp_core::csr::MAX_CSR_DER * 2).unwrap_or_default()
 }
 
 fn pem_cert(der: &[u8]) -> String {

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use anyhow::Context as _;
 use base64::Engine as _;
-use stamp_service::client::{Endpoint, StationIdentity};
+use stamp_station::client::{Endpoint, StationIdentity};
 
 /// What the site answered the clone attempt.
 #[derive(Clone, Debug, serde::Serialize)]

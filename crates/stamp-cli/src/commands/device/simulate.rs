@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use stamp_service::simulate::{self, Protocol, SimKey, SimulateOptions, SimulationReport};
+use stamp_station::simulate::{self, Protocol, SimKey, SimulateOptions, SimulationReport};
 
 use crate::output::emit;
 use crate::Globals;

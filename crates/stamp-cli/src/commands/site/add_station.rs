@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use serde::Serialize;
-use stamp_service::client::{STATION_CA, STATION_CERT, STATION_KEY};
+use stamp_station::client::{STATION_CA, STATION_CERT, STATION_KEY};
 
 use crate::output::emit;
 use crate::Globals;

@@ -2,8 +2,8 @@
 //! RFC 5652 / RFC 7030 section 4.1.3), CSR attributes (section 4.5.2), and base64 transfer
 //! encoding.
 
+use crate::entitlement::DeviceKeyType;
 use base64::Engine as _;
-use stamp_core::entitlement::DeviceKeyType;
 use x509_cert::der::asn1::{ObjectIdentifier, SetOfVec};
 use x509_cert::der::{Any, Decode, Encode};
 

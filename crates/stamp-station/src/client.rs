@@ -18,6 +18,10 @@ pub const STATION_CERT: &str = "station.crt";
 /// The OEM root the station trusts for the service.
 pub const STATION_CA: &str = "ca.pem";
 
+/// The header in which the site service names a refusal's or failure's stable code (the same
+/// as `stamp_service::api::ERROR_HEADER`, which the service tests check through this client).
+pub const ERROR_HEADER: &str = "stamp-error";
+
 /// Largest response body read.
 pub const MAX_RESPONSE: usize = 1024 * 1024;
 
@@ -244,7 +248,7 @@ impl Connection {
                 .map(str::to_owned)
         };
         let content_type = header("content-type").unwrap_or_default();
-        let error = header(crate::api::ERROR_HEADER);
+        let error = header(ERROR_HEADER);
         let body = http_body_util::Limited::new(resp.into_body(), MAX_RESPONSE)
             .collect()
             .await

@@ -209,8 +209,8 @@ async fn run(
     };
     let cacerts = conn.get(&cacerts_path).await?;
     let intermediates = if cacerts.status == 200 {
-        crate::pkcs7::base64_decode(&cacerts.body, crate::client::MAX_RESPONSE)
-            .and_then(|der| crate::pkcs7::read_certs_only(&der).ok())
+        stamp_core::pkcs7::base64_decode(&cacerts.body, crate::client::MAX_RESPONSE)
+            .and_then(|der| stamp_core::pkcs7::read_certs_only(&der).ok())
             .unwrap_or_default()
             .into_iter()
             .filter(|c| *c != station.root)
@@ -401,7 +401,7 @@ async fn device(shared: &Shared, conn: &mut Connection) -> Outcome {
                 Method::POST,
                 &path,
                 Some("application/pkcs10"),
-                crate::pkcs7::base64_lines(&csr).into_bytes(),
+                stamp_core::pkcs7::base64_lines(&csr).into_bytes(),
             )
             .await
         }
@@ -443,9 +443,9 @@ async fn accept(shared: &Shared, key: &rcgen::KeyPair, reply: &Reply) -> Result<
             (cert, chain, v)
         }
         Protocol::Est => {
-            let der = crate::pkcs7::base64_decode(&reply.body, crate::client::MAX_RESPONSE)
+            let der = stamp_core::pkcs7::base64_decode(&reply.body, crate::client::MAX_RESPONSE)
                 .ok_or_else(|| bad("not base64".into()))?;
-            let certs = crate::pkcs7::read_certs_only(&der).map_err(|e| bad(e.to_string()))?;
+            let certs = stamp_core::pkcs7::read_certs_only(&der).map_err(|e| bad(e.to_string()))?;
             let leaf = certs
                 .into_iter()
                 .next()
