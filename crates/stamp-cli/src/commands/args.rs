@@ -96,64 +96,44 @@ pub fn parse_secret(s: &str) -> Result<(String, usize), String> {
     Ok((name.to_owned(), len))
 }
 
-/// Device key types on the command line.
-#[derive(Clone, Copy, Debug, clap::ValueEnum)]
-pub enum KeyTypeArg {
-    /// ECDSA P-256.
-    P256,
-    /// ECDSA P-384.
-    P384,
-    /// Ed25519.
-    Ed25519,
-    /// RSA 2048.
-    Rsa2048,
-    /// RSA 3072.
-    Rsa3072,
-    /// RSA 4096.
-    Rsa4096,
+/// A device key type by its name: p256, p384, ed25519, rsa2048, rsa3072 or rsa4096 (the names of
+/// [`DeviceKeyType::ALL`], the one list).
+pub fn parse_key_type(s: &str) -> Result<DeviceKeyType, String> {
+    DeviceKeyType::ALL
+        .into_iter()
+        .find(|k| k.name() == s.trim())
+        .ok_or_else(|| {
+            let names: Vec<&str> = DeviceKeyType::ALL.iter().map(|k| k.name()).collect();
+            format!("unknown key type {s:?}: use {}", names.join(", "))
+        })
 }
 
-impl From<KeyTypeArg> for DeviceKeyType {
-    fn from(k: KeyTypeArg) -> Self {
-        match k {
-            KeyTypeArg::P256 => DeviceKeyType::P256,
-            KeyTypeArg::P384 => DeviceKeyType::P384,
-            KeyTypeArg::Ed25519 => DeviceKeyType::Ed25519,
-            KeyTypeArg::Rsa2048 => DeviceKeyType::Rsa2048,
-            KeyTypeArg::Rsa3072 => DeviceKeyType::Rsa3072,
-            KeyTypeArg::Rsa4096 => DeviceKeyType::Rsa4096,
-        }
+/// A key type HQ can generate for devices that cannot make their own: p256, p384 or ed25519.
+pub fn parse_hq_key_type(s: &str) -> Result<DeviceKeyType, String> {
+    match parse_key_type(s)? {
+        k @ (DeviceKeyType::P256 | DeviceKeyType::P384 | DeviceKeyType::Ed25519) => Ok(k),
+        k => Err(format!(
+            "HQ does not generate {} device keys: use p256, p384 or ed25519",
+            k.name()
+        )),
     }
 }
 
 #[cfg(test)]
-mod tests {
+mod key_type_tests {
     use super::*;
 
     #[test]
-    fn durations() {
-        assert_eq!(parse_duration("7d").unwrap(), time::Duration::days(7));
-        assert_eq!(parse_duration("36h").unwrap(), time::Duration::hours(36));
-        assert_eq!(parse_duration("15m").unwrap(), time::Duration::minutes(15));
-        assert_eq!(parse_duration("0s").unwrap(), time::Duration::ZERO);
-        for bad in ["", "7", "d", "-1d", "1.5d", "7 days", "7w", "99999999999999d"] {
-            assert!(parse_duration(bad).is_err(), "{bad}");
+    fn key_types_are_parsed_by_their_names_and_hq_generates_only_what_it_can() {
+        for k in DeviceKeyType::ALL {
+            assert_eq!(parse_key_type(k.name()), Ok(k));
         }
-    }
-
-    #[test]
-    fn rates_times_and_pairs() {
-        assert_eq!(parse_rate("60/minute").unwrap(), (RatePeriod::Minute, 60));
-        assert_eq!(parse_rate("5000/day").unwrap(), (RatePeriod::Day, 5000));
-        assert!(parse_rate("0/day").is_err());
-        assert!(parse_rate("10/week").is_err());
-        assert!(parse_rate("ten/day").is_err());
-        assert_eq!(parse_time("2026-12-01").unwrap().unix_timestamp(), 1_796_083_200);
-        assert!(parse_time("2026-12-01T08:00:00Z").is_ok());
-        assert!(parse_time("tomorrow").is_err());
-        assert_eq!(parse_key_value("a=b=c").unwrap(), ("a".into(), "b=c".into()));
-        assert!(parse_key_value("=x").is_err());
-        assert_eq!(parse_secret("flash-key:32").unwrap(), ("flash-key".into(), 32));
-        assert!(parse_secret("x:0").is_err() && parse_secret("x:257").is_err() && parse_secret("x").is_err());
+        assert!(parse_key_type("rsa1024")
+            .unwrap_err()
+            .contains("p256, p384, ed25519"));
+        assert_eq!(parse_hq_key_type("ed25519"), Ok(DeviceKeyType::Ed25519));
+        assert!(parse_hq_key_type("rsa2048")
+            .unwrap_err()
+            .contains("does not generate rsa2048"));
     }
 }

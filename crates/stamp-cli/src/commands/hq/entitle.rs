@@ -9,7 +9,7 @@ use stamp_core::SiteId;
 use stamp_hq::entitle::GrantRequest;
 
 use crate::commands::args::{
-    parse_key_value, parse_rate, parse_renewals, parse_secret, parse_time, KeyTypeArg,
+    parse_hq_key_type, parse_key_type, parse_key_value, parse_rate, parse_renewals, parse_secret, parse_time,
 };
 use crate::output::emit;
 use crate::Globals;
@@ -55,9 +55,9 @@ pub struct Args {
     /// Length of the production window in days, when --not-after is not given.
     #[arg(long, value_name = "DAYS", default_value = "365")]
     days: u32,
-    /// Device key types allowed (comma-separated).
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "p256,p384,ed25519")]
-    key_types: Vec<KeyTypeArg>,
+    /// Device key types allowed, comma-separated: p256, p384, ed25519, rsa2048, rsa3072, rsa4096.
+    #[arg(long, value_name = "TYPES", value_parser = parse_key_type, value_delimiter = ',', default_value = "p256,p384,ed25519")]
+    key_types: Vec<DeviceKeyType>,
     /// Device certificate lifetime in days (cut to the site issuing CA's validity).
     #[arg(long, value_name = "DAYS", default_value = "3650")]
     device_validity_days: u32,
@@ -70,8 +70,8 @@ pub struct Args {
     /// For devices that cannot make their own keys: HQ generates one key of this type per device
     /// of the quota (p256, p384 or ed25519) and seals them in the package; the site hands each out
     /// once (`stamp site hand-out`). HQ keeps only their public-key hashes.
-    #[arg(long, value_name = "TYPE", value_enum)]
-    hq_keys: Option<KeyTypeArg>,
+    #[arg(long, value_name = "TYPE", value_parser = parse_hq_key_type)]
+    hq_keys: Option<DeviceKeyType>,
     /// With --hq-keys: a random per-device secret to generate, NAME:BYTES (repeatable), e.g.
     /// `--secret flash-encryption-key:32`.
     #[arg(long = "secret", value_name = "NAME:BYTES", value_parser = parse_secret, requires = "hq_keys")]
@@ -119,7 +119,7 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
     }
     let mut hq = stamp_hq::Hq::open(&a.dir, crate::commands::keys(g))?;
     let org = hq.store().org()?;
-    let mut key_types: Vec<DeviceKeyType> = a.key_types.into_iter().map(DeviceKeyType::from).collect();
+    let mut key_types = a.key_types;
     key_types.sort();
     key_types.dedup();
     let req = GrantRequest {
@@ -142,7 +142,7 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
         device_data: a.device_data.into_iter().collect(),
         firmware: a.firmware,
         hq_keys: a.hq_keys.map(|k| stamp_hq::entitle::HqKeys {
-            key_type: DeviceKeyType::from(k),
+            key_type: k,
             secrets: a.secrets,
         }),
         renewal_limit: a.renewals,
