@@ -120,8 +120,35 @@ pub fn parse_hq_key_type(s: &str) -> Result<DeviceKeyType, String> {
 }
 
 #[cfg(test)]
-mod key_type_tests {
+mod tests {
     use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("7d").unwrap(), time::Duration::days(7));
+        assert_eq!(parse_duration("36h").unwrap(), time::Duration::hours(36));
+        assert_eq!(parse_duration("15m").unwrap(), time::Duration::minutes(15));
+        assert_eq!(parse_duration("0s").unwrap(), time::Duration::ZERO);
+        for bad in ["", "7", "d", "-1d", "1.5d", "7 days", "7w", "99999999999999d"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn rates_times_and_pairs() {
+        assert_eq!(parse_rate("60/minute").unwrap(), (RatePeriod::Minute, 60));
+        assert_eq!(parse_rate("5000/day").unwrap(), (RatePeriod::Day, 5000));
+        assert!(parse_rate("0/day").is_err());
+        assert!(parse_rate("10/week").is_err());
+        assert!(parse_rate("ten/day").is_err());
+        assert_eq!(parse_time("2026-12-01").unwrap().unix_timestamp(), 1_796_083_200);
+        assert!(parse_time("2026-12-01T08:00:00Z").is_ok());
+        assert!(parse_time("tomorrow").is_err());
+        assert_eq!(parse_key_value("a=b=c").unwrap(), ("a".into(), "b=c".into()));
+        assert!(parse_key_value("=x").is_err());
+        assert_eq!(parse_secret("flash-key:32").unwrap(), ("flash-key".into(), 32));
+        assert!(parse_secret("x:0").is_err() && parse_secret("x:257").is_err() && parse_secret("x").is_err());
+    }
 
     #[test]
     fn key_types_are_parsed_by_their_names_and_hq_generates_only_what_it_can() {
