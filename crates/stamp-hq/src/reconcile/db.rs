@@ -36,15 +36,22 @@ pub(crate) fn live_device(c: &Connection, serial: u64) -> Result<Option<Live>, H
     .optional()?)
 }
 
-/// Makes `certificate_sha256` the live certificate of `serial`; the one before (if any) is
-/// superseded by it.
-pub(crate) fn set_live(c: &Connection, serial: u64, certificate_sha256: &[u8]) -> Result<(), HqError> {
-    c.prepare_cached(
-        "UPDATE devices SET superseded_by = ?2
+/// Makes `certificate_sha256` the live certificate of `serial`; for a renewal (`supersedes`), the
+/// one before is superseded by it (a first certificate has none: one statement less per device).
+pub(crate) fn set_live(
+    c: &Connection,
+    serial: u64,
+    certificate_sha256: &[u8],
+    supersedes: bool,
+) -> Result<(), HqError> {
+    if supersedes {
+        c.prepare_cached(
+            "UPDATE devices SET superseded_by = ?2
          WHERE certificate_sha256 = (SELECT certificate_sha256 FROM audit_live WHERE device_serial = ?1)
            AND certificate_sha256 != ?2",
-    )?
-    .execute(params![serial as i64, certificate_sha256])?;
+        )?
+        .execute(params![serial as i64, certificate_sha256])?;
+    }
     c.prepare_cached(
         "INSERT OR REPLACE INTO audit_live (device_serial, certificate_sha256) VALUES (?1, ?2)",
     )?

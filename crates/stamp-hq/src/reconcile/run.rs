@@ -279,7 +279,7 @@ impl Run<'_> {
             genuine &= self.key_unique(d, index, genuine)?;
         }
         if genuine && db::record_device(self.tx, site, d, time_ms, index, self.bundle_id, self.now)? {
-            db::set_live(self.tx, serial, &d.certificate_sha256)?;
+            db::set_live(self.tx, serial, &d.certificate_sha256, true)?;
             self.devices_recorded += 1;
         }
         Ok(())
@@ -448,7 +448,7 @@ impl Run<'_> {
             }
         }
         if genuine && db::record_device(self.tx, site, d, time_ms, index, self.bundle_id, self.now)? {
-            db::set_live(self.tx, serial, &d.certificate_sha256)?;
+            db::set_live(self.tx, serial, &d.certificate_sha256, false)?;
             self.devices_recorded += 1;
         }
         Ok(())
