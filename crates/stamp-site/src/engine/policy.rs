@@ -273,9 +273,9 @@ impl Policy {
         let Some(key_type) = device::device_key_type(csr.key_type()) else {
             return refuse(RefusalReason::KeyTypeNotAllowed);
         };
-        let key_known = !keeps_key
-            && (lock(&self.pending.keys).contains(&spki_sha256)
-                || self.key_owners(&spki_sha256)?.iter().any(|o| *o != device_serial));
+        // A new key must be new: certified before (even for this device, as HQ's claims see it),
+        // it is a duplicate.
+        let key_known = !keeps_key && self.key_known(&spki_sha256)?;
         let limit = g.state.grant.renewal_limit;
         let req = Request {
             ask: Ask::Renew { keeps_key },
