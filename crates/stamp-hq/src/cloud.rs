@@ -113,7 +113,7 @@ impl Hq {
             return Err(HqError::UnknownRevocationTarget(what));
         }
         let (serial, cert, ent, site) = match target {
-            RevokeTarget::Serial(n) => (Some(*n as i64), None, None, None),
+            RevokeTarget::Serial(n) => (Some(stamp_store::to_sql(*n)), None, None, None),
             RevokeTarget::Certificate(h) => (None, Some(h.to_vec()), None, None),
             RevokeTarget::Entitlement(id) => (None, None, Some(id.clone()), None),
             RevokeTarget::Site(s) => (None, None, None, Some(s.as_str().to_owned())),
@@ -309,7 +309,7 @@ impl Hq {
         self.store.db_mut().write(|tx| {
             tx.execute(
                 "INSERT INTO registry_exports (sequence, sha256, devices, created_at) VALUES (?1, ?2, ?3, ?4)",
-                params![sequence as i64, sha.as_slice(), n, crate::store::ts(now)],
+                params![stamp_store::to_sql(sequence), sha.as_slice(), n, crate::store::ts(now)],
             )
         })?;
         Ok((bytes, report))

@@ -110,7 +110,7 @@ fn generate_keys(spec: &HqKeys, count: u64) -> Result<Vec<HqDeviceKey>, HqError>
         )));
     }
     let rng = SystemRandom::new();
-    let mut keys = Vec::with_capacity(count as usize);
+    let mut keys = Vec::with_capacity(usize::try_from(count).unwrap_or(usize::MAX));
     for _ in 0..count {
         let k = stamp_keys::device::generate(spec.key_type)?;
         let mut secrets = BTreeMap::new();
@@ -185,7 +185,7 @@ fn record_range(
 ) -> Result<(), HqError> {
     tx.execute(
         "INSERT INTO serial_allocations (first, last, entitlement_id, site_id, sequence) VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![r.first as i64, r.last as i64, id, site, seq as i64],
+        params![stamp_store::to_sql(r.first), stamp_store::to_sql(r.last), id, site, stamp_store::to_sql(seq)],
     )?;
     Ok(())
 }
@@ -316,7 +316,7 @@ impl Hq {
             tx.execute(
                 "INSERT INTO packages (site_id, sequence, entitlement_id, action, payload_cbor, sealed, created_at)
                  VALUES (?1, ?2, ?3, 'grant', ?4, ?5, ?6)",
-                params![site, sequence as i64, id, redacted.to_cbor(), sealed, ts],
+                params![site, stamp_store::to_sql(sequence), id, redacted.to_cbor(), sealed, ts],
             )?;
             record_range(tx, &range, &id, &site, sequence)?;
             Ok(PackageReport { package: out.to_owned(), sequence, entitlement: summary(&site, &state) })
@@ -370,7 +370,7 @@ impl Hq {
             tx.execute(
                 "INSERT INTO packages (site_id, sequence, entitlement_id, action, payload_cbor, sealed, created_at)
                  VALUES (?1, ?2, ?3, 'amend', ?4, ?5, ?6)",
-                params![site, sequence as i64, req.entitlement_id, e.to_cbor(), sealed, ts],
+                params![site, stamp_store::to_sql(sequence), req.entitlement_id, e.to_cbor(), sealed, ts],
             )?;
             for r in &add_serial_ranges {
                 record_range(tx, r, &req.entitlement_id, &site, sequence)?;

@@ -5,6 +5,15 @@
 
 // Items are `pub` only where the crate exports them (rustls and webpki do the same).
 #![warn(unreachable_pub)]
+// Numbers cross into SQLite's signed 64-bit integers here: every conversion is explicit.
+#![cfg_attr(
+    not(test),
+    warn(
+        clippy::cast_possible_truncation,
+        clippy::cast_possible_wrap,
+        clippy::cast_sign_loss
+    )
+)]
 
 pub mod cloud;
 pub mod crl;

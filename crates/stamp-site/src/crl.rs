@@ -70,10 +70,10 @@ impl Site {
             tx.execute(
                 "INSERT INTO crls (number, this_update, next_update, revoked, sha256) VALUES (?1, ?2, ?3, ?4, ?5)",
                 params![
-                    number as i64,
+                    stamp_store::to_sql(number),
                     this_update.unix_timestamp(),
                     next_update.unix_timestamp(),
-                    revoked.len() as i64,
+                    i64::try_from(revoked.len()).unwrap_or(i64::MAX),
                     fingerprint::sha256(&crl_der).as_slice()
                 ],
             )?;

@@ -514,7 +514,14 @@ impl crate::SiteStore {
             tx.execute(
                 "INSERT INTO packages (sequence, entitlement_id, action, sha256, sealed, applied_at)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![sequence as i64, id, action, sha256.as_slice(), sealed, ts],
+                params![
+                    stamp_store::to_sql(sequence),
+                    id,
+                    action,
+                    sha256.as_slice(),
+                    sealed,
+                    ts
+                ],
             )?;
             crate::log::append_one(
                 tx,

@@ -146,8 +146,8 @@ impl Site {
                     .conn()
                     .query_row(
                         "SELECT size, root FROM checkpoints WHERE size = ?1",
-                        [n as i64],
-                        |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)),
+                        [stamp_store::to_sql(n)],
+                        |r| Ok((stamp_store::from_sql(r.get::<_, i64>(0)?), r.get(1)?)),
                     )
                     .optional()?
                     .ok_or(ExportError::NoCheckpoint(n))?,
@@ -158,7 +158,7 @@ impl Site {
                 .query_row(
                     "SELECT size, root FROM exports ORDER BY size DESC LIMIT 1",
                     [],
-                    |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)),
+                    |r| Ok((stamp_store::from_sql(r.get::<_, i64>(0)?), r.get(1)?)),
                 )
                 .optional()?,
         };
@@ -186,11 +186,11 @@ impl Site {
                 .map_err(ExportError::Checkpoint)?;
             tx.execute(
                 "INSERT OR REPLACE INTO checkpoints (size, root, note, made_ms) VALUES (?1, ?2, ?3, ?4)",
-                params![size as i64, root.as_slice(), note, now_ms],
+                params![stamp_store::to_sql(size), root.as_slice(), note, now_ms],
             )?;
             tx.execute(
                 "INSERT INTO exports (bundle_id, previous_size, size, root, made_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![bundle_id.as_slice(), previous_size as i64, size as i64, root.as_slice(), now_ms],
+                params![bundle_id.as_slice(), stamp_store::to_sql(previous_size), stamp_store::to_sql(size), root.as_slice(), now_ms],
             )?;
             Ok::<_, SiteError>((size, root, note))
         })?;
@@ -206,18 +206,18 @@ impl Site {
         {
             let mut stmt =
                 conn.prepare("SELECT idx, length(entry) FROM log_entries WHERE idx >= ?1 ORDER BY idx")?;
-            let mut rows = stmt.query([previous_size as i64])?;
+            let mut rows = stmt.query([stamp_store::to_sql(previous_size)])?;
             let (mut start, mut count, mut bytes) = (previous_size, 0u64, 0usize);
             while let Some(row) = rows.next()? {
                 let idx: i64 = row.get(0)?;
                 let len: i64 = row.get(1)?;
-                if idx as u64 >= size {
+                if stamp_store::from_sql(idx) >= size {
                     break;
                 }
-                let len = len as usize + 8;
+                let len = usize::try_from(len).unwrap_or(usize::MAX).saturating_add(8);
                 if count > 0
-                    && (count as usize >= audit::MAX_ENTRIES_PER_CHUNK
-                        || bytes + len > audit::MAX_CHUNK_PLAINTEXT)
+                    && (usize::try_from(count).unwrap_or(usize::MAX) >= audit::MAX_ENTRIES_PER_CHUNK
+                        || bytes.saturating_add(len) > audit::MAX_CHUNK_PLAINTEXT)
                 {
                     chunks.push((start, count));
                     start += count;
@@ -269,9 +269,10 @@ impl Site {
                 conn.prepare("SELECT entry FROM log_entries WHERE idx >= ?1 AND idx < ?2 ORDER BY idx")?;
             for (n, (start, count)) in chunks.iter().enumerate() {
                 let entries = stmt
-                    .query_map(params![*start as i64, (*start + *count) as i64], |r| {
-                        r.get::<_, Vec<u8>>(0)
-                    })?
+                    .query_map(
+                        params![stamp_store::to_sql(*start), stamp_store::to_sql(*start + *count)],
+                        |r| r.get::<_, Vec<u8>>(0),
+                    )?
                     .map(|e| e.map(ByteBuf::from))
                     .collect::<Result<Vec<_>, _>>()?;
                 let chunk = BundleChunk {

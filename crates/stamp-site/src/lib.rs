@@ -5,6 +5,15 @@
 
 // Items are `pub` only where the crate exports them (rustls and webpki do the same).
 #![warn(unreachable_pub)]
+// Numbers cross into SQLite's signed 64-bit integers here: every conversion is explicit.
+#![cfg_attr(
+    not(test),
+    warn(
+        clippy::cast_possible_truncation,
+        clippy::cast_possible_wrap,
+        clippy::cast_sign_loss
+    )
+)]
 
 pub mod cloud;
 pub mod crl;
@@ -136,7 +145,7 @@ impl SiteError {
 
 /// Unix milliseconds of a time.
 pub fn unix_ms(t: OffsetDateTime) -> i64 {
-    (t.unix_timestamp_nanos() / 1_000_000) as i64
+    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
 }
 
 pub(crate) fn sql(e: stamp_store::rusqlite::Error) -> SiteError {

@@ -61,7 +61,12 @@ pub(crate) fn append(
         .map_err(|_| SiteError::CorruptLog("log full"))?;
     head.last_time_ms = entry.time_ms;
     tx.prepare_cached("INSERT INTO log_entries (idx, time_ms, entry, leaf_hash) VALUES (?1, ?2, ?3, ?4)")?
-        .execute(params![entry.index as i64, entry.time_ms, bytes, leaf.as_slice()])?;
+        .execute(params![
+            stamp_store::to_sql(entry.index),
+            entry.time_ms,
+            bytes,
+            leaf.as_slice()
+        ])?;
     store_subtrees(tx, &completed)?;
     Ok(entry)
 }
@@ -107,7 +112,7 @@ pub(crate) fn backfill_subtrees(tx: &Transaction<'_>) -> Result<u64, SiteError> 
             let idx: i64 = row.get(0)?;
             let leaf: Vec<u8> = row.get(1)?;
             let leaf: Hash = leaf.try_into().map_err(|_| SiteError::CorruptLog("leaf hash"))?;
-            if idx as u64 != frontier.size() {
+            if stamp_store::from_sql(idx) != frontier.size() {
                 return Err(SiteError::CorruptLog("entry order"));
             }
             frontier
@@ -123,12 +128,12 @@ pub(crate) fn backfill_subtrees(tx: &Transaction<'_>) -> Result<u64, SiteError> 
             }
         }
     }
-    if frontier.size() != from as u64 {
+    if frontier.size() != stamp_store::from_sql(from) {
         return Err(SiteError::CorruptLog("entries missing"));
     }
     store_subtrees(tx, &completed)?;
     tx.execute("UPDATE log_state SET subtrees_from = 0 WHERE id = 1", [])?;
-    Ok(from as u64)
+    Ok(stamp_store::from_sql(from))
 }
 
 /// Stores the head after appends, in the same transaction.
@@ -157,7 +162,7 @@ impl HashSource for StoredLeaves<'_> {
         let v: Vec<u8> = self
             .0
             .prepare_cached("SELECT leaf_hash FROM log_entries WHERE idx = ?1")?
-            .query_row([index as i64], |r| r.get(0))?;
+            .query_row([stamp_store::to_sql(index)], |r| r.get(0))?;
         v.try_into().map_err(|_| SiteError::CorruptLog("leaf hash"))
     }
 
@@ -197,7 +202,11 @@ pub(crate) fn verify(conn: &Connection) -> Result<(u64, Hash), SiteError> {
         let bytes: Vec<u8> = row.get(2)?;
         let leaf: Vec<u8> = row.get(3)?;
         let e = Entry::from_cbor(&bytes).map_err(|_| SiteError::CorruptLog("entry does not decode"))?;
-        if e.index != frontier.size() || idx as u64 != e.index || e.time_ms != time_ms || e.time_ms < last {
+        if e.index != frontier.size()
+            || stamp_store::from_sql(idx) != e.index
+            || e.time_ms != time_ms
+            || e.time_ms < last
+        {
             return Err(SiteError::CorruptLog("entry order"));
         }
         if merkle::leaf_hash(&bytes).as_slice() != leaf.as_slice() {
@@ -216,7 +225,9 @@ pub(crate) fn verify(conn: &Connection) -> Result<(u64, Hash), SiteError> {
         // the table exists is stored.
         for (st, hash) in completed {
             let stored: Option<Vec<u8>> = stored_subtree
-                .query_row(params![i64::from(st.level), st.index as i64], |r| r.get(0))
+                .query_row(params![i64::from(st.level), stamp_store::to_sql(st.index)], |r| {
+                    r.get(0)
+                })
                 .optional()?;
             match stored {
                 Some(s) if s.as_slice() == hash.as_slice() => subtrees += 1,

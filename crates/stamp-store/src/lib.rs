@@ -13,6 +13,15 @@
 
 // Items are `pub` only where the crate exports them (rustls and webpki do the same).
 #![warn(unreachable_pub)]
+// Numbers cross into SQLite's signed 64-bit integers here: every conversion is explicit.
+#![cfg_attr(
+    not(test),
+    warn(
+        clippy::cast_possible_truncation,
+        clippy::cast_possible_wrap,
+        clippy::cast_sign_loss
+    )
+)]
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;
@@ -229,6 +238,18 @@ fn check_migrations(path: &Path, migrations: &[Migration]) -> Result<u32, StoreE
         known = position;
     }
     Ok(known)
+}
+
+/// A `u64` (a serial, an index, a size, a sequence) as SQLite's signed 64-bit INTEGER stores it:
+/// the same 64 bits, so every `u64` has exactly one value ([`from_sql`] reads it back). Values
+/// above `i64::MAX` are negative to SQL: compare and sort such columns only for equality.
+pub fn to_sql(v: u64) -> i64 {
+    v.cast_signed()
+}
+
+/// The `u64` that [`to_sql`] stored (a count SQL computed is read the same way).
+pub fn from_sql(v: i64) -> u64 {
+    v.cast_unsigned()
 }
 
 /// Writes `data` to `path` atomically: a temporary file in the same directory, fsync, rename,
@@ -475,5 +496,13 @@ mod tests {
         assert_eq!(fs::read(&p).unwrap(), b"two");
         assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o644);
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn u64s_round_trip_through_sqlite_integers_bit_for_bit() {
+        for v in [0, 1, i64::MAX as u64, i64::MAX as u64 + 1, u64::MAX] {
+            assert_eq!(from_sql(to_sql(v)), v);
+            assert_eq!(to_sql(v), v as i64, "the same bits as the cast it replaces");
+        }
     }
 }

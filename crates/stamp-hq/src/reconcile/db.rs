@@ -25,7 +25,7 @@ pub(crate) fn live_device(c: &Connection, serial: u64) -> Result<Option<Live>, H
          FROM audit_live l JOIN devices d ON d.certificate_sha256 = l.certificate_sha256
          WHERE l.device_serial = ?1",
     )?
-    .query_row([serial as i64], |r| {
+    .query_row([stamp_store::to_sql(serial)], |r| {
         Ok(Live {
             site_id: r.get(0)?,
             entitlement_id: r.get(1)?,
@@ -50,12 +50,12 @@ pub(crate) fn set_live(
          WHERE certificate_sha256 = (SELECT certificate_sha256 FROM audit_live WHERE device_serial = ?1)
            AND certificate_sha256 != ?2",
         )?
-        .execute(params![serial as i64, certificate_sha256])?;
+        .execute(params![stamp_store::to_sql(serial), certificate_sha256])?;
     }
     c.prepare_cached(
         "INSERT OR REPLACE INTO audit_live (device_serial, certificate_sha256) VALUES (?1, ?2)",
     )?
-    .execute(params![serial as i64, certificate_sha256])?;
+    .execute(params![stamp_store::to_sql(serial), certificate_sha256])?;
     Ok(())
 }
 
@@ -69,11 +69,12 @@ pub(crate) fn count_renewal(
 ) -> Result<u64, HqError> {
     let before: i64 = c
         .prepare_cached("SELECT COUNT(*) FROM audit_renewals WHERE device_serial = ?1 AND time_ms > ?2")?
-        .query_row(params![serial as i64, time_ms.saturating_sub(period_ms)], |r| {
-            r.get(0)
-        })?;
+        .query_row(
+            params![stamp_store::to_sql(serial), time_ms.saturating_sub(period_ms)],
+            |r| r.get(0),
+        )?;
     c.prepare_cached("INSERT INTO audit_renewals (device_serial, time_ms) VALUES (?1, ?2)")?
-        .execute(params![serial as i64, time_ms])?;
+        .execute(params![stamp_store::to_sql(serial), time_ms])?;
     Ok(u64::try_from(before).unwrap_or(0))
 }
 
@@ -270,7 +271,7 @@ pub(crate) fn grant(c: &Connection, site: &SiteId, id: &str) -> Result<Option<Gr
             issued: u(issued),
             tails: serde_json::from_str(&tails)?,
             // The u64's bits, as in audit_serials.
-            frontier: frontier.map(|f| f as u64),
+            frontier: frontier.map(stamp_store::from_sql),
         })
     })
     .transpose()
@@ -305,7 +306,7 @@ pub(crate) fn save_grant(
 /// Stores a grant's reconciled serial frontier (after [`save_grant`]).
 pub(crate) fn save_frontier(c: &Connection, id: &str, frontier: Option<u64>) -> Result<(), HqError> {
     c.prepare_cached("UPDATE audit_grants SET serial_frontier = ?2 WHERE entitlement_id = ?1")?
-        .execute(params![id, frontier.map(|f| f as i64)])?;
+        .execute(params![id, frontier.map(stamp_store::to_sql)])?;
     Ok(())
 }
 
@@ -315,7 +316,9 @@ pub(crate) fn frontiers(c: &Connection) -> Result<BTreeMap<String, u64>, HqError
         "SELECT entitlement_id, serial_frontier FROM audit_grants WHERE serial_frontier IS NOT NULL",
     )?;
     let rows = stmt
-        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64)))?
+        .query_map([], |r| {
+            Ok((r.get::<_, String>(0)?, stamp_store::from_sql(r.get::<_, i64>(1)?)))
+        })?
         .collect::<Result<BTreeMap<_, _>, _>>()?;
     Ok(rows)
 }
@@ -337,7 +340,7 @@ pub(crate) fn claim_serial(
     index: u64,
 ) -> Result<Option<FirstUse>, HqError> {
     // The u64's bits, so every serial has exactly one key.
-    let key = serial as i64;
+    let key = stamp_store::to_sql(serial);
     let n = c
         .prepare_cached(
             "INSERT OR IGNORE INTO audit_serials (device_serial, site_id, entitlement_id, log_index)
@@ -359,7 +362,7 @@ pub(crate) fn serial_use(c: &Connection, serial: u64) -> Result<Option<FirstUse>
     Ok(c.prepare_cached(
         "SELECT site_id, entitlement_id, log_index FROM audit_serials WHERE device_serial = ?1",
     )?
-    .query_row([serial as i64], first_use)
+    .query_row([stamp_store::to_sql(serial)], first_use)
     .optional()?)
 }
 
@@ -440,7 +443,7 @@ pub(crate) fn record_device(
         d.certificate_sha256.as_slice(),
         site.as_str(),
         d.entitlement_id,
-        d.device_serial as i64,
+        stamp_store::to_sql(d.device_serial),
         d.public_key_sha256.as_slice(),
         d.certificate.as_slice(),
         issued_at_ms,

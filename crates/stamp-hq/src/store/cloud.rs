@@ -46,7 +46,7 @@ pub(crate) fn revocations(store: &HqStore) -> Result<Vec<Revocation>, HqError> {
     let rows = stmt
         .query_map([], |r| {
             Ok(Revocation {
-                device_serial: r.get::<_, Option<i64>>(0)?.map(|n| n as u64),
+                device_serial: r.get::<_, Option<i64>>(0)?.map(stamp_store::from_sql),
                 certificate_sha256: r.get::<_, Option<Vec<u8>>>(1)?.map(ByteBuf::from),
                 entitlement_id: r.get(2)?,
                 site_id: r.get(3)?,

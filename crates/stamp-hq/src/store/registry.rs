@@ -67,7 +67,7 @@ fn for_each_device(
         f(DeviceRecord {
             site_id: r.get(0)?,
             entitlement_id: r.get(1)?,
-            device_serial: r.get::<_, i64>(2)? as u64,
+            device_serial: stamp_store::from_sql(r.get::<_, i64>(2)?),
             certificate_sha256: hex::encode(r.get::<_, Vec<u8>>(3)?),
             public_key_sha256: hex::encode(r.get::<_, Vec<u8>>(4)?),
             issued_at_ms: r.get(5)?,

@@ -187,7 +187,10 @@ impl Engine {
                 [id],
                 |r| r.get(0),
             )?;
-            hq_keys.insert(id.clone(), (full.device_keys.clone(), used as u64));
+            hq_keys.insert(
+                id.clone(),
+                (full.device_keys.clone(), stamp_store::from_sql(used)),
+            );
         }
         let key_filter = KeyFilter::load(&reader)?;
         let last_time_ms = log::head(reader.conn())?.last_time_ms;
@@ -606,7 +609,8 @@ impl Engine {
                     [&id],
                     |r| r.get(0),
                 )?;
-                p.hq_keys.insert(id.clone(), (full.device_keys, used as u64));
+                p.hq_keys
+                    .insert(id.clone(), (full.device_keys, stamp_store::from_sql(used)));
             }
             let runtime = GrantRuntime::load(&p.reader, state)?;
             p.grants.insert(id, runtime);

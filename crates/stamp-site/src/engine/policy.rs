@@ -58,7 +58,7 @@ impl GrantRuntime {
                 window.record(t);
             }
         }
-        let next_serial = serial_after(&state.grant.serial_ranges, max_serial.map(|s| s as u64));
+        let next_serial = serial_after(&state.grant.serial_ranges, max_serial.map(stamp_store::from_sql));
         Ok(GrantRuntime {
             state,
             issued: u64::try_from(issued).unwrap_or(0),
@@ -135,7 +135,7 @@ impl Policy {
         )?;
         let owners = stmt
             .query_map([spki_sha256.as_slice()], |r| r.get::<_, i64>(0))?
-            .map(|r| r.map(|s| s as u64))
+            .map(|r| r.map(stamp_store::from_sql))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(owners)
     }
@@ -182,7 +182,7 @@ impl Policy {
     fn renewals_since(&self, serial: u64, time_ms: i64, period_ms: i64) -> Result<u64, SiteError> {
         let committed: i64 = self.reader.conn().query_row(
             "SELECT COUNT(*) FROM renewals WHERE device_serial = ?1 AND issued_ms > ?2",
-            params![serial as i64, time_ms.saturating_sub(period_ms)],
+            params![stamp_store::to_sql(serial), time_ms.saturating_sub(period_ms)],
             |r| r.get(0),
         )?;
         let in_flight = lock(&self.pending.renewals).get(&serial).map_or(0, |e| e.1);

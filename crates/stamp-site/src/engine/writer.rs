@@ -135,15 +135,15 @@ fn commit(store: &mut SiteStore, batch: &[Job]) -> Result<Vec<u64>, SiteError> {
                     };
                     let e = log::append(tx, &mut head, *time_ms, event)?;
                     insert_device.execute(params![
-                        record.device_serial as i64,
+                        stamp_store::to_sql(record.device_serial),
                         record.entitlement_id,
                         record.certificate_sha256.as_slice(),
                         record.public_key_sha256.as_slice(),
                         record.certificate.as_slice(),
                         time_ms,
                         record.station,
-                        e.index as i64,
-                        record.hq_key_index.map(|i| i as i64),
+                        stamp_store::to_sql(e.index),
+                        record.hq_key_index.map(stamp_store::to_sql),
                     ])?;
                     *issued.entry(record.entitlement_id.as_str()).or_insert(0) += 1;
                     indexes.push(e.index);
@@ -158,8 +158,8 @@ fn commit(store: &mut SiteStore, batch: &[Job]) -> Result<Vec<u64>, SiteError> {
                              spki_sha256, certificate, issued_ms, station)
                          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                         params![
-                            e.index as i64,
-                            record.device_serial as i64,
+                            stamp_store::to_sql(e.index),
+                            stamp_store::to_sql(record.device_serial),
                             record.entitlement_id,
                             record.certificate_sha256.as_slice(),
                             record.public_key_sha256.as_slice(),
