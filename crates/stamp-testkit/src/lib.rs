@@ -33,3 +33,35 @@ pub fn secret_file(dir: &Path, name: &str, text: &str) -> PathBuf {
     writeln!(f, "{text}").unwrap();
     p
 }
+
+/// Checks a role's migration list against the hashes of its released entries (`released`:
+/// version and SHA-256 of the SQL, hex): each entry's version is its position, no released
+/// entry was edited, none is missing; a new entry fails with the line to add to `released`.
+pub fn assert_migrations_pinned(migrations: &[stamp_store::Migration], released: &[(u32, &str)]) {
+    for (i, m) in migrations.iter().enumerate() {
+        assert_eq!(
+            Some(m.version),
+            u32::try_from(i + 1).ok(),
+            "entry {i} of the list"
+        );
+        let sha = hex::encode(stamp_core::fingerprint::sha256(m.sql.as_bytes()));
+        match released.get(i) {
+            Some((version, pinned)) => {
+                assert_eq!(m.version, *version);
+                assert_eq!(
+                    sha, *pinned,
+                    "migration {version} was edited; add a new migration instead"
+                );
+            }
+            None => panic!(
+                "migration {} is new: add ({}, \"{sha}\") to RELEASED",
+                m.version, m.version
+            ),
+        }
+    }
+    assert_eq!(
+        migrations.len(),
+        released.len(),
+        "RELEASED pins a migration the list lacks"
+    );
+}

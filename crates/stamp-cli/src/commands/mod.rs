@@ -88,6 +88,28 @@ pub fn write_crl(path: &Path, crl_der: &[u8], der: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Writes a CRL (`stamp hq crl`, `stamp site crl`) and reports it; `whose` names its issuer.
+pub fn emit_crl(
+    g: &crate::Globals,
+    out: &Path,
+    crl_der: &[u8],
+    der: bool,
+    r: &stamp_core::crl::CrlReport,
+    whose: &str,
+) -> anyhow::Result<()> {
+    write_crl(out, crl_der, der)?;
+    crate::output::emit(g.json, r, || {
+        outln!(
+            "{whose} CRL number {} lists {} certificate(s); next update by {}",
+            r.number,
+            r.revoked,
+            r.next_update
+        )?;
+        outln!("Written to {}", out.display())?;
+        Ok(())
+    })
+}
+
 /// A role's database, as the listing commands open it straight from the role's directory (no
 /// keys needed): [`open_store`] opens either.
 pub trait RoleStore: Sized {

@@ -355,31 +355,6 @@ mod tests {
 
     #[test]
     fn released_migrations_are_unchanged_and_numbered_by_position() {
-        for (i, m) in MIGRATIONS.iter().enumerate() {
-            assert_eq!(
-                Some(m.version),
-                u32::try_from(i + 1).ok(),
-                "entry {i} of the list"
-            );
-            let sha = hex::encode(stamp_core::fingerprint::sha256(m.sql.as_bytes()));
-            match RELEASED.get(i) {
-                Some((version, pinned)) => {
-                    assert_eq!(m.version, *version);
-                    assert_eq!(
-                        sha, *pinned,
-                        "migration {version} was edited; add a new migration instead"
-                    );
-                }
-                None => panic!(
-                    "migration {} is new: add ({}, \"{sha}\") to RELEASED",
-                    m.version, m.version
-                ),
-            }
-        }
-        assert_eq!(
-            MIGRATIONS.len(),
-            RELEASED.len(),
-            "RELEASED pins a migration the list lacks"
-        );
+        stamp_testkit::assert_migrations_pinned(MIGRATIONS, RELEASED);
     }
 }

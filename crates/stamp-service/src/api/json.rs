@@ -61,11 +61,7 @@ pub(super) async fn provision(
         })
         .await?;
         let stamp = result.map_err(|e| issue_error(&state, e))?;
-        state.metrics.issued(IssuedKind::Device);
-        Ok::<_, ApiError>(with_outcome(
-            axum::Json(stamp_reply(&state, &stamp)).into_response(),
-            stamp.device_serial,
-        ))
+        Ok::<_, ApiError>(stamp_answer(&state, &stamp, IssuedKind::Device))
     })
     .await
 }
@@ -120,11 +116,16 @@ pub(super) async fn renew_json(
         })
         .await?;
         let stamp = result.map_err(|e| issue_error(&state, e))?;
-        state.metrics.issued(IssuedKind::Renewal);
-        Ok::<_, ApiError>(with_outcome(
-            axum::Json(stamp_reply(&state, &stamp)).into_response(),
-            stamp.device_serial,
-        ))
+        Ok::<_, ApiError>(stamp_answer(&state, &stamp, IssuedKind::Renewal))
     })
     .await
+}
+
+/// A device's stamp as the JSON answer, counted in the metrics as `kind`.
+fn stamp_answer(state: &AppState, stamp: &DeviceStamp, kind: IssuedKind) -> Response {
+    state.metrics.issued(kind);
+    with_outcome(
+        axum::Json(stamp_reply(state, stamp)).into_response(),
+        stamp.device_serial,
+    )
 }

@@ -545,11 +545,9 @@ impl Engine {
         let p = lock(&self.policy);
         let time_ms = now_ms.max(p.last_time_ms);
         match p.admit_renewal(&csr, proof, station, time_ms) {
-            Ok(Ok((a, live))) => {
+            Ok(Ok((a, keeps_key))) => {
                 // The proof is logged only for a new key (keeping it, none is needed).
-                let keeps = stamp_core::cert::parse(&live)
-                    .is_ok_and(|c| fingerprint::sha256(c.public_key().raw) == spki_sha256);
-                let proof = if keeps { None } else { proof };
+                let proof = if keeps_key { None } else { proof };
                 self.finish(p, a, Kind::Renewal, csr.spki_der(), station, proof, serial)
             }
             Ok(Err((entitlement_id, reason))) => Err(self.refuse(

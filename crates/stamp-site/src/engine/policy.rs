@@ -238,14 +238,14 @@ impl Policy {
     /// needs `proof`: the device's signature with its current key
     /// ([`device::verify_renewal_proof`]); keeping the key needs none (the request's own
     /// signature proves possession). Then the grant's rule, as for every request.
-    /// Returns the device's live certificate with the decision.
+    /// Returns, with the decision, whether the renewal keeps the device's key.
     pub(super) fn admit_renewal(
         &self,
         csr: &csr::VerifiedCsr,
         proof: Option<&[u8]>,
         station: &str,
         time_ms: i64,
-    ) -> Result<Result<(Admitted, Vec<u8>), Refusal>, SiteError> {
+    ) -> Result<Result<(Admitted, bool), Refusal>, SiteError> {
         let spki_sha256 = fingerprint::sha256(csr.spki_der());
         let target = match device::serial_in_subject(csr.subject_der()) {
             Some(serial) => self.live_certificate(serial)?.map(|t| (serial, t)),
@@ -301,7 +301,7 @@ impl Policy {
                 time_ms,
                 renewal: true,
             },
-            live,
+            keeps_key,
         )))
     }
 

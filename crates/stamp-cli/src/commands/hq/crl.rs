@@ -2,7 +2,6 @@
 
 use std::path::PathBuf;
 
-use crate::output::emit;
 use crate::Globals;
 
 /// Write the OEM root's next CRL: every certificate the root issued to a revoked site (its
@@ -29,15 +28,5 @@ pub struct Args {
 pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
     let mut hq = stamp_hq::Hq::open(&a.dir, crate::commands::keys(g))?;
     let (crl, r) = hq.root_crl(a.days, crate::commands::now())?;
-    crate::commands::write_crl(&a.out, &crl, a.der)?;
-    emit(g.json, &r, || {
-        outln!(
-            "OEM root CRL number {} lists {} certificate(s); next update by {}",
-            r.number,
-            r.revoked,
-            r.next_update
-        )?;
-        outln!("Written to {}", a.out.display())?;
-        Ok(())
-    })
+    crate::commands::emit_crl(g, &a.out, &crl, a.der, &r, "OEM root")
 }

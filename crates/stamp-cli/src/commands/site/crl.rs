@@ -2,7 +2,6 @@
 
 use std::path::PathBuf;
 
-use crate::output::emit;
 use crate::Globals;
 
 /// Write the site issuing CA's next CRL: every certificate this site issued (first issue and
@@ -30,15 +29,5 @@ pub struct Args {
 pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
     let mut site = stamp_site::Site::open(&a.dir, crate::commands::keys(g))?;
     let (crl, r) = site.crl(a.days, crate::commands::now())?;
-    crate::commands::write_crl(&a.out, &crl, a.der)?;
-    emit(g.json, &r, || {
-        outln!(
-            "Site issuing CA CRL number {} lists {} certificate(s); next update by {}",
-            r.number,
-            r.revoked,
-            r.next_update
-        )?;
-        outln!("Written to {}", a.out.display())?;
-        Ok(())
-    })
+    crate::commands::emit_crl(g, &a.out, &crl, a.der, &r, "Site issuing CA")
 }
