@@ -6,7 +6,6 @@ use stamp_core::crl::{self, CrlReport, Revoked};
 use stamp_core::fingerprint;
 use stamp_core::profile::Profile;
 use stamp_keys::{KeyRef, KeyStore};
-use stamp_store::rusqlite::params;
 use time::OffsetDateTime;
 
 use crate::{Hq, HqError};
@@ -31,20 +30,25 @@ impl Hq {
             }
         }
         self.store.db_mut().transaction(|tx| {
-            let number: i64 = tx.query_row("SELECT COALESCE(MAX(number), 0) + 1 FROM crls", [], |r| r.get(0))?;
-            let number = u64::try_from(number).unwrap_or(1);
-            let crl_der = crl::issue(&root_der, signer.as_ref(), number, this_update, next_update, &revoked)?;
-            let report = CrlReport::of(&crl_der, number, this_update, next_update, revoked.len());
-            tx.execute(
-                "INSERT INTO crls (number, this_update, next_update, revoked, sha256) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![
-                    stamp_store::to_sql(number),
-                    this_update.unix_timestamp(),
-                    next_update.unix_timestamp(),
-                    i64::try_from(revoked.len()).unwrap_or(i64::MAX),
-                    fingerprint::sha256(&crl_der).as_slice()
-                ],
+            let number = stamp_store::next_crl_number(tx)?;
+            let crl_der = crl::issue(
+                &root_der,
+                signer.as_ref(),
+                number,
+                this_update,
+                next_update,
+                &revoked,
             )?;
+            let (this, next) = (this_update.unix_timestamp(), next_update.unix_timestamp());
+            stamp_store::record_crl(
+                tx,
+                number,
+                this,
+                next,
+                revoked.len(),
+                &fingerprint::sha256(&crl_der),
+            )?;
+            let report = CrlReport::of(&crl_der, number, this_update, next_update, revoked.len());
             Ok((crl_der, report))
         })
     }

@@ -1,8 +1,7 @@
 //! Proving to a cloud that this site holds its issuing CA key.
 
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
-use stamp_core::profile::{Issuer, Profile, Serial};
-use stamp_keys::{KeyRef, KeyStore};
+use stamp_core::profile::{Issuer, Serial};
 use time::OffsetDateTime;
 
 use crate::{Site, SiteError};
@@ -18,13 +17,7 @@ impl Site {
         spki_der: &[u8],
         now: OffsetDateTime,
     ) -> Result<Vec<u8>, SiteError> {
-        let ca_der = self
-            .store
-            .certificate(Profile::SiteIssuingCa)?
-            .ok_or(crate::entitlements::ImportError::NotInstalled)?;
-        let signer = self
-            .keys
-            .open_signer(&KeyRef::parse(&self.store.key_ref(Profile::SiteIssuingCa)?)?)?;
+        let (ca_der, signer) = self.issuing()?;
         let mut b = [0u8; 16];
         SystemRandom::new().fill(&mut b).map_err(|_| SiteError::Random)?;
         let issuer = Issuer {

@@ -4,8 +4,6 @@
 
 use stamp_core::crl::{self, CrlReport, Revoked};
 use stamp_core::fingerprint;
-use stamp_core::profile::Profile;
-use stamp_keys::{KeyRef, KeyStore};
 use stamp_store::rusqlite::params;
 use time::OffsetDateTime;
 
@@ -48,13 +46,7 @@ impl Site {
     /// its DER.
     pub fn crl(&mut self, days: u32, now: OffsetDateTime) -> Result<(Vec<u8>, CrlReport), SiteError> {
         let (this_update, next_update) = crl::times(now, days)?;
-        let ca_der = self
-            .store
-            .certificate(Profile::SiteIssuingCa)?
-            .ok_or(crate::entitlements::ImportError::NotInstalled)?;
-        let signer = self
-            .keys
-            .open_signer(&KeyRef::parse(&self.store.key_ref(Profile::SiteIssuingCa)?)?)?;
+        let (ca_der, signer) = self.issuing()?;
         let revoked = self
             .revoked_certificates()?
             .into_iter()
@@ -64,18 +56,23 @@ impl Site {
             })
             .collect::<Result<Vec<_>, _>>()?;
         self.store.db_mut().transaction(|tx| {
-            let number: i64 = tx.query_row("SELECT COALESCE(MAX(number), 0) + 1 FROM crls", [], |r| r.get(0))?;
-            let number = u64::try_from(number).unwrap_or(1);
-            let crl_der = crl::issue(&ca_der, signer.as_ref(), number, this_update, next_update, &revoked)?;
-            tx.execute(
-                "INSERT INTO crls (number, this_update, next_update, revoked, sha256) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![
-                    stamp_store::to_sql(number),
-                    this_update.unix_timestamp(),
-                    next_update.unix_timestamp(),
-                    i64::try_from(revoked.len()).unwrap_or(i64::MAX),
-                    fingerprint::sha256(&crl_der).as_slice()
-                ],
+            let number = stamp_store::next_crl_number(tx)?;
+            let crl_der = crl::issue(
+                &ca_der,
+                signer.as_ref(),
+                number,
+                this_update,
+                next_update,
+                &revoked,
+            )?;
+            let (this, next) = (this_update.unix_timestamp(), next_update.unix_timestamp());
+            stamp_store::record_crl(
+                tx,
+                number,
+                this,
+                next,
+                revoked.len(),
+                &fingerprint::sha256(&crl_der),
             )?;
             let report = CrlReport::of(&crl_der, number, this_update, next_update, revoked.len());
             Ok((crl_der, report))

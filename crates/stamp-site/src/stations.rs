@@ -103,7 +103,8 @@ fn organization(der: &[u8]) -> Result<String, SiteError> {
 }
 
 impl Site {
-    fn issuing(&self) -> Result<(Vec<u8>, Box<dyn stamp_core::key::Signer>), SiteError> {
+    /// The site issuing CA's certificate (DER) and its signer; `NotInstalled` before credentials.
+    pub(crate) fn issuing(&self) -> Result<(Vec<u8>, Box<dyn stamp_core::key::Signer>), SiteError> {
         let ca = self
             .store
             .certificate(Profile::SiteIssuingCa)?

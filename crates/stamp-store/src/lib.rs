@@ -252,6 +252,37 @@ pub fn from_sql(v: i64) -> u64 {
     v.cast_unsigned()
 }
 
+/// The number the next CRL recorded in the role's `crls` table gets: one more than the last, 1
+/// for the first. Call it and [`record_crl`] in the transaction that issues the CRL, so two CRLs
+/// never share a number.
+pub fn next_crl_number(conn: &Connection) -> rusqlite::Result<u64> {
+    let last: i64 = conn.query_row("SELECT COALESCE(MAX(number), 0) FROM crls", [], |r| r.get(0))?;
+    Ok(from_sql(last).saturating_add(1))
+}
+
+/// Records a CRL just issued in the role's `crls` table (the same columns at HQ and at a site):
+/// its number, validity (Unix seconds), how many certificates it revokes and its SHA-256.
+pub fn record_crl(
+    conn: &Connection,
+    number: u64,
+    this_update: i64,
+    next_update: i64,
+    revoked: usize,
+    sha256: &[u8],
+) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT INTO crls (number, this_update, next_update, revoked, sha256) VALUES (?1, ?2, ?3, ?4, ?5)",
+        rusqlite::params![
+            to_sql(number),
+            this_update,
+            next_update,
+            i64::try_from(revoked).unwrap_or(i64::MAX),
+            sha256
+        ],
+    )?;
+    Ok(())
+}
+
 /// Writes `data` to `path` atomically: a temporary file in the same directory, fsync, rename,
 /// fsync of the directory. `mode` is the new file's permission bits.
 pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), StoreError> {

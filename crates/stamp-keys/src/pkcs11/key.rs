@@ -29,6 +29,17 @@ pub(crate) struct KeyObject {
 }
 
 impl KeyObject {
+    /// Another handle on the same token object, with the cached session handle copied.
+    pub(crate) fn duplicate(&self) -> KeyObject {
+        KeyObject {
+            token: self.token.clone(),
+            key_ref: self.key_ref.clone(),
+            label: self.label.clone(),
+            id: self.id.clone(),
+            cached: Mutex::new(*self.cached.lock().unwrap_or_else(PoisonError::into_inner)),
+        }
+    }
+
     pub(crate) fn template(&self) -> Vec<Attribute> {
         let mut t = vec![
             Attribute::Class(ObjectClass::PRIVATE_KEY),
@@ -264,13 +275,7 @@ impl Opened {
             return Ok(false);
         };
         let s = Pkcs11Signer {
-            key: KeyObject {
-                token: self.key.token.clone(),
-                key_ref: self.key.key_ref.clone(),
-                label: self.key.label.clone(),
-                id: self.key.id.clone(),
-                cached: Mutex::new(*self.key.cached.lock().unwrap_or_else(PoisonError::into_inner)),
-            },
+            key: self.key.duplicate(),
             alg,
             public: self.public.clone(),
         };
@@ -285,13 +290,7 @@ impl Opened {
             return Ok(false);
         };
         let k = Pkcs11KeyAgreement {
-            key: KeyObject {
-                token: self.key.token.clone(),
-                key_ref: self.key.key_ref.clone(),
-                label: self.key.label.clone(),
-                id: self.key.id.clone(),
-                cached: Mutex::new(*self.key.cached.lock().unwrap_or_else(PoisonError::into_inner)),
-            },
+            key: self.key.duplicate(),
             alg,
             public: self.public.clone(),
         };

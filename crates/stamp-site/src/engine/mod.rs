@@ -423,18 +423,39 @@ impl Engine {
                 return Err(self.refuse(None, Some(entitlement_id), station, csr_refusal(e), None, now_ms))
             }
         };
-        let spki_sha256 = fingerprint::sha256(csr.spki_der());
         let p = lock(&self.policy);
-        let time_ms = now_ms.max(p.last_time_ms);
-        match p.admit(
+        self.admit_first(
+            p,
             entitlement_id,
             Ask::Issue,
-            station,
             csr.key_type(),
-            spki_sha256,
-            time_ms,
-        ) {
-            Ok(Ok(a)) => self.finish(p, a, Kind::First(None), csr.spki_der(), station, None, serial),
+            csr.spki_der(),
+            None,
+            station,
+            serial,
+            now_ms,
+        )
+    }
+
+    /// The shared step of [`Engine::issue`] and [`Engine::hand_out`]: judge the request under the
+    /// grant, then issue (durably logged) or refuse (logged too).
+    #[allow(clippy::too_many_arguments)]
+    fn admit_first(
+        &self,
+        p: MutexGuard<'_, Policy>,
+        entitlement_id: &str,
+        ask: Ask,
+        key_type: csr::KeyType,
+        spki_der: &[u8],
+        hq_key_index: Option<u64>,
+        station: &str,
+        serial: [u8; 16],
+        now_ms: i64,
+    ) -> Result<DeviceStamp, IssueError> {
+        let spki_sha256 = fingerprint::sha256(spki_der);
+        let time_ms = now_ms.max(p.last_time_ms);
+        match p.admit(entitlement_id, ask, station, key_type, spki_sha256, time_ms) {
+            Ok(Ok(a)) => self.finish(p, a, Kind::First(hq_key_index), spki_der, station, None, serial),
             Ok(Err(reason)) => Err(self.refuse(
                 Some(p),
                 Some(entitlement_id),
@@ -493,31 +514,29 @@ impl Engine {
                 return Err(self.refuse(Some(p), Some(entitlement_id), station, reason, None, now_ms));
             }
         };
-        let key_type = csr::classify_spki(&spki).unwrap_or(csr::KeyType::P256);
-        let spki_sha256 = fingerprint::sha256(&spki);
-        let time_ms = now_ms.max(p.last_time_ms);
-        match p.admit(
-            entitlement_id,
-            Ask::HandOut,
-            station,
-            key_type,
-            spki_sha256,
-            time_ms,
-        ) {
-            Ok(Ok(a)) => {
-                let stamp = self.finish(p, a, Kind::First(Some(key.index)), &spki, station, None, serial)?;
-                Ok((stamp, key))
-            }
-            Ok(Err(reason)) => Err(self.refuse(
+        let Ok(key_type) = csr::classify_spki(&spki) else {
+            return Err(self.refuse(
                 Some(p),
                 Some(entitlement_id),
                 station,
-                reason,
-                Some(spki_sha256),
+                RefusalReason::Internal,
+                None,
                 now_ms,
-            )),
-            Err(e) => Err(IssueError::Store(e)),
-        }
+            ));
+        };
+        let index = Some(key.index);
+        let stamp = self.admit_first(
+            p,
+            entitlement_id,
+            Ask::HandOut,
+            key_type,
+            &spki,
+            index,
+            station,
+            serial,
+            now_ms,
+        )?;
+        Ok((stamp, key))
     }
 
     /// Issues a new certificate to a device that has one from this site (EST re-enrollment), which
