@@ -1,10 +1,88 @@
-//! The conversion of a DER ECDSA signature (what X.509 signers return) into the fixed-length
-//! `r || s` of COSE (RFC 9053 section 2.1) and ESP32 signature blocks, behind the default
-//! [`Signer::sign_fixed`](crate::key::Signer::sign_fixed).
+//! What the COSE formats (sealed envelopes, registries) share: making a `COSE_Sign1` with a
+//! [`Signer`] ([`sign1`]), and the conversion of a DER ECDSA signature (what X.509 signers return)
+//! into the fixed-length `r || s` of COSE (RFC 9053 section 2.1) and ESP32 signature blocks, behind
+//! the default [`Signer::sign_fixed`].
 //!
 //! The per-algorithm facts COSE needs (algorithm identifiers, signature lengths, verification
 //! algorithms) are methods of [`SignatureAlgorithm`](crate::key::SignatureAlgorithm), with the
 //! rest of each algorithm's facts.
+
+use aws_lc_rs::signature;
+use ciborium::Value;
+use coset::{CborSerializable, CoseSign1, Header, HeaderBuilder, ProtectedHeader, TaggedCborSerializable};
+
+use crate::key::{KeyError, SignatureAlgorithm, Signer};
+
+/// The `x5chain` header parameter (RFC 9360): the signer's certificate, then its issuers.
+pub(crate) const LABEL_X5CHAIN: i64 = coset::iana::HeaderParameter::X5Chain as i64;
+
+/// Why [`sign1`] made no signature.
+#[derive(Debug)]
+pub(crate) enum SignError {
+    /// The signer's algorithm has no COSE form stamp uses (RSA).
+    Unsupported,
+    /// CBOR encoding failed.
+    Encoding,
+    /// The signer returned a signature of the wrong form or length.
+    Malformed,
+    /// The signature does not verify with the signer's public key (a backend that signs with
+    /// another key than it reports, or a faulty signature), caught here rather than by the reader.
+    Mismatch,
+    /// The key backend failed.
+    Key(KeyError),
+}
+
+/// A protected header whose serialized bytes are fixed now, so that every later use (the
+/// signature, the AAD, the KDF context and the output) sees the same bytes.
+pub(crate) fn protected_with_bytes(header: Header) -> Option<ProtectedHeader> {
+    let bytes = header.clone().to_vec().ok()?;
+    Some(ProtectedHeader {
+        original_data: Some(bytes),
+        header,
+    })
+}
+
+/// Signs `payload` as a tagged `COSE_Sign1` (RFC 9052) with `signer` (ECDSA or Ed25519): the
+/// protected header carries the algorithm, `content_type` and `x5chain` (one certificate as a
+/// byte string, several as an array), the external AAD is `external_aad`, and the signature is
+/// checked against the signer's public key before the bytes are returned.
+pub(crate) fn sign1(
+    signer: &dyn Signer,
+    content_type: &str,
+    x5chain: &[Vec<u8>],
+    payload: Vec<u8>,
+    external_aad: &[u8],
+) -> Result<Vec<u8>, SignError> {
+    let alg = signer.algorithm();
+    if alg == SignatureAlgorithm::Rsa3072PssSha256 {
+        return Err(SignError::Unsupported);
+    }
+    let x5chain = match x5chain {
+        [one] => Value::Bytes(one.clone()),
+        many => Value::Array(many.iter().map(|c| Value::Bytes(c.clone())).collect()),
+    };
+    let protected = HeaderBuilder::new()
+        .algorithm(alg.cose())
+        .content_type(content_type.to_owned())
+        .value(LABEL_X5CHAIN, x5chain)
+        .build();
+    let mut sign1 = CoseSign1 {
+        protected: protected_with_bytes(protected).ok_or(SignError::Encoding)?,
+        unprotected: Header::default(),
+        payload: Some(payload),
+        signature: Vec::new(),
+    };
+    let tbs = sign1.tbs_data(external_aad);
+    sign1.signature = match signer.sign_fixed(&tbs) {
+        Ok(s) if s.len() == alg.fixed_signature_len() => s,
+        Ok(_) | Err(KeyError::MalformedSignature { .. }) => return Err(SignError::Malformed),
+        Err(e) => return Err(SignError::Key(e)),
+    };
+    signature::UnparsedPublicKey::new(alg.fixed_verification(), signer.public_key())
+        .verify(&tbs, &sign1.signature)
+        .map_err(|_| SignError::Mismatch)?;
+    sign1.to_tagged_vec().map_err(|_| SignError::Encoding)
+}
 
 /// Converts a DER `Ecdsa-Sig-Value` to the fixed-length `r || s` of COSE (RFC 9053 section 2.1),
 /// each integer left-padded to `n` bytes. Refuses anything but minimal DER.

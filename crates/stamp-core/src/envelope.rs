@@ -34,6 +34,7 @@ use coset::{
 };
 use zeroize::Zeroizing;
 
+use crate::cose::{self, SignError, LABEL_X5CHAIN};
 use crate::key::{KeyAgreement, KeyAgreementAlgorithm, KeyError, SignatureAlgorithm, Signer};
 use crate::MAX_CERT_DER;
 
@@ -51,7 +52,6 @@ const TAG_SIGN1: u64 = iana::CborTag::CoseSign1 as u64;
 /// CBOR tag of `COSE_Encrypt`.
 const TAG_ENCRYPT: u64 = iana::CborTag::CoseEncrypt as u64;
 /// Header label of `x5chain` (RFC 9360).
-const LABEL_X5CHAIN: i64 = iana::HeaderParameter::X5Chain as i64;
 /// Header label of the ephemeral sender key (RFC 9053 section 6.4.1).
 const LABEL_EPHEMERAL_KEY: i64 = iana::HeaderAlgorithmParameter::EphemeralKey as i64;
 /// AES-GCM nonce length.
@@ -212,39 +212,13 @@ fn seal_inner(
 
     let payload = encrypt_to(plaintext, recipient, content_aad, rng)?;
 
-    let alg = signer.algorithm();
-    if alg == SignatureAlgorithm::Rsa3072PssSha256 {
-        return Err(EnvelopeError::UnsupportedAlgorithm("signature"));
-    }
-    let x5chain = if signer_chain_der.len() == 1 {
-        Value::Bytes(signer_chain_der[0].clone())
-    } else {
-        Value::Array(signer_chain_der.iter().map(|c| Value::Bytes(c.clone())).collect())
-    };
-    let protected = HeaderBuilder::new()
-        .algorithm(alg.cose())
-        .content_type(content_type.to_owned())
-        .value(LABEL_X5CHAIN, x5chain)
-        .build();
-    let mut sign1 = CoseSign1 {
-        protected: protected_with_bytes(protected)?,
-        unprotected: Header::default(),
-        payload: Some(payload),
-        signature: Vec::new(),
-    };
-    let tbs = sign1.tbs_data(external_aad);
-    let malformed = Crypto("the signer returned a malformed signature");
-    sign1.signature = match signer.sign_fixed(&tbs) {
-        Ok(s) if s.len() == alg.fixed_signature_len() => s,
-        Ok(_) | Err(KeyError::MalformedSignature { .. }) => return Err(malformed),
-        Err(e) => return Err(e.into()),
-    };
-    // A key backend that signs with another key than it reports (or a faulty signature) is
-    // caught here rather than at the recipient.
-    signature::UnparsedPublicKey::new(alg.fixed_verification(), signer.public_key())
-        .verify(&tbs, &sign1.signature)
-        .map_err(|_| Crypto("the signer's signature does not verify with its public key"))?;
-    sign1.to_tagged_vec().map_err(|_| Crypto("CBOR encoding failed"))
+    cose::sign1(signer, content_type, signer_chain_der, payload, external_aad).map_err(|e| match e {
+        SignError::Unsupported => EnvelopeError::UnsupportedAlgorithm("signature"),
+        SignError::Encoding => Crypto("CBOR encoding failed"),
+        SignError::Malformed => Crypto("the signer returned a malformed signature"),
+        SignError::Mismatch => Crypto("the signer's signature does not verify with its public key"),
+        SignError::Key(e) => e.into(),
+    })
 }
 
 /// Builds the tagged `COSE_Encrypt` of `plaintext` for `recipient`.
@@ -347,17 +321,9 @@ fn ephemeral_key(
     Err(Crypto("could not draw a valid ephemeral key"))
 }
 
-/// A protected header whose serialized bytes are fixed now, so that every later use (the
-/// signature, the AAD, the KDF context and the output) sees the same bytes.
-pub(crate) fn protected_with_bytes(header: Header) -> Result<ProtectedHeader, EnvelopeError> {
-    let bytes = header
-        .clone()
-        .to_vec()
-        .map_err(|_| Crypto("CBOR encoding failed"))?;
-    Ok(ProtectedHeader {
-        original_data: Some(bytes),
-        header,
-    })
+/// [`cose::protected_with_bytes`], failing as an envelope error.
+fn protected_with_bytes(header: Header) -> Result<ProtectedHeader, EnvelopeError> {
+    cose::protected_with_bytes(header).ok_or(Crypto("CBOR encoding failed"))
 }
 
 // --- key derivation ---------------------------------------------------------------------------

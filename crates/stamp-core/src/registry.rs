@@ -17,12 +17,12 @@
 mod verify;
 
 use aws_lc_rs::signature;
-use ciborium::Value;
-use coset::{AsCborValue, ContentType, CoseSign1, Header, HeaderBuilder, Label, TaggedCborSerializable};
+use coset::{AsCborValue, ContentType, CoseSign1, Label};
 use serde_bytes::ByteBuf;
 use time::OffsetDateTime;
 
 use crate::cert::{self, CertError};
+use crate::cose::{self, SignError, LABEL_X5CHAIN};
 use crate::entitlement::{DeviceProfile, Product, SerialRange, Status};
 use crate::envelope;
 use crate::key::{KeyError, SignatureAlgorithm, Signer};
@@ -204,10 +204,6 @@ pub struct Revocation {
 /// Signs a registry with the HQ authority signing key; `signer_cert` is its certificate and must
 /// carry the signer's key. Returns the file's bytes.
 pub fn sign(reg: &Registry, signer: &dyn Signer, signer_cert: &[u8]) -> Result<Vec<u8>, RegistryError> {
-    let alg = signer.algorithm();
-    if alg == SignatureAlgorithm::Rsa3072PssSha256 {
-        return Err(RegistryError::Signing("RSA keys do not sign registries"));
-    }
     let leaf = cert::parse(signer_cert)?;
     if leaf.public_key().subject_public_key.data.as_ref() != signer.public_key() {
         return Err(RegistryError::Signing(
@@ -217,40 +213,15 @@ pub fn sign(reg: &Registry, signer: &dyn Signer, signer_cert: &[u8]) -> Result<V
     let mut payload = Vec::new();
     ciborium::ser::into_writer(reg, &mut payload)
         .map_err(|_| RegistryError::Signing("CBOR encoding failed"))?;
-    let protected = HeaderBuilder::new()
-        .algorithm(alg.cose())
-        .content_type(CONTENT_TYPE.to_owned())
-        .value(
-            LABEL_X5CHAIN,
-            Value::Array(vec![
-                Value::Bytes(signer_cert.to_vec()),
-                Value::Bytes(reg.root.to_vec()),
-            ]),
-        )
-        .build();
-    let mut sign1 = CoseSign1 {
-        protected: envelope::protected_with_bytes(protected)
-            .map_err(|_| RegistryError::Signing("CBOR encoding failed"))?,
-        unprotected: Header::default(),
-        payload: Some(payload),
-        signature: Vec::new(),
-    };
-    let tbs = sign1.tbs_data(b"");
-    let malformed = RegistryError::Signing("the signer returned a malformed signature");
-    sign1.signature = match signer.sign_fixed(&tbs) {
-        Ok(s) if s.len() == alg.fixed_signature_len() => s,
-        Ok(_) | Err(KeyError::MalformedSignature { .. }) => return Err(malformed),
-        Err(e) => return Err(e.into()),
-    };
-    signature::UnparsedPublicKey::new(alg.fixed_verification(), signer.public_key())
-        .verify(&tbs, &sign1.signature)
-        .map_err(|_| RegistryError::Signing("the signature does not verify with the signer's key"))?;
-    sign1
-        .to_tagged_vec()
-        .map_err(|_| RegistryError::Signing("CBOR encoding failed"))
+    let chain = [signer_cert.to_vec(), reg.root.to_vec()];
+    cose::sign1(signer, CONTENT_TYPE, &chain, payload, b"").map_err(|e| match e {
+        SignError::Unsupported => RegistryError::Signing("RSA keys do not sign registries"),
+        SignError::Encoding => RegistryError::Signing("CBOR encoding failed"),
+        SignError::Malformed => RegistryError::Signing("the signer returned a malformed signature"),
+        SignError::Mismatch => RegistryError::Signing("the signature does not verify with the signer's key"),
+        SignError::Key(e) => e.into(),
+    })
 }
-
-const LABEL_X5CHAIN: i64 = coset::iana::HeaderParameter::X5Chain as i64;
 
 /// Verifies a registry file and decodes it.
 ///

@@ -1,5 +1,6 @@
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
-use coset::CborSerializable;
+use ciborium::Value;
+use coset::{CborSerializable, TaggedCborSerializable};
 use time::macros::datetime;
 use time::Duration;
 
