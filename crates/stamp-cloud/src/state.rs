@@ -13,8 +13,8 @@
 
 use std::path::{Path, PathBuf};
 
+use rusqlite::{params, OptionalExtension};
 use stamp_core::registry::VerifiedRegistry;
-use stamp_store::rusqlite::{params, OptionalExtension};
 use stamp_store::{Database, Migration, StoreError};
 
 /// The state file's schema.
@@ -339,7 +339,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("gateway.db");
         drop(GatewayState::open(&path).unwrap());
-        let c = stamp_store::rusqlite::Connection::open(&path).unwrap();
+        let c = rusqlite::Connection::open(&path).unwrap();
         c.pragma_update(None, "user_version", 99).unwrap();
         drop(c);
         assert!(matches!(

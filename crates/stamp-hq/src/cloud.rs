@@ -1,13 +1,13 @@
 //! What HQ hands the cloud: the signed stamp registry, AWS IoT and Azure IoT DPS material, and
 //! device revocations. Formats: `docs/cloud.md`.
 
+use rusqlite::{params, OptionalExtension};
 use serde_bytes::ByteBuf;
 use stamp_core::entitlement::{DeviceRevocation, Status};
 use stamp_core::profile::{Issuer, Profile};
 use stamp_core::registry::{self, RegisteredDevice, Registry, RegistryEntitlement, RegistrySite};
 use stamp_core::{fingerprint, SiteId};
 use stamp_keys::{KeyRef, KeyStore};
-use stamp_store::rusqlite::{params, OptionalExtension};
 use time::OffsetDateTime;
 
 pub use crate::store::CaCert;

@@ -5,6 +5,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
+use rusqlite::{params, Transaction};
 use serde_bytes::ByteBuf;
 use stamp_core::csr::{self, KeyType};
 use stamp_core::entitlement::{
@@ -16,7 +17,6 @@ use stamp_core::key::KeyAgreementAlgorithm;
 use stamp_core::profile::Profile;
 use stamp_core::{cert, SiteId};
 use stamp_keys::{KeyRef, KeyStore};
-use stamp_store::rusqlite::{params, Transaction};
 use time::OffsetDateTime;
 
 pub use crate::store::{EntitlementSummary, PackageSelector, SealedPackage};

@@ -6,12 +6,12 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use aws_lc_rs::rand::SystemRandom;
+use rusqlite::{params, OptionalExtension};
 use stamp_core::firmware::{esp32, mcuboot, FirmwareError, FirmwareKey, Format, Version};
 use stamp_core::key::SignatureAlgorithm;
 use stamp_core::profile::{self, Holder, Profile, Validity};
 use stamp_core::{cert, fingerprint};
 use stamp_keys::{KeyRef, KeyStore};
-use stamp_store::rusqlite::{params, OptionalExtension};
 use time::OffsetDateTime;
 
 use crate::store::{insert_cert, ts};

@@ -120,7 +120,7 @@ pub enum HqError {
     },
     /// A database query failed.
     #[error("HQ database query failed")]
-    Sql(#[from] stamp_store::rusqlite::Error),
+    Sql(#[from] stamp_store::SqlError),
     /// Stored JSON could not be read or written.
     #[error("HQ database holds malformed data")]
     Json(#[from] serde_json::Error),
@@ -159,6 +159,12 @@ pub enum HqError {
         /// The cause.
         source: std::io::Error,
     },
+}
+
+impl From<rusqlite::Error> for HqError {
+    fn from(e: rusqlite::Error) -> Self {
+        HqError::Sql(e.into())
+    }
 }
 
 impl HqError {

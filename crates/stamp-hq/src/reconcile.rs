@@ -24,6 +24,7 @@ mod run;
 use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
 
+use rusqlite::Connection;
 use stamp_core::admission::{Ask, Breach};
 use stamp_core::audit::{
     self, AuditError, BundleChunk, BundleHeader, DeviceRecord as EntryDevice, Entry, Event,
@@ -41,7 +42,6 @@ use stamp_core::oid::RoleEku;
 use stamp_core::profile::Profile;
 use stamp_core::SiteId;
 use stamp_keys::{KeyRef, KeyStore};
-use stamp_store::rusqlite::Connection;
 use time::OffsetDateTime;
 use x509_parser::certificate::X509Certificate;
 

@@ -6,11 +6,11 @@
 
 use std::path::Path;
 
+use rusqlite::{params, OptionalExtension};
 use stamp_core::fingerprint;
 use stamp_core::profile::Profile;
 use stamp_core::SiteId;
 use stamp_keys::KeyRef;
-use stamp_store::rusqlite::{params, OptionalExtension};
 use stamp_store::{Database, StoreError};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
@@ -39,12 +39,10 @@ pub(crate) fn ts(t: OffsetDateTime) -> String {
 
 /// SHA-256 of a certificate's SubjectPublicKeyInfo; a certificate HQ cannot read is refused
 /// rather than stored with an empty key hash (that would defeat the key-reuse check).
-fn spki_sha256(der: &[u8]) -> Result<Vec<u8>, stamp_store::rusqlite::Error> {
+fn spki_sha256(der: &[u8]) -> Result<Vec<u8>, rusqlite::Error> {
     x509_spki(der)
         .map(|s| fingerprint::sha256(&s).to_vec())
-        .ok_or_else(|| {
-            stamp_store::rusqlite::Error::ToSqlConversionFailure("a certificate HQ cannot read".into())
-        })
+        .ok_or_else(|| rusqlite::Error::ToSqlConversionFailure("a certificate HQ cannot read".into()))
 }
 
 fn x509_spki(der: &[u8]) -> Option<Vec<u8>> {
@@ -74,7 +72,7 @@ impl HqStore {
     }
 
     /// The connection, for queries of the role's modules.
-    pub(crate) fn conn(&self) -> &stamp_store::rusqlite::Connection {
+    pub(crate) fn conn(&self) -> &rusqlite::Connection {
         self.db.conn()
     }
 
@@ -197,12 +195,12 @@ impl HqStore {
 }
 
 pub(crate) fn insert_cert(
-    tx: &stamp_store::rusqlite::Transaction<'_>,
+    tx: &rusqlite::Transaction<'_>,
     profile: Profile,
     site: Option<&SiteId>,
     der: &[u8],
     now: OffsetDateTime,
-) -> Result<(), stamp_store::rusqlite::Error> {
+) -> Result<(), rusqlite::Error> {
     tx.execute(
         "INSERT INTO certificates (sha256, profile, site_id, spki_sha256, issued_at, der)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",

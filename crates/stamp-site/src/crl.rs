@@ -2,9 +2,9 @@
 //! device HQ revoked in an entitlement update, so RFC 5280 verifiers (`openssl verify
 //! -crl_check`) refuse those devices. Numbers grow by one per CRL; each CRL made is recorded.
 
+use rusqlite::params;
 use stamp_core::crl::{self, CrlReport, Revoked};
 use stamp_core::fingerprint;
-use stamp_store::rusqlite::params;
 use time::OffsetDateTime;
 
 use crate::{Site, SiteError};

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use rusqlite::{params, OptionalExtension};
 use stamp_core::entitlement::{
     self, Action, Entitlement, EntitlementError, GrantState, RatePeriod, SerialRange, Status,
 };
@@ -10,7 +11,6 @@ use stamp_core::oid::RoleEku;
 use stamp_core::profile::Profile;
 use stamp_core::{cert, fingerprint};
 use stamp_keys::{KeyRef, KeyStore};
-use stamp_store::rusqlite::{params, OptionalExtension};
 use time::OffsetDateTime;
 
 use crate::{Site, SiteError};

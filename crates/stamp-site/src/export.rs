@@ -6,6 +6,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
+use rusqlite::{params, OptionalExtension};
 use serde_bytes::ByteBuf;
 use stamp_core::audit::{self, BundleChunk, BundleHeader, Event, TreeHead};
 use stamp_core::checkpoint::{self, Checkpoint};
@@ -16,7 +17,6 @@ use stamp_core::merkle;
 use stamp_core::profile::Profile;
 use stamp_core::{cert, SiteId};
 use stamp_keys::{KeyRef, KeyStore};
-use stamp_store::rusqlite::{params, OptionalExtension};
 use time::OffsetDateTime;
 
 use crate::log::{self, StoredLeaves};

@@ -69,7 +69,7 @@ pub enum SiteError {
     Import(#[from] entitlements::ImportError),
     /// A database query failed.
     #[error("site database query failed")]
-    Sql(#[from] stamp_store::rusqlite::Error),
+    Sql(#[from] stamp_store::SqlError),
     /// Stored JSON could not be read or written.
     #[error("site database holds malformed data")]
     Json(#[from] serde_json::Error),
@@ -115,6 +115,12 @@ pub enum SiteError {
     },
 }
 
+impl From<rusqlite::Error> for SiteError {
+    fn from(e: rusqlite::Error) -> Self {
+        SiteError::Sql(e.into())
+    }
+}
+
 impl SiteError {
     /// A stable code naming what failed, for scripts (`--json` prints it as `code`); a refused
     /// bundle or package gives the rejection's own code.
@@ -148,8 +154,8 @@ pub fn unix_ms(t: OffsetDateTime) -> i64 {
     i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
 }
 
-pub(crate) fn sql(e: stamp_store::rusqlite::Error) -> SiteError {
-    SiteError::Sql(e)
+pub(crate) fn sql(e: rusqlite::Error) -> SiteError {
+    SiteError::Sql(e.into())
 }
 
 pub(crate) fn json(e: serde_json::Error) -> SiteError {

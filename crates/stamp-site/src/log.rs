@@ -10,9 +10,9 @@
 //! per proof hash) instead of every leaf. Entries logged before that table existed are covered
 //! by [`backfill_subtrees`], once; until then a missing subtree is computed from its leaves.
 
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use stamp_core::audit::{Entry, Event};
 use stamp_core::merkle::{self, Frontier, Hash, HashSource, Subtree};
-use stamp_store::rusqlite::{params, Connection, OptionalExtension, Transaction};
 
 use crate::SiteError;
 

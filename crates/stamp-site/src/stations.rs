@@ -8,6 +8,7 @@
 
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use aws_lc_rs::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_ASN1_SIGNING};
+use rusqlite::{params, OptionalExtension};
 use serde_bytes::ByteBuf;
 use stamp_core::audit::Event;
 use stamp_core::entitlement::DeviceKeyType;
@@ -15,7 +16,6 @@ use stamp_core::key::SignatureAlgorithm;
 use stamp_core::profile::{self, Holder, Issuer, Profile, Serial, ServiceName, Validity};
 use stamp_core::{cert, fingerprint};
 use stamp_keys::{KeyRef, KeyStore};
-use stamp_store::rusqlite::{params, OptionalExtension};
 use time::OffsetDateTime;
 use zeroize::Zeroizing;
 

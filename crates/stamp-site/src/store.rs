@@ -3,10 +3,10 @@
 
 use std::path::Path;
 
+use rusqlite::{params, OptionalExtension};
 use stamp_core::profile::Profile;
 use stamp_core::SiteId;
 use stamp_keys::KeyRef;
-use stamp_store::rusqlite::{params, OptionalExtension};
 use stamp_store::{Database, StoreError};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
@@ -52,7 +52,7 @@ impl SiteStore {
     }
 
     /// The connection, for queries of the role's modules.
-    pub(crate) fn conn(&self) -> &stamp_store::rusqlite::Connection {
+    pub(crate) fn conn(&self) -> &rusqlite::Connection {
         self.db.conn()
     }
 
@@ -79,10 +79,10 @@ impl SiteStore {
             .query_row("SELECT site_id FROM site WHERE id = 1", [], |r| r.get(0))
             .map_err(|e| self.db.err(e))?;
         SiteId::new(&s).map_err(|_| {
-            self.db.err(stamp_store::rusqlite::Error::InvalidColumnType(
+            self.db.err(rusqlite::Error::InvalidColumnType(
                 0,
                 "site_id".into(),
-                stamp_store::rusqlite::types::Type::Text,
+                rusqlite::types::Type::Text,
             ))
         })
     }

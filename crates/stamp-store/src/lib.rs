@@ -28,8 +28,13 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-pub use rusqlite;
 use rusqlite::Connection;
+
+/// An SQLite failure in one of a role's queries, as the role's error carries it (the role's
+/// error says which database).
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct SqlError(#[from] rusqlite::Error);
 
 /// One step of a schema: applied once, in order, inside a transaction.
 #[derive(Debug, Clone, Copy)]

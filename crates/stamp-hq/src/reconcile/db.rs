@@ -3,9 +3,9 @@
 
 use std::collections::BTreeMap;
 
+use rusqlite::{params, Connection, OptionalExtension};
 use stamp_core::entitlement::{Entitlement, EntitlementError, GrantState, RatePeriod};
 use stamp_core::SiteId;
-use stamp_store::rusqlite::{params, Connection, OptionalExtension};
 
 use crate::store::registry::Equivocation;
 use crate::HqError;
@@ -323,7 +323,7 @@ pub(crate) fn frontiers(c: &Connection) -> Result<BTreeMap<String, u64>, HqError
     Ok(rows)
 }
 
-fn first_use(r: &stamp_store::rusqlite::Row<'_>) -> stamp_store::rusqlite::Result<FirstUse> {
+fn first_use(r: &rusqlite::Row<'_>) -> rusqlite::Result<FirstUse> {
     Ok(FirstUse {
         site_id: r.get(0)?,
         entitlement_id: r.get(1)?,

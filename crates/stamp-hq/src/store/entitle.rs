@@ -3,9 +3,9 @@
 
 use std::collections::BTreeMap;
 
+use rusqlite::{params, OptionalExtension};
 use stamp_core::entitlement::{GrantState, Product, RatePeriod, RenewalLimit, SerialRange, Status};
 use stamp_core::SiteId;
-use stamp_store::rusqlite::{params, OptionalExtension};
 use time::OffsetDateTime;
 
 use crate::{HqError, HqStore};

@@ -2,8 +2,8 @@
 //! recorded them (tables of schema version 4 and later): what `hq devices`, the exports and
 //! `hq sites` read.
 
+use rusqlite::Connection;
 use stamp_core::SiteId;
-use stamp_store::rusqlite::Connection;
 
 use crate::{HqError, HqStore};
 

@@ -8,13 +8,13 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use rusqlite::{params, OptionalExtension};
 use stamp_core::admission::{self, Ask, RateWindow, Request, Usage};
 use stamp_core::audit::RefusalReason;
 use stamp_core::csr;
 use stamp_core::device;
 use stamp_core::entitlement::{GrantState, HqDeviceKey, RatePeriod, SerialRange};
 use stamp_core::fingerprint;
-use stamp_store::rusqlite::{params, OptionalExtension};
 
 use super::key_filter::KeyFilter;
 use super::lock;

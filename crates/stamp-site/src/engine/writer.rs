@@ -7,8 +7,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 
+use rusqlite::params;
 use stamp_core::audit::{DeviceRecord, Event};
-use stamp_store::rusqlite::params;
 
 use super::lock;
 use crate::{log, SiteError, SiteStore};

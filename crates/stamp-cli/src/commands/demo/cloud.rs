@@ -388,8 +388,8 @@ fn skip_a_serial(inp: &Inputs<'_>, bundle: &Path) -> anyhow::Result<Skipped> {
         .grant;
     drop(site);
     let db_path = inp.site_dir.join("stamp-site.db");
-    let db = stamp_store::rusqlite::Connection::open(&db_path)
-        .with_context(|| format!("cannot open {}", db_path.display()))?;
+    let db =
+        rusqlite::Connection::open(&db_path).with_context(|| format!("cannot open {}", db_path.display()))?;
     db.busy_timeout(Duration::from_secs(10))?;
     let max: Option<i64> = db.query_row(
         "SELECT MAX(device_serial) FROM devices WHERE entitlement_id = ?1",
@@ -415,7 +415,7 @@ fn skip_a_serial(inp: &Inputs<'_>, bundle: &Path) -> anyhow::Result<Skipped> {
     db.execute(
         "INSERT INTO devices (device_serial, entitlement_id, cert_sha256, spki_sha256, certificate, issued_ms, station, log_index)
          VALUES (?1, ?2, x'00', ?3, x'00', ?4, 'line-1', 0)",
-        stamp_store::rusqlite::params![
+        rusqlite::params![
             skipped as i64,
             inp.entitlement_id,
             spki.as_slice(),
