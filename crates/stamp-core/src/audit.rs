@@ -404,17 +404,19 @@ impl BundleChunk {
 /// Writes one frame: a CBOR byte string holding `bytes`.
 pub fn write_frame<W: Write>(w: &mut W, bytes: &[u8]) -> std::io::Result<()> {
     let len = bytes.len() as u64;
+    // The length's big-endian bytes: each arm below writes only the low bytes its range needs.
+    let be = len.to_be_bytes();
     let mut head = Vec::with_capacity(9);
     match len {
-        0..=23 => head.push(0x40 | len as u8),
-        24..=0xff => head.extend_from_slice(&[0x58, len as u8]),
+        0..=23 => head.push(0x40 | be[7]),
+        24..=0xff => head.extend_from_slice(&[0x58, be[7]]),
         0x100..=0xffff => {
             head.push(0x59);
-            head.extend_from_slice(&(len as u16).to_be_bytes());
+            head.extend_from_slice(&be[6..]);
         }
         0x1_0000..=0xffff_ffff => {
             head.push(0x5a);
-            head.extend_from_slice(&(len as u32).to_be_bytes());
+            head.extend_from_slice(&be[4..]);
         }
         _ => {
             head.push(0x5b);
@@ -464,7 +466,8 @@ pub fn read_frame<R: Read>(r: &mut R, max: usize) -> Result<Option<Vec<u8>>, Aud
     if len > max as u64 {
         return Err(AuditError::TooLarge("bundle frame"));
     }
-    let mut buf = vec![0u8; len as usize];
+    let len = usize::try_from(len).map_err(|_| AuditError::TooLarge("bundle frame"))?;
+    let mut buf = vec![0u8; len];
     r.read_exact(&mut buf)
         .map_err(|_| AuditError::Framing("truncated frame"))?;
     Ok(Some(buf))

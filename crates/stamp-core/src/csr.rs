@@ -186,7 +186,9 @@ fn classify(spki: &SubjectPublicKeyInfo<'_>) -> Result<KeyType, CsrError> {
                 if !(2048..=8192).contains(&bits) || !e_ok {
                     return Err(CsrError::WeakRsaKey);
                 }
-                Ok(KeyType::Rsa(bits as u32))
+                u32::try_from(bits)
+                    .map(KeyType::Rsa)
+                    .map_err(|_| CsrError::WeakRsaKey)
             }
             _ => Err(CsrError::Malformed),
         }

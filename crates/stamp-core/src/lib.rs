@@ -6,6 +6,15 @@
 
 // Items are `pub` only where the crate exports them (rustls and webpki do the same).
 #![warn(unreachable_pub)]
+// Lengths and counts cross integer widths in the parsers and encoders: every narrowing is explicit.
+#![cfg_attr(
+    not(test),
+    warn(
+        clippy::cast_possible_truncation,
+        clippy::cast_possible_wrap,
+        clippy::cast_sign_loss
+    )
+)]
 
 pub mod admission;
 pub mod audit;

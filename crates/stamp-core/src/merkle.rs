@@ -79,6 +79,8 @@ pub fn root_from_leaves(leaves: &[Hash]) -> Hash {
         0 => empty_root(),
         1 => leaves[0],
         n => {
+            // k < n, and n is a usize.
+            #[allow(clippy::cast_possible_truncation)]
             let k = split_point(n as u64) as usize;
             node_hash(&root_from_leaves(&leaves[..k]), &root_from_leaves(&leaves[k..]))
         }
@@ -189,6 +191,8 @@ fn range_hash<S: HashSource + ?Sized>(src: &S, begin: u64, end: u64) -> Result<H
         return src.leaf_hash(begin);
     }
     if n.is_power_of_two() && begin.is_multiple_of(n) {
+        // At most 64.
+        #[allow(clippy::cast_possible_truncation)]
         let level = n.trailing_zeros() as u8;
         if let Some(h) = src.subtree_hash(Subtree {
             level,
@@ -361,6 +365,8 @@ impl fmt::Display for HashRole {
 /// `size - 1` meet (`size > index`).
 fn decompose(index: u64, size: u64) -> (usize, usize) {
     let inner = (64 - (index ^ (size - 1)).leading_zeros()) as usize;
+    // inner is at most 64.
+    #[allow(clippy::cast_possible_truncation)]
     let border = index.checked_shr(inner as u32).unwrap_or(0).count_ones() as usize;
     (inner, border)
 }
@@ -671,6 +677,8 @@ impl Frontier {
             let level = level + 1;
             completed(
                 Subtree {
+                    // At most 64: one level per bit of a u64 index.
+                    #[allow(clippy::cast_possible_truncation)]
                     level: level as u8,
                     index: index >> level,
                 },

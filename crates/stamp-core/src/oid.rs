@@ -116,13 +116,18 @@ pub(crate) fn eku_extension_value(oids: &[&[u8]]) -> Vec<u8> {
     out
 }
 
+/// A DER length: short form below 128, else 0x80 | n followed by the n big-endian bytes.
 fn push_der_len(out: &mut Vec<u8>, len: usize) {
-    if len < 0x80 {
-        out.push(len as u8);
-    } else if len <= 0xff {
-        out.extend_from_slice(&[0x81, len as u8]);
-    } else {
-        out.extend_from_slice(&[0x82, (len >> 8) as u8, len as u8]);
+    let be = len.to_be_bytes();
+    let skip = be.iter().take_while(|b| **b == 0).count();
+    match be.get(skip..) {
+        Some([b]) if *b < 0x80 => out.push(*b),
+        Some([]) => out.push(0),
+        Some(bytes) => {
+            out.push(0x80 | u8::try_from(bytes.len()).unwrap_or(0x7f));
+            out.extend_from_slice(bytes);
+        }
+        None => out.push(0),
     }
 }
 
@@ -151,5 +156,21 @@ mod tests {
         out.clear();
         push_base128(&mut out, 5);
         assert_eq!(out, [5]);
+    }
+
+    #[test]
+    fn der_lengths_use_the_shortest_form() {
+        for (len, want) in [
+            (0usize, &[0x00][..]),
+            (0x7f, &[0x7f]),
+            (0x80, &[0x81, 0x80]),
+            (0xff, &[0x81, 0xff]),
+            (0x100, &[0x82, 0x01, 0x00]),
+            (0x1_0000, &[0x83, 0x01, 0x00, 0x00]),
+        ] {
+            let mut out = Vec::new();
+            push_der_len(&mut out, len);
+            assert_eq!(out, want, "length {len:#x}");
+        }
     }
 }

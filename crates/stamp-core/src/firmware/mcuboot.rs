@@ -26,6 +26,8 @@ use crate::key::{SignatureAlgorithm, Signer};
 pub const IMAGE_MAGIC: u32 = 0x96f3_b83d;
 /// Size of the image header structure (the header area may be larger).
 pub const HEADER_LEN: usize = 32;
+/// [`HEADER_LEN`] as the header's own 16-bit field writes it.
+const HEADER_SIZE: u16 = 32;
 /// Magic of the unprotected TLV area.
 pub const TLV_INFO_MAGIC: u16 = 0x6907;
 /// Magic of the protected TLV area.
@@ -68,7 +70,7 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             version: Version::default(),
-            header_size: HEADER_LEN as u16,
+            header_size: HEADER_SIZE,
             pad_header: true,
             load_addr: 0,
             security_counter: None,
