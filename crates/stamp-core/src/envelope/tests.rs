@@ -2,44 +2,19 @@
 
 use super::*;
 use crate::cose::der_to_fixed;
+use crate::profile::tests::TestSigner;
 use crate::profile::{self_signed_root, Serial, Validity};
 use aws_lc_rs::rand::SystemRandom;
-use aws_lc_rs::signature::{EcdsaKeyPair, Ed25519KeyPair, KeyPair};
 
 const CT: &str = "application/vnd.stamp.entitlement+cbor";
 const MAX: usize = 1 << 20;
 
-enum TestKey {
-    Ecdsa(EcdsaKeyPair),
-    Ed25519(Ed25519KeyPair),
+/// A one-certificate chain for a test signer.
+trait Chain {
+    fn chain(&self) -> Vec<Vec<u8>>;
 }
 
-/// A signer on an in-memory aws-lc-rs key (DER ECDSA signatures, like the key layer's).
-struct TestSigner {
-    alg: SignatureAlgorithm,
-    key: TestKey,
-    public: Vec<u8>,
-}
-
-impl TestSigner {
-    fn new(alg: SignatureAlgorithm) -> Self {
-        let key = match alg {
-            SignatureAlgorithm::EcdsaP256Sha256 => {
-                TestKey::Ecdsa(EcdsaKeyPair::generate(&signature::ECDSA_P256_SHA256_ASN1_SIGNING).unwrap())
-            }
-            SignatureAlgorithm::EcdsaP384Sha384 => {
-                TestKey::Ecdsa(EcdsaKeyPair::generate(&signature::ECDSA_P384_SHA384_ASN1_SIGNING).unwrap())
-            }
-            SignatureAlgorithm::Ed25519 => TestKey::Ed25519(Ed25519KeyPair::generate().unwrap()),
-            other => panic!("no envelope test key for {other:?}"),
-        };
-        let public = match &key {
-            TestKey::Ecdsa(k) => k.public_key().as_ref().to_vec(),
-            TestKey::Ed25519(k) => k.public_key().as_ref().to_vec(),
-        };
-        TestSigner { alg, key, public }
-    }
-
+impl Chain for TestSigner {
     /// A self-signed certificate for this key, as a one-certificate chain.
     fn chain(&self) -> Vec<Vec<u8>> {
         let validity = Validity::starting(
@@ -47,35 +22,6 @@ impl TestSigner {
             time::Duration::days(365),
         );
         vec![self_signed_root(self, "Test OEM", validity, Serial::from_random([7; 16])).unwrap()]
-    }
-}
-
-impl std::fmt::Debug for TestSigner {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "TestSigner({}, {})",
-            Signer::key_ref(self),
-            Signer::algorithm(self).name()
-        )
-    }
-}
-
-impl Signer for TestSigner {
-    fn algorithm(&self) -> SignatureAlgorithm {
-        self.alg
-    }
-    fn public_key(&self) -> &[u8] {
-        &self.public
-    }
-    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, KeyError> {
-        match &self.key {
-            TestKey::Ecdsa(k) => Ok(k.sign(&SystemRandom::new(), message).unwrap().as_ref().to_vec()),
-            TestKey::Ed25519(k) => Ok(k.sign(message).as_ref().to_vec()),
-        }
-    }
-    fn key_ref(&self) -> &str {
-        "test-signer"
     }
 }
 
@@ -167,7 +113,7 @@ fn fixture(sig: SignatureAlgorithm, ka: KeyAgreementAlgorithm) -> Fixture {
 /// Parses, verifies and opens with the fixture's own keys.
 fn open_all(f: &Fixture, bytes: &[u8]) -> Result<Zeroizing<Vec<u8>>, EnvelopeError> {
     parse(bytes, MAX)?
-        .verify(f.signer.alg, &f.signer.public, b"")?
+        .verify(f.signer.algorithm(), f.signer.public_key(), b"")?
         .open(&f.ka, SITE)
 }
 
@@ -188,7 +134,7 @@ fn round_trips_every_algorithm_pair() {
             assert_eq!(parsed.content_type(), CT);
             assert_eq!(parsed.key_id(), b"kid-1");
             assert_eq!(parsed.signature_algorithm(), sig);
-            let verified = parsed.verify(sig, &f.signer.public, b"").unwrap();
+            let verified = parsed.verify(sig, f.signer.public_key(), b"").unwrap();
             assert_eq!(verified.content_type(), CT);
             assert_eq!(verified.key_id(), b"kid-1");
             assert_eq!(verified.chain(), f.chain.as_slice());
@@ -213,7 +159,7 @@ fn round_trips_chains_and_sizes() {
             let parsed = parse(&env, MAX).unwrap();
             assert_eq!(parsed.chain(), &chain[..n]);
             let out = parsed
-                .verify(signer.alg, &signer.public, b"x")
+                .verify(signer.algorithm(), signer.public_key(), b"x")
                 .unwrap()
                 .open(&ka, SITE)
                 .unwrap();
@@ -432,7 +378,7 @@ fn wrong_recipient_key_fails() {
     ] {
         let v = parse(&f.envelope, MAX)
             .unwrap()
-            .verify(f.signer.alg, &f.signer.public, b"")
+            .verify(f.signer.algorithm(), f.signer.public_key(), b"")
             .unwrap();
         assert!(matches!(
             v.open(&other, SITE),
@@ -450,7 +396,7 @@ fn re_addressing_fails() {
     for other_id in [&b"shenzhen-2"[..], b"", b"shenzhen-1\0"] {
         let v = parse(&f.envelope, MAX)
             .unwrap()
-            .verify(f.signer.alg, &f.signer.public, b"")
+            .verify(f.signer.algorithm(), f.signer.public_key(), b"")
             .unwrap();
         assert!(matches!(
             v.open(&f.ka, other_id),
@@ -479,7 +425,7 @@ fn content_aad_binds_the_recipient_id_too() {
     .unwrap();
     let v = parse(&env, MAX)
         .unwrap()
-        .verify(signer.alg, &signer.public, b"")
+        .verify(signer.algorithm(), signer.public_key(), b"")
         .unwrap();
     assert!(matches!(v.open(&ka, SITE), Err(EnvelopeError::DecryptFailed)));
 }
@@ -502,12 +448,12 @@ fn external_aad_is_checked() {
     for wrong in [&b""[..], b"ctx2", b"CTX"] {
         let r = parse(&env, MAX)
             .unwrap()
-            .verify(signer.alg, &signer.public, wrong);
+            .verify(signer.algorithm(), signer.public_key(), wrong);
         assert!(matches!(r, Err(EnvelopeError::BadSignature)));
     }
     let v = parse(&env, MAX)
         .unwrap()
-        .verify(signer.alg, &signer.public, b"ctx")
+        .verify(signer.algorithm(), signer.public_key(), b"ctx")
         .unwrap();
     assert_eq!(v.open(&ka, SITE).unwrap().as_slice(), PLAIN);
 }
@@ -521,11 +467,11 @@ fn wrong_signer_key_fails() {
     let other = TestSigner::new(SignatureAlgorithm::EcdsaP256Sha256);
     let r = parse(&f.envelope, MAX)
         .unwrap()
-        .verify(other.alg, &other.public, b"");
+        .verify(other.algorithm(), other.public_key(), b"");
     assert!(matches!(r, Err(EnvelopeError::SignerNotChainLeaf)));
     let r = parse(&f.envelope, MAX)
         .unwrap()
-        .verify(SignatureAlgorithm::Ed25519, &f.signer.public, b"");
+        .verify(SignatureAlgorithm::Ed25519, f.signer.public_key(), b"");
     assert!(matches!(r, Err(EnvelopeError::SignerAlgorithmMismatch { .. })));
     // A chain whose leaf is another key than the one that signed.
     let mut sign1 = coset_sign1(&f.envelope);
@@ -539,7 +485,9 @@ fn wrong_signer_key_fails() {
             .build(),
     };
     let bytes = sign1.to_tagged_vec().unwrap();
-    let r = parse(&bytes, MAX).unwrap().verify(other.alg, &other.public, b"");
+    let r = parse(&bytes, MAX)
+        .unwrap()
+        .verify(other.algorithm(), other.public_key(), b"");
     assert!(matches!(r, Err(EnvelopeError::BadSignature)));
 }
 
@@ -610,7 +558,7 @@ fn changed_algorithms_are_refused() {
     let eddsa = mutate(&f, |s| set_alg(&mut s.protected, iana::Algorithm::EdDSA), |_| {});
     let r = parse(&eddsa, MAX)
         .unwrap()
-        .verify(f.signer.alg, &f.signer.public, b"");
+        .verify(f.signer.algorithm(), f.signer.public_key(), b"");
     assert!(matches!(r, Err(EnvelopeError::SignerAlgorithmMismatch { .. })));
     // ES384 with a 64-byte signature.
     let es384 = mutate(&f, |s| set_alg(&mut s.protected, iana::Algorithm::ES384), |_| {});
@@ -900,7 +848,7 @@ fn sealing_refuses_bad_input() {
         CT,
         PLAIN,
         &signer,
-        &TestSigner::new(signer.alg).chain(),
+        &TestSigner::new(signer.algorithm()).chain(),
         &r,
         b"",
         &rng,
@@ -995,10 +943,10 @@ impl std::fmt::Debug for LyingSigner {
 
 impl Signer for LyingSigner {
     fn algorithm(&self) -> SignatureAlgorithm {
-        self.0.alg
+        self.0.algorithm()
     }
     fn public_key(&self) -> &[u8] {
-        &self.0.public
+        self.0.public_key()
     }
     fn sign(&self, message: &[u8]) -> Result<Vec<u8>, KeyError> {
         self.1.sign(message)

@@ -13,6 +13,19 @@ pub(crate) enum TestSigner {
 }
 
 impl TestSigner {
+    pub(crate) fn ecdsa_p256() -> Self {
+        TestSigner::new(SignatureAlgorithm::EcdsaP256Sha256)
+    }
+    pub(crate) fn ecdsa_p384() -> Self {
+        TestSigner::new(SignatureAlgorithm::EcdsaP384Sha384)
+    }
+    pub(crate) fn ed25519() -> Self {
+        TestSigner::new(SignatureAlgorithm::Ed25519)
+    }
+    /// An Ed25519 key from a 32-byte seed (RFC 8032 test vectors).
+    pub(crate) fn ed25519_from_seed(seed: &[u8]) -> Self {
+        TestSigner::Ed(Ed25519KeyPair::from_seed_unchecked(seed).unwrap())
+    }
     pub(crate) fn new(alg: SignatureAlgorithm) -> Self {
         match alg {
             SignatureAlgorithm::EcdsaP256Sha256 => TestSigner::Ecdsa(
