@@ -141,7 +141,7 @@ fn fingerprint_must_match_and_be_confirmed() {
         .dir(&c.hq)
         .arg(&req2)
         .args(&["-o", s(&out), "--fingerprint", "0000-0000-0000-0000-0000"])
-        .fails("does not match the expected");
+        .fails_with("fingerprint-mismatch");
     // No terminal to confirm on and neither --fingerprint nor --yes.
     stamp(&c.pass)
         .hq("enroll-site")
@@ -238,7 +238,7 @@ fn files_of_the_wrong_kind_are_refused() {
         .arg(&c.request)
         .args(&["-o", s(&out)])
         .arg("--yes")
-        .fails("is not a stamp HQ directory");
+        .fails_with("not-hq-dir");
     install_fails(&c, &c.hq, &c.credentials, &[], "is not a stamp site directory");
     // Directories that exist are never overwritten.
     let before = snapshot(&c.hq);

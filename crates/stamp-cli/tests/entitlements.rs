@@ -279,7 +279,7 @@ fn hq_refuses_bad_entitlement_requests_without_changing_anything() {
         .args(&["--entitlement", "nope.1"])
         .arg("--suspend")
         .args(&["-o", s(&out)])
-        .fails("no entitlement nope.1");
+        .fails_with("unknown-entitlement");
     stamp(&c.pass)
         .hq("amend")
         .dir(&c.hq)

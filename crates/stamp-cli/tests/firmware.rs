@@ -511,18 +511,18 @@ fn releases_are_recorded_listed_and_never_reissued() {
         .args(&["--key", "app", "--format", "mcuboot"])
         .args(&["--version", "1.0.0", s(&app)])
         .args(&["-o", s(&hq.path("again.bin"))])
-        .fails("already released");
+        .fails_with("firmware-released");
     stamp(&hq.pass)
         .hq("sign-firmware")
         .dir(&hq.dir)
         .args(&["--key", "nope", "--format", "mcuboot"])
         .args(&["--version", "9", s(&app), "-o", s(&hq.path("again.bin"))])
-        .fails("no firmware key");
+        .fails_with("unknown-firmware-key");
     stamp(&hq.pass)
         .hq("add-firmware-key")
         .dir(&hq.dir)
         .args(&["--name", "app", "--algorithm", "ed25519"])
-        .fails("already exists");
+        .fails_with("firmware-key-exists");
     stamp(&hq.pass)
         .hq("add-firmware-key")
         .dir(&hq.dir)

@@ -445,7 +445,7 @@ fn an_entitlement_names_the_firmware_the_site_may_program() {
         .dir(&c.hq)
         .args(&["--site", "plant-7", "--product", "p", "--quota", "2"])
         .args(&["--firmware", "9.9.9", "-o", s(&pkg)])
-        .fails("no firmware release 9.9.9");
+        .fails_with("unknown-firmware");
     stamp(&c.pass)
         .hq("entitle")
         .dir(&c.hq)

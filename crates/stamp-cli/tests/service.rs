@@ -725,7 +725,7 @@ fn only_active_stations_of_this_site_are_served() {
         .site("add-station")
         .dir(&c.site)
         .args(&["--name", "line-2", "-o", s(&c.tmp.path().join("x"))])
-        .fails("exists already");
+        .fails_with("station-exists");
     stamp(&c.pass)
         .site("add-station")
         .dir(&c.site)
@@ -774,7 +774,7 @@ fn station_files_are_what_a_station_needs() {
         .site("revoke-station")
         .dir(&c.site)
         .args(&["--name", "nope"])
-        .fails("no station named");
+        .fails_with("unknown-station");
 }
 
 #[test]
@@ -1511,7 +1511,7 @@ fn entitlements_imported_while_serving_take_effect_between_requests() {
         .dir(&c.site)
         .args(&["--entitlement", "plant-7.1", "--csr", s(&csr_dir)])
         .args(&["-o", s(&c.tmp.path().join("batch-out"))])
-        .fails("another stamp process is issuing for this site");
+        .fails_with("engine-busy");
     assert_eq!(snapshot(&c.site), before);
     let url = svc.url.clone();
     rt().block_on(async {

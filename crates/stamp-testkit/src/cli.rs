@@ -149,8 +149,31 @@ impl Stamp {
         )
     }
 
+    /// Runs it with `--json` and asserts that it failed with exit code 1 and the stable error
+    /// code `code` (what scripts read); returns the JSON error for further checks.
+    pub fn fails_with(mut self, code: &str) -> serde_json::Value {
+        self.args.insert(0, "--json".into());
+        let argv = self.argv();
+        let out = self.output();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+            panic!(
+                "stamp {argv}: no JSON error on stdout:\nstdout: {}\nstderr: {}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "error exit code of stamp {argv}: {v:#}"
+        );
+        assert_eq!(v["code"], code, "error code of stamp {argv}: {v:#}");
+        v
+    }
+
     /// Runs it and asserts that it failed with exit code 1 and an error (stderr, or stdout with
-    /// `--json`) containing `needle`.
+    /// `--json`) containing `needle`: for errors that have no stable code of their own (usage
+    /// errors, and the text of hints).
     pub fn fails(self, needle: &str) {
         let argv = self.argv();
         let out = self.output();
