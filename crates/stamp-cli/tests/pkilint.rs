@@ -100,11 +100,18 @@ fn lint(cert: &Path) -> Vec<(String, String)> {
 /// The site service's certificate, as `stamp site serve --write-cert` writes it.
 fn service_cert(c: &Ceremony, out: &Path) {
     let mut child = stamp(&c.pass)
-        .env("RUST_LOG", "warn")
+        .env("STAMP_LOG", "warn")
         .arg("--json")
         .site("serve")
         .dir(&c.site)
-        .args(&["--listen", "127.0.0.1:0", "--write-cert", s(out)])
+        .args(&[
+            "--listen",
+            "127.0.0.1:0",
+            "--ops-listen",
+            "off",
+            "--write-cert",
+            s(out),
+        ])
         .command()
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -61,6 +61,8 @@ pub struct Server {
     tls: Arc<rustls::ServerConfig>,
     listener: std::net::TcpListener,
     addr: SocketAddr,
+    /// The operations listener (`/healthz`, `/metrics` without a client certificate), if on.
+    ops: Option<(std::net::TcpListener, SocketAddr)>,
     /// The service's certificate (DER), issued at start.
     certificate: Vec<u8>,
 }
@@ -99,6 +101,7 @@ impl Server {
             addr: config.listen,
             source,
         })?;
+        let ops = config.ops_listen()?.map(bind).transpose()?;
         let cacerts_p7 = stamp_core::pkcs7::certs_only(&[issuing_ca.clone(), root.clone()])?;
         let chain_pem = [issuing_ca, root]
             .into_iter()
@@ -125,8 +128,14 @@ impl Server {
             tls,
             listener,
             addr,
+            ops,
             certificate: creds.chain.first().cloned().unwrap_or_default(),
         })
+    }
+
+    /// The operations listener's bound address, if it is on.
+    pub fn ops_addr(&self) -> Option<SocketAddr> {
+        self.ops.as_ref().map(|(_, a)| *a)
     }
 
     /// The service's TLS certificate (DER), issued for a fresh key when the server was made.
@@ -148,6 +157,7 @@ impl Server {
             tls,
             listener,
             addr,
+            ops,
             certificate: _,
         } = self;
         let listener = tokio::net::TcpListener::from_std(listener)
@@ -158,6 +168,14 @@ impl Server {
         let (stop_tx, stop_rx) = watch::channel(false);
         tracing::info!(%addr, site = %state.site_id, "site service listening");
         let reloader = tokio::spawn(reload_loop(state.clone(), stop_rx.clone()));
+        if let Some((ops, ops_addr)) = ops {
+            let ops = tokio::net::TcpListener::from_std(ops).map_err(|source| ServiceError::Bind {
+                addr: ops_addr,
+                source,
+            })?;
+            tracing::info!(%ops_addr, "operations listener (/healthz, /metrics) listening");
+            tokio::spawn(crate::ops::serve(ops, state.clone(), stop_rx.clone()));
+        }
         tokio::pin!(shutdown);
         loop {
             let accepted = tokio::select! {
@@ -210,6 +228,15 @@ impl Server {
         tracing::info!("site service stopped; every acknowledged issuance is in the audit log");
         Ok(())
     }
+}
+
+/// Binds `addr` for the Tokio runtime (non-blocking); the bound address too.
+fn bind(addr: SocketAddr) -> Result<(std::net::TcpListener, SocketAddr), ServiceError> {
+    let err = |source| ServiceError::Bind { addr, source };
+    let listener = std::net::TcpListener::bind(addr).map_err(err)?;
+    listener.set_nonblocking(true).map_err(err)?;
+    let bound = listener.local_addr().map_err(err)?;
+    Ok((listener, bound))
 }
 
 /// Polls the site database for entitlement packages applied while the service runs (`stamp site

@@ -342,6 +342,7 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
             let config = stamp_service::Config {
                 listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
                 default_entitlement: entitlement_id.clone(),
+                ops_listen: "off".into(),
                 ..stamp_service::Config::default()
             };
             let server = stamp_service::Server::new(site, config)?;

@@ -4,6 +4,7 @@
 
 pub mod args;
 pub mod cloud;
+pub mod daemon;
 pub mod demo;
 pub mod device;
 pub mod hq;

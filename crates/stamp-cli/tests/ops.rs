@@ -1,0 +1,213 @@
+//! What an operator runs and scrapes, through the real binary: the operations listener (health
+//! without a client certificate, Prometheus metrics checked by `promtool` and against the docs),
+//! the long-running commands' logs (STAMP_LOG, --log-format, no ANSI codes in files) and their
+//! graceful stop on SIGTERM. The gateway's side is in `cloud::gateway_admits_genuine_...`.
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::path::Path;
+use std::process::Stdio;
+
+use crate::common::*;
+use crate::service::{issued_in_log, load_until_gone, setup, wait_for, Service};
+
+/// `GET path` over plain HTTP (no TLS, no client certificate): status and body.
+pub(crate) fn http_get(addr: &str, path: &str) -> (u16, String) {
+    let mut tcp = std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    write!(
+        tcp,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    tcp.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no HTTP answer: {raw:?}"));
+    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap();
+    (status, body.to_owned())
+}
+
+/// `promtool check metrics` on `text` (the Prometheus project's own linter of the exposition
+/// format: syntax, HELP and TYPE of every family, counter names, duplicate series). Fails, never
+/// skips, without promtool: `scripts/test` installs Debian's `prometheus` package.
+pub(crate) fn promtool_check(text: &str) {
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("this test needs promtool ({e}): run scripts/test, which installs the prometheus package")
+        });
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(
+        o.status.success(),
+        "promtool check metrics: {}{}\n{text}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// The metric families in an exposition (`# TYPE NAME KIND` lines).
+pub(crate) fn exported_metrics(text: &str) -> BTreeSet<String> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split(' ').next())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The metric names a doc's metrics table lists: the backticked names starting with `prefix`
+/// in table rows (labels in braces dropped).
+pub(crate) fn documented_metrics(doc: &str, prefix: &str) -> BTreeSet<String> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(doc);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let mut names = BTreeSet::new();
+    for line in text.lines().filter(|l| l.starts_with(&format!("| `{prefix}"))) {
+        let cell = line.split(" | ").next().unwrap_or("");
+        for (i, part) in cell.split('`').enumerate() {
+            if i % 2 == 1 && part.starts_with(prefix) {
+                names.insert(part.split('{').next().unwrap().to_owned());
+            }
+        }
+    }
+    assert!(!names.is_empty(), "no {prefix}* metrics table in {doc}");
+    names
+}
+
+/// Checks a scrape: promtool accepts it, and its families are exactly those `doc` documents.
+pub(crate) fn check_scrape(text: &str, doc: &str, prefix: &str) {
+    promtool_check(text);
+    assert_eq!(
+        exported_metrics(text),
+        documented_metrics(doc, prefix),
+        "the metrics exported and those documented in {doc} differ"
+    );
+}
+
+/// The value of the sample `series` (name with labels, as exported).
+pub(crate) fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
+        .unwrap_or_else(|| panic!("no sample {series} in\n{text}"))
+        .parse()
+        .unwrap()
+}
+
+/// The `message` fields of a JSON log, one object per line (every line must be one).
+fn messages(log: &[serde_json::Value]) -> Vec<&str> {
+    log.iter()
+        .filter_map(|v| v["fields"]["message"].as_str())
+        .collect()
+}
+
+#[test]
+fn site_service_serves_health_and_metrics_without_a_client_certificate_logs_and_stops_on_sigterm() {
+    let (c, st) = setup(&["--quota", "100000"]);
+    let log = c.tmp.path().join("serve.log");
+    let svc = Service::start_with(
+        stamp(&c.pass),
+        &c,
+        &["--log-format", "json"],
+        Stdio::from(std::fs::File::create(&log).unwrap()),
+    );
+    assert!(svc.ops.starts_with("127.0.0.1:"), "{}", svc.ops);
+    // A load balancer's probe: plain HTTP, no certificate.
+    assert_eq!(http_get(&svc.ops, "/healthz"), (200, "ok\n".to_owned()));
+    // Nothing but health and metrics there.
+    assert_eq!(http_get(&svc.ops, "/api/v1/status").0, 404);
+    // A reload while serving: an entitlement imported now is applied by the service.
+    c.entitle("e2", &["--quota", "5"]);
+    // Requests in flight, then SIGTERM.
+    let (load, count) = load_until_gone(&svc.url, &st, 4);
+    wait_for(&count, 20);
+    let (status, metrics) = http_get(&svc.ops, "/metrics");
+    assert_eq!(status, 200);
+    check_scrape(&metrics, "docs/service.md", "stamp_site_");
+    assert_eq!(sample(&metrics, "stamp_site_up"), 1.0);
+    assert!(sample(&metrics, "stamp_site_issued_total{kind=\"device\"}") >= 20.0);
+    assert_eq!(
+        sample(&metrics, "stamp_site_quota{entitlement=\"plant-7.2\"}"),
+        5.0
+    );
+    assert_eq!(svc.stop(), Some(0), "SIGTERM stops with status 0");
+    let acked = load.join().unwrap();
+    assert!(acked.len() >= 20);
+    // Every answered request's certificate is in the audit log.
+    let in_log = issued_in_log(&c.site);
+    for (serial, sha) in &acked {
+        assert_eq!(
+            in_log.get(serial),
+            Some(sha),
+            "acknowledged device {serial} is in the audit log"
+        );
+    }
+    // The service log: JSON lines only, no terminal colours, a line on start, reload and stop.
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(!text.contains('\u{1b}'), "no ANSI codes in a log file");
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON log line ({e}): {l}")))
+        .collect();
+    let said = messages(&lines);
+    for m in [
+        "site service listening",
+        "operations listener (/healthz, /metrics) listening",
+        "entitlement packages applied from the inbox",
+        "entitlements reloaded",
+        "stop signal received",
+        "stopping: no new connections; letting requests in flight finish",
+        "site service stopped; every acknowledged issuance is in the audit log",
+    ] {
+        assert!(said.contains(&m), "the log says {m:?}: {said:?}");
+    }
+    assert!(lines.iter().any(|l| l["fields"]["signal"] == "SIGTERM"));
+    assert_eq!(
+        said.last().copied(),
+        Some("site service stopped; every acknowledged issuance is in the audit log")
+    );
+    // Each acknowledged device has its request line.
+    let logged: BTreeSet<u64> = lines
+        .iter()
+        .filter_map(|l| l["fields"]["device_serial"].as_u64())
+        .collect();
+    for (serial, _) in &acked {
+        assert!(logged.contains(serial), "device {serial} has a request line");
+    }
+}
+
+#[test]
+fn log_settings_are_checked_before_serving() {
+    let (c, _) = setup(&["--quota", "3"]);
+    stamp(&c.pass)
+        .env("STAMP_LOG", "stamp=loud")
+        .site("serve")
+        .dir(&c.site)
+        .args(&["--listen", "127.0.0.1:0", "--ops-listen", "off"])
+        .fails("STAMP_LOG");
+    let o = stamp(&c.pass)
+        .site("serve")
+        .dir(&c.site)
+        .args(&["--log-format", "xml"])
+        .output();
+    assert_eq!(o.status.code(), Some(2), "a usage error");
+    stamp(&c.pass)
+        .site("serve")
+        .dir(&c.site)
+        .args(&["--listen", "127.0.0.1:0", "--ops-listen", "localhost"])
+        .fails("ops_listen");
+    let o = stamp_bare()
+        .cloud("gateway")
+        .args(&[
+            "--registry",
+            "r.json",
+            "--trust-registry-root",
+            "--ops-listen",
+            "nowhere",
+        ])
+        .output();
+    assert_eq!(o.status.code(), Some(2), "a usage error");
+}
