@@ -211,3 +211,154 @@ fn log_settings_are_checked_before_serving() {
         .output();
     assert_eq!(o.status.code(), Some(2), "a usage error");
 }
+
+/// The workspace root.
+fn root() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The `stamp` binary the tests run.
+fn stamp_exe() -> std::path::PathBuf {
+    std::path::PathBuf::from(stamp_bare().command().get_program())
+}
+
+#[test]
+fn example_systemd_units_verify_and_their_command_lines_parse() {
+    let tmp = tempfile::tempdir().unwrap();
+    for unit in ["stamp-site.service", "stamp-gateway.service"] {
+        let text = std::fs::read_to_string(root().join("packaging/systemd").join(unit)).unwrap();
+        for hardening in [
+            "NoNewPrivileges=yes",
+            "ProtectSystem=strict",
+            "CapabilityBoundingSet=\n",
+            "SystemCallFilter=@system-service",
+            "KillSignal=SIGTERM",
+        ] {
+            assert!(text.contains(hardening), "{unit} sets {hardening:?}");
+        }
+        // systemd-analyze checks the ExecStart binary exists: point it at the one built.
+        let copy = tmp.path().join(unit);
+        std::fs::write(
+            &copy,
+            text.replace("/usr/bin/stamp", stamp_exe().to_str().unwrap()),
+        )
+        .unwrap();
+        let o = std::process::Command::new("systemd-analyze")
+            .args(["verify", "--man=no"])
+            .arg(&copy)
+            .output()
+            .unwrap_or_else(|e| {
+                panic!("this test needs systemd-analyze ({e}): run scripts/test, which installs systemd")
+            });
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(
+            o.status.success() && said.trim().is_empty(),
+            "systemd-analyze verify {unit}: {said}"
+        );
+        // The command line is one stamp accepts: its options parse (with --help, nothing runs).
+        let exec = text
+            .lines()
+            .find_map(|l| l.strip_prefix("ExecStart=/usr/bin/stamp "))
+            .unwrap();
+        let args: Vec<String> = exec
+            .split_whitespace()
+            .map(|a| a.replace("${CREDENTIALS_DIRECTORY}", "/run/credentials/x"))
+            .map(|a| if a.starts_with("${") { "x".to_owned() } else { a })
+            .collect();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let o = stamp_bare().args(&args).arg("--help").output();
+        assert_eq!(
+            o.status.code(),
+            Some(0),
+            "{unit}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+}
+
+#[test]
+fn shell_completions_complete_and_manual_pages_render() {
+    // bash: load the script and complete `stamp site se` and `stamp site serve --ops`.
+    let script = stamp_bare().args(&["completions", "bash"]).output();
+    assert!(script.status.success());
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("stamp.bash");
+    std::fs::write(&path, &script.stdout).unwrap();
+    let o = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "source {}; COMP_WORDS=(stamp site se); COMP_CWORD=2; _stamp stamp se site; echo \"${{COMPREPLY[@]}}\"; \
+             COMP_WORDS=(stamp site serve --ops); COMP_CWORD=3; _stamp stamp --ops serve; echo \"${{COMPREPLY[@]}}\"",
+            path.display()
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "serve\n--ops-listen\n",
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let zsh = stamp_bare().args(&["completions", "zsh"]).output();
+    assert!(String::from_utf8_lossy(&zsh.stdout).starts_with("#compdef stamp"));
+    let fish = stamp_bare().args(&["completions", "fish"]).output();
+    assert!(String::from_utf8_lossy(&fish.stdout).contains("complete -c stamp"));
+    assert_eq!(
+        stamp_bare().args(&["completions", "tcsh"]).output().status.code(),
+        Some(2)
+    );
+
+    // The manual page: roff that groff renders without a warning.
+    let page = stamp_bare().arg("manpage").output();
+    assert!(page.status.success());
+    assert!(String::from_utf8_lossy(&page.stdout).contains("\n.TH stamp 1 "));
+    let groff = |file: &Path| {
+        let o = std::process::Command::new("groff")
+            .args(["-man", "-Tutf8", "-ww", "-z"])
+            .arg(file)
+            .output()
+            .unwrap_or_else(|e| {
+                panic!("this test needs groff ({e}): run scripts/test, which installs groff-base")
+            });
+        assert!(
+            o.status.success() && o.stderr.is_empty(),
+            "groff {}: {}",
+            file.display(),
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    let one = tmp.path().join("stamp.1");
+    std::fs::write(&one, &page.stdout).unwrap();
+    groff(&one);
+    // One page per command.
+    let man = tmp.path().join("man");
+    std::fs::create_dir(&man).unwrap();
+    let v = stamp_bare().arg("manpage").args(&["--dir", s(&man)]).json();
+    assert!(v["pages"].as_array().unwrap().len() > 40, "{v}");
+    let serve = std::fs::read_to_string(man.join("stamp-site-serve.1")).unwrap();
+    assert!(
+        serve.contains(".TH stamp-site-serve 1") && serve.contains("ops\\-listen"),
+        "{serve}"
+    );
+    groff(&man.join("stamp-cloud-gateway.1"));
+    stamp_bare()
+        .arg("manpage")
+        .args(&["--dir", s(&tmp.path().join("absent"))])
+        .fails("not a directory");
+}
+
+#[test]
+fn the_licenses_and_the_changelog_are_at_the_root() {
+    let read = |f: &str| std::fs::read_to_string(root().join(f)).unwrap_or_else(|e| panic!("{f}: {e}"));
+    assert!(
+        read("LICENSE-APACHE").contains("Apache License\n                        Version 2.0, January 2004")
+    );
+    assert!(read("LICENSE-MIT").starts_with("MIT License\n"));
+    assert!(read("Cargo.toml").contains("license = \"Apache-2.0 OR MIT\""));
+    let changelog = read("CHANGELOG.md");
+    assert!(changelog.contains("## [Unreleased]") && changelog.contains("keepachangelog.com"));
+}
