@@ -362,3 +362,108 @@ fn the_licenses_and_the_changelog_are_at_the_root() {
     let changelog = read("CHANGELOG.md");
     assert!(changelog.contains("## [Unreleased]") && changelog.contains("keepachangelog.com"));
 }
+
+/// The text of a successful run.
+fn text(cmd: Stamp) -> String {
+    let o = cmd.output();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8(o.stdout).unwrap()
+}
+
+/// Whether `t` is a time as stamp prints it: RFC 3339 in UTC to the second.
+fn whole_second(t: &str) -> bool {
+    let b = t.as_bytes();
+    b.len() == 20
+        && b[19] == b'Z'
+        && t.chars().enumerate().all(|(i, ch)| match i {
+            4 | 7 => ch == '-',
+            10 => ch == 'T',
+            13 | 16 => ch == ':',
+            19 => ch == 'Z',
+            _ => ch.is_ascii_digit(),
+        })
+}
+
+#[test]
+fn text_output_counts_names_rates_and_times_tidily() {
+    let c = ceremony(true);
+    let pkg = c.tmp.path().join("e.cose");
+    let entitled = text(
+        stamp(&c.pass)
+            .hq("entitle")
+            .dir(&c.hq)
+            .args(&["--site", "plant-7", "--product", "thermo-2", "--quota", "10"])
+            .args(&["--rate", "100/minute", "--rate", "5000/day", "-o", s(&pkg)]),
+    );
+    assert!(entitled.contains("\n  rate 100/minute, 5000/day\n"), "{entitled}");
+    stamp(&c.pass).site("import").dir(&c.site).arg(&pkg).json();
+    // hq entitlements shows the rate limits, as site status does.
+    let listed = text(stamp(&c.pass).hq("entitlements").dir(&c.hq));
+    assert!(
+        listed.contains("\tquota 10\trate 100/minute, 5000/day\t"),
+        "{listed}"
+    );
+    let status = text(stamp(&c.pass).site("status").dir(&c.site));
+    assert!(status.contains("\trate 100/minute, 5000/day\t"), "{status}");
+    // One time precision, the second, in text and JSON.
+    let sites = text(stamp(&c.pass).hq("sites").dir(&c.hq));
+    let enrolled = sites.trim_end().rsplit(' ').next().unwrap();
+    assert!(whole_second(enrolled), "{sites}");
+    let v = stamp(&c.pass).hq("sites").dir(&c.hq).json();
+    assert!(
+        whole_second(v["sites"][0]["enrolled_at"].as_str().unwrap()),
+        "{v}"
+    );
+    // One device issued, reconciled and exported: "1 site", "1 entitlement", "1 device".
+    let csrs = write_csr_dir(&c.tmp.path().join("csrs"), 1, false);
+    let out = c.tmp.path().join("out");
+    stamp(&c.pass)
+        .site("issue")
+        .dir(&c.site)
+        .args(&["--entitlement", "plant-7.1", "--csr", s(&csrs), "-o", s(&out)])
+        .json();
+    let bundle = c.tmp.path().join("b.bundle");
+    stamp(&c.pass)
+        .site("export-audit")
+        .dir(&c.site)
+        .args(&["-o", s(&bundle)])
+        .json();
+    stamp(&c.pass).hq("reconcile").dir(&c.hq).arg(&bundle).json();
+    let devices = text(stamp(&c.pass).hq("devices").dir(&c.hq));
+    let issued_at = devices.split('\t').nth(3).unwrap();
+    assert!(whole_second(issued_at), "{devices}");
+    let v = stamp(&c.pass).hq("devices").dir(&c.hq).json();
+    assert!(
+        whole_second(v["devices"][0]["issued_at"].as_str().unwrap()),
+        "{v}"
+    );
+    let registry = c.tmp.path().join("registry.cose");
+    let exported =
+        text(
+            stamp(&c.pass)
+                .hq("export")
+                .dir(&c.hq)
+                .args(&["--format", "registry", "-o", s(&registry)]),
+        );
+    assert!(
+        exported.contains(": 1 site, 1 entitlement, 1 device, 0 revocations\n"),
+        "{exported}"
+    );
+    let cert = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().ends_with(".crt.pem"))
+        .unwrap();
+    let verdict = text(
+        stamp_bare()
+            .cloud("verify")
+            .args(&[
+                "--registry",
+                s(&registry),
+                "--root-fingerprint",
+                &c.root_fingerprint(),
+            ])
+            .arg(&cert),
+    );
+    assert!(verdict.contains("\nGENUINE (registered): serial "), "{verdict}");
+}

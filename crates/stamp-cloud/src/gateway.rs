@@ -336,10 +336,7 @@ impl Gateway {
             .check_device(chain, time::OffsetDateTime::now_utc());
         let mut reply = Reply {
             admitted: v.genuine,
-            standing: serde_json::to_value(v.standing)
-                .ok()
-                .and_then(|s| s.as_str().map(str::to_owned))
-                .unwrap_or_default(),
+            standing: v.standing.name().to_owned(),
             reason: v.reason.map(|r| r.code().to_owned()),
             detail: v.detail.clone(),
             device_serial: v.device_serial,

@@ -158,8 +158,10 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
                 let ops = ops.map_or_else(|| "off".to_owned(), |o| format!("http://{o}"));
                 writeln!(
                     out,
-                    "listening on {addr}; registry {} under OEM root {} ({} devices); health and metrics on {ops}",
-                    info.sequence, info.root_fingerprint, info.devices
+                    "listening on {addr}; registry {} under OEM root {} ({}); health and metrics on {ops}",
+                    info.sequence,
+                    info.root_fingerprint,
+                    crate::output::count(info.devices as u64, "device", "devices")
                 )?;
             }
             out.flush()?;
