@@ -807,18 +807,43 @@ fn gateway_admits_genuine_refuses_counterfeit_and_flags_concurrent_use() {
         2.0
     );
     assert!(sample("stamp_gateway_registry_sequence") >= 2.0);
-    // SIGTERM: the gateway stops accepting and exits 0, saying so on a line of its log.
+    // SIGTERM with an admitted device connected: the gateway stops accepting, lets the open
+    // connection end (within its grace period), exits 0 and says so on a line of its log.
+    let holder = stamp(&w.c.pass)
+        .arg("--json")
+        .device("connect")
+        .args(&["--stamp", s(&a_out), "--name", "d0002"])
+        .args(&["--key", s(&a_keys.join("d0002.key.pem")), "--server", &server])
+        .args(&["--ca", s(&ca), "--hold", "3"])
+        .command()
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1000));
     let mut gw = gw;
     let pid = gw.0.id().to_string();
+    let signalled = std::time::Instant::now();
     assert!(std::process::Command::new("kill")
         .args(["-TERM", &pid])
         .status()
         .unwrap()
         .success());
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let (code, v) = connect(&a_out, "d0002", &a_keys.join("d0002.key.pem"), &[]);
+    assert_ne!(code, Some(0), "no new connection after SIGTERM: {v}");
     assert_eq!(
         gw.0.wait().unwrap().code(),
         Some(0),
         "SIGTERM stops the gateway with status 0"
+    );
+    assert!(
+        signalled.elapsed() >= std::time::Duration::from_millis(1500),
+        "the gateway waited for the open connection"
+    );
+    let held = holder.wait_with_output().unwrap();
+    assert!(
+        held.status.success(),
+        "the connection open at SIGTERM ended normally"
     );
     let log = std::fs::read_to_string(&log).unwrap();
     // Text lines in a file: no terminal colours.

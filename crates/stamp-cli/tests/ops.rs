@@ -467,3 +467,34 @@ fn text_output_counts_names_rates_and_times_tidily() {
     );
     assert!(verdict.contains("\nGENUINE (registered): serial "), "{verdict}");
 }
+
+#[test]
+fn on_a_terminal_logs_are_coloured_and_ctrl_c_stops_cleanly() {
+    let (c, _) = setup(&["--quota", "3"]);
+    // `script` gives the service a terminal; `timeout` sends it SIGINT (Ctrl-C) after 3 s and
+    // passes its exit status on.
+    let cmd = format!(
+        "timeout --preserve-status -s INT 3 {} --passphrase-file {} site serve --dir {} --listen 127.0.0.1:0 --ops-listen off",
+        stamp_exe().display(),
+        c.pass.display(),
+        c.site.display()
+    );
+    let o = std::process::Command::new("script")
+        .args(["-qfec", &cmd, "/dev/null"])
+        .env("STAMP_LOG", "info")
+        .env_remove("STAMP_PASSPHRASE_FILE")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("this test needs script (util-linux) ({e})"));
+    let shown = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(0), "Ctrl-C stops with status 0: {shown}");
+    assert!(shown.contains('\u{1b}'), "colours on a terminal: {shown}");
+    for m in [
+        "site service listening",
+        "stop signal received",
+        "SIGINT",
+        "site service stopped",
+    ] {
+        assert!(shown.contains(m), "the terminal shows {m:?}: {shown}");
+    }
+}
