@@ -498,3 +498,29 @@ fn on_a_terminal_logs_are_coloured_and_ctrl_c_stops_cleanly() {
         assert!(shown.contains(m), "the terminal shows {m:?}: {shown}");
     }
 }
+
+#[test]
+fn a_taken_operations_port_stops_the_start_and_names_the_option() {
+    let (c, _) = setup(&["--quota", "3"]);
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().to_string();
+    stamp(&c.pass)
+        .site("serve")
+        .dir(&c.site)
+        .args(&["--listen", "127.0.0.1:0", "--ops-listen", &port])
+        .fails("ops_listen");
+    // The site's engine lock was released: the site issues again.
+    let csrs = write_csr_dir(&c.tmp.path().join("csrs"), 1, false);
+    stamp(&c.pass)
+        .site("issue")
+        .dir(&c.site)
+        .args(&[
+            "--entitlement",
+            "plant-7.1",
+            "--csr",
+            s(&csrs),
+            "-o",
+            s(&c.tmp.path().join("out")),
+        ])
+        .json();
+}

@@ -44,6 +44,14 @@ pub enum ServiceError {
         /// The cause.
         source: std::io::Error,
     },
+    /// The operations listener's address (`ops_listen`) could not be bound.
+    #[error("cannot listen on {addr} (ops_listen: the health and metrics listener)")]
+    OpsBind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
     /// A certificate could not be encoded.
     #[error(transparent)]
     Pkcs7(#[from] stamp_core::pkcs7::Pkcs7Error),
@@ -87,21 +95,14 @@ impl Server {
         let tls = tls::server_config(&creds.chain, &creds.key_pkcs8, &issuing_ca)?;
         let engine = Arc::new(Engine::start(&site)?);
         let reader = SiteStore::open(store.path()).map_err(SiteError::from)?;
-        let listener = std::net::TcpListener::bind(config.listen).map_err(|source| ServiceError::Bind {
+        let (listener, addr) = bind(config.listen).map_err(|source| ServiceError::Bind {
             addr: config.listen,
             source,
         })?;
-        listener
-            .set_nonblocking(true)
-            .map_err(|source| ServiceError::Bind {
-                addr: config.listen,
-                source,
-            })?;
-        let addr = listener.local_addr().map_err(|source| ServiceError::Bind {
-            addr: config.listen,
-            source,
-        })?;
-        let ops = config.ops_listen()?.map(bind).transpose()?;
+        let ops = config
+            .ops_listen()?
+            .map(|addr| bind(addr).map_err(|source| ServiceError::OpsBind { addr, source }))
+            .transpose()?;
         let cacerts_p7 = stamp_core::pkcs7::certs_only(&[issuing_ca.clone(), root.clone()])?;
         let chain_pem = [issuing_ca, root]
             .into_iter()
@@ -169,7 +170,7 @@ impl Server {
         tracing::info!(%addr, site = %state.site_id, "site service listening");
         let reloader = tokio::spawn(reload_loop(state.clone(), stop_rx.clone()));
         if let Some((ops, ops_addr)) = ops {
-            let ops = tokio::net::TcpListener::from_std(ops).map_err(|source| ServiceError::Bind {
+            let ops = tokio::net::TcpListener::from_std(ops).map_err(|source| ServiceError::OpsBind {
                 addr: ops_addr,
                 source,
             })?;
@@ -231,11 +232,10 @@ impl Server {
 }
 
 /// Binds `addr` for the Tokio runtime (non-blocking); the bound address too.
-fn bind(addr: SocketAddr) -> Result<(std::net::TcpListener, SocketAddr), ServiceError> {
-    let err = |source| ServiceError::Bind { addr, source };
-    let listener = std::net::TcpListener::bind(addr).map_err(err)?;
-    listener.set_nonblocking(true).map_err(err)?;
-    let bound = listener.local_addr().map_err(err)?;
+fn bind(addr: SocketAddr) -> std::io::Result<(std::net::TcpListener, SocketAddr)> {
+    let listener = std::net::TcpListener::bind(addr)?;
+    listener.set_nonblocking(true)?;
+    let bound = listener.local_addr()?;
     Ok((listener, bound))
 }
 

@@ -25,10 +25,9 @@ const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 /// (filter: STAMP_LOG); the first line on standard output gives the addresses listened on. An
 /// operations listener (`--ops-listen`, default 127.0.0.1:8884) serves `/healthz` and `/metrics`
 /// over plain HTTP. SIGTERM or Ctrl-C stops accepting, gives open connections up to 10 seconds
-/// to end, and exits 0. When the registry file
-/// changes, the gateway verifies it and, if it is newer and under the same OEM root, judges later
-/// connections with it (revocations take effect without a restart); a file it refuses is logged
-/// and the registry in use stays.
+/// to end, and exits 0. When the registry file changes, the gateway verifies it and, if it is
+/// newer and under the same OEM root, judges later connections with it (revocations take effect
+/// without a restart); a file it refuses is logged and the registry in use stays.
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// The registry (`stamp hq export --format registry`).
@@ -220,9 +219,9 @@ async fn watch_registry(gw: Arc<Gateway>, path: PathBuf, secs: u64) {
             Err(e) => {
                 gw.metrics().registry_reload(false);
                 tracing::warn!(
-                error = %e,
-                sequence = current.sequence(),
-                "registry file changed but was refused; the registry in use stays"
+                    error = %e,
+                    sequence = current.sequence(),
+                    "registry file changed but was refused; the registry in use stays"
                 );
             }
         }
