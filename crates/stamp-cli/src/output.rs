@@ -247,6 +247,27 @@ pub fn timestamp_text(s: &str) -> String {
         .map_or_else(|_| s.to_owned(), timestamp)
 }
 
+/// A measured figure as stamp reports it (JSON and text alike): `x` rounded to `places` decimals.
+/// Durations in seconds go to the millisecond (3), latencies in milliseconds to the hundredth
+/// (2), rates per second to the tenth (1).
+pub fn round(x: f64, places: i32) -> f64 {
+    let f = 10f64.powi(places);
+    (x * f).round() / f
+}
+
+/// A simulation's figures, rounded as [`round`] says.
+pub fn round_simulation(
+    mut r: stamp_station::simulate::SimulationReport,
+) -> stamp_station::simulate::SimulationReport {
+    r.seconds = round(r.seconds, 3);
+    r.devices_per_second = round(r.devices_per_second, 1);
+    let l = &mut r.latency_ms;
+    for v in [&mut l.p50, &mut l.p90, &mut l.p99, &mut l.max] {
+        *v = round(*v, 2);
+    }
+    r
+}
+
 /// A grant's rate limits as "10/minute, 1000/day", or "unlimited".
 pub fn rates(limits: &std::collections::BTreeMap<stamp_core::entitlement::RatePeriod, u64>) -> String {
     if limits.is_empty() {
@@ -279,5 +300,7 @@ mod text_tests {
         );
         assert_eq!(timestamp_text("not a time"), "not a time");
         assert_eq!(rates(&Default::default()), "unlimited");
+        assert_eq!(round(9.924486665107398, 1), 9.9);
+        assert_eq!(round(0.201521758, 3), 0.202);
     }
 }

@@ -417,11 +417,18 @@ fn text_output_counts_names_rates_and_times_tidily() {
     // One device issued, reconciled and exported: "1 site", "1 entitlement", "1 device".
     let csrs = write_csr_dir(&c.tmp.path().join("csrs"), 1, false);
     let out = c.tmp.path().join("out");
-    stamp(&c.pass)
+    let issued = stamp(&c.pass)
         .site("issue")
         .dir(&c.site)
         .args(&["--entitlement", "plant-7.1", "--csr", s(&csrs), "-o", s(&out)])
         .json();
+    // Measured figures rounded: seconds to the millisecond, rates to a tenth.
+    let decimals = |x: f64, places: i32| {
+        let f = 10f64.powi(places);
+        ((x * f).round() - x * f).abs() < 1e-6
+    };
+    assert!(decimals(issued["seconds"].as_f64().unwrap(), 3), "{issued}");
+    assert!(decimals(issued["per_second"].as_f64().unwrap(), 1), "{issued}");
     let bundle = c.tmp.path().join("b.bundle");
     stamp(&c.pass)
         .site("export-audit")
