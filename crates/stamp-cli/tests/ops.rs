@@ -303,10 +303,44 @@ fn shell_completions_complete_and_manual_pages_render() {
         "{}",
         String::from_utf8_lossy(&o.stderr)
     );
+    let shell = |sh: &str, script: String| {
+        let o = std::process::Command::new(sh)
+            .arg("-c")
+            .arg(script)
+            .output()
+            .unwrap_or_else(|e| panic!("this test needs {sh} ({e}): run scripts/test, which installs it"));
+        assert!(o.status.success(), "{sh}: {}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8(o.stdout).unwrap()
+    };
+    // zsh: the script parses, and compinit registers it for stamp from a directory in $fpath.
+    let zdir = tmp.path().join("zsh");
+    std::fs::create_dir(&zdir).unwrap();
     let zsh = stamp_bare().args(&["completions", "zsh"]).output();
-    assert!(String::from_utf8_lossy(&zsh.stdout).starts_with("#compdef stamp"));
+    std::fs::write(zdir.join("_stamp"), &zsh.stdout).unwrap();
+    let said = shell(
+        "zsh",
+        format!(
+            "zsh -n {0}/_stamp && fpath=({0} $fpath) && autoload -U compinit && compinit -u -D && print -r -- $_comps[stamp]",
+            zdir.display()
+        ),
+    );
+    assert_eq!(said, "_stamp\n");
+    // fish: completes subcommands and options, with their help.
     let fish = stamp_bare().args(&["completions", "fish"]).output();
-    assert!(String::from_utf8_lossy(&fish.stdout).contains("complete -c stamp"));
+    let fpath = tmp.path().join("stamp.fish");
+    std::fs::write(&fpath, &fish.stdout).unwrap();
+    let said = shell(
+        "fish",
+        format!(
+            "source {}; complete -C 'stamp site se'; complete -C 'stamp cloud gateway --ops'",
+            fpath.display()
+        ),
+    );
+    assert!(said.starts_with("serve\tRun the site service"), "{said}");
+    assert!(
+        said.contains("\n--ops-listen\tAddress of the operations listener"),
+        "{said}"
+    );
     assert_eq!(
         stamp_bare().args(&["completions", "tcsh"]).output().status.code(),
         Some(2)
