@@ -819,7 +819,19 @@ fn gateway_admits_genuine_refuses_counterfeit_and_flags_concurrent_use() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(1000));
+    // Until the gateway has admitted it (its metrics show the connection open).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while crate::ops::sample(
+        &crate::ops::http_get(ops_addr, "/metrics").1,
+        "stamp_gateway_connections_open",
+    ) < 1.0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the holding device never connected"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     let mut gw = gw;
     let pid = gw.0.id().to_string();
     let signalled = std::time::Instant::now();
@@ -837,7 +849,7 @@ fn gateway_admits_genuine_refuses_counterfeit_and_flags_concurrent_use() {
         "SIGTERM stops the gateway with status 0"
     );
     assert!(
-        signalled.elapsed() >= std::time::Duration::from_millis(1500),
+        signalled.elapsed() >= std::time::Duration::from_millis(500),
         "the gateway waited for the open connection"
     );
     let held = holder.wait_with_output().unwrap();
