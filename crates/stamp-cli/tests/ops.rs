@@ -440,6 +440,18 @@ fn text_output_counts_names_rates_and_times_tidily() {
     let status = text(stamp(&c.pass).site("status").dir(&c.site));
     assert!(status.contains("\trate 100/minute, 5000/day\t"), "{status}");
     // One time precision, the second, in text and JSON.
+    stamp(&c.pass)
+        .site("add-station")
+        .dir(&c.site)
+        .args(&["--name", "line-1", "-o", s(&c.tmp.path().join("st1"))])
+        .json();
+    let stations = text(stamp(&c.pass).site("stations").dir(&c.site));
+    let added = stations.split_whitespace().nth(2).unwrap();
+    assert!(
+        stations.starts_with("line-1 ") && whole_second(added),
+        "{stations}"
+    );
+    assert!(stations.contains(" active "), "{stations}");
     let sites = text(stamp(&c.pass).hq("sites").dir(&c.hq));
     let enrolled = sites.trim_end().rsplit(' ').next().unwrap();
     assert!(whole_second(enrolled), "{sites}");
