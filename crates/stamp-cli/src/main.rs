@@ -62,6 +62,10 @@ enum Command {
     Cloud(commands::cloud::CloudCommand),
     /// Run the whole flow on embedded defaults in a fresh directory and narrate it.
     Demo(commands::demo::Args),
+    /// Print a shell completion script (bash, zsh, fish).
+    Completions(commands::completions::Args),
+    /// Print the manual page, or write every command's page into a directory.
+    Manpage(commands::manpage::Args),
 }
 
 /// Global options every command may need.
@@ -90,6 +94,8 @@ fn main() -> ExitCode {
         Command::Device(c) => commands::device::run(c, &globals),
         Command::Cloud(c) => commands::cloud::run(c, &globals),
         Command::Demo(a) => commands::demo::run(a, &globals),
+        Command::Completions(a) => commands::completions::run(a, &globals),
+        Command::Manpage(a) => commands::manpage::run(a, &globals),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

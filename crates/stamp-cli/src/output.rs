@@ -217,3 +217,90 @@ mod tests {
         assert!(!is_closed_stdout(&socket));
     }
 }
+
+/// `n` and the noun, singular for 1: "1 site", "3 sites", "0 devices".
+pub fn count(n: u64, one: &str, many: &str) -> String {
+    match n {
+        1 => format!("1 {one}"),
+        n => format!("{n} {many}"),
+    }
+}
+
+/// A time as stamp prints it, in text and JSON alike: RFC 3339 in UTC to the second
+/// (`2026-12-04T04:42:33Z`).
+pub fn timestamp(t: time::OffsetDateTime) -> String {
+    let t = t.to_offset(time::UtcOffset::UTC);
+    let t = t.replace_nanosecond(0).unwrap_or(t);
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| t.unix_timestamp().to_string())
+}
+
+/// [`timestamp`] of a time in milliseconds since the Unix epoch.
+pub fn timestamp_ms(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(ms.div_euclid(1000))
+        .map_or_else(|_| format!("{ms} ms"), timestamp)
+}
+
+/// [`timestamp`] of an RFC 3339 text (as stored); the text itself if it does not parse.
+pub fn timestamp_text(s: &str) -> String {
+    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .map_or_else(|_| s.to_owned(), timestamp)
+}
+
+/// A measured figure as stamp reports it (JSON and text alike): `x` rounded to `places` decimals.
+/// Durations in seconds go to the millisecond (3), latencies in milliseconds to the hundredth
+/// (2), rates per second to the tenth (1).
+pub fn round(x: f64, places: i32) -> f64 {
+    let f = 10f64.powi(places);
+    (x * f).round() / f
+}
+
+/// A simulation's figures, rounded as [`round`] says.
+pub fn round_simulation(
+    mut r: stamp_station::simulate::SimulationReport,
+) -> stamp_station::simulate::SimulationReport {
+    r.seconds = round(r.seconds, 3);
+    r.devices_per_second = round(r.devices_per_second, 1);
+    let l = &mut r.latency_ms;
+    for v in [&mut l.p50, &mut l.p90, &mut l.p99, &mut l.max] {
+        *v = round(*v, 2);
+    }
+    r
+}
+
+/// A grant's rate limits as "10/minute, 1000/day", or "unlimited".
+pub fn rates(limits: &std::collections::BTreeMap<stamp_core::entitlement::RatePeriod, u64>) -> String {
+    if limits.is_empty() {
+        return "unlimited".to_owned();
+    }
+    limits
+        .iter()
+        .map(|(p, n)| format!("{n}/{}", p.name()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[cfg(test)]
+mod text_tests {
+    use super::*;
+
+    #[test]
+    fn counts_times_and_rates_read_as_text() {
+        assert_eq!(count(1, "site", "sites"), "1 site");
+        assert_eq!(count(0, "site", "sites"), "0 sites");
+        assert_eq!(count(2, "device", "devices"), "2 devices");
+        assert_eq!(timestamp_ms(1_764_823_353_999), "2025-12-04T04:42:33Z");
+        assert_eq!(
+            timestamp_text("2026-12-04T04:42:32.336715097Z"),
+            "2026-12-04T04:42:32Z"
+        );
+        assert_eq!(
+            timestamp_text("2026-12-04T06:42:32+02:00"),
+            "2026-12-04T04:42:32Z"
+        );
+        assert_eq!(timestamp_text("not a time"), "not a time");
+        assert_eq!(rates(&Default::default()), "unlimited");
+        assert_eq!(round(9.924486665107398, 1), 9.9);
+        assert_eq!(round(0.201521758, 3), 0.202);
+    }
+}

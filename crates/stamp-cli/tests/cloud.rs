@@ -642,6 +642,8 @@ fn gateway_admits_genuine_refuses_counterfeit_and_flags_concurrent_use() {
             "127.0.0.1:0",
             "--reload-secs",
             "1",
+            "--ops-listen",
+            "127.0.0.1:0",
         ])
         .args(&["--root-fingerprint", &w.c.root_fingerprint()])
         .args(&["--write-server-cert", s(&ca)])
@@ -656,6 +658,7 @@ fn gateway_admits_genuine_refuses_counterfeit_and_flags_concurrent_use() {
     std::io::BufReader::new(stdout).read_line(&mut first).unwrap();
     let v: serde_json::Value = serde_json::from_str(&first).unwrap();
     let addr = v["listening"].as_str().unwrap().to_owned();
+    let v_ops = v["ops"].as_str().unwrap().to_owned();
     let port = addr.rsplit_once(':').unwrap().1;
     let server = format!("localhost:{port}");
 
@@ -699,6 +702,29 @@ fn gateway_admits_genuine_refuses_counterfeit_and_flags_concurrent_use() {
     assert_eq!(code, Some(1), "{v}");
     assert_eq!(v["admitted"], false);
     assert_eq!(v["reason"], "unknown-issuer", "{v}");
+    // The operations listener: health and metrics over plain HTTP, no client certificate.
+    let ops_addr = v_ops.as_str();
+    assert_eq!(
+        crate::ops::http_get(ops_addr, "/healthz"),
+        (200, "ok\n".to_owned())
+    );
+    let (status, metrics) = crate::ops::http_get(ops_addr, "/metrics");
+    assert_eq!(status, 200);
+    crate::ops::check_scrape(&metrics, "docs/cloud.md", "stamp_gateway_");
+    let sample = |series: &str| crate::ops::sample(&metrics, series);
+    assert_eq!(
+        sample("stamp_gateway_admitted_total{standing=\"registered\"}"),
+        1.0
+    );
+    assert_eq!(
+        sample("stamp_gateway_admitted_total{standing=\"provisional\"}"),
+        1.0
+    );
+    assert_eq!(
+        sample("stamp_gateway_refused_total{reason=\"unknown-issuer\"}"),
+        1.0
+    );
+    assert_eq!(sample("stamp_gateway_connections_open"), 0.0);
     // A clone made with the site CA key: refused with its reason.
     let rogue = RogueSite::open(&w.c);
     rogue.issue(
@@ -766,8 +792,81 @@ fn gateway_admits_genuine_refuses_counterfeit_and_flags_concurrent_use() {
     std::thread::sleep(std::time::Duration::from_millis(2500));
     let (code, v) = connect(&a_out, "d0000", &a_keys.join("d0000.key.pem"), &[]);
     assert_eq!((code, v["reason"].as_str()), (Some(1), Some("revoked")), "{v}");
-    drop(gw);
+    let (_, metrics) = crate::ops::http_get(ops_addr, "/metrics");
+    crate::ops::check_scrape(&metrics, "docs/cloud.md", "stamp_gateway_");
+    let sample = |series: &str| crate::ops::sample(&metrics, series);
+    assert_eq!(sample("stamp_gateway_refused_total{reason=\"clone\"}"), 1.0);
+    assert_eq!(sample("stamp_gateway_refused_total{reason=\"revoked\"}"), 2.0);
+    assert_eq!(sample("stamp_gateway_concurrent_use_total"), 1.0);
+    assert_eq!(
+        sample("stamp_gateway_registry_reloads_total{result=\"accepted\"}"),
+        1.0
+    );
+    assert_eq!(
+        sample("stamp_gateway_registry_reloads_total{result=\"refused\"}"),
+        2.0
+    );
+    assert!(sample("stamp_gateway_registry_sequence") >= 2.0);
+    // SIGTERM with an admitted device connected: the gateway stops accepting, lets the open
+    // connection end (within its grace period), exits 0 and says so on a line of its log.
+    let holder = stamp(&w.c.pass)
+        .arg("--json")
+        .device("connect")
+        .args(&["--stamp", s(&a_out), "--name", "d0002"])
+        .args(&["--key", s(&a_keys.join("d0002.key.pem")), "--server", &server])
+        .args(&["--ca", s(&ca), "--hold", "3"])
+        .command()
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Until the gateway has admitted it (its metrics show the connection open).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while crate::ops::sample(
+        &crate::ops::http_get(ops_addr, "/metrics").1,
+        "stamp_gateway_connections_open",
+    ) < 1.0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the holding device never connected"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let mut gw = gw;
+    let pid = gw.0.id().to_string();
+    let signalled = std::time::Instant::now();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let (code, v) = connect(&a_out, "d0002", &a_keys.join("d0002.key.pem"), &[]);
+    assert_ne!(code, Some(0), "no new connection after SIGTERM: {v}");
+    assert_eq!(
+        gw.0.wait().unwrap().code(),
+        Some(0),
+        "SIGTERM stops the gateway with status 0"
+    );
+    assert!(
+        signalled.elapsed() >= std::time::Duration::from_millis(500),
+        "the gateway waited for the open connection"
+    );
+    let held = holder.wait_with_output().unwrap();
+    assert!(
+        held.status.success(),
+        "the connection open at SIGTERM ended normally"
+    );
     let log = std::fs::read_to_string(&log).unwrap();
+    // Text lines in a file: no terminal colours.
+    assert!(!log.contains('\u{1b}'), "no ANSI codes in a log file: {log}");
+    for m in [
+        "cloud gateway listening",
+        "stop signal received",
+        "cloud gateway stopped",
+    ] {
+        assert!(log.contains(m), "the log says {m:?}: {log}");
+    }
     assert!(log.contains("registry reloaded"), "{log}");
     assert_eq!(
         log.matches("was refused; the registry in use stays").count(),
@@ -1464,6 +1563,8 @@ fn start_gateway(w: &World, registry: &Path, state: &Path, name: &str) -> Result
             "127.0.0.1:0",
             "--reload-secs",
             "1",
+            "--ops-listen",
+            "127.0.0.1:0",
         ])
         .args(&["--root-fingerprint", &w.c.root_fingerprint()])
         .args(&["--state", s(state), "--write-server-cert", s(&ca)])

@@ -318,7 +318,7 @@ fn pycose_verifies_and_decrypts_a_real_package() {
     assert!(out.status.success());
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/pycose/open_envelope.py");
     let run = |rid: &str| {
-        std::process::Command::new("python3")
+        std::process::Command::new(stamp_testkit::python3())
             .arg(&script)
             .args([
                 "open",

@@ -9,7 +9,7 @@ use crate::common::*;
 
 /// Runs `python3 -m MODULE ARGS`; panics with how to install the tool when it is missing.
 fn py_tool(module: &str, args: &[&str]) -> Output {
-    let out = Command::new("python3")
+    let out = Command::new(stamp_testkit::python3())
         .arg("-m")
         .arg(module)
         .args(args)

@@ -4,8 +4,8 @@
 //! and site service. No finding of severity ERROR or FATAL is allowed except those in [`ALLOWED`],
 //! each documented in docs/formats/certificates.md ("Linting").
 //!
-//! Needs pkilint: the Python of `STAMP_PKILINT_PYTHON`, else the workspace's `.venv` if there is
-//! one, else `python3`, must import it. Without it this test FAILS (it never skips): `scripts/test`
+//! Needs pkilint: the Python of `STAMP_TEST_PYTHON`, else the workspace's `.venv` if there is
+//! one, else `python3` (`stamp_testkit::python3`), must import it. Without it this test FAILS (it never skips): `scripts/test`
 //! installs tests/requirements.txt, or run `python3 -m venv .venv && .venv/bin/pip install -r
 //! tests/requirements.txt` at the workspace root.
 
@@ -49,27 +49,16 @@ const ALLOWED: &[(&str, &str, &str)] = &[
 
 const HELP: &str = "this test needs pkilint (PyPI): run scripts/test, or at the workspace root \
     `python3 -m venv .venv && .venv/bin/pip install -r tests/requirements.txt`, or point \
-    STAMP_PKILINT_PYTHON at a Python that has it";
-
-fn python() -> PathBuf {
-    if let Some(p) = std::env::var_os("STAMP_PKILINT_PYTHON") {
-        return PathBuf::from(p);
-    }
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/python3");
-    if venv.exists() {
-        return venv;
-    }
-    PathBuf::from("python3")
-}
+    STAMP_TEST_PYTHON at a Python that has it";
 
 /// pkilint's findings of severity ERROR and above for `cert`: (code, message).
 fn lint(cert: &Path) -> Vec<(String, String)> {
-    let out = Command::new(python())
+    let out = Command::new(stamp_testkit::python3())
         .args(["-c", "import sys; from pkilint.bin.lint_pkix_cert import main; sys.argv[0] = 'lint_pkix_cert'; sys.exit(main())"])
         .args(["lint", "-f", "JSON", "-s", "ERROR"])
         .arg(cert)
         .output()
-        .unwrap_or_else(|e| panic!("cannot run {} ({e}): {HELP}", python().display()));
+        .unwrap_or_else(|e| panic!("cannot run {} ({e}): {HELP}", stamp_testkit::python3().display()));
     let stdout = String::from_utf8_lossy(&out.stdout);
     let v: serde_json::Value = serde_json::from_str(&stdout).unwrap_or_else(|_| {
         panic!(
@@ -100,11 +89,18 @@ fn lint(cert: &Path) -> Vec<(String, String)> {
 /// The site service's certificate, as `stamp site serve --write-cert` writes it.
 fn service_cert(c: &Ceremony, out: &Path) {
     let mut child = stamp(&c.pass)
-        .env("RUST_LOG", "warn")
+        .env("STAMP_LOG", "warn")
         .arg("--json")
         .site("serve")
         .dir(&c.site)
-        .args(&["--listen", "127.0.0.1:0", "--write-cert", s(out)])
+        .args(&[
+            "--listen",
+            "127.0.0.1:0",
+            "--ops-listen",
+            "off",
+            "--write-cert",
+            s(out),
+        ])
         .command()
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

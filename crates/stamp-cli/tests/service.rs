@@ -15,24 +15,30 @@ use stamp_station::client::{Connection, Endpoint, Reply, StationIdentity};
 // ---- helpers ----------------------------------------------------------------------------------
 
 /// A running `stamp site serve`.
-struct Service {
+pub(crate) struct Service {
     child: Option<Child>,
-    url: String,
+    pub(crate) url: String,
+    /// The operations listener's address (`/healthz`, `/metrics` over plain HTTP).
+    pub(crate) ops: String,
 }
 
 impl Service {
     fn start(c: &Ceremony, extra: &[&str]) -> Service {
-        let mut cmd = stamp(&c.pass)
-            .env("RUST_LOG", "warn")
+        let cmd = stamp(&c.pass).env("STAMP_LOG", "warn");
+        Service::start_with(cmd, c, extra, Stdio::inherit())
+    }
+
+    /// Starts `cmd` (a builder with the passphrase and environment set) as `site serve` for
+    /// `c`'s site on free ports, its standard error going to `stderr`.
+    pub(crate) fn start_with(cmd: Stamp, c: &Ceremony, extra: &[&str], stderr: Stdio) -> Service {
+        let mut cmd = cmd
             .arg("--json")
             .site("serve")
             .dir(&c.site)
-            .args(&["--listen", "127.0.0.1:0"])
+            .args(&["--listen", "127.0.0.1:0", "--ops-listen", "127.0.0.1:0"])
             .args(extra)
             .command();
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(stderr);
         let mut child = cmd.spawn().unwrap();
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap())
@@ -43,15 +49,16 @@ impl Service {
         Service {
             child: Some(child),
             url: v["url"].as_str().unwrap().to_owned(),
+            ops: v["ops"].as_str().unwrap().to_owned(),
         }
     }
 
-    fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.as_ref().unwrap().id()
     }
 
     /// SIGTERM, then wait; returns the exit code.
-    fn stop(mut self) -> Option<i32> {
+    pub(crate) fn stop(mut self) -> Option<i32> {
         let st = Command::new("kill")
             .args(["-TERM", &self.pid().to_string()])
             .status()
@@ -77,7 +84,7 @@ impl Drop for Service {
     }
 }
 
-fn rt() -> tokio::runtime::Runtime {
+pub(crate) fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -86,7 +93,7 @@ fn rt() -> tokio::runtime::Runtime {
 }
 
 /// Ceremony, an entitlement with `extra` options imported, and station `line-1` in `<tmp>/st1`.
-fn setup(extra: &[&str]) -> (Ceremony, PathBuf) {
+pub(crate) fn setup(extra: &[&str]) -> (Ceremony, PathBuf) {
     let c = ceremony(true);
     entitle(&c, "e1", extra);
     let st = add_station(&c, &c.site, "line-1", "st1");
@@ -208,7 +215,7 @@ fn issued_in_log_of(site: &Path, entitlement: Option<&str>) -> BTreeMap<u64, Vec
         .collect()
 }
 
-fn issued_in_log(site: &Path) -> BTreeMap<u64, Vec<u8>> {
+pub(crate) fn issued_in_log(site: &Path) -> BTreeMap<u64, Vec<u8>> {
     issued_in_log_of(site, None)
 }
 
@@ -1024,7 +1031,7 @@ fn clients_dropping_mid_request_leave_every_issuance_logged_or_not_done() {
 
 /// Runs provisioning load from `workers` connections until the service goes away; returns every
 /// acknowledged (serial, certificate SHA-256).
-fn load_until_gone(
+pub(crate) fn load_until_gone(
     url: &str,
     st: &Path,
     workers: usize,
@@ -1080,7 +1087,7 @@ fn load_until_gone(
     (h, count)
 }
 
-fn wait_for(count: &std::sync::atomic::AtomicUsize, n: usize) {
+pub(crate) fn wait_for(count: &std::sync::atomic::AtomicUsize, n: usize) {
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while count.load(std::sync::atomic::Ordering::SeqCst) < n {
         assert!(std::time::Instant::now() < deadline, "load did not start");
@@ -1435,7 +1442,8 @@ fn demo_runs_the_whole_flow() {
         .arg("--json")
         .cloud("gateway")
         .args(&["--registry", cloud["registry"].as_str().unwrap()])
-        .args(&["--listen", "127.0.0.1:0", "--write-server-cert", s(&gw_cert)])
+        .args(&["--listen", "127.0.0.1:0", "--ops-listen", "127.0.0.1:0"])
+        .args(&["--write-server-cert", s(&gw_cert)])
         .args(&["--root-fingerprint", v["root_fingerprint"].as_str().unwrap()])
         .command()
         .stdout(std::process::Stdio::piped())

@@ -14,6 +14,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
+use crate::metrics::GatewayMetrics;
 use crate::state::{Binding, GatewayState, StateError};
 use crate::{CloudError, Reply};
 
@@ -132,6 +133,7 @@ pub struct Gateway {
     registry: RwLock<Arc<VerifiedRegistry>>,
     state: Mutex<GatewayState>,
     connected: Mutex<HashMap<u64, usize>>,
+    metrics: GatewayMetrics,
 }
 
 /// Why [`Gateway::replace_registry`] kept the registry it had.
@@ -188,7 +190,19 @@ impl Gateway {
             registry: RwLock::new(Arc::new(registry)),
             state: Mutex::new(state),
             connected: Mutex::new(HashMap::new()),
+            metrics: GatewayMetrics::default(),
         })
+    }
+
+    /// The gateway's counters.
+    pub fn metrics(&self) -> &GatewayMetrics {
+        &self.metrics
+    }
+
+    /// The metrics in Prometheus text format, with the registry in use.
+    pub fn render_metrics(&self) -> String {
+        let r = self.registry();
+        self.metrics.render(r.sequence(), r.device_count())
     }
 
     /// The registry devices are judged with now.
@@ -229,6 +243,7 @@ impl Gateway {
             );
         }
         *current = Arc::new(newer);
+        self.metrics.registry_reload(true);
         Ok(())
     }
 
@@ -302,15 +317,26 @@ impl Gateway {
 
     /// Judges a device chain: the registry's verdict, and the concurrent-use flag.
     fn admit(&self, chain: &[Vec<u8>]) -> (Reply, Option<Presence<'_>>) {
+        let (reply, presence) = self.judge(chain);
+        if reply.admitted {
+            self.metrics.admitted(&reply.standing);
+            if !reply.flags.is_empty() {
+                self.metrics.concurrent_use();
+            }
+        } else {
+            self.metrics.refused(reply.reason.as_deref().unwrap_or("unknown"));
+        }
+        (reply, presence)
+    }
+
+    /// The verdict behind [`Gateway::admit`].
+    fn judge(&self, chain: &[Vec<u8>]) -> (Reply, Option<Presence<'_>>) {
         let v = self
             .registry()
             .check_device(chain, time::OffsetDateTime::now_utc());
         let mut reply = Reply {
             admitted: v.genuine,
-            standing: serde_json::to_value(v.standing)
-                .ok()
-                .and_then(|s| s.as_str().map(str::to_owned))
-                .unwrap_or_default(),
+            standing: v.standing.name().to_owned(),
             reason: v.reason.map(|r| r.code().to_owned()),
             detail: v.detail.clone(),
             device_serial: v.device_serial,
@@ -377,15 +403,6 @@ pub fn tls_config(identity: ServerIdentity) -> Result<rustls::ServerConfig, Clou
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(verifier)
         .with_single_cert(identity.chain, identity.key)?)
-}
-
-/// Serves devices on `listener` until the task is dropped.
-pub async fn serve(
-    listener: TcpListener,
-    config: rustls::ServerConfig,
-    gateway: Arc<Gateway>,
-) -> Result<(), CloudError> {
-    serve_until(listener, config, gateway, std::future::pending(), Duration::ZERO).await
 }
 
 /// Serves devices on `listener` until `shutdown` completes; then stops accepting and gives the
@@ -503,17 +520,30 @@ async fn handle(tcp: tokio::net::TcpStream, acceptor: TlsAcceptor, gw: &Gateway)
     // The verdict line follows the handshake's last flight (TLS 1.3 session tickets) at once;
     // with Nagle's algorithm it would wait for the device's delayed ACK (40 ms on Linux).
     tcp.set_nodelay(true)?;
-    let mut tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
+            gw.metrics.handshake_failed();
             tracing::warn!(?peer, error = %e, "TLS handshake failed");
             return Ok(());
         }
         Err(_) => {
+            gw.metrics.handshake_failed();
             tracing::warn!(?peer, "TLS handshake timed out");
             return Ok(());
         }
     };
+    gw.metrics.connection_opened();
+    let result = serve_device(tls, gw).await;
+    gw.metrics.connection_closed();
+    result
+}
+
+/// After the handshake: the verdict line, then, if admitted, an `ok` for each line.
+async fn serve_device(
+    mut tls: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+    gw: &Gateway,
+) -> Result<(), CloudError> {
     let chain: Vec<Vec<u8>> = tls
         .get_ref()
         .1

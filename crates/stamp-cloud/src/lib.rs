@@ -13,6 +13,7 @@
 
 pub mod client;
 pub mod gateway;
+pub mod metrics;
 pub mod state;
 
 use std::sync::Arc;

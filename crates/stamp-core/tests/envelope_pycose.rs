@@ -2,8 +2,9 @@
 //!
 //! stamp seals and pycose verifies and decrypts; pycose seals and stamp verifies and decrypts; and
 //! pycose refuses what stamp must refuse (another recipient ID, another external_aad). This test
-//! needs `python3` with pycose installed; without them it FAILS (it never skips). `scripts/test` (the
-//! README's test command) installs them from `tests/requirements.txt`.
+//! needs a Python with pycose installed (`stamp_testkit::python3`: the workspace's `.venv`);
+//! without them it FAILS (it never skips). `scripts/test` (the README's test command) creates the
+//! virtual environment and installs them from `tests/requirements.txt`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::{Path, PathBuf};
@@ -16,8 +17,9 @@ use stamp_core::profile::{self_signed_root, Serial, Validity};
 use stamp_testkit::{MemKeyAgreement, MemSigner};
 
 const HELP: &str = "this test needs python3 with pycose 1.1.0 and cbor2 5.x: run `scripts/test` (the \
-    README's test command, which installs tests/requirements.txt), or \
-    `python3 -m pip install -r tests/requirements.txt` and then `cargo test -p stamp-core`";
+    README's test command, which installs tests/requirements.txt into .venv), or \
+    `python3 -m venv .venv && .venv/bin/pip install -r tests/requirements.txt` at the workspace root \
+    and then `cargo test -p stamp-core`";
 const CT: &str = "application/vnd.stamp.entitlement+cbor";
 const SITE: &[u8] = b"shenzhen-1";
 const KID: &[u8] = b"\x01\x02kid";
@@ -29,7 +31,7 @@ fn script() -> PathBuf {
 
 /// Fails (never skips) when python3 or pycose is missing.
 fn require_pycose() {
-    let out = Command::new("python3")
+    let out = Command::new(stamp_testkit::python3())
         .args([
             "-c",
             "import pycose, cbor2, cryptography\n\
@@ -47,7 +49,7 @@ fn require_pycose() {
 }
 
 fn python(args: &[&str]) -> Output {
-    Command::new("python3")
+    Command::new(stamp_testkit::python3())
         .arg(script())
         .args(args)
         .output()

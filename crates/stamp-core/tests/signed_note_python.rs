@@ -18,7 +18,7 @@ fn script() -> PathBuf {
 
 /// Runs the Python verifier; returns its exit code and standard output.
 fn python(args: &[&str], note: &[u8]) -> (i32, String) {
-    let mut child = Command::new("python3")
+    let mut child = Command::new(stamp_testkit::python3())
         .arg(script())
         .args(args)
         .stdin(Stdio::piped())

@@ -52,9 +52,14 @@ shutdown_timeout_secs = 30
 # at the next check. 0 turns it off (then restart the service after an import).
 reload_interval_secs = 2
 
-# Log format on standard error: "text" or "json". The level comes from RUST_LOG (default "info").
-# Logs never hold keys, secrets or CSRs.
+# Log format on standard error: "text" or "json" (`--log-format` overrides it). The level comes
+# from STAMP_LOG (default "info"). Logs never hold keys, secrets or CSRs.
 log_format = "text"
+
+# Address of the operations listener: GET /healthz and GET /metrics over plain HTTP, without a
+# client certificate, for a load balancer's probe and a Prometheus scraper (`--ops-listen`
+# overrides it; port 0 picks a free port; "off": none). Keep it on a loopback or management address.
+ops_listen = "127.0.0.1:8444"
 "#;
 
 /// The service's settings.
@@ -85,6 +90,8 @@ pub struct Config {
     pub reload_interval_secs: u64,
     /// `text` or `json`.
     pub log_format: LogFormat,
+    /// The operations listener's address, or `off` (see [`Config::ops_listen`]).
+    pub ops_listen: String,
 }
 
 /// How the service writes its logs.
@@ -112,6 +119,7 @@ impl Default for Config {
             shutdown_timeout_secs: 30,
             reload_interval_secs: 2,
             log_format: LogFormat::Text,
+            ops_listen: "127.0.0.1:8444".into(),
         }
     }
 }
@@ -176,7 +184,14 @@ impl Config {
         if self.default_entitlement.len() > 64 || self.default_entitlement.chars().any(char::is_control) {
             return bad("default_entitlement must be an entitlement ID (at most 64 characters)");
         }
+        self.ops_listen()?;
         Ok(())
+    }
+
+    /// The operations listener's address (`/healthz`, `/metrics` over plain HTTP), `None` when
+    /// `ops_listen` is `off`.
+    pub fn ops_listen(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        parse_ops_listen(&self.ops_listen).map_err(|e| ConfigError::Invalid(format!("ops_listen: {e}")))
     }
 
     /// The server names, parsed.
@@ -188,6 +203,16 @@ impl Config {
     pub fn default_entitlement(&self) -> Option<&str> {
         Some(self.default_entitlement.as_str()).filter(|s| !s.is_empty())
     }
+}
+
+/// An operations listener address: `off` (none) or `IP:PORT`.
+pub fn parse_ops_listen(s: &str) -> Result<Option<SocketAddr>, String> {
+    if s == "off" {
+        return Ok(None);
+    }
+    s.parse()
+        .map(Some)
+        .map_err(|_| format!("{s:?} is not an address as IP:PORT (e.g. 127.0.0.1:8444) or \"off\""))
 }
 
 #[cfg(test)]
@@ -212,6 +237,7 @@ mod tests {
             "shutdown_timeout_secs",
             "reload_interval_secs",
             "log_format",
+            "ops_listen",
         ] {
             assert!(DEFAULT_CONFIG.contains(&format!("\n{field} = ")), "{field}");
         }
@@ -226,6 +252,14 @@ mod tests {
         assert!(Config::parse("max_body_bytes = 1").is_err());
         assert!(Config::parse("request_timeout_secs = 0").is_err());
         assert!(Config::parse("log_format = \"xml\"").is_err());
+        assert!(Config::parse("ops_listen = \"localhost\"").is_err());
+        assert_eq!(
+            Config::parse("ops_listen = \"off\"")
+                .unwrap()
+                .ops_listen()
+                .unwrap(),
+            None
+        );
         let c = Config::parse("default_entitlement = \"f.1\"\nlisten = \"0.0.0.0:9000\"").unwrap();
         assert_eq!(c.default_entitlement(), Some("f.1"));
         assert_eq!(c.listen.port(), 9000);

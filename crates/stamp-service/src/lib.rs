@@ -15,6 +15,7 @@ pub mod api;
 pub mod config;
 mod lanes;
 pub mod metrics;
+pub mod ops;
 pub mod server;
 mod state;
 pub mod tls;

@@ -99,11 +99,15 @@ impl Metrics {
         self.connections_open.fetch_sub(1, Ordering::Relaxed);
     }
 
-    /// The metrics in Prometheus text format; `quota` is (entitlement, quota, remaining).
-    pub fn render(&self, quota: &[(String, u64, u64)]) -> String {
+    /// The metrics in Prometheus text format; `quota` is (entitlement, quota, remaining), `up`
+    /// whether the service can issue (its database readable, its audit log working).
+    pub fn render(&self, quota: &[(String, u64, u64)], up: bool) -> String {
         let mut o = String::new();
-        let _ = writeln!(o, "# HELP stamp_site_up The site service is running.");
-        let _ = writeln!(o, "# TYPE stamp_site_up gauge\nstamp_site_up 1");
+        let _ = writeln!(
+            o,
+            "# HELP stamp_site_up Whether the site service can issue (1) or not (0: its audit log failed or its database cannot be read)."
+        );
+        let _ = writeln!(o, "# TYPE stamp_site_up gauge\nstamp_site_up {}", u8::from(up));
         let _ = writeln!(
             o,
             "# HELP stamp_site_issued_total Certificates issued and logged, by kind."
@@ -225,7 +229,9 @@ mod tests {
         m.refused("quota-exhausted");
         m.error("bad-request");
         m.observe(Duration::from_millis(3));
-        let text = m.render(&[("f.1".into(), 10, 8)]);
+        let text = m.render(&[("f.1".into(), 10, 8)], true);
+        assert!(text.contains("stamp_site_up 1"));
+        assert!(m.render(&[], false).contains("stamp_site_up 0"));
         assert!(text.contains("stamp_site_issued_total{kind=\"device\"} 2"));
         assert!(text.contains("stamp_site_refused_total{reason=\"quota-exhausted\"} 1"));
         assert!(text.contains("stamp_site_request_errors_total{code=\"bad-request\"} 1"));

@@ -44,6 +44,14 @@ pub enum ServiceError {
         /// The cause.
         source: std::io::Error,
     },
+    /// The operations listener's address (`ops_listen`) could not be bound.
+    #[error("cannot listen on {addr} (ops_listen: the health and metrics listener)")]
+    OpsBind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
     /// A certificate could not be encoded.
     #[error(transparent)]
     Pkcs7(#[from] stamp_core::pkcs7::Pkcs7Error),
@@ -61,6 +69,8 @@ pub struct Server {
     tls: Arc<rustls::ServerConfig>,
     listener: std::net::TcpListener,
     addr: SocketAddr,
+    /// The operations listener (`/healthz`, `/metrics` without a client certificate), if on.
+    ops: Option<(std::net::TcpListener, SocketAddr)>,
     /// The service's certificate (DER), issued at start.
     certificate: Vec<u8>,
 }
@@ -85,20 +95,14 @@ impl Server {
         let tls = tls::server_config(&creds.chain, &creds.key_pkcs8, &issuing_ca)?;
         let engine = Arc::new(Engine::start(&site)?);
         let reader = SiteStore::open(store.path()).map_err(SiteError::from)?;
-        let listener = std::net::TcpListener::bind(config.listen).map_err(|source| ServiceError::Bind {
+        let (listener, addr) = bind(config.listen).map_err(|source| ServiceError::Bind {
             addr: config.listen,
             source,
         })?;
-        listener
-            .set_nonblocking(true)
-            .map_err(|source| ServiceError::Bind {
-                addr: config.listen,
-                source,
-            })?;
-        let addr = listener.local_addr().map_err(|source| ServiceError::Bind {
-            addr: config.listen,
-            source,
-        })?;
+        let ops = config
+            .ops_listen()?
+            .map(|addr| bind(addr).map_err(|source| ServiceError::OpsBind { addr, source }))
+            .transpose()?;
         let cacerts_p7 = stamp_core::pkcs7::certs_only(&[issuing_ca.clone(), root.clone()])?;
         let chain_pem = [issuing_ca, root]
             .into_iter()
@@ -125,8 +129,14 @@ impl Server {
             tls,
             listener,
             addr,
+            ops,
             certificate: creds.chain.first().cloned().unwrap_or_default(),
         })
+    }
+
+    /// The operations listener's bound address, if it is on.
+    pub fn ops_addr(&self) -> Option<SocketAddr> {
+        self.ops.as_ref().map(|(_, a)| *a)
     }
 
     /// The service's TLS certificate (DER), issued for a fresh key when the server was made.
@@ -148,6 +158,7 @@ impl Server {
             tls,
             listener,
             addr,
+            ops,
             certificate: _,
         } = self;
         let listener = tokio::net::TcpListener::from_std(listener)
@@ -158,6 +169,14 @@ impl Server {
         let (stop_tx, stop_rx) = watch::channel(false);
         tracing::info!(%addr, site = %state.site_id, "site service listening");
         let reloader = tokio::spawn(reload_loop(state.clone(), stop_rx.clone()));
+        if let Some((ops, ops_addr)) = ops {
+            let ops = tokio::net::TcpListener::from_std(ops).map_err(|source| ServiceError::OpsBind {
+                addr: ops_addr,
+                source,
+            })?;
+            tracing::info!(%ops_addr, "operations listener (/healthz, /metrics) listening");
+            tokio::spawn(crate::ops::serve(ops, state.clone(), stop_rx.clone()));
+        }
         tokio::pin!(shutdown);
         loop {
             let accepted = tokio::select! {
@@ -210,6 +229,14 @@ impl Server {
         tracing::info!("site service stopped; every acknowledged issuance is in the audit log");
         Ok(())
     }
+}
+
+/// Binds `addr` for the Tokio runtime (non-blocking); the bound address too.
+fn bind(addr: SocketAddr) -> std::io::Result<(std::net::TcpListener, SocketAddr)> {
+    let listener = std::net::TcpListener::bind(addr)?;
+    listener.set_nonblocking(true)?;
+    let bound = listener.local_addr()?;
+    Ok((listener, bound))
 }
 
 /// Polls the site database for entitlement packages applied while the service runs (`stamp site

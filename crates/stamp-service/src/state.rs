@@ -89,3 +89,16 @@ impl AppState {
         self.engine.failed()
     }
 }
+
+impl crate::ops::Probe for AppState {
+    fn health(&self) -> Result<(), String> {
+        if self.engine_failed() {
+            return Err("the audit log failed: the site service cannot issue until restarted".into());
+        }
+        Ok(())
+    }
+
+    fn metrics(&self) -> String {
+        crate::api::render_metrics(self)
+    }
+}

@@ -20,6 +20,21 @@ use std::path::{Path, PathBuf};
 pub use csr::{csr_der, csr_der_for, csr_der_with, write_csr_dir, write_csrs};
 pub use keys::{MemKeyAgreement, MemSigner};
 
+/// The Python the tests run their Python checkers with (pycose, pkilint, imgtool, esptool,
+/// cryptography): `$STAMP_TEST_PYTHON` if set (scripts/test sets it to the virtual environment it
+/// made), else the workspace's `.venv/bin/python3` if it exists (what scripts/test creates and
+/// fills from tests/requirements.txt), else `python3` on the PATH.
+pub fn python3() -> PathBuf {
+    if let Some(p) = std::env::var_os("STAMP_TEST_PYTHON") {
+        return PathBuf::from(p);
+    }
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/python3");
+    if venv.exists() {
+        return venv;
+    }
+    PathBuf::from("python3")
+}
+
 /// Writes `text` and a newline to a new file `dir/name` with mode 0600 (as stamp demands of
 /// passphrase files); panics if the file exists.
 pub fn secret_file(dir: &Path, name: &str, text: &str) -> PathBuf {

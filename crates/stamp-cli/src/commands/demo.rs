@@ -143,7 +143,10 @@ impl Narrator {
         if !self.json {
             eprintln!("done ({seconds:.2} s)");
         }
-        self.steps.push(Step { name, seconds });
+        self.steps.push(Step {
+            name,
+            seconds: crate::output::round(seconds, 3),
+        });
         Ok(v)
     }
 
@@ -342,6 +345,7 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
             let config = stamp_service::Config {
                 listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
                 default_entitlement: entitlement_id.clone(),
+                ops_listen: "off".into(),
                 ..stamp_service::Config::default()
             };
             let server = stamp_service::Server::new(site, config)?;
@@ -491,7 +495,7 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
         reconcile,
         cloud,
         steps: n.steps,
-        seconds: started.elapsed().as_secs_f64(),
+        seconds: crate::output::round(started.elapsed().as_secs_f64(), 3),
     };
     let first = devices.serials.first().copied();
     emit(g.json, &report, || {

@@ -4,9 +4,12 @@
 
 pub mod args;
 pub mod cloud;
+pub mod completions;
+pub mod daemon;
 pub mod demo;
 pub mod device;
 pub mod hq;
+pub mod manpage;
 pub mod site;
 
 use std::io::Read;

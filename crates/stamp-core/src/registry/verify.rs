@@ -45,6 +45,17 @@ pub enum Standing {
     Refused,
 }
 
+impl Standing {
+    /// Its name, as serialized: `registered`, `provisional`, `refused`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Standing::Registered => "registered",
+            Standing::Provisional => "provisional",
+            Standing::Refused => "refused",
+        }
+    }
+}
+
 /// Why a device was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]

@@ -19,19 +19,27 @@ pub(super) async fn metrics(
     if let Err(e) = authorize(&state, &peer, None).await {
         return e.into_response();
     }
-    let quota: Vec<(String, u64, u64)> = match statuses(&state) {
-        Ok(s) => s
-            .into_iter()
-            .map(|g| (g.entitlement_id, g.quota, g.remaining))
-            .collect(),
-        Err(e) => return e.into_response(),
-    };
     (
         StatusCode::OK,
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(&quota),
+        [(header::CONTENT_TYPE, crate::ops::METRICS_CONTENT_TYPE)],
+        render_metrics(&state),
     )
         .into_response()
+}
+
+/// The service's metrics with each entitlement's quota; `stamp_site_up` is 0 when the site
+/// database cannot be read or the audit log failed.
+pub(crate) fn render_metrics(state: &AppState) -> String {
+    let (quota, up) = match statuses(state) {
+        Ok(s) => (
+            s.into_iter()
+                .map(|g| (g.entitlement_id, g.quota, g.remaining))
+                .collect(),
+            !state.engine_failed(),
+        ),
+        Err(_) => (Vec::new(), false),
+    };
+    state.metrics.render(&quota, up)
 }
 
 pub(super) async fn status(

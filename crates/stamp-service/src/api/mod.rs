@@ -27,6 +27,7 @@ use stamp_site::engine::{DeviceStamp, Engine, IssueError};
 use stamp_site::stations::StationStanding;
 
 pub use error::{refusal, ApiError, Outcome};
+pub(crate) use health::render_metrics;
 pub use json::PROOF_HEADER;
 
 use crate::state::AppState;

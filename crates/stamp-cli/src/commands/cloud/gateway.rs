@@ -7,8 +7,13 @@ use std::sync::Arc;
 use anyhow::Context;
 use stamp_cloud::gateway::{self, Gateway, ServerIdentity};
 use stamp_cloud::state::GatewayState;
+use stamp_service::config::LogFormat;
 
+use crate::commands::daemon;
 use crate::Globals;
+
+/// How long open device connections get to end after SIGTERM or Ctrl-C.
+const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Run a TLS gateway that requires a device client certificate and admits only genuine devices
 /// (the decision of `stamp cloud verify`, per connection). Each device gets one JSON line with
@@ -16,11 +21,13 @@ use crate::Globals;
 /// serial connected twice at once is flagged `concurrent-use`. A provisional serial is bound to
 /// the first public key seen with it (in the state file); a certificate with that serial and
 /// another key is refused as `clone`. The state file also keeps the highest registry sequence
-/// accepted, so a restart on an older registry file is refused. Logs go to standard error;
-/// the first line on standard output gives the address listened on. When the registry file
-/// changes, the gateway verifies it and, if it is newer and under the same OEM root, judges later
-/// connections with it (revocations take effect without a restart); a file it refuses is logged
-/// and the registry in use stays.
+/// accepted, so a restart on an older registry file is refused. Logs go to standard error
+/// (filter: STAMP_LOG); the first line on standard output gives the addresses listened on. An
+/// operations listener (`--ops-listen`, default 127.0.0.1:8884) serves `/healthz` and `/metrics`
+/// over plain HTTP. SIGTERM or Ctrl-C stops accepting, gives open connections up to 10 seconds
+/// to end, and exits 0. When the registry file changes, the gateway verifies it and, if it is
+/// newer and under the same OEM root, judges later connections with it (revocations take effect
+/// without a restart); a file it refuses is logged and the registry in use stays.
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// The registry (`stamp hq export --format registry`).
@@ -57,16 +64,32 @@ pub struct Args {
     /// How often to look for a new registry in the file, in seconds (0: never).
     #[arg(long, value_name = "SECONDS", default_value = "10")]
     reload_secs: u64,
+    /// Log format on standard error, `text` or `json`; the level comes from STAMP_LOG (default info).
+    #[arg(long, value_name = "FORMAT", default_value = "text", value_parser = daemon::parse_log_format)]
+    log_format: LogFormat,
+    /// Address of the operations listener (`/healthz`, `/metrics` over plain HTTP, no client
+    /// certificate), or `off` (port 0: any free port).
+    #[arg(long, value_name = "ADDR|off", default_value = "127.0.0.1:8884",
+          value_parser = daemon::parse_ops_listen)]
+    ops_listen: daemon::OpsListen,
+}
+
+/// The gateway as the operations listener reports it.
+struct Probe(Arc<Gateway>);
+
+impl stamp_service::ops::Probe for Probe {
+    fn health(&self) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn metrics(&self) -> String {
+        self.0.render_metrics()
+    }
 }
 
 /// Runs `stamp cloud gateway`.
 pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
-    let _ = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("STAMP_LOG").unwrap_or_else(|_| "info".into()),
-        )
-        .try_init();
+    daemon::init_logging(a.log_format)?;
     let pin = crate::commands::cloud::verify::root_pin(a.root_fingerprint.as_deref(), a.trust_registry_root)?;
     let reg = crate::commands::cloud::verify::load_registry(&a.registry, pin, a.min_sequence)?;
     let info = crate::commands::cloud::verify::RegistryInfo::of(&reg);
@@ -102,16 +125,42 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot listen on {}", a.listen))?;
         let addr = listener.local_addr()?;
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let ops = match a.ops_listen.0 {
+            Some(o) => {
+                let l = tokio::net::TcpListener::bind(o)
+                    .await
+                    .with_context(|| format!("cannot listen on {o} (--ops-listen)"))?;
+                let bound = l.local_addr()?;
+                tokio::spawn(stamp_service::ops::serve(l, Arc::new(Probe(gw.clone())), stop_rx));
+                Some(bound)
+            }
+            None => None,
+        };
+        tracing::info!(
+            %addr,
+            ops = ops.map(|o| o.to_string()),
+            sequence = info.sequence,
+            devices = info.devices,
+            "cloud gateway listening"
+        );
         {
             let mut out = crate::output::stdout();
             if g.json {
-                let v = serde_json::json!({"listening": addr.to_string(), "registry": info});
+                let v = serde_json::json!({
+                    "listening": addr.to_string(),
+                    "ops": ops.map(|o| o.to_string()),
+                    "registry": info,
+                });
                 writeln!(out, "{v}")?;
             } else {
+                let ops = ops.map_or_else(|| "off".to_owned(), |o| format!("http://{o}"));
                 writeln!(
                     out,
-                    "listening on {addr}; registry {} under OEM root {} ({} devices)",
-                    info.sequence, info.root_fingerprint, info.devices
+                    "listening on {addr}; registry {} under OEM root {} ({}); health and metrics on {ops}",
+                    info.sequence,
+                    info.root_fingerprint,
+                    crate::output::count(info.devices as u64, "device", "devices")
                 )?;
             }
             out.flush()?;
@@ -119,9 +168,16 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
         if a.reload_secs > 0 {
             tokio::spawn(watch_registry(gw.clone(), a.registry.clone(), a.reload_secs));
         }
-        gateway::serve(listener, config, gw).await?;
-        Ok(())
-    })
+        gateway::serve_until(listener, config, gw.clone(), daemon::stop_signal(), STOP_GRACE).await?;
+        let _ = stop_tx.send(true);
+        tracing::info!(
+            still_open = gw.metrics().connections_open(),
+            "cloud gateway stopped"
+        );
+        anyhow::Ok(())
+    })?;
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    Ok(())
 }
 
 /// `gateway-state.db` in the registry file's directory.
@@ -160,11 +216,14 @@ async fn watch_registry(gw: Arc<Gateway>, path: PathBuf, secs: u64) {
                 .map_err(|e| e.to_string())
         }) {
             Ok((sequence, devices)) => tracing::info!(sequence, devices, "registry reloaded"),
-            Err(e) => tracing::warn!(
-                error = %e,
-                sequence = current.sequence(),
-                "registry file changed but was refused; the registry in use stays"
-            ),
+            Err(e) => {
+                gw.metrics().registry_reload(false);
+                tracing::warn!(
+                    error = %e,
+                    sequence = current.sequence(),
+                    "registry file changed but was refused; the registry in use stays"
+                );
+            }
         }
     }
 }

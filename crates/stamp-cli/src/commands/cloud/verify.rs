@@ -147,8 +147,8 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
         )?;
         match verdict.reason {
             None => outln!(
-                "GENUINE ({:?}): serial {} of {} at site {}: {}",
-                verdict.standing,
+                "GENUINE ({}): serial {} of {} at site {}: {}",
+                verdict.standing.name(),
                 verdict.device_serial.unwrap_or_default(),
                 verdict.entitlement_id.as_deref().unwrap_or("?"),
                 verdict.site_id.as_deref().unwrap_or("?"),

@@ -62,7 +62,7 @@ pub enum ProtocolArg {
     Json,
 }
 
-/// Runs a simulation with a progress bar (hidden when `quiet`).
+/// Runs a simulation with a progress bar (hidden when `quiet`); its figures rounded for output.
 pub fn run_with_progress(opts: &SimulateOptions, quiet: bool) -> anyhow::Result<SimulationReport> {
     let bar = if quiet {
         indicatif::ProgressBar::hidden()
@@ -76,7 +76,7 @@ pub fn run_with_progress(opts: &SimulateOptions, quiet: bool) -> anyhow::Result<
     let tick = || bar.inc(1);
     let r = simulate::simulate(opts, &tick);
     bar.finish_and_clear();
-    Ok(r?)
+    Ok(crate::output::round_simulation(r?))
 }
 
 /// Prints a report's summary lines.

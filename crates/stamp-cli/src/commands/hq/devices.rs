@@ -33,13 +33,6 @@ struct Row<'a> {
     certificate_pem: Option<String>,
 }
 
-fn rfc3339_ms(ms: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
-        .unwrap_or_else(|| ms.to_string())
-}
-
 /// Runs `stamp hq devices`.
 pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
     let store: stamp_hq::HqStore = crate::commands::open_store(&a.dir)?;
@@ -57,7 +50,7 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
         if json {
             let row = Row {
                 device: &d,
-                issued_at: rfc3339_ms(d.issued_at_ms),
+                issued_at: crate::output::timestamp_ms(d.issued_at_ms),
                 certificate_pem: a.certificates.then(|| stamp_core::cert::to_pem(&d.certificate)),
             };
             let sep = if count == 0 { "\n  " } else { ",\n  " };
@@ -70,7 +63,7 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
                 d.site_id,
                 d.entitlement_id,
                 d.device_serial,
-                rfc3339_ms(d.issued_at_ms),
+                crate::output::timestamp_ms(d.issued_at_ms),
                 d.certificate_sha256,
                 d.log_index,
                 if d.superseded { "\tsuperseded" } else { "" }

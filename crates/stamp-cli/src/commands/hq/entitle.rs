@@ -166,6 +166,7 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
         for s in &e.serial_ranges {
             outln!("  device serials {}..={}", s.first, s.last)?;
         }
+        outln!("  rate {}", crate::output::rates(&e.rate_limits))?;
         outln!("  window {} to {}", e.not_before, e.not_after)?;
         outln!("Sealed package for the site: {}", r.package.display())?;
         Ok(())

@@ -33,13 +33,14 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
                 .map(|r| format!("{}..={}", r.first, r.last))
                 .collect();
             outln!(
-                "{}\tsite {}\t{}\t{}/{}\tquota {}\tserials {}\t{} to {}",
+                "{}\tsite {}\t{}\t{}/{}\tquota {}\trate {}\tserials {}\t{} to {}",
                 e.entitlement_id,
                 e.site_id,
                 e.status.name(),
                 e.product.oem_id,
                 e.product.product_id,
                 e.quota,
+                crate::output::rates(&e.rate_limits),
                 ranges.join(","),
                 e.not_before,
                 e.not_after

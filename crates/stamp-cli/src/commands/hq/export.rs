@@ -96,14 +96,14 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
     emit(g.json, &written, || match (&written.registry, written.lines) {
         (Some(r), _) => {
             outln!(
-                "Registry {} written to {} ({} bytes): {} sites, {} entitlements, {} devices, {} revocations",
+                "Registry {} written to {} ({}): {}, {}, {}, {}",
                 r.sequence,
                 written.out.display(),
-                r.bytes,
-                r.sites,
-                r.entitlements,
-                r.devices,
-                r.revocations
+                crate::output::count(r.bytes as u64, "byte", "bytes"),
+                crate::output::count(r.sites as u64, "site", "sites"),
+                crate::output::count(r.entitlements as u64, "entitlement", "entitlements"),
+                crate::output::count(r.devices as u64, "device", "devices"),
+                crate::output::count(r.revocations as u64, "revocation", "revocations")
             )?;
             outln!(
                 "OEM root fingerprint (pin it in verifiers): {}",

@@ -27,7 +27,10 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
     let sites: Vec<Site> = store
         .sites()?
         .into_iter()
-        .map(|(site_id, enrolled_at)| Site { site_id, enrolled_at })
+        .map(|(site_id, enrolled_at)| Site {
+            site_id,
+            enrolled_at: crate::output::timestamp_text(&enrolled_at),
+        })
         .collect();
     emit(g.json, &serde_json::json!({ "sites": sites }), || {
         if sites.is_empty() {

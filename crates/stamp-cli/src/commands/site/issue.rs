@@ -217,8 +217,8 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
         issued: devices.len(),
         refused,
         failed,
-        seconds,
-        per_second: devices.len() as f64 / seconds.max(1e-9),
+        seconds: crate::output::round(seconds, 3),
+        per_second: crate::output::round(devices.len() as f64 / seconds.max(1e-9), 1),
         devices,
     };
     emit(g.json, &report, || {

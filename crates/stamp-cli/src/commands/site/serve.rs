@@ -13,9 +13,11 @@ use crate::Globals;
 /// Run the site service: line stations provision devices over mutual TLS, with a JSON API
 /// (`/api/v1/...`) and EST (`/.well-known/est/...`), plus `/healthz` and `/metrics`. Every station
 /// must present its station certificate (`stamp site add-station`); every outcome is recorded in
-/// the site's audit log, and a certificate is returned only after its entry is on disk. Stops
-/// gracefully on SIGTERM or Ctrl-C. Entitlements imported while it runs take effect within seconds.
-/// See docs/service.md.
+/// the site's audit log, and a certificate is returned only after its entry is on disk. An
+/// operations listener (`--ops-listen`, default 127.0.0.1:8444) serves `/healthz` and `/metrics`
+/// over plain HTTP for load balancers and Prometheus. Logs go to standard error (filter:
+/// STAMP_LOG). Stops gracefully on SIGTERM or Ctrl-C. Entitlements imported while it runs take
+/// effect within seconds. See docs/service.md.
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// Site directory.
@@ -34,39 +36,17 @@ pub struct Args {
     /// before serving, e.g. to inspect or lint it.
     #[arg(long, value_name = "FILE")]
     write_cert: Option<PathBuf>,
+    /// Log format on standard error, `text` or `json` (overrides the configuration's
+    /// `log_format`); the level comes from STAMP_LOG (default info).
+    #[arg(long, value_name = "FORMAT", value_parser = crate::commands::daemon::parse_log_format)]
+    log_format: Option<LogFormat>,
+    /// Address of the operations listener (`/healthz`, `/metrics` over plain HTTP, no client
+    /// certificate), or `off` (overrides the configuration's `ops_listen`; port 0: any free port).
+    #[arg(long, value_name = "ADDR|off")]
+    ops_listen: Option<String>,
     /// Print the default configuration, every option commented, and exit.
     #[arg(long)]
     print_config: bool,
-}
-
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false);
-    let _ = match format {
-        LogFormat::Json => builder.json().try_init(),
-        LogFormat::Text => builder.try_init(),
-    };
-}
-
-async fn stop_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                () = ctrl_c => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(_) => ctrl_c.await,
-    }
-    tracing::info!("stop signal received");
 }
 
 /// Runs `stamp site serve`.
@@ -90,14 +70,21 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
     if let Some(e) = a.default_entitlement {
         config.default_entitlement = e;
     }
+    if let Some(f) = a.log_format {
+        config.log_format = f;
+    }
+    if let Some(o) = a.ops_listen {
+        config.ops_listen = o;
+    }
     config.check()?;
-    init_logging(config.log_format);
+    crate::commands::daemon::init_logging(config.log_format)?;
     let dir = a.dir.context("--dir is required")?;
     let pass = crate::commands::keys(g);
     let site = stamp_site::Site::open(&dir, pass)?;
     let names = config.server_names.clone();
     let server = Server::new(site, config)?;
     let addr = server.local_addr();
+    let ops = server.ops_addr();
     if let Some(path) = &a.write_cert {
         let pem = stamp_core::cert::to_pem(server.certificate());
         stamp_store::write_atomic(path, pem.as_bytes(), 0o644)?;
@@ -106,12 +93,18 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
     {
         let mut out = crate::output::stdout();
         if g.json {
-            let v = serde_json::json!({ "listening": addr.to_string(), "url": url, "server_names": names });
+            let v = serde_json::json!({
+                "listening": addr.to_string(),
+                "url": url,
+                "server_names": names,
+                "ops": ops.map(|a| a.to_string()),
+            });
             writeln!(out, "{v}")?;
         } else {
+            let ops = ops.map_or_else(|| "off".to_owned(), |a| format!("http://{a}"));
             writeln!(
                 out,
-                "Site service listening on {url} (certificate for {}); stop with Ctrl-C or SIGTERM",
+                "Site service listening on {url} (certificate for {}); health and metrics on {ops}; stop with Ctrl-C or SIGTERM",
                 names.join(", ")
             )?;
         }
@@ -121,7 +114,7 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
         .thread_name("stamp-service")
         .enable_all()
         .build()?;
-    let result = runtime.block_on(server.run(stop_signal()));
+    let result = runtime.block_on(server.run(crate::commands::daemon::stop_signal()));
     // The engine has committed every queued entry; nothing left to wait for.
     runtime.shutdown_background();
     Ok(result?)

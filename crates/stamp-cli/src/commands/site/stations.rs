@@ -22,12 +22,16 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
             outln!("No stations; add one with `stamp site add-station`.")?;
         }
         for s in &stations {
-            let state = if s.revoked_ms.is_some() {
-                "revoked"
-            } else {
-                "active"
+            let state = match s.revoked_ms {
+                Some(ms) => format!("revoked {}", crate::output::timestamp_ms(ms)),
+                None => "active".to_owned(),
             };
-            outln!("{:<24} {state:<8} {}", s.name, s.cert_sha256)?;
+            outln!(
+                "{:<24} added {}  {state:<28} {}",
+                s.name,
+                crate::output::timestamp_ms(s.added_ms),
+                s.cert_sha256
+            )?;
         }
         Ok(())
     })

@@ -47,11 +47,6 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
             outln!("No entitlements.")?;
         }
         for e in &s.entitlements {
-            let rates: Vec<String> = e
-                .rate_limits
-                .iter()
-                .map(|(p, n)| format!("{n}/{}", p.name()))
-                .collect();
             outln!(
                 "{}\t{}\t{}/{}\tissued {} of {} ({} left)\trate {}\t{} to {}{}",
                 e.entitlement_id,
@@ -61,11 +56,7 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
                 e.issued,
                 e.quota,
                 e.remaining,
-                if rates.is_empty() {
-                    "unlimited".to_owned()
-                } else {
-                    rates.join(", ")
-                },
+                crate::output::rates(&e.rate_limits),
                 e.not_before,
                 e.not_after,
                 if e.in_window { "" } else { " (outside window)" }

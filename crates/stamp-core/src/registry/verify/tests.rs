@@ -12,6 +12,13 @@ use crate::registry::{RegisteredDevice, RegistryEntitlement, MAX_DEVICE_CHAIN};
 use crate::SiteId;
 use serde_bytes::ByteBuf;
 
+#[test]
+fn standing_names_are_their_serialized_names() {
+    for st in [Standing::Registered, Standing::Provisional, Standing::Refused] {
+        assert_eq!(serde_json::to_value(st).unwrap(), st.name());
+    }
+}
+
 /// A device certificate for serial `n` under `g`, issued by `ca` at `not_before`.
 fn device(ca: &Ca, g: &Grant, n: u64, not_before: OffsetDateTime) -> Vec<u8> {
     device_with_key(ca, g, n, not_before, &TestSigner::new(P256))
