@@ -664,7 +664,7 @@ fn gateway_admits_genuine_refuses_counterfeit_and_flags_concurrent_use() {
             .arg("--json")
             .device("connect")
             .args(&["--stamp", s(dir), "--name", name, "--key", s(key)])
-            .args(&["--server", &server, "--ca", s(&ca)])
+            .args(&["--gateway", &server, "--ca", s(&ca)])
             .args(extra)
             .output();
         let v: serde_json::Value = serde_json::from_slice(&o.stdout)
@@ -714,7 +714,7 @@ fn gateway_admits_genuine_refuses_counterfeit_and_flags_concurrent_use() {
         .arg("--json")
         .device("connect")
         .args(&["--stamp", s(&a_out), "--name", "d0002"])
-        .args(&["--key", s(&a_keys.join("d0002.key.pem")), "--server", &server])
+        .args(&["--key", s(&a_keys.join("d0002.key.pem")), "--gateway", &server])
         .args(&["--ca", s(&ca), "--hold", "4"])
         .command()
         .stdout(std::process::Stdio::piped())
@@ -1504,7 +1504,7 @@ fn connect(w: &World, gw: &Gw, cert: &Path, key: &Path) -> (Option<i32>, serde_j
         .arg("--json")
         .device("connect")
         .args(&["--stamp", s(dir), "--name", name, "--key", s(key)])
-        .args(&["--server", &gw.server, "--ca", s(&gw.ca)])
+        .args(&["--gateway", &gw.server, "--ca", s(&gw.ca)])
         .output();
     let v = serde_json::from_slice(&o.stdout)
         .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&o.stderr)));

@@ -1141,7 +1141,7 @@ fn the_simulator_provisions_thousands_over_est_and_json() {
         let out = c.tmp.path().join(format!("devices-{protocol}-{key}"));
         let v = stamp(&c.pass)
             .device("simulate")
-            .args(&["--server", &svc.url, "--station", s(&st), "--count", n])
+            .args(&["--server", &svc.url, "--station-dir", s(&st), "--count", n])
             .args(&["--concurrency", "16", "--protocol", protocol, "--key", key])
             .args(&["-o", s(&out)])
             .json();
@@ -1183,7 +1183,7 @@ fn the_simulator_provisions_thousands_over_est_and_json() {
     let o = stamp(&c.pass)
         .arg("--json")
         .device("simulate")
-        .args(&["--server", &svc.url, "--station", s(&st), "--count", "100"])
+        .args(&["--server", &svc.url, "--station-dir", s(&st), "--count", "100"])
         .args(&["--protocol", "json", "-o", s(&c.tmp.path().join("over"))])
         .output();
     assert_eq!(o.status.code(), Some(1));
@@ -1461,7 +1461,7 @@ fn demo_runs_the_whole_flow() {
             .args(&[
                 "--stamp",
                 s(dir),
-                "--server",
+                "--gateway",
                 &format!("localhost:{port}"),
                 "--ca",
                 s(&gw_cert),

@@ -28,9 +28,9 @@ pub struct Args {
     /// The device's private key (PEM), if not in DIR.
     #[arg(long, value_name = "FILE")]
     key: Option<PathBuf>,
-    /// The gateway, HOST:PORT.
+    /// The gateway (`stamp cloud gateway`), HOST:PORT.
     #[arg(long, value_name = "HOST:PORT")]
-    server: String,
+    gateway: String,
     /// Certificates that identify the gateway (PEM).
     #[arg(long, value_name = "FILE")]
     ca: PathBuf,
@@ -78,7 +78,7 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
     let key_pem = zeroize::Zeroizing::new(crate::commands::read_bounded(&key, MAX_PEM)?);
     let ca = crate::commands::read_bounded(&a.ca, MAX_PEM)?;
     let reply = client::connect(
-        &a.server,
+        &a.gateway,
         &ca,
         &DeviceCredentials {
             chain_pem: &chain_pem,

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use serde::Serialize;
 use stamp_station::client::{STATION_CA, STATION_CERT, STATION_KEY};
 
@@ -22,9 +22,13 @@ pub struct Args {
     /// 1-64 characters of a-z, 0-9, '-' and '.'.
     #[arg(long, value_name = "NAME")]
     name: String,
-    /// Directory to write the station's files to (created, mode 0700; must not hold a station key).
+    /// Directory to write the station's files to (created, mode 0700).
     #[arg(short = 'o', long = "out", value_name = "DIR")]
     out: PathBuf,
+    /// Replace the station files in DIR if they exist (without --force, an existing one is
+    /// refused before anything is done: `output-exists`).
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(Serialize)]
@@ -55,19 +59,17 @@ pub fn write_station_files(
     Ok((key, cert, ca))
 }
 
-/// Creates the station's output directory (0700) and checks it holds no station key.
-pub fn prepare_out_dir(out: &std::path::Path) -> anyhow::Result<()> {
+/// Creates the station's output directory (0700) and checks it holds none of the station's files
+/// (unless `force`).
+pub fn prepare_out_dir(out: &std::path::Path, force: bool) -> anyhow::Result<()> {
     let mut builder = std::fs::DirBuilder::new();
     builder.recursive(true);
     std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
     builder
         .create(out)
         .with_context(|| format!("cannot create {}", out.display()))?;
-    if out.join(STATION_KEY).exists() {
-        bail!(
-            "{} already holds a station key; give a new directory",
-            out.display()
-        );
+    for name in [STATION_KEY, STATION_CERT, STATION_CA] {
+        crate::commands::check_output(&out.join(name), force)?;
     }
     Ok(())
 }
@@ -75,7 +77,7 @@ pub fn prepare_out_dir(out: &std::path::Path) -> anyhow::Result<()> {
 /// Runs `stamp site add-station`.
 pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
     stamp_core::profile::check_station_name(&a.name)?;
-    prepare_out_dir(&a.out)?;
+    prepare_out_dir(&a.out, a.force)?;
     let pass = crate::commands::keys(g);
     let mut site = stamp_site::Site::open(&a.dir, pass)?;
     let creds = site.add_station(&a.name, crate::commands::now())?;

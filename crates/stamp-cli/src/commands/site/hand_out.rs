@@ -29,9 +29,14 @@ pub struct Args {
     /// Station name recorded in the audit log.
     #[arg(long, default_value = "batch")]
     station: String,
-    /// Directory to write keys, certificates and stamps to (created if missing, mode 0700).
+    /// Directory to write keys, certificates and stamps to (created if missing, mode 0700; an
+    /// existing one must be empty).
     #[arg(short = 'o', long = "out", value_name = "OUT_DIR")]
     out: PathBuf,
+    /// Write into OUT_DIR even if it is not empty, replacing files of the same name (without
+    /// --force, a non-empty OUT_DIR is refused before anything is done: `output-exists`).
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(Serialize)]
@@ -54,6 +59,7 @@ struct Report {
 
 /// Runs `stamp site hand-out`.
 pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
+    crate::commands::check_output_dir(&a.out, a.force)?;
     let mut builder = std::fs::DirBuilder::new();
     builder.recursive(true);
     std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
