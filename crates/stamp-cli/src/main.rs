@@ -111,7 +111,9 @@ fn parse() -> Result<Cli, ExitCode> {
         }
         Err(e) => {
             let _ = e.print();
-            Err(ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(output::USAGE_EXIT)))
+            Err(ExitCode::from(
+                u8::try_from(e.exit_code()).unwrap_or(output::USAGE_EXIT),
+            ))
         }
     }
 }

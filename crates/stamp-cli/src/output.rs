@@ -139,12 +139,15 @@ pub struct CliError {
 impl CliError {
     /// A malformed or missing value the parser could not catch: exit status 2.
     pub fn usage(message: impl Into<String>) -> anyhow::Error {
-        Self::new(USAGE, message)
+        Self::refusal(USAGE, message)
     }
 
     /// A refusal with a stable code: exit status 1.
-    pub fn new(code: &'static str, message: impl Into<String>) -> anyhow::Error {
-        anyhow::Error::new(CliError { code, message: message.into() })
+    pub fn refusal(code: &'static str, message: impl Into<String>) -> anyhow::Error {
+        anyhow::Error::new(CliError {
+            code,
+            message: message.into(),
+        })
     }
 }
 

@@ -488,11 +488,9 @@ impl Hq {
             )?;
             issued.push((profile, der));
         }
-        let creds = self.store.credentials(
-            site,
-            short.clone(),
-            [&issued[0].1, &issued[1].1, &issued[2].1],
-        )?;
+        let creds =
+            self.store
+                .credentials(site, short.clone(), [&issued[0].1, &issued[1].1, &issued[2].1])?;
         // The credentials file first; then the database in one transaction; if that fails the
         // file is removed again, so a failure leaves neither.
         stamp_store::write_atomic(out, &creds.to_json(), 0o644)?;

@@ -224,19 +224,13 @@ impl HqStore {
             .optional()
             .map_err(|e| self.db.err(e))?;
         let sha = sha.ok_or_else(|| HqError::UnknownSite(site.clone()))?;
-        let sha: [u8; 32] = sha
-            .try_into()
-            .map_err(|_| HqError::UnknownSite(site.clone()))?;
+        let sha: [u8; 32] = sha.try_into().map_err(|_| HqError::UnknownSite(site.clone()))?;
         let certs = [
             self.site_certificate(site, Profile::SiteIdentitySigning)?,
             self.site_certificate(site, Profile::SiteIdentityKeyAgreement)?,
             self.site_certificate(site, Profile::SiteIssuingCa)?,
         ];
-        self.credentials(
-            site,
-            fingerprint::short(&sha),
-            [&certs[0], &certs[1], &certs[2]],
-        )
+        self.credentials(site, fingerprint::short(&sha), [&certs[0], &certs[1], &certs[2]])
     }
 
     /// Enrolled sites with their enrollment time, in ID order.

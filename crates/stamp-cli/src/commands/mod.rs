@@ -82,7 +82,7 @@ pub const OUTPUT_EXISTS: &str = "output-exists";
 
 /// The refusal of an output path that exists (a file, a directory or a link).
 fn output_exists(path: &Path) -> anyhow::Error {
-    crate::output::CliError::new(
+    crate::output::CliError::refusal(
         OUTPUT_EXISTS,
         format!(
             "{} already exists; choose another path, or give --force to replace it",

@@ -70,7 +70,9 @@ pub fn root_pin(fingerprint: Option<&str>, trust_registry_root: bool) -> anyhow:
 pub fn load_registry(path: &Path, pin: Option<&str>, min_sequence: u64) -> anyhow::Result<VerifiedRegistry> {
     let pin = match pin {
         Some(p) => Some(stamp_core::fingerprint::parse_sha256(p).ok_or_else(|| {
-            crate::output::CliError::usage("--root-fingerprint must be a SHA-256 (64 hex digits, colons allowed)")
+            crate::output::CliError::usage(
+                "--root-fingerprint must be a SHA-256 (64 hex digits, colons allowed)",
+            )
         })?),
         None => None,
     };

@@ -2,7 +2,6 @@
 
 use std::path::PathBuf;
 
-
 use crate::output::emit;
 use crate::Globals;
 

@@ -50,7 +50,11 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
         (Some(n), None, None, None) => RevokeTarget::Serial(n),
         (None, Some(h), None, None) => match stamp_core::fingerprint::parse_sha256(&h) {
             Some(h) => RevokeTarget::Certificate(h),
-            None => return Err(CliError::usage("--cert-sha256 must be 64 hex digits (colons allowed)")),
+            None => {
+                return Err(CliError::usage(
+                    "--cert-sha256 must be 64 hex digits (colons allowed)",
+                ))
+            }
         },
         (None, None, Some(e), None) => RevokeTarget::Entitlement(e),
         (None, None, None, Some(s)) => RevokeTarget::Site(s),

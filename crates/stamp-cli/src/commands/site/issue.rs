@@ -105,7 +105,10 @@ fn list_csr_files(path: &Path) -> anyhow::Result<Vec<PathBuf>> {
         return Ok(vec![path.to_owned()]);
     }
     if !path.exists() {
-        bail!("{} does not exist; give a CSR file or a directory of them", path.display());
+        bail!(
+            "{} does not exist; give a CSR file or a directory of them",
+            path.display()
+        );
     }
     let mut files = Vec::new();
     for e in std::fs::read_dir(path).with_context(|| format!("cannot read {}", path.display()))? {
@@ -151,7 +154,7 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
     let pass = crate::commands::keys(g);
     let site = stamp_site::Site::open(&a.dir, pass)?;
     if site.store().grant(&a.entitlement)?.is_none() {
-        return Err(crate::output::CliError::new(
+        return Err(crate::output::CliError::refusal(
             "unknown-entitlement",
             format!(
                 "the site has no entitlement {}; see `stamp site status --dir {}` for the ones it imported",
@@ -233,7 +236,10 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
                     Ok(r) => results
                         .lock()
                         .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .push(r.map_err(|reason| Refused { csr: file.clone(), reason })),
+                        .push(r.map_err(|reason| Refused {
+                            csr: file.clone(),
+                            reason,
+                        })),
                     Err(e) => {
                         let e = e.context(format!("while issuing for {}", file.display()));
                         fatal

@@ -105,7 +105,7 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
     let site = stamp_site::Site::open(&dir, pass)?;
     if let Some(id) = config.default_entitlement() {
         if site.store().grant(id)?.is_none() {
-            return Err(crate::output::CliError::new(
+            return Err(crate::output::CliError::refusal(
                 "unknown-entitlement",
                 format!(
                     "the default entitlement {id} is not one the site imported; import it first \
