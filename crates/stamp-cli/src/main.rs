@@ -93,19 +93,17 @@ fn parse() -> Result<Cli, ExitCode> {
     match Cli::try_parse() {
         Ok(cli) => Ok(cli),
         Err(e) if e.use_stderr() && wants_json() => {
-            let usage = e.render().to_string();
-            let text = usage
-                .lines()
-                .next()
-                .unwrap_or_default()
+            let rendered = e.render().to_string();
+            let (message, rest) = rendered.split_once("\n\nUsage:").unwrap_or((&rendered, ""));
+            let message = message
                 .trim_start_matches("error: ")
-                .to_owned();
-            let v = serde_json::json!({
-                "error": text,
-                "code": output::USAGE,
-                "causes": [],
-                "usage": usage.trim_end(),
-            });
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ");
+            let mut v = serde_json::json!({ "error": message, "code": output::USAGE, "causes": [] });
+            if let Some(usage) = rest.lines().next().filter(|u| !u.trim().is_empty()) {
+                v["usage"] = serde_json::Value::from(usage.trim());
+            }
             let _ = writeln!(std::io::stdout().lock(), "{v}");
             Err(ExitCode::from(output::USAGE_EXIT))
         }

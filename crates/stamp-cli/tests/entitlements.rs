@@ -642,7 +642,7 @@ fn hq_re_exports_a_sealed_package_byte_identical() {
     ];
     stamp(&c.pass)
         .args(&by_id)
-        .fails("already exists; choose another file or give --force");
+        .fails("already exists; choose another path, or give --force");
     std::fs::write(&again, b"something else").unwrap();
     let mut forced = by_id.to_vec();
     forced.push("--force");

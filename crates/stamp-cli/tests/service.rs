@@ -769,7 +769,7 @@ fn station_files_are_what_a_station_needs() {
         .site("add-station")
         .dir(&c.site)
         .args(&["--name", "line-9", "-o", s(&st)])
-        .fails("already holds a station key");
+        .fails("station.key already exists");
     stamp(&c.pass)
         .site("revoke-station")
         .dir(&c.site)

@@ -234,3 +234,36 @@ pub fn open_store<S: RoleStore>(dir: &Path) -> anyhow::Result<S> {
     }
     S::open_file(&db)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{check_output_dir, write_output, OUTPUT_EXISTS};
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn write_output_never_replaces_a_file_without_force() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = tmp.path().join("out");
+        write_output(&p, b"first", 0o600, false).unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"first");
+        assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        let e = write_output(&p, b"second", 0o600, false).unwrap_err();
+        assert_eq!(crate::output::code(&e), Some(OUTPUT_EXISTS));
+        assert_eq!(std::fs::read(&p).unwrap(), b"first");
+        write_output(&p, b"third", 0o644, true).unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"third");
+        // No temporary file is left beside it.
+        assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn an_output_directory_must_be_new_or_empty() {
+        let tmp = tempfile::tempdir().unwrap();
+        check_output_dir(&tmp.path().join("new"), false).unwrap();
+        check_output_dir(tmp.path(), false).unwrap();
+        std::fs::write(tmp.path().join("f"), b"x").unwrap();
+        let e = check_output_dir(tmp.path(), false).unwrap_err();
+        assert_eq!(crate::output::code(&e), Some(OUTPUT_EXISTS));
+        check_output_dir(tmp.path(), true).unwrap();
+    }
+}

@@ -27,7 +27,7 @@ pub struct Args {
     #[arg(long, value_name = "N", default_value = "1")]
     count: u64,
     /// Station name recorded in the audit log.
-    #[arg(long, default_value = "batch")]
+    #[arg(long, value_name = "NAME", default_value = "batch")]
     station: String,
     /// Directory to write keys, certificates and stamps to (created if missing, mode 0700; an
     /// existing one must be empty).

@@ -46,7 +46,7 @@ pub struct Args {
     #[arg(long)]
     force: bool,
     /// Station name recorded in the audit log.
-    #[arg(long, default_value = "batch")]
+    #[arg(long, value_name = "NAME", default_value = "batch")]
     station: String,
     /// Parallel workers (default: one per core).
     #[arg(long, value_name = "N")]
