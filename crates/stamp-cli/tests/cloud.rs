@@ -608,7 +608,12 @@ fn exports_and_verification_certificates_check_with_independent_tools() {
     stamp(&w.c.pass)
         .site("cloud-verification-cert")
         .dir(&w.c.site)
-        .args(&["--code", "bad code!", "-o", s(&root_ver)])
+        .args(&[
+            "--code",
+            "bad code!",
+            "-o",
+            s(&w.c.tmp.path().join("bad-ver.pem")),
+        ])
         .fails("registration code");
     // The verification certificate is no device: the verifier refuses it.
     let (code, v) = verify(&w, &w.registry, &site_ver, &[]);
@@ -746,10 +751,12 @@ fn gateway_admits_genuine_refuses_counterfeit_and_flags_concurrent_use() {
         .dir(&w.c.hq)
         .args(&["--serial", &serial, "--reason", "stolen"])
         .json();
+    // The new registry replaces the one the gateway reads (--force: an output is never
+    // replaced without it).
     stamp(&w.c.pass)
         .hq("export")
         .dir(&w.c.hq)
-        .args(&["--format", "registry", "-o", s(&w.registry)])
+        .args(&["--format", "registry", "-o", s(&w.registry), "--force"])
         .json();
     let mut refused = None;
     for _ in 0..50 {

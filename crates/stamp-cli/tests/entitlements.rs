@@ -284,7 +284,7 @@ fn hq_refuses_bad_entitlement_requests_without_changing_anything() {
         .hq("amend")
         .dir(&c.hq)
         .args(&["--entitlement", "nope.1", "-o", s(&out)])
-        .fails("nothing to change");
+        .usage_fails("nothing to change");
     assert_eq!(snapshot(&c.hq), before);
 }
 

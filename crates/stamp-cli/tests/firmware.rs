@@ -618,20 +618,19 @@ fn bad_inputs_are_refused_with_clear_errors() {
         ],
         "zero bytes",
     );
-    sf(
-        &[
+    // A flag of the other format: a usage error (exit 2).
+    stamp(&hq.pass)
+        .args(&["hq", "sign-firmware", "--dir", s(&hq.dir), "--key", "k"])
+        .args(&[
             "--format",
             "esp32-sbv2",
             "--version",
             "2",
             "--security-counter",
             "1",
-            s(&app),
-            "-o",
-            s(&out),
-        ],
-        "mcuboot images only",
-    );
+        ])
+        .args(&[s(&app), "-o", s(&out)])
+        .usage_fails("mcuboot images only");
     let empty = hq.write("empty.bin", b"");
     sf(
         &["--format", "mcuboot", "--version", "2", s(&empty), "-o", s(&out)],

@@ -152,6 +152,16 @@ impl Stamp {
     /// Runs it and asserts that it failed with exit code 1 and an error (stderr, or stdout with
     /// `--json`) containing `needle`.
     pub fn fails(self, needle: &str) {
+        self.fails_with(1, needle);
+    }
+
+    /// Runs it and asserts a usage error: exit code 2 and an error containing `needle` (a
+    /// missing flag, or a malformed value found after parsing).
+    pub fn usage_fails(self, needle: &str) {
+        self.fails_with(2, needle);
+    }
+
+    fn fails_with(self, code: i32, needle: &str) {
         let argv = self.argv();
         let out = self.output();
         let text = String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
@@ -162,7 +172,7 @@ impl Stamp {
         );
         assert_eq!(
             out.status.code(),
-            Some(1),
+            Some(code),
             "error exit code of stamp {argv}:\n{text}"
         );
         assert!(

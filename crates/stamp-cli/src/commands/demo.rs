@@ -325,7 +325,7 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
             super::site::add_station::prepare_out_dir(&station_dir, false)?;
             let mut site = stamp_site::Site::open(&site_dir, keys(false)?)?;
             let creds = site.add_station("line-1", now())?;
-            super::site::add_station::write_station_files(&station_dir, &creds)?;
+            super::site::add_station::write_station_files(&station_dir, &creds, false)?;
             Ok(creds.name.clone())
         },
     )?;

@@ -45,12 +45,12 @@ pub struct Written {
 
 /// Runs `stamp hq cloud-verification-cert`.
 pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
-    crate::commands::check_output(&a.out, a.force)?;
     if a.ca != "root" {
-        return Err(crate::output::CliError::usage(
-            "HQ can prove only the OEM root (--ca root); a site issuing CA's key is at its site: run `stamp site cloud-verification-cert` there",
-        ));
+        anyhow::bail!(
+            "HQ can prove only the OEM root (--ca root); a site issuing CA's key is at its site: run `stamp site cloud-verification-cert` there"
+        );
     }
+    crate::commands::check_output(&a.out, a.force)?;
     let hq = stamp_hq::Hq::open(&a.dir, crate::commands::keys(g))?;
     let key = stamp_keys::device::generate(stamp_core::entitlement::DeviceKeyType::P256)?;
     let der = hq.root_verification_cert(&a.code, &key.spki_der, crate::commands::now())?;

@@ -40,22 +40,30 @@ struct Report {
     ca: PathBuf,
 }
 
-/// Writes a station's files into `out` (which must not hold a station key yet).
+/// Writes a station's files into `out` (replacing them only with `force`).
 pub fn write_station_files(
     out: &std::path::Path,
     creds: &stamp_site::stations::StationCredentials,
+    force: bool,
 ) -> anyhow::Result<(PathBuf, PathBuf, PathBuf)> {
     let key = out.join(STATION_KEY);
     let cert = out.join(STATION_CERT);
     let ca = out.join(STATION_CA);
     let key_pem = zeroize::Zeroizing::new(stamp_core::ceremony::pem("PRIVATE KEY", &creds.key_pkcs8));
-    stamp_store::write_atomic(&key, key_pem.as_bytes(), 0o600)?;
-    stamp_store::write_atomic(
+    let write = crate::commands::write_output;
+    write(&key, key_pem.as_bytes(), 0o600, force)?;
+    write(
         &cert,
         stamp_core::cert::to_pem(&creds.certificate).as_bytes(),
         0o644,
+        force,
     )?;
-    stamp_store::write_atomic(&ca, stamp_core::cert::to_pem(&creds.root).as_bytes(), 0o644)?;
+    write(
+        &ca,
+        stamp_core::cert::to_pem(&creds.root).as_bytes(),
+        0o644,
+        force,
+    )?;
     Ok((key, cert, ca))
 }
 
@@ -81,7 +89,7 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
     let pass = crate::commands::keys(g);
     let mut site = stamp_site::Site::open(&a.dir, pass)?;
     let creds = site.add_station(&a.name, crate::commands::now())?;
-    let (key, certificate, ca) = write_station_files(&a.out, &creds)?;
+    let (key, certificate, ca) = write_station_files(&a.out, &creds, a.force)?;
     let r = Report {
         name: creds.name.clone(),
         certificate_sha256: hex::encode(creds.cert_sha256),

@@ -82,14 +82,17 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
                 let base = a.out.join(stamp.device_serial.to_string());
                 let key_path = base.with_extension("key.pem");
                 let key_pem = zeroize::Zeroizing::new(stamp_core::ceremony::pem("PRIVATE KEY", &key.pkcs8));
-                stamp_store::write_atomic(&key_path, key_pem.as_bytes(), 0o600)?;
+                let write = crate::commands::write_output;
+                write(&key_path, key_pem.as_bytes(), 0o600, a.force)?;
                 let cert = base.with_extension("crt.pem");
-                stamp_store::write_atomic(
-                    &cert,
-                    stamp_core::cert::to_pem(&stamp.certificate).as_bytes(),
+                let pem = stamp_core::cert::to_pem(&stamp.certificate);
+                write(&cert, pem.as_bytes(), 0o644, a.force)?;
+                write(
+                    &base.with_extension("chain.pem"),
+                    chain_pem.as_bytes(),
                     0o644,
+                    a.force,
                 )?;
-                stamp_store::write_atomic(&base.with_extension("chain.pem"), chain_pem.as_bytes(), 0o644)?;
                 let secrets: BTreeMap<&String, String> = key
                     .secrets
                     .iter()
@@ -98,7 +101,12 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
                 let stamp_json =
                     serde_json::json!({ "stamp": &stamp, "hq_key_index": key.index, "secrets": secrets });
                 let stamp_path = base.with_extension("stamp.json");
-                stamp_store::write_atomic(&stamp_path, &serde_json::to_vec_pretty(&stamp_json)?, 0o600)?;
+                write(
+                    &stamp_path,
+                    &serde_json::to_vec_pretty(&stamp_json)?,
+                    0o600,
+                    a.force,
+                )?;
                 handed.push(Handed {
                     device_serial: stamp.device_serial,
                     key_index: key.index,

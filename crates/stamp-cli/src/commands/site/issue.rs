@@ -145,8 +145,15 @@ fn stem(p: &Path) -> String {
 /// Runs `stamp site issue`.
 pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
     let files = csr_files(&a.csr)?;
+    let mut names = std::collections::BTreeSet::new();
     for f in &files {
         let name = stem(f);
+        if !names.insert(name.clone()) {
+            return Err(crate::output::CliError::usage(format!(
+                "two CSR files are named {name} (the certificates of both would be {}): rename one",
+                a.out.join(format!("{name}.crt.pem")).display()
+            )));
+        }
         for ext in ["crt.pem", "chain.pem", "stamp.json"] {
             crate::commands::check_output(&a.out.join(format!("{name}.{ext}")), a.force)?;
         }
@@ -205,21 +212,13 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
                             let name = stem(file);
                             let cert = a.out.join(format!("{name}.crt.pem"));
                             let stamp_path = a.out.join(format!("{name}.stamp.json"));
-                            stamp_store::write_atomic(
-                                &cert,
-                                stamp_core::cert::to_pem(&stamp.certificate).as_bytes(),
-                                0o644,
-                            )?;
-                            stamp_store::write_atomic(
-                                &a.out.join(format!("{name}.chain.pem")),
-                                chain_pem.as_bytes(),
-                                0o644,
-                            )?;
-                            stamp_store::write_atomic(
-                                &stamp_path,
-                                &serde_json::to_vec_pretty(&stamp)?,
-                                0o644,
-                            )?;
+                            let write = crate::commands::write_output;
+                            let pem = stamp_core::cert::to_pem(&stamp.certificate);
+                            write(&cert, pem.as_bytes(), 0o644, a.force)?;
+                            let chain = a.out.join(format!("{name}.chain.pem"));
+                            write(&chain, chain_pem.as_bytes(), 0o644, a.force)?;
+                            let json = serde_json::to_vec_pretty(&stamp)?;
+                            write(&stamp_path, &json, 0o644, a.force)?;
                             Ok(Ok(Issued {
                                 csr: file.clone(),
                                 device_serial: stamp.device_serial,
