@@ -433,6 +433,16 @@ fn unknown_names_are_refused_up_front() {
         "unknown-entitlement",
     );
     assert!(v["error"].as_str().unwrap().contains("nope.1"), "{v}");
+    // Nor does a hand-out under an entitlement the site does not have, and it makes no directory.
+    let out = c.tmp.path().join("keys");
+    refused_with(
+        c.stamp()
+            .site("hand-out")
+            .dir(&c.site)
+            .args(&["--entitlement", "nope.1", "-o", s(&out)]),
+        "unknown-entitlement",
+    );
+    assert!(!out.exists());
     // HQ's device list of a site it never enrolled is an error, not "no devices".
     refused_with(
         stamp_bare().hq("devices").dir(&c.hq).args(&["--site", "nosuch"]),

@@ -98,8 +98,8 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
                 outln!("Publish a new OEM root CRL for X.509 verifiers: stamp hq crl --dir {hq} -o root.crl")?
             }
             None => outln!(
-                "Not revoked at the site (its CRL): that needs the entitlement update \
-                 `stamp hq revoke-device --dir {hq} ... --reason TEXT --site-update FILE` writes"
+                "Not carried to the site: only a revocation made with --site-update FILE reaches \
+                 the site's CRL (stamp site import --dir SITE_DIR FILE, then stamp site crl)"
             )?,
         }
         Ok(())

@@ -60,14 +60,15 @@ struct Report {
 /// Runs `stamp site hand-out`.
 pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
     crate::commands::check_output_dir(&a.out, a.force)?;
+    let pass = crate::commands::keys(g);
+    let site = stamp_site::Site::open(&a.dir, pass)?;
+    super::require_entitlement(&site, &a.entitlement, &a.dir)?;
     let mut builder = std::fs::DirBuilder::new();
     builder.recursive(true);
     std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
     builder
         .create(&a.out)
         .with_context(|| format!("cannot create {}", a.out.display()))?;
-    let pass = crate::commands::keys(g);
-    let site = stamp_site::Site::open(&a.dir, pass)?;
     let engine = Engine::start(&site)?;
     let chain_pem: String = engine
         .chain()

@@ -160,16 +160,7 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
     }
     let pass = crate::commands::keys(g);
     let site = stamp_site::Site::open(&a.dir, pass)?;
-    if site.store().grant(&a.entitlement)?.is_none() {
-        return Err(crate::output::CliError::refusal(
-            "unknown-entitlement",
-            format!(
-                "the site has no entitlement {}; see `stamp site status --dir {}` for the ones it imported",
-                a.entitlement,
-                a.dir.display()
-            ),
-        ));
-    }
+    super::require_entitlement(&site, &a.entitlement, &a.dir)?;
     let created_out = !a.out.exists();
     std::fs::create_dir_all(&a.out).with_context(|| format!("cannot create {}", a.out.display()))?;
     let engine = Engine::start(&site)?;

@@ -104,16 +104,7 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
     let pass = crate::commands::keys(g);
     let site = stamp_site::Site::open(&dir, pass)?;
     if let Some(id) = config.default_entitlement() {
-        if site.store().grant(id)?.is_none() {
-            return Err(crate::output::CliError::refusal(
-                "unknown-entitlement",
-                format!(
-                    "the default entitlement {id} is not one the site imported; import it first \
-                     (stamp site import) or give one `stamp site status --dir {}` lists",
-                    dir.display()
-                ),
-            ));
-        }
+        super::require_entitlement(&site, id, &dir)?;
     }
     let names = config.server_names.clone();
     let server = Server::new(site, config)?;
