@@ -668,8 +668,8 @@ fn gateway_admits_genuine_refuses_counterfeit_and_flags_concurrent_use() {
         let o = stamp(&w.c.pass)
             .arg("--json")
             .device("connect")
-            .args(&["--stamp", s(dir), "--name", name, "--key", s(key)])
-            .args(&["--gateway", &server, "--ca", s(&ca)])
+            .args(&["--stamp", s(dir), "--name", name, "--key-file", s(key)])
+            .args(&["--gateway", &server, "--ca-file", s(&ca)])
             .args(extra)
             .output();
         let v: serde_json::Value = serde_json::from_slice(&o.stdout)
@@ -719,8 +719,13 @@ fn gateway_admits_genuine_refuses_counterfeit_and_flags_concurrent_use() {
         .arg("--json")
         .device("connect")
         .args(&["--stamp", s(&a_out), "--name", "d0002"])
-        .args(&["--key", s(&a_keys.join("d0002.key.pem")), "--gateway", &server])
-        .args(&["--ca", s(&ca), "--hold", "4"])
+        .args(&[
+            "--key-file",
+            s(&a_keys.join("d0002.key.pem")),
+            "--gateway",
+            &server,
+        ])
+        .args(&["--ca-file", s(&ca), "--hold", "4"])
         .command()
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -1510,8 +1515,8 @@ fn connect(w: &World, gw: &Gw, cert: &Path, key: &Path) -> (Option<i32>, serde_j
     let o = stamp(&w.c.pass)
         .arg("--json")
         .device("connect")
-        .args(&["--stamp", s(dir), "--name", name, "--key", s(key)])
-        .args(&["--gateway", &gw.server, "--ca", s(&gw.ca)])
+        .args(&["--stamp", s(dir), "--name", name, "--key-file", s(key)])
+        .args(&["--gateway", &gw.server, "--ca-file", s(&gw.ca)])
         .output();
     let v = serde_json::from_slice(&o.stdout)
         .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&o.stderr)));

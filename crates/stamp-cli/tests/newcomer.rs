@@ -493,7 +493,14 @@ fn each_flag_means_one_thing() {
     // --server is the site service's URL (device simulate); the gateway is --gateway HOST:PORT.
     let o = stamp_bare()
         .device("connect")
-        .args(&["--stamp", "d", "--server", "localhost:8883", "--ca", "ca.pem"])
+        .args(&[
+            "--stamp",
+            "d",
+            "--server",
+            "localhost:8883",
+            "--ca-file",
+            "ca.pem",
+        ])
         .output();
     assert_eq!(o.status.code(), Some(2));
     let help = String::from_utf8_lossy(
@@ -511,10 +518,18 @@ fn each_flag_means_one_thing() {
         .args(&["--server", "https://127.0.0.1:1", "--station", "st", "-o", "d"])
         .output();
     assert_eq!(o.status.code(), Some(2));
+    // --key is a firmware key's name; key and CA files are --key-file and --ca-file, the
+    // simulator's key type --key-type.
     for (cmd, flag) in [
         (["device", "simulate"], "--station-dir <DIR>"),
         (["site", "issue"], "--station <NAME>"),
         (["site", "hand-out"], "--station <NAME>"),
+        (["device", "simulate"], "--key-type <TYPE>"),
+        (["device", "connect"], "--key-file <FILE>"),
+        (["device", "connect"], "--ca-file <FILE>"),
+        (["device", "verify-firmware"], "--key-file <PUBKEY.pem>"),
+        (["hq", "sign-firmware"], "--key <NAME>"),
+        (["hq", "firmware-key-digest"], "--key <NAME>"),
     ] {
         let help =
             String::from_utf8_lossy(&stamp_bare().args(&cmd).arg("--help").output().stdout).into_owned();

@@ -1142,7 +1142,7 @@ fn the_simulator_provisions_thousands_over_est_and_json() {
         let v = stamp(&c.pass)
             .device("simulate")
             .args(&["--server", &svc.url, "--station-dir", s(&st), "--count", n])
-            .args(&["--concurrency", "16", "--protocol", protocol, "--key", key])
+            .args(&["--concurrency", "16", "--protocol", protocol, "--key-type", key])
             .args(&["-o", s(&out)])
             .json();
         let n: u64 = n.parse().unwrap();
@@ -1463,7 +1463,7 @@ fn demo_runs_the_whole_flow() {
                 s(dir),
                 "--gateway",
                 &format!("localhost:{port}"),
-                "--ca",
+                "--ca-file",
                 s(&gw_cert),
             ])
             .output();

@@ -27,8 +27,8 @@ pub struct Args {
     #[arg(long, value_name = "C", default_value = "16")]
     concurrency: usize,
     /// Device key type.
-    #[arg(long, value_enum, default_value = "p256")]
-    key: KeyArg,
+    #[arg(long, value_enum, value_name = "TYPE", default_value = "p256")]
+    key_type: KeyArg,
     /// Enrollment protocol.
     #[arg(long, value_enum, default_value = "est")]
     protocol: ProtocolArg,
@@ -117,7 +117,7 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
         station_dir: a.station_dir,
         count: a.count,
         concurrency: a.concurrency,
-        key: match a.key {
+        key: match a.key_type {
             KeyArg::P256 => SimKey::P256,
             KeyArg::P384 => SimKey::P384,
             KeyArg::Ed25519 => SimKey::Ed25519,

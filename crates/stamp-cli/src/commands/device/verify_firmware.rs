@@ -23,7 +23,7 @@ pub struct Args {
     format: FormatArg,
     /// The firmware public key (PEM PUBLIC KEY, e.g. HQ/certs/firmware-NAME.pub.pem).
     #[arg(long, value_name = "PUBKEY.pem")]
-    key: PathBuf,
+    key_file: PathBuf,
     /// Refuse images older than this.
     #[arg(long, value_name = "VERSION")]
     min_version: Option<String>,
@@ -34,9 +34,9 @@ pub struct Args {
 
 /// Runs `stamp device verify-firmware`.
 pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
-    let pem = crate::commands::read_bounded(&a.key, 16 * 1024)?;
+    let pem = crate::commands::read_bounded(&a.key_file, 16 * 1024)?;
     let key = FirmwareKey::from_pem(&String::from_utf8_lossy(&pem))
-        .with_context(|| format!("cannot use {} as a firmware key", a.key.display()))?;
+        .with_context(|| format!("cannot use {} as a firmware key", a.key_file.display()))?;
     let image = crate::commands::read_bounded(&a.image, MAX_IMAGE_LEN)?;
     let what = format!("{} is not a valid signed image for this key", a.image.display());
     let result = match a.format {
@@ -63,7 +63,7 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
         outln!(
             "OK: {} is signed by {} ({})",
             a.image.display(),
-            a.key.display(),
+            a.key_file.display(),
             key.algorithm().name()
         )?;
         let img = &result["image"];
