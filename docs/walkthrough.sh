@@ -27,8 +27,10 @@ REQUEST=$("$STAMP" --json site init --dir site --site-id shenzhen-1 -o request.j
     | field request_fingerprint)
 
 # At HQ: check the request (its fingerprint must be the one the site read out) and issue the
-# site's certificates. A lost credentials file is written again with `hq export-credentials`.
+# site's certificates. A lost credentials file is written again, byte-identical, from HQ's records.
 "$STAMP" hq enroll-site --dir hq request.json -o credentials.json --fingerprint "$REQUEST"
+"$STAMP" hq export-credentials --dir hq --site shenzhen-1 -o credentials-again.json
+cmp credentials.json credentials-again.json
 
 # At the factory: install the credentials, pinning the root fingerprint HQ gave you.
 "$STAMP" site install --dir site credentials.json --root-fingerprint "$ROOT"
