@@ -578,18 +578,18 @@ fn bad_inputs_are_refused_with_clear_errors() {
         &["--format", "mcuboot", "--key-file", s(&app), s(&signed)],
         "cannot use",
     );
-    v(
-        &[
+    // A malformed --min-version: a usage error (exit 2).
+    stamp(&hq.pass)
+        .args(&[
+            "device",
+            "verify-firmware",
             "--format",
             "mcuboot",
             "--key-file",
             s(&pk),
-            "--min-version",
-            "one",
-            s(&signed),
-        ],
-        "invalid version",
-    );
+        ])
+        .args(&["--min-version", "one", s(&signed)])
+        .usage_fails("invalid version");
     v(
         &["--format", "esp32-sbv2", "--key-file", s(&pk), s(&signed)],
         "not a valid signed image",

@@ -41,7 +41,14 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
     let what = format!("{} is not a valid signed image for this key", a.image.display());
     let result = match a.format {
         FormatArg::Mcuboot => {
-            let min = a.min_version.as_deref().map(str::parse::<Version>).transpose()?;
+            let min = a
+                .min_version
+                .as_deref()
+                .map(|s| {
+                    s.parse::<Version>()
+                        .map_err(|e| crate::output::CliError::usage(format!("--min-version {s:?}: {e}")))
+                })
+                .transpose()?;
             let v = mcuboot::verify(&image, &key, min).context(what)?;
             serde_json::json!({ "format": "mcuboot", "valid": true, "image": v })
         }
@@ -51,7 +58,9 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
                 .as_deref()
                 .map(|s| {
                     s.parse::<u32>().map_err(|_| {
-                        anyhow::anyhow!("--min-version for esp32-sbv2 is a secure_version number, not {s:?}")
+                        crate::output::CliError::usage(format!(
+                            "--min-version for esp32-sbv2 is a secure_version number, not {s:?}"
+                        ))
                     })
                 })
                 .transpose()?;
