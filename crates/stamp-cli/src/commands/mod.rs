@@ -133,6 +133,8 @@ pub fn write_output(path: &Path, data: &[u8], mode: u32, force: bool) -> anyhow:
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    // A temporary file of this name is one a crashed run of this process id left.
+    let _ = std::fs::remove_file(&tmp);
     let written = (|| {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
