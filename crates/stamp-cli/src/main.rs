@@ -12,6 +12,7 @@
 mod output;
 mod commands;
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -80,8 +81,50 @@ pub struct Globals {
     pub pkcs11_pin_file: Option<PathBuf>,
 }
 
+/// Whether the command line asks for `--json` (before any `--`), for reporting a usage error the
+/// parser found before it could say so.
+fn wants_json() -> bool {
+    std::env::args_os()
+        .skip(1)
+        .take_while(|a| a != "--")
+        .any(|a| a == "--json")
+}
+
+/// Parses the command line. A usage error is reported as clap reports it, or with `--json` as
+/// one JSON object (`{"error", "code": "usage"}`) on stdout; both exit with status 2. `--help`
+/// and `--version` print as usual.
+fn parse() -> Result<Cli, ExitCode> {
+    match Cli::try_parse() {
+        Ok(cli) => Ok(cli),
+        Err(e) if e.use_stderr() && wants_json() => {
+            let rendered = e.render().to_string();
+            let (message, rest) = rendered.split_once("\n\nUsage:").unwrap_or((&rendered, ""));
+            let message = message
+                .trim_start_matches("error: ")
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ");
+            let mut v = serde_json::json!({ "error": message, "code": output::USAGE, "causes": [] });
+            if let Some(usage) = rest.lines().next().filter(|u| !u.trim().is_empty()) {
+                v["usage"] = serde_json::Value::from(usage.trim());
+            }
+            let _ = writeln!(std::io::stdout().lock(), "{v}");
+            Err(ExitCode::from(output::USAGE_EXIT))
+        }
+        Err(e) => {
+            let _ = e.print();
+            Err(ExitCode::from(
+                u8::try_from(e.exit_code()).unwrap_or(output::USAGE_EXIT),
+            ))
+        }
+    }
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match parse() {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
     let globals = Globals {
         json: cli.json,
         passphrase_file: cli.passphrase_file,
@@ -104,7 +147,11 @@ fn main() -> ExitCode {
         Err(e) if output::is_closed_stdout(&e) => ExitCode::from(output::CLOSED_STDOUT_EXIT),
         Err(e) => {
             output::error(globals.json, &e);
-            ExitCode::FAILURE
+            if output::is_usage(&e) {
+                ExitCode::from(output::USAGE_EXIT)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

@@ -125,11 +125,58 @@ impl std::fmt::Display for AlreadyReported {
 
 impl std::error::Error for AlreadyReported {}
 
-/// The stable code of the first error in the chain that has one (HQ, site, engine, package and
-/// bundle errors), for scripts.
+/// An error the command line itself finds, with a stable code: a usage error (a malformed value
+/// found after parsing, exit status 2, code `usage`), or a refusal before any work is done
+/// (`output-exists`, `unknown-entitlement`, ...; exit status 1).
+#[derive(Debug)]
+pub struct CliError {
+    /// The stable code (`--json` prints it as `code`).
+    pub code: &'static str,
+    /// What went wrong and what to do.
+    pub message: String,
+}
+
+impl CliError {
+    /// A malformed or missing value the parser could not catch: exit status 2.
+    pub fn usage(message: impl Into<String>) -> anyhow::Error {
+        Self::refusal(USAGE, message)
+    }
+
+    /// A refusal with a stable code: exit status 1.
+    pub fn refusal(code: &'static str, message: impl Into<String>) -> anyhow::Error {
+        anyhow::Error::new(CliError {
+            code,
+            message: message.into(),
+        })
+    }
+}
+
+/// The code of a usage error (exit status 2).
+pub const USAGE: &str = "usage";
+
+/// Exit status of a usage error.
+pub const USAGE_EXIT: u8 = 2;
+
+impl std::fmt::Display for CliError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for CliError {}
+
+/// Whether `e` is a usage error (exit status 2).
+pub fn is_usage(e: &anyhow::Error) -> bool {
+    code(e) == Some(USAGE)
+}
+
+/// The stable code of the first error in the chain that has one (command-line, HQ, site, engine,
+/// package and bundle errors), for scripts.
 pub fn code(e: &anyhow::Error) -> Option<&'static str> {
     e.chain().find_map(|c| {
-        if let Some(x) = c.downcast_ref::<stamp_hq::HqError>() {
+        if let Some(x) = c.downcast_ref::<CliError>() {
+            Some(x.code)
+        } else if let Some(x) = c.downcast_ref::<stamp_hq::HqError>() {
             Some(x.code())
         } else if let Some(x) = c.downcast_ref::<stamp_site::SiteError>() {
             Some(x.code())

@@ -314,13 +314,15 @@ fn tampered_credentials_are_refused() {
         &["--root-fingerprint", &other_fp],
         "does not match the pinned",
     );
-    install_fails(
-        &c,
-        &c.site,
-        &c.credentials,
-        &["--root-fingerprint", "12:34"],
-        "64 hex digits",
-    );
+    // A malformed pin: a usage error (exit 2), nothing stored.
+    let before = snapshot(&c.site);
+    stamp(&c.pass)
+        .site("install")
+        .dir(&c.site)
+        .arg(&c.credentials)
+        .args(&["--root-fingerprint", "12:34"])
+        .usage_fails("64 hex digits");
+    assert_eq!(snapshot(&c.site), before);
     // No pin, no terminal, no --yes: refused, nothing stored.
     install_fails(&c, &c.site, &c.credentials, &["--json"], "--root-fingerprint");
     // Truncated, trailing bytes, extra fields, wrong version.
@@ -386,7 +388,7 @@ fn json_errors_are_machine_readable() {
         .hq("enroll-site")
         .dir(&c.hq)
         .arg(&c.request)
-        .args(&["-o", "/tmp/x"])
+        .args(&["-o", s(&c.tmp.path().join("again.json"))])
         .arg("--yes")
         .output();
     assert_eq!(out.status.code(), Some(1));

@@ -608,7 +608,12 @@ fn exports_and_verification_certificates_check_with_independent_tools() {
     stamp(&w.c.pass)
         .site("cloud-verification-cert")
         .dir(&w.c.site)
-        .args(&["--code", "bad code!", "-o", s(&root_ver)])
+        .args(&[
+            "--code",
+            "bad code!",
+            "-o",
+            s(&w.c.tmp.path().join("bad-ver.pem")),
+        ])
         .fails_with("verification-cert");
     // The verification certificate is no device: the verifier refuses it.
     let (code, v) = verify(&w, &w.registry, &site_ver, &[]);
@@ -666,8 +671,8 @@ fn gateway_admits_genuine_refuses_counterfeit_and_flags_concurrent_use() {
         let o = stamp(&w.c.pass)
             .arg("--json")
             .device("connect")
-            .args(&["--stamp", s(dir), "--name", name, "--key", s(key)])
-            .args(&["--server", &server, "--ca", s(&ca)])
+            .args(&["--stamp", s(dir), "--name", name, "--key-file", s(key)])
+            .args(&["--gateway", &server, "--ca-file", s(&ca)])
             .args(extra)
             .output();
         let v: serde_json::Value = serde_json::from_slice(&o.stdout)
@@ -740,8 +745,13 @@ fn gateway_admits_genuine_refuses_counterfeit_and_flags_concurrent_use() {
         .arg("--json")
         .device("connect")
         .args(&["--stamp", s(&a_out), "--name", "d0002"])
-        .args(&["--key", s(&a_keys.join("d0002.key.pem")), "--server", &server])
-        .args(&["--ca", s(&ca), "--hold", "4"])
+        .args(&[
+            "--key-file",
+            s(&a_keys.join("d0002.key.pem")),
+            "--gateway",
+            &server,
+        ])
+        .args(&["--ca-file", s(&ca), "--hold", "4"])
         .command()
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -772,10 +782,12 @@ fn gateway_admits_genuine_refuses_counterfeit_and_flags_concurrent_use() {
         .dir(&w.c.hq)
         .args(&["--serial", &serial, "--reason", "stolen"])
         .json();
+    // The new registry replaces the one the gateway reads (--force: an output is never
+    // replaced without it).
     stamp(&w.c.pass)
         .hq("export")
         .dir(&w.c.hq)
-        .args(&["--format", "registry", "-o", s(&w.registry)])
+        .args(&["--format", "registry", "-o", s(&w.registry), "--force"])
         .json();
     let mut refused = None;
     for _ in 0..50 {
@@ -1604,8 +1616,8 @@ fn connect(w: &World, gw: &Gw, cert: &Path, key: &Path) -> (Option<i32>, serde_j
     let o = stamp(&w.c.pass)
         .arg("--json")
         .device("connect")
-        .args(&["--stamp", s(dir), "--name", name, "--key", s(key)])
-        .args(&["--server", &gw.server, "--ca", s(&gw.ca)])
+        .args(&["--stamp", s(dir), "--name", name, "--key-file", s(key)])
+        .args(&["--gateway", &gw.server, "--ca-file", s(&gw.ca)])
         .output();
     let v = serde_json::from_slice(&o.stdout)
         .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&o.stderr)));

@@ -284,7 +284,7 @@ fn hq_refuses_bad_entitlement_requests_without_changing_anything() {
         .hq("amend")
         .dir(&c.hq)
         .args(&["--entitlement", "nope.1", "-o", s(&out)])
-        .fails("nothing to change");
+        .usage_fails("nothing to change");
     assert_eq!(snapshot(&c.hq), before);
 }
 
@@ -642,7 +642,7 @@ fn hq_re_exports_a_sealed_package_byte_identical() {
     ];
     stamp(&c.pass)
         .args(&by_id)
-        .fails("already exists; choose another file or give --force");
+        .fails("already exists; choose another path, or give --force");
     std::fs::write(&again, b"something else").unwrap();
     let mut forced = by_id.to_vec();
     forced.push("--force");

@@ -72,7 +72,14 @@ fn espsecure_accepts(key: &Path, image: &Path) -> bool {
 }
 
 fn stamp_accepts(pass: &Path, format: &str, key: &Path, image: &Path, min: Option<&str>) -> bool {
-    let mut args = vec!["device", "verify-firmware", "--format", format, "--key", s(key)];
+    let mut args = vec![
+        "device",
+        "verify-firmware",
+        "--format",
+        format,
+        "--key-file",
+        s(key),
+    ];
     if let Some(m) = min {
         args.extend(["--min-version", m]);
     }
@@ -206,7 +213,7 @@ fn mcuboot_images_pass_imgtool_and_stamp_and_tampering_fails_both() {
         assert!(stamp_accepts(&hq.pass, "mcuboot", &pk, &out, Some("1.4.2")));
         let v = stamp(&hq.pass)
             .device("verify-firmware")
-            .args(&["--format", "mcuboot", "--key", s(&pk), s(&out)])
+            .args(&["--format", "mcuboot", "--key-file", s(&pk), s(&out)])
             .json();
         assert_eq!(v["image"]["version"], "1.4.2+77");
         assert_eq!(v["image"]["image_hash"], r["image_digest"]);
@@ -311,7 +318,7 @@ fn stamp_and_imgtool_build_the_same_images() {
     assert_eq!(std::fs::read(&mine).unwrap(), std::fs::read(&theirs).unwrap());
     let v = stamp(&hq.pass)
         .device("verify-firmware")
-        .args(&["--format", "mcuboot", "--key", s(&pubkey(&key)), s(&mine)])
+        .args(&["--format", "mcuboot", "--key-file", s(&pubkey(&key)), s(&mine)])
         .json();
     assert_eq!(v["image"]["security_counter"], 42);
     assert_eq!(v["image"]["load_addr"], 0x2000_0000);
@@ -468,7 +475,7 @@ fn esp32_images_pass_espsecure_and_stamp_and_tampering_fails_both() {
         let v = stamp(&hq.pass)
             .device("verify-firmware")
             .args(&["--format", "esp32-sbv2"])
-            .args(&["--key", s(&pubkey(key)), s(&multi)])
+            .args(&["--key-file", s(&pubkey(key)), s(&multi)])
             .json();
         assert_eq!(v["image"]["block"], i);
     }
@@ -568,31 +575,37 @@ fn bad_inputs_are_refused_with_clear_errors() {
         stamp(&hq.pass).args(&all).fails(needle);
     };
     v(
-        &["--format", "mcuboot", "--key", s(&app), s(&signed)],
+        &["--format", "mcuboot", "--key-file", s(&app), s(&signed)],
         "cannot use",
+    );
+    // A malformed --min-version: a usage error (exit 2).
+    stamp(&hq.pass)
+        .args(&[
+            "device",
+            "verify-firmware",
+            "--format",
+            "mcuboot",
+            "--key-file",
+            s(&pk),
+        ])
+        .args(&["--min-version", "one", s(&signed)])
+        .usage_fails("invalid version");
+    v(
+        &["--format", "esp32-sbv2", "--key-file", s(&pk), s(&signed)],
+        "not a valid signed image",
+    );
+    v(
+        &["--format", "mcuboot", "--key-file", s(&pk), s(&app)],
+        "no MCUboot image magic",
     );
     v(
         &[
             "--format",
             "mcuboot",
-            "--key",
+            "--key-file",
             s(&pk),
-            "--min-version",
-            "one",
-            s(&signed),
+            s(&hq.path("missing.bin")),
         ],
-        "invalid version",
-    );
-    v(
-        &["--format", "esp32-sbv2", "--key", s(&pk), s(&signed)],
-        "not a valid signed image",
-    );
-    v(
-        &["--format", "mcuboot", "--key", s(&pk), s(&app)],
-        "no MCUboot image magic",
-    );
-    v(
-        &["--format", "mcuboot", "--key", s(&pk), s(&hq.path("missing.bin"))],
         "cannot open",
     );
     let sf = |args: &[&str], needle: &str| {
@@ -618,20 +631,19 @@ fn bad_inputs_are_refused_with_clear_errors() {
         ],
         "zero bytes",
     );
-    sf(
-        &[
+    // A flag of the other format: a usage error (exit 2).
+    stamp(&hq.pass)
+        .args(&["hq", "sign-firmware", "--dir", s(&hq.dir), "--key", "k"])
+        .args(&[
             "--format",
             "esp32-sbv2",
             "--version",
             "2",
             "--security-counter",
             "1",
-            s(&app),
-            "-o",
-            s(&out),
-        ],
-        "mcuboot images only",
-    );
+        ])
+        .args(&[s(&app), "-o", s(&out)])
+        .usage_fails("mcuboot images only");
     let empty = hq.write("empty.bin", b"");
     sf(
         &["--format", "mcuboot", "--version", "2", s(&empty), "-o", s(&out)],

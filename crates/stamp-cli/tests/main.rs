@@ -19,6 +19,7 @@ mod cloud;
 mod entitlements;
 mod firmware;
 mod issuance;
+mod newcomer;
 mod ops;
 mod pkcs11;
 mod pkilint;

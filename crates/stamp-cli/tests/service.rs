@@ -776,7 +776,7 @@ fn station_files_are_what_a_station_needs() {
         .site("add-station")
         .dir(&c.site)
         .args(&["--name", "line-9", "-o", s(&st)])
-        .fails("already holds a station key");
+        .fails("station.key already exists");
     stamp(&c.pass)
         .site("revoke-station")
         .dir(&c.site)
@@ -1148,8 +1148,8 @@ fn the_simulator_provisions_thousands_over_est_and_json() {
         let out = c.tmp.path().join(format!("devices-{protocol}-{key}"));
         let v = stamp(&c.pass)
             .device("simulate")
-            .args(&["--server", &svc.url, "--station", s(&st), "--count", n])
-            .args(&["--concurrency", "16", "--protocol", protocol, "--key", key])
+            .args(&["--server", &svc.url, "--station-dir", s(&st), "--count", n])
+            .args(&["--concurrency", "16", "--protocol", protocol, "--key-type", key])
             .args(&["-o", s(&out)])
             .json();
         let n: u64 = n.parse().unwrap();
@@ -1190,7 +1190,7 @@ fn the_simulator_provisions_thousands_over_est_and_json() {
     let o = stamp(&c.pass)
         .arg("--json")
         .device("simulate")
-        .args(&["--server", &svc.url, "--station", s(&st), "--count", "100"])
+        .args(&["--server", &svc.url, "--station-dir", s(&st), "--count", "100"])
         .args(&["--protocol", "json", "-o", s(&c.tmp.path().join("over"))])
         .output();
     assert_eq!(o.status.code(), Some(1));
@@ -1469,9 +1469,9 @@ fn demo_runs_the_whole_flow() {
             .args(&[
                 "--stamp",
                 s(dir),
-                "--server",
+                "--gateway",
                 &format!("localhost:{port}"),
-                "--ca",
+                "--ca-file",
                 s(&gw_cert),
             ])
             .output();

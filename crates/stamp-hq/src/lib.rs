@@ -26,7 +26,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
-use stamp_core::ceremony::{self, CeremonyError, SiteCredentials, SiteRequest, VerifiedSiteRequest};
+use stamp_core::ceremony::{self, CeremonyError, SiteRequest, VerifiedSiteRequest};
 use stamp_core::csr::KeyType;
 use stamp_core::key::{KeyAgreementAlgorithm, SignatureAlgorithm};
 use stamp_core::profile::{self, Holder, Profile, ProfileError, Serial, Validity};
@@ -494,21 +494,9 @@ impl Hq {
             )?;
             issued.push((profile, der));
         }
-        let (_, hq_sign) = self.store.own_key(Profile::HqAuthoritySigning)?;
-        let (_, hq_ka) = self.store.own_key(Profile::HqAuthorityKeyAgreement)?;
-        let pem = cert::to_pem;
-        let creds = SiteCredentials {
-            format: ceremony::CREDENTIALS_FORMAT.to_owned(),
-            version: 1,
-            site_id: site.clone(),
-            request_fingerprint: short.clone(),
-            oem_root: pem(&root_der),
-            hq_authority_signing: pem(&hq_sign),
-            hq_authority_key_agreement: pem(&hq_ka),
-            site_identity_signing: pem(&issued[0].1),
-            site_identity_key_agreement: pem(&issued[1].1),
-            site_issuing_ca: pem(&issued[2].1),
-        };
+        let creds =
+            self.store
+                .credentials(site, short.clone(), [&issued[0].1, &issued[1].1, &issued[2].1])?;
         // The credentials file first; then the database in one transaction; if that fails the
         // file is removed again, so a failure leaves neither.
         stamp_store::write_atomic(out, &creds.to_json(), 0o644)?;

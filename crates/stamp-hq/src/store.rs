@@ -7,6 +7,7 @@
 use std::path::Path;
 
 use rusqlite::{params, OptionalExtension};
+use stamp_core::ceremony::SiteCredentials;
 use stamp_core::fingerprint;
 use stamp_core::profile::Profile;
 use stamp_core::SiteId;
@@ -177,6 +178,57 @@ impl HqStore {
             }
             Ok(())
         })?)
+    }
+
+    /// The credentials file of a site: HQ's certificates and the site's three certificates
+    /// (identity signing, identity key agreement, issuing CA, in that order), and the request's
+    /// short fingerprint.
+    pub(crate) fn credentials(
+        &self,
+        site: &SiteId,
+        request_fingerprint: String,
+        site_certs: [&[u8]; 3],
+    ) -> Result<SiteCredentials, HqError> {
+        let (_, root) = self.own_key(Profile::OemRoot)?;
+        let (_, hq_sign) = self.own_key(Profile::HqAuthoritySigning)?;
+        let (_, hq_ka) = self.own_key(Profile::HqAuthorityKeyAgreement)?;
+        let pem = stamp_core::cert::to_pem;
+        Ok(SiteCredentials {
+            format: stamp_core::ceremony::CREDENTIALS_FORMAT.to_owned(),
+            version: 1,
+            site_id: site.clone(),
+            request_fingerprint,
+            oem_root: pem(&root),
+            hq_authority_signing: pem(&hq_sign),
+            hq_authority_key_agreement: pem(&hq_ka),
+            site_identity_signing: pem(site_certs[0]),
+            site_identity_key_agreement: pem(site_certs[1]),
+            site_issuing_ca: pem(site_certs[2]),
+        })
+    }
+
+    /// An enrolled site's credentials file again, from HQ's records (`stamp hq
+    /// export-credentials`): the same bytes `stamp hq enroll-site` wrote, for a file that was
+    /// lost before the site installed it. It holds certificates only, no secret.
+    pub fn site_credentials(&self, site: &SiteId) -> Result<SiteCredentials, HqError> {
+        let sha: Option<Vec<u8>> = self
+            .db
+            .conn()
+            .query_row(
+                "SELECT request_sha256 FROM sites WHERE site_id = ?1",
+                [site.as_str()],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.db.err(e))?;
+        let sha = sha.ok_or_else(|| HqError::UnknownSite(site.clone()))?;
+        let sha: [u8; 32] = sha.try_into().map_err(|_| HqError::UnknownSite(site.clone()))?;
+        let certs = [
+            self.site_certificate(site, Profile::SiteIdentitySigning)?,
+            self.site_certificate(site, Profile::SiteIdentityKeyAgreement)?,
+            self.site_certificate(site, Profile::SiteIssuingCa)?,
+        ];
+        self.credentials(site, fingerprint::short(&sha), [&certs[0], &certs[1], &certs[2]])
     }
 
     /// Enrolled sites with their enrollment time, in ID order.

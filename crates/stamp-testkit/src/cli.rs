@@ -175,6 +175,16 @@ impl Stamp {
     /// `--json`) containing `needle`: for errors that have no stable code of their own (usage
     /// errors, and the text of hints).
     pub fn fails(self, needle: &str) {
+        self.fails_exit(1, needle);
+    }
+
+    /// Runs it and asserts a usage error: exit code 2 and an error containing `needle` (a
+    /// missing flag, or a malformed value found after parsing).
+    pub fn usage_fails(self, needle: &str) {
+        self.fails_exit(2, needle);
+    }
+
+    fn fails_exit(self, code: i32, needle: &str) {
         let argv = self.argv();
         let out = self.output();
         let text = String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
@@ -185,7 +195,7 @@ impl Stamp {
         );
         assert_eq!(
             out.status.code(),
-            Some(1),
+            Some(code),
             "error exit code of stamp {argv}:\n{text}"
         );
         assert!(

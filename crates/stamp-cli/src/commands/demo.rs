@@ -325,10 +325,10 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
     let station = n.step(
         "Site: add line station line-1 (its TLS key and station certificate)",
         || {
-            super::site::add_station::prepare_out_dir(&station_dir)?;
+            super::site::add_station::prepare_out_dir(&station_dir, false)?;
             let mut site = stamp_site::Site::open(&site_dir, keys(false)?)?;
             let creds = site.add_station("line-1", now())?;
-            super::site::add_station::write_station_files(&station_dir, &creds)?;
+            super::site::add_station::write_station_files(&station_dir, &creds, false)?;
             Ok(creds.name.clone())
         },
     )?;
@@ -516,6 +516,15 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
                 .map(|r| format!("{} [{}]", r.attacker, r.reason))
                 .collect::<Vec<_>>()
                 .join(", ")
+        )?;
+        outln!(
+            "The key stores' passphrase is in {}; run stamp on these directories with",
+            report.passphrase_file.display()
+        )?;
+        outln!(
+            "  export STAMP_PASSPHRASE_FILE={}  (or --passphrase-file FILE), e.g. stamp site status --dir {}",
+            report.passphrase_file.display(),
+            report.site_dir.display()
         )?;
         outln!("Everything is in {}; check a device with:", report.dir.display())?;
         if let Some(serial) = first {

@@ -80,15 +80,96 @@ pub fn now() -> time::OffsetDateTime {
     time::OffsetDateTime::now_utc()
 }
 
+/// The code of a refusal to replace an output file that exists.
+pub const OUTPUT_EXISTS: &str = "output-exists";
+
+/// The refusal of an output path that exists (a file, a directory or a link).
+fn output_exists(path: &Path) -> anyhow::Error {
+    crate::output::CliError::refusal(
+        OUTPUT_EXISTS,
+        format!(
+            "{} already exists; choose another path, or give --force to replace it",
+            path.display()
+        ),
+    )
+}
+
+/// Checks, before any work, that a command may write the output file `path`: refused with
+/// [`OUTPUT_EXISTS`] if something is there, unless `force`. For files a library writes itself
+/// (atomically); a command that writes the bytes uses [`write_output`].
+pub fn check_output(path: &Path, force: bool) -> anyhow::Result<()> {
+    if !force && std::fs::symlink_metadata(path).is_ok() {
+        return Err(output_exists(path));
+    }
+    Ok(())
+}
+
+/// Checks, before any work, that a command may write its files into the directory `dir`: refused
+/// with [`OUTPUT_EXISTS`] if it exists and is not empty, unless `force`.
+pub fn check_output_dir(dir: &Path, force: bool) -> anyhow::Result<()> {
+    if force {
+        return Ok(());
+    }
+    match std::fs::read_dir(dir).map(|mut entries| entries.next().is_none()) {
+        Ok(true) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        _ => Err(output_exists(dir)),
+    }
+}
+
+/// Writes an output file atomically (a temporary file beside it, synced, then moved into place,
+/// and the directory synced): a crash leaves the old file or the new one, never half of one.
+/// Unless `force`, a file that exists is never replaced, even one that appeared since
+/// [`check_output`] (the move is a hard link, which fails if the name is taken).
+pub fn write_output(path: &Path, data: &[u8], mode: u32, force: bool) -> anyhow::Result<()> {
+    if force {
+        stamp_store::write_atomic(path, data, mode)?;
+        return Ok(());
+    }
+    check_output(path, false)?;
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    // A temporary file of this name is one a crashed run of this process id left.
+    let _ = std::fs::remove_file(&tmp);
+    let written = (|| {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        std::fs::hard_link(&tmp, path)
+    })();
+    let _ = std::fs::remove_file(&tmp);
+    match written {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Err(output_exists(path)),
+        Err(e) => return Err(e).with_context(|| format!("cannot write {}", path.display())),
+    }
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("cannot sync {}", dir.display()))?;
+    Ok(())
+}
+
 /// Writes a CRL (`stamp hq crl`, `stamp site crl`): PEM, or DER with `der`.
-pub fn write_crl(path: &Path, crl_der: &[u8], der: bool) -> anyhow::Result<()> {
+pub fn write_crl(path: &Path, crl_der: &[u8], der: bool, force: bool) -> anyhow::Result<()> {
     let bytes = if der {
         crl_der.to_vec()
     } else {
         stamp_core::crl::to_pem(crl_der).into_bytes()
     };
-    stamp_store::write_atomic(path, &bytes, 0o644)?;
-    Ok(())
+    write_output(path, &bytes, 0o644, force)
 }
 
 /// Writes a CRL (`stamp hq crl`, `stamp site crl`) and reports it; `whose` names its issuer.
@@ -97,10 +178,11 @@ pub fn emit_crl(
     out: &Path,
     crl_der: &[u8],
     der: bool,
+    force: bool,
     r: &stamp_core::crl::CrlReport,
     whose: &str,
 ) -> anyhow::Result<()> {
-    write_crl(out, crl_der, der)?;
+    write_crl(out, crl_der, der, force)?;
     crate::output::emit(g.json, r, || {
         outln!(
             "{whose} CRL number {} lists {} certificate(s); next update by {}",
@@ -156,4 +238,37 @@ pub fn open_store<S: RoleStore>(dir: &Path) -> anyhow::Result<S> {
         return Err(S::not_role_dir(dir));
     }
     S::open_file(&db)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{check_output_dir, write_output, OUTPUT_EXISTS};
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn write_output_never_replaces_a_file_without_force() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = tmp.path().join("out");
+        write_output(&p, b"first", 0o600, false).unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"first");
+        assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        let e = write_output(&p, b"second", 0o600, false).unwrap_err();
+        assert_eq!(crate::output::code(&e), Some(OUTPUT_EXISTS));
+        assert_eq!(std::fs::read(&p).unwrap(), b"first");
+        write_output(&p, b"third", 0o644, true).unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"third");
+        // No temporary file is left beside it.
+        assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn an_output_directory_must_be_new_or_empty() {
+        let tmp = tempfile::tempdir().unwrap();
+        check_output_dir(&tmp.path().join("new"), false).unwrap();
+        check_output_dir(tmp.path(), false).unwrap();
+        std::fs::write(tmp.path().join("f"), b"x").unwrap();
+        let e = check_output_dir(tmp.path(), false).unwrap_err();
+        assert_eq!(crate::output::code(&e), Some(OUTPUT_EXISTS));
+        check_output_dir(tmp.path(), true).unwrap();
+    }
 }

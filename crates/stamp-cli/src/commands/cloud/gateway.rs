@@ -61,6 +61,10 @@ pub struct Args {
     /// Where to write the self-signed certificate, for devices' --ca.
     #[arg(long, value_name = "FILE", conflicts_with = "server_cert")]
     write_server_cert: Option<PathBuf>,
+    /// Replace --write-server-cert FILE if it exists (without --force, an existing one is refused before
+    /// anything is done: `output-exists`).
+    #[arg(long)]
+    force: bool,
     /// How often to look for a new registry in the file, in seconds (0: never).
     #[arg(long, value_name = "SECONDS", default_value = "10")]
     reload_secs: u64,
@@ -90,6 +94,9 @@ impl stamp_service::ops::Probe for Probe {
 /// Runs `stamp cloud gateway`.
 pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
     daemon::init_logging(a.log_format)?;
+    if let Some(p) = &a.write_server_cert {
+        crate::commands::check_output(p, a.force)?;
+    }
     let pin = crate::commands::cloud::verify::root_pin(a.root_fingerprint.as_deref(), a.trust_registry_root)?;
     let reg = crate::commands::cloud::verify::load_registry(&a.registry, pin, a.min_sequence)?;
     let info = crate::commands::cloud::verify::RegistryInfo::of(&reg);
@@ -113,7 +120,7 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
             }
             let (id, pem) = ServerIdentity::self_signed(names)?;
             if let Some(p) = &a.write_server_cert {
-                stamp_store::write_atomic(p, pem.as_bytes(), 0o644)?;
+                crate::commands::write_output(p, pem.as_bytes(), 0o644, a.force)?;
             }
             id
         }

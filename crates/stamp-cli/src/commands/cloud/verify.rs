@@ -58,21 +58,22 @@ pub fn root_pin(fingerprint: Option<&str>, trust_registry_root: bool) -> anyhow:
             );
             Ok(None)
         }
-        (None, false) => bail!(
+        (None, false) => Err(crate::output::CliError::usage(
             "no OEM root pinned: give --root-fingerprint SHA256 (the OEM root fingerprint `stamp hq init` \
              and `stamp hq export --format registry` print, read out of band); a registry under any \
-             other root is then refused. (--trust-registry-root runs unpinned, for experiments only.)"
-        ),
+             other root is then refused. (--trust-registry-root runs unpinned, for experiments only.)",
+        )),
     }
 }
 
 /// Reads and verifies a registry file.
 pub fn load_registry(path: &Path, pin: Option<&str>, min_sequence: u64) -> anyhow::Result<VerifiedRegistry> {
     let pin = match pin {
-        Some(p) => Some(
-            stamp_core::fingerprint::parse_sha256(p)
-                .context("--root-fingerprint must be a SHA-256 (64 hex digits)")?,
-        ),
+        Some(p) => Some(stamp_core::fingerprint::parse_sha256(p).ok_or_else(|| {
+            crate::output::CliError::usage(
+                "--root-fingerprint must be a SHA-256 (64 hex digits, colons allowed)",
+            )
+        })?),
         None => None,
     };
     let bytes = crate::commands::read_bounded(path, registry::MAX_REGISTRY_LEN)?;

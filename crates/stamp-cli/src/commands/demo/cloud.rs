@@ -505,7 +505,7 @@ pub(super) fn run(n: &mut Narrator, inp: &Inputs<'_>) -> anyhow::Result<Cloud> {
             let verified = site.verify_entitlement(&bytes, now())?;
             site.apply_entitlement(verified, now())?;
             let (der, report) = site.crl(7, now())?;
-            super::super::write_crl(&site_crl_path, &der, false)?;
+            super::super::write_crl(&site_crl_path, &der, false, false)?;
             // Read back as a verifier would: signed by the site CA, listing the revoked device.
             let ca = site
                 .store()

@@ -16,7 +16,7 @@ use crate::Globals;
 /// Layouts of DIR: `cert.pem` (+ `chain.pem`) and `key.pem`; what `stamp device simulate` (and
 /// the demo) saves per device: `device.crt` + `chain.pem` and `device.key`; or, with --name NAME,
 /// what `stamp site issue` and `stamp site hand-out` write: `NAME.crt.pem` + `NAME.chain.pem`,
-/// and the key in `NAME.key.pem`. --key names the key file in any layout.
+/// and the key in `NAME.key.pem`. --key-file names the key file in any layout.
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// Directory holding the device's stamp.
@@ -27,13 +27,13 @@ pub struct Args {
     name: Option<String>,
     /// The device's private key (PEM), if not in DIR.
     #[arg(long, value_name = "FILE")]
-    key: Option<PathBuf>,
-    /// The gateway, HOST:PORT.
+    key_file: Option<PathBuf>,
+    /// The gateway (`stamp cloud gateway`), HOST:PORT.
     #[arg(long, value_name = "HOST:PORT")]
-    server: String,
-    /// Certificates that identify the gateway (PEM).
+    gateway: String,
+    /// Certificates that identify the gateway (PEM; `stamp cloud gateway --write-server-cert`).
     #[arg(long, value_name = "FILE")]
-    ca: PathBuf,
+    ca_file: PathBuf,
     /// Once admitted, stay connected this many seconds.
     #[arg(long, value_name = "SECONDS", default_value = "0")]
     hold: u64,
@@ -68,7 +68,7 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
             a.dir.join("key.pem"),
         ),
     };
-    let key = a.key.clone().unwrap_or(key);
+    let key = a.key_file.clone().unwrap_or(key);
     if !cert.is_file() {
         bail!("no device certificate at {}", cert.display());
     }
@@ -76,9 +76,9 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
     chain_pem.push(b'\n');
     chain_pem.extend(read_opt(&chain)?);
     let key_pem = zeroize::Zeroizing::new(crate::commands::read_bounded(&key, MAX_PEM)?);
-    let ca = crate::commands::read_bounded(&a.ca, MAX_PEM)?;
+    let ca = crate::commands::read_bounded(&a.ca_file, MAX_PEM)?;
     let reply = client::connect(
-        &a.server,
+        &a.gateway,
         &ca,
         &DeviceCredentials {
             chain_pem: &chain_pem,

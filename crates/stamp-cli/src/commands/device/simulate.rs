@@ -19,7 +19,7 @@ pub struct Args {
     server: String,
     /// Station directory (`stamp site add-station -o DIR`): station.key, station.crt, ca.pem.
     #[arg(long, value_name = "DIR")]
-    station: PathBuf,
+    station_dir: PathBuf,
     /// Number of devices.
     #[arg(long, value_name = "N", default_value = "100")]
     count: u64,
@@ -27,17 +27,21 @@ pub struct Args {
     #[arg(long, value_name = "C", default_value = "16")]
     concurrency: usize,
     /// Device key type.
-    #[arg(long, value_enum, default_value = "p256")]
-    key: KeyArg,
+    #[arg(long, value_enum, value_name = "TYPE", default_value = "p256")]
+    key_type: KeyArg,
     /// Enrollment protocol.
     #[arg(long, value_enum, default_value = "est")]
     protocol: ProtocolArg,
     /// Entitlement to enroll under (the EST label). Default: the service's default entitlement.
     #[arg(long, value_name = "ID")]
     entitlement: Option<String>,
-    /// Where the devices store their stamps.
+    /// Where the devices store their stamps (created if missing; an existing one must be empty).
     #[arg(short = 'o', long = "out", value_name = "OUT_DIR")]
     out: PathBuf,
+    /// Write into OUT_DIR even if it is not empty (without --force, a non-empty OUT_DIR is
+    /// refused before anything is done: `output-exists`).
+    #[arg(long)]
+    force: bool,
 }
 
 /// Device key types.
@@ -107,12 +111,13 @@ pub fn print_summary(r: &SimulationReport) -> std::io::Result<()> {
 
 /// Runs `stamp device simulate`.
 pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
+    crate::commands::check_output_dir(&a.out, a.force)?;
     let opts = SimulateOptions {
         server: a.server,
-        station_dir: a.station,
+        station_dir: a.station_dir,
         count: a.count,
         concurrency: a.concurrency,
-        key: match a.key {
+        key: match a.key_type {
             KeyArg::P256 => SimKey::P256,
             KeyArg::P384 => SimKey::P384,
             KeyArg::Ed25519 => SimKey::Ed25519,

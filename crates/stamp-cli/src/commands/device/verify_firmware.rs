@@ -23,7 +23,7 @@ pub struct Args {
     format: FormatArg,
     /// The firmware public key (PEM PUBLIC KEY, e.g. HQ/certs/firmware-NAME.pub.pem).
     #[arg(long, value_name = "PUBKEY.pem")]
-    key: PathBuf,
+    key_file: PathBuf,
     /// Refuse images older than this.
     #[arg(long, value_name = "VERSION")]
     min_version: Option<String>,
@@ -34,14 +34,21 @@ pub struct Args {
 
 /// Runs `stamp device verify-firmware`.
 pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
-    let pem = crate::commands::read_bounded(&a.key, 16 * 1024)?;
+    let pem = crate::commands::read_bounded(&a.key_file, 16 * 1024)?;
     let key = FirmwareKey::from_pem(&String::from_utf8_lossy(&pem))
-        .with_context(|| format!("cannot use {} as a firmware key", a.key.display()))?;
+        .with_context(|| format!("cannot use {} as a firmware key", a.key_file.display()))?;
     let image = crate::commands::read_bounded(&a.image, MAX_IMAGE_LEN)?;
     let what = format!("{} is not a valid signed image for this key", a.image.display());
     let result = match a.format {
         FormatArg::Mcuboot => {
-            let min = a.min_version.as_deref().map(str::parse::<Version>).transpose()?;
+            let min = a
+                .min_version
+                .as_deref()
+                .map(|s| {
+                    s.parse::<Version>()
+                        .map_err(|e| crate::output::CliError::usage(format!("--min-version {s:?}: {e}")))
+                })
+                .transpose()?;
             let v = mcuboot::verify(&image, &key, min).context(what)?;
             serde_json::json!({ "format": "mcuboot", "valid": true, "image": v })
         }
@@ -51,7 +58,9 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
                 .as_deref()
                 .map(|s| {
                     s.parse::<u32>().map_err(|_| {
-                        anyhow::anyhow!("--min-version for esp32-sbv2 is a secure_version number, not {s:?}")
+                        crate::output::CliError::usage(format!(
+                            "--min-version for esp32-sbv2 is a secure_version number, not {s:?}"
+                        ))
                     })
                 })
                 .transpose()?;
@@ -63,7 +72,7 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
         outln!(
             "OK: {} is signed by {} ({})",
             a.image.display(),
-            a.key.display(),
+            a.key_file.display(),
             key.algorithm().name()
         )?;
         let img = &result["image"];

@@ -2,7 +2,6 @@
 
 use std::path::PathBuf;
 
-use anyhow::bail;
 use stamp_core::entitlement::Status;
 use stamp_hq::entitle::AmendRequest;
 
@@ -42,10 +41,15 @@ pub struct Args {
     /// Where to write the sealed package.
     #[arg(short = 'o', long = "out", value_name = "FILE")]
     out: PathBuf,
+    /// Replace the output file if it exists (without --force, an existing one is refused before
+    /// anything is done: `output-exists`).
+    #[arg(long)]
+    force: bool,
 }
 
 /// Runs `stamp hq amend`.
 pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
+    crate::commands::check_output(&a.out, a.force)?;
     let status = match (a.suspend, a.resume, a.revoke) {
         (true, _, _) => Some(Status::Suspended),
         (_, true, _) => Some(Status::Active),
@@ -53,9 +57,9 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
         _ => None,
     };
     if a.add_quota == 0 && a.not_before.is_none() && a.not_after.is_none() && status.is_none() {
-        bail!(
-            "nothing to change: give --add-quota, --not-before, --not-after, --suspend, --resume or --revoke"
-        );
+        return Err(crate::output::CliError::usage(
+            "nothing to change: give --add-quota, --not-before, --not-after, --suspend, --resume or --revoke",
+        ));
     }
     let mut hq = stamp_hq::Hq::open(&a.dir, crate::commands::keys(g))?;
     let req = AmendRequest {

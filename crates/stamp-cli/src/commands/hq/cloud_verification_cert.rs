@@ -2,8 +2,6 @@
 
 use std::path::PathBuf;
 
-use anyhow::bail;
-
 use crate::output::emit;
 use crate::Globals;
 
@@ -26,6 +24,10 @@ pub struct Args {
     /// Where to write the certificate (PEM).
     #[arg(short = 'o', long = "out", value_name = "FILE")]
     out: PathBuf,
+    /// Replace the output file if it exists (without --force, an existing one is refused before
+    /// anything is done: `output-exists`).
+    #[arg(long)]
+    force: bool,
 }
 
 /// What was written.
@@ -44,20 +46,28 @@ pub struct Written {
 /// Runs `stamp hq cloud-verification-cert`.
 pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
     if a.ca != "root" {
-        bail!(
+        anyhow::bail!(
             "HQ can prove only the OEM root (--ca root); a site issuing CA's key is at its site: run `stamp site cloud-verification-cert` there"
         );
     }
+    crate::commands::check_output(&a.out, a.force)?;
     let hq = stamp_hq::Hq::open(&a.dir, crate::commands::keys(g))?;
     let key = stamp_keys::device::generate(stamp_core::entitlement::DeviceKeyType::P256)?;
     let der = hq.root_verification_cert(&a.code, &key.spki_der, crate::commands::now())?;
     drop(key);
-    write(g, "root", a.code, a.out, &der)
+    write(g, "root", a.code, a.out, a.force, &der)
 }
 
 /// Writes a verification certificate and reports it.
-pub fn write(g: &Globals, ca: &str, code: String, out: PathBuf, der: &[u8]) -> anyhow::Result<()> {
-    stamp_store::write_atomic(&out, stamp_core::cert::to_pem(der).as_bytes(), 0o644)?;
+pub fn write(
+    g: &Globals,
+    ca: &str,
+    code: String,
+    out: PathBuf,
+    force: bool,
+    der: &[u8],
+) -> anyhow::Result<()> {
+    crate::commands::write_output(&out, stamp_core::cert::to_pem(der).as_bytes(), 0o644, force)?;
     let w = Written {
         ca: ca.to_owned(),
         code,

@@ -22,11 +22,16 @@ pub struct Args {
     /// Where to write the CRL.
     #[arg(short = 'o', long = "out", value_name = "FILE")]
     out: PathBuf,
+    /// Replace the output file if it exists (without --force, an existing one is refused before
+    /// anything is done: `output-exists`).
+    #[arg(long)]
+    force: bool,
 }
 
 /// Runs `stamp hq crl`.
 pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
+    crate::commands::check_output(&a.out, a.force)?;
     let mut hq = stamp_hq::Hq::open(&a.dir, crate::commands::keys(g))?;
     let (crl, r) = hq.root_crl(a.days, crate::commands::now())?;
-    crate::commands::emit_crl(g, &a.out, &crl, a.der, &r, "OEM root")
+    crate::commands::emit_crl(g, &a.out, &crl, a.der, a.force, &r, "OEM root")
 }

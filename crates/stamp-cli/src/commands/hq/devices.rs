@@ -36,6 +36,11 @@ struct Row<'a> {
 /// Runs `stamp hq devices`.
 pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
     let store: stamp_hq::HqStore = crate::commands::open_store(&a.dir)?;
+    if let Some(site) = &a.site {
+        if !store.site_enrolled(site)? {
+            return Err(stamp_hq::HqError::UnknownSite(site.clone()).into());
+        }
+    }
     let json = g.json;
     let mut out = BufWriter::new(crate::output::stdout());
     let mut count = 0u64;

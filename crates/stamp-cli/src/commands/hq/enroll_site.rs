@@ -25,6 +25,10 @@ pub struct Args {
     /// Where to write the credentials file.
     #[arg(short = 'o', long = "out", value_name = "CREDENTIALS")]
     out: PathBuf,
+    /// Replace the output file if it exists (without --force, an existing one is refused before
+    /// anything is done: `output-exists`).
+    #[arg(long)]
+    force: bool,
     /// The request fingerprint the site read out (e.g. 3f2a-91bc-04de-77a1-c0ff); enrollment is
     /// refused if it differs.
     #[arg(long, value_name = "FINGERPRINT", conflicts_with = "yes")]
@@ -36,6 +40,7 @@ pub struct Args {
 
 /// Runs `stamp hq enroll-site`.
 pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
+    crate::commands::check_output(&a.out, a.force)?;
     let bytes = crate::commands::read_bounded(&a.request, MAX_FILE)?;
     let request = stamp_hq::read_request(&bytes)?;
     let short = request.short_fingerprint();

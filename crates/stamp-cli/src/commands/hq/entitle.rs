@@ -3,7 +3,6 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use anyhow::bail;
 use stamp_core::entitlement::{DeviceKeyType, DeviceProfile, Product, RatePeriod};
 use stamp_core::SiteId;
 use stamp_hq::entitle::GrantRequest;
@@ -83,6 +82,10 @@ pub struct Args {
     /// Where to write the sealed package.
     #[arg(short = 'o', long = "out", value_name = "FILE")]
     out: PathBuf,
+    /// Replace the output file if it exists (without --force, an existing one is refused before
+    /// anything is done: `output-exists`).
+    #[arg(long)]
+    force: bool,
 }
 
 fn slug(org: &str) -> String {
@@ -106,6 +109,7 @@ fn slug(org: &str) -> String {
 
 /// Runs `stamp hq entitle`.
 pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
+    crate::commands::check_output(&a.out, a.force)?;
     let now = crate::commands::now();
     let not_before = a.not_before.unwrap_or(now);
     let not_after = a
@@ -114,7 +118,10 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
     let mut rate_limits = BTreeMap::new();
     for (period, n) in a.rates {
         if rate_limits.insert(period, n).is_some() {
-            bail!("--rate given twice for per-{}", period.name());
+            return Err(crate::output::CliError::usage(format!(
+                "--rate given twice for per-{}",
+                period.name()
+            )));
         }
     }
     let mut hq = stamp_hq::Hq::open(&a.dir, crate::commands::keys(g))?;

@@ -34,6 +34,10 @@ pub struct Args {
     /// Where to write it.
     #[arg(short = 'o', long = "out", value_name = "FILE")]
     out: PathBuf,
+    /// Replace the output file if it exists (without --force, an existing one is refused before
+    /// anything is done: `output-exists`).
+    #[arg(long)]
+    force: bool,
     /// Registry: days after issue that a device HQ has not reconciled yet counts as provisional
     /// (then `not-reconciled`); 0: no limit. Export and reconcile more often than this.
     #[arg(long, value_name = "DAYS", default_value = "30",
@@ -53,11 +57,12 @@ struct Written {
 
 /// Runs `stamp hq export`.
 pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
+    crate::commands::check_output(&a.out, a.force)?;
     let written = match a.format {
         Format::Registry => {
             let mut hq = stamp_hq::Hq::open(&a.dir, crate::commands::keys(g))?;
             let (bytes, report) = hq.export_registry(a.provisional_days, crate::commands::now())?;
-            stamp_store::write_atomic(&a.out, &bytes, 0o644)?;
+            crate::commands::write_output(&a.out, &bytes, 0o644, a.force)?;
             Written {
                 format: "registry",
                 out: a.out,
@@ -84,7 +89,7 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
                     None,
                 ),
             };
-            stamp_store::write_atomic(&a.out, &data, 0o644)?;
+            crate::commands::write_output(&a.out, &data, 0o644, a.force)?;
             Written {
                 format: name,
                 out: a.out,

@@ -2,7 +2,6 @@
 
 use std::path::PathBuf;
 
-use anyhow::bail;
 use stamp_core::SiteId;
 use stamp_hq::entitle::PackageSelector;
 
@@ -35,7 +34,8 @@ pub struct Args {
     /// Where to write the package.
     #[arg(short = 'o', long = "out", value_name = "FILE")]
     out: PathBuf,
-    /// Overwrite FILE if it exists.
+    /// Replace the output file if it exists (without --force, an existing one is refused before
+    /// anything is done: `output-exists`).
     #[arg(long)]
     force: bool,
 }
@@ -57,16 +57,10 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
     let which = match (&a.site, &a.entitlement) {
         (Some(site), _) => PackageSelector::Site(site, a.sequence),
         (None, Some(id)) => PackageSelector::Entitlement(id, a.sequence),
-        (None, None) => bail!("give --site or --entitlement"),
+        (None, None) => return Err(crate::output::CliError::usage("give --site or --entitlement")),
     };
     let p = store.sealed_package(which)?;
-    if !a.force && std::fs::symlink_metadata(&a.out).is_ok() {
-        bail!(
-            "{} already exists; choose another file or give --force to overwrite it",
-            a.out.display()
-        );
-    }
-    stamp_store::write_atomic(&a.out, &p.sealed, 0o644)?;
+    crate::commands::write_output(&a.out, &p.sealed, 0o644, a.force)?;
     let r = Report {
         package: a.out,
         sha256: hex::encode(stamp_core::fingerprint::sha256(&p.sealed)),

@@ -21,14 +21,19 @@ pub struct Args {
     /// Where to write the 32-byte digest.
     #[arg(short = 'o', long = "out", value_name = "FILE")]
     out: PathBuf,
+    /// Replace the output file if it exists (without --force, an existing one is refused before
+    /// anything is done: `output-exists`).
+    #[arg(long)]
+    force: bool,
 }
 
 /// Runs `stamp hq firmware-key-digest`.
 pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
+    crate::commands::check_output(&a.out, a.force)?;
     let store: stamp_hq::HqStore = crate::commands::open_store(&a.dir)?;
     let key = stamp_hq::firmware::public_key(&store, &a.key)?;
     let digest = esp32::public_key_digest(&key)?;
-    stamp_store::write_atomic(&a.out, &digest, 0o644)?;
+    crate::commands::write_output(&a.out, &digest, 0o644, a.force)?;
     let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
     emit(
         g.json,

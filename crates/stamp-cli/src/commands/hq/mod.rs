@@ -10,6 +10,7 @@ pub mod enroll_site;
 pub mod entitle;
 pub mod entitlements;
 pub mod export;
+pub mod export_credentials;
 pub mod export_package;
 pub mod firmware;
 pub mod firmware_key_digest;
@@ -30,6 +31,8 @@ pub enum HqCommand {
     Init(init::Args),
     /// Verify a site's request and issue its certificates; write the credentials file.
     EnrollSite(enroll_site::Args),
+    /// Write again an enrolled site's credentials file, from HQ's records.
+    ExportCredentials(export_credentials::Args),
     /// List enrolled sites.
     Sites(sites::Args),
     /// Grant a site a production run (quota, rates, window, serials), sealed to the site.
@@ -68,6 +71,7 @@ pub fn run(cmd: HqCommand, g: &Globals) -> anyhow::Result<()> {
     match cmd {
         HqCommand::Init(a) => init::run(a, g),
         HqCommand::EnrollSite(a) => enroll_site::run(a, g),
+        HqCommand::ExportCredentials(a) => export_credentials::run(a, g),
         HqCommand::Sites(a) => sites::run(a, g),
         HqCommand::Entitle(a) => entitle::run(*a, g),
         HqCommand::Amend(a) => amend::run(a, g),

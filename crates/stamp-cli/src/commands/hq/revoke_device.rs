@@ -2,11 +2,10 @@
 
 use std::path::PathBuf;
 
-use anyhow::bail;
 use stamp_core::SiteId;
 use stamp_hq::cloud::RevokeTarget;
 
-use crate::output::emit;
+use crate::output::{emit, CliError};
 use crate::Globals;
 
 /// Revoke a device (by serial or certificate SHA-256), every device of an entitlement, or every
@@ -39,6 +38,10 @@ pub struct Args {
     /// Also write the sealed entitlement update that revokes the devices at their site.
     #[arg(long, value_name = "FILE", conflicts_with = "site")]
     site_update: Option<PathBuf>,
+    /// Replace --site-update FILE if it exists (without --force, an existing one is refused before
+    /// anything is done: `output-exists`).
+    #[arg(long)]
+    force: bool,
 }
 
 /// Runs `stamp hq revoke-device`.
@@ -47,12 +50,23 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
         (Some(n), None, None, None) => RevokeTarget::Serial(n),
         (None, Some(h), None, None) => match stamp_core::fingerprint::parse_sha256(&h) {
             Some(h) => RevokeTarget::Certificate(h),
-            None => bail!("--cert-sha256 must be 64 hex digits"),
+            None => {
+                return Err(CliError::usage(
+                    "--cert-sha256 must be 64 hex digits (colons allowed)",
+                ))
+            }
         },
         (None, None, Some(e), None) => RevokeTarget::Entitlement(e),
         (None, None, None, Some(s)) => RevokeTarget::Site(s),
-        _ => bail!("give exactly one of --serial, --cert-sha256, --entitlement, --site"),
+        _ => {
+            return Err(CliError::usage(
+                "give exactly one of --serial, --cert-sha256, --entitlement, --site",
+            ))
+        }
     };
+    if let Some(p) = &a.site_update {
+        crate::commands::check_output(p, a.force)?;
+    }
     let mut hq = stamp_hq::Hq::open(&a.dir, crate::commands::keys(g))?;
     let r = hq.revoke(
         &target,
@@ -67,18 +81,26 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
             r.reason,
             r.revocations
         )?;
-        outln!("Export a new registry for verifiers: stamp hq export --format registry")?;
+        let hq = a.dir.display();
+        outln!(
+            "Export a new registry for verifiers: stamp hq export --dir {hq} --format registry -o registry.cose"
+        )?;
         match &r.site_update {
             Some(p) => outln!(
-                "Entitlement update for site {} (sequence {}): {}; the site applies it with stamp site import",
+                "Entitlement update for site {} (sequence {}): {}; the site applies it with \
+                 stamp site import --dir SITE_DIR {}",
                 p.entitlement.site_id,
                 p.sequence,
+                p.package.display(),
                 p.package.display()
             )?,
             None if matches!(target, RevokeTarget::Site(_)) => {
-                outln!("Publish a new OEM root CRL for X.509 verifiers: stamp hq crl")?
+                outln!("Publish a new OEM root CRL for X.509 verifiers: stamp hq crl --dir {hq} -o root.crl")?
             }
-            None => outln!("To revoke the certificates at the site (its CRL), add --site-update FILE")?,
+            None => outln!(
+                "Not carried to the site: only a revocation made with --site-update FILE reaches \
+                 the site's CRL (stamp site import --dir SITE_DIR FILE, then stamp site crl)"
+            )?,
         }
         Ok(())
     })

@@ -72,6 +72,10 @@ pub struct Args {
     /// Where to write the signed image.
     #[arg(short = 'o', long = "out", value_name = "OUT")]
     out: PathBuf,
+    /// Replace the output file if it exists (without --force, an existing one is refused before
+    /// anything is done: `output-exists`).
+    #[arg(long)]
+    force: bool,
     /// mcuboot: size of the header area (default 0x20; Zephyr uses 0x200).
     #[arg(long, value_name = "BYTES", value_parser = parse_header_size, default_value = "0x20")]
     header_size: u16,
@@ -88,13 +92,14 @@ pub struct Args {
 
 /// Runs `stamp hq sign-firmware`.
 pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
+    crate::commands::check_output(&a.out, a.force)?;
     let format = Format::from(a.format);
     if format == Format::Esp32Sbv2
         && (a.header_reserved || a.load_addr.is_some() || a.security_counter.is_some() || a.header_size != 32)
     {
-        anyhow::bail!(
-            "--header-size, --header-reserved, --load-addr and --security-counter apply to mcuboot images only"
-        );
+        return Err(crate::output::CliError::usage(
+            "--header-size, --header-reserved, --load-addr and --security-counter apply to mcuboot images only",
+        ));
     }
     let image = crate::commands::read_bounded(&a.input, MAX_IMAGE_LEN)?;
     let pass = crate::commands::keys(g);

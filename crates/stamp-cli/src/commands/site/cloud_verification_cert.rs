@@ -19,13 +19,18 @@ pub struct Args {
     /// Where to write the certificate (PEM).
     #[arg(short = 'o', long = "out", value_name = "FILE")]
     out: PathBuf,
+    /// Replace the output file if it exists (without --force, an existing one is refused before
+    /// anything is done: `output-exists`).
+    #[arg(long)]
+    force: bool,
 }
 
 /// Runs `stamp site cloud-verification-cert`.
 pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
+    crate::commands::check_output(&a.out, a.force)?;
     let site = stamp_site::Site::open(&a.dir, crate::commands::keys(g))?;
     let key = stamp_keys::device::generate(stamp_core::entitlement::DeviceKeyType::P256)?;
     let der = site.cloud_verification_cert(&a.code, &key.spki_der, crate::commands::now())?;
     drop(key);
-    crate::commands::hq::cloud_verification_cert::write(g, "site issuing CA", a.code, a.out, &der)
+    crate::commands::hq::cloud_verification_cert::write(g, "site issuing CA", a.code, a.out, a.force, &der)
 }

@@ -16,6 +16,10 @@ pub struct Args {
     /// Where to write the bundle.
     #[arg(short = 'o', long = "out", value_name = "BUNDLE")]
     out: PathBuf,
+    /// Replace the output file if it exists (without --force, an existing one is refused before
+    /// anything is done: `output-exists`).
+    #[arg(long)]
+    force: bool,
     /// Start after the checkpoint at this log size instead of the last export (when HQ never
     /// received a bundle; 0 exports the whole log).
     #[arg(long, value_name = "SIZE")]
@@ -24,6 +28,7 @@ pub struct Args {
 
 /// Runs `stamp site export-audit`.
 pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
+    crate::commands::check_output(&a.out, a.force)?;
     let pass = crate::commands::keys(g);
     let mut site = stamp_site::Site::open(&a.dir, pass)?;
     let r = site.export_audit(&a.out, a.since, crate::commands::now())?;

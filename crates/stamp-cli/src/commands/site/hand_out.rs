@@ -27,11 +27,16 @@ pub struct Args {
     #[arg(long, value_name = "N", default_value = "1")]
     count: u64,
     /// Station name recorded in the audit log.
-    #[arg(long, default_value = "batch")]
+    #[arg(long, value_name = "NAME", default_value = "batch")]
     station: String,
-    /// Directory to write keys, certificates and stamps to (created if missing, mode 0700).
+    /// Directory to write keys, certificates and stamps to (created if missing, mode 0700; an
+    /// existing one must be empty).
     #[arg(short = 'o', long = "out", value_name = "OUT_DIR")]
     out: PathBuf,
+    /// Write into OUT_DIR even if it is not empty, replacing files of the same name (without
+    /// --force, a non-empty OUT_DIR is refused before anything is done: `output-exists`).
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(Serialize)]
@@ -54,14 +59,16 @@ struct Report {
 
 /// Runs `stamp site hand-out`.
 pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
+    crate::commands::check_output_dir(&a.out, a.force)?;
+    let pass = crate::commands::keys(g);
+    let site = stamp_site::Site::open(&a.dir, pass)?;
+    super::require_entitlement(&site, &a.entitlement, &a.dir)?;
     let mut builder = std::fs::DirBuilder::new();
     builder.recursive(true);
     std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
     builder
         .create(&a.out)
         .with_context(|| format!("cannot create {}", a.out.display()))?;
-    let pass = crate::commands::keys(g);
-    let site = stamp_site::Site::open(&a.dir, pass)?;
     let engine = Engine::start(&site)?;
     let chain_pem: String = engine
         .chain()
@@ -76,14 +83,17 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
                 let base = a.out.join(stamp.device_serial.to_string());
                 let key_path = base.with_extension("key.pem");
                 let key_pem = zeroize::Zeroizing::new(stamp_core::ceremony::pem("PRIVATE KEY", &key.pkcs8));
-                stamp_store::write_atomic(&key_path, key_pem.as_bytes(), 0o600)?;
+                let write = crate::commands::write_output;
+                write(&key_path, key_pem.as_bytes(), 0o600, a.force)?;
                 let cert = base.with_extension("crt.pem");
-                stamp_store::write_atomic(
-                    &cert,
-                    stamp_core::cert::to_pem(&stamp.certificate).as_bytes(),
+                let pem = stamp_core::cert::to_pem(&stamp.certificate);
+                write(&cert, pem.as_bytes(), 0o644, a.force)?;
+                write(
+                    &base.with_extension("chain.pem"),
+                    chain_pem.as_bytes(),
                     0o644,
+                    a.force,
                 )?;
-                stamp_store::write_atomic(&base.with_extension("chain.pem"), chain_pem.as_bytes(), 0o644)?;
                 let secrets: BTreeMap<&String, String> = key
                     .secrets
                     .iter()
@@ -92,7 +102,12 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
                 let stamp_json =
                     serde_json::json!({ "stamp": &stamp, "hq_key_index": key.index, "secrets": secrets });
                 let stamp_path = base.with_extension("stamp.json");
-                stamp_store::write_atomic(&stamp_path, &serde_json::to_vec_pretty(&stamp_json)?, 0o600)?;
+                write(
+                    &stamp_path,
+                    &serde_json::to_vec_pretty(&stamp_json)?,
+                    0o600,
+                    a.force,
+                )?;
                 handed.push(Handed {
                     device_serial: stamp.device_serial,
                     key_index: key.index,

@@ -22,6 +22,10 @@ pub struct Args {
     /// Where to write the request file.
     #[arg(short = 'o', long = "out", value_name = "REQUEST")]
     out: PathBuf,
+    /// Replace the output file if it exists (without --force, an existing one is refused before
+    /// anything is done: `output-exists`).
+    #[arg(long)]
+    force: bool,
     /// Where to create the keys: `file:` (passphrase-encrypted files in DIR/keys) or a PKCS#11
     /// token, `pkcs11:token=LABEL` (module and PIN from --pkcs11-module and --pkcs11-pin-file;
     /// see docs/hsm.md).
@@ -31,6 +35,7 @@ pub struct Args {
 
 /// Runs `stamp site init`.
 pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
+    crate::commands::check_output(&a.out, a.force)?;
     let keys = crate::commands::new_keys(g, a.key_store.clone());
     let r = stamp_site::init(&a.dir, &a.site_id, keys, &a.out, crate::commands::now())?;
     emit(g.json, &r, || {

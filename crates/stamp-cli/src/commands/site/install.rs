@@ -2,7 +2,6 @@
 
 use std::path::PathBuf;
 
-use anyhow::bail;
 use stamp_core::ceremony::MAX_FILE;
 use stamp_core::fingerprint;
 
@@ -34,7 +33,9 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
         Some(text) => match fingerprint::parse_sha256(text) {
             Some(p) => Some(p),
             None => {
-                bail!("--root-fingerprint must be a SHA-256 fingerprint (64 hex digits, colons optional)")
+                return Err(crate::output::CliError::usage(
+                    "--root-fingerprint must be a SHA-256 fingerprint (64 hex digits, colons optional)",
+                ))
             }
         },
         None => None,

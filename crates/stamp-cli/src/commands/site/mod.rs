@@ -16,6 +16,8 @@ pub mod stations;
 pub mod status;
 pub mod verify_log;
 
+use std::path::Path;
+
 use clap::Subcommand;
 
 use crate::Globals;
@@ -71,4 +73,20 @@ pub fn run(cmd: SiteCommand, g: &Globals) -> anyhow::Result<()> {
         SiteCommand::CloudVerificationCert(a) => cloud_verification_cert::run(a, g),
         SiteCommand::Crl(a) => crl::run(a, g),
     }
+}
+
+/// Refuses, before any work is done or logged, an entitlement the site has not imported
+/// (`unknown-entitlement`), naming the command that lists the ones it has.
+pub fn require_entitlement(site: &stamp_site::Site, id: &str, dir: &Path) -> anyhow::Result<()> {
+    if site.store().grant(id)?.is_none() {
+        return Err(crate::output::CliError::refusal(
+            "unknown-entitlement",
+            format!(
+                "the site has no entitlement {id}; import it first (stamp site import), or give one \
+                 `stamp site status --dir {}` lists",
+                dir.display()
+            ),
+        ));
+    }
+    Ok(())
 }

@@ -29,7 +29,8 @@ pub struct Args {
     /// Configuration file (TOML; `--print-config` shows every option).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Entitlement for EST requests without a label (overrides the configuration).
+    /// Entitlement for EST requests without a label (overrides the configuration); the site must
+    /// have imported it (else `unknown-entitlement`, before the service starts).
     #[arg(long, value_name = "ID")]
     default_entitlement: Option<String>,
     /// Write the service's TLS certificate (PEM, issued at this start for a fresh key) to FILE
@@ -44,6 +45,10 @@ pub struct Args {
     /// certificate), or `off` (overrides the configuration's `ops_listen`; port 0: any free port).
     #[arg(long, value_name = "ADDR|off")]
     ops_listen: Option<String>,
+    /// Replace --write-cert FILE if it exists (without --force, an existing one is refused before
+    /// anything is done: `output-exists`).
+    #[arg(long)]
+    force: bool,
     /// Print the default configuration, every option commented, and exit.
     #[arg(long)]
     print_config: bool,
@@ -77,17 +82,23 @@ pub fn run(a: Args, g: &Globals) -> anyhow::Result<()> {
         config.ops_listen = o;
     }
     config.check()?;
+    if let Some(p) = &a.write_cert {
+        crate::commands::check_output(p, a.force)?;
+    }
     crate::commands::daemon::init_logging(config.log_format)?;
     let dir = a.dir.context("--dir is required")?;
     let pass = crate::commands::keys(g);
     let site = stamp_site::Site::open(&dir, pass)?;
+    if let Some(id) = config.default_entitlement() {
+        super::require_entitlement(&site, id, &dir)?;
+    }
     let names = config.server_names.clone();
     let server = Server::new(site, config)?;
     let addr = server.local_addr();
     let ops = server.ops_addr();
     if let Some(path) = &a.write_cert {
         let pem = stamp_core::cert::to_pem(server.certificate());
-        stamp_store::write_atomic(path, pem.as_bytes(), 0o644)?;
+        crate::commands::write_output(path, pem.as_bytes(), 0o644, a.force)?;
     }
     let url = format!("https://{addr}");
     {
