@@ -78,14 +78,6 @@ fn the_readme_shows_the_walkthrough_verbatim() {
     );
 }
 
-/// Asserts a refusal with exit 1 and the stable `code`.
-fn refused_with(cmd: crate::common::Stamp, code: &str) -> serde_json::Value {
-    let (rc, v) = cmd.code_json();
-    assert_eq!(rc, Some(1), "{v}");
-    assert_eq!(v["code"], code, "{v}");
-    v
-}
-
 #[test]
 fn every_command_refuses_to_replace_an_output() {
     let c = ceremony(true);
@@ -176,7 +168,7 @@ fn every_command_refuses_to_replace_an_output() {
         ]),
     ];
     for cmd in runs {
-        let v = refused_with(cmd, "output-exists");
+        let v = cmd.fails_with("output-exists");
         assert!(v["error"].as_str().unwrap().contains("--force"), "{v}");
     }
     assert_eq!(std::fs::read(&taken).unwrap(), b"keep me");
@@ -227,15 +219,11 @@ fn hq_writes_credentials_and_packages_again_from_its_records() {
         .json();
     assert_eq!(std::fs::read(&again).unwrap(), std::fs::read(&pkg).unwrap());
     // A site HQ never enrolled is refused by its code.
-    refused_with(
-        stamp_bare().hq("export-credentials").dir(&c.hq).args(&[
-            "--site",
-            "nosuch",
-            "-o",
-            s(&t.join("x.json")),
-        ]),
-        "unknown-site",
-    );
+    stamp_bare()
+        .hq("export-credentials")
+        .dir(&c.hq)
+        .args(&["--site", "nosuch", "-o", s(&t.join("x.json"))])
+        .fails_with("unknown-site");
 }
 
 #[test]
@@ -248,17 +236,12 @@ fn site_issue_fails_before_it_logs_anything() {
     let out = t.join("certs");
     let before = snapshot(&c.site);
     // A typo in the entitlement: one refusal, not one per CSR in the permanent log.
-    let v = refused_with(
-        c.stamp().site("issue").dir(&c.site).args(&[
-            "--entitlement",
-            "plant-7.l",
-            "--csr",
-            s(&csrs),
-            "-o",
-            s(&out),
-        ]),
-        "unknown-entitlement",
-    );
+    let v = c
+        .stamp()
+        .site("issue")
+        .dir(&c.site)
+        .args(&["--entitlement", "plant-7.l", "--csr", s(&csrs), "-o", s(&out)])
+        .fails_with("unknown-entitlement");
     assert!(v["error"].as_str().unwrap().contains("site status"), "{v}");
     // A CSR directory that does not exist, and one that cannot be read.
     c.stamp()
@@ -423,31 +406,27 @@ fn unknown_names_are_refused_up_front() {
     let c = ceremony(true);
     c.entitle("e", &["--quota", "5"]);
     // The service does not start with a default entitlement the site never imported.
-    let v = refused_with(
-        c.stamp().site("serve").dir(&c.site).args(&[
-            "--listen",
-            "127.0.0.1:0",
-            "--default-entitlement",
-            "nope.1",
-        ]),
-        "unknown-entitlement",
-    );
+    let v = c
+        .stamp()
+        .site("serve")
+        .dir(&c.site)
+        .args(&["--listen", "127.0.0.1:0", "--default-entitlement", "nope.1"])
+        .fails_with("unknown-entitlement");
     assert!(v["error"].as_str().unwrap().contains("nope.1"), "{v}");
     // Nor does a hand-out under an entitlement the site does not have, and it makes no directory.
     let out = c.tmp.path().join("keys");
-    refused_with(
-        c.stamp()
-            .site("hand-out")
-            .dir(&c.site)
-            .args(&["--entitlement", "nope.1", "-o", s(&out)]),
-        "unknown-entitlement",
-    );
+    c.stamp()
+        .site("hand-out")
+        .dir(&c.site)
+        .args(&["--entitlement", "nope.1", "-o", s(&out)])
+        .fails_with("unknown-entitlement");
     assert!(!out.exists());
     // HQ's device list of a site it never enrolled is an error, not "no devices".
-    refused_with(
-        stamp_bare().hq("devices").dir(&c.hq).args(&["--site", "nosuch"]),
-        "unknown-site",
-    );
+    stamp_bare()
+        .hq("devices")
+        .dir(&c.hq)
+        .args(&["--site", "nosuch"])
+        .fails_with("unknown-site");
     // An enrolled site with no devices yet is an empty list.
     let v = stamp_bare()
         .hq("devices")
