@@ -42,7 +42,7 @@ fn the_walkthrough_runs_from_a_fresh_directory() {
         2,
         "{stdout}"
     );
-    assert!(stdout.contains("GENUINE (Registered)"), "{stdout}");
+    assert!(stdout.contains("GENUINE (registered)"), "{stdout}");
     assert!(stdout.contains("REFUSED [revoked]"), "{stdout}");
     assert!(stdout.contains("Walkthrough done"), "{stdout}");
     // The service was stopped before the offline steps (they would fail on its engine lock),
