@@ -17,6 +17,7 @@ mod broken_pipe;
 mod ceremony;
 mod cloud;
 mod entitlements;
+mod faults;
 mod firmware;
 mod issuance;
 mod pkcs11;
