@@ -973,3 +973,131 @@ fn faults_in_issue_and_serve_lose_nothing_acknowledged_and_never_over_issue() {
         "no fault had any effect"
     );
 }
+
+// ---- hq reconcile killed -----------------------------------------------------------------------
+
+/// Every table of HQ's database, rows in order, without the `*_at` columns (the wall-clock time
+/// a row was written; `*_ms` times come from the log and stay).
+fn hq_state(hq: &Path) -> BTreeMap<String, Vec<String>> {
+    let db = rusqlite::Connection::open(hq.join("stamp-hq.db")).unwrap();
+    let tables: Vec<String> = db
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let mut out = BTreeMap::new();
+    for t in tables {
+        let mut stmt = db.prepare(&format!("SELECT * FROM \"{t}\"")).unwrap();
+        let cols: Vec<bool> = stmt.column_names().iter().map(|c| !c.ends_with("_at")).collect();
+        let mut rows: Vec<String> = stmt
+            .query_map([], |r| {
+                let mut row = Vec::new();
+                for (i, keep) in cols.iter().enumerate() {
+                    if *keep {
+                        row.push(format!("{:?}", r.get_ref(i)?));
+                    }
+                }
+                Ok(row.join("|"))
+            })
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        rows.sort();
+        out.insert(t, rows);
+    }
+    out
+}
+
+#[test]
+fn hq_reconcile_killed_anywhere_leaves_hq_unchanged_or_fully_applied() {
+    let t = template();
+    let root = tempfile::tempdir().unwrap();
+    // The site issues its quota and exports: the bundle every run reconciles.
+    let base = t.work(root.path(), "base");
+    let o = t
+        .issue_cmd(&base, &t.csrs, &base.dir.join("out"))
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let bundle = base.dir.join("b.bundle");
+    stamp(&t.c.pass)
+        .site("export-audit")
+        .dir(&base.site)
+        .args(&["-o", s(&bundle)])
+        .json();
+    let before = hq_state(&base.hq);
+    let reconcile = |hq: &Path| {
+        stamp(&t.c.pass)
+            .arg("--json")
+            .hq("reconcile")
+            .dir(hq)
+            .arg(&bundle)
+            .command()
+    };
+    // The reference: a clean run (and a second clean run gives the same state: the comparison
+    // is deterministic).
+    let copy = |name: &str| {
+        let d = root.path().join(name);
+        copy_dir(&base.hq, &d);
+        d
+    };
+    let reference = copy("ref");
+    assert!(reconcile(&reference).output().unwrap().status.success());
+    let applied = hq_state(&reference);
+    assert_ne!(applied, before);
+    let again = copy("ref2");
+    assert!(reconcile(&again).output().unwrap().status.success());
+    assert_eq!(hq_state(&again), applied);
+
+    let names = ["fsync", "pwrite64", "openat", "write"];
+    let count_dir = copy("count");
+    let counts = count_syscalls(&reconcile(&count_dir), &root.path().join("count.log"), &names);
+    eprintln!("hq reconcile, most calls of one thread: {counts:?}");
+    let k = if full() { 10 } else { 2 };
+    let (mut unchanged, mut whole) = (0, 0);
+    for sc in names {
+        for n in spread(counts.get(sc).copied().unwrap_or(0), k) {
+            let hq = copy(&format!("{sc}-{n}"));
+            let opts: Vec<String> = vec![
+                "-f".into(),
+                "-qq".into(),
+                "-o".into(),
+                "/dev/null".into(),
+                "-e".into(),
+                format!("trace={sc}"),
+                "-e".into(),
+                format!("inject={sc}:signal=SIGKILL:when={n}"),
+            ];
+            let ended = run_bounded(under_strace(&reconcile(&hq), &opts), root.path(), "reconcile");
+            let _ = std::fs::remove_file(hq.join("stamp-hq.db-shm"));
+            let state = hq_state(&hq);
+            let label = format!("kill at {sc}#{n} ({ended})");
+            let rerun = stamp(&t.c.pass).hq("reconcile").dir(&hq).arg(&bundle).output();
+            if state == before {
+                unchanged += 1;
+                assert!(rerun.status.success(), "{label}: the rerun fails");
+            } else {
+                assert!(state == applied, "{label}: HQ's state is half applied");
+                whole += 1;
+                assert_eq!(rerun.status.code(), Some(1), "{label}: a replay is refused");
+                assert!(
+                    String::from_utf8_lossy(&rerun.stderr).contains("replayed"),
+                    "{label}"
+                );
+            }
+            assert_eq!(hq_state(&hq), applied, "{label}: after the rerun");
+            eprintln!(
+                "hq reconcile {label}: {}",
+                if state == before { "unchanged" } else { "applied" }
+            );
+            std::fs::remove_dir_all(&hq).unwrap();
+        }
+    }
+    eprintln!(
+        "hq reconcile killed: {} points, {unchanged} unchanged, {whole} fully applied, 0 half",
+        unchanged + whole
+    );
+    assert!(unchanged > 0, "no kill came before the commit");
+}
