@@ -415,9 +415,19 @@ fn db_paths(site: &Path) -> Vec<String> {
         .collect()
 }
 
+/// strace's `-P` options selecting the service's files: its database and its log (stderr).
+/// The service's faults are confined to them: an error injected into any `write` would also hit
+/// the eventfd the tokio runtime wakes its I/O driver with, which cannot fail with EIO in fact
+/// (tokio then panics, "failed to wake I/O driver", and the process aborts).
+fn serve_paths(w: &Work) -> Vec<String> {
+    let mut v = db_paths(&w.site);
+    v.extend(["-P".to_owned(), w.dir.join("serve.err").display().to_string()]);
+    v
+}
+
 /// The strace options of a point; a power loss traces (and kills at the syncs of) only the
-/// database files of `site`, recording every write to them in `trace_log`.
-fn inject_opts(p: &Point, site: &Path, trace_log: Option<&Path>) -> Vec<String> {
+/// database files, recording every write to them in `trace_log`.
+fn inject_opts(p: &Point, w: &Work, trace_log: Option<&Path>) -> Vec<String> {
     let how = match p.fault {
         Fault::Eio => "error=EIO",
         Fault::Kill | Fault::PowerLoss => "signal=SIGKILL",
@@ -435,7 +445,7 @@ fn inject_opts(p: &Point, site: &Path, trace_log: Option<&Path>) -> Vec<String> 
                 "-e".into(),
                 "trace=pwrite64,write,ftruncate,fsync,fdatasync,unlink,unlinkat,rename".into(),
             ]);
-            o.extend(db_paths(site));
+            o.extend(db_paths(&w.site));
         }
         None => o.extend([
             "-o".into(),
@@ -456,14 +466,11 @@ fn run_point(t: &Template, root: &Path, idx: usize, p: &Point) -> Row {
     let (ended, mut acked) = match p.target {
         Target::Issue => {
             let out = w.dir.join("out1");
-            let cmd = under_strace(
-                &t.issue_cmd(&w, &t.csrs, &out),
-                &inject_opts(p, &w.site, trace_log),
-            );
+            let cmd = under_strace(&t.issue_cmd(&w, &t.csrs, &out), &inject_opts(p, &w, trace_log));
             let ended = run_bounded(cmd, &w.dir, "fault");
             (ended, acked_files(&out))
         }
-        Target::Serve => serve_under_load(t, &w, &inject_opts(p, &w.site, trace_log)),
+        Target::Serve => serve_under_load(t, &w, &inject_opts(p, &w, trace_log)),
     };
     // An I/O error is answered with an error, never a crash (a panic aborts: SIGABRT).
     let mut failure = (p.fault == Fault::Eio && ended.starts_with("signal"))
@@ -863,7 +870,7 @@ fn points(t: &Template, root: &Path, k: u32, serve_k: u32, power: u32) -> Vec<Po
     if serve_k > 0 {
         let w = t.work(root, "count-serve");
         let log = w.dir.join("count.log");
-        let opts = vec![
+        let mut opts = vec![
             "-f".into(),
             "-qq".into(),
             "-o".into(),
@@ -871,6 +878,7 @@ fn points(t: &Template, root: &Path, k: u32, serve_k: u32, power: u32) -> Vec<Po
             "-e".into(),
             format!("trace={}", SYSCALLS.join(",")),
         ];
+        opts.extend(serve_paths(&w));
         let (ended, acked) = serve_under_load(t, &w, &opts);
         assert!(
             acked.len() >= QUOTA,
@@ -878,7 +886,7 @@ fn points(t: &Template, root: &Path, k: u32, serve_k: u32, power: u32) -> Vec<Po
             acked.len()
         );
         let counts = per_thread_max(&std::fs::read_to_string(&log).unwrap(), &SYSCALLS);
-        eprintln!("site serve, most calls of one thread: {counts:?}");
+        eprintln!("site serve, most calls of one thread on its database and log: {counts:?}");
         for sc in SYSCALLS {
             for (i, n) in spread(counts.get(sc).copied().unwrap_or(0), serve_k)
                 .into_iter()
@@ -944,7 +952,7 @@ fn faults_in_issue_and_serve_lose_nothing_acknowledged_and_never_over_issue() {
     let t = template();
     let root = tempfile::tempdir().unwrap();
     let pts = if full() {
-        points(&t, root.path(), 14, 4, 12)
+        points(&t, root.path(), 16, 6, 12)
     } else {
         let mut v = points(&t, root.path(), 2, 2, 2);
         // A sample of the service's points: a late kill at a sync and an error at a late write.

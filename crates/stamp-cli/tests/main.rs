@@ -25,3 +25,4 @@ mod pkilint;
 mod reconcile;
 mod reconcile_scale;
 mod service;
+mod service_limits;
