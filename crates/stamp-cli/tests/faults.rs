@@ -398,6 +398,8 @@ struct Row {
     point: Point,
     /// How the faulted run ended.
     ended: String,
+    /// Whether the fault was injected (the run reached the N-th call).
+    fired: bool,
     /// Certificates clients received from the faulted run.
     acked: usize,
     /// Bytes of the database files a simulated power loss dropped.
@@ -449,7 +451,7 @@ fn inject_opts(p: &Point, w: &Work, trace_log: Option<&Path>) -> Vec<String> {
         }
         None => o.extend([
             "-o".into(),
-            "/dev/null".into(),
+            w.dir.join("inject.log").display().to_string(),
             "-e".into(),
             format!("trace={}", p.syscall),
         ]),
@@ -463,6 +465,7 @@ fn run_point(t: &Template, root: &Path, idx: usize, p: &Point) -> Row {
     let trace = w.dir.join("trace.log");
     let trace_log = (p.fault == Fault::PowerLoss).then_some(trace.as_path());
     let before_db = snapshot_db(&w.site);
+    let inject_log = trace_log.map_or_else(|| w.dir.join("inject.log"), Path::to_owned);
     let (ended, mut acked) = match p.target {
         Target::Issue => {
             let out = w.dir.join("out1");
@@ -472,6 +475,9 @@ fn run_point(t: &Template, root: &Path, idx: usize, p: &Point) -> Row {
         }
         Target::Serve => serve_under_load(t, &w, &inject_opts(p, &w, trace_log)),
     };
+    // Whether the fault happened: strace marks an injected error, and the kill shows.
+    let fired = std::fs::read_to_string(&inject_log)
+        .is_ok_and(|l| l.contains("(INJECTED)") || l.contains("+++ killed by SIGKILL +++"));
     // An I/O error is answered with an error, never a crash (a panic aborts: SIGABRT).
     let mut failure = (p.fault == Fault::Eio && ended.starts_with("signal"))
         .then(|| format!("the faulted run crashed ({ended})"));
@@ -486,6 +492,7 @@ fn run_point(t: &Template, root: &Path, idx: usize, p: &Point) -> Row {
         return Row {
             point: p.clone(),
             ended,
+            fired,
             acked: acked.len(),
             lost_bytes,
             issued: 0,
@@ -516,6 +523,7 @@ fn run_point(t: &Template, root: &Path, idx: usize, p: &Point) -> Row {
     Row {
         point: p.clone(),
         ended,
+        fired,
         acked: received,
         lost_bytes,
         issued,
@@ -907,34 +915,45 @@ fn points(t: &Template, root: &Path, k: u32, serve_k: u32, power: u32) -> Vec<Po
 }
 
 fn print_matrix(rows: &[Row]) {
-    let mut groups: BTreeMap<(Target, &str, Fault), (usize, usize, usize, usize)> = BTreeMap::new();
+    let mut groups: BTreeMap<(Target, &str, Fault), [usize; 5]> = BTreeMap::new();
     for r in rows {
         let g = groups
             .entry((r.point.target, r.point.syscall, r.point.fault))
             .or_default();
-        g.0 += 1;
-        g.1 += usize::from(r.failure.is_none());
-        g.2 += r.acked;
-        g.3 += usize::from(r.ended != "exit 0");
+        g[0] += 1;
+        g[1] += usize::from(r.fired);
+        g[2] += usize::from(r.ended != "exit 0");
+        g[3] += r.acked;
+        g[4] += usize::from(r.failure.is_none());
     }
-    eprintln!("| command | syscall | fault | points | run did not finish cleanly | certificates received | survived |");
-    eprintln!("|---|---|---|---|---|---|---|");
-    for ((target, sc, fault), (n, ok, acked, broke)) in &groups {
+    eprintln!("| command | syscall | fault | points | injected | run failed or was killed | certificates received before the restart | survived |");
+    eprintln!("|---|---|---|---|---|---|---|---|");
+    for ((target, sc, fault), [n, fired, broke, acked, ok]) in &groups {
         let target = match target {
             Target::Issue => "site issue",
             Target::Serve => "site serve",
         };
-        eprintln!("| {target} | {sc} | {fault:?} | {n} | {broke} | {acked} | {ok} |");
+        eprintln!("| {target} | {sc} | {fault:?} | {n} | {fired} | {broke} | {acked} | {ok} |");
     }
     let ok = rows.iter().filter(|r| r.failure.is_none()).count();
-    eprintln!("total: {} points, {ok} survived", rows.len());
+    let fired = rows.iter().filter(|r| r.fired).count();
+    let acked: usize = rows.iter().map(|r| r.acked).sum();
+    let lost = rows
+        .iter()
+        .filter(|r| r.failure.as_ref().is_some_and(|f| f.contains("not in the log")))
+        .count();
+    eprintln!(
+        "total: {} points, {fired} injected, {ok} survived; {acked} certificates received before a restart, missing from the log after it at {lost} points",
+        rows.len()
+    );
     for r in rows {
         eprintln!(
-            "  {:?} {}#{} {:?}: {}, {} received, {} unsynced bytes dropped, {} issued{}",
+            "  {:?} {}#{} {:?}: {}{}, {} received, {} unsynced bytes dropped, {} issued{}",
             r.point.target,
             r.point.syscall,
             r.point.n,
             r.point.fault,
+            if r.fired { "injected, " } else { "not reached, " },
             r.ended,
             r.acked,
             r.lost_bytes,
@@ -952,7 +971,7 @@ fn faults_in_issue_and_serve_lose_nothing_acknowledged_and_never_over_issue() {
     let t = template();
     let root = tempfile::tempdir().unwrap();
     let pts = if full() {
-        points(&t, root.path(), 16, 6, 12)
+        points(&t, root.path(), 18, 6, 12)
     } else {
         let mut v = points(&t, root.path(), 2, 2, 2);
         // A sample of the service's points: a late kill at a sync and an error at a late write.
