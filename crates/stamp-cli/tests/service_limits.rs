@@ -382,3 +382,28 @@ fn a_station_flooding_renewals_is_refused_while_another_is_served() {
     assert_eq!(svc.stop(), Some(0));
     assert_eq!(check_consistent(&c, "plant-7.1"), 31);
 }
+
+#[test]
+fn a_kept_alive_connection_idle_past_the_header_timeout_is_closed() {
+    let (c, st) = setup(&["--quota", "10"]);
+    let cfg = write(&c.tmp.path().join("serve.toml"), b"header_timeout_secs = 2\n");
+    let svc = Service::start(&c, &["--config", s(&cfg)]);
+    rt().block_on(async {
+        let mut idle = connect(&svc.url, &st).await;
+        assert_eq!(provision(&mut idle, "plant-7.1", &p256_csr()).await.status, 200);
+        let mut busy = connect(&svc.url, &st).await;
+        assert_eq!(provision(&mut busy, "plant-7.1", &p256_csr()).await.status, 200);
+        // Within the timeout the connection is reused; idle past it, it is gone.
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        assert_eq!(provision(&mut busy, "plant-7.1", &p256_csr()).await.status, 200);
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        let csr = p256_csr();
+        let body = serde_json::json!({ "entitlement": "plant-7.1", "csr": b64(&csr) });
+        assert!(
+            idle.post_json("/api/v1/provision", &body).await.is_err(),
+            "the idle connection was closed"
+        );
+    });
+    assert_eq!(svc.stop(), Some(0));
+    assert_eq!(check_consistent(&c, "plant-7.1"), 3);
+}
