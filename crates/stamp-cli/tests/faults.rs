@@ -1078,12 +1078,37 @@ fn hq_reconcile_killed_anywhere_leaves_hq_unchanged_or_fully_applied() {
     assert!(reconcile(&again).output().unwrap().status.success());
     assert_eq!(hq_state(&again), applied);
 
+    // After a kill: HQ is unchanged or fully applied, and the rerun ends in the applied state.
+    let (mut unchanged, mut whole) = (0, 0);
+    let mut settle = |hq: &Path, label: String| {
+        let _ = std::fs::remove_file(hq.join("stamp-hq.db-shm"));
+        let state = hq_state(hq);
+        let rerun = stamp(&t.c.pass).hq("reconcile").dir(hq).arg(&bundle).output();
+        if state == before {
+            unchanged += 1;
+            assert!(rerun.status.success(), "{label}: the rerun fails");
+        } else {
+            assert!(state == applied, "{label}: HQ's state is half applied");
+            whole += 1;
+            assert_eq!(rerun.status.code(), Some(1), "{label}: a replay is refused");
+            assert!(
+                String::from_utf8_lossy(&rerun.stderr).contains("replayed"),
+                "{label}"
+            );
+        }
+        assert_eq!(hq_state(hq), applied, "{label}: after the rerun");
+        eprintln!(
+            "hq reconcile {label}: {}",
+            if state == before { "unchanged" } else { "applied" }
+        );
+        std::fs::remove_dir_all(hq).unwrap();
+    };
+    // Kills at spread syscalls (strace).
     let names = ["fsync", "pwrite64", "openat", "write"];
     let count_dir = copy("count");
     let counts = count_syscalls(&reconcile(&count_dir), &root.path().join("count.log"), &names);
     eprintln!("hq reconcile, most calls of one thread: {counts:?}");
     let k = if full() { 10 } else { 2 };
-    let (mut unchanged, mut whole) = (0, 0);
     for sc in names {
         for n in spread(counts.get(sc).copied().unwrap_or(0), k) {
             let hq = copy(&format!("{sc}-{n}"));
@@ -1098,29 +1123,41 @@ fn hq_reconcile_killed_anywhere_leaves_hq_unchanged_or_fully_applied() {
                 format!("inject={sc}:signal=SIGKILL:when={n}"),
             ];
             let ended = run_bounded(under_strace(&reconcile(&hq), &opts), root.path(), "reconcile");
-            let _ = std::fs::remove_file(hq.join("stamp-hq.db-shm"));
-            let state = hq_state(&hq);
-            let label = format!("kill at {sc}#{n} ({ended})");
-            let rerun = stamp(&t.c.pass).hq("reconcile").dir(&hq).arg(&bundle).output();
-            if state == before {
-                unchanged += 1;
-                assert!(rerun.status.success(), "{label}: the rerun fails");
-            } else {
-                assert!(state == applied, "{label}: HQ's state is half applied");
-                whole += 1;
-                assert_eq!(rerun.status.code(), Some(1), "{label}: a replay is refused");
-                assert!(
-                    String::from_utf8_lossy(&rerun.stderr).contains("replayed"),
-                    "{label}"
-                );
-            }
-            assert_eq!(hq_state(&hq), applied, "{label}: after the rerun");
-            eprintln!(
-                "hq reconcile {label}: {}",
-                if state == before { "unchanged" } else { "applied" }
-            );
-            std::fs::remove_dir_all(&hq).unwrap();
+            settle(&hq, format!("kill at {sc}#{n} ({ended})"));
         }
+    }
+    // Kills at random times within a clean run's duration (STAMP_FAULTS_SEED repeats a run).
+    let timed = copy("timed");
+    let started = Instant::now();
+    assert!(reconcile(&timed).output().unwrap().status.success());
+    let clean = started.elapsed();
+    std::fs::remove_dir_all(&timed).unwrap();
+    let mut seed: u64 = std::env::var("STAMP_FAULTS_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+        })
+        | 1;
+    eprintln!("hq reconcile: a clean run takes {clean:?}; timed kills with STAMP_FAULTS_SEED={seed}");
+    for i in 0..(if full() { 10 } else { 2 }) {
+        // xorshift64
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let delay = clean.mul_f64((seed % 1000) as f64 / 1000.0);
+        let hq = copy(&format!("timed-{i}"));
+        let mut child = reconcile(&hq)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(delay);
+        let _ = child.kill();
+        let ended = exit_text(child.wait().unwrap());
+        settle(&hq, format!("kill after {delay:?} ({ended})"));
     }
     eprintln!(
         "hq reconcile killed: {} points, {unchanged} unchanged, {whole} fully applied, 0 half",
