@@ -346,7 +346,7 @@ impl Connection {
             router,
             mut stop,
             guard,
-            handshake: handshake_permit,
+            handshake: handshake_slot,
         } = self;
         let cfg = &state.config;
         let handshake = tokio::time::timeout(
@@ -354,7 +354,7 @@ impl Connection {
             acceptor.accept(tcp),
         )
         .await;
-        drop(handshake_permit);
+        drop(handshake_slot);
         let tls = match handshake {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
