@@ -59,6 +59,31 @@ async fn read_until_closed<R: tokio::io::AsyncRead + Unpin>(r: &mut R, limit: Du
     }
 }
 
+/// Writes `bytes` to `conn` one at a time, `every` apart, while reading: returns whether the
+/// service closed the connection and when (from `t`), as the reader saw it.
+async fn dribble<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static>(
+    conn: S,
+    t: Instant,
+    bytes: Vec<u8>,
+    every: Duration,
+) -> (bool, Duration) {
+    let (mut rd, mut wr) = tokio::io::split(conn);
+    let writer = tokio::spawn(async move {
+        for b in bytes {
+            if wr.write_all(&[b]).await.is_err() || wr.flush().await.is_err() {
+                break;
+            }
+            tokio::time::sleep(every).await;
+        }
+        // Hold the connection open: only the service may end it.
+        tokio::time::sleep(Duration::from_secs(30)).await;
+    });
+    let (_, closed) = read_until_closed(&mut rd, Duration::from_secs(10)).await;
+    let took = t.elapsed();
+    writer.abort();
+    (closed, took)
+}
+
 /// A station provisions `n` devices, each over a new connection; returns the slowest, asserting
 /// each was served.
 async fn served(url: &str, st: &Path, n: usize) -> Duration {
@@ -94,31 +119,21 @@ fn slowloris_and_vanishing_peers_are_cut_off_while_stations_are_served() {
                 let t = Instant::now();
                 let sock = tokio::net::TcpSocket::new_v4().unwrap();
                 sock.bind(std::net::SocketAddr::from(([127, 0, 1, i % 60], 0))).unwrap();
-                let mut tcp = sock.connect(target).await.unwrap();
-                for b in [0x16u8, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc] {
-                    if tcp.write_all(&[b]).await.is_err() {
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
-                let (_, closed) = read_until_closed(&mut tcp, Duration::from_secs(10)).await;
-                ("handshake", closed, t.elapsed())
+                let tcp = sock.connect(target).await.unwrap();
+                let bytes = [0x16u8, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc];
+                let (closed, took) = dribble(tcp, t, bytes.to_vec(), Duration::from_millis(500)).await;
+                ("handshake", closed, took)
             }));
         }
         // 20 stations that send their headers one byte every 300 ms.
         for _ in 0..20 {
             let ep = ep.clone();
             attacks.push(tokio::spawn(async move {
-                let mut tls = ep.connect_tls().await.unwrap();
+                let tls = ep.connect_tls().await.unwrap();
                 let t = Instant::now();
-                for b in b"POST /api/v1/provision HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaa" {
-                    if tls.write_all(&[*b]).await.is_err() || tls.flush().await.is_err() {
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(300)).await;
-                }
-                let (_, closed) = read_until_closed(&mut tls, Duration::from_secs(10)).await;
-                ("headers", closed, t.elapsed())
+                let bytes = b"POST /api/v1/provision HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+                let (closed, took) = dribble(tls, t, bytes.to_vec(), Duration::from_millis(300)).await;
+                ("headers", closed, took)
             }));
         }
         // 20 stations that send a body one byte every 300 ms: answered 503 timeout.
