@@ -380,8 +380,18 @@ enum Fault {
     Eio,
     /// The process is killed on entering the syscall.
     Kill,
-    /// Killed on entering the sync; the database files lose every write not synced before.
+    /// Killed on entering the N-th sync of the database files; they lose every write not
+    /// synced before.
+    PowerLossDb,
+    /// The same at the N-th `fsync` of any file (the output files' syncs included, which come
+    /// after an answer), so a commit not synced before its answer would be lost.
     PowerLoss,
+}
+
+impl Fault {
+    fn is_power_loss(self) -> bool {
+        matches!(self, Fault::PowerLossDb | Fault::PowerLoss)
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -427,12 +437,12 @@ fn serve_paths(w: &Work) -> Vec<String> {
     v
 }
 
-/// The strace options of a point; a power loss traces (and kills at the syncs of) only the
-/// database files, recording every write to them in `trace_log`.
+/// The strace options of a point; a power loss records every write in `trace_log` (at a
+/// database sync: traces, and kills at the syncs of, only the database files).
 fn inject_opts(p: &Point, w: &Work, trace_log: Option<&Path>) -> Vec<String> {
     let how = match p.fault {
         Fault::Eio => "error=EIO",
-        Fault::Kill | Fault::PowerLoss => "signal=SIGKILL",
+        Fault::Kill | Fault::PowerLossDb | Fault::PowerLoss => "signal=SIGKILL",
     };
     let mut o: Vec<String> = vec!["-f".into(), "-qq".into()];
     match trace_log {
@@ -447,7 +457,9 @@ fn inject_opts(p: &Point, w: &Work, trace_log: Option<&Path>) -> Vec<String> {
                 "-e".into(),
                 "trace=pwrite64,write,ftruncate,fsync,fdatasync,unlink,unlinkat,rename".into(),
             ]);
-            o.extend(db_paths(&w.site));
+            if p.fault == Fault::PowerLossDb {
+                o.extend(db_paths(&w.site));
+            }
         }
         None => o.extend([
             "-o".into(),
@@ -463,7 +475,7 @@ fn inject_opts(p: &Point, w: &Work, trace_log: Option<&Path>) -> Vec<String> {
 fn run_point(t: &Template, root: &Path, idx: usize, p: &Point) -> Row {
     let w = t.work(root, &format!("p{idx:03}"));
     let trace = w.dir.join("trace.log");
-    let trace_log = (p.fault == Fault::PowerLoss).then_some(trace.as_path());
+    let trace_log = p.fault.is_power_loss().then_some(trace.as_path());
     let before_db = snapshot_db(&w.site);
     let inject_log = trace_log.map_or_else(|| w.dir.join("inject.log"), Path::to_owned);
     let (ended, mut acked) = match p.target {
@@ -483,7 +495,7 @@ fn run_point(t: &Template, root: &Path, idx: usize, p: &Point) -> Row {
     let mut failure = ((p.fault == Fault::Eio && ended.starts_with("signal")) || ended == "hung")
         .then(|| format!("the faulted run crashed or hung ({ended})"));
     let mut lost_bytes = 0;
-    if failure.is_none() && p.fault == Fault::PowerLoss {
+    if failure.is_none() && p.fault.is_power_loss() {
         match drop_unsynced(&w.site, &before_db, &trace) {
             Ok(n) => lost_bytes = n,
             Err(e) => failure = Some(format!("power-loss replay: {e}")),
@@ -870,6 +882,14 @@ fn points(t: &Template, root: &Path, k: u32, serve_k: u32, power: u32) -> Vec<Po
             target: Target::Issue,
             syscall: "fsync",
             n,
+            fault: Fault::PowerLossDb,
+        });
+    }
+    for n in spread(counts.get("fsync").copied().unwrap_or(0) * 3 / 4, power) {
+        v.push(Point {
+            target: Target::Issue,
+            syscall: "fsync",
+            n,
             fault: Fault::PowerLoss,
         });
     }
@@ -994,10 +1014,17 @@ fn faults_in_issue_and_serve_lose_nothing_acknowledged_and_never_over_issue() {
         failed.len(),
         rows.len()
     );
-    // The faults did hit: some runs were killed or failed.
+    // The faults did hit, and the matrix has power losses (the site synced its database).
+    let fired = rows.iter().filter(|r| r.fired).count();
     assert!(
-        rows.iter().any(|r| r.ended != "exit 0"),
-        "no fault had any effect"
+        fired * 2 >= rows.len(),
+        "only {fired} of {} faults were injected",
+        rows.len()
+    );
+    assert!(
+        rows.iter()
+            .any(|r| r.point.fault == Fault::PowerLossDb && r.fired),
+        "no power loss: the site never synced its database files"
     );
 }
 
