@@ -231,6 +231,23 @@ fn ten_thousand_idle_connections_are_capped_and_time_out() {
     let svc = Service::start(&c, &["--config", s(&cfg)]);
     let url = svc.url.clone();
     let addr = url.trim_start_matches("https://").to_owned();
+    // The flood's sockets are this process's files: raise its soft limit to the hard one.
+    let nofile = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+    if nofile.current.is_some_and(|c| c < 12_000) {
+        rustix::process::setrlimit(
+            rustix::process::Resource::Nofile,
+            rustix::process::Rlimit {
+                current: nofile.maximum,
+                maximum: nofile.maximum,
+            },
+        )
+        .unwrap();
+    }
+    let nofile = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
+    assert!(
+        nofile.is_none_or(|c| c >= 12_000),
+        "10,000 connections need more open files than the hard limit allows ({nofile:?}); raise it (ulimit -Hn)"
+    );
     rt().block_on(async {
         // A station connected before the flood.
         let mut early = connect(&url, &st).await;
