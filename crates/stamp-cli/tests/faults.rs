@@ -1,11 +1,12 @@
 //! Fault injection (issue #14) through the real binary: `stamp site issue` and `stamp site serve`
 //! run under `strace`, which injects one fault per run (an I/O error, or SIGKILL, at the N-th
 //! `fsync`, `fdatasync`, `write`, `pwrite64`, `rename` or `openat` of a thread), or a simulated
-//! power loss (SIGKILL at the N-th sync, then every write not yet synced is dropped from the
-//! database files). Then the site is restarted and checked: the log verifies, every certificate a
-//! client received is in it, no quota was exceeded, no serial or key was issued twice, the devices
-//! table agrees with the log, and HQ reconciles the next export clean. `hq reconcile` is killed at
-//! spread points too: HQ's state is then either unchanged or fully applied.
+//! power loss (SIGKILL at the N-th `fsync` of the database files or of any file, then every
+//! write to the database files not yet synced is dropped). Then the site is restarted and
+//! checked: the log verifies, every certificate a client received is in it, no quota was
+//! exceeded, no serial or key was issued twice, the devices table agrees with the log, and HQ
+//! reconciles the next export clean. `hq reconcile` is killed at spread syscalls and at random
+//! times too: HQ's state is then either unchanged or fully applied.
 //!
 //! `cargo test` runs a sample of points (under a minute); `STAMP_FAULTS=full` runs the whole
 //! matrix and prints its table (`scripts/faults`). The figures are in docs/reliability.md.
