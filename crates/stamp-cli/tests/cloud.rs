@@ -825,7 +825,12 @@ fn gateway_admits_genuine_refuses_counterfeit_and_flags_concurrent_use() {
         .arg("--json")
         .device("connect")
         .args(&["--stamp", s(&a_out), "--name", "d0002"])
-        .args(&["--key-file", s(&a_keys.join("d0002.key.pem")), "--gateway", &server])
+        .args(&[
+            "--key-file",
+            s(&a_keys.join("d0002.key.pem")),
+            "--gateway",
+            &server,
+        ])
         .args(&["--ca-file", s(&ca), "--hold", "3"])
         .command()
         .stdout(std::process::Stdio::piped())

@@ -23,7 +23,7 @@ pub(crate) struct Service {
 }
 
 impl Service {
-    fn start(c: &Ceremony, extra: &[&str]) -> Service {
+    pub(crate) fn start(c: &Ceremony, extra: &[&str]) -> Service {
         let cmd = stamp(&c.pass).env("STAMP_LOG", "warn");
         Service::start_with(cmd, c, extra, Stdio::inherit())
     }
@@ -107,7 +107,7 @@ fn entitle(c: &Ceremony, name: &str, extra: &[&str]) {
     );
 }
 
-fn add_station(c: &Ceremony, site: &Path, name: &str, dir: &str) -> PathBuf {
+pub(crate) fn add_station(c: &Ceremony, site: &Path, name: &str, dir: &str) -> PathBuf {
     let out = c.tmp.path().join(dir);
     let v = stamp(&c.pass)
         .site("add-station")
@@ -118,12 +118,12 @@ fn add_station(c: &Ceremony, site: &Path, name: &str, dir: &str) -> PathBuf {
     out
 }
 
-async fn connect(url: &str, station: &Path) -> Connection {
+pub(crate) async fn connect(url: &str, station: &Path) -> Connection {
     let id = StationIdentity::load(station).unwrap();
     Endpoint::for_station(url, &id).unwrap().connect().await.unwrap()
 }
 
-fn p256_csr() -> Vec<u8> {
+pub(crate) fn p256_csr() -> Vec<u8> {
     csr_der_with(&rcgen::PKCS_ECDSA_P256_SHA256, |_| {})
 }
 
@@ -140,7 +140,7 @@ fn possession_proof(key: &rcgen::KeyPair, current: &[u8], new_csr: &[u8]) -> Str
 }
 
 /// The device serial's subject, as the site issues it (for renewal requests).
-fn device_subject(serial: &'static str) -> impl FnOnce(&mut rcgen::CertificateParams) {
+pub(crate) fn device_subject(serial: &str) -> impl FnOnce(&mut rcgen::CertificateParams) + '_ {
     move |p: &mut rcgen::CertificateParams| {
         let mut dn = rcgen::DistinguishedName::new();
         dn.push(rcgen::DnType::OrganizationName, "Acme Sensors");
@@ -151,11 +151,11 @@ fn device_subject(serial: &'static str) -> impl FnOnce(&mut rcgen::CertificatePa
     }
 }
 
-fn b64(der: &[u8]) -> String {
+pub(crate) fn b64(der: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(der)
 }
 
-async fn provision(conn: &mut Connection, entitlement: &str, csr: &[u8]) -> Reply {
+pub(crate) async fn provision(conn: &mut Connection, entitlement: &str, csr: &[u8]) -> Reply {
     conn.post_json(
         "/api/v1/provision",
         &serde_json::json!({ "entitlement": entitlement, "csr": b64(csr) }),
@@ -188,7 +188,7 @@ fn log_events(site: &Path) -> Vec<stamp_core::audit::Event> {
         .collect()
 }
 
-fn refusals(site: &Path) -> Vec<(String, String)> {
+pub(crate) fn refusals(site: &Path) -> Vec<(String, String)> {
     log_events(site)
         .into_iter()
         .filter_map(|e| match e {
@@ -231,7 +231,7 @@ fn devices_in_db(site: &Path) -> BTreeMap<u64, Vec<u8>> {
 }
 
 /// The log verifies, and the devices table, the log and the status agree.
-fn check_consistent(c: &Ceremony, entitlement: &str) -> usize {
+pub(crate) fn check_consistent(c: &Ceremony, entitlement: &str) -> usize {
     let log = stamp(&c.pass).site("verify-log").dir(&c.site).json();
     assert_eq!(log["ok"], true);
     assert_eq!(
@@ -252,7 +252,7 @@ fn check_consistent(c: &Ceremony, entitlement: &str) -> usize {
     in_log.len()
 }
 
-fn write(path: &Path, bytes: &[u8]) -> PathBuf {
+pub(crate) fn write(path: &Path, bytes: &[u8]) -> PathBuf {
     std::fs::write(path, bytes).unwrap();
     path.to_owned()
 }

@@ -1,9 +1,10 @@
 //! The service's life: start (engine, fresh server certificate, listener), a TLS accept loop that
 //! attaches each connection's verified client certificate to its requests, and a graceful stop.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -166,6 +167,7 @@ impl Server {
         let acceptor = tokio_rustls::TlsAcceptor::from(tls);
         let router = api::router(state.clone());
         let connections = Arc::new(Semaphore::new(state.config.max_connections));
+        let handshakes = Arc::new(Handshakes::new(state.config.max_connections));
         let (stop_tx, stop_rx) = watch::channel(false);
         tracing::info!(%addr, site = %state.site_id, "site service listening");
         let reloader = tokio::spawn(reload_loop(state.clone(), stop_rx.clone()));
@@ -178,6 +180,7 @@ impl Server {
             tokio::spawn(crate::ops::serve(ops, state.clone(), stop_rx.clone()));
         }
         tokio::pin!(shutdown);
+        let mut at_cap = false;
         loop {
             let accepted = tokio::select! {
                 () = &mut shutdown => break,
@@ -193,7 +196,21 @@ impl Server {
             };
             let Ok(permit) = connections.clone().try_acquire_owned() else {
                 state.metrics.error("too-many-connections");
-                tracing::warn!(%peer_addr, "connection limit reached; closing a new connection");
+                // Once per episode, not per connection: a flood must not flood the log too.
+                if !at_cap {
+                    tracing::warn!(
+                        %peer_addr,
+                        "connection limit reached; closing new connections until one ends \
+                         (counted in stamp_site_request_errors_total{{code=\"too-many-connections\"}})"
+                    );
+                    at_cap = true;
+                }
+                drop(tcp);
+                continue;
+            };
+            at_cap = false;
+            let Some(handshake) = handshakes.take(peer_addr.ip()) else {
+                state.metrics.error("too-many-handshakes");
                 drop(tcp);
                 continue;
             };
@@ -204,6 +221,7 @@ impl Server {
                 router: router.clone(),
                 stop: stop_rx.clone(),
                 guard: state.tracker.guard(),
+                handshake,
             };
             tokio::spawn(async move {
                 conn.serve(tcp, peer_addr).await;
@@ -286,6 +304,65 @@ struct Connection {
     router: axum::Router,
     stop: watch::Receiver<bool>,
     guard: TrackGuard,
+    /// Held until the TLS handshake ends.
+    handshake: HandshakeSlot,
+}
+
+/// Connections in the TLS handshake, by client address (an entry per address with at least one,
+/// so at most `max_connections` entries). Until its handshake ends a peer is not known to be a
+/// station: one address may have at most a quarter of `max_connections` in it, so one address's
+/// flood of connections that never finish it cannot take every connection slot while stations
+/// elsewhere connect.
+struct Handshakes {
+    per_address: usize,
+    open: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One connection's place in [`Handshakes`], given back when dropped.
+struct HandshakeSlot {
+    table: Arc<Handshakes>,
+    ip: IpAddr,
+}
+
+impl Handshakes {
+    fn new(max_connections: usize) -> Handshakes {
+        Handshakes {
+            per_address: (max_connections / 4).max(1),
+            open: Mutex::default(),
+        }
+    }
+
+    fn take(self: &Arc<Self>, ip: IpAddr) -> Option<HandshakeSlot> {
+        let mut t = self
+            .open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = t.entry(ip).or_insert(0);
+        if *n >= self.per_address {
+            return None;
+        }
+        *n += 1;
+        Some(HandshakeSlot {
+            table: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        let mut t = self
+            .table
+            .open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = t.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                t.remove(&self.ip);
+            }
+        }
+    }
 }
 
 impl Connection {
@@ -296,6 +373,7 @@ impl Connection {
             router,
             mut stop,
             guard,
+            handshake: handshake_slot,
         } = self;
         let cfg = &state.config;
         let handshake = tokio::time::timeout(
@@ -303,6 +381,7 @@ impl Connection {
             acceptor.accept(tcp),
         )
         .await;
+        drop(handshake_slot);
         let tls = match handshake {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
@@ -449,5 +528,25 @@ impl Running {
 impl Drop for Running {
     fn drop(&mut self) {
         let _ = self.stop_inner();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_address_holds_at_most_its_share_of_handshakes() {
+        let table = Arc::new(Handshakes::new(1024));
+        let flood: IpAddr = [192, 0, 2, 1].into();
+        let station: IpAddr = [192, 0, 2, 2].into();
+        let mut held: Vec<HandshakeSlot> = (0..256).map(|_| table.take(flood).unwrap()).collect();
+        assert!(table.take(flood).is_none(), "one over the cap");
+        let other = table.take(station).unwrap();
+        held.pop();
+        let again = table.take(flood).unwrap();
+        drop((held, again, other));
+        assert!(table.open.lock().unwrap().is_empty(), "every slot given back");
+        assert_eq!(Handshakes::new(1).per_address, 1);
     }
 }

@@ -148,6 +148,25 @@ impl Endpoint {
     /// Opens a connection (TCP, TLS handshake, HTTP/1.1).
     pub async fn connect(&self) -> Result<Connection, ClientError> {
         let t = |e: String| ClientError::Transport(e);
+        let tls = self.connect_tls().await?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .map_err(|e| t(format!("HTTP handshake failed: {e}")))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(Connection {
+            sender,
+            authority: format!("{}:{}", self.host, self.port),
+        })
+    }
+
+    /// Opens a TLS connection with the station's identity and no HTTP on it yet (for clients
+    /// that write HTTP themselves, as the service's limit tests do).
+    pub async fn connect_tls(
+        &self,
+    ) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, ClientError> {
+        let t = |e: String| ClientError::Transport(e);
         let tcp = tokio::net::TcpStream::connect((self.host.as_str(), self.port))
             .await
             .map_err(|e| t(format!("cannot connect to {}:{}: {e}", self.host, self.port)))?;
@@ -161,21 +180,10 @@ impl Endpoint {
             }
             _ => self.server_name.clone(),
         };
-        let tls = self
-            .connector
+        self.connector
             .connect(server_name, tcp)
             .await
-            .map_err(|e| t(format!("TLS handshake failed: {e}")))?;
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-            .await
-            .map_err(|e| t(format!("HTTP handshake failed: {e}")))?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        Ok(Connection {
-            sender,
-            authority: format!("{}:{}", self.host, self.port),
-        })
+            .map_err(|e| t(format!("TLS handshake failed: {e}")))
     }
 }
 
