@@ -96,6 +96,12 @@ pub enum MatterError {
     /// Discovery capabilities with no method, or with a reserved bit (4..7) set.
     #[error("discovery capabilities {0:#04x}: need at least one of bits 0..3 and none of bits 4..7")]
     InvalidRendezvous(u8),
+    /// A vendor ID above 0xFFF4 (0xFFF5..=0xFFFF are reserved; 0 means unspecified).
+    #[error("vendor ID {0:#06x} is reserved")]
+    InvalidVendorId(u16),
+    /// Product ID 0 with a vendor ID (only an unspecified vendor may leave the product unspecified).
+    #[error("product ID 0 with vendor ID {0:#06x}")]
+    InvalidProductId(u16),
     /// A QR code string longer than [`MAX_QR_INPUT`].
     #[error("QR code string longer than {MAX_QR_INPUT} characters")]
     QrTooLong,
@@ -445,9 +451,23 @@ pub struct OnboardingPayload {
     pub passcode: SetupPasscode,
 }
 
+/// The SDK's `CheckPayloadCommonConstraints` on IDs: the vendor ID is 0 (unspecified) or at most
+/// 0xFFF4, and the product ID is not 0 unless the vendor ID is.
+fn check_ids(vendor_id: u16, product_id: u16) -> Result<(), MatterError> {
+    if vendor_id > 0xfff4 {
+        return Err(MatterError::InvalidVendorId(vendor_id));
+    }
+    if product_id == 0 && vendor_id != 0 {
+        return Err(MatterError::InvalidProductId(vendor_id));
+    }
+    Ok(())
+}
+
 impl OnboardingPayload {
     /// The QR code string: `MT:` and the base-38 text of the 88 packed bits (version 0, no TLV data).
-    pub fn qr_code(&self) -> Zeroizing<String> {
+    /// Refuses reserved vendor IDs and a product ID of 0 with a vendor ID, as the SDK does.
+    pub fn qr_code(&self) -> Result<Zeroizing<String>, MatterError> {
+        check_ids(self.vendor_id, self.product_id)?;
         let mut bits = Zeroizing::new([0u8; PACKED_LEN]);
         let mut offset = 0;
         for (value, width) in [
@@ -465,12 +485,14 @@ impl OnboardingPayload {
         let mut out = Zeroizing::new(String::with_capacity(QR_CODE_LEN));
         out.push_str(QR_PREFIX);
         base38_encode(bits.as_ref(), &mut out);
-        out
+        Ok(out)
     }
 
     /// The manual pairing code: 11 digits for the standard flow, 21 (with the vendor and product
-    /// IDs) otherwise, as the SDK's `ManualSetupPayloadGenerator` chooses.
-    pub fn manual_code(&self) -> Zeroizing<String> {
+    /// IDs) otherwise, as the SDK's `ManualSetupPayloadGenerator` chooses. Refuses the IDs
+    /// [`OnboardingPayload::qr_code`] refuses, even in the short form (as the SDK does).
+    pub fn manual_code(&self) -> Result<Zeroizing<String>, MatterError> {
+        check_ids(self.vendor_id, self.product_id)?;
         let long = self.flow != CommissioningFlow::Standard;
         let short = u32::from(self.discriminator.short());
         let passcode = self.passcode.value();
@@ -483,7 +505,7 @@ impl OnboardingPayload {
         }
         let check = verhoeff_check(digits.as_bytes());
         digits.push(char::from(b'0' + check));
-        digits
+        Ok(digits)
     }
 }
 
@@ -601,9 +623,12 @@ pub fn parse_qr_code(text: &str) -> Result<OnboardingPayload, MatterError> {
     if padding != 0 {
         return Err(MatterError::QrPadding);
     }
+    let vendor_id = u16::try_from(vendor_id).map_err(|_| MatterError::QrChunk)?;
+    let product_id = u16::try_from(product_id).map_err(|_| MatterError::QrChunk)?;
+    check_ids(vendor_id, product_id)?;
     Ok(OnboardingPayload {
-        vendor_id: u16::try_from(vendor_id).map_err(|_| MatterError::QrChunk)?,
-        product_id: u16::try_from(product_id).map_err(|_| MatterError::QrChunk)?,
+        vendor_id,
+        product_id,
         flow: CommissioningFlow::from_bits(flow)?,
         rendezvous: Rendezvous::new(u8::try_from(rendezvous).map_err(|_| MatterError::QrChunk)?)?,
         discriminator: Discriminator::new(u16::try_from(discriminator).map_err(|_| MatterError::QrChunk)?)?,
@@ -655,7 +680,9 @@ pub fn parse_manual_code(text: &str) -> Result<ManualCode, MatterError> {
             let value = number(range);
             u16::try_from(value).map_err(|_| MatterError::ManualId(value))
         };
-        Some((id(10..15)?, id(15..20)?))
+        let (vendor_id, product_id) = (id(10..15)?, id(15..20)?);
+        check_ids(vendor_id, product_id)?;
+        Some((vendor_id, product_id))
     } else {
         None
     };

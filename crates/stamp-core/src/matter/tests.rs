@@ -248,8 +248,8 @@ fn qr_code_matches_the_sdk_vector() {
         0xabc,
         12_121_212,
     );
-    assert_eq!(p.qr_code().as_str(), "MT:-24J06.H14BK9C7R900");
-    assert_eq!(p.qr_code().len(), QR_CODE_LEN);
+    assert_eq!(p.qr_code().unwrap().as_str(), "MT:-24J06.H14BK9C7R900");
+    assert_eq!(p.qr_code().unwrap().len(), QR_CODE_LEN);
     assert_eq!(parse_qr_code("MT:-24J06.H14BK9C7R900").unwrap(), p);
 }
 
@@ -264,7 +264,7 @@ fn manual_code_matches_the_sdk_vector() {
         3840,
         SDK_PIN,
     );
-    assert_eq!(p.manual_code().as_str(), "34970112332");
+    assert_eq!(p.manual_code().unwrap().as_str(), "34970112332");
     let m = parse_manual_code("34970112332").unwrap();
     assert_eq!(m.short_discriminator, 15);
     assert_eq!(m.passcode.value(), SDK_PIN);
@@ -290,17 +290,21 @@ fn round_trips_over_every_field() {
     ];
     for i in 0..300u32 {
         let p = OnboardingPayload {
-            vendor_id: u16::try_from(i * 218 % 65536).unwrap() | if i % 7 == 0 { 0xffff } else { 0 },
-            product_id: u16::try_from((i * 3571) % 65536).unwrap(),
+            vendor_id: if i % 7 == 0 {
+                0xfff4
+            } else {
+                u16::try_from(i * 218 % 0xfff5).unwrap()
+            },
+            product_id: u16::try_from(1 + (i * 3571) % 65535).unwrap(),
             flow: flows[(i % 3) as usize],
             rendezvous: Rendezvous::new(u8::try_from(i % 15 + 1).unwrap()).unwrap(),
             discriminator: Discriminator::random(&rng).unwrap(),
             passcode: SetupPasscode::random(&rng).unwrap(),
         };
-        let qr = p.qr_code();
+        let qr = p.qr_code().unwrap();
         assert_eq!(qr.len(), QR_CODE_LEN);
         assert_eq!(parse_qr_code(&qr).unwrap(), p, "{i}");
-        let manual = p.manual_code();
+        let manual = p.manual_code().unwrap();
         let m = parse_manual_code(&manual).unwrap();
         assert_eq!(m.passcode, p.passcode);
         assert_eq!(m.short_discriminator, p.discriminator.short());
@@ -315,13 +319,44 @@ fn round_trips_over_every_field() {
     // The extremes.
     for (disc, pin) in [(0, 1), (0x0fff, MAX_PASSCODE), (0x0800, 0x3fff), (0x00ff, 0x4000)] {
         let p = payload(0, 0xffff, CommissioningFlow::Custom, 0x0f, disc, pin);
-        assert_eq!(parse_qr_code(&p.qr_code()).unwrap(), p);
-        let m = parse_manual_code(&p.manual_code()).unwrap();
+        assert_eq!(parse_qr_code(&p.qr_code().unwrap()).unwrap(), p);
+        let m = parse_manual_code(&p.manual_code().unwrap()).unwrap();
         assert_eq!(
             (m.short_discriminator, m.passcode.value()),
             (p.discriminator.short(), pin)
         );
     }
+}
+
+#[test]
+fn vendor_and_product_id_rules() {
+    for flow in [CommissioningFlow::Standard, CommissioningFlow::Custom] {
+        let p = payload(0xfff5, 1, flow, Rendezvous::BLE, 3840, SDK_PIN);
+        assert_eq!(p.qr_code(), Err(MatterError::InvalidVendorId(0xfff5)));
+        assert_eq!(p.manual_code(), Err(MatterError::InvalidVendorId(0xfff5)));
+        let p = payload(0x1234, 0, flow, Rendezvous::BLE, 3840, SDK_PIN);
+        assert_eq!(p.qr_code(), Err(MatterError::InvalidProductId(0x1234)));
+        assert_eq!(p.manual_code(), Err(MatterError::InvalidProductId(0x1234)));
+        // Unspecified vendor and product, and the last test vendor.
+        assert!(payload(0, 0, flow, Rendezvous::BLE, 3840, SDK_PIN)
+            .qr_code()
+            .is_ok());
+        assert!(payload(0xfff4, 1, flow, Rendezvous::BLE, 3840, SDK_PIN)
+            .manual_code()
+            .is_ok());
+    }
+    let mut f = fields(0, 0, 2, SDK_PIN, 0);
+    f[1].0 = 0xffff;
+    assert_eq!(
+        parse_qr_code(&forged_qr(f)),
+        Err(MatterError::InvalidVendorId(0xffff))
+    );
+    f[1].0 = 0xfff1;
+    f[2].0 = 0;
+    assert_eq!(
+        parse_qr_code(&forged_qr(f)),
+        Err(MatterError::InvalidProductId(0xfff1))
+    );
 }
 
 #[test]
@@ -520,6 +555,16 @@ fn manual_parser_refusals() {
         parse_manual_code(&with_check("74970112330000199999")),
         Err(MatterError::ManualId(99999))
     );
-    let long = parse_manual_code(&with_check("74970112336553300001")).unwrap();
-    assert_eq!(long.vendor_product, Some((65533, 1)));
+    assert_eq!(
+        parse_manual_code(&with_check("74970112336553300001")),
+        Err(MatterError::InvalidVendorId(65533))
+    );
+    assert_eq!(
+        parse_manual_code(&with_check("74970112330123400000")),
+        Err(MatterError::InvalidProductId(1234))
+    );
+    let long = parse_manual_code(&with_check("74970112336552000001")).unwrap();
+    assert_eq!(long.vendor_product, Some((0xfff0, 1)));
+    let unspecified = parse_manual_code(&with_check("74970112330000000000")).unwrap();
+    assert_eq!(unspecified.vendor_product, Some((0, 0)));
 }
