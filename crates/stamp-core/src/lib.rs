@@ -31,6 +31,7 @@ pub mod envelope;
 pub mod fingerprint;
 pub mod firmware;
 pub mod key;
+pub mod matter;
 pub mod merkle;
 pub mod oid;
 pub mod pkcs7;
