@@ -15,6 +15,9 @@
 #![forbid(unsafe_code)]
 
 pub mod fixture;
+mod service;
+
+pub use service::{service, service_answer};
 
 use coset::{iana, CoseSign1, Header, HeaderBuilder, ProtectedHeader, TaggedCborSerializable};
 use stamp_core::audit::{self, BundleChunk, BundleHeader, Entry};
@@ -50,6 +53,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("mcuboot", mcuboot),
     ("esp32", esp32),
     ("pkcs11_uri", pkcs11_uri),
+    ("service", service),
 ];
 
 /// Largest envelope the targets parse (a site's limit for an entitlement package).

@@ -98,3 +98,32 @@ fn signed_seeds_verify_with_the_fixture() {
         .verify()
         .expect("request verifies");
 }
+
+/// The service target reaches the engine: requests are answered as a station's, a new key's
+/// provisioning with a device certificate (the target's site is real, not a stub).
+#[test]
+fn the_service_target_reaches_the_engine() {
+    let key = stamp_testkit::MemSigner::new(stamp_core::key::SignatureAlgorithm::EcdsaP256Sha256);
+    let csr = stamp_core::csr::create(&key, "device").expect("csr");
+    let body = format!(
+        "{{\"csr\":{:?}}}",
+        stamp_core::ceremony::pem("CERTIFICATE REQUEST", &csr)
+    );
+    let request = format!(
+        "POST /api/v1/provision HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let text = |b: Vec<u8>| String::from_utf8_lossy(&b).into_owned();
+    let first = text(stamp_fuzz::service_answer(request.as_bytes()));
+    assert!(first.starts_with("HTTP/1.1 200 OK"), "{first}");
+    assert!(first.contains("BEGIN CERTIFICATE"), "{first}");
+    // The same key again: refused by the engine as a duplicate, with its stable code.
+    let again = text(stamp_fuzz::service_answer(request.as_bytes()));
+    assert!(
+        again.starts_with("HTTP/1.1 409") && again.contains("duplicate-key"),
+        "{again}"
+    );
+    let seed = std::fs::read(fuzz_dir().join("corpus/service/gets")).expect("seed");
+    let gets = text(stamp_fuzz::service_answer(&seed));
+    assert_eq!(gets.matches("HTTP/1.1 200 OK").count(), 5, "{gets}");
+}

@@ -205,6 +205,89 @@ fn registry_file() -> Registry {
     }
 }
 
+fn http(method: &str, path: &str, content_type: &str, body: &[u8]) -> Vec<u8> {
+    let mut r = format!("{method} {path} HTTP/1.1\r\nhost: site.fuzz\r\n").into_bytes();
+    if !body.is_empty() {
+        r.extend_from_slice(
+            format!(
+                "content-type: {content_type}\r\ncontent-length: {}\r\n",
+                body.len()
+            )
+            .as_bytes(),
+        );
+    }
+    r.extend_from_slice(b"\r\n");
+    r.extend_from_slice(body);
+    r
+}
+
+/// Requests a station sends to the site service: the JSON API, EST, health.
+fn service(dir: &Path) {
+    use base64::Engine as _;
+    let fx = fixture::get();
+    let der = csr::create(&fx.site_issuing, "device 1").expect("csr");
+    let pem = ceremony::pem("CERTIFICATE REQUEST", &der);
+    let json = |v: serde_json::Value| v.to_string().into_bytes();
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&der);
+    let provision = http(
+        "POST",
+        "/api/v1/provision",
+        "application/json",
+        &json(serde_json::json!({ "csr": pem })),
+    );
+    write(dir, "service", "provision", &provision);
+    write(
+        dir,
+        "service",
+        "renew",
+        &http(
+            "POST",
+            "/api/v1/renew",
+            "application/json",
+            &json(serde_json::json!({ "csr": pem, "proof": "AAAA" })),
+        ),
+    );
+    write(
+        dir,
+        "service",
+        "hand-out",
+        &http("POST", "/api/v1/hand-out", "application/json", b"{}"),
+    );
+    write(
+        dir,
+        "service",
+        "est-enroll",
+        &http(
+            "POST",
+            "/.well-known/est/plant-7.1/simpleenroll",
+            "application/pkcs10",
+            b64.as_bytes(),
+        ),
+    );
+    write(
+        dir,
+        "service",
+        "est-reenroll",
+        &http(
+            "POST",
+            "/.well-known/est/simplereenroll",
+            "application/pkcs10",
+            b64.as_bytes(),
+        ),
+    );
+    let mut gets = Vec::new();
+    for path in [
+        "/healthz",
+        "/api/v1/status",
+        "/.well-known/est/cacerts",
+        "/.well-known/est/plant-7.1/csrattrs",
+        "/metrics",
+    ] {
+        gets.extend_from_slice(&http("GET", path, "", b""));
+    }
+    write(dir, "service", "gets", &gets);
+}
+
 fn main() {
     let dir = std::env::args().nth(1).map_or_else(
         || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus"),
@@ -313,5 +396,6 @@ fn main() {
     ] {
         write(&dir, "pkcs11_uri", name, uri.as_bytes());
     }
+    service(&dir);
     println!("seeds written to {}", dir.display());
 }
