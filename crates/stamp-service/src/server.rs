@@ -24,6 +24,8 @@ use crate::metrics::Metrics;
 use crate::state::{AppState, TrackGuard, Tracker};
 use crate::tls::{self, Peer};
 
+mod memory;
+
 /// Why the service could not start or run.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

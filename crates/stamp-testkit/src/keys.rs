@@ -63,6 +63,19 @@ impl MemSigner {
         Self::from_key(SignatureAlgorithm::Ed25519, Key::Ed25519(k), pkcs8)
     }
 
+    /// The ECDSA key of a DER private key (PKCS#8 or RFC 5915), for fixed test keys; panics on a
+    /// key that is not of `alg` (P-256 or P-384).
+    pub fn ecdsa_from_der(alg: SignatureAlgorithm, der: &[u8]) -> Self {
+        let a = match alg {
+            SignatureAlgorithm::EcdsaP256Sha256 => &signature::ECDSA_P256_SHA256_ASN1_SIGNING,
+            SignatureAlgorithm::EcdsaP384Sha384 => &signature::ECDSA_P384_SHA384_ASN1_SIGNING,
+            other => panic!("not an ECDSA algorithm: {other:?}"),
+        };
+        let k = EcdsaKeyPair::from_private_key_der(a, der).unwrap();
+        let pkcs8 = k.to_pkcs8v1().unwrap().as_ref().to_vec();
+        Self::from_key(alg, Key::Ecdsa(k), pkcs8)
+    }
+
     fn from_key(alg: SignatureAlgorithm, key: Key, pkcs8: Vec<u8>) -> Self {
         let public = match &key {
             Key::Ecdsa(k) => k.public_key().as_ref().to_vec(),
@@ -133,6 +146,14 @@ impl MemKeyAgreement {
     /// A fresh key of `alg`.
     pub fn new(alg: KeyAgreementAlgorithm) -> Self {
         let key = agreement::PrivateKey::generate(lc(alg)).unwrap();
+        let public = key.compute_public_key().unwrap().as_ref().to_vec();
+        MemKeyAgreement { alg, key, public }
+    }
+
+    /// The key of a fixed private scalar (big-endian, the curve's field length), for fixed test
+    /// keys; panics on a scalar that is not a valid key.
+    pub fn from_scalar(alg: KeyAgreementAlgorithm, scalar: &[u8]) -> Self {
+        let key = agreement::PrivateKey::from_private_key(lc(alg), scalar).unwrap();
         let public = key.compute_public_key().unwrap().as_ref().to_vec();
         MemKeyAgreement { alg, key, public }
     }
